@@ -1,0 +1,102 @@
+"""
+The access log: one line for each request, in nginx's combined format
+followed by the upstream server and its response time (nginx's
+C{$upstream_addr} and C{$upstream_response_time}):
+
+    127.0.0.1 - - [24/Nov/2026:08:00:00 +0000] "GET / HTTP/1.1" 200 12
+    "-" "curl/8.0" 127.0.0.1:8081 0.002
+
+(on one line).  A request that never reached a backend shows C{-} for both.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from typing import BinaryIO, Callable
+
+from twisted.web.http import Request
+
+_UNSAFE = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]')
+
+
+def _escape(value: bytes) -> bytes:
+    """
+    Escape quotes, backslashes and bytes outside printable ASCII as
+    C{\\xHH}, as nginx does, so a hostile header cannot forge log lines.
+    """
+    if _UNSAFE.search(value) is None:
+        return value
+    return _UNSAFE.sub(lambda match: b"\\x%02X" % (match.group()[0],), value)
+
+
+class AccessLog:
+    """
+    Writes access log lines to a binary file, unbuffered: each line is one
+    write, so none is lost or torn when the process dies.
+
+    @param output: Where lines go.
+    @param clock: Gives the current time, for C{$time_local}.
+    """
+
+    def __init__(self, output: BinaryIO, clock: Callable[[], float] = time.time):
+        self._output = output
+        self._clock = clock
+        self._second = -1
+        self._stamp = b""
+
+    @classmethod
+    def open(cls, target: str) -> "AccessLog":
+        """
+        An access log writing to standard output (C{-}) or appending to the
+        file at C{target}.
+        """
+        if target == "-":
+            return cls(os.fdopen(os.dup(sys.__stdout__.fileno()), "wb", buffering=0))
+        return cls(open(target, "ab", buffering=0))
+
+    def _timestamp(self) -> bytes:
+        now = int(self._clock())
+        if now != self._second:
+            self._second = now
+            self._stamp = time.strftime(
+                "[%d/%b/%Y:%H:%M:%S %z]", time.localtime(now)
+            ).encode("ascii")
+        return self._stamp
+
+    def record(
+        self,
+        request: Request,
+        status: int,
+        upstream: str | None,
+        upstreamTime: float | None,
+    ) -> None:
+        """
+        Write the line for a finished (or abandoned) request.
+
+        @param status: The status sent, or the one that stands for what
+            happened (499: the client went away first).
+        """
+        headers = request.requestHeaders
+        address = request.getClientAddress()
+        requestLine = b"%s %s %s" % (request.method, request.uri, request.clientproto)
+        line = b'%s - - %s "%s" %d %d "%s" "%s" %s %s\n' % (
+            getattr(address, "host", "-").encode("ascii"),
+            self._timestamp(),
+            _escape(requestLine),
+            status,
+            request.sentLength,
+            _escape((headers.getRawHeaders(b"referer") or [b"-"])[0]),
+            _escape((headers.getRawHeaders(b"user-agent") or [b"-"])[0]),
+            upstream.encode("ascii") if upstream else b"-",
+            b"%.3f" % (upstreamTime,) if upstreamTime is not None else b"-",
+        )
+        self._output.write(line)
+
+    def close(self) -> None:
+        """
+        Close the output.
+        """
+        self._output.close()

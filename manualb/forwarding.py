@@ -1,0 +1,123 @@
+"""
+The headers a proxy must rewrite on the way through.
+
+Hop-by-hop headers describe one connection and die with it (RFC 9110,
+section 7.6.1): they are removed in both directions, together with every
+header that C{Connection} names.  Towards the backend manualb tells it who
+the client is with C{X-Forwarded-For}, C{X-Forwarded-Proto},
+C{X-Forwarded-Host} and C{Via}.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+HOP_BY_HOP = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ]
+)
+
+# Headers the proxy writes itself towards the backend.
+_REWRITTEN = frozenset(
+    [
+        b"content-length",
+        b"expect",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"via",
+    ]
+)
+
+# nginx's proxy_hide_header defaults: the proxy answers with its own.
+_HIDDEN_RESPONSE = frozenset([b"server", b"date"])
+
+VIA_NAME = b"manualb"
+
+
+def connectionTokens(values: Iterable[bytes] | None) -> frozenset[bytes]:
+    """
+    The lower-cased header names listed by C{Connection} header values.
+    """
+    if not values:
+        return frozenset()
+    return frozenset(
+        token.strip().lower() for value in values for token in value.split(b",")
+    )
+
+
+def requestHead(
+    method: bytes,
+    target: bytes,
+    headers: Iterable[tuple[bytes, list[bytes]]],
+    clientAddress: bytes,
+    clientVersion: bytes,
+    secure: bool,
+    bodyLength: int | None,
+    defaultHost: bytes,
+) -> bytes:
+    """
+    Serialise the request line and headers sent to the backend.
+
+    @param headers: The client's headers as C{(name, values)} pairs.
+    @param bodyLength: The length of the request body; C{None} to send it
+        chunked, C{0} when there is none.
+    @param defaultHost: The C{Host} to send when the client gave none
+        (an HTTP/1.0 client).
+    """
+    headers = list(headers)
+    dropped = HOP_BY_HOP | _REWRITTEN
+    forwardedFor: list[bytes] = []
+    via: list[bytes] = []
+    host = None
+    for name, values in headers:
+        lowered = name.lower()
+        if lowered == b"connection":
+            dropped = dropped | connectionTokens(values)
+        elif lowered == b"x-forwarded-for":
+            forwardedFor.extend(values)
+        elif lowered == b"via":
+            via.extend(values)
+        elif lowered == b"host":
+            host = values[0]
+    lines = [b"%s %s HTTP/1.1\r\n" % (method, target)]
+    if host is None:
+        host = defaultHost
+        lines.append(b"Host: %s\r\n" % (host,))
+    for name, values in headers:
+        if name.lower() not in dropped:
+            for value in values:
+                lines.append(b"%s: %s\r\n" % (name, value))
+    forwardedFor.append(clientAddress)
+    via.append(b"%s %s" % (clientVersion.split(b"/", 1)[-1], VIA_NAME))
+    lines.append(b"X-Forwarded-For: %s\r\n" % (b", ".join(forwardedFor),))
+    lines.append(b"X-Forwarded-Proto: %s\r\n" % (b"https" if secure else b"http",))
+    lines.append(b"X-Forwarded-Host: %s\r\n" % (host,))
+    lines.append(b"Via: %s\r\n" % (b", ".join(via),))
+    if bodyLength is None:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    elif bodyLength or method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
+        lines.append(b"Content-Length: %d\r\n" % (bodyLength,))
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def responseHeaders(
+    headers: Iterable[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """
+    The backend's response headers that go on to the client, every repeated
+    value kept, in order.
+    """
+    headers = list(headers)
+    dropped = HOP_BY_HOP | _HIDDEN_RESPONSE | connectionTokens(
+        [value for name, value in headers if name.lower() == b"connection"]
+    )
+    return [(name, value) for name, value in headers if name.lower() not in dropped]

@@ -1,0 +1,682 @@
+"""
+Stage 6, the handoff: the request goes on to the chosen server over a pooled,
+kept-alive HTTP/1.1 connection, and the response comes back as a stream.
+
+L{ConnectionPool} keeps the idle connections to one server.  Each
+L{UpstreamConnection} carries one exchange at a time: it writes the request
+head and body and hands the parsed response, piece by piece, to an
+L{IResponseReceiver}.  Nothing here buffers a whole body: data is passed on as
+it arrives, and each direction can be paused by the other.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Callable
+
+from twisted.internet import error
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+)
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IPushProducer,
+    IReactorTCP,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from manualb.config import ServerAddress, UpstreamConfig
+from manualb.durations import formatDuration
+from manualb.forwarding import connectionTokens
+
+MAX_HEAD_SIZE = 64 * 1024
+MAX_CHUNK_LINE = 4096
+
+
+class UpstreamError(Exception):
+    """
+    The backend could not give a complete response.
+
+    @ivar status: The status the client gets when nothing of the response
+        has reached it yet.
+    """
+
+    status = 502
+
+
+class UpstreamConnectFailed(UpstreamError):
+    """
+    No connection to the backend could be made.
+    """
+
+
+class UpstreamTimeout(UpstreamError):
+    """
+    The backend took longer than a configured timeout.
+    """
+
+    status = 504
+
+
+class UpstreamBadResponse(UpstreamError):
+    """
+    The backend sent something that is not a valid HTTP/1.1 response.
+    """
+
+
+class UpstreamClosed(UpstreamError):
+    """
+    The backend closed the connection before its response was complete.
+
+    @ivar beforeResponse: C{True} when not one byte of a response had come.
+    """
+
+    def __init__(self, message: str, beforeResponse: bool):
+        super().__init__(message)
+        self.beforeResponse = beforeResponse
+
+
+def endpointForServer(
+    reactor: IReactorTCP, address: ServerAddress
+) -> IStreamClientEndpoint:
+    """
+    A client endpoint for a configured server: a plain TCP endpoint for an IP
+    address, a L{HostnameEndpoint} (resolving on every new connection) for a
+    name.
+    """
+    try:
+        ip = ipaddress.ip_address(address.host)
+    except ValueError:
+        return HostnameEndpoint(reactor, address.host.encode("idna"), address.port)
+    if ip.version == 6:
+        return TCP6ClientEndpoint(reactor, address.host, address.port)
+    return TCP4ClientEndpoint(reactor, address.host, address.port)
+
+
+class IResponseReceiver(Interface):
+    """
+    Takes a backend's response as it is parsed.
+    """
+
+    def responseStarted(
+        code: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """
+        The status line and headers have arrived.  C{headers} keeps every
+        value of a repeated header, in order.
+        """
+
+    def responseData(data: bytes) -> None:
+        """
+        A piece of the response body (decoded from chunked framing).
+        """
+
+    def responseDone() -> None:
+        """
+        The whole response has arrived.
+        """
+
+    def responseFailed(reason: UpstreamError) -> None:
+        """
+        The response cannot be completed; nothing more will be delivered.
+        """
+
+
+# Parser states.
+_IDLE = "idle"
+_HEAD = "head"
+_LENGTH = "length"
+_CHUNK_SIZE = "chunk-size"
+_CHUNK_DATA = "chunk-data"
+_CHUNK_END = "chunk-end"
+_TRAILERS = "trailers"
+_UNTIL_CLOSE = "until-close"
+
+
+@implementer(IPushProducer)
+class _BodyThrottle:
+    """
+    Registered with the backend transport while a request body is written to
+    it: passes the transport's pause and resume on to the body's source, and
+    fails the exchange when the backend takes none of the body for
+    C{send_timeout}, as nginx's C{proxy_send_timeout} does.
+    """
+
+    def __init__(self, connection: "UpstreamConnection", source: IPushProducer):
+        self._connection = connection
+        self._source = source
+        self._timer: IDelayedCall | None = None
+
+    def pauseProducing(self) -> None:
+        self._source.pauseProducing()
+        connection = self._connection
+        if self._timer is None:
+            self._timer = connection.reactor.callLater(
+                connection.config.send_timeout, self._timedOut
+            )
+
+    def resumeProducing(self) -> None:
+        self._cancelTimer()
+        self._source.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._cancelTimer()
+        self._source.stopProducing()
+
+    def _cancelTimer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        self._connection.fail(
+            UpstreamTimeout(
+                "backend took no request data for "
+                + formatDuration(self._connection.config.send_timeout)
+            )
+        )
+
+
+@implementer(IPushProducer)
+class UpstreamConnection(Protocol):
+    """
+    One persistent HTTP/1.1 connection to a backend server.
+
+    It is also the producer of the response body: pausing it stops reading
+    from the backend, which is how a slow client slows the backend down.
+
+    @ivar reused: C{True} once the connection has carried an exchange, so that
+        a failure before any response byte may be the backend closing an
+        idle connection rather than a real error.
+    """
+
+    _receiver: IResponseReceiver | None = None
+    _readTimer: IDelayedCall | None = None
+    _throttle: _BodyThrottle | None = None
+    _paused = False
+    _closed = False
+
+    def __init__(self, pool: "ConnectionPool"):
+        self.pool = pool
+        self.reactor = pool.reactor
+        self.config = pool.config
+        self.reused = False
+        self.exchanges = 0
+        self.idleTimer: IDelayedCall | None = None
+        self._state = _IDLE
+        self._buffer = b""
+
+    # Sending.
+
+    def sendRequest(
+        self, head: bytes, method: bytes, receiver: IResponseReceiver, chunked: bool
+    ) -> None:
+        """
+        Start an exchange: write the request line and headers.  The body, if
+        any, follows through L{writeBody} and L{finishBody}.
+
+        @param chunked: The body will be sent with chunked framing.
+        """
+        self.exchanges += 1
+        self._receiver = receiver
+        self._method = method
+        self._chunkedBody = chunked
+        self._bodyDone = False
+        self._closeAfter = self.exchanges >= self.config.keepalive_requests
+        self._state = _HEAD
+        self._buffer = b""
+        self.transport.write(head)
+
+    def attachBody(self, source: IPushProducer) -> None:
+        """
+        Let the backend's flow control pause and resume the body's source.
+        """
+        self._throttle = _BodyThrottle(self, source)
+        self.transport.registerProducer(self._throttle, True)
+
+    def writeBody(self, data: bytes) -> None:
+        """
+        Send a piece of the request body.
+        """
+        if not data or self._closed:
+            return
+        if self._chunkedBody:
+            self.transport.writeSequence([b"%x\r\n" % (len(data),), data, b"\r\n"])
+        else:
+            self.transport.write(data)
+
+    def finishBody(self) -> None:
+        """
+        The request body is complete; from now on the backend's silence counts
+        against C{read_timeout}.
+        """
+        if self._closed or self._bodyDone:
+            return
+        self._bodyDone = True
+        self._detachBody()
+        if self._chunkedBody:
+            self.transport.write(b"0\r\n\r\n")
+        if self._receiver is not None:
+            self._armReadTimer()
+        elif self.pool is not None:
+            self._reuseOrClose()
+
+    def _detachBody(self) -> None:
+        if self._throttle is not None:
+            self._throttle._cancelTimer()
+            self._throttle = None
+            self.transport.unregisterProducer()
+
+    # Flow control of the response.
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self._cancelReadTimer()
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._receiver is not None:
+            self._armReadTimer()
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.abort()
+
+    # Timers.
+
+    def _armReadTimer(self) -> None:
+        if self._paused:
+            return
+        timeout = self.config.read_timeout
+        if self._readTimer is None:
+            self._readTimer = self.reactor.callLater(timeout, self._readTimedOut)
+        else:
+            self._readTimer.reset(timeout)
+
+    def _cancelReadTimer(self) -> None:
+        if self._readTimer is not None:
+            if self._readTimer.active():
+                self._readTimer.cancel()
+            self._readTimer = None
+
+    def _readTimedOut(self) -> None:
+        self._readTimer = None
+        self.fail(
+            UpstreamTimeout(
+                "backend sent nothing for " + formatDuration(self.config.read_timeout)
+            )
+        )
+
+    # Ending.
+
+    def fail(self, reason: UpstreamError) -> None:
+        """
+        Give up the current exchange: tell the receiver and drop the
+        connection, which cannot be reused mid-exchange.
+        """
+        receiver = self._receiver
+        self._receiver = None
+        self.abort()
+        if receiver is not None:
+            receiver.responseFailed(reason)
+
+    def abort(self) -> None:
+        """
+        Drop the connection at once, with whatever was in flight.
+        """
+        self._receiver = None
+        self._cancelReadTimer()
+        if self._throttle is not None:
+            self._throttle._cancelTimer()
+            self._throttle = None
+        if not self._closed:
+            self._closed = True
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self._closed = True
+        self._cancelReadTimer()
+        if self._throttle is not None:
+            self._throttle._cancelTimer()
+            self._throttle = None
+        if self.pool is not None:
+            self.pool.forget(self)
+        receiver = self._receiver
+        if receiver is None:
+            return
+        if self._state == _UNTIL_CLOSE and reason.check(error.ConnectionDone):
+            self._responseComplete()
+            return
+        self._receiver = None
+        beforeResponse = self._state == _HEAD and not self._buffer
+        receiver.responseFailed(
+            UpstreamClosed(
+                "backend closed the connection "
+                + ("before sending a response" if beforeResponse else "mid-response"),
+                beforeResponse,
+            )
+        )
+
+    def _responseComplete(self) -> None:
+        receiver = self._receiver
+        self._receiver = None
+        self._state = _IDLE
+        self._cancelReadTimer()
+        self._paused = False
+        self.reused = True
+        if self._bodyDone:
+            self._reuseOrClose()
+        else:
+            # The backend answered before it had the whole request body; the
+            # rest of the body will not follow, so the connection is spent.
+            self.abort()
+        receiver.responseDone()
+
+    def _reuseOrClose(self) -> None:
+        if self._closed:
+            return
+        if self._closeAfter or self._buffer or self.pool is None:
+            self.transport.loseConnection()
+        else:
+            self.transport.resumeProducing()
+            self.pool.release(self)
+
+    # Parsing.
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._receiver is None:
+            # A backend may not speak unasked; whatever it is, the
+            # connection can no longer be trusted.
+            if data:
+                self.abort()
+            return
+        if not self._paused:
+            self._armReadTimer()
+        try:
+            self._parse(data)
+        except UpstreamBadResponse as e:
+            self.fail(e)
+
+    def _parse(self, data: bytes) -> None:
+        if self._buffer:
+            data = self._buffer + data
+            self._buffer = b""
+        while data and self._receiver is not None:
+            state = self._state
+            if state == _LENGTH:
+                remaining = self._remaining
+                if len(data) < remaining:
+                    self._remaining = remaining - len(data)
+                    self._receiver.responseData(data)
+                    return
+                self._receiver.responseData(data[:remaining])
+                data = data[remaining:]
+                self._endOfMessage(data)
+                return
+            elif state == _UNTIL_CLOSE:
+                self._receiver.responseData(data)
+                return
+            elif state == _CHUNK_DATA:
+                remaining = self._remaining
+                if len(data) < remaining:
+                    self._remaining = remaining - len(data)
+                    self._receiver.responseData(data)
+                    return
+                self._receiver.responseData(data[:remaining])
+                data = data[remaining:]
+                self._state = _CHUNK_END
+            elif state == _HEAD:
+                end = data.find(b"\r\n\r\n")
+                if end == -1:
+                    if len(data) > MAX_HEAD_SIZE:
+                        raise UpstreamBadResponse("response head too large")
+                    self._buffer = data
+                    return
+                head = data[:end]
+                data = data[end + 4 :]
+                if not self._headReceived(head):
+                    continue
+                if self._state == _IDLE:
+                    self._endOfMessage(data)
+                    return
+            else:
+                end = data.find(b"\r\n")
+                if end == -1:
+                    if len(data) > MAX_CHUNK_LINE:
+                        raise UpstreamBadResponse("chunk framing line too long")
+                    self._buffer = data
+                    return
+                line = data[:end]
+                data = data[end + 2 :]
+                if state == _CHUNK_SIZE:
+                    self._chunkSize(line)
+                elif state == _CHUNK_END:
+                    if line:
+                        raise UpstreamBadResponse("chunk data not followed by CRLF")
+                    self._state = _CHUNK_SIZE
+                elif not line:  # _TRAILERS: an empty line ends them
+                    self._endOfMessage(data)
+                    return
+
+    def _chunkSize(self, line: bytes) -> None:
+        size = line.split(b";", 1)[0].strip()
+        try:
+            if not size or size.startswith((b"-", b"+", b"0x", b"0X")):
+                raise ValueError(size)
+            self._remaining = int(size, 16)
+        except ValueError:
+            raise UpstreamBadResponse("bad chunk size %r" % (size[:20],))
+        self._state = _CHUNK_DATA if self._remaining else _TRAILERS
+
+    def _endOfMessage(self, rest: bytes) -> None:
+        # Anything the backend sent past its response makes the connection
+        # unusable for the next exchange.
+        self._buffer = rest
+        self._responseComplete()
+
+    def _headReceived(self, head: bytes) -> bool:
+        """
+        Parse a response head and choose how its body is framed.
+
+        @return: C{False} for an interim (1xx) response, after which the real
+            head follows.
+        """
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
+        if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0"):
+            raise UpstreamBadResponse("bad status line %r" % (lines[0][:80],))
+        version, codeText = parts[0], parts[1]
+        if len(codeText) != 3 or not codeText.isdigit():
+            raise UpstreamBadResponse("bad status code %r" % (codeText[:20],))
+        code = int(codeText)
+        reason = parts[2] if len(parts) == 3 else b""
+        headers = []
+        lengths = set()
+        transferCodings: list[bytes] = []
+        connection = []
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip() or line[:1] in b" \t":
+                raise UpstreamBadResponse("bad header line %r" % (line[:80],))
+            value = value.strip(b" \t")
+            lowered = name.lower()
+            if lowered == b"content-length":
+                lengths.update(v.strip() for v in value.split(b","))
+            elif lowered == b"transfer-encoding":
+                transferCodings.extend(
+                    t.strip().lower() for t in value.split(b",") if t.strip()
+                )
+                continue
+            elif lowered == b"connection":
+                connection.append(value)
+            headers.append((name, value))
+
+        if 100 <= code < 200:
+            if code == 101:
+                raise UpstreamBadResponse("unexpected 101 Switching Protocols")
+            return False
+
+        keepAlive = version == b"HTTP/1.1" and b"close" not in connectionTokens(
+            connection
+        )
+        if self._method == b"HEAD" or code in (204, 304):
+            self._state = _IDLE
+        elif transferCodings:
+            # RFC 9112, section 6.3: Transfer-Encoding overrides any
+            # Content-Length, which must then not be passed on.
+            headers = [h for h in headers if h[0].lower() != b"content-length"]
+            if transferCodings[-1] == b"chunked":
+                self._state = _CHUNK_SIZE
+            else:
+                self._state = _UNTIL_CLOSE
+            keepAlive = keepAlive and not lengths
+        elif lengths:
+            if len(lengths) != 1:
+                raise UpstreamBadResponse("conflicting Content-Length values")
+            (length,) = lengths
+            if not length.isdigit():
+                raise UpstreamBadResponse("bad Content-Length %r" % (length[:20],))
+            self._remaining = int(length)
+            self._state = _LENGTH if self._remaining else _IDLE
+        else:
+            self._state = _UNTIL_CLOSE
+        if self._state == _UNTIL_CLOSE:
+            keepAlive = False
+        if not keepAlive:
+            self._closeAfter = True
+        self._receiver.responseStarted(code, reason, headers)
+        return True
+
+
+class ConnectionPool:
+    """
+    The connections to one backend server: idle ones are kept for reuse, up
+    to the upstream's C{keepalive} count, each for C{keepalive_timeout}.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        address: ServerAddress,
+        config: UpstreamConfig,
+        endpoint: IStreamClientEndpoint | None = None,
+    ):
+        self.reactor = reactor
+        self.address = address
+        self.config = config
+        self.endpoint = endpoint if endpoint is not None else endpointForServer(
+            reactor, address
+        )
+        self._idle: list[UpstreamConnection] = []
+        self._open: set[UpstreamConnection] = set()
+
+    @property
+    def idleCount(self) -> int:
+        """
+        How many connections wait in the pool for their next exchange.
+        """
+        return len(self._idle)
+
+    def acquire(self) -> Deferred[UpstreamConnection]:
+        """
+        A connection ready for an exchange: the most recently used idle one,
+        or a new one.  Fails with L{UpstreamConnectFailed} or
+        L{UpstreamTimeout}.
+        """
+        if self._idle:
+            connection = self._idle.pop()
+            if connection.idleTimer is not None and connection.idleTimer.active():
+                connection.idleTimer.cancel()
+            connection.idleTimer = None
+            return succeed(connection)
+        return self.connect()
+
+    def connect(self) -> Deferred[UpstreamConnection]:
+        """
+        A new connection, bounded by C{connect_timeout}.
+        """
+        connection = UpstreamConnection(self)
+        timeout = self.config.connect_timeout
+        timedOut = []
+
+        def onTimeout(result, timeout):
+            timedOut.append(True)
+            return result
+
+        def connected(protocol):
+            self._open.add(protocol)
+            return protocol
+
+        def failed(reason):
+            if timedOut:
+                raise UpstreamTimeout(
+                    "connect to backend timed out after " + formatDuration(timeout)
+                )
+            if reason.check(CancelledError):
+                return reason
+            if reason.check(error.TimeoutError):
+                raise UpstreamTimeout("connect to backend timed out")
+            raise UpstreamConnectFailed(
+                "connect to backend failed: " + _describe(reason)
+            )
+
+        d = connectProtocol(self.endpoint, connection)
+        d.addTimeout(timeout, self.reactor, onTimeoutCancel=onTimeout)
+        d.addCallbacks(connected, failed)
+        return d
+
+    def release(self, connection: UpstreamConnection) -> None:
+        """
+        Take back a connection whose exchange is complete.
+        """
+        if len(self._idle) >= self.config.keepalive:
+            connection.transport.loseConnection()
+            return
+        connection.idleTimer = self.reactor.callLater(
+            self.config.keepalive_timeout, connection.transport.loseConnection
+        )
+        self._idle.append(connection)
+
+    def forget(self, connection: UpstreamConnection) -> None:
+        """
+        A connection has closed: it is no longer in the pool.
+        """
+        self._open.discard(connection)
+        if connection in self._idle:
+            self._idle.remove(connection)
+        if connection.idleTimer is not None and connection.idleTimer.active():
+            connection.idleTimer.cancel()
+        connection.idleTimer = None
+
+    def closeAll(self) -> None:
+        """
+        Close every connection, idle or busy: the pool is shutting down.
+        """
+        for connection in list(self._open):
+            connection.abort()
+        self._idle.clear()
+
+
+def _describe(reason: Failure) -> str:
+    """
+    A short text for a connection failure, fit for a log line.
+    """
+    if reason.check(error.ConnectionRefusedError):
+        return "connection refused"
+    value = reason.value
+    text = str(value).strip().rstrip(".")
+    return text or type(value).__name__
+
+
+PoolFactory = Callable[[ServerAddress, UpstreamConfig], ConnectionPool]

@@ -1,0 +1,522 @@
+"""
+Stage 7, processing: the proxy resource that carries a client's request
+through the URL map, the pool's choice and the handoff, and streams the
+backend's response back.
+
+L{ProxyResource} works in any L{twisted.web.server.Site}; there the request
+body is read whole (Twisted spools a large one to a temporary file) before it
+goes on.  In a L{ProxySite}, built on L{StreamingRequest}, the body streams to
+the backend as it arrives, with back-pressure both ways.
+"""
+
+from __future__ import annotations
+
+import time
+from io import BytesIO
+from typing import IO, Mapping
+
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.http import Request
+from twisted.web.resource import Resource
+from zope.interface import implementer
+
+from manualb._version import __version__
+from manualb.accesslog import AccessLog
+from manualb.forwarding import requestHead, responseHeaders
+from manualb.handoff import (
+    ConnectionPool,
+    UpstreamClosed,
+    UpstreamConnection,
+    UpstreamError,
+    IResponseReceiver,
+)
+from manualb.selection import Pool, Server
+from manualb.urlmap import URLMap
+
+log = Logger()
+
+_IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"])
+_BUFFER_LIMIT = 64 * 1024
+_READ_SIZE = 64 * 1024
+# How long a request body is still read (and dropped) after its response has
+# been sent, so that the client sees the response, not a reset.
+LINGERING_TIME = 30.0
+
+
+SERVER_NAME = b"manualb/" + __version__.encode("ascii")
+
+
+def errorPage(request: Request, code: int, title: bytes, detail: bytes) -> None:
+    """
+    Finish C{request} with a short HTML error page.
+    """
+    body = (
+        b"<html><head><title>%d %s</title></head><body><h1>%d %s</h1><p>%s</p>"
+        b"<hr><p>manualb</p></body></html>\n" % (code, title, code, title, detail)
+    )
+    request.setResponseCode(code, title)
+    request.responseHeaders.setRawHeaders(b"Server", [SERVER_NAME])
+    request.responseHeaders.setRawHeaders(b"Content-Type", [b"text/html; charset=utf-8"])
+    request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % (len(body),)])
+    request.write(body)
+    request.finish()
+
+
+@implementer(IPushProducer)
+class _StreamingBody:
+    """
+    A request body that streams in from the client while it is proxied.
+
+    Data is passed straight to the backend connection once there is one;
+    until then, up to L{_BUFFER_LIMIT} bytes wait here and the client is
+    paused.
+    """
+
+    def __init__(self, length: int | None, request: "StreamingRequest"):
+        self.length = length
+        self._request = request
+        self._pending: list[bytes] = []
+        self._pendingSize = 0
+        self._target: UpstreamConnection | None = None
+        self._complete = False
+        self._paused = False
+        self._discarding = False
+
+    def _transport(self):
+        return self._request.channel.transport
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._discarding:
+            return
+        if self._target is not None and not self._paused:
+            self._target.writeBody(data)
+            return
+        self._pending.append(data)
+        self._pendingSize += len(data)
+        if self._pendingSize >= _BUFFER_LIMIT or self._paused:
+            # Also re-pauses a transport that the channel resumed on its own.
+            self._transport().pauseProducing()
+
+    def allReceived(self) -> None:
+        self._complete = True
+        if self._target is not None and not self._pending:
+            self._target.finishBody()
+
+    def deliverTo(self, connection: UpstreamConnection) -> None:
+        self._target = connection
+        connection.attachBody(self)
+        self._flush()
+
+    def _flush(self) -> None:
+        target = self._target
+        while self._pending and not self._paused:
+            data = self._pending.pop(0)
+            self._pendingSize -= len(data)
+            target.writeBody(data)
+        if not self._pending:
+            if self._complete:
+                target.finishBody()
+            else:
+                self._transport().resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self._transport().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._target is not None:
+            self._flush()
+
+    def stopProducing(self) -> None:
+        self.discard()
+
+    def discard(self) -> None:
+        """
+        Drop the rest of the body: its backend exchange is over.
+        """
+        if self._complete or self._discarding:
+            return
+        self._discarding = True
+        self._target = None
+        self._pending = []
+        if self._paused:
+            self._paused = False
+        self._transport().resumeProducing()
+
+
+@implementer(IPushProducer)
+class _FileBody:
+    """
+    A request body that Twisted has already read into a file.
+    """
+
+    def __init__(self, content: IO[bytes]):
+        content.seek(0, 2)
+        self.length = content.tell()
+        content.seek(0, 0)
+        self._content = content
+        self._target: UpstreamConnection | None = None
+        self._paused = False
+
+    def deliverTo(self, connection: UpstreamConnection) -> None:
+        self._content.seek(0, 0)
+        self._target = connection
+        connection.attachBody(self)
+        self.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        while not self._paused and self._target is not None:
+            data = self._content.read(_READ_SIZE)
+            if not data:
+                target, self._target = self._target, None
+                target.finishBody()
+                return
+            self._target.writeBody(data)
+
+    def stopProducing(self) -> None:
+        self.discard()
+
+    def discard(self) -> None:
+        self._target = None
+
+
+class StreamingRequest(server.Request):
+    """
+    A request whose body is streamed to the resource as it arrives, instead
+    of being read whole first.
+
+    Processing starts as soon as the headers are in.  The body arrives
+    through L{body}; a response that ends before the body does still lets the
+    rest of the body be read and dropped (for up to L{LINGERING_TIME}), so the
+    client sees the response before the connection closes.
+    """
+
+    defaultContentType = None
+    body: _StreamingBody | None = None
+    _finishPending = False
+    _lingering = None
+
+    def gotLength(self, length: int | None) -> None:
+        requestLine = _requestLine(self.channel)
+        if length == 0 or requestLine is None:
+            super().gotLength(length)
+            return
+        self.content = BytesIO()
+        self.body = _StreamingBody(length, self)
+        self.method, self.uri, self.clientproto = requestLine
+        self.path = self.uri.split(b"?", 1)[0]
+        self.args = {}
+        self.process()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body is None:
+            super().handleContentChunk(data)
+        else:
+            self.body.dataReceived(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.body is None:
+            super().requestReceived(command, path, version)
+            return
+        self.body.allReceived()
+        if self._finishPending:
+            self._finishPending = False
+            if self._lingering is not None and self._lingering.active():
+                self._lingering.cancel()
+            super().finish()
+
+    def finish(self) -> None:
+        body = self.body
+        if body is None or body._complete or self._disconnected:
+            super().finish()
+            return
+        # The response is complete before the request body: read the rest of
+        # the body and drop it, then close the connection, since the client
+        # may not be done sending when we answer.
+        body.discard()
+        self.channel.persistent = False
+        self._finishPending = True
+        self._lingering = self.channel.callLater(LINGERING_TIME, self._stopLingering)
+
+    def _stopLingering(self) -> None:
+        self._lingering = None
+        if self._finishPending and not self._disconnected:
+            self._finishPending = False
+            super().finish()
+            self.channel.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._lingering is not None and self._lingering.active():
+            self._lingering.cancel()
+        super().connectionLost(reason)
+
+
+def _requestLine(channel) -> tuple[bytes, bytes, bytes] | None:
+    """
+    The method, target and version of the request whose headers an
+    HTTP/1.1 channel has just read; C{None} where the channel is of another
+    kind, whose requests are then read whole.
+    """
+    try:
+        return channel._command, channel._path, channel._version
+    except AttributeError:
+        return None
+
+
+class ProxySite(server.Site):
+    """
+    A L{Site} for a L{ProxyResource}: request bodies stream to the backend,
+    and access logging is left to the proxy, which knows the upstream.
+    """
+
+    requestFactory = StreamingRequest
+
+    def log(self, request: Request) -> None:
+        pass
+
+
+class ProxyResource(Resource):
+    """
+    The reverse proxy, as a leaf resource: every request below it goes to a
+    backend chosen by the URL map and the pool.
+
+    @param urlMap: Routes request paths to pools.
+    @param reactor: Schedules timeouts and makes backend connections.
+    @param accessLog: Where to write one line for each request, or L{None}.
+    @param connectionPools: The connection pool for each server, built on
+        first use when absent; pass your own to reach backends through other
+        endpoints (tests do).
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        urlMap: URLMap,
+        reactor: IReactorTime,
+        accessLog: AccessLog | None = None,
+        connectionPools: Mapping[Server, ConnectionPool] | None = None,
+    ):
+        super().__init__()
+        self.urlMap = urlMap
+        self.reactor = reactor
+        self.accessLog = accessLog
+        self.connectionPools = dict(connectionPools or {})
+
+    def connectionPool(self, pool: Pool, server: Server) -> ConnectionPool:
+        """
+        The pool of kept-alive connections to C{server}.
+        """
+        connections = self.connectionPools.get(server)
+        if connections is None:
+            connections = ConnectionPool(self.reactor, server.address, pool.config)
+            self.connectionPools[server] = connections
+        return connections
+
+    def closeConnections(self) -> None:
+        """
+        Close every backend connection: the proxy is shutting down.
+        """
+        for connections in self.connectionPools.values():
+            connections.closeAll()
+
+    def render(self, request: Request):
+        _Exchange(self, request).start()
+        return server.NOT_DONE_YET
+
+
+@implementer(IResponseReceiver)
+class _Exchange:
+    """
+    One client request on its way to a backend and back.
+    """
+
+    connection: UpstreamConnection | None = None
+    server: Server | None = None
+    _connecting = None
+    _started = False
+    _done = False
+    _upstreamStart = 0.0
+    _upstreamTime: float | None = None
+    _reused = False
+    _released = False
+
+    def __init__(self, proxy: ProxyResource, request: Request):
+        self.proxy = proxy
+        self.request = request
+        self.start_time = time.time()
+
+    def start(self) -> None:
+        request = self.request
+        request.defaultContentType = None
+        request.notifyFinish().addErrback(self._clientGone)
+        route = self.proxy.urlMap.match(request.path)
+        if route is None:
+            self._answer(404, b"Not Found", b"No route matches this path.")
+            return
+        self.pool = route.pool
+        body = getattr(request, "body", None)
+        if body is None:
+            body = _FileBody(request.content)
+        self.body = body
+        self.server = self.pool.pick(_clientHost(request))
+        self.server.active += 1
+        self.head = requestHead(
+            request.method,
+            request.uri,
+            request.requestHeaders.getAllRawHeaders(),
+            _clientHost(request).encode("ascii"),
+            request.clientproto,
+            request.isSecure(),
+            body.length,
+            self.server.name.encode("ascii"),
+        )
+        self._connect(self.proxy.connectionPool(self.pool, self.server).acquire())
+
+    def _connect(self, connecting) -> None:
+        self._upstreamStart = time.time()
+        self._connecting = connecting
+        connecting.addCallbacks(self._connected, self._connectFailed)
+
+    def _connected(self, connection: UpstreamConnection) -> None:
+        self._connecting = None
+        if self._done:
+            self.proxy.connectionPool(self.pool, self.server).release(connection)
+            return
+        self.connection = connection
+        self._reused = connection.reused
+        connection.sendRequest(
+            self.head, self.request.method, self, chunked=self.body.length is None
+        )
+        if self.body.length == 0:
+            connection.finishBody()
+        else:
+            self.body.deliverTo(connection)
+
+    def _connectFailed(self, reason: Failure) -> None:
+        self._connecting = None
+        if self._done:
+            return
+        if reason.check(UpstreamError):
+            self.responseFailed(reason.value)
+        else:
+            self.responseFailed(UpstreamError(str(reason.value)))
+
+    # IResponseReceiver
+
+    def responseStarted(
+        self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        self._started = True
+        request = self.request
+        request.setResponseCode(code, reason)
+        outgoing = request.responseHeaders
+        outgoing.setRawHeaders(b"Server", [SERVER_NAME])
+        for name, value in responseHeaders(headers):
+            outgoing.addRawHeader(name, value)
+        request.registerProducer(self.connection, True)
+
+    def responseData(self, data: bytes) -> None:
+        self.request.write(data)
+
+    def responseDone(self) -> None:
+        self._upstreamTime = time.time() - self._upstreamStart
+        self._release()
+        request = self.request
+        request.unregisterProducer()
+        self.body.discard()
+        self._finish()
+
+    def responseFailed(self, reason: UpstreamError) -> None:
+        self._upstreamTime = time.time() - self._upstreamStart
+        if (
+            isinstance(reason, UpstreamClosed)
+            and reason.beforeResponse
+            and self._reused
+            and self.body.length == 0
+            and self.request.method in _IDEMPOTENT
+            and not self._done
+        ):
+            # The backend closed a kept-alive connection as we reused it: try
+            # once more on a fresh connection.
+            self._reused = False
+            self.connection = None
+            self._connect(self.proxy.connectionPool(self.pool, self.server).connect())
+            return
+        self._release()
+        self.body.discard()
+        log.warn(
+            "upstream {server} ({pool}) failed: {reason} while proxying "
+            "{method} {uri}",
+            server=self.server.name,
+            pool=self.pool.name,
+            reason=str(reason),
+            method=self.request.method.decode("ascii", "replace"),
+            uri=self.request.uri.decode("ascii", "replace"),
+        )
+        if self._done:
+            return
+        if self._started:
+            # Part of the response has gone out: the only honest end is an
+            # abort, so the client cannot take a truncated body for a whole.
+            self.request.unregisterProducer()
+            self._done = True
+            self._log(self.request.code)
+            self.request.transport.abortConnection()
+        elif reason.status == 504:
+            self._answer(504, b"Gateway Timeout", str(reason).encode("utf-8"))
+        else:
+            self._answer(502, b"Bad Gateway", str(reason).encode("utf-8"))
+
+    # Ending.
+
+    def _release(self) -> None:
+        """
+        The exchange no longer occupies its server.
+        """
+        if self.server is not None and not self._released:
+            self._released = True
+            self.server.active -= 1
+
+    def _clientGone(self, reason: Failure) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._release()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self.connection is not None:
+            self.connection.abort()
+        self._log(499)
+
+    def _answer(self, code: int, title: bytes, detail: bytes) -> None:
+        self._done = True
+        errorPage(self.request, code, title, detail)
+        self._log(code)
+
+    def _finish(self) -> None:
+        self._done = True
+        self.request.finish()
+        self._log(self.request.code)
+
+    def _log(self, status: int) -> None:
+        if self.proxy.accessLog is not None:
+            self.proxy.accessLog.record(
+                self.request,
+                status,
+                self.server.name if self.server is not None else None,
+                self._upstreamTime,
+            )
+
+
+def _clientHost(request: Request) -> str:
+    address = request.getClientAddress()
+    return getattr(address, "host", None) or "-"

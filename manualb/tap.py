@@ -1,0 +1,39 @@
+"""
+The C{twistd manualb} command: C{twistd -n manualb --config conf/lb.ini}.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.python import usage
+
+from manualb.config import ConfigError, loadConfig
+from manualb.service import makeService as _makeService
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd manualb}.
+    """
+
+    synopsis = "[--config FILE]"
+    longdesc = "Run the manualb load balancer configured by an INI file."
+    optParameters = [
+        ["config", "c", "conf/lb.ini", "The configuration file."],
+    ]
+
+
+def makeService(options: Options):
+    """
+    Load the configuration and build the service; a broken file ends the
+    program with one line naming file, section and key.
+    """
+    from twisted.internet import reactor
+
+    try:
+        config = loadConfig(options["config"])
+    except ConfigError as e:
+        sys.stderr.write("manualb: %s\n" % (e,))
+        raise SystemExit(1)
+    return _makeService(config, reactor)

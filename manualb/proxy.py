@@ -11,7 +11,6 @@ the backend as it arrives, with back-pressure both ways.
 
 from __future__ import annotations
 
-import time
 from io import BytesIO
 from typing import IO, Mapping
 
@@ -352,8 +351,7 @@ class _Exchange:
     def __init__(self, proxy: ProxyResource, request: Request):
         self.proxy = proxy
         self.request = request
-        self.start_time = time.time()
-
+        
     def start(self) -> None:
         request = self.request
         request.defaultContentType = None
@@ -382,7 +380,7 @@ class _Exchange:
         self._connect(self.proxy.connectionPool(self.pool, self.server).acquire())
 
     def _connect(self, connecting) -> None:
-        self._upstreamStart = time.time()
+        self._upstreamStart = self.proxy.reactor.seconds()
         self._connecting = connecting
         connecting.addCallbacks(self._connected, self._connectFailed)
 
@@ -428,7 +426,7 @@ class _Exchange:
         self.request.write(data)
 
     def responseDone(self) -> None:
-        self._upstreamTime = time.time() - self._upstreamStart
+        self._upstreamTime = self.proxy.reactor.seconds() - self._upstreamStart
         self._release()
         request = self.request
         request.unregisterProducer()
@@ -436,7 +434,7 @@ class _Exchange:
         self._finish()
 
     def responseFailed(self, reason: UpstreamError) -> None:
-        self._upstreamTime = time.time() - self._upstreamStart
+        self._upstreamTime = self.proxy.reactor.seconds() - self._upstreamStart
         if (
             isinstance(reason, UpstreamClosed)
             and reason.beforeResponse

@@ -1,0 +1,51 @@
+"""
+C{python -m manualb check FILE}: validate a configuration, like C{nginx -t}.
+C{python -m manualb demo}: the built-in demo, manualb in front of two
+backends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence, TextIO
+
+from manualb.config import ConfigError, loadConfig
+
+
+def check(path: str, out: TextIO, err: TextIO) -> int:
+    """
+    Validate the configuration file at C{path}: 0 when it is good, 1 with the
+    error on C{err} when not.
+    """
+    try:
+        config = loadConfig(path)
+    except ConfigError as e:
+        err.write("manualb: %s\n" % (e,))
+        err.write("manualb: configuration file %s test failed\n" % (path,))
+        return 1
+    out.write(
+        "manualb: configuration file %s is ok: %d listener(s), %d upstream(s), "
+        "%d route(s)\n"
+        % (path, len(config.listen), len(config.upstreams), len(config.routes))
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m manualb")
+    commands = parser.add_subparsers(dest="command", required=True)
+    checking = commands.add_parser("check", help="validate a configuration file")
+    checking.add_argument("file")
+    demo = commands.add_parser("demo", help="run manualb in front of two demo backends")
+    demo.add_argument("--port", type=int, default=8080, help="the port manualb listens on")
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        return check(args.file, sys.stdout, sys.stderr)
+    from manualb.demo import runDemo
+
+    return runDemo(args.port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -463,12 +463,10 @@ class _Exchange:
         if self._done:
             return
         if self._started:
-            # Part of the response has gone out: the only honest end is an
-            # abort, so the client cannot take a truncated body for a whole.
             self.request.unregisterProducer()
             self._done = True
             self._log(self.request.code)
-            self.request.transport.abortConnection()
+            _breakOff(self.request)
         elif reason.status == 504:
             self._answer(504, b"Gateway Timeout", str(reason).encode("utf-8"))
         else:
@@ -513,6 +511,23 @@ class _Exchange:
                 self.server.name if self.server is not None else None,
                 self._upstreamTime,
             )
+
+
+def _breakOff(request: Request) -> None:
+    """
+    End a response that cannot be completed so that the client cannot take
+    the truncated body for a whole one.
+
+    When the body is framed (chunked, or with a Content-Length), what was
+    sent still goes out and the connection then closes with the framing
+    unfinished; a body delimited by the close itself ends with a reset.
+    """
+    framed = request.chunked or request.responseHeaders.hasHeader(b"content-length")
+    request.channel.persistent = False
+    if framed:
+        request.transport.loseConnection()
+    else:
+        request.transport.abortConnection()
 
 
 def _clientHost(request: Request) -> str:

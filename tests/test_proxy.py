@@ -261,6 +261,19 @@ class ProxyTests(SynchronousTestCase):
         self.assertFalse(client.connected)
         self.assertIn(b'"GET /path?q=1 HTTP/1.1" 200 7 ', self.lb.accessLog.getvalue())
 
+    def test_unframedResponseBrokenIsReset(self):
+        """
+        To an HTTP/1.0 client, whose body ends with the connection, a broken
+        response ends with a reset, never a clean close.
+        """
+        client = self.lb.client()
+        client.send(b"GET / HTTP/1.0\r\n\r\n")
+        backend = self.lb.acceptConnection()
+        backend.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        self.assertFalse(client.transport.disconnected)
+        backend.reset()
+        self.assertTrue(client.transport.disconnected)
+
     def test_backendClosesChunkedResponseEarly(self):
         """
         A chunked response whose connection closes cleanly before the last
@@ -273,6 +286,7 @@ class ProxyTests(SynchronousTestCase):
         backend.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
         backend.close()
         self.assertFalse(client.connected)
+        self.assertFalse(client.transport.disconnected, "framed: flushed, then closed")
         self.assertNotIn(b"0\r\n\r\n", client.received())
 
     def test_closeDelimitedResponse(self):

@@ -191,8 +191,11 @@ class Processes:
 
     def stopAll(self) -> None:
         """
-        Stop every process still running, newest first.
+        Stop every process still running, newest first; a second Ctrl-C
+        does not cut this short.
         """
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for _, process, _ in reversed(list(self.running)):
             self.stop(process)
 
@@ -429,13 +432,18 @@ def checkResponse(port: int) -> str:
 
 def loadTest(procs, name, process, port, other, args) -> dict:
     """
-    Warm up, then measure the proxy C{name} listening on C{port}.
+    Check that the proxy C{name} listening on C{port} reaches both backends,
+    warm it up, then measure it.
     """
-    checkResponse(port)
+    seen = sorted({checkResponse(port).strip() for _ in range(4)})
+    if len(seen) != 2:
+        print(f"  {name}: WARNING: 4 requests reached {seen}, not both backends", flush=True)
     print(f"  {name}: warm-up {args.warmup}s, then {args.duration}s ...", flush=True)
-    runWrk(other, port, args.warmup, args.connections)
+    if args.warmup:
+        runWrk(other, port, args.warmup, args.connections)
     result, output = runWrk(other, port, args.duration, args.connections)
     result["wrk_output"] = output
+    result["backends_seen"] = seen
     if process.poll() is not None:
         raise BenchError(f"{name} died under load:\n{procs.log(process)}")
     if result["errors"]:
@@ -606,7 +614,7 @@ def formatTable(load: dict) -> str:
     lines = [f"{'proxy':<20}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}   errors"]
     for name, r in load.items():
         if "error" in r:
-            lines.append(f"{name:<20}{'failed: ' + r['error'].splitlines()[0]:>10}")
+            lines.append(f"{name:<20}failed: {r['error'].splitlines()[0]}")
             continue
         detail = ", ".join(f"{k} {v}" for k, v in r["error_detail"].items())
         errors = f"{r['errors']}" + (f" ({detail})" if detail else "")
@@ -780,7 +788,9 @@ def main(argv: list[str]) -> int:
     Run the benchmark, print the report, write the JSON; 0 if all went well.
     """
     args = parseArgs(argv)
-    # Stop cleanly (servers killed, files removed) on SIGTERM as on Ctrl-C.
+    # Stop cleanly (servers killed, files removed) on Ctrl-C and SIGTERM,
+    # even when started with SIGINT ignored (as a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupt)
     try:
         ensureTools()

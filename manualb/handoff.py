@@ -20,7 +20,6 @@ from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
-    connectProtocol,
 )
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -29,7 +28,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
@@ -559,6 +558,21 @@ class UpstreamConnection(Protocol):
         return True
 
 
+class _OneConnection(Factory):
+    """
+    Hands an endpoint the protocol of one new backend connection, quietly:
+    a busy balancer makes many.
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: UpstreamConnection):
+        self.protocol = protocol
+
+    def buildProtocol(self, addr):
+        return self.protocol
+
+
 class ConnectionPool:
     """
     The connections to one backend server: idle ones are kept for reuse, up
@@ -631,7 +645,7 @@ class ConnectionPool:
                 "connect to backend failed: " + _describe(reason)
             )
 
-        d = connectProtocol(self.endpoint, connection)
+        d = self.endpoint.connect(_OneConnection(connection))
         d.addTimeout(timeout, self.reactor, onTimeoutCancel=onTimeout)
         d.addCallbacks(connected, failed)
         return d

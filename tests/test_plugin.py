@@ -1,0 +1,206 @@
+"""
+The ways users start manualb: the twistd plugin and C{python -m manualb}.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+from importlib import metadata
+
+from twisted.application.service import IServiceMaker
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.protocol import ProcessProtocol
+from twisted.plugin import getPlugins
+from twisted.trial.unittest import SkipTest, TestCase
+from twisted.web.client import Agent, readBody
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
+
+from manualb.testing import NamedBackend, listenBackend, serverAddress
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+BAD_CONFIG = """\
+[manualb]
+listen = tcp:0:interface=127.0.0.1
+[upstream pool]
+servers = 127.0.0.1:notaport
+[route default]
+path = /
+upstream = pool
+"""
+
+
+def run(args, cwd=ROOT):
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+class PluginTests(TestCase):
+    def test_pluginFound(self):
+        """
+        Twisted's plugin system finds the C{manualb} service maker, whose
+        options take C{--config}.
+        """
+        makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+        self.assertIn("manualb", makers)
+        options = makers["manualb"].options()
+        options.parseOptions(["--config", "some.ini"])
+        self.assertEqual(options["config"], "some.ini")
+
+    def test_installedTwistdListsPlugin(self):
+        """
+        After a plain install, C{twistd --help} run away from the source tree
+        lists manualb.
+        """
+        try:
+            metadata.distribution("manualb")
+        except metadata.PackageNotFoundError:
+            raise SkipTest("manualb is not installed in this environment")
+        elsewhere = self.mktemp()
+        os.makedirs(elsewhere)
+        result = run(TWISTD + ["--help"], cwd=elsewhere)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertRegex(result.stdout, r"\n\s+manualb\s+A load balancer")
+
+    def test_badConfigStopsStartup(self):
+        """
+        A broken configuration file stops C{twistd manualb} with one line
+        naming file, section and key, and no traceback.
+        """
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(BAD_CONFIG)
+        result = run(TWISTD + ["-n", "--pidfile=", "manualb", "--config", path])
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("%s: [upstream pool] servers: " % (path,), result.stderr)
+        self.assertNotIn("Traceback", result.stderr + result.stdout)
+
+    def test_check(self):
+        """
+        C{python -m manualb check FILE} exits 0 for a good file and 1, with
+        the error, for a bad one.
+        """
+        bad = os.path.abspath(self.mktemp())
+        with open(bad, "w") as f:
+            f.write(BAD_CONFIG)
+        good = os.path.abspath(self.mktemp())
+        with open(good, "w") as f:
+            f.write(BAD_CONFIG.replace("notaport", "8080"))
+        result = run([sys.executable, "-m", "manualb", "check", good])
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("is ok", result.stdout)
+        result = run([sys.executable, "-m", "manualb", "check", bad])
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("[upstream pool] servers: ", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+
+    def test_shippedConfigIsValid(self):
+        """
+        The commented example configuration passes the check.
+        """
+        result = run([sys.executable, "-m", "manualb", "check", "conf/lb.ini"])
+        self.assertEqual(result.returncode, 0, result.stderr)
+
+
+class Twistd(ProcessProtocol):
+    """
+    A twistd child process: C{ready} fires when its site listens, C{ended}
+    with the exit status.
+    """
+
+    def __init__(self):
+        self.output = b""
+        self.ready = Deferred()
+        self.ended = Deferred()
+
+    def outReceived(self, data):
+        self.output += data
+        if b"ProxySite starting on" in self.output and not self.ready.called:
+            self.ready.callback(None)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        if not self.ready.called:
+            self.ready.errback(Exception(self.output.decode("utf-8", "replace")))
+        self.ended.callback((reason.value.exitCode, reason.value.signal))
+
+
+@implementer(IAgentEndpointFactory)
+class UNIXSocket:
+    def __init__(self, path):
+        self.path = path
+
+    def endpointForURI(self, uri):
+        return UNIXClientEndpoint(reactor, self.path)
+
+
+class TwistdTests(TestCase):
+    @inlineCallbacks
+    def test_twistdServes(self):
+        """
+        C{twistd -n manualb --config FILE} serves the proxy until stopped.
+        """
+        backend = yield listenBackend(reactor, NamedBackend("Backend A"))
+        self.addCleanup(backend.stopListening)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        socket = os.path.join(directory, "lb.sock")
+        config = os.path.join(directory, "lb.ini")
+        with open(config, "w") as f:
+            f.write(
+                "[manualb]\nlisten = unix:%s\naccess_log = %s\n"
+                "[upstream pool]\nservers = %s\n"
+                "[route default]\npath = /\nupstream = pool\n"
+                % (socket, os.path.join(directory, "access.log"), serverAddress(backend))
+            )
+        process = Twistd()
+        transport = reactor.spawnProcess(
+            process,
+            sys.executable,
+            TWISTD + ["-n", "--pidfile=", "manualb", "--config", config],
+            env=dict(os.environ),
+            path=ROOT,
+        )
+        try:
+            yield process.ready
+            agent = Agent.usingEndpointFactory(reactor, UNIXSocket(socket))
+            response = yield agent.request(b"GET", b"http://lb/hello")
+            body = yield readBody(response)
+            self.assertEqual(body, b"Backend A\n")
+        finally:
+            if process.ended.called is False:
+                transport.signalProcess(signal.SIGTERM)
+        exitCode = yield process.ended
+        # twistd ends by re-raising the signal that stopped it, once shut down.
+        self.assertEqual(exitCode, (None, signal.SIGTERM), process.output)
+        self.assertIn(b"Server Shut Down.", process.output)
+        with open(os.path.join(directory, "access.log"), "rb") as f:
+            self.assertIn(b'"GET /hello HTTP/1.1" 200 10', f.read())
+
+
+class ExampleTests(TestCase):
+    def test_embeddedExampleRuns(self):
+        """
+        The embedding example of the README runs, and balances /api/ over
+        its two backends while serving its own home page.
+        """
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        result = subprocess.run(
+            [sys.executable, "examples/embedded.py"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(
+            result.stdout.splitlines(),
+            [
+                "/ -> the application's home page",
+                "/api/users -> api server A",
+                "/api/users -> api server B",
+                "/api/orders -> api server A",
+            ],
+        )

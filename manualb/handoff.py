@@ -12,6 +12,7 @@ it arrives, and each direction can be paused by the other.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Callable
 
 from twisted.internet import error
@@ -37,6 +38,8 @@ from manualb.durations import formatDuration
 from manualb.forwarding import connectionTokens
 
 MAX_HEAD_SIZE = 64 * 1024
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_FORBIDDEN_IN_VALUE = re.compile(rb"[\0\r\n]")
 MAX_CHUNK_LINE = 4096
 
 
@@ -506,7 +509,7 @@ class UpstreamConnection(Protocol):
         connection = []
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
-            if not sep or not name or name != name.strip() or line[:1] in b" \t":
+            if not sep or not _TOKEN.match(name) or _FORBIDDEN_IN_VALUE.search(value):
                 raise UpstreamBadResponse("bad header line %r" % (line[:80],))
             value = value.strip(b" \t")
             lowered = name.lower()

@@ -1,0 +1,114 @@
+"""
+The small stages: forwarding headers, the URL map, round robin, the access
+log line.
+"""
+
+from io import BytesIO
+
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
+
+from manualb.accesslog import AccessLog
+from manualb.config import ServerAddress, UpstreamConfig
+from manualb.forwarding import requestHead, responseHeaders
+from manualb.selection import IBalancer, Pool, RoundRobin
+from manualb.urlmap import Route, URLMap
+from zope.interface.verify import verifyObject
+
+
+def head(headers, bodyLength=0, method=b"GET", secure=False):
+    return requestHead(
+        method, b"/p?q", headers, b"192.0.2.1", b"HTTP/1.1", secure, bodyLength, b"b:80"
+    )
+
+
+class ForwardingTests(SynchronousTestCase):
+    def test_bodyFraming(self):
+        """
+        A body of known length goes with Content-Length, one of unknown
+        length chunked, and a bodiless GET with neither; the client's own
+        framing headers are never copied.
+        """
+        client = [(b"Content-Length", [b"999"]), (b"Transfer-Encoding", [b"chunked"])]
+        self.assertIn(b"\r\nContent-Length: 5\r\n", head(client, 5, b"POST"))
+        self.assertNotIn(b"999", head(client, 5, b"POST"))
+        chunked = head(client, None, b"POST")
+        self.assertIn(b"\r\nTransfer-Encoding: chunked\r\n", chunked)
+        self.assertNotIn(b"Content-Length", chunked)
+        self.assertNotIn(b"Content-Length", head([], 0, b"GET"))
+        self.assertIn(b"\r\nContent-Length: 0\r\n", head([], 0, b"POST"))
+
+    def test_expectDropped(self):
+        """
+        The proxy answered 100-continue itself; the backend is not asked to.
+        """
+        self.assertNotIn(b"Expect", head([(b"Expect", [b"100-continue"])], 5, b"POST"))
+
+    def test_forwardedProtoHttps(self):
+        sent = head([(b"Host", [b"h"]), (b"X-Forwarded-Proto", [b"gopher"])], secure=True)
+        self.assertIn(b"\r\nX-Forwarded-Proto: https\r\n", sent)
+        self.assertNotIn(b"gopher", sent)
+
+    def test_responseHeaders(self):
+        self.assertEqual(
+            responseHeaders(
+                [(b"Connection", b"close, X-A"), (b"X-A", b"1"), (b"Transfer-Encoding", b"chunked"),
+                 (b"Server", b"s"), (b"Set-Cookie", b"a"), (b"Set-Cookie", b"b")]
+            ),
+            [(b"Set-Cookie", b"a"), (b"Set-Cookie", b"b")],
+        )
+
+
+class URLMapTests(SynchronousTestCase):
+    def test_longestPrefixWins(self):
+        """
+        The longest matching prefix wins, whatever the order of the routes;
+        a prefix matches as a string, as nginx's prefix locations do.
+        """
+        routes = [Route(name, path, None) for name, path in
+                  [("root", b"/"), ("api", b"/api"), ("v2", b"/api/v2/")]]
+        for ordering in [routes, routes[::-1]]:
+            urlMap = URLMap(ordering)
+            self.assertEqual(urlMap.match(b"/api/v2/x").name, "v2")
+            self.assertEqual(urlMap.match(b"/api/v1").name, "api")
+            self.assertEqual(urlMap.match(b"/apix").name, "api")
+            self.assertEqual(urlMap.match(b"/other").name, "root")
+
+    def test_noMatch(self):
+        self.assertIsNone(URLMap([Route("api", b"/api", None)]).match(b"/"))
+
+
+class RoundRobinTests(SynchronousTestCase):
+    def test_interface(self):
+        verifyObject(IBalancer, RoundRobin())
+
+    def test_eachInTurn(self):
+        config = UpstreamConfig(
+            "p", tuple(ServerAddress("10.0.0.%d" % i, 80) for i in (1, 2, 3))
+        )
+        pool = Pool(config)
+        picks = [pool.pick("192.0.2.1").name for _ in range(7)]
+        self.assertEqual(
+            picks,
+            ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"] * 2 + ["10.0.0.1:80"],
+        )
+
+
+class AccessLogTests(SynchronousTestCase):
+    def test_hostileValuesEscaped(self):
+        """
+        Quotes, backslashes, control and non-ASCII bytes are escaped, so a
+        request cannot forge a log line.
+        """
+        output = BytesIO()
+        log = AccessLog(output, clock=lambda: 0)
+        request = DummyRequest([b""])
+        request.method = b"GET"
+        request.uri = b'/\n127.0.0.1 - - "x\\'
+        request.clientproto = b"HTTP/1.1"
+        request.requestHeaders.addRawHeader(b"User-Agent", b"\xff\"")
+        request.sentLength = 0
+        log.record(request, 404, None, None)
+        line = output.getvalue()
+        self.assertEqual(line.count(b"\n"), 1)
+        self.assertIn(b'"GET /\\x0A127.0.0.1 - - \\x22x\\x5C HTTP/1.1" 404 0 "-" "\\xFF\\x22" - -\n', line)

@@ -557,21 +557,61 @@ def summarise(result: dict, expected: int, received: int) -> dict:
     return result
 
 
+def warmPageCache(path: Path, limit: float = 60.0) -> None:
+    """
+    Read C{path} once, so that no transfer pays for the kernel's first read
+    of the sparse file (which alone runs at a few hundred MiB/s here).
+    """
+    deadline = time.monotonic() + limit
+    with open(path, "rb", buffering=0) as f:
+        while f.read(4 * MiB) and time.monotonic() < deadline:
+            pass
+
+
+def directMiBs(prefix: list[str], argv: list[str], timeout: float) -> float:
+    """
+    MiB/s of one curl transfer straight to a backend, for reference.
+
+    C{argv} must make curl print C{"BYTES SECONDS"} last on standard output.
+    """
+    done = runCurl(prefix, argv, timeout)
+    if done.returncode != 0:
+        raise BenchError(f"curl {' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+    size, seconds = done.stdout.strip().splitlines()[-1].split()
+    return int(size) / MiB / float(seconds) if float(seconds) else 0.0
+
+
+def downloadArgv(port: int) -> list[str]:
+    """
+    curl arguments that fetch C{/big} from C{port} and print its size and
+    time.
+    """
+    return ["-o", "/dev/null", "-w", "%{size_download} %{time_total}\n",
+            f"http://127.0.0.1:{port}/big"]
+
+
+def uploadArgv(port: int, bigfile: Path) -> list[str]:
+    """
+    curl arguments that PUT C{bigfile} to C{port} and print the answer, then
+    the size and time.
+    """
+    return ["-T", str(bigfile), "-w", "\n%{size_upload} %{time_total}\n",
+            f"http://127.0.0.1:{port}/upload"]
+
+
 def streamDownload(procs, proxyPin, otherPin, backendPorts, size, timeout) -> dict:
     """
-    Download the large file from the nginx backends through a fresh manualb.
+    Download the large file from the nginx backends through a fresh manualb
+    (and once directly from a backend, for reference).
     """
+    direct = directMiBs(otherPin, downloadArgv(backendPorts[0]), timeout)
     process, port = startManualb(procs, proxyPin, "manualb-download", list(backendPorts))
     try:
         checkResponse(port)
-        result = streamThrough(
-            process.pid, otherPin,
-            ["-o", "/dev/null", "-w", "%{size_download} %{time_total}\n",
-             f"http://127.0.0.1:{port}/big"],
-            timeout,
-        )
+        result = streamThrough(process.pid, otherPin, downloadArgv(port), timeout)
         if process.poll() is not None:
             raise BenchError(f"manualb died during the download:\n{procs.log(process)}")
+        result["direct_mib_per_s"] = direct
         return summarise(result, size, result["bytes"])
     finally:
         procs.stop(process)
@@ -579,19 +619,18 @@ def streamDownload(procs, proxyPin, otherPin, backendPorts, size, timeout) -> di
 
 def streamUpload(procs, proxyPin, otherPin, bigfile, size, timeout) -> dict:
     """
-    PUT the large file through a fresh manualb to the counting sink backend.
+    PUT the large file through a fresh manualb to the counting sink backend
+    (and once directly to the sink, for reference).
     """
     sinkPort = freePort()
     sink = startScript(procs, otherPin, "sink", "sink_backend.py", [str(sinkPort)], sinkPort)
-    process, port = startManualb(procs, proxyPin, "manualb-upload", [sinkPort])
+    process = None
     try:
+        direct = directMiBs(otherPin, uploadArgv(sinkPort, bigfile), timeout)
+        process, port = startManualb(procs, proxyPin, "manualb-upload", [sinkPort])
         checkResponse(port)
-        result = streamThrough(
-            process.pid, otherPin,
-            ["-T", str(bigfile), "-w", "\n%{size_upload} %{time_total}\n",
-             f"http://127.0.0.1:{port}/upload"],
-            timeout,
-        )
+        result = streamThrough(process.pid, otherPin, uploadArgv(port, bigfile), timeout)
+        result["direct_mib_per_s"] = direct
         if process.poll() is not None:
             raise BenchError(f"manualb died during the upload:\n{procs.log(process)}")
         try:
@@ -600,7 +639,8 @@ def streamUpload(procs, proxyPin, otherPin, bigfile, size, timeout) -> dict:
             raise BenchError(f"sink answered {result['body']!r}, not a byte count") from None
         return summarise(result, size, received)
     finally:
-        procs.stop(process)
+        if process is not None:
+            procs.stop(process)
         procs.stop(sink)
 
 
@@ -633,7 +673,8 @@ def formatStream(label: str, r: dict) -> str:
     return (
         f"{label} {r['mib_per_s']:.0f} MiB/s ({r['seconds']:.1f} s, {check}), "
         f"RSS {r['rss_before_mib']:.0f} -> {r['rss_peak_mib']:.0f} MiB "
-        f"(+{r['rss_growth_mib']:.1f} MiB, peak of {r['rss_samples']} samples)"
+        f"(+{r['rss_growth_mib']:.1f} MiB, peak of {r['rss_samples']} samples); "
+        f"direct without proxy {r['direct_mib_per_s']:.0f} MiB/s"
     )
 
 
@@ -723,6 +764,7 @@ def runStreaming(procs, proxyPin, otherPin, backendPorts, bigfile, size, args) -
     Stream the large file through manualb, down and up.
     """
     streaming: dict = {}
+    warmPageCache(bigfile)
     for key, run in (
         ("download", lambda: streamDownload(procs, proxyPin, otherPin, backendPorts, size, args.stream_timeout)),
         ("upload", lambda: streamUpload(procs, proxyPin, otherPin, bigfile, size, args.stream_timeout)),

@@ -199,6 +199,10 @@ class Config:
     @ivar upstreams: Upstreams by name, in file order.
     @ivar routes: Routes in file order; every one names an upstream in
         C{upstreams} and no two share a path.
+    @ivar client_timeout: Seconds a client connection may stay silent: idle
+        between requests, or stalled while sending its request head or body
+        (nginx's C{keepalive_timeout}, C{client_header_timeout} and
+        C{client_body_timeout} in one).
     """
 
     source: str
@@ -206,6 +210,7 @@ class Config:
     access_log: str | None
     upstreams: Mapping[str, UpstreamConfig]
     routes: tuple[RouteConfig, ...] = attrs.field(converter=tuple)
+    client_timeout: float = 60.0
 
 
 def loadConfig(path: str) -> Config:
@@ -242,6 +247,7 @@ def parseConfig(text: str, source: str = "<string>") -> Config:
     sections = _Sections(source, parser)
     sections.classify()
     listen, accessLog = _parseMain(sections)
+    clientTimeout = sections.duration(sections.main, "client_timeout", 60.0)
     upstreams = {
         name: _parseUpstream(sections, header, name)
         for name, header in sections.upstreams.items()
@@ -257,6 +263,7 @@ def parseConfig(text: str, source: str = "<string>") -> Config:
         access_log=accessLog,
         upstreams=upstreams,
         routes=routes,
+        client_timeout=clientTimeout,
     )
 
 
@@ -346,7 +353,7 @@ class _Sections:
     @ivar routes: Route name to section header, in file order.
     """
 
-    _MAIN_KEYS = ("listen", "access_log")
+    _MAIN_KEYS = ("listen", "access_log", "client_timeout")
     _UPSTREAM_KEYS = (
         "servers",
         "balance",

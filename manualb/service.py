@@ -36,7 +36,7 @@ class LoadBalancer:
         self.pools = {name: Pool(upstream) for name, upstream in config.upstreams.items()}
         self.urlMap = URLMap.fromConfig(config.routes, self.pools)
         self.resource = ProxyResource(self.urlMap, reactor, accessLog)
-        self.site = ProxySite(self.resource, reactor=reactor)
+        self.site = ProxySite(self.resource, timeout=config.client_timeout, reactor=reactor)
 
     def close(self) -> None:
         """

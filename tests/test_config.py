@@ -344,7 +344,7 @@ class SectionErrorTests(SynchronousTestCase):
         self.assertError(
             MAIN + "acces_log = -\n",
             "lb.ini: [manualb] acces_log: unknown key "
-            "(known keys: listen, access_log)",
+            "(known keys: listen, access_log, client_timeout)",
         )
 
     def test_unknownKeyInUpstream(self) -> None:
@@ -814,3 +814,13 @@ class FormatDurationTests(SynchronousTestCase):
 
     def test_negative(self) -> None:
         self.assertRaises(ValueError, formatDuration, -1)
+
+
+class ClientTimeoutTests(SynchronousTestCase):
+    def test_clientTimeout(self):
+        text = "[manualb]\nlisten = tcp:0\n{}[upstream u]\nservers = a:1\n[route r]\npath = /\nupstream = u\n"
+        self.assertEqual(parseConfig(text.format("")).client_timeout, 60.0)
+        self.assertEqual(parseConfig(text.format("client_timeout = 1m30s\n")).client_timeout, 90.0)
+        with self.assertRaises(ConfigError) as caught:
+            parseConfig(text.format("client_timeout = soon\n"), "f.ini")
+        self.assertIn("f.ini: [manualb] client_timeout: ", str(caught.exception))

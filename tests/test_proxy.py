@@ -532,3 +532,24 @@ class ProxyTests(SynchronousTestCase):
             rb'"GET /x HTTP/1\.1" 200 5 "http://r/" "t\\x22x" 10\.0\.0\.1:8001 0\.000\n$',
         )
 
+
+
+class ClientTimeoutTests(SynchronousTestCase):
+    def test_idleClientClosed(self):
+        """
+        A client connection silent for client_timeout is closed; one busy
+        with a slow backend is not.
+        """
+        config = parseConfig(
+            "[manualb]\nlisten = tcp:0\naccess_log = off\nclient_timeout = 5s\n"
+            "[upstream u]\nservers = 10.0.0.1:80\n[route r]\npath = /\nupstream = u\n"
+        )
+        lb = MemoryBalancer(config)
+        idle, busy = lb.client(port=1), lb.client(port=2)
+        busy.send(GET)
+        backend = lb.acceptConnection()
+        lb.reactor.advance(6)
+        self.assertFalse(idle.connected)
+        self.assertTrue(busy.connected)
+        backend.send(OK)
+        self.assertTrue(busy.received().endswith(b"hello"))

@@ -51,10 +51,13 @@ def runDemo(port: int) -> int:
     """
     from twisted.internet import reactor
 
+    failures = []
+
     def failed(reason):
+        failures.append(reason)
         _say("demo failed: %s" % (reason.getErrorMessage(),))
         reactor.stop()
 
     reactor.callWhenRunning(lambda: _start(reactor, port).addErrback(failed))
     reactor.run()
-    return 0
+    return 1 if failures else 0

@@ -37,7 +37,11 @@ from manualb.urlmap import URLMap
 
 log = Logger()
 
-_IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"])
+_IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"])
+# As nginx: CONNECT would make the proxy a tunnel, TRACE echoes headers the
+# proxy added (cross-site tracing).
+_REFUSED_METHODS = frozenset([b"CONNECT", b"TRACE"])
+_ALLOWED = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
 _BUFFER_LIMIT = 64 * 1024
 _READ_SIZE = 64 * 1024
 # How long a request body is still read (and dropped) after its response has
@@ -351,11 +355,15 @@ class _Exchange:
     def __init__(self, proxy: ProxyResource, request: Request):
         self.proxy = proxy
         self.request = request
-        
+
     def start(self) -> None:
         request = self.request
         request.defaultContentType = None
         request.notifyFinish().addErrback(self._clientGone)
+        if request.method in _REFUSED_METHODS:
+            request.responseHeaders.setRawHeaders(b"Allow", [_ALLOWED])
+            self._answer(405, b"Method Not Allowed", b"A proxy does not pass this method on.")
+            return
         route = self.proxy.urlMap.match(request.path)
         if route is None:
             self._answer(404, b"Not Found", b"No route matches this path.")

@@ -187,6 +187,16 @@ class ProxyTests(SynchronousTestCase):
         self.assertTrue(client.received().startswith(b"HTTP/1.1 404 Not Found"))
         self.assertEqual(lb.pendingConnections(), [])
 
+    def test_connectAndTraceRefused(self):
+        """
+        CONNECT and TRACE get 405 without reaching a backend, as with nginx.
+        """
+        for method in [b"CONNECT", b"TRACE"]:
+            client = self.lb.client()
+            client.send(method + b" / HTTP/1.1\r\nHost: a\r\n\r\n")
+            self.assertTrue(client.received().startswith(b"HTTP/1.1 405 Method Not Allowed"))
+        self.assertEqual(self.lb.pendingConnections(), [])
+
     def test_backendRefuses(self):
         """
         A backend that refuses the connection gets the client a 502, and the

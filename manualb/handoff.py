@@ -166,18 +166,18 @@ class _BodyThrottle:
             )
 
     def resumeProducing(self) -> None:
-        self._cancelTimer()
+        self.cancelTimer()
         self._source.resumeProducing()
 
     def stopProducing(self) -> None:
-        self._cancelTimer()
+        self.cancelTimer()
         self._source.stopProducing()
 
-    def _cancelTimer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+    def cancelTimer(self) -> None:
+        """
+        Stop counting C{send_timeout}: the body is done, or the exchange.
+        """
+        self._timer = _cancel(self._timer)
 
     def _timedOut(self) -> None:
         self._timer = None
@@ -275,9 +275,10 @@ class UpstreamConnection(Protocol):
 
     def _detachBody(self) -> None:
         if self._throttle is not None:
-            self._throttle._cancelTimer()
+            self._throttle.cancelTimer()
             self._throttle = None
-            self.transport.unregisterProducer()
+            if not self._closed:
+                self.transport.unregisterProducer()
 
     # Flow control of the response.
 
@@ -307,10 +308,7 @@ class UpstreamConnection(Protocol):
             self._readTimer.reset(timeout)
 
     def _cancelReadTimer(self) -> None:
-        if self._readTimer is not None:
-            if self._readTimer.active():
-                self._readTimer.cancel()
-            self._readTimer = None
+        self._readTimer = _cancel(self._readTimer)
 
     def _readTimedOut(self) -> None:
         self._readTimer = None
@@ -339,19 +337,15 @@ class UpstreamConnection(Protocol):
         """
         self._receiver = None
         self._cancelReadTimer()
-        if self._throttle is not None:
-            self._throttle._cancelTimer()
-            self._throttle = None
         if not self._closed:
             self._closed = True
+            self._detachBody()
             self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._closed = True
         self._cancelReadTimer()
-        if self._throttle is not None:
-            self._throttle._cancelTimer()
-            self._throttle = None
+        self._detachBody()
         if self.pool is not None:
             self.pool.forget(self)
         receiver = self._receiver
@@ -613,9 +607,7 @@ class ConnectionPool:
         """
         if self._idle:
             connection = self._idle.pop()
-            if connection.idleTimer is not None and connection.idleTimer.active():
-                connection.idleTimer.cancel()
-            connection.idleTimer = None
+            connection.idleTimer = _cancel(connection.idleTimer)
             return succeed(connection)
         return self.connect()
 
@@ -672,9 +664,7 @@ class ConnectionPool:
         self._open.discard(connection)
         if connection in self._idle:
             self._idle.remove(connection)
-        if connection.idleTimer is not None and connection.idleTimer.active():
-            connection.idleTimer.cancel()
-        connection.idleTimer = None
+        connection.idleTimer = _cancel(connection.idleTimer)
 
     def closeAll(self) -> None:
         """
@@ -683,6 +673,15 @@ class ConnectionPool:
         for connection in list(self._open):
             connection.abort()
         self._idle.clear()
+
+
+def _cancel(call: IDelayedCall | None) -> None:
+    """
+    Cancel C{call} if it is still pending; returns L{None}, for
+    C{self.timer = _cancel(self.timer)}.
+    """
+    if call is not None and call.active():
+        call.cancel()
 
 
 def _describe(reason: Failure) -> str:

@@ -2,6 +2,7 @@
 C{python -m manualb check FILE}: validate a configuration, like C{nginx -t}.
 C{python -m manualb demo}: the built-in demo, manualb in front of two
 backends.
+C{python -m manualb backend NAME}: a test backend answering with its name.
 """
 
 from __future__ import annotations
@@ -39,9 +40,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     checking.add_argument("file")
     demo = commands.add_parser("demo", help="run manualb in front of two demo backends")
     demo.add_argument("--port", type=int, default=8080, help="the port manualb listens on")
+    backend = commands.add_parser(
+        "backend", help="run a test backend that answers with its name"
+    )
+    backend.add_argument("name")
+    backend.add_argument("--port", type=int, default=0, help="0 picks a free port")
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args.file, sys.stdout, sys.stderr)
+    if args.command == "backend":
+        from manualb.testing import runBackend
+
+        runBackend(args.name, args.port)
+        return 0
     from manualb.demo import runDemo
 
     return runDemo(args.port)

@@ -2,7 +2,8 @@
 Read and validate the manualb configuration file.
 
 The file is INI (L{configparser}) and becomes a tree of frozen L{attrs}
-objects: L{Config} holding L{UpstreamConfig}, L{ServerAddress} and
+objects: L{Config} holding L{UpstreamConfig} (with its L{ServerConfig}s,
+each holding a L{ServerAddress}, and its L{HealthCheckConfig}) and
 L{RouteConfig}.  Everything is checked before the load balancer starts so
 that the rest of the program can trust these objects, and so that every
 mistake stops start-up with one message naming the file, section and key
@@ -16,9 +17,13 @@ Example::
 
     [upstream my_backend_pool]
     servers =
-        10.128.0.2:80
-        10.128.0.3:80
+        10.128.0.2:80 weight=2 max_fails=3 fail_timeout=30s
+        10.128.0.3:80 slow_start=30s max_conns=100
+        10.128.0.4:80 backup
+    balance = least_conn
     connect_timeout = 5s
+    passive_fail_on = 502 503 504
+    health_check = path=/healthz interval=2s rise=2 fall=3 expect=2xx
 
     [route default]
     path = /
@@ -30,27 +35,26 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 
 import attrs
 from twisted.internet.endpoints import serverFromString
 
-from manualb.durations import parseDuration
+from manualb.durations import formatDuration, parseDuration, parseSize
 
 __all__ = [
-    "BALANCE_METHODS",
     "SCHEMES",
     "ConfigError",
     "ServerAddress",
+    "ServerConfig",
+    "HealthCheckConfig",
     "UpstreamConfig",
     "RouteConfig",
     "Config",
     "parseConfig",
     "loadConfig",
 ]
-
-#: Load-balancing methods the C{balance} key accepts.
-BALANCE_METHODS: tuple[str, ...] = ("round_robin",)
 
 #: URL schemes a server address may use.
 SCHEMES: tuple[str, ...] = ("http",)
@@ -69,6 +73,13 @@ _SECTION_HEADER = re.compile(r"\[(?P<header>[^\]]+)\]$")
 _KNOWN_SECTIONS = "[manualb], [upstream NAME], [route NAME]"
 _HOSTNAME = re.compile(r"[A-Za-z0-9_.-]+")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+# The status codes passive_fail_on accepts, and those and the classes (2xx)
+# that health_check's expect accepts.
+_FAILURE_STATUS = re.compile(r"5[0-9][0-9]")
+_STATUS = re.compile(r"[1-5][0-9][0-9]")
+_STATUS_CLASS = re.compile(r"[1-5][xX][xX]")
+# What the Host header of a probe may be: a name or address, and a port.
+_HOST_HEADER = re.compile(r"(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 
 class ConfigError(Exception):
@@ -140,6 +151,82 @@ class ServerAddress:
 
 
 @attrs.frozen
+class ServerConfig:
+    """
+    A server of an upstream and its options, nginx's C{server} line:
+    C{10.0.0.1:80 weight=3 max_fails=2 fail_timeout=30s}.
+
+    @ivar address: Where the server listens.
+    @ivar weight: Its share of the requests relative to the other servers.
+    @ivar max_fails: Failures within C{fail_timeout} that make the server
+        unavailable for C{fail_timeout}; 0 turns the accounting off.
+    @ivar fail_timeout: Seconds, both the window in which failures are
+        counted and how long the server then stays unavailable.
+    @ivar backup: Serves only while no primary server is available.
+    @ivar down: Marked down by hand: never chosen.
+    @ivar slow_start: Seconds over which a server that comes back ramps from
+        weight 0 to its full weight; 0 for no ramp.
+    @ivar max_conns: Requests in flight to the server at most; 0 for no
+        limit.
+    """
+
+    address: ServerAddress
+    weight: int = 1
+    max_fails: int = 1
+    fail_timeout: float = 10.0
+    backup: bool = False
+    down: bool = False
+    slow_start: float = 0.0
+    max_conns: int = 0
+
+    @property
+    def name(self) -> str:
+        """
+        The address as C{host:port}.
+        """
+        return self.address.name
+
+
+def _toServerConfigs(servers) -> tuple[ServerConfig, ...]:
+    """
+    Accept bare L{ServerAddress}es where L{ServerConfig}s are expected, with
+    every option at its default.
+    """
+    return tuple(
+        server if isinstance(server, ServerConfig) else ServerConfig(server)
+        for server in servers
+    )
+
+
+@attrs.frozen
+class HealthCheckConfig:
+    """
+    Active health probes of an upstream's servers, C{health_check = ...}.
+
+    @ivar path: The request path of the probe.
+    @ivar interval: Seconds between the end of a probe and the next one
+        (spread with some jitter).
+    @ivar timeout: Seconds a probe may take.
+    @ivar rise: Consecutive passed probes that bring a down server up.
+    @ivar fall: Consecutive failed probes that take an up server down.
+    @ivar expect: The status codes that pass.
+    @ivar body: A regular expression the response body must match, or
+        L{None}.
+    @ivar host: The C{Host} header of the probe; the server's address when
+        L{None}.
+    """
+
+    path: str = "/"
+    interval: float = 5.0
+    timeout: float = 2.0
+    rise: int = 2
+    fall: int = 3
+    expect: frozenset[int] = frozenset([200])
+    body: str | None = None
+    host: str | None = None
+
+
+@attrs.frozen
 class UpstreamConfig:
     """
     A named pool of backend servers and how to talk to them; the timeouts and
@@ -147,7 +234,10 @@ class UpstreamConfig:
 
     @ivar name: The NAME from C{[upstream NAME]}.
     @ivar servers: The servers, in file order.
-    @ivar balance: Load-balancing method, one of L{BALANCE_METHODS}.
+    @ivar balance: Load-balancing method: a built-in name or the dotted name
+        of a user's balancer factory.
+    @ivar balance_argument: What follows the method in C{balance}: the key of
+        C{hash}, the cookie name of C{cookie}; L{None} when nothing does.
     @ivar connect_timeout: Seconds allowed to connect to a server.
     @ivar read_timeout: Seconds allowed between two successful reads from a
         server (nginx C{proxy_read_timeout}).
@@ -159,17 +249,35 @@ class UpstreamConfig:
         closed.
     @ivar keepalive_requests: Requests sent over one backend connection
         before it is closed.
+    @ivar passive_fail_on: Response status codes that count as a failure of
+        the server (and are retried like one); connection errors and
+        timeouts always count.
+    @ivar tries: How many servers one request may be tried on, the first
+        included; 0 for every available server once.
+    @ivar retry_timeout: Seconds after the first try during which another
+        may start; 0 for no limit.
+    @ivar retry_body_limit: Bytes of request body kept (in memory, then in
+        a temporary file) so that a request can be sent again after its body
+        went to a server that failed; a larger body is not retried once it
+        has started going.
+    @ivar health_check: Active probes, or L{None} for passive health only.
     """
 
     name: str
-    servers: tuple[ServerAddress, ...] = attrs.field(converter=tuple)
+    servers: tuple[ServerConfig, ...] = attrs.field(converter=_toServerConfigs)
     balance: str = "round_robin"
+    balance_argument: str | None = None
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     send_timeout: float = 60.0
     keepalive: int = 32
     keepalive_timeout: float = 60.0
     keepalive_requests: int = 1000
+    passive_fail_on: frozenset[int] = frozenset()
+    tries: int = 0
+    retry_timeout: float = 0.0
+    retry_body_limit: int = 1024 * 1024
+    health_check: HealthCheckConfig | None = None
 
 
 @attrs.frozen
@@ -363,6 +471,11 @@ class _Sections:
         "keepalive",
         "keepalive_timeout",
         "keepalive_requests",
+        "passive_fail_on",
+        "tries",
+        "retry_timeout",
+        "retry_body_limit",
+        "health_check",
     )
     _ROUTE_KEYS = ("path", "upstream")
 
@@ -467,20 +580,20 @@ class _Sections:
             )
         return lines[0]
 
-    def duration(self, section: str, key: str, default: float) -> float:
+    def duration(
+        self, section: str, key: str, default: float, allowZero: bool = False
+    ) -> float:
         """
-        Return a positive duration in seconds, or C{default} if absent.
+        Return a positive duration in seconds (or zero, if C{allowZero}), or
+        C{default} if absent.
         """
         text = self.single(section, key)
         if text is None:
             return default
         try:
-            seconds = parseDuration(text)
+            return _durationValue(text, allowZero)
         except ValueError as e:
             raise self.error(section, key, str(e)) from None
-        if seconds <= 0:
-            raise self.error(section, key, f"must be greater than zero, got {text!r}")
-        return seconds
 
     def integer(self, section: str, key: str, default: int, minimum: int) -> int:
         """
@@ -489,12 +602,106 @@ class _Sections:
         text = self.single(section, key)
         if text is None:
             return default
-        if not _INTEGER.fullmatch(text):
-            raise self.error(section, key, f"bad integer {text!r}")
-        value = int(text)
-        if value < minimum:
-            raise self.error(section, key, f"must be at least {minimum}, got {value}")
-        return value
+        try:
+            return _integerValue(text, minimum)
+        except ValueError as e:
+            raise self.error(section, key, str(e)) from None
+
+    def size(self, section: str, key: str, default: int) -> int:
+        """
+        Return a size in bytes (L{parseSize}), or C{default} if absent.
+        """
+        text = self.single(section, key)
+        if text is None:
+            return default
+        try:
+            return parseSize(text)
+        except ValueError as e:
+            raise self.error(section, key, str(e)) from None
+
+
+def _durationValue(text: str, allowZero: bool = False) -> float:
+    """
+    Return the duration C{text} in seconds, which must be positive unless
+    C{allowZero}.
+
+    @raise ValueError: with a message quoting C{text}.
+    """
+    seconds = parseDuration(text)
+    if seconds <= 0 and not allowZero:
+        raise ValueError(f"must be greater than zero, got {text!r}")
+    return seconds
+
+
+def _integerValue(text: str, minimum: int) -> int:
+    """
+    Return C{text} as a whole number of at least C{minimum}.
+
+    @raise ValueError: with a message quoting C{text}.
+    """
+    if not _INTEGER.fullmatch(text):
+        raise ValueError(f"bad integer {text!r}")
+    value = int(text)
+    if value < minimum:
+        raise ValueError(f"must be at least {minimum}, got {value}")
+    return value
+
+
+def _parseOptions(
+    words: list[str],
+    known: Mapping[str, tuple[Callable[[str], object], str] | None],
+    context: str,
+) -> dict[str, object]:
+    """
+    Read options written as nginx writes a C{server}'s parameters: bare
+    C{name} flags and C{name=value} pairs, neither with spaces inside.
+
+    @param words: The options, already split on whitespace.
+    @param known: How to read each option, by name, in the order messages
+        list them: L{None} for a flag (which becomes C{True} when given),
+        else the function that reads its value (raising L{ValueError}) and an
+        example such as C{weight=3}.
+    @param context: The text that messages quote: the whole line or value.
+
+    @return: The value of each option given, by name.
+
+    @raise ValueError: for an unknown option, an option given twice, a flag
+        given a value, a missing value or a bad one.
+    """
+    names = ", ".join(known)
+    hasFlags = None in known.values()
+    options: dict[str, object] = {}
+    for word in words:
+        name, equals, value = word.partition("=")
+        if name not in known:
+            if not equals and not hasFlags:
+                raise ValueError(
+                    f"expected name=value, got {word!r} in {context!r} "
+                    f"(known names: {names})"
+                )
+            raise ValueError(
+                f"unknown option {name!r} in {context!r} (known options: {names})"
+            )
+        if name in options:
+            raise ValueError(f"option {name!r} given twice in {context!r}")
+        reader = known[name]
+        if reader is None:
+            if equals:
+                raise ValueError(
+                    f"option {name!r} takes no value, got {word!r} in {context!r}"
+                )
+            options[name] = True
+            continue
+        read, example = reader
+        if not value:
+            raise ValueError(
+                f"option {name!r} needs a value, such as {example}, in {context!r}"
+            )
+        try:
+            options[name] = read(value)
+        except ValueError as e:
+            raise ValueError(f"bad {name} in {context!r}: {e}") from None
+    return options
 
 
 def _parseMain(sections: _Sections) -> tuple[tuple[str, ...], str | None]:
@@ -558,19 +765,12 @@ def _parseUpstream(sections: _Sections, header: str, name: str) -> UpstreamConfi
     """
     Build the L{UpstreamConfig} of section C{[upstream NAME]}.
     """
-    balance = sections.single(header, "balance")
-    if balance is None:
-        balance = "round_robin"
-    elif balance not in BALANCE_METHODS:
-        raise sections.error(
-            header,
-            "balance",
-            f"unknown method {balance!r} (known: {', '.join(BALANCE_METHODS)})",
-        )
+    balance, balanceArgument = _parseBalance(sections, header)
     return UpstreamConfig(
         name=name,
         servers=_parseServers(sections, header),
         balance=balance,
+        balance_argument=balanceArgument,
         connect_timeout=sections.duration(header, "connect_timeout", 5.0),
         read_timeout=sections.duration(header, "read_timeout", 60.0),
         send_timeout=sections.duration(header, "send_timeout", 60.0),
@@ -579,12 +779,54 @@ def _parseUpstream(sections: _Sections, header: str, name: str) -> UpstreamConfi
         keepalive_requests=sections.integer(
             header, "keepalive_requests", 1000, minimum=1
         ),
+        passive_fail_on=_parsePassiveFailOn(sections, header),
+        tries=sections.integer(header, "tries", 0, minimum=0),
+        retry_timeout=sections.duration(header, "retry_timeout", 0.0, allowZero=True),
+        retry_body_limit=sections.size(header, "retry_body_limit", 1024 * 1024),
+        health_check=_parseHealthCheck(sections, header),
     )
 
 
-def _parseServers(sections: _Sections, header: str) -> tuple[ServerAddress, ...]:
+def _parseBalance(sections: _Sections, header: str) -> tuple[str, str | None]:
     """
-    Return the servers of an upstream section: at least one, no duplicates.
+    Return the method and the argument (L{None} if none) of
+    C{balance = METHOD [ARGUMENT]}, checked by making the balancer once, so
+    that a bad argument or a user's factory that cannot be imported stops
+    start-up.
+    """
+    text = sections.single(header, "balance")
+    if text is None:
+        return "round_robin", None
+    # Imported here: balancers imports selection, which imports this module.
+    from manualb import balancers
+
+    method, *rest = text.split(None, 1)
+    argument = rest[0].strip() if rest else None
+    if "." not in method and method not in balancers.BALANCERS:
+        raise sections.error(
+            header,
+            "balance",
+            f"unknown method {method!r} (known: {', '.join(balancers.BALANCERS)}; "
+            f"or the dotted name of your own balancer's factory, such as "
+            f"mypackage.balancers.Fastest)",
+        )
+    try:
+        balancers.makeBalancer(method, argument)
+    # The factory may be the user's own code, which can raise anything (an
+    # ImportError, an AttributeError, a TypeError...); a built-in one raises
+    # ValueError for a bad argument.  Any of them means "cannot use".
+    except Exception as e:
+        reason = str(e) or type(e).__name__
+        raise sections.error(
+            header, "balance", f"cannot use {text!r}: {reason}"
+        ) from None
+    return method, argument
+
+
+def _parseServers(sections: _Sections, header: str) -> tuple[ServerConfig, ...]:
+    """
+    Return the servers of an upstream section: at least one, no duplicate
+    addresses, not all of them backups.
     """
     lines = sections.lines(header, "servers")
     if lines is None:
@@ -593,23 +835,207 @@ def _parseServers(sections: _Sections, header: str) -> tuple[ServerAddress, ...]
         raise sections.error(
             header, "servers", "needs at least one server, such as 10.0.0.1:80"
         )
-    servers: list[ServerAddress] = []
+    servers: list[ServerConfig] = []
     seen: dict[tuple[str, str, int], str] = {}
-    for text in lines:
+    for line in lines:
         try:
-            server = _parseServerAddress(text)
+            server = _parseServerLine(line)
         except ValueError as e:
             raise sections.error(header, "servers", str(e)) from None
-        identity = (server.scheme, _canonicalHost(server.host), server.port)
+        address = server.address
+        written = line.split()[0]
+        identity = (address.scheme, _canonicalHost(address.host), address.port)
         if identity in seen:
             raise sections.error(
                 header,
                 "servers",
-                f"duplicate server {text!r} (same as {seen[identity]!r})",
+                f"duplicate server {written!r} (same as {seen[identity]!r})",
             )
-        seen[identity] = text
+        seen[identity] = written
         servers.append(server)
+    if all(server.backup for server in servers):
+        raise sections.error(
+            header,
+            "servers",
+            "every server is a backup; at least one must not be, since backup "
+            "servers take requests only when no other server can",
+        )
     return tuple(servers)
+
+
+#: The options of a server line, in the order messages list them; see
+#: L{_parseOptions}.
+_SERVER_OPTIONS: dict[str, tuple[Callable[[str], object], str] | None] = {
+    "weight": (partial(_integerValue, minimum=1), "weight=3"),
+    "max_fails": (partial(_integerValue, minimum=0), "max_fails=3"),
+    "fail_timeout": (_durationValue, "fail_timeout=30s"),
+    "backup": None,
+    "down": None,
+    "slow_start": (partial(_durationValue, allowZero=True), "slow_start=30s"),
+    "max_conns": (partial(_integerValue, minimum=0), "max_conns=100"),
+}
+
+
+def _parseServerLine(line: str) -> ServerConfig:
+    """
+    Parse one line of C{servers}: an address (L{_parseServerAddress})
+    followed by options separated by spaces, as nginx's C{server}
+    parameters: C{10.0.0.1:80 weight=3 max_fails=2 fail_timeout=30s}.
+
+    @raise ValueError: with a message quoting the line (or the address), if
+        the address or an option is wrong.
+    """
+    text, *words = line.split()
+    address = _parseServerAddress(text)
+    options = _parseOptions(words, _SERVER_OPTIONS, line)
+    return ServerConfig(address, **options)  # type: ignore[arg-type]
+
+
+def _parsePassiveFailOn(sections: _Sections, header: str) -> frozenset[int]:
+    """
+    Return the status codes of C{passive_fail_on = 502 503 504}: at least
+    one if the key is there, each from 500 to 599, none twice.
+    """
+    text = sections.single(header, "passive_fail_on")
+    if text is None:
+        return frozenset()
+    codes: set[int] = set()
+    for word in text.split():
+        if not _FAILURE_STATUS.fullmatch(word):
+            raise sections.error(
+                header,
+                "passive_fail_on",
+                f"bad status code {word!r} in {text!r} (expected codes from 500 "
+                f"to 599 separated by spaces, like 502 503 504)",
+            )
+        if int(word) in codes:
+            raise sections.error(
+                header, "passive_fail_on", f"status code {word} given twice in {text!r}"
+            )
+        codes.add(int(word))
+    return frozenset(codes)
+
+
+def _parseHealthCheck(sections: _Sections, header: str) -> HealthCheckConfig | None:
+    """
+    Return the active probes of C{health_check}: C{on} for the defaults of
+    L{HealthCheckConfig}, C{off} for none (as when the key is absent), or
+    C{name=value} options separated by spaces, such as
+    C{path=/healthz interval=2s rise=2 fall=3 expect=2xx}.
+    """
+    text = sections.single(header, "health_check")
+    if text is None or text.lower() == "off":
+        return None
+    if text.lower() == "on":
+        return HealthCheckConfig()
+    words = text.split()
+    for word in words:
+        if word.lower() in ("on", "off"):
+            raise sections.error(
+                header,
+                "health_check",
+                f"{word!r} stands alone, got {text!r}; give either on, off "
+                f"or name=value options",
+            )
+    try:
+        options = _parseOptions(words, _HEALTH_CHECK_OPTIONS, text)
+    except ValueError as e:
+        raise sections.error(header, "health_check", str(e)) from None
+    defaults = HealthCheckConfig()
+    interval = options.get("interval", defaults.interval)
+    assert isinstance(interval, float)
+    if "timeout" not in options:
+        # As HAProxy's check timeout defaults to its inter: a short interval
+        # alone does not make the default timeout a mistake.
+        options["timeout"] = min(defaults.timeout, interval)
+    timeout = options["timeout"]
+    assert isinstance(timeout, float)
+    if timeout > interval:
+        # Quoted as written: timeout=1500ms, not 1s500ms.
+        written = dict(word.split("=", 1) for word in words)
+        if "interval" in written:
+            given = f"interval={written['interval']}"
+        else:
+            given = f"interval={formatDuration(interval)} (the default)"
+        raise sections.error(
+            header,
+            "health_check",
+            f"timeout={written['timeout']} is longer than {given} in "
+            f"{text!r} (a probe may take at most the interval)",
+        )
+    return attrs.evolve(defaults, **options)  # type: ignore[arg-type]
+
+
+def _healthCheckPath(text: str) -> str:
+    """
+    Check the C{path} of C{health_check}.
+    """
+    if not text.startswith("/"):
+        raise ValueError(f"must start with '/', got {text!r}")
+    return text
+
+
+def _statusCodes(text: str) -> frozenset[int]:
+    """
+    Read the C{expect} of C{health_check}: status codes such as C{200} and
+    classes such as C{2xx}, separated by commas.
+    """
+    codes: set[int] = set()
+    seen: set[str] = set()
+    for item in text.split(","):
+        if _STATUS.fullmatch(item):
+            codes.add(int(item))
+        elif _STATUS_CLASS.fullmatch(item):
+            first = int(item[0]) * 100
+            codes.update(range(first, first + 100))
+        else:
+            raise ValueError(
+                f"bad status {item!r} (expected codes such as 200 or classes "
+                f"such as 2xx, separated by commas)"
+            )
+        if item.lower() in seen:
+            raise ValueError(f"status {item!r} given twice")
+        seen.add(item.lower())
+    return frozenset(codes)
+
+
+def _regularExpression(text: str) -> str:
+    """
+    Check the C{body} of C{health_check}: a regular expression, as the probe
+    uses it, on the bytes of the response body.
+    """
+    try:
+        re.compile(text.encode("utf-8"))
+    except re.error as e:
+        raise ValueError(f"not a valid regular expression: {e}") from None
+    return text
+
+
+def _hostHeader(text: str) -> str:
+    """
+    Check the C{host} of C{health_check}: a host name or address, and
+    optionally a port, as a C{Host} header gives them.
+    """
+    if not _HOST_HEADER.fullmatch(text):
+        raise ValueError(
+            f"expected a host name with an optional port, like "
+            f"backend.example or backend.example:8080, got {text!r}"
+        )
+    return text
+
+
+#: The options of C{health_check}, in the order messages list them; see
+#: L{_parseOptions}.
+_HEALTH_CHECK_OPTIONS: dict[str, tuple[Callable[[str], object], str] | None] = {
+    "path": (_healthCheckPath, "path=/healthz"),
+    "interval": (_durationValue, "interval=2s"),
+    "timeout": (_durationValue, "timeout=1s"),
+    "rise": (partial(_integerValue, minimum=1), "rise=2"),
+    "fall": (partial(_integerValue, minimum=1), "fall=3"),
+    "expect": (_statusCodes, "expect=200"),
+    "body": (_regularExpression, "body=ok"),
+    "host": (_hostHeader, "host=backend.example"),
+}
 
 
 def _parseServerAddress(text: str) -> ServerAddress:

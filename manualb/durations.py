@@ -1,10 +1,12 @@
 """
-nginx-style durations such as C{500ms}, C{10s} or C{1m30s}.
+nginx-style durations such as C{500ms}, C{10s} or C{1m30s}, and sizes such
+as C{512}, C{64k} or C{1m}.
 
 Timeouts in the configuration file are written the way nginx writes them so
 that people moving a setup over from nginx can copy the values unchanged.
 Internally every duration is a L{float} number of seconds, which is what
-Twisted's C{callLater} and endpoint timeouts expect.
+Twisted's C{callLater} and endpoint timeouts expect, and every size an
+L{int} number of bytes.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["UNITS", "parseDuration", "formatDuration"]
+__all__ = ["UNITS", "SIZE_UNITS", "parseDuration", "formatDuration", "parseSize"]
 
 #: Seconds per unit, from the most to the least significant unit.
 UNITS: dict[str, float] = {
@@ -29,6 +31,19 @@ _BARE_NUMBER = re.compile(_NUMBER)
 # matched greedily as letters and checked afterwards, for a precise message.
 _PART = re.compile(rf"\s*({_NUMBER})([a-zA-Z]*)")
 _KNOWN = ", ".join(UNITS)
+
+#: Bytes per unit of a size, as nginx counts them (C{k} is 1024 bytes).  Units
+#: are case-insensitive, as in nginx: C{64K} is C{64k}.
+SIZE_UNITS: dict[str, int] = {
+    "k": 1024,
+    "m": 1024**2,
+    "g": 1024**3,
+}
+
+# ASCII digits only: \d would accept other scripts' digits.
+_SIZE = re.compile(r"([0-9]+)([a-zA-Z]?)")
+_KNOWN_SIZE_UNITS = ", ".join(SIZE_UNITS)
+_SIZE_EXAMPLES = "512, 64k, 1m"
 
 
 def parseDuration(text: str) -> float:
@@ -125,3 +140,55 @@ def formatDuration(seconds: float) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts)
+
+
+def parseSize(text: str) -> int:
+    """
+    Parse an nginx-style size into bytes.
+
+    A bare whole number means bytes (C{"512"}); a C{k}, C{m} or C{g} right
+    after it means kibibytes, mebibytes or gibibytes (C{"64k"}, C{"1m"},
+    C{"1g"}; upper case works too, as in nginx).  Fractions are not sizes.
+
+    @raise ValueError: if C{text} is empty, negative or otherwise not a size;
+        the message quotes C{text} and says what is wrong so that it can be
+        shown to the user as is.
+    """
+    stripped = text.strip()
+    if not stripped:
+        raise ValueError(f"empty size (expected a value like {_SIZE_EXAMPLES})")
+    if stripped.startswith("-"):
+        raise ValueError(f"bad size {text!r}: negative sizes are not allowed")
+    match = _SIZE.fullmatch(stripped)
+    if match is None:
+        raise ValueError(_sizeProblem(text, stripped))
+    number, unit = match.groups()
+    if unit and unit.lower() not in SIZE_UNITS:
+        raise ValueError(
+            f"bad size {text!r}: unknown unit {unit!r} "
+            f"(known units: {_KNOWN_SIZE_UNITS})"
+        )
+    return int(number) * SIZE_UNITS.get(unit.lower(), 1)
+
+
+def _sizeProblem(text: str, stripped: str) -> str:
+    """
+    Say what is wrong with C{stripped}, which is not a size, as precisely as
+    can be.
+    """
+    leading = re.match(r"[0-9]*", stripped)
+    assert leading is not None
+    digits, rest = leading.group(), stripped[leading.end() :]
+    if digits and rest[:1] == ".":
+        return f"bad size {text!r}: must be a whole number (use a smaller unit)"
+    if digits and rest[:1].isspace() and rest.strip().isalpha():
+        return f"bad size {text!r}: no space allowed between a number and its unit"
+    if digits and rest.isalpha():
+        return (
+            f"bad size {text!r}: unknown unit {rest!r} "
+            f"(known units: {_KNOWN_SIZE_UNITS})"
+        )
+    return (
+        f"bad size {text!r}: expected a whole number of bytes with an optional "
+        f"unit ({_KNOWN_SIZE_UNITS}), like {_SIZE_EXAMPLES}"
+    )

@@ -221,20 +221,27 @@ class UpstreamConnection(Protocol):
     # Sending.
 
     def sendRequest(
-        self, head: bytes, method: bytes, receiver: IResponseReceiver, chunked: bool
+        self,
+        head: bytes,
+        method: bytes,
+        receiver: IResponseReceiver,
+        chunked: bool,
+        reuse: bool = True,
     ) -> None:
         """
         Start an exchange: write the request line and headers.  The body, if
         any, follows through L{writeBody} and L{finishBody}.
 
         @param chunked: The body will be sent with chunked framing.
+        @param reuse: Whether the connection may carry another exchange
+            after this one.
         """
         self.exchanges += 1
         self._receiver = receiver
         self._method = method
         self._chunkedBody = chunked
         self._bodyDone = False
-        self._closeAfter = self.exchanges >= self.config.keepalive_requests
+        self._closeAfter = not reuse or self.exchanges >= self.config.keepalive_requests
         self._state = _HEAD
         self._buffer = b""
         self.transport.write(head)

@@ -12,13 +12,13 @@ the backend as it arrives, with back-pressure both ways.
 from __future__ import annotations
 
 from io import BytesIO
-from typing import IO, Mapping
+from typing import IO
 
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.http import Request
+from twisted.web.http import RESPONSES, Request
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
@@ -26,13 +26,12 @@ from manualb._version import __version__
 from manualb.accesslog import AccessLog
 from manualb.forwarding import requestHead, responseHeaders
 from manualb.handoff import (
-    ConnectionPool,
+    IResponseReceiver,
     UpstreamClosed,
     UpstreamConnection,
     UpstreamError,
-    IResponseReceiver,
 )
-from manualb.selection import Pool, Server
+from manualb.selection import Server
 from manualb.urlmap import URLMap
 
 log = Logger()
@@ -41,6 +40,11 @@ _IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"])
 # As nginx: CONNECT would make the proxy a tunnel, TRACE echoes headers the
 # proxy added (cross-site tracing).
 _REFUSED_METHODS = frozenset([b"CONNECT", b"TRACE"])
+_GATEWAY_ERRORS = {
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
 _ALLOWED = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
 _BUFFER_LIMIT = 64 * 1024
 _READ_SIZE = 64 * 1024
@@ -75,7 +79,8 @@ class _StreamingBody:
 
     Data is passed straight to the backend connection once there is one;
     until then, up to L{_BUFFER_LIMIT} bytes wait here and the client is
-    paused.
+    paused.  When asked to (L{keepForRetry}), the body is also kept, up to a
+    limit, so that it can be sent again to another server.
     """
 
     def __init__(self, length: int | None, request: "StreamingRequest"):
@@ -83,6 +88,10 @@ class _StreamingBody:
         self._request = request
         self._pending: list[bytes] = []
         self._pendingSize = 0
+        self._kept: list[bytes] | None = None
+        self._keptSize = 0
+        self._keepLimit = 0
+        self._delivered = False
         self._target: UpstreamConnection | None = None
         self._complete = False
         self._paused = False
@@ -91,10 +100,32 @@ class _StreamingBody:
     def _transport(self):
         return self._request.channel.transport
 
+    def keepForRetry(self, limit: int) -> None:
+        """
+        Keep up to C{limit} bytes of the body, so that it can go again to
+        another server after a first one took some of it and failed.
+        """
+        self._kept = []
+        self._keepLimit = limit
+
+    @property
+    def replayable(self) -> bool:
+        """
+        Whether the body can still be sent whole to another server.
+        """
+        return not self._delivered or self._kept is not None
+
     def dataReceived(self, data: bytes) -> None:
         if self._discarding:
             return
+        if self._kept is not None:
+            self._keptSize += len(data)
+            if self._keptSize > self._keepLimit:
+                self._kept = None
+            else:
+                self._kept.append(data)
         if self._target is not None and not self._paused:
+            self._delivered = True
             self._target.writeBody(data)
             return
         self._pending.append(data)
@@ -109,17 +140,33 @@ class _StreamingBody:
             self._target.finishBody()
 
     def deliverTo(self, connection: UpstreamConnection) -> None:
+        """
+        Send the body to C{connection}: from its start, even when an earlier
+        connection already took part of it.
+        """
+        if self._delivered:
+            self._pending = list(self._kept)
+            self._pendingSize = self._keptSize
         self._target = connection
+        self._paused = False
         connection.attachBody(self)
         self._flush()
 
+    def detach(self) -> None:
+        """
+        Stop sending to the current connection, which failed; the body may
+        still go to another.
+        """
+        self._target = None
+
     def _flush(self) -> None:
         target = self._target
-        while self._pending and not self._paused:
+        while self._pending and not self._paused and target is self._target:
             data = self._pending.pop(0)
             self._pendingSize -= len(data)
+            self._delivered = True
             target.writeBody(data)
-        if not self._pending:
+        if not self._pending and target is self._target:
             if self._complete:
                 target.finishBody()
             else:
@@ -141,21 +188,24 @@ class _StreamingBody:
         """
         Drop the rest of the body: its backend exchange is over.
         """
+        self._target = None
+        self._kept = None
         if self._complete or self._discarding:
             return
         self._discarding = True
-        self._target = None
         self._pending = []
-        if self._paused:
-            self._paused = False
+        self._paused = False
         self._transport().resumeProducing()
 
 
 @implementer(IPushProducer)
 class _FileBody:
     """
-    A request body that Twisted has already read into a file.
+    A request body that Twisted has already read into a file; it can always
+    be sent again.
     """
+
+    replayable = True
 
     def __init__(self, content: IO[bytes]):
         content.seek(0, 2)
@@ -164,6 +214,9 @@ class _FileBody:
         self._content = content
         self._target: UpstreamConnection | None = None
         self._paused = False
+
+    def keepForRetry(self, limit: int) -> None:
+        pass
 
     def deliverTo(self, connection: UpstreamConnection) -> None:
         self._content.seek(0, 0)
@@ -186,6 +239,9 @@ class _FileBody:
 
     def stopProducing(self) -> None:
         self.discard()
+
+    def detach(self) -> None:
+        self._target = None
 
     def discard(self) -> None:
         self._target = None
@@ -292,11 +348,8 @@ class ProxyResource(Resource):
     backend chosen by the URL map and the pool.
 
     @param urlMap: Routes request paths to pools.
-    @param reactor: Schedules timeouts and makes backend connections.
+    @param reactor: Schedules timeouts and tells the time.
     @param accessLog: Where to write one line for each request, or L{None}.
-    @param connectionPools: The connection pool for each server, built on
-        first use when absent; pass your own to reach backends through other
-        endpoints (tests do).
     """
 
     isLeaf = True
@@ -306,30 +359,11 @@ class ProxyResource(Resource):
         urlMap: URLMap,
         reactor: IReactorTime,
         accessLog: AccessLog | None = None,
-        connectionPools: Mapping[Server, ConnectionPool] | None = None,
     ):
         super().__init__()
         self.urlMap = urlMap
         self.reactor = reactor
         self.accessLog = accessLog
-        self.connectionPools = dict(connectionPools or {})
-
-    def connectionPool(self, pool: Pool, server: Server) -> ConnectionPool:
-        """
-        The pool of kept-alive connections to C{server}.
-        """
-        connections = self.connectionPools.get(server)
-        if connections is None:
-            connections = ConnectionPool(self.reactor, server.address, pool.config)
-            self.connectionPools[server] = connections
-        return connections
-
-    def closeConnections(self) -> None:
-        """
-        Close every backend connection: the proxy is shutting down.
-        """
-        for connections in self.connectionPools.values():
-            connections.closeAll()
 
     def render(self, request: Request):
         _Exchange(self, request).start()
@@ -339,7 +373,8 @@ class ProxyResource(Resource):
 @implementer(IResponseReceiver)
 class _Exchange:
     """
-    One client request on its way to a backend and back.
+    One client request on its way to a backend and back, trying another
+    server when one fails and the request can safely go again.
     """
 
     connection: UpstreamConnection | None = None
@@ -347,14 +382,16 @@ class _Exchange:
     _connecting = None
     _started = False
     _done = False
-    _upstreamStart = 0.0
+    _holding = False
+    _attemptStart = 0.0
     _upstreamTime: float | None = None
     _reused = False
-    _released = False
+    _lastError: UpstreamError | None = None
 
     def __init__(self, proxy: ProxyResource, request: Request):
         self.proxy = proxy
         self.request = request
+        self.tried: list[Server] = []
 
     def start(self) -> None:
         request = self.request
@@ -373,8 +410,26 @@ class _Exchange:
         if body is None:
             body = _FileBody(request.content)
         self.body = body
-        self.server = self.pool.pick(_clientHost(request))
-        self.server.active += 1
+        self.idempotent = request.method in _IDEMPOTENT
+        if self.idempotent:
+            body.keepForRetry(self.pool.config.retry_body_limit)
+        self.firstTry = self.proxy.reactor.seconds()
+        self._attempt()
+
+    def _attempt(self) -> None:
+        """
+        Send the request to the next server the pool picks.
+        """
+        request = self.request
+        server = self.pool.pick(request, exclude=self.tried)
+        if server is None:
+            self._noServer()
+            return
+        self.server = server
+        self.tried.append(server)
+        server.active += 1
+        server.health.requestStarted()
+        self._holding = True
         self.head = requestHead(
             request.method,
             request.uri,
@@ -382,20 +437,35 @@ class _Exchange:
             _clientHost(request).encode("ascii"),
             request.clientproto,
             request.isSecure(),
-            body.length,
-            self.server.name.encode("ascii"),
+            self.body.length,
+            server.name.encode("ascii"),
         )
-        self._connect(self.proxy.connectionPool(self.pool, self.server).acquire())
+        self._connect(server.connections.acquire())
+
+    def _noServer(self) -> None:
+        if self._lastError is not None:
+            self._answerError(self._lastError)
+            return
+        log.warn(
+            "upstream {pool}: no server available for {method} {uri}",
+            pool=self.pool.name,
+            method=self.request.method.decode("ascii", "replace"),
+            uri=self.request.uri.decode("ascii", "replace"),
+        )
+        self._answer(
+            503, b"Service Unavailable", b"No server of this service is available now."
+        )
 
     def _connect(self, connecting) -> None:
-        self._upstreamStart = self.proxy.reactor.seconds()
+        self._attemptStart = self.proxy.reactor.seconds()
+        self.connection = None
         self._connecting = connecting
         connecting.addCallbacks(self._connected, self._connectFailed)
 
     def _connected(self, connection: UpstreamConnection) -> None:
         self._connecting = None
         if self._done:
-            self.proxy.connectionPool(self.pool, self.server).release(connection)
+            self.server.connections.release(connection)
             return
         self.connection = connection
         self._reused = connection.reused
@@ -414,13 +484,46 @@ class _Exchange:
         if reason.check(UpstreamError):
             self.responseFailed(reason.value)
         else:
-            self.responseFailed(UpstreamError(str(reason.value)))
+            self.responseFailed(UpstreamError(reason.getErrorMessage()))
+
+    def _mayRetry(self) -> bool:
+        """
+        Whether the request may go to another server: not once any of the
+        response has gone to the client; a request that reached a server
+        only when it is idempotent and its body can be sent again; and
+        within C{tries} and C{retry_timeout}.
+        """
+        if self._started or self._done:
+            return False
+        reached = self.connection is not None
+        if reached and not (self.idempotent and self.body.replayable):
+            return False
+        config = self.pool.config
+        if config.tries and len(self.tried) >= config.tries:
+            return False
+        elapsed = self.proxy.reactor.seconds() - self.firstTry
+        return not (config.retry_timeout and elapsed >= config.retry_timeout)
 
     # IResponseReceiver
 
     def responseStarted(
         self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]]
     ) -> None:
+        server = self.server
+        if code in self.pool.config.passive_fail_on:
+            failure = UpstreamError("status %d" % (code,))
+            failure.status = code
+            server.health.requestFailed(str(failure))
+            if self._mayRetry() and self.pool.canPick(exclude=self.tried):
+                self._logFailure(failure, retrying=True)
+                self._lastError = failure
+                self.connection.abort()
+                self.body.detach()
+                self._endAttempt()
+                self._attempt()
+                return
+        else:
+            server.health.requestSucceeded()
         self._started = True
         request = self.request
         request.setResponseCode(code, reason)
@@ -434,40 +537,35 @@ class _Exchange:
         self.request.write(data)
 
     def responseDone(self) -> None:
-        self._upstreamTime = self.proxy.reactor.seconds() - self._upstreamStart
-        self._release()
-        request = self.request
-        request.unregisterProducer()
+        self._endAttempt()
+        self.request.unregisterProducer()
         self.body.discard()
         self._finish()
 
     def responseFailed(self, reason: UpstreamError) -> None:
-        self._upstreamTime = self.proxy.reactor.seconds() - self._upstreamStart
         if (
             isinstance(reason, UpstreamClosed)
             and reason.beforeResponse
             and self._reused
             and self.body.length == 0
-            and self.request.method in _IDEMPOTENT
+            and self.idempotent
             and not self._done
         ):
-            # The backend closed a kept-alive connection as we reused it: try
-            # once more on a fresh connection.
+            # The server closed a kept-alive connection as it was reused:
+            # not a failure of the server; try a fresh connection to it.
             self._reused = False
-            self.connection = None
-            self._connect(self.proxy.connectionPool(self.pool, self.server).connect())
+            self._connect(self.server.connections.connect())
             return
-        self._release()
+        self._endAttempt()
+        self.server.health.requestFailed(str(reason))
+        if self._mayRetry():
+            self._logFailure(reason, retrying=True)
+            self._lastError = reason
+            self.body.detach()
+            self._attempt()
+            return
+        self._logFailure(reason, retrying=False)
         self.body.discard()
-        log.warn(
-            "upstream {server} ({pool}) failed: {reason} while proxying "
-            "{method} {uri}",
-            server=self.server.name,
-            pool=self.pool.name,
-            reason=str(reason),
-            method=self.request.method.decode("ascii", "replace"),
-            uri=self.request.uri.decode("ascii", "replace"),
-        )
         if self._done:
             return
         if self._started:
@@ -475,31 +573,48 @@ class _Exchange:
             self._done = True
             self._log(self.request.code)
             _breakOff(self.request)
-        elif reason.status == 504:
-            self._answer(504, b"Gateway Timeout", str(reason).encode("utf-8"))
         else:
-            self._answer(502, b"Bad Gateway", str(reason).encode("utf-8"))
+            self._answerError(reason)
 
     # Ending.
 
-    def _release(self) -> None:
+    def _endAttempt(self) -> None:
         """
-        The exchange no longer occupies its server.
+        The current attempt no longer occupies its server.
         """
-        if self.server is not None and not self._released:
-            self._released = True
+        self._upstreamTime = self.proxy.reactor.seconds() - self._attemptStart
+        if self._holding:
+            self._holding = False
             self.server.active -= 1
+
+    def _logFailure(self, reason: UpstreamError, retrying: bool) -> None:
+        log.warn(
+            "upstream {server} ({pool}) failed: {reason} while proxying "
+            "{method} {uri}{next}",
+            server=self.server.name,
+            pool=self.pool.name,
+            reason=str(reason),
+            method=self.request.method.decode("ascii", "replace"),
+            uri=self.request.uri.decode("ascii", "replace"),
+            next="; trying another server" if retrying else "",
+        )
 
     def _clientGone(self, reason: Failure) -> None:
         if self._done:
             return
         self._done = True
-        self._release()
+        if self._holding:
+            self.server.health.requestAbandoned()
+            self._endAttempt()
         if self._connecting is not None:
             self._connecting.cancel()
         if self.connection is not None:
             self.connection.abort()
         self._log(499)
+
+    def _answerError(self, reason: UpstreamError) -> None:
+        title = _GATEWAY_ERRORS.get(reason.status) or RESPONSES.get(reason.status, b"Error")
+        self._answer(reason.status, title, str(reason).encode("utf-8"))
 
     def _answer(self, code: int, title: bytes, detail: bytes) -> None:
         self._done = True

@@ -11,7 +11,10 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.interfaces import IReactorCore
 
 from manualb.accesslog import AccessLog
-from manualb.config import Config
+from manualb.balancers import makeBalancer
+from manualb.config import Config, UpstreamConfig
+from manualb.handoff import ConnectionPool
+from manualb.health import HealthMonitor
 from manualb.proxy import ProxyResource, ProxySite
 from manualb.selection import Pool
 from manualb.urlmap import URLMap
@@ -33,28 +36,55 @@ class LoadBalancer:
         if accessLog is None and config.access_log is not None:
             accessLog = AccessLog.open(config.access_log)
         self.accessLog = accessLog
-        self.pools = {name: Pool(upstream) for name, upstream in config.upstreams.items()}
+        self.pools = {name: _buildPool(upstream, reactor) for name, upstream in config.upstreams.items()}
         self.urlMap = URLMap.fromConfig(config.routes, self.pools)
         self.resource = ProxyResource(self.urlMap, reactor, accessLog)
         self.site = ProxySite(self.resource, timeout=config.client_timeout, reactor=reactor)
 
+    def start(self) -> None:
+        """
+        Start what runs in the background: the active health probes.
+        """
+        for pool in self.pools.values():
+            pool.monitor.start()
+
     def close(self) -> None:
         """
-        Close backend connections and the access log.
+        Stop the probes, close backend connections and the access log.
         """
-        self.resource.closeConnections()
+        for pool in self.pools.values():
+            pool.monitor.stop()
+            for server in pool.servers:
+                server.connections.closeAll()
         if self.accessLog is not None:
             self.accessLog.close()
             self.accessLog = None
 
 
-class _Shutdown(Service):
+def _buildPool(config: UpstreamConfig, reactor) -> Pool:
     """
-    Closes the balancer's connections and log when the application stops.
+    A pool with its strategy, a connection pool per server, and its health
+    monitor.
+    """
+    pool = Pool(config, makeBalancer(config.balance, config.balance_argument))
+    for server in pool.servers:
+        server.connections = ConnectionPool(reactor, server.address, config)
+    pool.monitor = HealthMonitor(pool, reactor, config.health_check)
+    return pool
+
+
+class _Lifecycle(Service):
+    """
+    Starts the balancer's probes with the application, and closes its
+    connections and log when the application stops.
     """
 
     def __init__(self, balancer: LoadBalancer):
         self.balancer = balancer
+
+    def startService(self):
+        super().startService()
+        self.balancer.start()
 
     def stopService(self):
         super().stopService()
@@ -72,7 +102,7 @@ def makeService(config: Config, reactor: IReactorCore) -> MultiService:
     balancer = LoadBalancer(config, reactor)
     parent = MultiService()
     parent.balancer = balancer
-    _Shutdown(balancer).setServiceParent(parent)
+    _Lifecycle(balancer).setServiceParent(parent)
     for description in config.listen:
         listener: IService = strports.service(description, balancer.site, reactor=reactor)
         listener.setName(description)

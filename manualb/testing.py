@@ -5,6 +5,8 @@ backends that say who they are, and a quick way to build a configuration.
 
 from __future__ import annotations
 
+import os
+import sys
 from io import BytesIO
 from typing import Sequence
 
@@ -13,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -54,6 +57,102 @@ def listenBackend(
     Serve C{resource} over HTTP on a free port of C{interface}.
     """
     return TCP4ServerEndpoint(reactor, 0, interface=interface).listen(Site(resource))
+
+
+def runBackend(name: str, port: int = 0, interface: str = "127.0.0.1") -> None:
+    """
+    Run a L{NamedBackend} in this process until it is killed, after
+    printing C{listening on HOST:PORT} (handy with C{port=0}).  This is what
+    C{python -m manualb backend NAME} runs: a backend process to stop and
+    start under a balancer.
+    """
+    from twisted.internet import reactor
+
+    def listening(port: IListeningPort) -> None:
+        sys.stdout.write("listening on %s\n" % (serverAddress(port),))
+        sys.stdout.flush()
+
+    def failed(reason) -> None:
+        sys.stderr.write("backend %s: %s\n" % (name, reason.getErrorMessage()))
+        reactor.stop()
+
+    endpoint = TCP4ServerEndpoint(reactor, port, interface=interface)
+    endpoint.listen(Site(NamedBackend(name))).addCallbacks(listening, failed)
+    reactor.run()
+
+
+class BackendProcess(ProcessProtocol):
+    """
+    A L{NamedBackend} in a child process (C{python -m manualb backend}),
+    for tests and demos that kill a backend for real and start it again.
+
+    @ivar address: C{host:port} once started.
+    """
+
+    def __init__(self, reactor, name: str, port: int = 0):
+        self.reactor = reactor
+        self.name = name
+        self.port = port
+        self.address: str | None = None
+        self._started: Deferred[str] | None = None
+        self._ended: Deferred[None] | None = None
+        self._output = b""
+
+    def start(self) -> Deferred[str]:
+        """
+        Start the process; fires with its address once it listens.  Started
+        again after L{kill}, it listens on the same port.
+        """
+        import manualb
+
+        self._started = Deferred()
+        self._ended = Deferred()
+        self._output = b""
+        if self.address is not None:
+            self.port = int(self.address.rsplit(":", 1)[1])
+        source = os.path.dirname(os.path.dirname(os.path.abspath(manualb.__file__)))
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [source, environment.get("PYTHONPATH")])
+        )
+        self.reactor.spawnProcess(
+            self,
+            sys.executable,
+            [sys.executable, "-m", "manualb", "backend", self.name, "--port", str(self.port)],
+            env=environment,
+        )
+        return self._started
+
+    def kill(self) -> Deferred[None]:
+        """
+        Kill the process with SIGKILL, as a crash would; fires once it is gone.
+        """
+        ended = self._ended
+        if self.transport is not None and self.transport.pid is not None:
+            self.transport.signalProcess("KILL")
+        return ended
+
+    def outReceived(self, data: bytes) -> None:
+        self._output += data
+        if self._started is not None and b"\n" in self._output:
+            line = self._output.split(b"\n", 1)[0].decode("utf-8", "replace")
+            started, self._started = self._started, None
+            if line.startswith("listening on "):
+                self.address = line[len("listening on ") :]
+                started.callback(self.address)
+            else:
+                started.errback(RuntimeError(line))
+
+    def errReceived(self, data: bytes) -> None:
+        self._output += data
+
+    def processEnded(self, reason) -> None:
+        if self._started is not None:
+            started, self._started = self._started, None
+            started.errback(RuntimeError(self._output.decode("utf-8", "replace")))
+        ended, self._ended = self._ended, None
+        if ended is not None:
+            ended.callback(None)
 
 
 def serverAddress(port: IListeningPort) -> str:
@@ -148,6 +247,7 @@ class MemoryBalancer:
         self.balancer = LoadBalancer(
             config, self.reactor, AccessLog(self.accessLog, clock=self.reactor.seconds)
         )
+        self.balancer.start()
 
     def client(self, host: str = "127.0.0.1", port: int = 50000) -> MemoryPeer:
         """
@@ -160,18 +260,34 @@ class MemoryBalancer:
         protocol.makeConnection(transport)
         return MemoryPeer(protocol, transport)
 
+    def _attempts(self) -> list[int]:
+        """
+        The indexes in the reactor's log of the connection attempts still
+        pending: not accepted, refused or given up.
+        """
+        return [
+            index
+            for index, connector in enumerate(self.reactor.connectors)
+            if not connector.stoppedConnecting
+        ]
+
     def pendingConnections(self) -> list[tuple[str, int]]:
         """
         The backend addresses the balancer is connecting to, oldest first.
         """
-        return [(host, port) for host, port, *rest in self.reactor.tcpClients]
+        return [self.reactor.tcpClients[index][:2] for index in self._attempts()]
+
+    def _takeAttempt(self, index: int):
+        position = self._attempts()[index]
+        self.reactor.connectors[position].stoppedConnecting = True
+        return self.reactor.tcpClients[position]
 
     def acceptConnection(self, index: int = 0) -> MemoryPeer:
         """
         Let a pending backend connection succeed; the returned peer plays
         the backend.
         """
-        host, port, factory, timeout, bindAddress = self.reactor.tcpClients.pop(index)
+        host, port, factory, timeout, bindAddress = self._takeAttempt(index)
         address = IPv4Address("TCP", host, port)
         protocol = factory.buildProtocol(address)
         transport = StringTransportWithDisconnection(peerAddress=address)
@@ -183,5 +299,5 @@ class MemoryBalancer:
         """
         Let a pending backend connection fail as refused.
         """
-        host, port, factory, timeout, bindAddress = self.reactor.tcpClients.pop(index)
+        host, port, factory, timeout, bindAddress = self._takeAttempt(index)
         factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))

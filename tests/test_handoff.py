@@ -45,7 +45,7 @@ class ConnectionTests(SynchronousTestCase):
         self.config = UpstreamConfig(
             "pool", (ServerAddress("10.0.0.1", 80),), send_timeout=10.0, read_timeout=30.0
         )
-        self.pool = ConnectionPool(self.reactor, self.config.servers[0], self.config)
+        self.pool = ConnectionPool(self.reactor, self.config.servers[0].address, self.config)
 
     def connect(self):
         connecting = self.pool.connect()

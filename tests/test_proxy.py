@@ -202,6 +202,7 @@ class ProxyTests(SynchronousTestCase):
         A backend that refuses the connection gets the client a 502, and the
         access log names the server.
         """
+        self.lb = MemoryBalancer(balancerConfig(["10.0.0.1:8001"]))
         client = self.lb.client()
         client.send(GET)
         self.lb.refuseConnection()
@@ -218,6 +219,7 @@ class ProxyTests(SynchronousTestCase):
         A backend that does not accept within connect_timeout gets the
         client a 504.
         """
+        self.lb = MemoryBalancer(balancerConfig(["10.0.0.1:8001"]))
         client = self.lb.client()
         client.send(GET)
         self.lb.reactor.advance(4.9)
@@ -232,6 +234,7 @@ class ProxyTests(SynchronousTestCase):
         A backend that accepts but does not answer within read_timeout gets
         the client a 504, and its connection is dropped.
         """
+        self.lb = MemoryBalancer(balancerConfig(["10.0.0.1:8001"]))
         client = self.lb.client()
         client.send(GET)
         backend = self.lb.acceptConnection()
@@ -373,6 +376,7 @@ class ProxyTests(SynchronousTestCase):
         """
         A backend that does not speak HTTP gets the client a 502.
         """
+        self.lb = MemoryBalancer(balancerConfig(["10.0.0.1:8001"]))
         client = self.lb.client()
         client.send(GET)
         backend = self.lb.acceptConnection()

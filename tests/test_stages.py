@@ -1,6 +1,5 @@
 """
-The small stages: forwarding headers, the URL map, round robin, the access
-log line.
+The small stages: forwarding headers, the URL map, the access log line.
 """
 
 from io import BytesIO
@@ -9,11 +8,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from manualb.accesslog import AccessLog
-from manualb.config import ServerAddress, UpstreamConfig
 from manualb.forwarding import requestHead, responseHeaders
-from manualb.selection import IBalancer, Pool, RoundRobin
 from manualb.urlmap import Route, URLMap
-from zope.interface.verify import verifyObject
 
 
 def head(headers, bodyLength=0, method=b"GET", secure=False):
@@ -76,22 +72,6 @@ class URLMapTests(SynchronousTestCase):
 
     def test_noMatch(self):
         self.assertIsNone(URLMap([Route("api", b"/api", None)]).match(b"/"))
-
-
-class RoundRobinTests(SynchronousTestCase):
-    def test_interface(self):
-        verifyObject(IBalancer, RoundRobin())
-
-    def test_eachInTurn(self):
-        config = UpstreamConfig(
-            "p", tuple(ServerAddress("10.0.0.%d" % i, 80) for i in (1, 2, 3))
-        )
-        pool = Pool(config)
-        picks = [pool.pick("192.0.2.1").name for _ in range(7)]
-        self.assertEqual(
-            picks,
-            ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"] * 2 + ["10.0.0.1:80"],
-        )
 
 
 class AccessLogTests(SynchronousTestCase):

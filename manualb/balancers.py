@@ -1,0 +1,691 @@
+"""
+The balancing strategies that C{balance = NAME [ARGUMENT]} names.
+
+Each strategy is an L{IBalancer}: the pool hands it the servers that may take
+a request now (in configuration order, never empty) and it returns one.  The
+built-in ones, by name (L{BALANCERS}):
+
+  - C{round_robin} (the default): nginx's smooth weighted round robin.
+  - C{least_conn}: the fewest requests in flight for its weight.
+  - C{ip_hash}: the same client address goes to the same server.
+  - C{hash KEY}: the same request value (nginx variable syntax, e.g.
+    C{$cookie_sid} or C{$host$uri}) goes to the same server.
+  - C{random}: the power of two choices.
+  - C{cookie [NAME]}: sticky sessions by a cookie manualb sets.
+
+C{ip_hash} and C{hash} share one consistent-hashing scheme, that of ketama
+(and nginx's C{hash ... consistent}): every server owns 160 points per unit
+of its configured weight on a ring of 32-bit hashes, and a key belongs to the
+first point at or after its own hash.  Adding or removing a server then moves
+only the keys of the points it gains or loses, about its share of the keys,
+instead of reshuffling almost all of them as C{hash(key) % len(servers)}
+would; and a weight is simply a number of points.  Points and keys are hashed
+with MD5 as ketama does (each digest gives four points): stable across
+processes and runs, unlike Python's C{hash()}, and spread well.  A retry,
+which the pool offers without the servers already tried, lands on the next
+server along the ring.
+
+A strategy of your own is a factory called with the text after its name (or
+L{None}) that returns an L{IBalancer}; name it by its dotted name, as in
+C{balance = mycompany.balancing.PreferZone eu-west}::
+
+    from zope.interface import implementer
+    from manualb.balancers import RoundRobin
+    from manualb.selection import IBalancer
+
+    @implementer(IBalancer)
+    class PreferZone:
+        name = "prefer_zone"
+
+        def __init__(self, argument=None):
+            if not argument:
+                raise ValueError("prefer_zone needs a zone, e.g. eu-west")
+            self.zone = argument
+            self.rotation = RoundRobin()
+
+        def pick(self, candidates, request):
+            local = [s for s in candidates if self.zone in s.name]
+            return self.rotation.pick(local or candidates, request)
+
+C{examples/custom_balancer.py} has this example, documented.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from bisect import bisect_left
+from collections import OrderedDict
+from typing import Callable, Sequence
+
+from twisted.python.reflect import namedAny
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from manualb.selection import IBalancer, Server
+
+__all__ = [
+    "BALANCERS",
+    "Cookie",
+    "Hash",
+    "IPHash",
+    "LeastConn",
+    "Random",
+    "RoundRobin",
+    "makeBalancer",
+    "parseHashKey",
+    "serverID",
+]
+
+# Stands in for a weight of 0 where loads are divided by weights: such a
+# server looks idle only while it has no request at all.
+_TINY_WEIGHT = 1e-9
+
+
+def _noArgument(name: str, argument: str | None) -> None:
+    """
+    Reject an argument given to a strategy that takes none.
+    """
+    if argument is not None and argument.strip():
+        raise ValueError(f"{name} takes no argument, got {argument.strip()!r}")
+
+
+class _SmoothWeighted:
+    """
+    nginx's smooth weighted round robin (C{ngx_http_upstream_round_robin.c}).
+
+    Every pick adds each candidate's weight to its current weight, takes the
+    candidate with the highest current weight (the first on a tie) and
+    subtracts the total weight from it.  Over any stretch each server gets
+    its share, and evenly interleaved: weights 5, 1, 1 give a a b a c a a,
+    not a a a a a b c.  Weights are read at every pick, so a server ramping
+    up after a C{slow_start} gets more as its weight grows.
+
+    The current weights are kept per server, so a server that is skipped
+    for a while (down, or not offered) keeps its place.
+    """
+
+    def __init__(self) -> None:
+        self._current: dict[Server, float] = {}
+        self._turn = 0
+
+    def choose(self, candidates: Sequence[Server]) -> Server:
+        current = self._current
+        total = 0.0
+        best = candidates[0]
+        bestCurrent = float("-inf")
+        for server in candidates:
+            weight = server.weight
+            total += weight
+            value = current.get(server, 0.0) + weight
+            current[server] = value
+            if value > bestCurrent:
+                best, bestCurrent = server, value
+        if total <= 0:
+            # Every weight is 0 (all servers at the very start of a slow
+            # start, say): nothing to weigh, so take turns.
+            best = candidates[self._turn % len(candidates)]
+            self._turn += 1
+            return best
+        current[best] = bestCurrent - total
+        return best
+
+
+@implementer(IBalancer)
+class RoundRobin:
+    """
+    Smooth weighted round robin, as nginx does it: each server in turn, as
+    often as its weight says, the turns interleaved (weights 3 and 1 give
+    A A B A).  The default strategy.
+    """
+
+    name = "round_robin"
+
+    def __init__(self, argument: str | None = None) -> None:
+        _noArgument(self.name, argument)
+        self._rotation = _SmoothWeighted()
+
+    def pick(self, candidates: Sequence[Server], request: IRequest) -> Server:
+        if len(candidates) == 1:
+            return candidates[0]
+        return self._rotation.choose(candidates)
+
+
+@implementer(IBalancer)
+class LeastConn:
+    """
+    The server with the fewest requests in flight for its weight (C{active /
+    weight}), as nginx's C{least_conn}: a server twice as heavy may carry
+    twice the load.  Servers equally loaded share by smooth weighted round
+    robin, so idle equal servers alternate, and a quiet pool, where every
+    server is always idle, still honours the weights.
+    """
+
+    name = "least_conn"
+
+    def __init__(self, argument: str | None = None) -> None:
+        _noArgument(self.name, argument)
+        self._ties = _SmoothWeighted()
+
+    def pick(self, candidates: Sequence[Server], request: IRequest) -> Server:
+        if len(candidates) == 1:
+            return candidates[0]
+        lowest = float("inf")
+        tied: list[Server] = []
+        for server in candidates:
+            load = server.active / (server.weight or _TINY_WEIGHT)
+            if load < lowest:
+                lowest = load
+                tied = [server]
+            elif load == lowest:
+                tied.append(server)
+        if len(tied) == 1:
+            return tied[0]
+        return self._ties.choose(tied)
+
+
+@implementer(IBalancer)
+class Random:
+    """
+    The power of two choices: draw two different servers at random, each
+    draw weighted by the servers' weights, and take the less loaded (C{active
+    / weight}; the first drawn on a tie).
+
+    Nearly as even as L{LeastConn}, yet it never sends a whole burst to the
+    one server that looks least loaded, which matters when the loads it sees
+    lag behind (several balancers in front of the same servers).
+    """
+
+    name = "random"
+
+    def __init__(self, argument: str | None = None, *, rng: random.Random | None = None) -> None:
+        """
+        @param rng: Where the draws come from; a fresh L{random.Random} unless
+            given (tests give a seeded one).
+        """
+        _noArgument(self.name, argument)
+        self._random = (rng if rng is not None else random.Random()).random
+
+    def _draw(self, weights: list[float], total: float) -> int:
+        """
+        The index of a weight drawn with probability weight / total, C{total}
+        being the sum of C{weights}; a weight of 0 is never drawn.
+        """
+        point = self._random() * total
+        last = 0
+        for index, weight in enumerate(weights):
+            if weight > 0:
+                last = index
+                point -= weight
+                if point < 0:
+                    return index
+        return last  # Rounding left a crumb of the point: the last one drawable.
+
+    def pick(self, candidates: Sequence[Server], request: IRequest) -> Server:
+        if len(candidates) == 1:
+            return candidates[0]
+        weights = [server.weight for server in candidates]
+        total = sum(weights)
+        if total <= 0:
+            # Every weight is 0: draw uniformly.
+            weights = [1.0] * len(candidates)
+            total = float(len(candidates))
+        firstIndex = self._draw(weights, total)
+        first = candidates[firstIndex]
+        rest = total - weights[firstIndex]
+        if rest <= 0:
+            # Nobody else has any weight, and a weightless server is never
+            # preferred to one with weight.
+            return first
+        weights[firstIndex] = 0.0
+        second = candidates[self._draw(weights, rest)]
+        firstLoad = first.active / (first.weight or _TINY_WEIGHT)
+        secondLoad = second.active / (second.weight or _TINY_WEIGHT)
+        return second if secondLoad < firstLoad else first
+
+
+# Consistent hashing (see the module docstring).
+
+#: Ring points per unit of configured weight, as in ketama and nginx.
+POINTS_PER_WEIGHT = 160
+_POINTS_PER_DIGEST = 4
+_RING_CACHE_SIZE = 16
+
+
+def _hashKey(key: bytes) -> int:
+    """
+    The 32-bit ring position of C{key}: the first four bytes of its MD5,
+    little-endian, as ketama reads them.
+    """
+    return int.from_bytes(hashlib.md5(key, usedforsecurity=False).digest()[:4], "little")
+
+
+class _Ring:
+    """
+    A ketama ring over some servers: sorted points, each owned by a server.
+
+    A server's points depend only on its name and configured weight (not its
+    effective weight, which moves during a slow start), so a key keeps its
+    server for as long as both are there.
+    """
+
+    def __init__(self, servers: Sequence[Server]) -> None:
+        units = {server: max(server.config.weight, 0) for server in servers}
+        if not any(units.values()):
+            units = dict.fromkeys(servers, 1)
+        owned: list[tuple[int, str, Server]] = []
+        for server, weight in units.items():
+            name = server.name
+            for index in range(weight * POINTS_PER_WEIGHT // _POINTS_PER_DIGEST):
+                digest = hashlib.md5(f"{name}-{index}".encode(), usedforsecurity=False).digest()
+                for offset in range(0, 16, 4):
+                    point = int.from_bytes(digest[offset : offset + 4], "little")
+                    owned.append((point, name, server))
+        # By name after the point, so that a collision resolves the same way
+        # whatever the order of the candidates.
+        owned.sort(key=lambda point: point[:2])
+        self._points = [point for point, _, _ in owned]
+        self._owners = [server for _, _, server in owned]
+
+    def find(self, key: bytes) -> Server:
+        """
+        The server owning the first point at or after C{key}'s hash, going
+        round past the last point to the first.
+        """
+        index = bisect_left(self._points, _hashKey(key))
+        if index == len(self._points):
+            index = 0
+        return self._owners[index]
+
+
+class _ConsistentHash:
+    """
+    Picks by a request key on a ketama ring over the candidates.
+
+    The ring of a set of candidates is built once and kept: the candidates
+    are usually all the servers, and otherwise one of a few subsets (a
+    server down, a retry without the server tried), so a small cache of the
+    rings last used makes a pick one MD5 and one bisection.
+    """
+
+    def __init__(self) -> None:
+        self._rings: OrderedDict[tuple[Server, ...], _Ring] = OrderedDict()
+
+    def _ring(self, candidates: Sequence[Server]) -> _Ring:
+        key = tuple(candidates)
+        rings = self._rings
+        ring = rings.get(key)
+        if ring is None:
+            ring = rings[key] = _Ring(key)
+            if len(rings) > _RING_CACHE_SIZE:
+                rings.popitem(last=False)
+        else:
+            rings.move_to_end(key)
+        return ring
+
+    def choose(self, candidates: Sequence[Server], key: bytes) -> Server:
+        return self._ring(candidates).find(key)
+
+
+def _clientHost(request: IRequest) -> bytes:
+    """
+    The client's address as text, an IPv4-mapped IPv6 address as its IPv4
+    one; empty for a client without one (a UNIX socket).
+    """
+    host = getattr(request.getClientAddress(), "host", None)
+    if not host:
+        return b""
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host.encode("ascii", "replace")
+
+
+@implementer(IBalancer)
+class IPHash:
+    """
+    The same client address always to the same server, by consistent hashing
+    of the whole address, IPv4 or IPv6 (not nginx's first three octets, which
+    put whole networks on one server).
+
+    All the clients behind one address (an office, a carrier NAT) go to one
+    server; L{Cookie} spreads them.
+    """
+
+    name = "ip_hash"
+
+    def __init__(self, argument: str | None = None) -> None:
+        _noArgument(self.name, argument)
+        self._hash = _ConsistentHash()
+
+    def pick(self, candidates: Sequence[Server], request: IRequest) -> Server:
+        if len(candidates) == 1:
+            return candidates[0]
+        return self._hash.choose(candidates, _clientHost(request))
+
+
+# The request values a hash key may use.
+
+_VARIABLE = re.compile(r"\$(?:\{(?P<braced>[A-Za-z0-9_]*)\}|(?P<bare>[A-Za-z0-9_]*))")
+
+
+def _splitTarget(uri: bytes) -> tuple[bytes | None, bytes]:
+    """
+    Split a request target into the authority of an absolute-form target
+    (C{http://host/path}) or L{None}, and the path with its query.
+    """
+    if uri.startswith(b"/"):
+        return None, uri
+    scheme, separator, rest = uri.partition(b"://")
+    if not separator:
+        return None, uri
+    authority, slash, path = rest.partition(b"/")
+    return authority, slash + path
+
+
+def _requestURI(request: IRequest) -> bytes:
+    return _splitTarget(request.uri)[1]
+
+
+def _uri(request: IRequest) -> bytes:
+    return _requestURI(request).partition(b"?")[0]
+
+
+def _args(request: IRequest) -> bytes:
+    return request.uri.partition(b"?")[2]
+
+
+def _hostWithoutPort(authority: bytes) -> bytes:
+    authority = authority.rpartition(b"@")[2].lower()
+    if authority.startswith(b"["):
+        return authority.partition(b"]")[0] + b"]"
+    return authority.partition(b":")[0]
+
+
+def _host(request: IRequest) -> bytes:
+    """
+    As nginx's C{$host}: the host of an absolute-form target, else of the
+    C{Host} header, lower-cased and without the port.
+    """
+    authority = _splitTarget(request.uri)[0]
+    if authority is None:
+        values = request.requestHeaders.getRawHeaders(b"host")
+        if not values:
+            return b""
+        authority = values[0]
+    return _hostWithoutPort(authority)
+
+
+def _header(name: str) -> Callable[[IRequest], bytes]:
+    headerName = name.replace("_", "-").encode("ascii")
+    separator = b"; " if headerName == b"cookie" else b", "
+
+    def header(request: IRequest) -> bytes:
+        values = request.requestHeaders.getRawHeaders(headerName)
+        return separator.join(values) if values else b""
+
+    return header
+
+
+def _requestCookie(request: IRequest, name: bytes) -> bytes | None:
+    """
+    The value of the request's cookie C{name}, or L{None}.
+
+    Twisted parses the C{Cookie} header into C{received_cookies} only once
+    the whole request is in, which a streamed request is not when it is
+    balanced; the header is read then.
+    """
+    value = getattr(request, "received_cookies", {}).get(name)
+    if value is not None:
+        return value
+    for header in request.requestHeaders.getRawHeaders(b"cookie", ()):
+        for cookie in header.split(b";"):
+            cookieName, separator, value = cookie.strip().partition(b"=")
+            if separator and cookieName == name:
+                return value
+    return None
+
+
+def _cookie(name: str) -> Callable[[IRequest], bytes]:
+    cookieName = name.encode("ascii")
+
+    def cookie(request: IRequest) -> bytes:
+        return _requestCookie(request, cookieName) or b""
+
+    return cookie
+
+
+def _argument(name: str) -> Callable[[IRequest], bytes]:
+    argumentName = name.encode("ascii")
+
+    def argument(request: IRequest) -> bytes:
+        for pair in _args(request).split(b"&"):
+            pairName, _, value = pair.partition(b"=")
+            if pairName == argumentName:
+                return value
+        return b""
+
+    return argument
+
+
+_VARIABLES: dict[str, Callable[[IRequest], bytes]] = {
+    "request_uri": _requestURI,
+    "uri": _uri,
+    "args": _args,
+    "query_string": _args,
+    "host": _host,
+    "remote_addr": _clientHost,
+}
+
+_PREFIXES: dict[str, Callable[[str], Callable[[IRequest], bytes]]] = {
+    "http_": _header,
+    "cookie_": _cookie,
+    "arg_": _argument,
+}
+
+
+def _variable(name: str) -> Callable[[IRequest], bytes]:
+    if name in _VARIABLES:
+        return _VARIABLES[name]
+    for prefix, makeGetter in _PREFIXES.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return makeGetter(name[len(prefix) :])
+    known = ", ".join(
+        [f"${variable}" for variable in _VARIABLES] + [f"${prefix}NAME" for prefix in _PREFIXES]
+    )
+    raise ValueError(f"unknown variable ${name} in hash key (known: {known})")
+
+
+def parseHashKey(text: str) -> Callable[[IRequest], bytes]:
+    """
+    Compile a hash key written in nginx's variable syntax into a function
+    computing it for a request.
+
+    The key is literal text and variables, concatenated: C{$request_uri}
+    (the path with the query), C{$uri} (the path), C{$args} (the query),
+    C{$host} (of the C{Host} header, lower-cased, without port),
+    C{$remote_addr}, C{$http_NAME} (a request header, C{_} for C{-}),
+    C{$cookie_NAME} and C{$arg_NAME} (a query argument, as sent).  C{${NAME}}
+    separates a variable from text following it.  Values are as the client
+    sent them (not percent-decoded); a missing header, cookie or argument is
+    empty.
+
+    @raise ValueError: For an unknown variable, a lone C{$}, or no key.
+    """
+    if not text:
+        raise ValueError("the hash key is empty")
+    parts: list[bytes | Callable[[IRequest], bytes]] = []
+    position = 0
+    for match in _VARIABLE.finditer(text):
+        if match.start() > position:
+            parts.append(text[position : match.start()].encode("utf-8"))
+        name = match["braced"] if match["braced"] is not None else match["bare"]
+        if not name:
+            raise ValueError(f"a $ without a variable name in hash key {text!r}")
+        parts.append(_variable(name))
+        position = match.end()
+    if position < len(text):
+        parts.append(text[position:].encode("utf-8"))
+
+    if len(parts) == 1:
+        only = parts[0]
+        if isinstance(only, bytes):
+            return lambda request: only
+        return only
+
+    def key(request: IRequest) -> bytes:
+        return b"".join(part if isinstance(part, bytes) else part(request) for part in parts)
+
+    return key
+
+
+@implementer(IBalancer)
+class Hash:
+    """
+    The same key always to the same server, by consistent hashing of a value
+    of the request: C{hash $cookie_sid}, C{hash $host$uri} (see
+    L{parseHashKey}).  nginx's trailing C{consistent} is accepted, and
+    changes nothing: hashing here is always consistent.
+
+    Requests without the value (no such cookie, say) all share the empty
+    key, and so one server.
+    """
+
+    name = "hash"
+
+    def __init__(self, argument: str | None = None) -> None:
+        words = (argument or "").split()
+        if words[1:] == ["consistent"]:
+            words.pop()
+        if not words:
+            raise ValueError("hash needs a key, e.g. hash $request_uri")
+        if len(words) > 1:
+            raise ValueError(
+                f"hash takes one key without spaces, got {argument.strip()!r}"
+                " (write variables side by side to combine them: $host$uri)"
+            )
+        self.key = words[0]
+        self._keyOf = parseHashKey(words[0])
+        self._hash = _ConsistentHash()
+
+    def pick(self, candidates: Sequence[Server], request: IRequest) -> Server:
+        if len(candidates) == 1:
+            return candidates[0]
+        return self._hash.choose(candidates, self._keyOf(request))
+
+
+# RFC 6265 cookie-name: an HTTP token.
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def serverID(server: Server) -> bytes:
+    """
+    The opaque, stable id of C{server} that a L{Cookie} cookie holds: the
+    first 16 hex digits of the SHA-256 of its name.  It tells clients
+    nothing of the address and survives restarts and reordering.
+    """
+    return hashlib.sha256(server.name.encode("utf-8")).hexdigest()[:16].encode("ascii")
+
+
+@implementer(IBalancer)
+class Cookie:
+    """
+    Sticky sessions: a client is sent back to the server named by the cookie
+    C{NAME} (default C{manualb_server}) that manualb set on its first
+    response.
+
+    A request without the cookie, or whose cookie names a server that cannot
+    take it (down, or gone from the configuration), is balanced by smooth
+    weighted round robin and the response sets the cookie, C{NAME=ID; Path=/;
+    HttpOnly}, with the server's L{serverID}.  Unlike L{IPHash}, many clients
+    behind one address spread over the servers.
+    """
+
+    name = "cookie"
+
+    def __init__(self, argument: str | None = None) -> None:
+        cookieName = (argument or "").strip() or "manualb_server"
+        if not _COOKIE_NAME.fullmatch(cookieName):
+            raise ValueError(
+                f"cookie name {cookieName!r} is not a valid cookie name"
+                " (letters, digits and !#$%&'*+-.^_`|~ only)"
+            )
+        self.cookieName = cookieName
+        self._name = cookieName.encode("ascii")
+        self._ids: dict[Server, bytes] = {}
+        self._rotation = _SmoothWeighted()
+        self._ownCookie = re.compile(re.escape(self._name) + rb"=[0-9a-f]{16}; Path=/; HttpOnly")
+
+    def _idOf(self, server: Server) -> bytes:
+        id = self._ids.get(server)
+        if id is None:
+            id = self._ids[server] = serverID(server)
+        return id
+
+    def pick(self, candidates: Sequence[Server], request: IRequest) -> Server:
+        wanted = _requestCookie(request, self._name)
+        if wanted is not None:
+            for server in candidates:
+                if self._idOf(server) == wanted:
+                    self._forgetCookie(request)
+                    return server
+        if len(candidates) == 1:
+            server = candidates[0]
+        else:
+            server = self._rotation.choose(candidates)
+        self._forgetCookie(request)
+        request.responseHeaders.addRawHeader(
+            b"Set-Cookie", self._name + b"=" + self._idOf(server) + b"; Path=/; HttpOnly"
+        )
+        return server
+
+    def _forgetCookie(self, request: IRequest) -> None:
+        """
+        Take back the cookie an earlier pick for this request set (before a
+        retry on another server), leaving every other C{Set-Cookie}.
+        """
+        headers = request.responseHeaders
+        values = headers.getRawHeaders(b"Set-Cookie")
+        if not values:
+            return
+        kept = [value for value in values if not self._ownCookie.fullmatch(value)]
+        if len(kept) == len(values):
+            return
+        if kept:
+            headers.setRawHeaders(b"Set-Cookie", kept)
+        else:
+            headers.removeHeader(b"Set-Cookie")
+
+
+#: The built-in strategies by name, each a factory taking the argument text
+#: (or L{None}).
+BALANCERS: dict[str, Callable[[str | None], IBalancer]] = {
+    factory.name: factory for factory in (RoundRobin, LeastConn, IPHash, Hash, Random, Cookie)
+}
+
+
+def makeBalancer(method: str, argument: str | None = None) -> IBalancer:
+    """
+    The strategy that C{balance = METHOD ARGUMENT} names: a built-in one, or
+    the dotted name of a factory of the user's, called with C{argument}.
+
+    @raise ValueError: For an unknown method, an argument the strategy does
+        not accept, or a factory that makes no L{IBalancer}.
+    """
+    factory = BALANCERS.get(method)
+    if factory is None:
+        if "." not in method:
+            raise ValueError(
+                f"unknown balancing method {method!r} (built-in: {', '.join(BALANCERS)};"
+                " or the dotted name of a factory of your own)"
+            )
+        factory = namedAny(method)
+        if not callable(factory):
+            raise ValueError(f"{method} is not a balancer factory: it cannot be called")
+    balancer = factory(argument)
+    if not IBalancer.providedBy(balancer):
+        raise ValueError(
+            f"{method} made {balancer!r}, which does not provide IBalancer"
+            " (decorate its class with @implementer(IBalancer))"
+        )
+    return balancer

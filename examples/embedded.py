@@ -46,6 +46,7 @@ def main(reactor):
 
     # The application's own resource tree, with manualb mounted at /api/.
     balancer = LoadBalancer(config, reactor)
+    balancer.start()
     root = Resource()
     root.putChild(b"", Data(b"the application's home page\n", "text/plain"))
     root.putChild(b"api", balancer.resource)

@@ -6,7 +6,9 @@ C{$upstream_addr} and C{$upstream_response_time}):
     127.0.0.1 - - [24/Nov/2026:08:00:00 +0000] "GET / HTTP/1.1" 200 12
     "-" "curl/8.0" 127.0.0.1:8081 0.002
 
-(on one line).  A request that never reached a backend shows C{-} for both.
+(on one line).  A request that never reached a backend shows C{-} for both;
+one tried on several servers lists them all, with their times, separated by
+commas, as nginx does.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import re
 import sys
 import time
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Sequence
 
 from twisted.web.http import Request
 
@@ -70,14 +72,16 @@ class AccessLog:
         self,
         request: Request,
         status: int,
-        upstream: str | None,
-        upstreamTime: float | None,
+        upstreams: Sequence[str],
+        upstreamTimes: Sequence[float],
     ) -> None:
         """
         Write the line for a finished (or abandoned) request.
 
         @param status: The status sent, or the one that stands for what
             happened (499: the client went away first).
+        @param upstreams: The servers tried, in order.
+        @param upstreamTimes: How long each try took, in seconds.
         """
         headers = request.requestHeaders
         address = request.getClientAddress()
@@ -90,8 +94,8 @@ class AccessLog:
             request.sentLength,
             _escape((headers.getRawHeaders(b"referer") or [b"-"])[0]),
             _escape((headers.getRawHeaders(b"user-agent") or [b"-"])[0]),
-            upstream.encode("ascii") if upstream else b"-",
-            b"%.3f" % (upstreamTime,) if upstreamTime is not None else b"-",
+            ", ".join(upstreams).encode("ascii") if upstreams else b"-",
+            b", ".join(b"%.3f" % (t,) for t in upstreamTimes) if upstreamTimes else b"-",
         )
         self._output.write(line)
 

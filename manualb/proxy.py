@@ -384,7 +384,6 @@ class _Exchange:
     _done = False
     _holding = False
     _attemptStart = 0.0
-    _upstreamTime: float | None = None
     _reused = False
     _lastError: UpstreamError | None = None
 
@@ -392,6 +391,7 @@ class _Exchange:
         self.proxy = proxy
         self.request = request
         self.tried: list[Server] = []
+        self.times: list[float] = []
 
     def start(self) -> None:
         request = self.request
@@ -582,8 +582,8 @@ class _Exchange:
         """
         The current attempt no longer occupies its server.
         """
-        self._upstreamTime = self.proxy.reactor.seconds() - self._attemptStart
         if self._holding:
+            self.times.append(self.proxy.reactor.seconds() - self._attemptStart)
             self._holding = False
             self.server.active -= 1
 
@@ -629,10 +629,7 @@ class _Exchange:
     def _log(self, status: int) -> None:
         if self.proxy.accessLog is not None:
             self.proxy.accessLog.record(
-                self.request,
-                status,
-                self.server.name if self.server is not None else None,
-                self._upstreamTime,
+                self.request, status, [server.name for server in self.tried], self.times
             )
 
 

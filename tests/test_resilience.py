@@ -51,7 +51,10 @@ class PassiveHealthTests(SynchronousTestCase):
         self.lb.acceptConnection().send(OK)
         self.assertTrue(client.received().startswith(b"HTTP/1.1 200 OK"))
         self.assertEqual(self.a.health.state, DOWN)
-        self.assertIn(b" 200 ", self.lb.accessLog.getvalue())
+        self.assertRegex(
+            self.lb.accessLog.getvalue(),
+            rb" 200 2 .* 10\.0\.0\.1:8001, 10\.0\.0\.2:8002 0\.000, 0\.000\n$",
+        )
         self.flushLoggedErrors()
 
     def test_downServerSkippedThenTested(self):

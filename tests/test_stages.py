@@ -88,7 +88,7 @@ class AccessLogTests(SynchronousTestCase):
         request.clientproto = b"HTTP/1.1"
         request.requestHeaders.addRawHeader(b"User-Agent", b"\xff\"")
         request.sentLength = 0
-        log.record(request, 404, None, None)
+        log.record(request, 404, [], [])
         line = output.getvalue()
         self.assertEqual(line.count(b"\n"), 1)
         self.assertIn(b'"GET /\\x0A127.0.0.1 - - \\x22x\\x5C HTTP/1.1" 404 0 "-" "\\xFF\\x22" - -\n', line)

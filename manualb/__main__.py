@@ -45,13 +45,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     backend.add_argument("name")
     backend.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    backend.add_argument(
+        "--exit-on-eof", action="store_true", help="stop when standard input closes"
+    )
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args.file, sys.stdout, sys.stderr)
     if args.command == "backend":
         from manualb.testing import runBackend
 
-        runBackend(args.name, args.port)
+        runBackend(args.name, args.port, exitOnEOF=args.exit_on_eof)
         return 0
     from manualb.demo import runDemo
 

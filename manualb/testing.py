@@ -15,7 +15,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.stdio import StandardIO
 from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -59,12 +60,18 @@ def listenBackend(
     return TCP4ServerEndpoint(reactor, 0, interface=interface).listen(Site(resource))
 
 
-def runBackend(name: str, port: int = 0, interface: str = "127.0.0.1") -> None:
+def runBackend(
+    name: str, port: int = 0, interface: str = "127.0.0.1", exitOnEOF: bool = False
+) -> None:
     """
     Run a L{NamedBackend} in this process until it is killed, after
     printing C{listening on HOST:PORT} (handy with C{port=0}).  This is what
     C{python -m manualb backend NAME} runs: a backend process to stop and
     start under a balancer.
+
+    @param exitOnEOF: Also stop when standard input closes: a parent that
+        runs the backend (L{BackendProcess}) takes it along when it goes, even
+        when it was killed too hard to stop its children.
     """
     from twisted.internet import reactor
 
@@ -78,7 +85,22 @@ def runBackend(name: str, port: int = 0, interface: str = "127.0.0.1") -> None:
 
     endpoint = TCP4ServerEndpoint(reactor, port, interface=interface)
     endpoint.listen(Site(NamedBackend(name))).addCallbacks(listening, failed)
+    if exitOnEOF:
+        StandardIO(_ExitOnEOF(reactor), stdout=os.open(os.devnull, os.O_WRONLY))
     reactor.run()
+
+
+class _ExitOnEOF(Protocol):
+    """
+    Stops the reactor when standard input closes.
+    """
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+
+    def connectionLost(self, reason=None):
+        if self.reactor.running:
+            self.reactor.stop()
 
 
 class BackendProcess(ProcessProtocol):
@@ -118,7 +140,10 @@ class BackendProcess(ProcessProtocol):
         self.reactor.spawnProcess(
             self,
             sys.executable,
-            [sys.executable, "-m", "manualb", "backend", self.name, "--port", str(self.port)],
+            [
+                sys.executable, "-m", "manualb", "backend", self.name,
+                "--port", str(self.port), "--exit-on-eof",
+            ],
             env=environment,
         )
         return self._started

@@ -3,6 +3,7 @@ The ways users start manualb: the twistd plugin and C{python -m manualb}.
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,13 +12,10 @@ from importlib import metadata
 from twisted.application.service import IServiceMaker
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.protocol import ProcessProtocol
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import Agent, readBody
-from twisted.web.iweb import IAgentEndpointFactory
-from zope.interface import implementer
 
 from manualb.testing import NamedBackend, listenBackend, serverAddress
 
@@ -108,8 +106,8 @@ class PluginTests(TestCase):
 
 class Twistd(ProcessProtocol):
     """
-    A twistd child process: C{ready} fires when its site listens, C{ended}
-    with the exit status.
+    A twistd child process: C{ready} fires with the port its site listens
+    on (logged once bound), C{ended} with its exit status.
     """
 
     def __init__(self):
@@ -119,8 +117,9 @@ class Twistd(ProcessProtocol):
 
     def outReceived(self, data):
         self.output += data
-        if b"ProxySite starting on" in self.output and not self.ready.called:
-            self.ready.callback(None)
+        found = re.search(rb"ProxySite starting on (\d+)", self.output)
+        if found and not self.ready.called:
+            self.ready.callback(int(found.group(1)))
 
     errReceived = outReceived
 
@@ -128,15 +127,6 @@ class Twistd(ProcessProtocol):
         if not self.ready.called:
             self.ready.errback(Exception(self.output.decode("utf-8", "replace")))
         self.ended.callback((reason.value.exitCode, reason.value.signal))
-
-
-@implementer(IAgentEndpointFactory)
-class UNIXSocket:
-    def __init__(self, path):
-        self.path = path
-
-    def endpointForURI(self, uri):
-        return UNIXClientEndpoint(reactor, self.path)
 
 
 class TwistdTests(TestCase):
@@ -149,14 +139,13 @@ class TwistdTests(TestCase):
         self.addCleanup(backend.stopListening)
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
-        socket = os.path.join(directory, "lb.sock")
         config = os.path.join(directory, "lb.ini")
         with open(config, "w") as f:
             f.write(
-                "[manualb]\nlisten = unix:%s\naccess_log = %s\n"
+                "[manualb]\nlisten = tcp:0:interface=127.0.0.1\naccess_log = %s\n"
                 "[upstream pool]\nservers = %s\n"
                 "[route default]\npath = /\nupstream = pool\n"
-                % (socket, os.path.join(directory, "access.log"), serverAddress(backend))
+                % (os.path.join(directory, "access.log"), serverAddress(backend))
             )
         process = Twistd()
         transport = reactor.spawnProcess(
@@ -167,13 +156,14 @@ class TwistdTests(TestCase):
             path=ROOT,
         )
         try:
-            yield process.ready
-            agent = Agent.usingEndpointFactory(reactor, UNIXSocket(socket))
-            response = yield agent.request(b"GET", b"http://lb/hello")
+            port = yield process.ready
+            response = yield Agent(reactor).request(
+                b"GET", b"http://127.0.0.1:%d/hello" % (port,)
+            )
             body = yield readBody(response)
             self.assertEqual(body, b"Backend A\n")
         finally:
-            if process.ended.called is False:
+            if not process.ended.called:
                 transport.signalProcess(signal.SIGTERM)
         exitCode = yield process.ended
         # twistd ends by re-raising the signal that stopped it, once shut down.

@@ -209,6 +209,7 @@ class HealthCheckConfig:
     @ivar timeout: Seconds a probe may take.
     @ivar rise: Consecutive passed probes that bring a down server up.
     @ivar fall: Consecutive failed probes that take an up server down.
+    @ivar type: C{"http"} (a request) or C{"tcp"} (a connection only).
     @ivar expect: The status codes that pass.
     @ivar body: A regular expression the response body must match, or
         L{None}.
@@ -224,6 +225,7 @@ class HealthCheckConfig:
     expect: frozenset[int] = frozenset([200])
     body: str | None = None
     host: str | None = None
+    type: str = "http"
 
 
 @attrs.frozen
@@ -261,6 +263,15 @@ class UpstreamConfig:
         went to a server that failed; a larger body is not retried once it
         has started going.
     @ivar health_check: Active probes, or L{None} for passive health only.
+    @ivar tls_verify: For C{https://} servers: verify the server's
+        certificate (against C{tls_ca}, for the name C{tls_name}).
+    @ivar tls_ca: A PEM file of the certificate authorities to trust for
+        C{https://} servers, or L{None} for the system's.
+    @ivar tls_name: The name sent by SNI and verified in the certificate of
+        C{https://} servers, or L{None} for each server's host.
+    @ivar tunnel_timeout: Seconds a WebSocket (or other upgraded) connection
+        may carry nothing either way before it is closed (HAProxy's
+        C{timeout tunnel}).
     """
 
     name: str
@@ -278,21 +289,122 @@ class UpstreamConfig:
     retry_timeout: float = 0.0
     retry_body_limit: int = 1024 * 1024
     health_check: HealthCheckConfig | None = None
+    tls_verify: bool = True
+    tls_ca: str | None = None
+    tls_name: str | None = None
+    tunnel_timeout: float = 3600.0
+
+
+#: How a route's C{path} matches, from its modifier (nginx C{location}).
+PREFIX = "prefix"  # path = /app
+PREFIX_NO_REGEX = "prefix_no_regex"  # path = ^~ /app
+EXACT = "exact"  # path = = /app
+REGEX = "regex"  # path = ~ ^/app/.*\.php$
+REGEX_CASELESS = "regex_caseless"  # path = ~* \.(gif|jpg)$
 
 
 @attrs.frozen
 class RouteConfig:
     """
-    Send requests whose path matches C{path} to the upstream C{upstream}.
+    Send requests whose host and path match to the upstream C{upstream}, as
+    nginx's C{server_name} and C{location} do.
 
     @ivar name: The NAME from C{[route NAME]}.
-    @ivar path: Request path, always starting with C{"/"}.
+    @ivar path: The path pattern: a prefix, an exact path or a regular
+        expression, as C{match} says (without its modifier).
     @ivar upstream: Name of an upstream in L{Config.upstreams}.
+    @ivar match: One of L{PREFIX}, L{PREFIX_NO_REGEX}, L{EXACT}, L{REGEX},
+        L{REGEX_CASELESS}.
+    @ivar host: The host the route serves: a name (C{www.example.com}), a
+        wildcard (C{*.example.com}), or L{None} for any host.  Lower case.
+    @ivar strip_prefix: Remove the matched prefix from the path before the
+        request goes on (prefix routes only).
+    @ivar rewrite: C{(regex, replacement)}: the path is rewritten by
+        C{re.sub} with C{$1}-style groups turned into Python's, before it
+        goes on; or L{None}.
     """
 
     name: str
     path: str
     upstream: str
+    match: str = PREFIX
+    host: str | None = None
+    strip_prefix: bool = False
+    rewrite: tuple[str, str] | None = None
+
+
+@attrs.frozen
+class ListenerConfig:
+    """
+    A group of listening endpoints that share a set of routes.
+
+    @ivar name: C{"default"} for the C{listen} lines of C{[manualb]}, else the
+        NAME from C{[listener NAME]}.
+    @ivar listen: Twisted server endpoint strings.
+    @ivar routes: Names of the routes they serve, or L{None} for all routes.
+    @ivar redirect_https: When set, plain (not TLS) connections of this
+        listener get a 301 to the https URL, at this port (443 is left out of
+        the URL); L{None} for no redirect.
+    """
+
+    name: str
+    listen: tuple[str, ...] = attrs.field(converter=tuple)
+    routes: tuple[str, ...] | None = None
+    redirect_https: int | None = None
+
+
+@attrs.frozen
+class CertificateConfig:
+    """
+    One certificate of the C{[tls]} section.
+
+    @ivar name: The server name it serves: exact or C{*.wildcard}; lower case.
+    @ivar certificate: Path of the PEM certificate (followed by its chain).
+    @ivar key: Path of the PEM private key.
+    """
+
+    name: str
+    certificate: str
+    key: str
+
+
+@attrs.frozen
+class TLSConfig:
+    """
+    TLS termination, the C{[tls]} section: certificates chosen by SNI (the
+    first one for unknown names), protocol versions, ciphers and HSTS.
+
+    @ivar certificates: At least one; the first is the default.
+    @ivar min_version: C{"TLSv1.2"} or C{"TLSv1.3"}.
+    @ivar ciphers: An OpenSSL cipher string for TLS 1.2, or L{None} for
+        manualb's modern default.
+    @ivar hsts: The value of C{Strict-Transport-Security} sent on TLS
+        connections (e.g. C{max-age=31536000}), or L{None}.
+    """
+
+    certificates: tuple[CertificateConfig, ...] = attrs.field(converter=tuple)
+    min_version: str = "TLSv1.2"
+    ciphers: str | None = None
+    hsts: str | None = None
+
+
+@attrs.frozen
+class StreamConfig:
+    """
+    A layer-4 (TCP) proxy, C{[stream NAME]}: connections on C{listen} are
+    joined, byte for byte, to a server of C{upstream}.
+
+    @ivar proxy_protocol: C{None}, C{"v1"} or C{"v2"}: the PROXY protocol
+        header sent to the server first, so it knows the client.
+    @ivar idle_timeout: Seconds a connection may carry nothing either way
+        before both sides are closed.
+    """
+
+    name: str
+    listen: tuple[str, ...] = attrs.field(converter=tuple)
+    upstream: str
+    proxy_protocol: str | None = None
+    idle_timeout: float = 600.0
 
 
 @attrs.frozen
@@ -301,16 +413,22 @@ class Config:
     The whole, validated configuration.
 
     @ivar source: Where it was read from (a file name or C{"<string>"}).
-    @ivar listen: Twisted server endpoint strings to listen on, at least one.
+    @ivar listen: The endpoint strings of C{[manualb] listen} (possibly
+        none when C{[listener]} or C{[stream]} sections listen instead).
     @ivar access_log: C{"-"} for standard output, a file path, or L{None}
         when access logging is off.
     @ivar upstreams: Upstreams by name, in file order.
     @ivar routes: Routes in file order; every one names an upstream in
-        C{upstreams} and no two share a path.
+        C{upstreams}.
     @ivar client_timeout: Seconds a client connection may stay silent: idle
         between requests, or stalled while sending its request head or body
         (nginx's C{keepalive_timeout}, C{client_header_timeout} and
         C{client_body_timeout} in one).
+    @ivar listeners: The HTTP listeners: C{"default"} from C{[manualb]
+        listen} (with C{[manualb] redirect_https}) first if it has any
+        endpoint, then the C{[listener NAME]} sections.
+    @ivar tls: The C{[tls]} section, or L{None}.
+    @ivar streams: The C{[stream NAME]} sections.
     """
 
     source: str
@@ -319,6 +437,9 @@ class Config:
     upstreams: Mapping[str, UpstreamConfig]
     routes: tuple[RouteConfig, ...] = attrs.field(converter=tuple)
     client_timeout: float = 60.0
+    listeners: tuple[ListenerConfig, ...] = attrs.field(converter=tuple, default=())
+    tls: TLSConfig | None = None
+    streams: tuple[StreamConfig, ...] = attrs.field(converter=tuple, default=())
 
 
 def loadConfig(path: str) -> Config:

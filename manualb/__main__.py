@@ -25,10 +25,11 @@ def check(path: str, out: TextIO, err: TextIO) -> int:
         err.write("manualb: %s\n" % (e,))
         err.write("manualb: configuration file %s test failed\n" % (path,))
         return 1
+    endpoints = sum(len(listener.listen) for listener in config.listeners)
     out.write(
-        "manualb: configuration file %s is ok: %d listener(s), %d upstream(s), "
-        "%d route(s)\n"
-        % (path, len(config.listen), len(config.upstreams), len(config.routes))
+        "manualb: configuration file %s is ok: %d HTTP endpoint(s), %d stream(s), "
+        "%d upstream(s), %d route(s)\n"
+        % (path, endpoints, len(config.streams), len(config.upstreams), len(config.routes))
     )
     return 0
 

@@ -3,11 +3,12 @@ Read and validate the manualb configuration file.
 
 The file is INI (L{configparser}) and becomes a tree of frozen L{attrs}
 objects: L{Config} holding L{UpstreamConfig} (with its L{ServerConfig}s,
-each holding a L{ServerAddress}, and its L{HealthCheckConfig}) and
-L{RouteConfig}.  Everything is checked before the load balancer starts so
-that the rest of the program can trust these objects, and so that every
-mistake stops start-up with one message naming the file, section and key
-(L{ConfigError}) instead of a traceback or a surprise at request time.
+each holding a L{ServerAddress}, and its L{HealthCheckConfig}),
+L{RouteConfig}, L{ListenerConfig}, L{StreamConfig} and L{TLSConfig} (with
+its L{CertificateConfig}s).  Everything is checked before the load balancer
+starts so that the rest of the program can trust these objects, and so that
+every mistake stops start-up with one message naming the file, section and
+key (L{ConfigError}) instead of a traceback or a surprise at request time.
 
 Example::
 
@@ -28,12 +29,23 @@ Example::
     [route default]
     path = /
     upstream = my_backend_pool
+
+    [route static]
+    host = www.example.com
+    path = ^~ /static/
+    strip_prefix = on
+    upstream = my_backend_pool
+
+Files named in the configuration (certificates, keys, C{tls_ca}) are found
+relative to the directory of the configuration file, or of the current
+directory when the text does not come from a file.
 """
 
 from __future__ import annotations
 
 import configparser
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -50,16 +62,25 @@ __all__ = [
     "ServerConfig",
     "HealthCheckConfig",
     "UpstreamConfig",
+    "PREFIX",
+    "PREFIX_NO_REGEX",
+    "EXACT",
+    "REGEX",
+    "REGEX_CASELESS",
     "RouteConfig",
+    "ListenerConfig",
+    "CertificateConfig",
+    "TLSConfig",
+    "StreamConfig",
     "Config",
     "parseConfig",
     "loadConfig",
 ]
 
 #: URL schemes a server address may use.
-SCHEMES: tuple[str, ...] = ("http",)
+SCHEMES: tuple[str, ...] = ("http", "https")
 
-_DEFAULT_PORTS = {"http": 80}
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # configparser treats its default section specially (its keys leak into every
 # other section).  A header cannot contain a newline, so no file can name this
@@ -70,7 +91,10 @@ _NO_DEFAULT_SECTION = "\n"
 # after the closing bracket ("[route a] b").  Comments are already removed.
 _SECTION_HEADER = re.compile(r"\[(?P<header>[^\]]+)\]$")
 
-_KNOWN_SECTIONS = "[manualb], [upstream NAME], [route NAME]"
+_KNOWN_SECTIONS = (
+    "[manualb], [upstream NAME], [route NAME], [listener NAME], [stream NAME], "
+    "[tls]"
+)
 _HOSTNAME = re.compile(r"[A-Za-z0-9_.-]+")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 # The status codes passive_fail_on accepts, and those and the classes (2xx)
@@ -80,6 +104,9 @@ _STATUS = re.compile(r"[1-5][0-9][0-9]")
 _STATUS_CLASS = re.compile(r"[1-5][xX][xX]")
 # What the Host header of a probe may be: a name or address, and a port.
 _HOST_HEADER = re.compile(r"(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+# One label of a host name, once lower-cased (route hosts, certificate names,
+# tls_name): stricter than _HOSTNAME, as these are matched against names.
+_HOST_LABEL = re.compile(r"[a-z0-9-]+")
 
 
 class ConfigError(Exception):
@@ -132,7 +159,8 @@ class ServerAddress:
 
     @ivar host: Host name or IP address; IPv6 addresses without brackets.
     @ivar port: TCP port, 1..65535.
-    @ivar scheme: Protocol spoken to the server; only C{"http"} for now.
+    @ivar scheme: Protocol spoken to the server: C{"http"}, or C{"https"}
+        (HTTP over TLS, as the upstream's C{tls_*} settings say).
     """
 
     host: str
@@ -302,6 +330,14 @@ EXACT = "exact"  # path = = /app
 REGEX = "regex"  # path = ~ ^/app/.*\.php$
 REGEX_CASELESS = "regex_caseless"  # path = ~* \.(gif|jpg)$
 
+# The modifier of each kind of path, as nginx's location writes it.
+_PATH_MODIFIERS = {
+    PREFIX_NO_REGEX: "^~",
+    EXACT: "=",
+    REGEX: "~",
+    REGEX_CASELESS: "~*",
+}
+
 
 @attrs.frozen
 class RouteConfig:
@@ -469,23 +505,37 @@ def parseConfig(text: str, source: str = "<string>") -> Config:
 
     @param text: The contents of the file.
     @param source: File name to put in error messages and L{Config.source}.
+        Relative paths in the file are relative to its directory when it
+        names a file, else to the current directory.
 
     @raise ConfigError: on the first mistake found.
     """
     parser = _readIni(text, source)
     sections = _Sections(source, parser)
     sections.classify()
-    listen, accessLog = _parseMain(sections)
-    clientTimeout = sections.duration(sections.main, "client_timeout", 60.0)
+    directory = _configDirectory(source)
+    listen, accessLog, redirect = _parseMain(sections)
+    clientTimeout = (
+        60.0
+        if sections.main is None
+        else sections.duration(sections.main, "client_timeout", 60.0)
+    )
+    tls = None if sections.tls is None else _parseTLS(sections, sections.tls, directory)
     upstreams = {
-        name: _parseUpstream(sections, header, name)
+        name: _parseUpstream(sections, header, name, directory)
         for name, header in sections.upstreams.items()
     }
     routes = tuple(
         _parseRoute(sections, header, name)
         for name, header in sections.routes.items()
     )
-    _checkRoutes(source, routes, upstreams, sections.routes)
+    listeners = _parseListeners(sections, listen, redirect)
+    streams = tuple(
+        _parseStream(sections, header, name, upstreams)
+        for name, header in sections.streams.items()
+    )
+    _checkRoutes(source, routes, upstreams, sections.routes, needed=bool(listeners))
+    _checkEndpointsUnique(sections, listen, listeners, streams)
     return Config(
         source=source,
         listen=listen,
@@ -493,7 +543,21 @@ def parseConfig(text: str, source: str = "<string>") -> Config:
         upstreams=upstreams,
         routes=routes,
         client_timeout=clientTimeout,
+        listeners=listeners,
+        tls=tls,
+        streams=streams,
     )
+
+
+def _configDirectory(source: str) -> str:
+    """
+    Return the absolute directory that relative paths in the configuration
+    are relative to: that of the file C{source}, or the current directory
+    when C{source} is not a file (such as C{"<string>"}).
+    """
+    if os.path.isfile(source):
+        return os.path.dirname(os.path.abspath(source))
+    return os.getcwd()
 
 
 def _readIni(text: str, source: str) -> configparser.RawConfigParser:
@@ -578,11 +642,14 @@ class _Sections:
     that name the section and key.
 
     @ivar main: The header of the C{[manualb]} section, or L{None}.
+    @ivar tls: The header of the C{[tls]} section, or L{None}.
     @ivar upstreams: Upstream name to section header, in file order.
     @ivar routes: Route name to section header, in file order.
+    @ivar listeners: Listener name to section header, in file order.
+    @ivar streams: Stream name to section header, in file order.
     """
 
-    _MAIN_KEYS = ("listen", "access_log", "client_timeout")
+    _MAIN_KEYS = ("listen", "access_log", "client_timeout", "redirect_https")
     _UPSTREAM_KEYS = (
         "servers",
         "balance",
@@ -597,15 +664,25 @@ class _Sections:
         "retry_timeout",
         "retry_body_limit",
         "health_check",
+        "tunnel_timeout",
+        "tls_verify",
+        "tls_ca",
+        "tls_name",
     )
-    _ROUTE_KEYS = ("path", "upstream")
+    _ROUTE_KEYS = ("path", "upstream", "host", "strip_prefix", "rewrite")
+    _LISTENER_KEYS = ("listen", "routes", "redirect_https")
+    _STREAM_KEYS = ("listen", "upstream", "proxy_protocol", "idle_timeout")
+    _TLS_KEYS = ("certificates", "min_version", "ciphers", "hsts")
 
     def __init__(self, source: str, parser: configparser.RawConfigParser) -> None:
         self.source = source
         self.parser = parser
         self.main: str | None = None
+        self.tls: str | None = None
         self.upstreams: dict[str, str] = {}
         self.routes: dict[str, str] = {}
+        self.listeners: dict[str, str] = {}
+        self.streams: dict[str, str] = {}
 
     def error(self, section: str | None, key: str | None, message: str) -> ConfigError:
         """
@@ -615,12 +692,13 @@ class _Sections:
 
     def classify(self) -> None:
         """
-        Sort every section into C{main}, C{upstreams} or C{routes} and check
-        its keys against the known ones.
+        Sort every section by kind and check its keys against the known ones.
+        C{[manualb]} is required unless C{[listener]} or C{[stream]} sections
+        do the listening.
         """
         for header in self.parser.sections():
             self._classifyOne(header)
-        if self.main is None:
+        if self.main is None and not self.listeners and not self.streams:
             raise self.error(
                 "manualb",
                 None,
@@ -630,22 +708,31 @@ class _Sections:
     def _classifyOne(self, header: str) -> None:
         words = header.split()
         kind = words[0] if words else ""
-        if kind == "manualb":
+        if kind in ("manualb", "tls"):
             if len(words) > 1:
-                raise self.error(header, None, "[manualb] takes no name")
-            if self.main is not None:
-                raise self.error(header, None, f"duplicate section (see [{self.main}])")
-            self.main = header
-            known: tuple[str, ...] = self._MAIN_KEYS
-        elif kind in ("upstream", "route"):
+                raise self.error(header, None, f"[{kind}] takes no name")
+            seen = self.main if kind == "manualb" else self.tls
+            if seen is not None:
+                raise self.error(header, None, f"duplicate section (see [{seen}])")
+            if kind == "manualb":
+                self.main = header
+                known: tuple[str, ...] = self._MAIN_KEYS
+            else:
+                self.tls = header
+                known = self._TLS_KEYS
+        elif kind in ("upstream", "route", "listener", "stream"):
             name = self._sectionName(header, words)
-            named = self.upstreams if kind == "upstream" else self.routes
+            named, known = {
+                "upstream": (self.upstreams, self._UPSTREAM_KEYS),
+                "route": (self.routes, self._ROUTE_KEYS),
+                "listener": (self.listeners, self._LISTENER_KEYS),
+                "stream": (self.streams, self._STREAM_KEYS),
+            }[kind]
             if name in named:
                 raise self.error(
                     header, None, f"duplicate section (see [{named[name]}])"
                 )
             named[name] = header
-            known = self._UPSTREAM_KEYS if kind == "upstream" else self._ROUTE_KEYS
         else:
             raise self.error(
                 header, None, f"unknown section (known sections: {_KNOWN_SECTIONS})"
@@ -740,6 +827,51 @@ class _Sections:
         except ValueError as e:
             raise self.error(section, key, str(e)) from None
 
+    def flag(self, section: str, key: str, default: bool) -> bool:
+        """
+        Return C{on} as C{True} and C{off} as C{False} (in any case), or
+        C{default} if absent.
+        """
+        text = self.single(section, key)
+        if text is None:
+            return default
+        value = text.lower()
+        if value not in ("on", "off"):
+            raise self.error(section, key, f"expected on or off, got {text!r}")
+        return value == "on"
+
+    def file(self, section: str, key: str, directory: str) -> str | None:
+        """
+        Return the absolute path of a readable file (L{_readableFile}), or
+        L{None} if absent.
+        """
+        text = self.single(section, key)
+        if text is None:
+            return None
+        try:
+            return _readableFile(text, directory)
+        except ValueError as e:
+            raise self.error(section, key, str(e)) from None
+
+
+def _readableFile(text: str, directory: str) -> str:
+    """
+    Return the absolute path of the file C{text}, relative to C{directory}
+    unless absolute, after checking that it is a file that can be read.
+
+    @raise ValueError: with a message quoting C{text} (and the path looked
+        at, when that is another).
+    """
+    path = os.path.abspath(os.path.join(directory, text))
+    shown = repr(text) if path == text else f"{text!r} ({path})"
+    if not os.path.exists(path):
+        raise ValueError(f"no such file {shown}")
+    if not os.path.isfile(path):
+        raise ValueError(f"not a file: {shown}")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"cannot read {shown}: permission denied")
+    return path
+
 
 def _durationValue(text: str, allowZero: bool = False) -> float:
     """
@@ -825,27 +957,95 @@ def _parseOptions(
     return options
 
 
-def _parseMain(sections: _Sections) -> tuple[tuple[str, ...], str | None]:
+def _parseMain(
+    sections: _Sections,
+) -> tuple[tuple[str, ...], str | None, int | None]:
     """
-    Return C{(listen, access_log)} from the C{[manualb]} section.
+    Return C{(listen, access_log, redirect_https)} from the C{[manualb]}
+    section, or their defaults when there is none.  C{listen} may be left
+    out (giving no endpoint) when C{[listener]} or C{[stream]} sections
+    listen instead.
     """
     header = sections.main
-    assert header is not None
-    listen = _parseListen(sections, header)
+    if header is None:
+        return (), "-", None
+    listen = _parseEndpoints(sections, header, required=False)
+    if listen is None:
+        if not sections.listeners and not sections.streams:
+            raise sections.error(
+                header,
+                "listen",
+                "nothing to listen on: give endpoints here, such as "
+                "listen = tcp:8080, or add a [listener NAME] or [stream NAME] "
+                "section",
+            )
+        listen = ()
+    redirect = _parseRedirect(sections, header, listen)
     accessLog: str | None = sections.single(header, "access_log") or "-"
     if accessLog.lower() == "off":
         accessLog = None
-    return listen, accessLog
+    return listen, accessLog, redirect
 
 
-def _parseListen(sections: _Sections, header: str) -> tuple[str, ...]:
+def _parseRedirect(
+    sections: _Sections, header: str, listen: tuple[str, ...]
+) -> int | None:
     """
-    Return the endpoint strings of C{listen}, each checked by Twisted's own
-    parser so that a typo is reported now rather than when listening.
+    Return the port of C{redirect_https = off|on|PORT} (C{on} is 443), or
+    L{None} for C{off} or when absent; C{listen} are the endpoints it
+    applies to, of which at least one must be plain (not C{sni:}).
+    """
+    text = sections.single(header, "redirect_https")
+    if text is None or text.lower() == "off":
+        return None
+    if text.lower() == "on":
+        port = 443
+    elif text.isascii() and text.isdigit():
+        port = int(text)
+        if not 1 <= port <= 65535:
+            raise sections.error(
+                header, "redirect_https", f"port {port} out of range 1..65535"
+            )
+    else:
+        raise sections.error(
+            header,
+            "redirect_https",
+            f"expected off, on (port 443) or a port number, got {text!r}",
+        )
+    if not listen:
+        raise sections.error(
+            header,
+            "redirect_https",
+            "there is no listen here for it to apply to; set redirect_https "
+            "in the [listener NAME] whose connections should be redirected",
+        )
+    if all(_isSNI(description) for description in listen):
+        raise sections.error(
+            header,
+            "redirect_https",
+            "every endpoint of listen is sni: (TLS already), so there is "
+            "nothing to redirect; it applies to plain endpoints such as tcp:80",
+        )
+    return port
+
+
+def _parseEndpoints(
+    sections: _Sections, header: str, required: bool, allowSNI: bool = True
+) -> tuple[str, ...] | None:
+    """
+    Return the endpoint strings of C{listen}, or L{None} if the optional key
+    is absent.  Each is checked by Twisted's own parser so that a typo is
+    reported now rather than when listening, except manualb's C{sni:}, which
+    is checked here (L{_sniProblem}) and needs a C{[tls]} section.
+
+    @param allowSNI: Whether C{sni:} endpoints may be given (HTTP listeners)
+        or not (streams).
     """
     lines = sections.lines(header, "listen")
     if lines is None:
-        raise sections.error(header, "listen", "missing required key")
+        if required:
+            raise sections.error(header, "listen", "missing required key")
+        return None
     if not lines:
         raise sections.error(
             header, "listen", "needs at least one endpoint, such as tcp:8080"
@@ -857,12 +1057,94 @@ def _parseListen(sections: _Sections, header: str) -> tuple[str, ...]:
                 header, "listen", f"duplicate endpoint {description!r}"
             )
         seen.add(description)
-        problem = _endpointProblem(description)
+        if _isSNI(description):
+            if not allowSNI:
+                raise sections.error(
+                    header,
+                    "listen",
+                    f"endpoint {description!r} cannot be used here: sni: "
+                    f"terminates TLS for HTTP routes, while a stream passes "
+                    f"bytes through (listen with tcp: instead)",
+                )
+            problem = _sniProblem(description)
+        else:
+            problem = _endpointProblem(description)
         if problem is not None:
             raise sections.error(
                 header, "listen", f"cannot parse endpoint {description!r} ({problem})"
             )
+        if _isSNI(description) and sections.tls is None:
+            raise sections.error(
+                header,
+                "listen",
+                f"endpoint {description!r} needs a [tls] section, whose "
+                f"certificates it serves",
+            )
     return tuple(lines)
+
+
+def _isSNI(description: str) -> bool:
+    """
+    Whether C{description} is a C{sni:} endpoint (types are not case
+    sensitive, as Twisted matches endpoint plugins).
+    """
+    return description.split(":", 1)[0].strip().lower() == "sni"
+
+
+_SNI_SYNTAX = "sni:PORT[:interface=ADDRESS][:tls=FILE], such as sni:443"
+_SNI_KEYWORDS = ("interface", "tls", "backlog")
+
+
+def _sniProblem(description: str) -> str | None:
+    """
+    Return what is wrong with the C{sni:} endpoint string C{description}, or
+    L{None} if nothing is: C{sni:}, a port (0 to 65535), then optionally
+    C{interface=ADDRESS} and C{tls=FILE}, each once.  Colons, equals signs
+    and backslashes are escaped with a backslash, as Twisted reads them.
+    """
+    fields: list[list[str]] = [[""]]
+    characters = iter(description)
+    for character in characters:
+        if character == "\\":
+            escaped = next(characters, None)
+            if escaped is None:
+                return "it ends with a lone backslash"
+            fields[-1][-1] += escaped
+        elif character == ":":
+            fields.append([""])
+        elif character == "=" and len(fields[-1]) == 1:
+            fields[-1].append("")
+        else:
+            fields[-1][-1] += character
+    if len(fields) < 2:
+        return f"missing port: expected {_SNI_SYNTAX}"
+    port = fields[1]
+    if len(port) != 1 or not (port[0].isascii() and port[0].isdigit()):
+        written = "=".join(port)
+        return f"bad port {written!r}: expected {_SNI_SYNTAX}"
+    if int(port[0]) > 65535:
+        return f"port {int(port[0])} out of range 0..65535"
+    given: set[str] = set()
+    for field in fields[2:]:
+        if len(field) == 1:
+            return (
+                f"unexpected {field[0]!r}: after the port, sni: takes only "
+                f"interface=ADDRESS, backlog=N and tls=FILE"
+            )
+        name, value = field
+        if name not in _SNI_KEYWORDS:
+            return (
+                f"unknown argument {name!r}: after the port, sni: takes only "
+                f"interface=ADDRESS, backlog=N and tls=FILE"
+            )
+        if name in given:
+            return f"{name} given twice"
+        if not value:
+            return f"{name} needs a value"
+        if name == "backlog" and not (value.isascii() and value.isdigit()):
+            return f"bad backlog {value!r}: a whole number"
+        given.add(name)
+    return None
 
 
 def _endpointProblem(description: str) -> str | None:
@@ -882,11 +1164,168 @@ def _endpointProblem(description: str) -> str | None:
     return None
 
 
-def _parseUpstream(sections: _Sections, header: str, name: str) -> UpstreamConfig:
+def _parseListeners(
+    sections: _Sections, listen: tuple[str, ...], redirect: int | None
+) -> tuple[ListenerConfig, ...]:
     """
-    Build the L{UpstreamConfig} of section C{[upstream NAME]}.
+    Return the HTTP listeners: C{"default"} for the C{listen} lines of
+    C{[manualb]} (with its C{redirect_https}), if it has any, then the
+    C{[listener NAME]} sections in file order.
+    """
+    listeners = []
+    if listen:
+        listeners.append(ListenerConfig("default", listen, None, redirect))
+    for name, header in sections.listeners.items():
+        if name == "default" and listen:
+            raise sections.error(
+                header,
+                None,
+                "the name 'default' is taken by the listen lines of [manualb]; "
+                "choose another",
+            )
+        endpoints = _parseEndpoints(sections, header, required=True)
+        assert endpoints is not None
+        listeners.append(
+            ListenerConfig(
+                name,
+                endpoints,
+                _parseListenerRoutes(sections, header),
+                _parseRedirect(sections, header, endpoints),
+            )
+        )
+    return tuple(listeners)
+
+
+def _parseListenerRoutes(sections: _Sections, header: str) -> tuple[str, ...] | None:
+    """
+    Return the route names of a listener's C{routes}, each of an existing
+    C{[route NAME]} and none twice, or L{None} (all routes) if absent.
+    """
+    text = sections.single(header, "routes")
+    if text is None:
+        return None
+    names: list[str] = []
+    for name in text.split():
+        if name not in sections.routes:
+            defined = ", ".join(sections.routes) or "none"
+            raise sections.error(
+                header,
+                "routes",
+                f"no section [route {name}] (defined routes: {defined})",
+            )
+        if name in names:
+            raise sections.error(header, "routes", f"route {name!r} given twice")
+        names.append(name)
+    return tuple(names)
+
+
+def _parseStream(
+    sections: _Sections,
+    header: str,
+    name: str,
+    upstreams: Mapping[str, UpstreamConfig],
+) -> StreamConfig:
+    """
+    Build the L{StreamConfig} of section C{[stream NAME]}.
+    """
+    listen = _parseEndpoints(sections, header, required=True, allowSNI=False)
+    assert listen is not None
+    upstream = sections.single(header, "upstream", required=True)
+    assert upstream is not None
+    if upstream not in upstreams:
+        defined = ", ".join(upstreams) or "none"
+        raise sections.error(
+            header,
+            "upstream",
+            f"no section [upstream {upstream}] (defined upstreams: {defined})",
+        )
+    proxyProtocol = None
+    text = sections.single(header, "proxy_protocol")
+    if text is not None:
+        if text.lower() not in ("off", "v1", "v2"):
+            raise sections.error(
+                header, "proxy_protocol", f"expected off, v1 or v2, got {text!r}"
+            )
+        if text.lower() != "off":
+            proxyProtocol = text.lower()
+    return StreamConfig(
+        name=name,
+        listen=listen,
+        upstream=upstream,
+        proxy_protocol=proxyProtocol,
+        idle_timeout=sections.duration(header, "idle_timeout", 600.0),
+    )
+
+
+def _checkEndpointsUnique(
+    sections: _Sections,
+    listen: tuple[str, ...],
+    listeners: tuple[ListenerConfig, ...],
+    streams: tuple[StreamConfig, ...],
+) -> None:
+    """
+    Insist that no endpoint string is given by two of C{[manualb] listen},
+    the listeners and the streams (the duplicates within one C{listen} are
+    found while parsing it).
+    """
+    owners: list[tuple[str, tuple[str, ...]]] = []
+    named = listeners
+    if listen:
+        assert sections.main is not None
+        owners.append((sections.main, listen))
+        named = listeners[1:]
+    for listener in named:
+        owners.append((sections.listeners[listener.name], listener.listen))
+    for stream in streams:
+        owners.append((sections.streams[stream.name], stream.listen))
+    used: dict[str, str] = {}
+    for header, endpoints in owners:
+        for description in endpoints:
+            if _anyPort(description):
+                # Port 0 asks for a free port: each such endpoint gets its own.
+                continue
+            if description in used:
+                raise sections.error(
+                    header,
+                    "listen",
+                    f"endpoint {description!r} is already used by "
+                    f"[{used[description]}]",
+                )
+        for description in endpoints:
+            used[description] = header
+
+
+def _anyPort(description: str) -> bool:
+    """
+    Whether a TCP-like endpoint string asks for port 0.
+    """
+    fields = description.split(":")
+    return len(fields) > 1 and fields[1].strip() == "0"
+
+
+def _parseUpstream(
+    sections: _Sections, header: str, name: str, directory: str
+) -> UpstreamConfig:
+    """
+    Build the L{UpstreamConfig} of section C{[upstream NAME]}; C{directory}
+    is where a relative C{tls_ca} is.
     """
     balance, balanceArgument = _parseBalance(sections, header)
+    tlsVerify = sections.flag(header, "tls_verify", True)
+    tlsCA = sections.file(header, "tls_ca", directory)
+    if tlsCA is not None and not tlsVerify:
+        raise sections.error(
+            header,
+            "tls_ca",
+            "has no use with tls_verify = off, which trusts any certificate; "
+            "remove one of them",
+        )
+    tlsName = sections.single(header, "tls_name")
+    if tlsName is not None:
+        try:
+            tlsName = _hostName(tlsName, wildcard=False)
+        except ValueError as e:
+            raise sections.error(header, "tls_name", str(e)) from None
     return UpstreamConfig(
         name=name,
         servers=_parseServers(sections, header),
@@ -905,6 +1344,10 @@ def _parseUpstream(sections: _Sections, header: str, name: str) -> UpstreamConfi
         retry_timeout=sections.duration(header, "retry_timeout", 0.0, allowZero=True),
         retry_body_limit=sections.size(header, "retry_body_limit", 1024 * 1024),
         health_check=_parseHealthCheck(sections, header),
+        tls_verify=tlsVerify,
+        tls_ca=tlsCA,
+        tls_name=tlsName,
+        tunnel_timeout=sections.duration(header, "tunnel_timeout", 3600.0),
     )
 
 
@@ -957,7 +1400,7 @@ def _parseServers(sections: _Sections, header: str) -> tuple[ServerConfig, ...]:
             header, "servers", "needs at least one server, such as 10.0.0.1:80"
         )
     servers: list[ServerConfig] = []
-    seen: dict[tuple[str, str, int], str] = {}
+    seen: dict[tuple[str, int], str] = {}
     for line in lines:
         try:
             server = _parseServerLine(line)
@@ -965,7 +1408,9 @@ def _parseServers(sections: _Sections, header: str) -> tuple[ServerConfig, ...]:
             raise sections.error(header, "servers", str(e)) from None
         address = server.address
         written = line.split()[0]
-        identity = (address.scheme, _canonicalHost(address.host), address.port)
+        # Not the scheme: one port does not speak both http and https, and
+        # logs, the access log and balancers know a server by host:port.
+        identity = (_canonicalHost(address.host), address.port)
         if identity in seen:
             raise sections.error(
                 header,
@@ -1042,7 +1487,9 @@ def _parseHealthCheck(sections: _Sections, header: str) -> HealthCheckConfig | N
     Return the active probes of C{health_check}: C{on} for the defaults of
     L{HealthCheckConfig}, C{off} for none (as when the key is absent), or
     C{name=value} options separated by spaces, such as
-    C{path=/healthz interval=2s rise=2 fall=3 expect=2xx}.
+    C{path=/healthz interval=2s rise=2 fall=3 expect=2xx}.  With C{type=tcp}
+    a probe only connects, so the options of the request and its response
+    (C{path}, C{expect}, C{body}, C{host}) are refused.
     """
     text = sections.single(header, "health_check")
     if text is None or text.lower() == "off":
@@ -1062,6 +1509,16 @@ def _parseHealthCheck(sections: _Sections, header: str) -> HealthCheckConfig | N
         options = _parseOptions(words, _HEALTH_CHECK_OPTIONS, text)
     except ValueError as e:
         raise sections.error(header, "health_check", str(e)) from None
+    if options.get("type") == "tcp":
+        for option in _HTTP_CHECK_OPTIONS:
+            if option in options:
+                raise sections.error(
+                    header,
+                    "health_check",
+                    f"option {option!r} does not apply to type=tcp in {text!r} "
+                    f"(a TCP check only connects; use type=http to send a "
+                    f"request)",
+                )
     defaults = HealthCheckConfig()
     interval = options.get("interval", defaults.interval)
     assert isinstance(interval, float)
@@ -1132,6 +1589,15 @@ def _regularExpression(text: str) -> str:
     return text
 
 
+def _checkType(text: str) -> str:
+    """
+    Check the C{type} of C{health_check}: C{http} or C{tcp}, in any case.
+    """
+    if text.lower() not in ("http", "tcp"):
+        raise ValueError(f"expected http or tcp, got {text!r}")
+    return text.lower()
+
+
 def _hostHeader(text: str) -> str:
     """
     Check the C{host} of C{health_check}: a host name or address, and
@@ -1156,14 +1622,18 @@ _HEALTH_CHECK_OPTIONS: dict[str, tuple[Callable[[str], object], str] | None] = {
     "expect": (_statusCodes, "expect=200"),
     "body": (_regularExpression, "body=ok"),
     "host": (_hostHeader, "host=backend.example"),
+    "type": (_checkType, "type=tcp"),
 }
+
+#: The options of C{health_check} that only an HTTP probe has.
+_HTTP_CHECK_OPTIONS = ("path", "expect", "body", "host")
 
 
 def _parseServerAddress(text: str) -> ServerAddress:
     """
     Parse one entry of C{servers}: C{host:port}, C{[v6addr]:port}, C{host}
-    (the scheme's default port, 80 for http) or any of those behind
-    C{http://}.
+    (the scheme's default port, 80 for http and 443 for https) or any of
+    those behind C{http://} or C{https://}.
 
     @raise ValueError: with a message quoting C{text}, if it is not a
         supported server address.
@@ -1251,15 +1721,227 @@ def _parseRoute(sections: _Sections, header: str, name: str) -> RouteConfig:
     """
     Build the L{RouteConfig} of section C{[route NAME]}.
     """
-    path = sections.single(header, "path", required=True)
-    assert path is not None
-    if not path.startswith("/"):
-        raise sections.error(header, "path", f"must start with '/', got {path!r}")
-    if any(character.isspace() for character in path):
-        raise sections.error(header, "path", f"must not contain spaces, got {path!r}")
+    match, path = _parseRoutePath(sections, header)
+    host = _parseRouteHost(sections, header)
     upstream = sections.single(header, "upstream", required=True)
     assert upstream is not None
-    return RouteConfig(name=name, path=path, upstream=upstream)
+    stripPrefix = sections.flag(header, "strip_prefix", False)
+    if stripPrefix and match not in (PREFIX, PREFIX_NO_REGEX):
+        written = _writtenPath(match, path)
+        raise sections.error(
+            header,
+            "strip_prefix",
+            f"needs a prefix path (such as /app or ^~ /app), but the path is "
+            f"{written!r}",
+        )
+    rewrite = _parseRewrite(sections, header)
+    if rewrite is not None and stripPrefix:
+        raise sections.error(
+            header,
+            "rewrite",
+            "cannot be used together with strip_prefix = on; let the rewrite "
+            "remove the prefix too, such as rewrite = ^/app/(.*)$ /$1",
+        )
+    return RouteConfig(
+        name=name,
+        path=path,
+        upstream=upstream,
+        match=match,
+        host=host,
+        strip_prefix=stripPrefix,
+        rewrite=rewrite,
+    )
+
+
+#: The kind of path of each of nginx's location modifiers.
+_MODIFIER_MATCHES = {
+    modifier: match for match, modifier in _PATH_MODIFIERS.items()
+}
+
+
+def _parseRoutePath(sections: _Sections, header: str) -> tuple[str, str]:
+    """
+    Return C{(match, path)} from C{path}, written as nginx's C{location}
+    takes it: C{/prefix}, C{^~ /prefix}, C{= /exact}, C{~ REGEX} or
+    C{~* REGEX}; the path without its modifier.
+    """
+    text = sections.single(header, "path", required=True)
+    assert text is not None
+    first, *rest = text.split(None, 1)
+    if first in _MODIFIER_MATCHES:
+        match = _MODIFIER_MATCHES[first]
+        if not rest:
+            example = "/app" if match in (PREFIX_NO_REGEX, EXACT) else r"\.php$"
+            raise sections.error(
+                header,
+                "path",
+                f"{first!r} needs a path after it, such as {first} {example}",
+            )
+        path = rest[0]
+    elif text.startswith("/"):
+        match, path = PREFIX, text
+    else:
+        # Longest first: "~*" before "~".
+        for modifier in ("^~", "~*", "=", "~"):
+            if text.startswith(modifier):
+                raise sections.error(
+                    header,
+                    "path",
+                    f"put a space after the modifier {modifier!r}, as in "
+                    f"{modifier} {text[len(modifier):]}",
+                )
+        raise sections.error(header, "path", f"must start with '/', got {text!r}")
+    if any(character.isspace() for character in path):
+        raise sections.error(header, "path", f"must not contain spaces, got {text!r}")
+    if match in (PREFIX_NO_REGEX, EXACT) and not path.startswith("/"):
+        raise sections.error(
+            header,
+            "path",
+            f"the path after {first!r} must start with '/', got {path!r}",
+        )
+    if match in (REGEX, REGEX_CASELESS):
+        flags = re.IGNORECASE if match == REGEX_CASELESS else 0
+        try:
+            _compileRegex(path, flags)
+        except ValueError as e:
+            raise sections.error(header, "path", str(e)) from None
+    return match, path
+
+
+def _writtenPath(match: str, path: str) -> str:
+    """
+    Return C{path} as it is written with its modifier, for messages.
+    """
+    if match == PREFIX:
+        return path
+    return f"{_PATH_MODIFIERS[match]} {path}"
+
+
+def _compileRegex(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    """
+    Compile C{pattern} as a string, and check that it also compiles as the
+    bytes pattern that matches request paths (its UTF-8 encoding: some
+    constructs, such as named Unicode escapes or the C{u} flag, only exist
+    for strings).
+
+    @raise ValueError: with a message quoting C{pattern} and giving L{re}'s.
+    """
+    try:
+        compiled = re.compile(pattern, flags)
+        re.compile(pattern.encode("utf-8"), flags)
+    except re.error as e:
+        raise ValueError(
+            f"not a valid regular expression {pattern!r}: {e}"
+        ) from None
+    return compiled
+
+
+def _parseRouteHost(sections: _Sections, header: str) -> str | None:
+    """
+    Return the C{host} of a route, lower case: a name or a C{*.wildcard};
+    L{None} for any host (C{*} or no key).
+    """
+    text = sections.single(header, "host")
+    if text is None or text == "*":
+        return None
+    if len(text.split()) > 1:
+        raise sections.error(
+            header,
+            "host",
+            f"expected one host, got {text!r} (give each host a route of its own)",
+        )
+    try:
+        return _hostName(text, wildcard=True)
+    except ValueError as e:
+        raise sections.error(header, "host", str(e)) from None
+
+
+def _hostName(text: str, wildcard: bool) -> str:
+    """
+    Return the host name C{text} in lower case, after checking it: labels of
+    letters, digits and C{-}, separated by dots, and no port; when
+    C{wildcard}, one leading C{*.} is allowed, as in C{*.example.com}.
+
+    @raise ValueError: with a message quoting C{text}.
+    """
+    name = text.lower()
+    labels = name[2:] if wildcard and name.startswith("*.") else name
+    if "*" in labels:
+        if wildcard:
+            raise ValueError(
+                f"a wildcard is allowed only as one leading '*.', such as "
+                f"*.example.com, got {text!r}"
+            )
+        raise ValueError(f"expected a host name without wildcard, got {text!r}")
+    host, colon, port = labels.rpartition(":")
+    if colon and host and ":" not in host and port.isascii() and port.isdigit():
+        raise ValueError(f"a host name has no port, got {text!r}")
+    if not labels.isascii() or not all(
+        _HOST_LABEL.fullmatch(label) for label in labels.split(".")
+    ):
+        example = "www.example.com"
+        if wildcard:
+            example += " or *.example.com"
+        raise ValueError(
+            f"bad host name {text!r} (expected letters, digits and '-' in "
+            f"labels separated by dots, such as {example})"
+        )
+    return name
+
+
+def _parseRewrite(sections: _Sections, header: str) -> tuple[str, str] | None:
+    """
+    Return C{(regex, replacement)} from C{rewrite = REGEX REPLACEMENT}, as
+    written, after checking them: as nginx's C{rewrite}, C{$1} to C{$9} in
+    the replacement stand for the groups of the regex.
+    """
+    text = sections.single(header, "rewrite")
+    if text is None:
+        return None
+    fields = text.split()
+    if len(fields) == 3 and fields[2] in ("last", "break", "redirect", "permanent"):
+        raise sections.error(
+            header,
+            "rewrite",
+            f"nginx's rewrite flags such as {fields[2]!r} are not supported, "
+            f"got {text!r} (give only REGEX REPLACEMENT)",
+        )
+    if len(fields) != 2:
+        raise sections.error(
+            header,
+            "rewrite",
+            f"expected a regular expression and a replacement separated by a "
+            f"space, such as ^/old/(.*)$ /new/$1, got {text!r}",
+        )
+    pattern, replacement = fields
+    try:
+        regex = _compileRegex(pattern)
+    except ValueError as e:
+        raise sections.error(header, "rewrite", str(e)) from None
+    if not replacement.startswith("/"):
+        raise sections.error(
+            header,
+            "rewrite",
+            f"the replacement must start with '/', got {replacement!r}",
+        )
+    for reference in re.finditer(r"\$(.?)", replacement):
+        group = reference.group(1)
+        if not (group.isascii() and group.isdigit() and group != "0"):
+            raise sections.error(
+                header,
+                "rewrite",
+                f"'$' must be followed by a group number from 1 to 9 in "
+                f"{replacement!r} (nginx variables such as $uri are not "
+                f"supported)",
+            )
+        if int(group) > regex.groups:
+            raise sections.error(
+                header,
+                "rewrite",
+                f"the replacement {replacement!r} uses ${group}, but "
+                f"{pattern!r} has {regex.groups} group(s)",
+            )
+    return pattern, replacement
 
 
 def _checkRoutes(
@@ -1267,12 +1949,17 @@ def _checkRoutes(
     routes: tuple[RouteConfig, ...],
     upstreams: Mapping[str, UpstreamConfig],
     headers: Mapping[str, str],
+    needed: bool,
 ) -> None:
     """
-    Check what no single route section can: that there is a route, that each
-    names an existing upstream, and that no two share a path.
+    Check what no single route section can: that there is a route when
+    C{needed} (when there are HTTP listeners), that each names an existing
+    upstream, and that no two share a host and a path.
+
+    Prefix paths, with C{^~} or without, count as the same: nginx refuses
+    C{location /a} besides C{location ^~ /a} too.
     """
-    if not routes:
+    if not routes and needed:
         raise ConfigError(
             source,
             None,
@@ -1280,7 +1967,7 @@ def _checkRoutes(
             "no [route NAME] section; at least one route is needed, such as "
             "[route default] with path = / and upstream = NAME",
         )
-    paths: dict[str, str] = {}
+    paths: dict[tuple[str | None, str, str], RouteConfig] = {}
     for route in routes:
         header = headers[route.name]
         if route.upstream not in upstreams:
@@ -1292,11 +1979,173 @@ def _checkRoutes(
                 f"no section [upstream {route.upstream}] "
                 f"(defined upstreams: {defined})",
             )
-        if route.path in paths:
-            raise ConfigError(
-                source,
+        kind = PREFIX if route.match == PREFIX_NO_REGEX else route.match
+        identity = (route.host, kind, route.path)
+        if identity in paths:
+            other = paths[identity]
+            written = _writtenPath(route.match, route.path)
+            message = f"path {written!r}"
+            if route.host is not None:
+                message += f" for host {route.host!r}"
+            message += f" is already used by [{headers[other.name]}]"
+            if other.match != route.match:
+                message += (
+                    f" (as {_writtenPath(other.match, other.path)!r}: a prefix "
+                    f"is given once, with or without ^~)"
+                )
+            raise ConfigError(source, header, "path", message)
+        paths[identity] = route
+
+
+def _parseTLS(sections: _Sections, header: str, directory: str) -> TLSConfig:
+    """
+    Build the L{TLSConfig} of the C{[tls]} section; C{directory} is where
+    relative certificate and key files are.
+    """
+    return TLSConfig(
+        certificates=_parseCertificates(sections, header, directory),
+        min_version=_parseMinVersion(sections, header),
+        ciphers=_parseCiphers(sections, header),
+        hsts=_parseHSTS(sections, header),
+    )
+
+
+def _parseCertificates(
+    sections: _Sections, header: str, directory: str
+) -> tuple[CertificateConfig, ...]:
+    """
+    Return the certificates of C{certificates}, one a line:
+    C{NAME CERTFILE KEYFILE}, with readable files and no name twice.
+    """
+    lines = sections.lines(header, "certificates")
+    if lines is None:
+        raise sections.error(header, "certificates", "missing required key")
+    if not lines:
+        raise sections.error(
+            header,
+            "certificates",
+            "needs at least one certificate, such as "
+            "www.example.com certs/www.pem certs/www.key",
+        )
+    certificates: list[CertificateConfig] = []
+    seen: set[str] = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) != 3:
+            raise sections.error(
                 header,
-                "path",
-                f"path {route.path!r} is already used by [{paths[route.path]}]",
+                "certificates",
+                f"expected NAME CERTFILE KEYFILE separated by spaces, such as "
+                f"www.example.com certs/www.pem certs/www.key, got {line!r}",
             )
-        paths[route.path] = header
+        try:
+            name = _hostName(fields[0], wildcard=True)
+            certificate = _readableFile(fields[1], directory)
+            key = _readableFile(fields[2], directory)
+        except ValueError as e:
+            raise sections.error(header, "certificates", f"{e}, in {line!r}") from None
+        if name in seen:
+            raise sections.error(
+                header,
+                "certificates",
+                f"duplicate name {name!r} in {line!r} (each name has one "
+                f"certificate)",
+            )
+        seen.add(name)
+        certificates.append(CertificateConfig(name, certificate, key))
+    return tuple(certificates)
+
+
+_TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+_OLD_VERSIONS = ("sslv2", "sslv3", "tlsv1", "tlsv1.0", "tlsv1.1")
+
+
+def _parseMinVersion(sections: _Sections, header: str) -> str:
+    """
+    Return C{min_version}: C{TLSv1.2} (the default) or C{TLSv1.3}, in any
+    case; older versions are refused.
+    """
+    text = sections.single(header, "min_version")
+    if text is None:
+        return "TLSv1.2"
+    for version in _TLS_VERSIONS:
+        if text.lower() == version.lower():
+            return version
+    if text.lower() in _OLD_VERSIONS:
+        raise sections.error(
+            header,
+            "min_version",
+            f"{text!r} is not allowed: TLS 1.0 and 1.1 (and SSL) are insecure "
+            f"and deprecated (RFC 8996); use TLSv1.2 or TLSv1.3",
+        )
+    raise sections.error(
+        header, "min_version", f"expected TLSv1.2 or TLSv1.3, got {text!r}"
+    )
+
+
+def _parseCiphers(sections: _Sections, header: str) -> str | None:
+    """
+    Return C{ciphers}, an OpenSSL cipher string for TLS 1.2, checked by
+    giving it to OpenSSL; L{None} if absent.
+    """
+    text = sections.single(header, "ciphers")
+    if text is None:
+        return None
+    from OpenSSL import SSL
+
+    try:
+        SSL.Context(SSL.TLS_METHOD).set_cipher_list(text.encode("utf-8"))
+    except SSL.Error as e:
+        reasons = [
+            problem[-1]
+            for problem in (e.args[0] if e.args and isinstance(e.args[0], list) else [])
+            if isinstance(problem, tuple) and problem
+        ]
+        reason = ", ".join(reasons) or str(e)
+        message = f"OpenSSL refuses {text!r}: {reason}"
+        if "TLS_" in text:
+            message += (
+                " (ciphers sets the TLS 1.2 ciphers; TLS 1.3 suites such as "
+                "TLS_AES_128_GCM_SHA256 are not set here)"
+            )
+        raise sections.error(header, "ciphers", message) from None
+    return text
+
+
+_HSTS_MAX_AGE = re.compile(r"max-age=[0-9]+", re.IGNORECASE)
+_HSTS_FLAGS = ("includeSubDomains", "preload")
+
+
+def _parseHSTS(sections: _Sections, header: str) -> str | None:
+    """
+    Return C{hsts}, a C{Strict-Transport-Security} value: C{max-age=SECONDS}
+    and then, separated by C{;}, C{includeSubDomains} and C{preload}, each
+    at most once; L{None} if absent or C{off}.
+    """
+    text = sections.single(header, "hsts")
+    if text is None or text.lower() == "off":
+        return None
+    first, *rest = [part.strip() for part in text.split(";")]
+    if not _HSTS_MAX_AGE.fullmatch(first):
+        raise sections.error(
+            header,
+            "hsts",
+            f"must start with max-age= and a number of seconds, such as "
+            f"max-age=31536000; includeSubDomains, got {text!r}",
+        )
+    seen: set[str] = set()
+    for part in rest:
+        known = [flag for flag in _HSTS_FLAGS if flag.lower() == part.lower()]
+        if not known:
+            raise sections.error(
+                header,
+                "hsts",
+                f"unknown directive {part!r} in {text!r} (after max-age, "
+                f"expected {' or '.join(_HSTS_FLAGS)}, separated by ';')",
+            )
+        if known[0] in seen:
+            raise sections.error(
+                header, "hsts", f"{known[0]} given twice in {text!r}"
+            )
+        seen.add(known[0])
+    return text

@@ -6,11 +6,17 @@ section 7.6.1): they are removed in both directions, together with every
 header that C{Connection} names.  Towards the backend manualb tells it who
 the client is with C{X-Forwarded-For}, C{X-Forwarded-Proto},
 C{X-Forwarded-Host} and C{Via}.
+
+A protocol upgrade (WebSocket, RFC 9110 section 7.8) is the exception: for
+a request that asks for one, C{Upgrade} and C{Connection: upgrade} go on to
+the backend, and come back with its C{101 Switching Protocols}.
 """
 
 from __future__ import annotations
 
 from typing import Iterable
+
+from twisted.web.http_headers import Headers
 
 HOP_BY_HOP = frozenset(
     [
@@ -41,6 +47,9 @@ _HIDDEN_RESPONSE = frozenset([b"server", b"date"])
 
 VIA_NAME = b"manualb"
 
+# What a protocol upgrade keeps of the hop-by-hop headers.
+_UPGRADE_HEADERS = frozenset([b"upgrade", b"connection"])
+
 
 def connectionTokens(values: Iterable[bytes] | None) -> frozenset[bytes]:
     """
@@ -62,6 +71,7 @@ def requestHead(
     secure: bool,
     bodyLength: int | None,
     defaultHost: bytes,
+    upgrade: bool = False,
 ) -> bytes:
     """
     Serialise the request line and headers sent to the backend.
@@ -71,16 +81,20 @@ def requestHead(
         chunked, C{0} when there is none.
     @param defaultHost: The C{Host} to send when the client gave none
         (an HTTP/1.0 client).
+    @param upgrade: The request asks for a protocol upgrade that the proxy
+        passes on: its C{Upgrade} header is kept and C{Connection: upgrade}
+        sent (every other hop-by-hop header is still removed).
     """
     headers = list(headers)
-    dropped = HOP_BY_HOP | _REWRITTEN
+    kept = _UPGRADE_HEADERS if upgrade else frozenset()
+    dropped = (HOP_BY_HOP | _REWRITTEN) - kept
     forwardedFor: list[bytes] = []
     via: list[bytes] = []
     host = None
     for name, values in headers:
         lowered = name.lower()
         if lowered == b"connection":
-            dropped = dropped | connectionTokens(values)
+            dropped = dropped | (connectionTokens(values) - kept)
         elif lowered == b"x-forwarded-for":
             forwardedFor.extend(values)
         elif lowered == b"via":
@@ -92,9 +106,12 @@ def requestHead(
         host = defaultHost
         lines.append(b"Host: %s\r\n" % (host,))
     for name, values in headers:
-        if name.lower() not in dropped:
+        lowered = name.lower()
+        if lowered not in dropped and lowered != b"connection":
             for value in values:
                 lines.append(b"%s: %s\r\n" % (name, value))
+    if upgrade:
+        lines.append(b"Connection: upgrade\r\n")
     forwardedFor.append(clientAddress)
     via.append(b"%s %s" % (clientVersion.split(b"/", 1)[-1], VIA_NAME))
     lines.append(b"X-Forwarded-For: %s\r\n" % (b", ".join(forwardedFor),))
@@ -110,14 +127,32 @@ def requestHead(
 
 
 def responseHeaders(
-    headers: Iterable[tuple[bytes, bytes]]
+    headers: Iterable[tuple[bytes, bytes]], upgrade: bool = False
 ) -> list[tuple[bytes, bytes]]:
     """
     The backend's response headers that go on to the client, every repeated
     value kept, in order.
+
+    @param upgrade: The response is a C{101 Switching Protocols}: its
+        C{Upgrade} and C{Connection} headers go on too.
     """
     headers = list(headers)
-    dropped = HOP_BY_HOP | _HIDDEN_RESPONSE | connectionTokens(
-        [value for name, value in headers if name.lower() == b"connection"]
-    )
+    kept = _UPGRADE_HEADERS if upgrade else frozenset()
+    dropped = (
+        HOP_BY_HOP
+        | _HIDDEN_RESPONSE
+        | connectionTokens(
+            [value for name, value in headers if name.lower() == b"connection"]
+        )
+    ) - kept
     return [(name, value) for name, value in headers if name.lower() not in dropped]
+
+
+def wantsUpgrade(headers: Headers) -> bool:
+    """
+    Whether request headers ask for a protocol upgrade: an C{Upgrade} header,
+    and C{upgrade} among the C{Connection} tokens (RFC 9110, section 7.8).
+    """
+    if not headers.getRawHeaders(b"upgrade"):
+        return False
+    return b"upgrade" in connectionTokens(headers.getRawHeaders(b"connection"))

@@ -7,6 +7,11 @@ L{UpstreamConnection} carries one exchange at a time: it writes the request
 head and body and hands the parsed response, piece by piece, to an
 L{IResponseReceiver}.  Nothing here buffers a whole body: data is passed on as
 it arrives, and each direction can be paused by the other.
+
+A request sent with C{upgrade=True} may be answered with C{101 Switching
+Protocols}: the connection then becomes a tunnel, everything the backend
+sends after the head goes to the receiver as it is, and the connection is
+never reused.
 """
 
 from __future__ import annotations
@@ -17,12 +22,24 @@ from typing import Callable
 
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from OpenSSL import SSL
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import (
+    wrapClientTLS,
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
 )
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    TLSVersion,
+    optionsForClientTLS,
+    platformTrust,
+    trustRootFromCertificates,
+)
 from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
     IDelayedCall,
     IPushProducer,
     IReactorTCP,
@@ -103,6 +120,72 @@ def endpointForServer(
     return TCP4ClientEndpoint(reactor, address.host, address.port)
 
 
+def backendEndpoint(
+    reactor: IReactorTCP, address: ServerAddress, config: UpstreamConfig
+) -> IStreamClientEndpoint:
+    """
+    The endpoint HTTP exchanges with a server go over: TCP, wrapped in TLS
+    for an C{https://} server.
+    """
+    endpoint = endpointForServer(reactor, address)
+    if address.scheme == "https":
+        endpoint = wrapClientTLS(clientTLSOptions(address, config), endpoint)
+    return endpoint
+
+
+def clientTLSOptions(
+    address: ServerAddress, config: UpstreamConfig
+) -> IOpenSSLClientConnectionCreator:
+    """
+    TLS towards an C{https://} server: SNI with C{tls_name} (the server's
+    host by default), and, unless C{tls_verify = off}, its certificate
+    verified for that name (by service_identity) against C{tls_ca} or the
+    system's certificate authorities.
+    """
+    name = config.tls_name or address.host
+    if not config.tls_verify:
+        return _UnverifiedClientTLS(name)
+    if config.tls_ca is None:
+        trustRoot = platformTrust()
+    else:
+        with open(config.tls_ca, "rb") as caFile:
+            pem = caFile.read()
+        trustRoot = trustRootFromCertificates(
+            [Certificate.loadPEM(block) for block in _pemCertificates(pem)]
+        )
+    return optionsForClientTLS(name, trustRoot=trustRoot)
+
+
+def _pemCertificates(pem: bytes) -> list[bytes]:
+    """
+    The PEM blocks of the certificates in a bundle.
+    """
+    end = b"-----END CERTIFICATE-----"
+    return [block + end for block in pem.split(end) if b"-----BEGIN CERTIFICATE-----" in block]
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UnverifiedClientTLS:
+    """
+    TLS that sends SNI but trusts any certificate: C{tls_verify = off}.
+    """
+
+    def __init__(self, name: str):
+        self._name = name.encode("idna")
+        self._context = CertificateOptions(
+            raiseMinimumTo=TLSVersion.TLSv1_2
+        ).getContext()
+
+    def clientConnectionForTLS(self, tlsProtocol):
+        connection = SSL.Connection(self._context, None)
+        connection.set_app_data(tlsProtocol)
+        if not isIPAddress(self._name.decode("ascii")) and not isIPv6Address(
+            self._name.decode("ascii")
+        ):
+            connection.set_tlsext_host_name(self._name)
+        return connection
+
+
 class IResponseReceiver(Interface):
     """
     Takes a backend's response as it is parsed.
@@ -118,17 +201,20 @@ class IResponseReceiver(Interface):
 
     def responseData(data: bytes) -> None:
         """
-        A piece of the response body (decoded from chunked framing).
+        A piece of the response body (decoded from chunked framing); after a
+        C{101 Switching Protocols}, what the backend sent, as it is.
         """
 
     def responseDone() -> None:
         """
-        The whole response has arrived.
+        The whole response has arrived; after a C{101}, the backend closed
+        the tunnel cleanly.
         """
 
     def responseFailed(reason: UpstreamError) -> None:
         """
         The response cannot be completed; nothing more will be delivered.
+        After a C{101}, the tunnel broke.
         """
 
 
@@ -141,6 +227,8 @@ _CHUNK_DATA = "chunk-data"
 _CHUNK_END = "chunk-end"
 _TRAILERS = "trailers"
 _UNTIL_CLOSE = "until-close"
+# After a 101 Switching Protocols: raw bytes until the connection closes.
+_TUNNEL = "tunnel"
 
 
 @implementer(IPushProducer)
@@ -207,6 +295,7 @@ class UpstreamConnection(Protocol):
     _throttle: _BodyThrottle | None = None
     _paused = False
     _closed = False
+    _upgrade = False
 
     def __init__(self, pool: "ConnectionPool"):
         self.pool = pool
@@ -227,6 +316,7 @@ class UpstreamConnection(Protocol):
         receiver: IResponseReceiver,
         chunked: bool,
         reuse: bool = True,
+        upgrade: bool = False,
     ) -> None:
         """
         Start an exchange: write the request line and headers.  The body, if
@@ -235,13 +325,19 @@ class UpstreamConnection(Protocol):
         @param chunked: The body will be sent with chunked framing.
         @param reuse: Whether the connection may carry another exchange
             after this one.
+        @param upgrade: The request asks for a protocol upgrade: a C{101}
+            answer turns the connection into a tunnel (see L{tunnelling}).
+            Whatever the answer, the connection is not reused.
         """
         self.exchanges += 1
         self._receiver = receiver
         self._method = method
         self._chunkedBody = chunked
         self._bodyDone = False
-        self._closeAfter = not reuse or self.exchanges >= self.config.keepalive_requests
+        self._upgrade = upgrade
+        self._closeAfter = (
+            upgrade or not reuse or self.exchanges >= self.config.keepalive_requests
+        )
         self._state = _HEAD
         self._buffer = b""
         self.transport.write(head)
@@ -280,6 +376,17 @@ class UpstreamConnection(Protocol):
         elif self.pool is not None:
             self._reuseOrClose()
 
+    @property
+    def tunnelling(self) -> bool:
+        """
+        Whether the backend switched protocols: the connection is now a raw
+        byte tunnel, whose bytes from the backend go to the receiver's
+        C{responseData} and whose close to C{responseDone} (or
+        C{responseFailed}); what is written to its transport goes to the
+        backend as it is.
+        """
+        return self._state == _TUNNEL
+
     def _detachBody(self) -> None:
         if self._throttle is not None:
             self._throttle.cancelTimer()
@@ -296,7 +403,7 @@ class UpstreamConnection(Protocol):
 
     def resumeProducing(self) -> None:
         self._paused = False
-        if self._receiver is not None:
+        if self._receiver is not None and self._state != _TUNNEL:
             self._armReadTimer()
         self.transport.resumeProducing()
 
@@ -340,9 +447,12 @@ class UpstreamConnection(Protocol):
 
     def abort(self) -> None:
         """
-        Drop the connection at once, with whatever was in flight.
+        Drop the connection at once, with whatever was in flight.  A tunnel's
+        receiver still hears of the close (L{ConnectionPool.closeAll} at
+        shutdown must end the tunnel's client side too).
         """
-        self._receiver = None
+        if self._state != _TUNNEL:
+            self._receiver = None
         self._cancelReadTimer()
         if not self._closed:
             self._closed = True
@@ -357,6 +467,17 @@ class UpstreamConnection(Protocol):
             self.pool.forget(self)
         receiver = self._receiver
         if receiver is None:
+            return
+        if self._state == _TUNNEL:
+            self._receiver = None
+            if reason is None or reason.check(error.ConnectionDone):
+                receiver.responseDone()
+            else:
+                receiver.responseFailed(
+                    UpstreamClosed(
+                        "backend connection lost: " + _describe(reason), False
+                    )
+                )
             return
         if self._state == _UNTIL_CLOSE and reason.check(error.ConnectionDone):
             self._responseComplete()
@@ -404,7 +525,7 @@ class UpstreamConnection(Protocol):
             if data:
                 self.abort()
             return
-        if not self._paused:
+        if not self._paused and self._state != _TUNNEL:
             self._armReadTimer()
         try:
             self._parse(data)
@@ -427,7 +548,7 @@ class UpstreamConnection(Protocol):
                 data = data[remaining:]
                 self._endOfMessage(data)
                 return
-            elif state == _UNTIL_CLOSE:
+            elif state == _UNTIL_CLOSE or state == _TUNNEL:
                 self._receiver.responseData(data)
                 return
             elif state == _CHUNK_DATA:
@@ -525,9 +646,18 @@ class UpstreamConnection(Protocol):
                 connection.append(value)
             headers.append((name, value))
 
-        if 100 <= code < 200:
-            if code == 101:
+        if code == 101:
+            if not self._upgrade:
                 raise UpstreamBadResponse("unexpected 101 Switching Protocols")
+            # From here on the backend speaks the protocol it switched to:
+            # its bytes go on as they are, for as long as the connection
+            # lasts, with the tunnel's own idle timeout instead of ours.
+            self._state = _TUNNEL
+            self._closeAfter = True
+            self._cancelReadTimer()
+            self._receiver.responseStarted(code, reason, headers)
+            return True
+        if 100 <= code < 200:
             return False
 
         keepAlive = version == b"HTTP/1.1" and b"close" not in connectionTokens(
@@ -593,8 +723,8 @@ class ConnectionPool:
         self.reactor = reactor
         self.address = address
         self.config = config
-        self.endpoint = endpoint if endpoint is not None else endpointForServer(
-            reactor, address
+        self.endpoint = endpoint if endpoint is not None else backendEndpoint(
+            reactor, address, config
         )
         self._idle: list[UpstreamConnection] = []
         self._open: set[UpstreamConnection] = set()

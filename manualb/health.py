@@ -7,7 +7,8 @@ Two sources feed one L{HealthMonitor} per pool:
     semantics: C{max_fails} failures within C{fail_timeout} make a server
     unavailable for C{fail_timeout}; after that, one live request tests it,
     and its success brings the server back;
-  - B{active probes} (C{health_check = ...}), with HAProxy's: C{fall}
+  - B{active probes} (C{health_check = ...}: an HTTP request, or with
+    C{type = tcp} a TCP connection only), with HAProxy's: C{fall}
     consecutive failed probes take a server down, C{rise} consecutive passed
     ones bring it back.  When a pool has probes, the passive marks take a
     server down the same way, and the probes bring it back (HAProxy's
@@ -27,14 +28,23 @@ from typing import TYPE_CHECKING
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from manualb.config import HealthCheckConfig
 from manualb.durations import formatDuration
-from manualb.handoff import IResponseReceiver, UpstreamConnection, UpstreamError
+from manualb.handoff import (
+    IResponseReceiver,
+    UpstreamConnectFailed,
+    UpstreamConnection,
+    UpstreamError,
+    _describe,
+    endpointForServer,
+)
 
 if TYPE_CHECKING:
     from manualb.selection import Pool, Server
@@ -313,6 +323,53 @@ class HTTPProbe:
         return result
 
 
+class _Connected(Protocol):
+    """
+    A probe's connection: made, then closed at once.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
+
+
+class _ProbeConnections(Factory):
+    """
+    Makes the probes' connections, quietly: they are many.
+    """
+
+    protocol = _Connected
+    noisy = False
+
+
+@implementer(IHealthProbe)
+class TCPProbe:
+    """
+    A TCP connection to the server: healthy when it can be made; it is then
+    closed without a byte sent.  For servers that do not speak HTTP (the
+    servers of a C{[stream]}).
+    """
+
+    def __init__(self, reactor: IReactorTCP):
+        self.reactor = reactor
+
+    def check(self, server: Server) -> Deferred[None]:
+        connecting = endpointForServer(self.reactor, server.address).connect(
+            _ProbeConnections()
+        )
+
+        def connected(protocol: Protocol) -> None:
+            return None
+
+        def failed(reason: Failure) -> None:
+            if reason.check(CancelledError, ConnectingCancelledError):
+                # Cancelled by the monitor (a timeout, or stopping).
+                raise CancelledError()
+            raise UpstreamConnectFailed("connect failed: " + _describe(reason))
+
+        connecting.addCallbacks(connected, failed)
+        return connecting
+
+
 class HealthMonitor:
     """
     Keeps the health of a pool's servers: takes the proxy's passive marks,
@@ -335,7 +392,10 @@ class HealthMonitor:
         self.clock = clock
         self.probeConfig = probeConfig
         if probe is None and probeConfig is not None:
-            probe = HTTPProbe(probeConfig)
+            if probeConfig.type == "tcp":
+                probe = TCPProbe(clock)
+            else:
+                probe = HTTPProbe(probeConfig)
         self.probe = probe
         self.probing = probe is not None
         self.history: deque[HealthEvent] = deque(maxlen=HISTORY_LENGTH)

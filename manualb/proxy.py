@@ -7,6 +7,13 @@ L{ProxyResource} works in any L{twisted.web.server.Site}; there the request
 body is read whole (Twisted spools a large one to a temporary file) before it
 goes on.  In a L{ProxySite}, built on L{StreamingRequest}, the body streams to
 the backend as it arrives, with back-pressure both ways.
+
+A request of an HTTP/1.1 client that asks for a protocol upgrade (WebSocket:
+C{Upgrade: websocket}, C{Connection: upgrade}) and has no body goes to the
+backend with its C{Upgrade}; when the backend answers C{101 Switching
+Protocols}, the client's connection is taken over from Twisted's channel and
+joined to the backend's as a byte L{Tunnel}, until either side closes or the
+upstream's C{tunnel_timeout} passes without a byte either way.
 """
 
 from __future__ import annotations
@@ -14,17 +21,18 @@ from __future__ import annotations
 from io import BytesIO
 from typing import IO
 
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime, ITransport
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.http import RESPONSES, Request
+from twisted.web.http import RESPONSES, HTTPChannel, Request
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from manualb._version import __version__
 from manualb.accesslog import AccessLog
-from manualb.forwarding import requestHead, responseHeaders
+from manualb.forwarding import requestHead, responseHeaders, wantsUpgrade
 from manualb.handoff import (
     IResponseReceiver,
     UpstreamClosed,
@@ -32,6 +40,7 @@ from manualb.handoff import (
     UpstreamError,
 )
 from manualb.selection import Server
+from manualb.streams import Tunnel
 from manualb.urlmap import URLMap
 
 log = Logger()
@@ -46,6 +55,7 @@ _GATEWAY_ERRORS = {
     504: b"Gateway Timeout",
 }
 _ALLOWED = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
+_HSTS = b"Strict-Transport-Security"
 _BUFFER_LIMIT = 64 * 1024
 _READ_SIZE = 64 * 1024
 # How long a request body is still read (and dropped) after its response has
@@ -334,9 +344,16 @@ class ProxySite(server.Site):
     """
     A L{Site} for a L{ProxyResource}: request bodies stream to the backend,
     and access logging is left to the proxy, which knows the upstream.
+
+    @ivar hsts: The C{Strict-Transport-Security} value the proxy gives every
+        response over TLS (in place of any the backend sends), or L{None}.
     """
 
     requestFactory = StreamingRequest
+
+    def __init__(self, resource, *args, hsts: bytes | None = None, **kwargs):
+        super().__init__(resource, *args, **kwargs)
+        self.hsts = hsts
 
     def log(self, request: Request) -> None:
         pass
@@ -347,7 +364,7 @@ class ProxyResource(Resource):
     The reverse proxy, as a leaf resource: every request below it goes to a
     backend chosen by the URL map and the pool.
 
-    @param urlMap: Routes request paths to pools.
+    @param urlMap: Routes requests, by host and path, to pools.
     @param reactor: Schedules timeouts and tells the time.
     @param accessLog: Where to write one line for each request, or L{None}.
     """
@@ -386,6 +403,9 @@ class _Exchange:
     _attemptStart = 0.0
     _reused = False
     _lastError: UpstreamError | None = None
+    upgrade = False
+    _switched = False
+    tunnel: Tunnel | None = None
 
     def __init__(self, proxy: ProxyResource, request: Request):
         self.proxy = proxy
@@ -397,20 +417,27 @@ class _Exchange:
         request = self.request
         request.defaultContentType = None
         request.notifyFinish().addErrback(self._clientGone)
+        hsts = getattr(getattr(request, "site", None), "hsts", None)
+        if hsts is not None and request.isSecure():
+            # HSTS over plain HTTP must be ignored (RFC 6797, section 8.1).
+            request.responseHeaders.setRawHeaders(_HSTS, [hsts])
         if request.method in _REFUSED_METHODS:
             request.responseHeaders.setRawHeaders(b"Allow", [_ALLOWED])
             self._answer(405, b"Method Not Allowed", b"A proxy does not pass this method on.")
             return
-        route = self.proxy.urlMap.match(request.path)
-        if route is None:
+        hosts = request.requestHeaders.getRawHeaders(b"host")
+        match = self.proxy.urlMap.match(hosts[0] if hosts else None, request.path)
+        if match is None:
             self._answer(404, b"Not Found", b"No route matches this path.")
             return
-        self.pool = route.pool
+        self.pool = match.route.pool
+        self.target = _target(request.uri, request.path, match.path)
         body = getattr(request, "body", None)
         if body is None:
             body = _FileBody(request.content)
         self.body = body
         self.idempotent = request.method in _IDEMPOTENT
+        self.upgrade = body.length == 0 and _mayUpgrade(request)
         if self.idempotent:
             body.keepForRetry(self.pool.config.retry_body_limit)
         self.firstTry = self.proxy.reactor.seconds()
@@ -432,13 +459,14 @@ class _Exchange:
         self._holding = True
         self.head = requestHead(
             request.method,
-            request.uri,
+            self.target,
             request.requestHeaders.getAllRawHeaders(),
             _clientHost(request).encode("ascii"),
             request.clientproto,
             request.isSecure(),
             self.body.length,
             server.name.encode("ascii"),
+            upgrade=self.upgrade,
         )
         self._connect(server.connections.acquire())
 
@@ -470,7 +498,11 @@ class _Exchange:
         self.connection = connection
         self._reused = connection.reused
         connection.sendRequest(
-            self.head, self.request.method, self, chunked=self.body.length is None
+            self.head,
+            self.request.method,
+            self,
+            chunked=self.body.length is None,
+            upgrade=self.upgrade,
         )
         if self.body.length == 0:
             connection.finishBody()
@@ -510,6 +542,12 @@ class _Exchange:
         self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]]
     ) -> None:
         server = self.server
+        if code == 101:
+            # Only ever for an upgrade request: the connection parser
+            # refuses a 101 to any other.
+            server.health.requestSucceeded()
+            self._switch(reason, headers)
+            return
         if code in self.pool.config.passive_fail_on:
             failure = UpstreamError("status %d" % (code,))
             failure.status = code
@@ -529,20 +567,42 @@ class _Exchange:
         request.setResponseCode(code, reason)
         outgoing = request.responseHeaders
         outgoing.setRawHeaders(b"Server", [SERVER_NAME])
+        ownHSTS = outgoing.hasHeader(_HSTS)
         for name, value in responseHeaders(headers):
+            if ownHSTS and name.lower() == b"strict-transport-security":
+                continue
             outgoing.addRawHeader(name, value)
         request.registerProducer(self.connection, True)
 
     def responseData(self, data: bytes) -> None:
+        if self._switched:
+            if self.tunnel is not None:
+                self.tunnel.fromServer(data)
+            return
         self.request.write(data)
 
     def responseDone(self) -> None:
+        if self._switched:
+            if self.tunnel is not None:
+                self.tunnel.serverLost()
+            return
         self._endAttempt()
         self.request.unregisterProducer()
         self.body.discard()
         self._finish()
 
     def responseFailed(self, reason: UpstreamError) -> None:
+        if self._switched:
+            if self.tunnel is not None:
+                log.info(
+                    "upstream {server} ({pool}): tunnel for {uri} broke: {reason}",
+                    server=self.server.name,
+                    pool=self.pool.name,
+                    uri=self.request.uri.decode("ascii", "replace"),
+                    reason=str(reason),
+                )
+                self.tunnel.serverLost()
+            return
         if (
             isinstance(reason, UpstreamClosed)
             and reason.beforeResponse
@@ -575,6 +635,62 @@ class _Exchange:
             _breakOff(self.request)
         else:
             self._answerError(reason)
+
+    # Switching protocols.
+
+    def _switch(self, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """
+        The backend switched protocols: send its 101 on to the client, take
+        the client's connection over from the HTTP channel and join the two
+        connections.  The server stays counted as busy (C{active}) until the
+        tunnel closes, when the access log line is written.
+        """
+        self._switched = True
+        self._started = True
+        request = self.request
+        backend = self.connection.transport
+        lines = [
+            b"HTTP/1.1 101 ",
+            reason or b"Switching Protocols",
+            b"\r\nServer: ",
+            SERVER_NAME,
+            b"\r\n",
+        ]
+        for name, value in responseHeaders(headers, upgrade=True):
+            lines += [name, b": ", value, b"\r\n"]
+        lines.append(b"\r\n")
+        tunnel = Tunnel(
+            self.proxy.reactor, self.pool.config.tunnel_timeout, self._tunnelClosed
+        )
+        try:
+            client, early = _takeOver(request, _TunnelClient(tunnel))
+        except Exception:
+            log.failure(
+                "upstream {server} ({pool}): cannot take over the client's "
+                "connection for the upgraded {uri}",
+                server=self.server.name,
+                pool=self.pool.name,
+                uri=request.uri.decode("ascii", "replace"),
+            )
+            self._done = True
+            self._endAttempt()
+            self._log(502)
+            backend.abortConnection()
+            request.channel.transport.abortConnection()
+            return
+        self.tunnel = tunnel
+        client.write(b"".join(lines))
+        tunnel.join(client, backend)
+        # The channel may have paused reading while the request was handled.
+        client.resumeProducing()
+        if early:
+            tunnel.fromClient(early)
+
+    def _tunnelClosed(self, tunnel: Tunnel) -> None:
+        self._done = True
+        self._endAttempt()
+        self.request.sentLength = tunnel.toClient
+        self._log(101)
 
     # Ending.
 
@@ -631,6 +747,85 @@ class _Exchange:
             self.proxy.accessLog.record(
                 self.request, status, [server.name for server in self.tried], self.times
             )
+
+
+def _target(uri: bytes, path: bytes, newPath: bytes) -> bytes:
+    """
+    The request target sent to the backend: the client's, or the path the
+    route rewrote it to with the client's query.
+    """
+    if newPath == path:
+        return uri
+    _, separator, query = uri.partition(b"?")
+    return newPath + separator + query
+
+
+class _TunnelClient(Protocol):
+    """
+    The client's side of an upgraded connection, once taken over from the
+    HTTP channel.
+    """
+
+    def __init__(self, tunnel: Tunnel):
+        self.tunnel = tunnel
+
+    def dataReceived(self, data: bytes) -> None:
+        self.tunnel.fromClient(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.tunnel.clientLost(reason)
+
+
+_upgradeHookMissing: list[bool] = []
+
+
+def _mayUpgrade(request: Request) -> bool:
+    """
+    Whether C{request} asks for a protocol upgrade that the proxy can carry
+    out: from an HTTP/1.1 client on Twisted's HTTP/1.1 channel (HTTP/2 has
+    no such upgrade), which must offer the hook that hands its connection
+    over.
+    """
+    if request.clientproto != b"HTTP/1.1" or not wantsUpgrade(request.requestHeaders):
+        return False
+    channel = request.channel
+    if not isinstance(channel, HTTPChannel):
+        return False
+    if not callable(getattr(channel, "_protocolUpgradeForWebsockets", None)):
+        if not _upgradeHookMissing:
+            _upgradeHookMissing.append(True)
+            log.error(
+                "This Twisted's HTTPChannel has no _protocolUpgradeForWebsockets: "
+                "WebSocket and other upgrades cannot be proxied; such requests "
+                "go to the backend without their Upgrade header"
+            )
+        return False
+    return True
+
+
+def _takeOver(request: Request, protocol: Protocol) -> tuple[ITransport, bytes]:
+    """
+    Take the client's connection over from the HTTP channel: from now on
+    C{protocol} gets what the client sends, and the channel's timeouts no
+    longer apply.
+
+    @return: The client's transport, and what the client sent after the
+        request that the channel had kept for the next request.
+    """
+    channel = request.channel
+    transport = channel.transport
+    # The channel's idle timeout is off while it handles a request; it comes
+    # back when the request is done, which this one never is.
+    channel.setTimeout(None)
+    channel._savedTimeOut = None
+    early = b"".join(getattr(channel, "_dataBuffer", ()))
+    channel._dataBuffer = []
+    # The channel registered itself with the transport as its producer.
+    networkProducer = getattr(channel, "_networkProducer", None)
+    if networkProducer is not None:
+        networkProducer.unregisterProducer()
+    channel._protocolUpgradeForWebsockets(protocol)
+    return transport, early
 
 
 def _breakOff(request: Request) -> None:

@@ -1,22 +1,33 @@
 """
-Building the load balancer from a configuration: the pools, the URL map, the
-proxy resource and the site it is served by, and the listening services
-(stage 1, the entry).
+Building the load balancer from a configuration: the pools, the URL maps,
+the proxy resources and the sites that serve them, the TCP stream proxies,
+and the listening services (stage 1, the entry).
 """
 
 from __future__ import annotations
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorCore, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.web.server import Site
 
 from manualb.accesslog import AccessLog
 from manualb.balancers import makeBalancer
-from manualb.config import Config, UpstreamConfig
+from manualb.config import Config, ListenerConfig, UpstreamConfig
 from manualb.handoff import ConnectionPool
 from manualb.health import HealthMonitor
 from manualb.proxy import ProxyResource, ProxySite
 from manualb.selection import Pool
+from manualb.streams import StreamProxyFactory
+from manualb.termination import (
+    HTTPSRedirect,
+    SNIContextFactory,
+    contextFactoryFor,
+    hstsHeader,
+    sniEndpoint,
+)
 from manualb.urlmap import URLMap
 
 
@@ -25,21 +36,72 @@ class LoadBalancer:
     Everything one configuration builds, ready to be served.
 
     @ivar pools: The upstream pools by name.
-    @ivar resource: The proxy, a L{ProxyResource} that can also be mounted in
-        another L{twisted.web.server.Site}.
+    @ivar resource: The proxy over every route, a L{ProxyResource} that can
+        also be mounted in another L{twisted.web.server.Site}.
     @ivar site: A L{ProxySite} serving C{resource} at the root.
+    @ivar sites: The site of each listener, by listener name: its own
+        routes, or a redirect to https.
+    @ivar streams: The factory of each C{[stream NAME]}, by name.
+    @ivar tls: The certificates of C{[tls]}, loaded once, or L{None}.
     """
 
-    def __init__(self, config: Config, reactor: IReactorCore, accessLog: AccessLog | None = None):
+    def __init__(
+        self, config: Config, reactor: IReactorCore, accessLog: AccessLog | None = None
+    ):
         self.config = config
         self.reactor = reactor
+        self.tls: SNIContextFactory | None = (
+            contextFactoryFor(config.tls, config.source) if config.tls else None
+        )
         if accessLog is None and config.access_log is not None:
             accessLog = AccessLog.open(config.access_log)
         self.accessLog = accessLog
-        self.pools = {name: _buildPool(upstream, reactor) for name, upstream in config.upstreams.items()}
-        self.urlMap = URLMap.fromConfig(config.routes, self.pools)
-        self.resource = ProxyResource(self.urlMap, reactor, accessLog)
-        self.site = ProxySite(self.resource, timeout=config.client_timeout, reactor=reactor)
+        self.pools = {
+            name: _buildPool(upstream, reactor) for name, upstream in config.upstreams.items()
+        }
+        self.site = self._proxySite(None)
+        self.resource = self.site.resource
+        self.sites = {listener.name: self._siteFor(listener) for listener in config.listeners}
+        self.streams = {
+            stream.name: StreamProxyFactory(stream, self.pools[stream.upstream], reactor)
+            for stream in config.streams
+        }
+
+    def _proxySite(self, routeNames) -> ProxySite:
+        routes = self.config.routes
+        if routeNames is not None:
+            routes = [route for route in routes if route.name in routeNames]
+        resource = ProxyResource(URLMap.fromConfig(routes, self.pools), self.reactor, self.accessLog)
+        return ProxySite(
+            resource,
+            timeout=self.config.client_timeout,
+            reactor=self.reactor,
+            hsts=hstsHeader(self.config.tls),
+        )
+
+    def _siteFor(self, listener: ListenerConfig) -> ProxySite:
+        if listener.routes is None:
+            return self.site
+        return self._proxySite(set(listener.routes))
+
+    def endpoint(self, description: str) -> IStreamServerEndpoint:
+        """
+        The server endpoint for a C{listen} line: Twisted's own, or manualb's
+        C{sni:} with the certificates of C{[tls]}.
+        """
+        if _isSNI(description):
+            return sniEndpoint(self.reactor, description, self.tls)
+        return serverFromString(self.reactor, description)
+
+    def factoryFor(self, listener: ListenerConfig, description: str) -> Factory:
+        """
+        What serves connections on one endpoint of C{listener}: its proxy,
+        or, on a plain endpoint of a listener with C{redirect_https}, a
+        redirect to the https URL.
+        """
+        if listener.redirect_https is not None and not _isTLS(description):
+            return Site(HTTPSRedirect(listener.redirect_https), reactor=self.reactor)
+        return self.sites[listener.name]
 
     def start(self) -> None:
         """
@@ -52,6 +114,8 @@ class LoadBalancer:
         """
         Stop the probes, close backend connections and the access log.
         """
+        for stream in self.streams.values():
+            stream.closeAll()
         for pool in self.pools.values():
             pool.monitor.stop()
             for server in pool.servers:
@@ -59,6 +123,14 @@ class LoadBalancer:
         if self.accessLog is not None:
             self.accessLog.close()
             self.accessLog = None
+
+
+def _isSNI(description: str) -> bool:
+    return description.split(":", 1)[0].strip().lower() == "sni"
+
+
+def _isTLS(description: str) -> bool:
+    return description.split(":", 1)[0].strip().lower() in ("sni", "ssl")
 
 
 def _buildPool(config: UpstreamConfig, reactor) -> Pool:
@@ -91,10 +163,18 @@ class _Lifecycle(Service):
         self.balancer.close()
 
 
+def _listening(endpoint: IStreamServerEndpoint, factory: Factory, name: str) -> IService:
+    service = StreamServerEndpointService(endpoint, factory)
+    # As strports.service does: a port that cannot be bound stops start-up.
+    service._raiseSynchronously = True
+    service.setName(name)
+    return service
+
+
 def makeService(config: Config, reactor: IReactorCore) -> MultiService:
     """
-    A service that runs the load balancer of C{config}: one listening service
-    for each C{listen} endpoint, all serving the same proxy.
+    A service that runs the load balancer of C{config}: a listening service
+    for each endpoint of each listener and stream.
 
     Add it to your own application (C{service.setServiceParent(parent)}) to
     embed manualb; C{service.balancer} is the L{LoadBalancer} it serves.
@@ -103,8 +183,15 @@ def makeService(config: Config, reactor: IReactorCore) -> MultiService:
     parent = MultiService()
     parent.balancer = balancer
     _Lifecycle(balancer).setServiceParent(parent)
-    for description in config.listen:
-        listener: IService = strports.service(description, balancer.site, reactor=reactor)
-        listener.setName(description)
-        listener.setServiceParent(parent)
+    for listener in config.listeners:
+        for description in listener.listen:
+            factory = balancer.factoryFor(listener, description)
+            endpoint = balancer.endpoint(description)
+            _listening(endpoint, factory, description).setServiceParent(parent)
+    for stream in config.streams:
+        for description in stream.listen:
+            endpoint = serverFromString(reactor, description)
+            factory = balancer.streams[stream.name]
+            _listening(endpoint, factory, description).setServiceParent(parent)
     return parent
+

@@ -1,54 +1,396 @@
 """
-Stage 4, the URL map: the request's path decides which upstream pool serves it.
+Stage 4, the URL map: the request's host and path decide which upstream pool
+serves it, as nginx's C{server_name} and C{location} do.
 
-Routes match as nginx's prefix C{location} blocks do: the longest route path
-that the request path starts with wins, whatever the order in the file.
+Host
+====
+
+The host is looked at first, as nginx picks a C{server} block by its
+C{server_name}.  The request's C{Host} value is normalised: the port is
+dropped (C{example.com:8080}, C{[::1]:8080}), letters are lower-cased, a
+trailing dot is dropped, and an IPv6 literal keeps its brackets and is
+written in its compressed form (C{[0:0::1]} is C{[::1]}).  It then selects
+one group of routes:
+
+  1. the routes whose C{host} is exactly that name;
+  2. if there are none, the routes whose wildcard host matches it, the
+     longest wildcard first: C{*.example.com} matches C{a.example.com} and
+     C{a.b.example.com}, but not C{example.com};
+  3. if there are none either (or the request has no host), the routes with
+     no host, which serve any host.
+
+Only the chosen group is searched for the path.  As in nginx, a request whose
+host has a group of its own never falls through to a less specific group
+when no route of its group matches its path: it has no route.  Nor has a
+request whose host selects no group at all, when no route serves any host.
+
+Path
+====
+
+Within the group, the path is matched as nginx's C{location} blocks are,
+whatever the order of the prefix routes in the file:
+
+  1. an L{EXACT} route whose path equals the request path wins;
+  2. otherwise the longest L{PREFIX} or L{PREFIX_NO_REGEX} route that the
+     request path starts with (as a string of bytes: C{/api} covers
+     C{/apix}) is found; if it is L{PREFIX_NO_REGEX} (nginx's C{^~}), it
+     wins;
+  3. otherwise the first L{REGEX} or L{REGEX_CASELESS} route, in file order,
+     whose regular expression is found anywhere in the path (C{search}, not
+     C{match}: anchor it with C{^} to match from the start) wins;
+  4. otherwise the longest prefix found in 2 wins, if there is one;
+  5. otherwise no route matches.
+
+The path is matched as given, bytes and all: it is neither percent-decoded
+nor normalised here.  Regular expressions are compiled as C{bytes} patterns,
+from their text encoded as UTF-8, so that any sequence of bytes can be
+matched: a non-ASCII character of a pattern matches its UTF-8 bytes, C{.}
+matches one byte, and L{REGEX_CASELESS} ignores the case of ASCII letters
+only.  Prefix and exact paths are encoded as UTF-8 as well.
+
+The path sent on
+================
+
+L{RouteMatch.path} is the path to send to the backend:
+
+  - with C{strip_prefix} (prefix routes only), the matched prefix is removed
+    and the result always starts with C{/}: prefix C{/api} makes C{/api/users}
+    C{/users} and C{/api} C{/}; prefix C{/api/} makes C{/api/x} C{/x};
+  - with C{rewrite = (regex, replacement)}, the first match of C{regex} in the
+    path (after C{strip_prefix}, when both are set) is replaced by
+    C{replacement}, in which C{$1} to C{$9} stand for the groups of the match
+    (a group that did not take part is empty) and every other character,
+    backslashes included, is literal; a path the regex does not match is
+    left as it is;
+  - otherwise it is the request's path, unchanged.
+
+The query string is not part of any of these paths.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+import ipaddress
+import re
+from typing import Iterable, Mapping, Sequence
 
 import attrs
 
+from manualb.config import (
+    EXACT,
+    PREFIX,
+    PREFIX_NO_REGEX,
+    REGEX,
+    REGEX_CASELESS,
+    RouteConfig,
+)
 from manualb.selection import Pool
+
+__all__ = ["Route", "RouteMatch", "URLMap", "normalizeHost"]
+
+_PREFIXES = frozenset([PREFIX, PREFIX_NO_REGEX])
+_KINDS = (PREFIX, PREFIX_NO_REGEX, EXACT, REGEX, REGEX_CASELESS)
+_DOLLAR_GROUP = re.compile(r"\$([1-9])")
+
+
+def normalizeHost(host: bytes | None) -> bytes | None:
+    """
+    Return the host of a C{Host} value as routes are keyed by it: without its
+    port, lower case, without a trailing dot, an IPv6 literal in brackets
+    and compressed; L{None} when there is no host (L{None} or empty).
+    """
+    if not host:
+        return None
+    if host[:1] == b"[":
+        end = host.find(b"]")
+        if end != -1:
+            host = host[: end + 1]
+        try:
+            address = ipaddress.IPv6Address(host[1:-1].decode("ascii"))
+        except ValueError:
+            host = host.lower()
+        else:
+            return b"[" + address.compressed.encode("ascii") + b"]"
+    else:
+        host = host.split(b":", 1)[0].lower()
+    if host[-1:] == b".":
+        host = host[:-1]
+    return host or None
+
+
+def _routeHost(host: str) -> bytes:
+    """
+    Return the configured host of a route (a name, a C{*.wildcard} or an IP
+    address, IPv6 with or without brackets) normalised as L{normalizeHost}
+    normalises request hosts, with a wildcard's C{*} kept.
+    """
+    if ":" in host or "[" in host:
+        try:
+            address = ipaddress.IPv6Address(host.removeprefix("[").removesuffix("]"))
+        except ValueError:
+            raise ValueError(
+                f"bad route host {host!r}: a host has no port, and an IPv6 "
+                f"address must be valid"
+            ) from None
+        return b"[" + address.compressed.encode("ascii") + b"]"
+    normalised = normalizeHost(host.encode("utf-8"))
+    if normalised is None or normalised == b"*" or b"*" in normalised[1:]:
+        raise ValueError(f"bad route host {host!r}")
+    if normalised.startswith(b"*") and not normalised.startswith(b"*."):
+        raise ValueError(
+            f"bad route host {host!r}: a wildcard must be like *.example.com"
+        )
+    return normalised
+
+
+def _compileRewrite(rewrite: tuple[str, str] | None) -> tuple[re.Pattern[bytes], bytes] | None:
+    """
+    Compile C{rewrite = (regex, replacement)} into a pattern and a template
+    for L{re.Pattern.sub}: the replacement's C{$1}..C{$9} become group
+    references and its backslashes literal.
+    """
+    if rewrite is None:
+        return None
+    pattern, replacement = rewrite
+    regex = re.compile(pattern.encode("utf-8"))
+    for number in _DOLLAR_GROUP.findall(replacement):
+        if int(number) > regex.groups:
+            raise ValueError(
+                f"rewrite replacement {replacement!r} uses ${number} but "
+                f"{pattern!r} has {regex.groups} group(s)"
+            )
+    template = _DOLLAR_GROUP.sub(r"\\g<\1>", replacement.replace("\\", "\\\\"))
+    return regex, template.encode("utf-8")
 
 
 @attrs.frozen
 class Route:
     """
-    A path prefix and the pool that serves the requests under it.
+    A configured route, compiled: what it matches and the pool that serves
+    what it matches.
+
+    @ivar config: The route as configured.
+    @ivar pool: The pool of C{config.upstream} (any object will do for the
+        URL map itself).
+    @ivar host: The normalised host (C{*.example.com} for a wildcard), or
+        L{None} for any host.
+    @ivar path: C{config.path} encoded as UTF-8: the prefix, the exact path
+        or the pattern of the regex.
+    @ivar regex: The compiled pattern of a regex route, else L{None}.
+
+    @raise ValueError: for an unknown C{match}, a bad host, C{strip_prefix}
+        on a route that is not a prefix route, or a rewrite that uses more
+        groups than its regex has.
+    @raise re.error: for a bad regular expression.
     """
 
-    name: str
-    path: bytes
+    config: RouteConfig
     pool: Pool
+    host: bytes | None = attrs.field(init=False)
+    path: bytes = attrs.field(init=False, repr=False)
+    regex: re.Pattern[bytes] | None = attrs.field(init=False, repr=False, eq=False)
+    _rewrite: tuple[re.Pattern[bytes], bytes] | None = attrs.field(
+        init=False, repr=False, eq=False
+    )
+
+    @host.default
+    def _hostDefault(self) -> bytes | None:
+        config = self.config
+        if config.match not in _KINDS:
+            raise ValueError(
+                f"route {config.name!r}: unknown match {config.match!r} "
+                f"(expected one of {', '.join(_KINDS)})"
+            )
+        if config.strip_prefix and config.match not in _PREFIXES:
+            raise ValueError(
+                f"route {config.name!r}: strip_prefix needs a prefix route, "
+                f"not a {config.match} one"
+            )
+        return None if config.host is None else _routeHost(config.host)
+
+    @path.default
+    def _pathDefault(self) -> bytes:
+        return self.config.path.encode("utf-8")
+
+    @regex.default
+    def _regexDefault(self) -> re.Pattern[bytes] | None:
+        if self.config.match == REGEX:
+            return re.compile(self.path)
+        if self.config.match == REGEX_CASELESS:
+            return re.compile(self.path, re.IGNORECASE)
+        return None
+
+    @_rewrite.default
+    def _rewriteDefault(self) -> tuple[re.Pattern[bytes], bytes] | None:
+        return _compileRewrite(self.config.rewrite)
+
+    @property
+    def name(self) -> str:
+        """
+        The NAME of C{[route NAME]}.
+        """
+        return self.config.name
+
+    def backendPath(self, path: bytes) -> bytes:
+        """
+        Return the path to send to the backend for a request path that this
+        route matched: after C{strip_prefix} and C{rewrite}, when set.
+        """
+        if self.config.strip_prefix:
+            path = path[len(self.path) :]
+            if path[:1] != b"/":
+                path = b"/" + path
+        rewrite = self._rewrite
+        if rewrite is not None:
+            regex, template = rewrite
+            path = regex.sub(template, path, count=1)
+        return path
+
+
+@attrs.frozen
+class RouteMatch:
+    """
+    The route chosen for a request.
+
+    @ivar route: The route.
+    @ivar path: The path to send to the backend: after C{strip_prefix} or
+        C{rewrite}; the request's path otherwise.
+    """
+
+    route: Route
+    path: bytes
+
+
+class _Group:
+    """
+    The routes of one host (or of any host), arranged for the path search of
+    nginx's C{location}s.
+
+    Prefixes are kept in a dictionary and the lengths they come in, longest
+    first, so that finding the longest prefix of a path takes one dictionary
+    look-up per distinct length.
+    """
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self.exact: dict[bytes, Route] = {}
+        self.prefixes: dict[bytes, Route] = {}
+        self.regexes: list[tuple[re.Pattern[bytes], Route]] = []
+        for route in routes:
+            kind = route.config.match
+            if kind == EXACT:
+                table = self.exact
+            elif kind in _PREFIXES:
+                table = self.prefixes
+            else:
+                assert route.regex is not None
+                self.regexes.append((route.regex, route))
+                continue
+            if route.path in table:
+                raise ValueError(
+                    f"routes {table[route.path].name!r} and {route.name!r} "
+                    f"have the same host and path {route.config.path!r}"
+                )
+            table[route.path] = route
+        self.lengths = sorted({len(path) for path in self.prefixes}, reverse=True)
+        # The common case: prefix routes only, nothing to rewrite.
+        self.plain = not self.exact and not self.regexes and not any(
+            route.config.strip_prefix or route.config.rewrite is not None
+            for route in self.prefixes.values()
+        )
+
+    def match(self, path: bytes) -> RouteMatch | None:
+        if self.plain:
+            prefixes = self.prefixes
+            for length in self.lengths:
+                route = prefixes.get(path[:length])
+                if route is not None:
+                    return RouteMatch(route, path)
+            return None
+        route = self.exact.get(path)
+        if route is None:
+            prefixes = self.prefixes
+            for length in self.lengths:
+                route = prefixes.get(path[:length])
+                if route is not None:
+                    break
+            if route is None or route.config.match != PREFIX_NO_REGEX:
+                for regex, regexRoute in self.regexes:
+                    if regex.search(path) is not None:
+                        route = regexRoute
+                        break
+            if route is None:
+                return None
+        return RouteMatch(route, route.backendPath(path))
 
 
 class URLMap:
     """
-    The routes of a listener, searched longest prefix first.
+    The routes of a listener, arranged for L{match}; see the module
+    docstring for the rules.
+
+    @ivar routes: The routes, in file order.
     """
 
-    def __init__(self, routes: Iterable[Route]):
-        self.routes = sorted(routes, key=lambda route: len(route.path), reverse=True)
+    def __init__(self, routes: Iterable[Route]) -> None:
+        """
+        @param routes: In file order, which decides between regex routes.
+
+        @raise ValueError: if two routes of the same host have the same exact
+            path, or the same prefix path (whether C{^~} or not).
+        """
+        self.routes = tuple(routes)
+        byHost: dict[bytes | None, list[Route]] = {}
+        for route in self.routes:
+            byHost.setdefault(route.host, []).append(route)
+        groups = {host: _Group(hostRoutes) for host, hostRoutes in byHost.items()}
+        self._any = groups.pop(None, None)
+        # "*.example.com" is kept as ".example.com", the suffix it matches.
+        self._wildcards = {host[1:]: group for host, group in groups.items() if host[:1] == b"*"}
+        self._hosts = {host: group for host, group in groups.items() if host[:1] != b"*"}
+        self._byHost = bool(groups)
 
     @classmethod
-    def fromConfig(cls, routes, pools: Mapping[str, Pool]) -> "URLMap":
+    def fromConfig(cls, routes: Sequence[RouteConfig], pools: Mapping[str, Pool]) -> "URLMap":
         """
-        Build the map from configured routes and the pools built for them.
+        Build the map from configured routes, in file order, and the pools
+        built for their upstreams, by name.
         """
-        return cls(
-            Route(route.name, route.path.encode("utf-8"), pools[route.upstream])
-            for route in routes
-        )
+        return cls(Route(route, pools[route.upstream]) for route in routes)
 
-    def match(self, path: bytes) -> Route | None:
+    def _group(self, host: bytes | None) -> _Group | None:
         """
-        The route for a request path (without its query), or L{None} when no
-        route covers it.
+        Return the group of routes that serves a request with C{Host} value
+        C{host}.
         """
-        for route in self.routes:
-            if path.startswith(route.path):
-                return route
-        return None
+        name = normalizeHost(host)
+        if name is not None:
+            group = self._hosts.get(name)
+            if group is not None:
+                return group
+            wildcards = self._wildcards
+            if wildcards:
+                # Every suffix that starts at a dot, longest first; not the
+                # whole name, which "*." needs a label before.
+                dot = name.find(b".", 1)
+                while dot != -1:
+                    group = wildcards.get(name[dot:])
+                    if group is not None:
+                        return group
+                    dot = name.find(b".", dot + 1)
+        return self._any
+
+    def match(self, host: bytes | None, path: bytes) -> RouteMatch | None:
+        """
+        Return the route for a request, and the path to send on, or L{None}
+        when no route serves it.
+
+        @param host: The request's C{Host} value, with or without a port, or
+            L{None} when it has none.
+        @param path: The request's path, without its query.
+        """
+        if self._byHost:
+            group = self._group(host)
+        else:
+            group = self._any
+        if group is None:
+            return None
+        return group.match(path)

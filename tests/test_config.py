@@ -5,16 +5,27 @@ Tests for L{manualb.config} and L{manualb.durations}.
 from __future__ import annotations
 
 import os
+import re
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from manualb import config as configModule
 from manualb.config import (
+    EXACT,
+    PREFIX,
+    PREFIX_NO_REGEX,
+    REGEX,
+    REGEX_CASELESS,
+    CertificateConfig,
     Config,
     ConfigError,
     HealthCheckConfig,
+    ListenerConfig,
     RouteConfig,
     ServerAddress,
     ServerConfig,
+    StreamConfig,
+    TLSConfig,
     UpstreamConfig,
     loadConfig,
     parseConfig,
@@ -44,6 +55,8 @@ listen =
     tcp:8080
     tcp6:8443:interface=\\:\\:1   ; IPv6 listener
 access_log = /var/log/manualb/access.log
+client_timeout = 30s
+redirect_https = 8443
 
 [upstream my_backend_pool]
 servers =
@@ -64,10 +77,19 @@ tries = 3
 retry_timeout = 10s
 retry_body_limit = 64k
 health_check = path=/healthz interval=2s timeout=1s rise=1 fall=5 expect=200,3xx \
-body=ok host=www.example
+body=ok host=www.example type=http
+tunnel_timeout = 5m
+tls_verify = on
+tls_name = Internal.Example
 
 [upstream spare]
 servers = spare.example:80
+
+[upstream secure]
+servers =
+    https://secure.example
+    https://[2001:db8::2]:8443 weight=2
+tls_verify = off
 
 [route api]
 path = /api/
@@ -76,6 +98,40 @@ upstream = spare
 [route default]
 path = /
 upstream = my_backend_pool
+
+[route static]
+host = *.Example.COM
+path = ^~ /static/
+strip_prefix = on
+upstream = spare
+
+[route login]
+host = www.example.com
+path = = /login
+upstream = secure
+
+[route images]
+host = *
+path = ~* \.(gif|jpg)$
+upstream = spare
+
+[route old]
+path = ~ ^/old/
+rewrite = ^/old/(.*)$ /new/$1
+strip_prefix = off
+upstream = my_backend_pool
+
+[listener admin]
+listen = tcp:9090
+    tcp:9091
+routes = login api
+redirect_https = on
+
+[stream postgres]
+listen = tcp:5432
+upstream = spare
+proxy_protocol = v2
+idle_timeout = 1h
 """
 
 
@@ -167,20 +223,79 @@ class ValidConfigTests(SynchronousTestCase):
                             expect=frozenset([200, *range(300, 400)]),
                             body="ok",
                             host="www.example",
+                            type="http",
                         ),
+                        tunnel_timeout=300.0,
+                        tls_verify=True,
+                        tls_name="internal.example",
                     ),
                     "spare": UpstreamConfig(
                         name="spare",
                         servers=(ServerConfig(ServerAddress("spare.example", 80)),),
                     ),
+                    "secure": UpstreamConfig(
+                        name="secure",
+                        servers=(
+                            ServerConfig(ServerAddress("secure.example", 443, "https")),
+                            ServerConfig(
+                                ServerAddress("2001:db8::2", 8443, "https"), weight=2
+                            ),
+                        ),
+                        tls_verify=False,
+                    ),
                 },
                 routes=(
                     RouteConfig("api", "/api/", "spare"),
                     RouteConfig("default", "/", "my_backend_pool"),
+                    RouteConfig(
+                        "static",
+                        "/static/",
+                        "spare",
+                        match=PREFIX_NO_REGEX,
+                        host="*.example.com",
+                        strip_prefix=True,
+                    ),
+                    RouteConfig(
+                        "login", "/login", "secure", match=EXACT, host="www.example.com"
+                    ),
+                    RouteConfig(
+                        "images", "\\.(gif|jpg)$", "spare", match=REGEX_CASELESS
+                    ),
+                    RouteConfig(
+                        "old",
+                        "^/old/",
+                        "my_backend_pool",
+                        match=REGEX,
+                        rewrite=("^/old/(.*)$", "/new/$1"),
+                    ),
+                ),
+                client_timeout=30.0,
+                listeners=(
+                    ListenerConfig(
+                        "default",
+                        ("tcp:8080", "tcp6:8443:interface=\\:\\:1"),
+                        None,
+                        8443,
+                    ),
+                    ListenerConfig(
+                        "admin", ("tcp:9090", "tcp:9091"), ("login", "api"), 443
+                    ),
+                ),
+                tls=None,
+                streams=(
+                    StreamConfig(
+                        "postgres",
+                        ("tcp:5432",),
+                        "spare",
+                        proxy_protocol="v2",
+                        idle_timeout=3600.0,
+                    ),
                 ),
             ),
         )
-        self.assertEqual(list(config.upstreams), ["my_backend_pool", "spare"])
+        self.assertEqual(
+            list(config.upstreams), ["my_backend_pool", "spare", "secure"]
+        )
 
     def test_defaults(self) -> None:
         """
@@ -219,8 +334,35 @@ class ValidConfigTests(SynchronousTestCase):
                 retry_timeout=0.0,
                 retry_body_limit=1024 * 1024,
                 health_check=None,
+                tls_verify=True,
+                tls_ca=None,
+                tls_name=None,
+                tunnel_timeout=3600.0,
             ),
         )
+        self.assertEqual(
+            config.routes,
+            (
+                RouteConfig(
+                    "default",
+                    "/",
+                    "pool",
+                    match=PREFIX,
+                    host=None,
+                    strip_prefix=False,
+                    rewrite=None,
+                ),
+            ),
+        )
+        self.assertEqual(
+            config.listeners,
+            (
+                ListenerConfig(
+                    "default", ("tcp:8080",), routes=None, redirect_https=None
+                ),
+            ),
+        )
+        self.assertEqual((config.tls, config.streams), (None, ()))
 
     def test_accessLogOff(self) -> None:
         config = parseConfig(MAIN + "access_log = off\n" + UPSTREAM + ROUTE)
@@ -368,7 +510,8 @@ class SectionErrorTests(SynchronousTestCase):
         self.assertError(
             MAIN + "[upstreams pool]\n",
             "lb.ini: [upstreams pool]: unknown section "
-            "(known sections: [manualb], [upstream NAME], [route NAME])",
+            "(known sections: [manualb], [upstream NAME], [route NAME], "
+            "[listener NAME], [stream NAME], [tls])",
         )
 
     def test_defaultIsUnknown(self) -> None:
@@ -378,7 +521,8 @@ class SectionErrorTests(SynchronousTestCase):
         self.assertError(
             "[DEFAULT]\nlisten = tcp:8080\n" + MAIN,
             "lb.ini: [DEFAULT]: unknown section "
-            "(known sections: [manualb], [upstream NAME], [route NAME])",
+            "(known sections: [manualb], [upstream NAME], [route NAME], "
+            "[listener NAME], [stream NAME], [tls])",
         )
 
     def test_upstreamWithoutName(self) -> None:
@@ -410,7 +554,7 @@ class SectionErrorTests(SynchronousTestCase):
         self.assertError(
             MAIN + "acces_log = -\n",
             "lb.ini: [manualb] acces_log: unknown key "
-            "(known keys: listen, access_log, client_timeout)",
+            "(known keys: listen, access_log, client_timeout, redirect_https)",
         )
 
     def test_unknownKeyInUpstream(self) -> None:
@@ -419,14 +563,15 @@ class SectionErrorTests(SynchronousTestCase):
             "lb.ini: [upstream pool] timeout: unknown key (known keys: servers, "
             "balance, connect_timeout, read_timeout, send_timeout, keepalive, "
             "keepalive_timeout, keepalive_requests, passive_fail_on, tries, "
-            "retry_timeout, retry_body_limit, health_check)",
+            "retry_timeout, retry_body_limit, health_check, tunnel_timeout, "
+            "tls_verify, tls_ca, tls_name)",
         )
 
     def test_unknownKeyInRoute(self) -> None:
         self.assertError(
             MAIN + UPSTREAM + ROUTE + "backend = pool\n",
             "lb.ini: [route default] backend: unknown key "
-            "(known keys: path, upstream)",
+            "(known keys: path, upstream, host, strip_prefix, rewrite)",
         )
 
     def test_missingMain(self) -> None:
@@ -460,8 +605,14 @@ class MainSectionErrorTests(SynchronousTestCase):
         self.assertEqual(str(error), expected)
 
     def test_noListen(self) -> None:
+        """
+        Without C{[listener]} or C{[stream]} sections, C{listen} is needed.
+        """
         self.assertError(
-            "access_log = -\n", "lb.ini: [manualb] listen: missing required key"
+            "access_log = -\n",
+            "lb.ini: [manualb] listen: nothing to listen on: give endpoints "
+            "here, such as listen = tcp:8080, or add a [listener NAME] or "
+            "[stream NAME] section",
         )
 
     def test_emptyListen(self) -> None:
@@ -588,8 +739,8 @@ class UpstreamErrorTests(SynchronousTestCase):
 
     def test_unsupportedScheme(self) -> None:
         self.assertServerError(
-            "https://a:443",
-            "unsupported scheme 'https' in 'https://a:443' (supported: http)",
+            "ftp://a:21",
+            "unsupported scheme 'ftp' in 'ftp://a:21' (supported: http, https)",
         )
 
     def test_path(self) -> None:
@@ -1286,6 +1437,7 @@ class HealthCheckTests(_UpstreamTestCase):
                 expect=frozenset([200]),
                 body=None,
                 host=None,
+                type="http",
             ),
         )
         self.assertEqual(self.healthCheck("ON"), HealthCheckConfig())
@@ -1363,14 +1515,14 @@ class HealthCheckTests(_UpstreamTestCase):
         self.assertHealthError(
             "inter=2s",
             "unknown option 'inter' in 'inter=2s' (known options: path, interval, "
-            "timeout, rise, fall, expect, body, host)",
+            "timeout, rise, fall, expect, body, host, type)",
         )
 
     def test_missingEquals(self) -> None:
         self.assertHealthError(
             "/healthz",
             "expected name=value, got '/healthz' in '/healthz' (known names: path, "
-            "interval, timeout, rise, fall, expect, body, host)",
+            "interval, timeout, rise, fall, expect, body, host, type)",
         )
 
     def test_nameWithoutValue(self) -> None:
@@ -1491,6 +1643,226 @@ class HealthCheckTests(_UpstreamTestCase):
             "rise=2\n  fall=3", "expected a single value, got 2 lines"
         )
 
+    def test_typeDefaultsToHTTP(self) -> None:
+        check = self.healthCheck("rise=3")
+        assert check is not None
+        self.assertEqual(check.type, "http")
+
+    def test_typeHTTP(self) -> None:
+        self.assertEqual(
+            self.healthCheck("type=http path=/up"),
+            HealthCheckConfig(path="/up", type="http"),
+        )
+
+    def test_typeTCP(self) -> None:
+        """
+        A TCP check takes the timing options; its type is lower-cased.
+        """
+        self.assertEqual(
+            self.healthCheck("type=TCP interval=1s timeout=500ms rise=1 fall=2"),
+            HealthCheckConfig(interval=1.0, timeout=0.5, rise=1, fall=2, type="tcp"),
+        )
+
+    def test_badType(self) -> None:
+        self.assertHealthError(
+            "type=udp", "bad type in 'type=udp': expected http or tcp, got 'udp'"
+        )
+
+    def test_typeTCPRefusesHTTPOptions(self) -> None:
+        """
+        C{path}, C{expect}, C{body} and C{host} are about the request and its
+        response, which a TCP check does not have.
+        """
+        for option in ["path=/up", "expect=2xx", "body=ok", "host=a.example"]:
+            name = option.split("=")[0]
+            self.assertHealthError(
+                f"type=tcp {option}",
+                f"option {name!r} does not apply to type=tcp in "
+                f"'type=tcp {option}' (a TCP check only connects; use "
+                f"type=http to send a request)",
+            )
+
+
+class BackendTLSTests(_UpstreamTestCase):
+    """
+    C{https://} servers and the C{tls_verify}, C{tls_ca} and C{tls_name}
+    keys of an upstream.
+    """
+
+    def test_httpsServer(self) -> None:
+        """
+        An https server's port defaults to 443.
+        """
+        servers = self.upstream(
+            "servers = https://a.example\n  HTTPS://b.example:8443\n"
+            "  https://[::1]\n  c.example\n"
+        ).servers
+        self.assertEqual(
+            [server.address for server in servers],
+            [
+                ServerAddress("a.example", 443, "https"),
+                ServerAddress("b.example", 8443, "https"),
+                ServerAddress("::1", 443, "https"),
+                ServerAddress("c.example", 80, "http"),
+            ],
+        )
+        self.assertEqual(servers[0].name, "a.example:443")
+
+    def test_httpsWithPath(self) -> None:
+        self.assertError(
+            "servers = https://a/x\n",
+            "servers: unexpected path in 'https://a/x'; give only "
+            "scheme://host:port",
+        )
+
+    def test_sameAddressOtherScheme(self) -> None:
+        """
+        A server is its host and port: the same one given with http and
+        https is a duplicate.
+        """
+        self.assertError(
+            "servers = a:443\n  https://a\n",
+            "servers: duplicate server 'https://a' (same as 'a:443')",
+        )
+
+    def test_defaults(self) -> None:
+        upstream = self.upstream("servers = https://a\n")
+        self.assertEqual(
+            (upstream.tls_verify, upstream.tls_ca, upstream.tls_name),
+            (True, None, None),
+        )
+
+    def test_keysAllowedWithoutHTTPSServers(self) -> None:
+        upstream = self.upstream("servers = a:80\ntls_verify = off\ntls_name = b\n")
+        self.assertEqual((upstream.tls_verify, upstream.tls_name), (False, "b"))
+
+    def test_tlsVerify(self) -> None:
+        for text, value in [("on", True), ("off", False), ("OFF", False), ("On", True)]:
+            upstream = self.upstream(f"servers = https://a\ntls_verify = {text}\n")
+            self.assertEqual(upstream.tls_verify, value, text)
+
+    def test_badTLSVerify(self) -> None:
+        self.assertError(
+            "servers = https://a\ntls_verify = no\n",
+            "tls_verify: expected on or off, got 'no'",
+        )
+
+    def test_tlsCA(self) -> None:
+        """
+        C{tls_ca} is relative to the directory of the configuration file,
+        and kept as an absolute path.
+        """
+        directory = self.mktemp()
+        os.makedirs(os.path.join(directory, "certs"))
+        ca = os.path.join(directory, "certs", "ca.pem")
+        with open(ca, "w") as f:
+            f.write("ca\n")
+        path = os.path.join(directory, "lb.ini")
+        with open(path, "w") as f:
+            f.write(
+                MAIN
+                + "[upstream pool]\nservers = https://a\ntls_ca = certs/ca.pem\n"
+                + ROUTE
+            )
+        self.assertEqual(
+            loadConfig(path).upstreams["pool"].tls_ca, os.path.abspath(ca)
+        )
+
+    def test_tlsCAAbsolute(self) -> None:
+        ca = os.path.abspath(self.mktemp())
+        with open(ca, "w") as f:
+            f.write("ca\n")
+        upstream = self.upstream(f"servers = https://a\ntls_ca = {ca}\n")
+        self.assertEqual(upstream.tls_ca, ca)
+
+    def test_missingTLSCA(self) -> None:
+        error = self.assertRaises(
+            ConfigError, self.upstream, "servers = https://a\ntls_ca = nope.pem\n"
+        )
+        self.assertEqual(
+            error.message,
+            f"no such file 'nope.pem' ({os.path.abspath('nope.pem')})",
+        )
+        self.assertEqual(error.key, "tls_ca")
+
+    def test_tlsCAIsADirectory(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        self.assertError(
+            f"servers = https://a\ntls_ca = {directory}\n",
+            f"tls_ca: not a file: {directory!r}",
+        )
+
+    def test_unreadableTLSCA(self) -> None:
+        ca = os.path.abspath(self.mktemp())
+        with open(ca, "w") as f:
+            f.write("ca\n")
+        # Checked with os.access, which is always true for root: pretend.
+        self.patch(configModule.os, "access", lambda path, mode: False)
+        self.assertError(
+            f"servers = https://a\ntls_ca = {ca}\n",
+            f"tls_ca: cannot read {ca!r}: permission denied",
+        )
+
+    def test_tlsCAWithoutVerify(self) -> None:
+        ca = os.path.abspath(self.mktemp())
+        with open(ca, "w") as f:
+            f.write("ca\n")
+        self.assertError(
+            f"servers = https://a\ntls_verify = off\ntls_ca = {ca}\n",
+            "tls_ca: has no use with tls_verify = off, which trusts any "
+            "certificate; remove one of them",
+        )
+
+    def test_tlsName(self) -> None:
+        upstream = self.upstream("servers = https://10.0.0.1\ntls_name = API.Example\n")
+        self.assertEqual(upstream.tls_name, "api.example")
+
+    def test_tlsNameWildcard(self) -> None:
+        self.assertError(
+            "servers = https://a\ntls_name = *.example.com\n",
+            "tls_name: expected a host name without wildcard, got '*.example.com'",
+        )
+
+    def test_tlsNameWithPort(self) -> None:
+        self.assertError(
+            "servers = https://a\ntls_name = api.example:443\n",
+            "tls_name: a host name has no port, got 'api.example:443'",
+        )
+
+    def test_badTLSName(self) -> None:
+        self.assertError(
+            "servers = https://a\ntls_name = api_1.example\n",
+            "tls_name: bad host name 'api_1.example' (expected letters, digits "
+            "and '-' in labels separated by dots, such as www.example.com)",
+        )
+
+
+class TunnelTimeoutTests(_UpstreamTestCase):
+    """
+    C{tunnel_timeout}: HAProxy's C{timeout tunnel}, for upgraded
+    connections.
+    """
+
+    def test_default(self) -> None:
+        self.assertEqual(self.upstream("servers = a:1\n").tunnel_timeout, 3600.0)
+
+    def test_value(self) -> None:
+        upstream = self.upstream("servers = a:1\ntunnel_timeout = 1d\n")
+        self.assertEqual(upstream.tunnel_timeout, 86400.0)
+
+    def test_zero(self) -> None:
+        self.assertError(
+            "servers = a:1\ntunnel_timeout = 0\n",
+            "tunnel_timeout: must be greater than zero, got '0'",
+        )
+
+    def test_bad(self) -> None:
+        self.assertError(
+            "servers = a:1\ntunnel_timeout = forever\n",
+            "tunnel_timeout: bad duration 'forever': expected a number at 'forever'",
+        )
+
 
 class ShippedConfigTests(SynchronousTestCase):
     """
@@ -1503,22 +1875,102 @@ class ShippedConfigTests(SynchronousTestCase):
             self.text = f.read()
 
     def test_valid(self) -> None:
-        upstream = parseConfig(self.text).upstreams["my_backend_pool"]
+        config = parseConfig(self.text)
+        upstream = config.upstreams["my_backend_pool"]
         self.assertEqual(upstream.balance, "round_robin")
         self.assertTrue(any(server.backup for server in upstream.servers))
         self.assertIsNone(upstream.health_check)
+        self.assertEqual(
+            config.listeners, (ListenerConfig("default", ("tcp:8080",)),)
+        )
+        self.assertEqual((config.tls, config.streams), (None, ()))
 
     def test_commentedExamples(self) -> None:
         """
-        The keys given as commented-out examples are valid once uncommented.
+        The lines given as examples, commented out with C{#}, are valid once
+        uncommented, all together (with the files they name).
         """
-        text = self.text
-        for key in ("passive_fail_on", "health_check"):
-            self.assertIn(f"\n;{key} = ", text)
-            text = text.replace(f"\n;{key} = ", f"\n{key} = ")
-        upstream = parseConfig(text).upstreams["my_backend_pool"]
+        lines = self.text.splitlines(keepends=True)
+        examples = [line[1:] for line in lines if line.startswith("#")]
+        text = "".join(line[1:] if line.startswith("#") else line for line in lines)
+        files = re.findall(r"\S+\.(?:pem|key)\b", "".join(examples))
+        self.assertTrue(files)
+        directory = makeFiles(self, *files)
+        path = os.path.join(directory, "lb.ini")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        config = loadConfig(path)
+
+        upstream = config.upstreams["my_backend_pool"]
         self.assertTrue(upstream.passive_fail_on)
         self.assertIsNotNone(upstream.health_check)
+        secure = config.upstreams["secure_pool"]
+        self.assertEqual(
+            {server.address.scheme for server in secure.servers}, {"https"}
+        )
+        self.assertEqual(
+            secure.tls_ca, os.path.join(directory, "certs", "backend-ca.pem")
+        )
+        self.assertIsNotNone(secure.tls_name)
+        self.assertEqual(
+            [(route.match, route.host is not None) for route in config.routes],
+            [(PREFIX, False), (PREFIX_NO_REGEX, True), (EXACT, False),
+             (REGEX_CASELESS, True)],
+        )
+        self.assertIsNotNone(config.routes[0].rewrite)
+        self.assertTrue(config.routes[1].strip_prefix)
+        self.assertEqual(
+            [(listener.name, listener.redirect_https) for listener in config.listeners],
+            [("default", 443), ("public", 443)],
+        )
+        self.assertTrue(any(e.startswith("sni:") for e in config.listeners[1].listen))
+        assert config.tls is not None
+        self.assertEqual(len(config.tls.certificates), 2)
+        self.assertIsNotNone(config.tls.hsts)
+        self.assertIsNotNone(config.tls.ciphers)
+        self.assertEqual([stream.name for stream in config.streams], ["postgres"])
+        check = config.upstreams["postgres"].health_check
+        assert check is not None
+        self.assertEqual(check.type, "tcp")
+
+    def test_examplesUseHash(self) -> None:
+        """
+        Examples are commented out with C{#}; C{;} starts explanations only.
+        """
+        self.assertEqual(re.findall(r"(?m)^;\w+ *=.*$", self.text), [])
+
+    def test_everyKeyDocumented(self) -> None:
+        """
+        Every key of every kind of section is given (or given as an
+        example) below a comment that explains it.
+        """
+        sections = configModule._Sections
+        known = {
+            "manualb": sections._MAIN_KEYS,
+            "upstream": sections._UPSTREAM_KEYS,
+            "route": sections._ROUTE_KEYS,
+            "listener": sections._LISTENER_KEYS,
+            "stream": sections._STREAM_KEYS,
+            "tls": sections._TLS_KEYS,
+        }
+        documented: set[tuple[str, str]] = set()
+        kind = ""
+        previous = ""
+        for line in self.text.splitlines():
+            header = re.match(r"#?\[(\w+)", line)
+            if header:
+                kind = header.group(1)
+            key = re.match(r"#?(\w+) *=", line)
+            if key and previous.startswith(";"):
+                documented.add((kind, key.group(1)))
+            previous = line
+        missing = [
+            f"[{kind}] {key}"
+            for kind, keys in known.items()
+            for key in keys
+            if (kind, key) not in documented
+        ]
+        self.assertEqual(missing, [])
 
 
 class RouteErrorTests(SynchronousTestCase):
@@ -1576,6 +2028,1295 @@ class RouteErrorTests(SynchronousTestCase):
             ROUTE + "[route other]\npath = /\nupstream = pool\n",
             "lb.ini: [route other] path: path '/' is already used by [route default]",
         )
+
+
+class _RouteTestCase(SynchronousTestCase):
+    """
+    Helpers for the tests of the keys of C{[route r]}.
+    """
+
+    def route(self, keys: str) -> RouteConfig:
+        """
+        Parse a file whose only route is C{[route r]} with C{keys} (and its
+        upstream).
+        """
+        (route,) = parseConfig(
+            MAIN + UPSTREAM + "[route r]\nupstream = pool\n" + keys
+        ).routes
+        return route
+
+    def assertError(self, keys: str, expected: str) -> ConfigError:
+        """
+        A file whose C{[route r]} has C{keys} is refused with C{expected},
+        after the file and section.
+        """
+        text = MAIN + UPSTREAM + "[route r]\nupstream = pool\n" + keys
+        error = self.assertRaises(ConfigError, parseConfig, text, "lb.ini")
+        self.assertEqual(str(error), "lb.ini: [route r] " + expected)
+        return error
+
+
+class RoutePathTests(_RouteTestCase):
+    """
+    C{path} in nginx's C{location} syntax: a prefix, C{^~} prefix, C{=}
+    exact path, C{~} regex or C{~*} case-insensitive regex.
+    """
+
+    def test_forms(self) -> None:
+        for text, match, path in [
+            ("/app", PREFIX, "/app"),
+            ("^~ /static/", PREFIX_NO_REGEX, "/static/"),
+            ("= /login", EXACT, "/login"),
+            ("~ ^/app/.*\\.php$", REGEX, "^/app/.*\\.php$"),
+            ("~* \\.(gif|jpg)$", REGEX_CASELESS, "\\.(gif|jpg)$"),
+            ("~   ^/a", REGEX, "^/a"),
+            ("=\t/", EXACT, "/"),
+        ]:
+            route = self.route(f"path = {text}\n")
+            self.assertEqual((route.match, route.path), (match, path), text)
+
+    def test_gluedModifier(self) -> None:
+        """
+        nginx accepts C{=/login}; here the modifier takes a space after it.
+        """
+        for text, modifier, rest in [
+            ("=/login", "=", "/login"),
+            ("^~/static", "^~", "/static"),
+            ("~^/a", "~", "^/a"),
+            ("~*\\.jpg$", "~*", "\\.jpg$"),
+        ]:
+            self.assertError(
+                f"path = {text}\n",
+                f"path: put a space after the modifier {modifier!r}, as in "
+                f"{modifier} {rest}",
+            )
+
+    def test_modifierAlone(self) -> None:
+        self.assertError(
+            "path = =\n", "path: '=' needs a path after it, such as = /app"
+        )
+        self.assertError(
+            "path = ~*\n", "path: '~*' needs a path after it, such as ~* \\.php$"
+        )
+
+    def test_relativePathAfterModifier(self) -> None:
+        self.assertError(
+            "path = ^~ static/\n",
+            "path: the path after '^~' must start with '/', got 'static/'",
+        )
+        self.assertError(
+            "path = = login\n",
+            "path: the path after '=' must start with '/', got 'login'",
+        )
+
+    def test_spaces(self) -> None:
+        self.assertError(
+            "path = = /a b\n", "path: must not contain spaces, got '= /a b'"
+        )
+        self.assertError(
+            "path = ~ ^/a b$\n", "path: must not contain spaces, got '~ ^/a b$'"
+        )
+
+    def test_badRegex(self) -> None:
+        self.assertError(
+            "path = ~ ^/(a\n",
+            "path: not a valid regular expression '^/(a': missing ), "
+            "unterminated subpattern at position 2",
+        )
+
+    def test_badCaselessRegex(self) -> None:
+        self.assertError(
+            "path = ~* [z-a]\n",
+            "path: not a valid regular expression '[z-a]': bad character range "
+            "z-a at position 1",
+        )
+
+    def test_regexOnlyValidForText(self) -> None:
+        """
+        Paths are matched as bytes, so a regex must compile as bytes too.
+        """
+        self.assertError(
+            "path = ~ (?u)^/a\n",
+            "path: not a valid regular expression '(?u)^/a': bad inline flags: "
+            "cannot use 'u' flag with a bytes pattern at position 3",
+        )
+
+
+class RouteHostTests(_RouteTestCase):
+    """
+    C{host}: the name, C{*.wildcard} or C{*} (any) a route serves, as nginx's
+    C{server_name}.
+    """
+
+    def host(self, text: str) -> str | None:
+        return self.route(f"path = /\nhost = {text}\n").host
+
+    def test_absent(self) -> None:
+        self.assertIsNone(self.route("path = /\n").host)
+
+    def test_any(self) -> None:
+        self.assertIsNone(self.host("*"))
+
+    def test_name(self) -> None:
+        self.assertEqual(self.host("WWW.Example.com"), "www.example.com")
+        self.assertEqual(self.host("localhost"), "localhost")
+        self.assertEqual(self.host("10.0.0.1"), "10.0.0.1")
+        self.assertEqual(self.host("my-host.example"), "my-host.example")
+
+    def test_wildcard(self) -> None:
+        self.assertEqual(self.host("*.Example.com"), "*.example.com")
+
+    def assertHostError(self, text: str, expected: str) -> None:
+        self.assertError(f"path = /\nhost = {text}\n", "host: " + expected)
+
+    def test_port(self) -> None:
+        self.assertHostError(
+            "www.example.com:8080",
+            "a host name has no port, got 'www.example.com:8080'",
+        )
+
+    def test_wildcardNotLeading(self) -> None:
+        for text in ["www.*.com", "*.*.example.com", "*example.com", "example.*", "**"]:
+            self.assertHostError(
+                text,
+                f"a wildcard is allowed only as one leading '*.', such as "
+                f"*.example.com, got {text!r}",
+            )
+
+    def test_bad(self) -> None:
+        for text in ["a_b.example", "a..b", ".example.com", "example.com.", "*.",
+                     "[::1]", "::1", "caf\u00e9.example", "a/b"]:
+            self.assertHostError(
+                text,
+                f"bad host name {text!r} (expected letters, digits and '-' in "
+                f"labels separated by dots, such as www.example.com or "
+                f"*.example.com)",
+            )
+
+    def test_twoHosts(self) -> None:
+        self.assertHostError(
+            "a.example b.example",
+            "expected one host, got 'a.example b.example' (give each host a "
+            "route of its own)",
+        )
+
+
+class StripPrefixTests(_RouteTestCase):
+    """
+    C{strip_prefix = on|off}, for prefix routes.
+    """
+
+    def test_default(self) -> None:
+        self.assertFalse(self.route("path = /api/\n").strip_prefix)
+
+    def test_onAndOff(self) -> None:
+        for path in ["/api/", "^~ /api/"]:
+            for text, value in [("on", True), ("ON", True), ("off", False)]:
+                route = self.route(f"path = {path}\nstrip_prefix = {text}\n")
+                self.assertEqual(route.strip_prefix, value, (path, text))
+
+    def test_offOnAnyRoute(self) -> None:
+        self.assertFalse(self.route("path = = /a\nstrip_prefix = off\n").strip_prefix)
+
+    def test_bad(self) -> None:
+        self.assertError(
+            "path = /a\nstrip_prefix = yes\n",
+            "strip_prefix: expected on or off, got 'yes'",
+        )
+
+    def test_notPrefix(self) -> None:
+        for path in ["= /api", "~ ^/api/", "~* ^/api/"]:
+            self.assertError(
+                f"path = {path}\nstrip_prefix = on\n",
+                f"strip_prefix: needs a prefix path (such as /app or ^~ /app), "
+                f"but the path is {path!r}",
+            )
+
+
+class RewriteTests(_RouteTestCase):
+    """
+    C{rewrite = REGEX REPLACEMENT}, as nginx's C{rewrite}.
+    """
+
+    def rewrite(self, text: str) -> tuple[str, str] | None:
+        return self.route(f"path = /\nrewrite = {text}\n").rewrite
+
+    def test_absent(self) -> None:
+        self.assertIsNone(self.route("path = /\n").rewrite)
+
+    def test_keptAsWritten(self) -> None:
+        self.assertEqual(
+            self.rewrite("^/old/(.*)$    /new/$1"), ("^/old/(.*)$", "/new/$1")
+        )
+
+    def test_groups(self) -> None:
+        self.assertEqual(
+            self.rewrite("^/(a)/(b)/(?P<c>c)$ /$3/$2/$1$1"),
+            ("^/(a)/(b)/(?P<c>c)$", "/$3/$2/$1$1"),
+        )
+
+    def test_noGroups(self) -> None:
+        self.assertEqual(self.rewrite("^/old /new"), ("^/old", "/new"))
+
+    def test_withPrefixRoute(self) -> None:
+        route = self.route("path = ^~ /app\nrewrite = ^/app(.*) /v2$1\n")
+        self.assertEqual(route.rewrite, ("^/app(.*)", "/v2$1"))
+
+    def test_withStripPrefixOff(self) -> None:
+        route = self.route("path = /app\nstrip_prefix = off\nrewrite = ^/a /b\n")
+        self.assertEqual(route.rewrite, ("^/a", "/b"))
+
+    def assertRewriteError(self, text: str, expected: str) -> None:
+        self.assertError(f"path = /\nrewrite = {text}\n", "rewrite: " + expected)
+
+    def test_oneField(self) -> None:
+        self.assertRewriteError(
+            "^/old",
+            "expected a regular expression and a replacement separated by a "
+            "space, such as ^/old/(.*)$ /new/$1, got '^/old'",
+        )
+
+    def test_threeFields(self) -> None:
+        self.assertRewriteError(
+            "^/a /b /c",
+            "expected a regular expression and a replacement separated by a "
+            "space, such as ^/old/(.*)$ /new/$1, got '^/a /b /c'",
+        )
+
+    def test_nginxFlag(self) -> None:
+        self.assertRewriteError(
+            "^/a /b permanent",
+            "nginx's rewrite flags such as 'permanent' are not supported, got "
+            "'^/a /b permanent' (give only REGEX REPLACEMENT)",
+        )
+
+    def test_badRegex(self) -> None:
+        self.assertRewriteError(
+            "^/(a /b",
+            "not a valid regular expression '^/(a': missing ), unterminated "
+            "subpattern at position 2",
+        )
+
+    def test_relativeReplacement(self) -> None:
+        self.assertRewriteError(
+            "^/(.*) $1", "the replacement must start with '/', got '$1'"
+        )
+
+    def test_missingGroup(self) -> None:
+        self.assertRewriteError(
+            "^/(a)/b /$1/$2",
+            "the replacement '/$1/$2' uses $2, but '^/(a)/b' has 1 group(s)",
+        )
+
+    def test_noGroupAtAll(self) -> None:
+        self.assertRewriteError(
+            "^/a /$1", "the replacement '/$1' uses $1, but '^/a' has 0 group(s)"
+        )
+
+    def test_notAGroup(self) -> None:
+        for replacement in ["/$0", "/$uri", "/a$", "/$$1"]:
+            self.assertRewriteError(
+                f"^/(a) {replacement}",
+                f"'$' must be followed by a group number from 1 to 9 in "
+                f"{replacement!r} (nginx variables such as $uri are not "
+                f"supported)",
+            )
+
+    def test_withStripPrefix(self) -> None:
+        self.assertError(
+            "path = /app/\nstrip_prefix = on\nrewrite = ^/app/(.*)$ /$1\n",
+            "rewrite: cannot be used together with strip_prefix = on; let the "
+            "rewrite remove the prefix too, such as rewrite = ^/app/(.*)$ /$1",
+        )
+
+
+class RouteDuplicateTests(SynchronousTestCase):
+    """
+    No two routes have the same host, kind of path and path.
+    """
+
+    def routes(self, *routes: str) -> tuple[RouteConfig, ...]:
+        text = MAIN + UPSTREAM
+        for index, keys in enumerate(routes):
+            text += f"[route r{index}]\nupstream = pool\n{keys}"
+        return parseConfig(text, "lb.ini").routes
+
+    def assertError(self, expected: str, *routes: str) -> None:
+        error = self.assertRaises(ConfigError, self.routes, *routes)
+        self.assertEqual(str(error), expected)
+
+    def test_samePathOtherHosts(self) -> None:
+        routes = self.routes(
+            "path = /\n",
+            "path = /\nhost = a.example\n",
+            "path = /\nhost = *.a.example\n",
+            "path = /\nhost = b.example\n",
+        )
+        self.assertEqual(
+            [route.host for route in routes],
+            [None, "a.example", "*.a.example", "b.example"],
+        )
+
+    def test_samePathOtherKinds(self) -> None:
+        """
+        An exact path, a prefix and a regex may be the same text; so may a
+        regex and a case-insensitive one.
+        """
+        routes = self.routes(
+            "path = /a\n", "path = = /a\n", "path = ~ /a\n", "path = ~* /a\n"
+        )
+        self.assertEqual(
+            [route.match for route in routes], [PREFIX, EXACT, REGEX, REGEX_CASELESS]
+        )
+
+    def test_sameHostAndPath(self) -> None:
+        self.assertError(
+            "lb.ini: [route r1] path: path '/' for host 'a.example' is already "
+            "used by [route r0]",
+            "path = /\nhost = a.example\n",
+            "path = /\nhost = A.Example\n",
+        )
+
+    def test_anyHostSpelledTwoWays(self) -> None:
+        self.assertError(
+            "lb.ini: [route r1] path: path '/' is already used by [route r0]",
+            "path = /\n",
+            "path = /\nhost = *\n",
+        )
+
+    def test_sameExactPath(self) -> None:
+        self.assertError(
+            "lb.ini: [route r1] path: path '= /a' is already used by [route r0]",
+            "path = = /a\n",
+            "path = = /a\n",
+        )
+
+    def test_sameRegex(self) -> None:
+        self.assertError(
+            "lb.ini: [route r1] path: path '~* \\\\.jpg$' for host '*.example.com' "
+            "is already used by [route r0]",
+            "path = ~* \\.jpg$\nhost = *.example.com\n",
+            "path = ~* \\.jpg$\nhost = *.example.com\n",
+        )
+
+    def test_prefixWithAndWithoutNoRegex(self) -> None:
+        """
+        As in nginx, C{/a} and C{^~ /a} are the same prefix given twice.
+        """
+        self.assertError(
+            "lb.ini: [route r1] path: path '^~ /a' is already used by [route r0] "
+            "(as '/a': a prefix is given once, with or without ^~)",
+            "path = /a\n",
+            "path = ^~ /a\n",
+        )
+
+
+def makeFiles(testCase: SynchronousTestCase, *names: str) -> str:
+    """
+    Make an empty file for each of C{names} (relative paths, directories
+    made as needed) in a new directory; return the directory's absolute
+    path.
+    """
+    directory = os.path.abspath(testCase.mktemp())
+    os.makedirs(directory)
+    for name in names:
+        path = os.path.join(directory, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("-----BEGIN PLACEHOLDER-----\n")
+    return directory
+
+
+class _TLSTestCase(SynchronousTestCase):
+    """
+    Files for a C{[tls]} section: C{self.directory} holds C{www.pem},
+    C{www.key}, C{any.pem} and C{any.key}; C{self.tls} is a C{[tls]} section
+    with the first two, by absolute path.
+    """
+
+    def setUp(self) -> None:
+        self.directory = makeFiles(self, "www.pem", "www.key", "any.pem", "any.key")
+        self.tls = "[tls]\ncertificates = www.example.com {} {}\n".format(
+            self.path("www.pem"), self.path("www.key")
+        )
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+
+class ListenTests(SynchronousTestCase):
+    """
+    C{[manualb] listen} and C{[listener NAME]} sections: the HTTP listeners.
+    """
+
+    def parse(self, text: str) -> Config:
+        return parseConfig(text, "lb.ini")
+
+    def assertError(self, text: str, expected: str) -> ConfigError:
+        error = self.assertRaises(ConfigError, parseConfig, text, "lb.ini")
+        self.assertEqual(str(error), expected)
+        return error
+
+    def test_defaultListener(self) -> None:
+        config = self.parse("[manualb]\nlisten = tcp:80\n  tcp:81\n" + UPSTREAM + ROUTE)
+        self.assertEqual(
+            config.listeners,
+            (ListenerConfig("default", ("tcp:80", "tcp:81"), None, None),),
+        )
+
+    def test_listenersInFileOrder(self) -> None:
+        """
+        The default listener comes first, then the sections in file order.
+        """
+        config = self.parse(
+            "[listener b]\nlisten = tcp:82\n"
+            + MAIN
+            + UPSTREAM
+            + ROUTE
+            + "[route api]\npath = /api\nupstream = pool\n"
+            + "[listener a]\nlisten = tcp:81\n  unix:/tmp/a.sock\n"
+            + "routes = api default\n"
+        )
+        self.assertEqual(
+            config.listeners,
+            (
+                ListenerConfig("default", ("tcp:8080",)),
+                ListenerConfig("b", ("tcp:82",)),
+                ListenerConfig("a", ("tcp:81", "unix:/tmp/a.sock"), ("api", "default")),
+            ),
+        )
+        self.assertEqual(config.listen, ("tcp:8080",))
+
+    def test_listenOptionalWithListener(self) -> None:
+        config = self.parse(
+            "[manualb]\naccess_log = off\n[listener web]\nlisten = tcp:80\n"
+            + UPSTREAM
+            + ROUTE
+        )
+        self.assertEqual(config.listen, ())
+        self.assertEqual(config.listeners, (ListenerConfig("web", ("tcp:80",)),))
+        self.assertIsNone(config.access_log)
+
+    def test_mainOptionalWithListener(self) -> None:
+        """
+        Without C{[manualb]}, its keys take their defaults.
+        """
+        config = self.parse("[listener web]\nlisten = tcp:80\n" + UPSTREAM + ROUTE)
+        self.assertEqual(
+            (config.listen, config.access_log, config.client_timeout),
+            ((), "-", 60.0),
+        )
+        self.assertEqual([listener.name for listener in config.listeners], ["web"])
+
+    def test_emptyListenWithListener(self) -> None:
+        """
+        An empty C{listen} is still a mistake: leave the key out instead.
+        """
+        self.assertError(
+            "[manualb]\nlisten =\n[listener web]\nlisten = tcp:80\n" + UPSTREAM + ROUTE,
+            "lb.ini: [manualb] listen: needs at least one endpoint, such as tcp:8080",
+        )
+
+    def test_listenerWithoutName(self) -> None:
+        self.assertError(
+            MAIN + "[listener]\nlisten = tcp:81\n",
+            "lb.ini: [listener]: section needs a name: [listener NAME]",
+        )
+
+    def test_unknownKey(self) -> None:
+        self.assertError(
+            MAIN + "[listener web]\nlisten = tcp:81\nport = 81\n",
+            "lb.ini: [listener web] port: unknown key "
+            "(known keys: listen, routes, redirect_https)",
+        )
+
+    def test_missingListen(self) -> None:
+        self.assertError(
+            MAIN + UPSTREAM + ROUTE + "[listener web]\nroutes = default\n",
+            "lb.ini: [listener web] listen: missing required key",
+        )
+
+    def test_emptyListenerListen(self) -> None:
+        self.assertError(
+            MAIN + UPSTREAM + ROUTE + "[listener web]\nlisten =\n",
+            "lb.ini: [listener web] listen: needs at least one endpoint, such as "
+            "tcp:8080",
+        )
+
+    def test_badListenerEndpoint(self) -> None:
+        self.assertError(
+            MAIN + UPSTREAM + ROUTE + "[listener web]\nlisten = xyz:1\n",
+            "lb.ini: [listener web] listen: cannot parse endpoint 'xyz:1' "
+            "(Unknown endpoint type: 'xyz')",
+        )
+
+    def test_duplicateListenerEndpoint(self) -> None:
+        self.assertError(
+            MAIN + UPSTREAM + ROUTE + "[listener web]\nlisten = tcp:81\n  tcp:81\n",
+            "lb.ini: [listener web] listen: duplicate endpoint 'tcp:81'",
+        )
+
+    def test_endpointOfMainAndListener(self) -> None:
+        self.assertError(
+            MAIN + UPSTREAM + ROUTE + "[listener web]\nlisten = tcp:81\n  tcp:8080\n",
+            "lb.ini: [listener web] listen: endpoint 'tcp:8080' is already used "
+            "by [manualb]",
+        )
+
+    def test_endpointOfTwoListeners(self) -> None:
+        self.assertError(
+            UPSTREAM
+            + ROUTE
+            + "[listener a]\nlisten = tcp:81\n[listener b]\nlisten = tcp:81\n",
+            "lb.ini: [listener b] listen: endpoint 'tcp:81' is already used by "
+            "[listener a]",
+        )
+
+    def test_nameDefaultTaken(self) -> None:
+        self.assertError(
+            MAIN + UPSTREAM + ROUTE + "[listener default]\nlisten = tcp:81\n",
+            "lb.ini: [listener default]: the name 'default' is taken by the "
+            "listen lines of [manualb]; choose another",
+        )
+
+    def test_nameDefaultFree(self) -> None:
+        """
+        Without C{[manualb] listen}, a listener may be called C{default}.
+        """
+        config = self.parse(UPSTREAM + ROUTE + "[listener default]\nlisten = tcp:81\n")
+        self.assertEqual(config.listeners, (ListenerConfig("default", ("tcp:81",)),))
+
+    def test_nothingToListenOn(self) -> None:
+        self.assertError(
+            "[manualb]\n" + UPSTREAM + ROUTE,
+            "lb.ini: [manualb] listen: nothing to listen on: give endpoints here, "
+            "such as listen = tcp:8080, or add a [listener NAME] or [stream NAME] "
+            "section",
+        )
+
+    def test_noSectionListens(self) -> None:
+        """
+        Without C{[manualb]} or a section that listens, the file is refused
+        as before.
+        """
+        self.assertError(
+            UPSTREAM + ROUTE + "[tls]\ncertificates = a b c\n",
+            "lb.ini: [manualb]: missing section (it holds 'listen', which is "
+            "required)",
+        )
+
+    def test_routesNeededForListener(self) -> None:
+        self.assertError(
+            UPSTREAM + "[listener web]\nlisten = tcp:80\n",
+            "lb.ini: no [route NAME] section; at least one route is needed, such "
+            "as [route default] with path = / and upstream = NAME",
+        )
+
+
+class ListenerRoutesTests(SynchronousTestCase):
+    """
+    C{routes} of C{[listener NAME]}: the routes it serves.
+    """
+
+    ROUTES = (
+        MAIN
+        + UPSTREAM
+        + ROUTE
+        + "[route api]\npath = /api\nupstream = pool\n"
+        + "[listener web]\nlisten = tcp:81\n"
+    )
+
+    def routes(self, value: str) -> tuple[str, ...] | None:
+        return parseConfig(self.ROUTES + value).listeners[1].routes
+
+    def assertError(self, value: str, expected: str) -> None:
+        error = self.assertRaises(
+            ConfigError, parseConfig, self.ROUTES + value, "lb.ini"
+        )
+        self.assertEqual(str(error), "lb.ini: [listener web] routes: " + expected)
+
+    def test_default(self) -> None:
+        self.assertIsNone(self.routes(""))
+
+    def test_some(self) -> None:
+        self.assertEqual(self.routes("routes = api\n"), ("api",))
+        self.assertEqual(self.routes("routes =   api    default\n"), ("api", "default"))
+
+    def test_unknown(self) -> None:
+        self.assertError(
+            "routes = api dflt\n",
+            "no section [route dflt] (defined routes: default, api)",
+        )
+
+    def test_twice(self) -> None:
+        self.assertError("routes = api default api\n", "route 'api' given twice")
+
+    def test_empty(self) -> None:
+        self.assertError("routes =\n", "empty value")
+
+    def test_severalLines(self) -> None:
+        self.assertError(
+            "routes = api\n  default\n", "expected a single value, got 2 lines"
+        )
+
+
+class RedirectHTTPSTests(SynchronousTestCase):
+    """
+    C{redirect_https = off|on|PORT}, of C{[manualb]} (for its listen lines)
+    and of C{[listener NAME]}.
+    """
+
+    def redirect(self, value: str) -> int | None:
+        config = parseConfig(
+            MAIN
+            + value
+            + UPSTREAM
+            + ROUTE
+            + "[listener web]\nlisten = tcp:81\n"
+            + value
+        )
+        (default, web) = config.listeners
+        self.assertEqual(default.redirect_https, web.redirect_https)
+        return web.redirect_https
+
+    def test_default(self) -> None:
+        self.assertIsNone(self.redirect(""))
+
+    def test_values(self) -> None:
+        for text, port in [
+            ("off", None),
+            ("OFF", None),
+            ("on", 443),
+            ("On", 443),
+            ("8443", 8443),
+            ("1", 1),
+            ("65535", 65535),
+        ]:
+            self.assertEqual(self.redirect(f"redirect_https = {text}\n"), port, text)
+
+    def assertError(self, text: str, expected: str) -> None:
+        error = self.assertRaises(ConfigError, parseConfig, text, "lb.ini")
+        self.assertEqual(str(error), expected)
+
+    def test_bad(self) -> None:
+        for text in ["yes", "443s", "-1", "https", "\u0664\u0664\u0663"]:
+            self.assertError(
+                MAIN + f"redirect_https = {text}\n" + UPSTREAM + ROUTE,
+                f"lb.ini: [manualb] redirect_https: expected off, on (port 443) or "
+                f"a port number, got {text!r}",
+            )
+
+    def test_outOfRange(self) -> None:
+        for port in [0, 65536]:
+            self.assertError(
+                UPSTREAM
+                + ROUTE
+                + f"[listener web]\nlisten = tcp:80\nredirect_https = {port}\n",
+                f"lb.ini: [listener web] redirect_https: port {port} out of range "
+                f"1..65535",
+            )
+
+    def test_mainWithoutListen(self) -> None:
+        self.assertError(
+            "[manualb]\nredirect_https = on\n[listener web]\nlisten = tcp:80\n"
+            + UPSTREAM
+            + ROUTE,
+            "lb.ini: [manualb] redirect_https: there is no listen here for it to "
+            "apply to; set redirect_https in the [listener NAME] whose connections "
+            "should be redirected",
+        )
+
+    def test_offWithoutListen(self) -> None:
+        config = parseConfig(
+            "[manualb]\nredirect_https = off\n[listener web]\nlisten = tcp:80\n"
+            + UPSTREAM
+            + ROUTE
+        )
+        self.assertEqual([listener.name for listener in config.listeners], ["web"])
+
+
+class SNIEndpointTests(_TLSTestCase):
+    """
+    manualb's C{sni:PORT[:interface=ADDRESS][:tls=FILE]} endpoints: checked
+    here rather than by Twisted, and only with a C{[tls]} section.
+    """
+
+    def listen(self, *endpoints: str) -> tuple[str, ...]:
+        text = "[manualb]\nlisten = " + "\n  ".join(endpoints) + "\n"
+        return parseConfig(text + UPSTREAM + ROUTE + self.tls).listen
+
+    def assertError(self, text: str, expected: str) -> None:
+        error = self.assertRaises(ConfigError, parseConfig, text, "lb.ini")
+        self.assertEqual(str(error), expected)
+
+    def assertBadEndpoint(self, endpoint: str, problem: str) -> None:
+        self.assertError(
+            f"[manualb]\nlisten = {endpoint}\n" + UPSTREAM + ROUTE + self.tls,
+            f"lb.ini: [manualb] listen: cannot parse endpoint {endpoint!r} "
+            f"({problem})",
+        )
+
+    def test_valid(self) -> None:
+        endpoints = (
+            "sni:443",
+            "sni:0",
+            "sni:65535",
+            "SNI:8443",
+            "sni:444:interface=127.0.0.1",
+            "sni:445:interface=\\:\\:1:tls=/etc/manualb/tls.ini",
+            "sni:446:tls=a\\=b.ini:interface=10.0.0.1",
+            "tcp:80",
+        )
+        self.assertEqual(self.listen(*endpoints), endpoints)
+
+    def test_listener(self) -> None:
+        config = parseConfig(
+            MAIN + UPSTREAM + ROUTE + self.tls + "[listener tls]\nlisten = sni:443\n"
+        )
+        self.assertEqual(config.listeners[1], ListenerConfig("tls", ("sni:443",)))
+
+    def test_needsTLS(self) -> None:
+        self.assertError(
+            "[manualb]\nlisten = tcp:80\n  sni:443\n" + UPSTREAM + ROUTE,
+            "lb.ini: [manualb] listen: endpoint 'sni:443' needs a [tls] section, "
+            "whose certificates it serves",
+        )
+        self.assertError(
+            MAIN + UPSTREAM + ROUTE + "[listener tls]\nlisten = sni:443\n",
+            "lb.ini: [listener tls] listen: endpoint 'sni:443' needs a [tls] "
+            "section, whose certificates it serves",
+        )
+
+    def test_missingPort(self) -> None:
+        for endpoint in ["sni", "sni:"]:
+            problem = (
+                "missing port: expected sni:PORT[:interface=ADDRESS][:tls=FILE], "
+                "such as sni:443"
+                if endpoint == "sni"
+                else "bad port '': expected sni:PORT[:interface=ADDRESS]"
+                "[:tls=FILE], such as sni:443"
+            )
+            self.assertBadEndpoint(endpoint, problem)
+
+    def test_badPort(self) -> None:
+        for port in ["https", "-1", "port=443", "44 3"]:
+            self.assertBadEndpoint(
+                f"sni:{port}",
+                f"bad port {port!r}: expected sni:PORT[:interface=ADDRESS]"
+                f"[:tls=FILE], such as sni:443",
+            )
+
+    def test_portOutOfRange(self) -> None:
+        self.assertBadEndpoint("sni:65536", "port 65536 out of range 0..65535")
+
+    def test_positionalAfterPort(self) -> None:
+        self.assertBadEndpoint(
+            "sni:443:127.0.0.1",
+            "unexpected '127.0.0.1': after the port, sni: takes only "
+            "interface=ADDRESS, backlog=N and tls=FILE",
+        )
+
+    def test_unknownKeyword(self) -> None:
+        self.assertBadEndpoint(
+            "sni:443:queue=50",
+            "unknown argument 'queue': after the port, sni: takes only "
+            "interface=ADDRESS, backlog=N and tls=FILE",
+        )
+
+    def test_keywordTwice(self) -> None:
+        self.assertBadEndpoint(
+            "sni:443:tls=a:tls=b", "tls given twice"
+        )
+
+    def test_emptyKeyword(self) -> None:
+        self.assertBadEndpoint("sni:443:interface=", "interface needs a value")
+
+    def test_loneBackslash(self) -> None:
+        self.assertBadEndpoint("sni:443:tls=a\\", "it ends with a lone backslash")
+
+    def test_notInStream(self) -> None:
+        self.assertError(
+            MAIN
+            + UPSTREAM
+            + ROUTE
+            + self.tls
+            + "[stream s]\nlisten = sni:5432\nupstream = pool\n",
+            "lb.ini: [stream s] listen: endpoint 'sni:5432' cannot be used here: "
+            "sni: terminates TLS for HTTP routes, while a stream passes bytes "
+            "through (listen with tcp: instead)",
+        )
+
+    def test_redirectFromSNIOnly(self) -> None:
+        """
+        Connections to C{sni:} endpoints are TLS already: a listener with
+        only those has nothing to redirect.
+        """
+        self.assertError(
+            MAIN
+            + UPSTREAM
+            + ROUTE
+            + self.tls
+            + "[listener tls]\nlisten = sni:443\nredirect_https = on\n",
+            "lb.ini: [listener tls] redirect_https: every endpoint of listen is "
+            "sni: (TLS already), so there is nothing to redirect; it applies to "
+            "plain endpoints such as tcp:80",
+        )
+
+    def test_redirectFromMixed(self) -> None:
+        config = parseConfig(
+            "[manualb]\nlisten = sni:443\n  tcp:80\nredirect_https = on\n"
+            + UPSTREAM
+            + ROUTE
+            + self.tls
+        )
+        self.assertEqual(config.listeners[0].redirect_https, 443)
+
+
+class StreamTests(SynchronousTestCase):
+    """
+    C{[stream NAME]}: TCP proxies.
+    """
+
+    def streams(self, text: str) -> tuple[StreamConfig, ...]:
+        return parseConfig(text, "lb.ini").streams
+
+    def stream(self, keys: str) -> StreamConfig:
+        (stream,) = self.streams(
+            MAIN + UPSTREAM + ROUTE + "[stream db]\nlisten = tcp:5432\n" + keys
+        )
+        return stream
+
+    def assertError(self, text: str, expected: str) -> None:
+        error = self.assertRaises(ConfigError, parseConfig, text, "lb.ini")
+        self.assertEqual(str(error), expected)
+
+    def assertKeyError(self, keys: str, expected: str) -> None:
+        self.assertError(
+            MAIN + UPSTREAM + ROUTE + "[stream db]\nlisten = tcp:5432\n" + keys,
+            "lb.ini: [stream db] " + expected,
+        )
+
+    def test_defaults(self) -> None:
+        self.assertEqual(
+            self.stream("upstream = pool\n"),
+            StreamConfig(
+                name="db",
+                listen=("tcp:5432",),
+                upstream="pool",
+                proxy_protocol=None,
+                idle_timeout=600.0,
+            ),
+        )
+
+    def test_everyKey(self) -> None:
+        self.assertEqual(
+            self.stream(
+                "upstream = pool\n  \nproxy_protocol = V1\nidle_timeout = 30s\n"
+            ),
+            StreamConfig("db", ("tcp:5432",), "pool", "v1", 30.0),
+        )
+
+    def test_streamsInFileOrder(self) -> None:
+        streams = self.streams(
+            "[stream b]\nlisten = tcp:2\nupstream = pool\n"
+            + UPSTREAM
+            + "[stream a]\nlisten = tcp:1\n  tcp6:1\nupstream = pool\n"
+        )
+        self.assertEqual(
+            [(stream.name, stream.listen) for stream in streams],
+            [("b", ("tcp:2",)), ("a", ("tcp:1", "tcp6:1"))],
+        )
+
+    def test_streamsOnly(self) -> None:
+        """
+        Without HTTP listeners, neither C{[manualb]} nor a route is needed;
+        an upstream with an HTTP health check may serve a stream.
+        """
+        config = parseConfig(
+            "[upstream db]\nservers = 10.0.0.1:5432\nhealth_check = on\n"
+            "[stream db]\nlisten = tcp:5432\nupstream = db\n"
+        )
+        self.assertEqual((config.listen, config.listeners, config.routes), ((), (), ()))
+        self.assertEqual([stream.upstream for stream in config.streams], ["db"])
+
+    def test_mainWithoutListen(self) -> None:
+        config = parseConfig(
+            "[manualb]\naccess_log = off\n"
+            + UPSTREAM
+            + "[stream db]\nlisten = tcp:5432\nupstream = pool\n"
+        )
+        self.assertEqual((config.listen, config.listeners), ((), ()))
+
+    def test_proxyProtocolOff(self) -> None:
+        stream = self.stream("upstream = pool\nproxy_protocol = off\n")
+        self.assertIsNone(stream.proxy_protocol)
+
+    def test_v2(self) -> None:
+        self.assertEqual(
+            self.stream("upstream = pool\nproxy_protocol = v2\n").proxy_protocol, "v2"
+        )
+
+    def test_badProxyProtocol(self) -> None:
+        self.assertKeyError(
+            "upstream = pool\nproxy_protocol = on\n",
+            "proxy_protocol: expected off, v1 or v2, got 'on'",
+        )
+
+    def test_zeroIdleTimeout(self) -> None:
+        self.assertKeyError(
+            "upstream = pool\nidle_timeout = 0s\n",
+            "idle_timeout: must be greater than zero, got '0s'",
+        )
+
+    def test_missingUpstream(self) -> None:
+        self.assertKeyError("", "upstream: missing required key")
+
+    def test_unknownUpstream(self) -> None:
+        self.assertKeyError(
+            "upstream = db\n",
+            "upstream: no section [upstream db] (defined upstreams: pool)",
+        )
+
+    def test_missingListen(self) -> None:
+        self.assertError(
+            MAIN + UPSTREAM + ROUTE + "[stream db]\nupstream = pool\n",
+            "lb.ini: [stream db] listen: missing required key",
+        )
+
+    def test_badEndpoint(self) -> None:
+        self.assertError(
+            MAIN + UPSTREAM + ROUTE + "[stream db]\nlisten = tcp:x\nupstream = pool\n",
+            "lb.ini: [stream db] listen: cannot parse endpoint 'tcp:x' "
+            "(invalid literal for int() with base 10: 'x')",
+        )
+
+    def test_unknownKey(self) -> None:
+        self.assertKeyError(
+            "upstream = pool\ntimeout = 1s\n",
+            "timeout: unknown key (known keys: listen, upstream, proxy_protocol, "
+            "idle_timeout)",
+        )
+
+    def test_withoutName(self) -> None:
+        self.assertError(
+            MAIN + "[stream]\nlisten = tcp:1\n",
+            "lb.ini: [stream]: section needs a name: [stream NAME]",
+        )
+
+    def test_endpointOfListenerAndStream(self) -> None:
+        self.assertError(
+            MAIN
+            + UPSTREAM
+            + ROUTE
+            + "[stream db]\nlisten = tcp:8080\nupstream = pool\n",
+            "lb.ini: [stream db] listen: endpoint 'tcp:8080' is already used by "
+            "[manualb]",
+        )
+
+    def test_endpointOfTwoStreams(self) -> None:
+        self.assertError(
+            UPSTREAM
+            + "[stream a]\nlisten = tcp:1\nupstream = pool\n"
+            + "[stream b]\nlisten = tcp:2\n  tcp:1\nupstream = pool\n",
+            "lb.ini: [stream b] listen: endpoint 'tcp:1' is already used by "
+            "[stream a]",
+        )
+
+
+class TLSTests(_TLSTestCase):
+    """
+    The C{[tls]} section.
+    """
+
+    def parseTLS(self, keys: str) -> TLSConfig:
+        config = parseConfig(MAIN + UPSTREAM + ROUTE + "[tls]\n" + keys)
+        assert config.tls is not None
+        return config.tls
+
+    def keys(self, more: str = "") -> str:
+        """
+        C{certificates} with the C{www.example.com} certificate, then
+        C{more}.
+        """
+        return (
+            f"certificates = www.example.com {self.path('www.pem')} "
+            f"{self.path('www.key')}\n" + more
+        )
+
+    def assertError(self, keys: str, expected: str) -> ConfigError:
+        text = MAIN + UPSTREAM + ROUTE + "[tls]\n" + keys
+        error = self.assertRaises(ConfigError, parseConfig, text, "lb.ini")
+        self.assertEqual(str(error), "lb.ini: [tls] " + expected)
+        return error
+
+    def test_defaults(self) -> None:
+        """
+        A C{[tls]} section without a TLS listener is allowed.
+        """
+        self.assertEqual(
+            self.parseTLS(self.keys()),
+            TLSConfig(
+                certificates=(
+                    CertificateConfig(
+                        "www.example.com", self.path("www.pem"), self.path("www.key")
+                    ),
+                ),
+                min_version="TLSv1.2",
+                ciphers=None,
+                hsts=None,
+            ),
+        )
+
+    def test_everyKey(self) -> None:
+        tls = self.parseTLS(
+            "certificates =\n"
+            f"    WWW.Example.COM {self.path('www.pem')} {self.path('www.key')}\n"
+            f"    *.example.com   {self.path('any.pem')}  {self.path('any.key')}\n"
+            "min_version = TLSv1.3\n"
+            "ciphers = ECDHE+AESGCM:ECDHE+CHACHA20\n"
+            "hsts = max-age=31536000; includeSubDomains; preload\n"
+        )
+        self.assertEqual(
+            tls,
+            TLSConfig(
+                (
+                    CertificateConfig(
+                        "www.example.com", self.path("www.pem"), self.path("www.key")
+                    ),
+                    CertificateConfig(
+                        "*.example.com", self.path("any.pem"), self.path("any.key")
+                    ),
+                ),
+                "TLSv1.3",
+                "ECDHE+AESGCM:ECDHE+CHACHA20",
+                "max-age=31536000; includeSubDomains; preload",
+            ),
+        )
+
+    def test_relativeToConfigFile(self) -> None:
+        """
+        Relative paths are relative to the directory of the configuration
+        file, wherever the current directory is, and become absolute.
+        """
+        directory = makeFiles(self, "certs/www.pem", "keys/www.key")
+        path = os.path.join(directory, "lb.ini")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(
+                MAIN
+                + UPSTREAM
+                + ROUTE
+                + "[tls]\ncertificates = www.example.com certs/www.pem "
+                + "./keys/../keys/www.key\n"
+            )
+        tls = loadConfig(path).tls
+        assert tls is not None
+        self.assertEqual(
+            tls.certificates,
+            (
+                CertificateConfig(
+                    "www.example.com",
+                    os.path.join(directory, "certs", "www.pem"),
+                    os.path.join(directory, "keys", "www.key"),
+                ),
+            ),
+        )
+
+    def test_relativeToCurrentDirectory(self) -> None:
+        """
+        Text that does not come from a file has its paths relative to the
+        current directory.
+        """
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(self.directory)
+        tls = self.parseTLS("certificates = a.example www.pem www.key\n")
+        self.assertEqual(
+            tls.certificates,
+            (
+                CertificateConfig(
+                    "a.example", self.path("www.pem"), self.path("www.key")
+                ),
+            ),
+        )
+
+    def test_missingCertificates(self) -> None:
+        self.assertError(
+            "min_version = TLSv1.2\n", "certificates: missing required key"
+        )
+
+    def test_emptyCertificates(self) -> None:
+        self.assertError(
+            "certificates =\n",
+            "certificates: needs at least one certificate, such as "
+            "www.example.com certs/www.pem certs/www.key",
+        )
+
+    def test_wrongFields(self) -> None:
+        for line in ["www.example.com www.pem", "a www.pem www.key extra"]:
+            self.assertError(
+                f"certificates = {line}\n",
+                f"certificates: expected NAME CERTFILE KEYFILE separated by "
+                f"spaces, such as www.example.com certs/www.pem certs/www.key, "
+                f"got {line!r}",
+            )
+
+    def test_badName(self) -> None:
+        line = f"www.example.com:443 {self.path('www.pem')} {self.path('www.key')}"
+        self.assertError(
+            f"certificates = {line}\n",
+            f"certificates: a host name has no port, got 'www.example.com:443', "
+            f"in {line!r}",
+        )
+
+    def test_badWildcard(self) -> None:
+        line = f"* {self.path('www.pem')} {self.path('www.key')}"
+        self.assertError(
+            f"certificates = {line}\n",
+            f"certificates: a wildcard is allowed only as one leading '*.', such "
+            f"as *.example.com, got '*', in {line!r}",
+        )
+
+    def test_missingCertificateFile(self) -> None:
+        missing = self.path("nope.pem")
+        line = f"a {missing} {self.path('www.key')}"
+        self.assertError(
+            f"certificates = {line}\n",
+            f"certificates: no such file {missing!r}, in {line!r}",
+        )
+
+    def test_missingKeyFile(self) -> None:
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(self.directory)
+        line = "a www.pem www.pem.key"
+        self.assertError(
+            f"certificates = {line}\n",
+            f"certificates: no such file 'www.pem.key' "
+            f"({self.path('www.pem.key')}), in {line!r}",
+        )
+
+    def test_unreadableFile(self) -> None:
+        # Checked with os.access, which is always true for root: pretend.
+        self.patch(configModule.os, "access", lambda path, mode: False)
+        line = f"a {self.path('www.pem')} {self.path('www.key')}"
+        self.assertError(
+            f"certificates = {line}\n",
+            f"certificates: cannot read {self.path('www.pem')!r}: permission "
+            f"denied, in {line!r}",
+        )
+
+    def test_directory(self) -> None:
+        line = f"a {self.directory} {self.path('www.key')}"
+        self.assertError(
+            f"certificates = {line}\n",
+            f"certificates: not a file: {self.directory!r}, in {line!r}",
+        )
+
+    def test_duplicateName(self) -> None:
+        second = f"WWW.example.com {self.path('any.pem')} {self.path('any.key')}"
+        self.assertError(
+            self.keys().replace("\n", f"\n    {second}\n", 1),
+            f"certificates: duplicate name 'www.example.com' in {second!r} (each "
+            f"name has one certificate)",
+        )
+
+    def test_minVersion(self) -> None:
+        for text, version in [
+            ("TLSv1.2", "TLSv1.2"),
+            ("TLSv1.3", "TLSv1.3"),
+            ("tlsv1.3", "TLSv1.3"),
+        ]:
+            tls = self.parseTLS(self.keys(f"min_version = {text}\n"))
+            self.assertEqual(tls.min_version, version, text)
+
+    def test_minVersionTooOld(self) -> None:
+        for text in ["TLSv1", "TLSv1.0", "TLSv1.1", "tlsv1.1", "SSLv3"]:
+            self.assertError(
+                self.keys(f"min_version = {text}\n"),
+                f"min_version: {text!r} is not allowed: TLS 1.0 and 1.1 (and SSL) "
+                f"are insecure and deprecated (RFC 8996); use TLSv1.2 or TLSv1.3",
+            )
+
+    def test_badMinVersion(self) -> None:
+        for text in ["1.2", "TLS1.2", "TLSv1.4"]:
+            self.assertError(
+                self.keys(f"min_version = {text}\n"),
+                f"min_version: expected TLSv1.2 or TLSv1.3, got {text!r}",
+            )
+
+    def test_ciphers(self) -> None:
+        tls = self.parseTLS(self.keys("ciphers = HIGH:!aNULL:!MD5\n"))
+        self.assertEqual(tls.ciphers, "HIGH:!aNULL:!MD5")
+
+    def test_badCiphers(self) -> None:
+        self.assertError(
+            self.keys("ciphers = NOPE\n"),
+            "ciphers: OpenSSL refuses 'NOPE': no cipher match",
+        )
+
+    def test_tls13Ciphers(self) -> None:
+        self.assertError(
+            self.keys("ciphers = TLS_AES_128_GCM_SHA256\n"),
+            "ciphers: OpenSSL refuses 'TLS_AES_128_GCM_SHA256': no cipher match "
+            "(ciphers sets the TLS 1.2 ciphers; TLS 1.3 suites such as "
+            "TLS_AES_128_GCM_SHA256 are not set here)",
+        )
+
+    def test_hsts(self) -> None:
+        for text in [
+            "max-age=0",
+            "max-age=31536000",
+            "Max-Age=63072000;includesubdomains",
+            "max-age=31536000; preload;includeSubDomains",
+        ]:
+            self.assertEqual(self.parseTLS(self.keys(f"hsts = {text}\n")).hsts, text)
+
+    def test_hstsOff(self) -> None:
+        for text in ["off", "OFF"]:
+            self.assertIsNone(self.parseTLS(self.keys(f"hsts = {text}\n")).hsts)
+
+    def test_hstsWithoutMaxAge(self) -> None:
+        for text in ["31536000", "max-age=", "max-age=1y", "includeSubDomains",
+                     "max-age = 5"]:
+            self.assertError(
+                self.keys(f"hsts = {text}\n"),
+                f"hsts: must start with max-age= and a number of seconds, such as "
+                f"max-age=31536000; includeSubDomains, got {text!r}",
+            )
+
+    def test_hstsUnknownDirective(self) -> None:
+        self.assertError(
+            self.keys("hsts = max-age=5; includeSubDomain\n"),
+            "hsts: unknown directive 'includeSubDomain' in "
+            "'max-age=5; includeSubDomain' (after max-age, expected "
+            "includeSubDomains or preload, separated by ';')",
+        )
+
+    def test_hstsDirectiveTwice(self) -> None:
+        self.assertError(
+            self.keys("hsts = max-age=5; preload; Preload\n"),
+            "hsts: preload given twice in 'max-age=5; preload; Preload'",
+        )
+
+    def test_unknownKey(self) -> None:
+        self.assertError(
+            self.keys("protocols = TLSv1.3\n"),
+            "protocols: unknown key (known keys: certificates, min_version, "
+            "ciphers, hsts)",
+        )
+
+    def test_takesNoName(self) -> None:
+        error = self.assertRaises(
+            ConfigError, parseConfig, MAIN + "[tls www]\n" + self.keys(), "lb.ini"
+        )
+        self.assertEqual(str(error), "lb.ini: [tls www]: [tls] takes no name")
+
+    def test_duplicateSection(self) -> None:
+        error = self.assertRaises(
+            ConfigError,
+            parseConfig,
+            MAIN + "[tls]\n" + self.keys() + "[ tls ]\n" + self.keys(),
+            "lb.ini",
+        )
+        self.assertEqual(str(error), "lb.ini: [ tls ]: duplicate section (see [tls])")
 
 
 class LoadConfigTests(SynchronousTestCase):

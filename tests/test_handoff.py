@@ -226,3 +226,113 @@ class ConnectionTests(SynchronousTestCase):
         self.assertFalse(firstTransport.connected)
         self.assertFalse(secondTransport.connected)
         self.assertEqual(self.pool.idleCount, 0)
+
+
+class UpgradeTests(SynchronousTestCase):
+    """
+    A request sent with C{upgrade=True}, answered with a 101 or not.
+    """
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.config = UpstreamConfig("pool", (ServerAddress("10.0.0.1", 80),), read_timeout=30.0)
+        self.pool = ConnectionPool(self.reactor, self.config.servers[0].address, self.config)
+
+    def upgrade(self, response):
+        connecting = self.pool.connect()
+        host, port, factory, timeout, bind = self.reactor.tcpClients.pop()
+        protocol = factory.buildProtocol(None)
+        transport = StringTransportWithDisconnection()
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        connection = self.successResultOf(connecting)
+        receiver = Receiver()
+        connection.sendRequest(
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET",
+            receiver,
+            chunked=False,
+            upgrade=True,
+        )
+        connection.finishBody()
+        connection.dataReceived(response)
+        return receiver, connection, transport
+
+    def test_switchToTunnel(self):
+        """
+        After a 101, everything the backend sends is raw data, HTTP-looking
+        or not, and the read timeout no longer applies.
+        """
+        receiver, connection, transport = self.upgrade(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n\r\nraw"
+        )
+        self.assertEqual(
+            receiver.head,
+            (101, b"Switching Protocols", [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")]),
+        )
+        self.assertTrue(connection.tunnelling)
+        connection.dataReceived(b"HTTP/1.1 200 OK\r\n\r\n")
+        self.assertEqual(receiver.body, b"rawHTTP/1.1 200 OK\r\n\r\n")
+        self.reactor.advance(3600)
+        self.assertTrue(transport.connected)
+        self.assertIsNone(receiver.failure)
+
+    def test_tunnelClosedCleanly(self):
+        receiver, connection, transport = self.upgrade(b"HTTP/1.1 101 Switching\r\n\r\n")
+        transport.loseConnection()
+        self.assertTrue(receiver.done)
+        self.assertEqual(self.pool.idleCount, 0)
+
+    def test_tunnelAbortedTellsReceiver(self):
+        """
+        Closing the pool's connections (shutdown) ends a tunnel, and its
+        receiver hears of it.
+        """
+        receiver, connection, transport = self.upgrade(b"HTTP/1.1 101 Switching\r\n\r\n")
+        self.pool.closeAll()
+        self.assertFalse(transport.connected)
+        # (An in-memory abort looks like a clean close.)
+        self.assertTrue(receiver.done or isinstance(receiver.failure, UpstreamClosed))
+
+    def test_otherAnswerNotReused(self):
+        """
+        Any other answer to an upgrade request is an ordinary response, but
+        the connection is closed after it: the backend may have meant to
+        switch.
+        """
+        receiver, connection, transport = self.upgrade(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        )
+        self.assertTrue(receiver.done)
+        self.assertEqual(receiver.body, b"ok")
+        self.assertFalse(connection.tunnelling)
+        self.assertEqual(self.pool.idleCount, 0)
+        self.assertFalse(transport.connected)
+
+    def test_readTimeoutBeforeSwitch(self):
+        """
+        Waiting for the answer to an upgrade request is bounded by the read
+        timeout, as for any request.
+        """
+        receiver, connection, transport = self.upgrade(b"")
+        self.reactor.advance(30)
+        self.assertIsInstance(receiver.failure, UpstreamTimeout)
+
+    def test_unaskedSwitch(self):
+        """
+        A 101 to a request that asked for no upgrade is a bad response.
+        """
+        connecting = self.pool.connect()
+        host, port, factory, timeout, bind = self.reactor.tcpClients.pop()
+        protocol = factory.buildProtocol(None)
+        transport = StringTransportWithDisconnection()
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        connection = self.successResultOf(connecting)
+        receiver = Receiver()
+        connection.sendRequest(b"GET / HTTP/1.1\r\n\r\n", b"GET", receiver, chunked=False)
+        connection.finishBody()
+        connection.dataReceived(b"HTTP/1.1 101 Switching\r\n\r\n")
+        self.assertIsInstance(receiver.failure, UpstreamBadResponse)
+        self.assertFalse(transport.connected)

@@ -567,3 +567,43 @@ class ClientTimeoutTests(SynchronousTestCase):
         self.assertTrue(busy.connected)
         backend.send(OK)
         self.assertTrue(busy.received().endswith(b"hello"))
+
+
+class HSTSTests(SynchronousTestCase):
+    """
+    A L{ProxySite} built with C{hsts} gives it to every response over TLS,
+    in place of the backend's, and to none over plain HTTP.
+    """
+
+    def setUp(self):
+        from twisted.internet.interfaces import ISSLTransport
+        from zope.interface import alsoProvides
+
+        self.lb = MemoryBalancer(balancerConfig(["10.0.0.1:8001"]))
+        self.lb.balancer.site.hsts = b"max-age=60"
+        self.secure = self.lb.client(port=1)
+        alsoProvides(self.secure.transport, ISSLTransport)
+        self.plain = self.lb.client(port=2)
+
+    def test_overTLS(self):
+        self.secure.send(GET)
+        backend = self.lb.acceptConnection()
+        backend.send(
+            b"HTTP/1.1 200 OK\r\nStrict-Transport-Security: max-age=1\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
+        line, headers = headOf(self.secure.received())
+        self.assertEqual(headers[b"strict-transport-security"], [b"max-age=60"])
+
+    def test_errorPagesToo(self):
+        self.secure.send(b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n")
+        line, headers = headOf(self.secure.received())
+        self.assertEqual(line, b"HTTP/1.1 405 Method Not Allowed")
+        self.assertEqual(headers[b"strict-transport-security"], [b"max-age=60"])
+
+    def test_notOverPlainHTTP(self):
+        self.plain.send(GET)
+        backend = self.lb.acceptConnection()
+        backend.send(OK)
+        line, headers = headOf(self.plain.received())
+        self.assertNotIn(b"strict-transport-security", headers)

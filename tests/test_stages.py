@@ -1,5 +1,5 @@
 """
-The small stages: forwarding headers, the URL map, the access log line.
+The small stages: forwarding headers and the access log line.
 """
 
 from io import BytesIO
@@ -9,7 +9,6 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from manualb.accesslog import AccessLog
 from manualb.forwarding import requestHead, responseHeaders
-from manualb.urlmap import Route, URLMap
 
 
 def head(headers, bodyLength=0, method=b"GET", secure=False):
@@ -53,25 +52,6 @@ class ForwardingTests(SynchronousTestCase):
             ),
             [(b"Set-Cookie", b"a"), (b"Set-Cookie", b"b")],
         )
-
-
-class URLMapTests(SynchronousTestCase):
-    def test_longestPrefixWins(self):
-        """
-        The longest matching prefix wins, whatever the order of the routes;
-        a prefix matches as a string, as nginx's prefix locations do.
-        """
-        routes = [Route(name, path, None) for name, path in
-                  [("root", b"/"), ("api", b"/api"), ("v2", b"/api/v2/")]]
-        for ordering in [routes, routes[::-1]]:
-            urlMap = URLMap(ordering)
-            self.assertEqual(urlMap.match(b"/api/v2/x").name, "v2")
-            self.assertEqual(urlMap.match(b"/api/v1").name, "api")
-            self.assertEqual(urlMap.match(b"/apix").name, "api")
-            self.assertEqual(urlMap.match(b"/other").name, "root")
-
-    def test_noMatch(self):
-        self.assertIsNone(URLMap([Route("api", b"/api", None)]).match(b"/"))
 
 
 class AccessLogTests(SynchronousTestCase):

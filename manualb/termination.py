@@ -1,0 +1,765 @@
+"""
+TLS termination (stage 2): TLS ends here, with the certificate of the name
+the client asked for.
+
+A C{[tls]} section (L{TLSConfig}) lists certificates by server name.  Each
+becomes an OpenSSL context built by Twisted's L{CertificateOptions} (TLS 1.2
+or 1.3 at least, modern ciphers, ALPN offering C{h2} and C{http/1.1}), and an
+L{SNIContextFactory} picks one by the name the client sends (SNI): the exact
+name first, then a wildcard (C{*.api.example.com} covers C{v1.api.example.com}
+only: one label, as a certificate's wildcard does), else the first
+certificate, which clients that send no name get too.
+
+Listening::
+
+    from manualb.termination import contextFactoryFor, sniEndpoint
+
+    contextFactory = contextFactoryFor(config.tls)    # reads the PEM files
+    endpoint = sniEndpoint(reactor, "sni:8443:interface=127.0.0.1", contextFactory)
+    endpoint.listen(site)
+
+or, anywhere Twisted takes an endpoint string (the C{sni} plugin in
+C{twisted/plugins/manualb_endpoints.py})::
+
+    serverFromString(reactor, "sni:8443:tls=/etc/manualb/lb.ini")
+
+HTTP/2 is offered by ALPN when Twisted's HTTP/2 support (the C{h2} package)
+is installed; Twisted's L{twisted.web.server.Site} then speaks it on its own.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+from collections.abc import Sequence
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from OpenSSL import SSL
+from OpenSSL.crypto import X509, PKey
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.interfaces import (
+    IOpenSSLServerConnectionCreator,
+    IProtocolNegotiationFactory,
+    IStreamServerEndpoint,
+)
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
+from twisted.web.resource import Resource
+from zope.interface import implementer
+
+from manualb.config import CertificateConfig, ConfigError, TLSConfig
+
+__all__ = [
+    "DEFAULT_CIPHERS",
+    "TLSFileError",
+    "SNIContextFactory",
+    "SNIServerEndpoint",
+    "alpnProtocols",
+    "contextFactoryFor",
+    "sniEndpoint",
+    "SNIArguments",
+    "parseSNIDescription",
+    "endpointFromArguments",
+    "tlsConfigFromFile",
+    "hstsHeader",
+    "setHSTS",
+]
+
+#: The TLS 1.2 ciphers used when C{[tls] ciphers} is not given: forward
+#: secret key exchange (ECDHE) with an AEAD cipher (AES-GCM, ChaCha20-Poly1305)
+#: only, as Mozilla's "intermediate" profile.  TLS 1.3 has its own suites,
+#: all of them modern, which OpenSSL always offers.
+DEFAULT_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+)
+
+_MIN_VERSIONS = {
+    "tlsv1.2": TLSVersion.TLSv1_2,
+    "tlsv1.3": TLSVersion.TLSv1_3,
+}
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+_SUPPORTED_KEYS = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+)
+
+
+class TLSFileError(ConfigError):
+    """
+    A certificate or key file of the C{[tls]} section cannot be used;
+    C{str()} names the file and says why:
+    C{/etc/ssl/www.key: cannot load the private key: ...}.
+
+    @ivar path: The file.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(path, None, None, message)
+        self.path = path
+
+
+def alpnProtocols() -> list[bytes]:
+    """
+    The protocols offered by ALPN: C{h2} and C{http/1.1} when Twisted can
+    serve HTTP/2 (the C{h2} package is installed), else C{http/1.1} alone.
+    """
+    from twisted.web.http import H2_ENABLED
+
+    return [b"h2", b"http/1.1"] if H2_ENABLED else [b"http/1.1"]
+
+
+def _normalizeName(name: str | bytes | None) -> str | None:
+    """
+    A server name as it is compared: lower case, without a final dot; or
+    L{None} when there is none (or it is not ASCII, which SNI forbids).
+    """
+    if name is None:
+        return None
+    if isinstance(name, bytes):
+        try:
+            name = name.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    name = name.strip().rstrip(".").lower()
+    return name or None
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class SNIContextFactory:
+    """
+    Makes the OpenSSL server connections of a TLS listener (what
+    L{twisted.protocols.tls.TLSMemoryBIOFactory} takes), switching each to
+    the context of the server name its client sends.
+
+    Every connection starts with the default context, whose server name
+    callback runs during the handshake (C{Connection.set_context}).  The
+    settings that matter before that point (protocol versions, ciphers) are
+    the default context's, so all contexts should share them, as those of
+    L{contextFactoryFor} do.
+
+    @ivar defaultContext: The context of the first certificate, for unknown
+        names and clients that send none.
+    @ivar names: The names, as given, in order.
+    """
+
+    def __init__(self, contexts: Sequence[tuple[str, SSL.Context]]) -> None:
+        """
+        @param contexts: C{(name, context)} pairs, the first the default.  A
+            name is exact (C{www.example.com}) or a wildcard
+            (C{*.example.com}); the first of two equal names wins.
+        """
+        if not contexts:
+            raise ValueError("at least one certificate is needed")
+        self.names = [name for name, _ in contexts]
+        self.defaultContext = contexts[0][1]
+        self._exact: dict[str, SSL.Context] = {}
+        self._wildcards: dict[str, SSL.Context] = {}
+        for name, context in contexts:
+            normal = _normalizeName(name)
+            if normal is None:
+                raise ValueError(f"bad server name {name!r}")
+            if normal.startswith("*."):
+                self._wildcards.setdefault(normal[2:], context)
+            else:
+                self._exact.setdefault(normal, context)
+        self.defaultContext.set_tlsext_servername_callback(self._serverNameReceived)
+
+    def contextFor(self, serverName: str | bytes | None) -> SSL.Context:
+        """
+        The context that serves C{serverName}: the exact name's, else the
+        wildcard's that covers it, else the default.
+        """
+        name = _normalizeName(serverName)
+        if name is None:
+            return self.defaultContext
+        context = self._exact.get(name)
+        if context is not None:
+            return context
+        first, dot, parent = name.partition(".")
+        if first and dot and parent:
+            context = self._wildcards.get(parent)
+            if context is not None:
+                return context
+        return self.defaultContext
+
+    def _serverNameReceived(self, connection: SSL.Connection) -> None:
+        context = self.contextFor(connection.get_servername())
+        if context is not self.defaultContext:
+            connection.set_context(context)
+
+    def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
+        """
+        A new server connection, on the default context until the client's
+        server name is known.
+        """
+        return SSL.Connection(self.defaultContext, None)
+
+
+def _readFile(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TLSFileError(path, f"cannot read the {what}: {e.strerror or e}") from None
+
+
+def _loadCertificates(path: str) -> list[x509.Certificate]:
+    """
+    The certificates of a PEM file: the server's, then its chain.
+    """
+    data = _readFile(path, "certificate")
+    blocks = _PEM_CERTIFICATE.findall(data)
+    if not blocks:
+        raise TLSFileError(
+            path,
+            "no certificate in the file (expected PEM: -----BEGIN CERTIFICATE-----)",
+        )
+    certificates = []
+    for number, block in enumerate(blocks, 1):
+        try:
+            certificates.append(x509.load_pem_x509_certificate(block))
+        except ValueError as e:
+            raise TLSFileError(
+                path, f"certificate {number} of the file cannot be loaded: {e}"
+            ) from None
+    return certificates
+
+
+def _loadKey(path: str):
+    data = _readFile(path, "private key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise TLSFileError(
+            path, "the private key is encrypted; give an unencrypted PEM key"
+        ) from None
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TLSFileError(
+            path,
+            f"cannot load the private key (expected an unencrypted PEM key): {reason}",
+        ) from None
+    if not isinstance(key, _SUPPORTED_KEYS):
+        raise TLSFileError(
+            path,
+            f"unsupported private key type {type(key).__name__} "
+            f"(RSA, ECDSA, Ed25519 or Ed448 are)",
+        )
+    return key
+
+
+def _publicKeyBytes(publicKey) -> bytes:
+    return publicKey.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _certificateOptions(
+    certificate: CertificateConfig,
+    minimum: TLSVersion,
+    ciphers: AcceptableCiphers,
+    protocols: list[bytes],
+) -> SSL.Context:
+    """
+    The context of one certificate, its files read and checked.
+    """
+    leaf, *chain = _loadCertificates(certificate.certificate)
+    key = _loadKey(certificate.key)
+    if _publicKeyBytes(key.public_key()) != _publicKeyBytes(leaf.public_key()):
+        raise TLSFileError(
+            certificate.key,
+            f"the private key does not match the certificate in "
+            f"{certificate.certificate} (the first one of the file)",
+        )
+    return _withOpenSSLObjects(
+        lambda convert: CertificateOptions(
+            privateKey=convert.key(key),
+            certificate=convert.certificate(leaf),
+            extraCertChain=[convert.certificate(each) for each in chain],
+            raiseMinimumTo=minimum,
+            acceptableCiphers=ciphers,
+            acceptableProtocols=protocols,
+        )
+    )
+
+
+class _AsCryptography:
+    """
+    Certificates and keys as L{cryptography} objects, which pyOpenSSL takes
+    since 24.3 (and warns about its own older types).
+    """
+
+    @staticmethod
+    def certificate(certificate: x509.Certificate):
+        return certificate
+
+    @staticmethod
+    def key(key):
+        return key
+
+
+class _AsPyOpenSSL:
+    """
+    Certificates and keys as pyOpenSSL's own types, for older pyOpenSSL.
+    """
+
+    @staticmethod
+    def certificate(certificate: x509.Certificate):
+        return X509.from_cryptography(certificate)
+
+    @staticmethod
+    def key(key):
+        return PKey.from_cryptography_key(key)
+
+
+def _withOpenSSLObjects(makeOptions) -> SSL.Context:
+    """
+    The context of C{makeOptions(convert)}, with C{convert} the types the
+    installed pyOpenSSL takes.
+    """
+    try:
+        return makeOptions(_AsCryptography).getContext()
+    except TypeError:
+        return makeOptions(_AsPyOpenSSL).getContext()
+
+
+def _alpnSelector(protocols: Sequence[bytes]):
+    """
+    An ALPN selection callback: the first of C{protocols} that the client
+    offers and the listener's protocol factory speaks (its
+    L{IProtocolNegotiationFactory.acceptableProtocols}, as a
+    L{twisted.web.server.Site} has), or none.
+
+    It replaces the one L{CertificateOptions} installs, which offers
+    C{protocols} even to a factory that does not speak them (a layer-4 proxy
+    would get C{h2}), and which, when nothing matches, fails the handshake
+    with an internal error alert.  Here the handshake then goes on without
+    ALPN, and an HTTP client falls back to HTTP/1.1.
+    """
+
+    def select(connection: SSL.Connection, offered: list[bytes]):
+        tlsProtocol = connection.get_app_data()
+        factory = getattr(getattr(tlsProtocol, "factory", None), "wrappedFactory", None)
+        negotiation = IProtocolNegotiationFactory(factory, None)
+        if negotiation is not None:
+            spoken = set(negotiation.acceptableProtocols())
+            for protocol in protocols:
+                if protocol in offered and protocol in spoken:
+                    return protocol
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    return select
+
+
+def contextFactoryFor(
+    tls: TLSConfig,
+    source: str = "<config>",
+    protocols: Sequence[bytes] | None = None,
+) -> SNIContextFactory:
+    """
+    Read the certificates of C{tls} and build the connection creator that
+    serves them by SNI, the first one by default.  The files are read now,
+    once; a certificate named twice (for two names) is read once.
+
+    @param source: The configuration file, for messages about C{min_version}
+        and C{ciphers}.
+    @param protocols: The ALPN protocols, in order of preference; by default
+        L{alpnProtocols}.  Only those the listener's protocol factory speaks
+        are chosen (see L{_alpnSelector}), so a non-HTTP factory gets none.
+    @raise TLSFileError: a certificate or key file cannot be read or used, or
+        a key does not match its certificate.
+    @raise ConfigError: C{min_version} or C{ciphers} is wrong.
+    """
+    if not tls.certificates:
+        raise ConfigError(source, "tls", "certificates", "at least one is needed")
+    minimum = _MIN_VERSIONS.get(tls.min_version.strip().lower())
+    if minimum is None:
+        raise ConfigError(
+            source,
+            "tls",
+            "min_version",
+            f"expected TLSv1.2 or TLSv1.3, got {tls.min_version!r}",
+        )
+    cipherString = tls.ciphers if tls.ciphers is not None else DEFAULT_CIPHERS
+    ciphers = AcceptableCiphers.fromOpenSSLCipherString(cipherString)
+    if protocols is None:
+        protocols = alpnProtocols()
+    protocols = list(protocols)
+    contexts: list[tuple[str, SSL.Context]] = []
+    built: dict[tuple[str, str], SSL.Context] = {}
+    for certificate in tls.certificates:
+        files = (certificate.certificate, certificate.key)
+        if files not in built:
+            try:
+                built[files] = _certificateOptions(
+                    certificate, minimum, ciphers, protocols
+                )
+            except TLSFileError:
+                raise
+            except ValueError as e:
+                # CertificateOptions: the cipher string selects nothing usable.
+                raise ConfigError(
+                    source, "tls", "ciphers", f"{cipherString!r}: {e}"
+                ) from None
+            except SSL.Error as e:
+                raise TLSFileError(
+                    certificate.certificate, f"OpenSSL cannot use it: {e}"
+                ) from None
+            built[files].set_alpn_select_callback(_alpnSelector(protocols))
+        contexts.append((certificate.name, built[files]))
+    return SNIContextFactory(contexts)
+
+
+@implementer(IStreamServerEndpoint)
+class SNIServerEndpoint(SSL4ServerEndpoint):
+    """
+    A TLS listener over TCP whose certificates are chosen by SNI.  The
+    connections provide L{twisted.internet.interfaces.ISSLTransport} (so
+    C{request.isSecure()}) and report the ALPN protocol
+    (C{negotiatedProtocol}), which Twisted's HTTP channel uses to speak
+    HTTP/2.
+
+    @ivar contextFactory: The L{SNIContextFactory}.
+    @ivar port: The port.
+    @ivar interface: The address listened on; C{""} for every IPv4 one, C{"::"}
+        for every one.
+    """
+
+    def __init__(
+        self,
+        reactor,
+        port: int,
+        contextFactory: SNIContextFactory,
+        backlog: int = 50,
+        interface: str = "",
+    ) -> None:
+        super().__init__(reactor, port, contextFactory, backlog, interface)
+        self.contextFactory = contextFactory
+        self.port = port
+        self.interface = interface
+
+    def __repr__(self) -> str:
+        return (
+            f"<SNIServerEndpoint port={self.port} interface={self.interface!r} "
+            f"names={self.contextFactory.names!r}>"
+        )
+
+
+@attrs.frozen
+class SNIArguments:
+    """
+    What an C{sni:PORT[:interface=ADDRESS][:backlog=N][:tls=FILE]} string
+    says.
+
+    @ivar tls: The C{tls=} file, or L{None}.
+    """
+
+    port: int
+    interface: str = ""
+    backlog: int = 50
+    tls: str | None = None
+
+
+def _sniArguments(args: Sequence[str], kwargs: dict[str, str]) -> SNIArguments:
+    kwargs = dict(kwargs)
+    args = list(args)
+    port = kwargs.pop("port", None)
+    if port is None:
+        if not args:
+            raise ValueError("sni: needs a port, as in sni:8443")
+        port = args.pop(0)
+    if args:
+        raise ValueError(f"sni: unexpected argument(s) {':'.join(args)!r}")
+    interface = kwargs.pop("interface", "")
+    backlog = kwargs.pop("backlog", "50")
+    tlsPath = kwargs.pop("tls", None)
+    if kwargs:
+        raise ValueError(
+            f"sni: unknown option(s) {', '.join(sorted(kwargs))} "
+            f"(known: interface, backlog, tls)"
+        )
+    try:
+        portNumber = int(port)
+    except ValueError:
+        raise ValueError(f"sni: bad port {port!r}") from None
+    try:
+        backlogNumber = int(backlog)
+    except ValueError:
+        raise ValueError(f"sni: bad backlog {backlog!r}") from None
+    if not 0 <= portNumber <= 65535:
+        raise ValueError(f"sni: port {portNumber} out of range 0..65535")
+    if backlogNumber < 1:
+        raise ValueError(f"sni: backlog must be at least 1, got {backlogNumber}")
+    return SNIArguments(portNumber, interface, backlogNumber, tlsPath or None)
+
+
+def parseSNIDescription(description: str) -> SNIArguments:
+    """
+    Check and split an C{sni:} endpoint string without reading any file, as
+    a configuration check can (where C{serverFromString} would need
+    C{tls=FILE}, and read it).
+
+    @raise ValueError: it is not an C{sni:} string, or is wrong.
+    """
+    args, kwargs = _splitDescription(description)
+    if not args or args[0].lower() != "sni":
+        raise ValueError(f"not an sni: endpoint: {description!r}")
+    return _sniArguments(args[1:], kwargs)
+
+
+def endpointFromArguments(
+    reactor,
+    args: Sequence[str],
+    kwargs: dict[str, str],
+    tls: TLSConfig | SNIContextFactory | None = None,
+) -> SNIServerEndpoint:
+    """
+    The endpoint of C{sni:PORT[:interface=ADDRESS][:backlog=N][:tls=FILE]},
+    already split by Twisted's endpoint parser into C{args} and C{kwargs}
+    (what the C{sni} plugin gets).
+
+    @param tls: The certificates to use; when L{None}, they come from the
+        C{[tls]} section of the C{tls=FILE} argument, which is then needed.
+        When given, C{tls=} is ignored.
+    @raise ValueError: a missing or bad argument.
+    @raise ConfigError: the C{tls=} file or its certificates are wrong.
+    """
+    arguments = _sniArguments(args, kwargs)
+    return _endpoint(reactor, arguments, tls)
+
+
+def _endpoint(
+    reactor, arguments: SNIArguments, tls: TLSConfig | SNIContextFactory | None
+) -> SNIServerEndpoint:
+    if tls is None:
+        if arguments.tls is None:
+            raise ValueError(
+                "sni: needs tls=FILE, an INI file with a [tls] section, as in "
+                "sni:8443:tls=/etc/manualb/lb.ini"
+            )
+        tls = contextFactoryFor(tlsConfigFromFile(arguments.tls), arguments.tls)
+    elif isinstance(tls, TLSConfig):
+        tls = contextFactoryFor(tls)
+    return SNIServerEndpoint(
+        reactor, arguments.port, tls, arguments.backlog, arguments.interface
+    )
+
+
+def _splitDescription(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    Split an endpoint string as Twisted does: C{:} between parameters,
+    C{name=value} for keywords, C{\\} escaping the next character (so
+    C{interface=\\:\\:1}).  The prefix is left in C{args}.
+    """
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    parts: list[str] = [""]
+    characters = iter(description)
+    for character in characters:
+        if character == "\\":
+            parts[-1] += next(characters, "")
+        elif character == ":":
+            _addParameter(parts, args, kwargs)
+            parts = [""]
+        elif character == "=" and len(parts) == 1:
+            parts.append("")
+        else:
+            parts[-1] += character
+    _addParameter(parts, args, kwargs)
+    return args, kwargs
+
+
+def _addParameter(parts: list[str], args: list[str], kwargs: dict[str, str]) -> None:
+    if len(parts) == 1:
+        args.append(parts[0])
+    else:
+        kwargs[parts[0]] = parts[1]
+
+
+def sniEndpoint(
+    reactor, description: str, tls: TLSConfig | SNIContextFactory
+) -> SNIServerEndpoint:
+    """
+    The endpoint of an C{sni:PORT[:interface=ADDRESS][:backlog=N]} string
+    with the certificates of C{tls} (a C{tls=} in the string is ignored).
+    Pass one L{SNIContextFactory} (from L{contextFactoryFor}) to several
+    listeners to read the files once.
+
+    @raise ValueError: the string is not an C{sni:} one, or is wrong.
+    @raise TLSFileError: (given a L{TLSConfig}) see L{contextFactoryFor}.
+    """
+    return _endpoint(reactor, parseSNIDescription(description), tls)
+
+
+def tlsConfigFromFile(path: str) -> TLSConfig:
+    """
+    Read the C{[tls]} section of the INI file at C{path} (other sections are
+    not looked at)::
+
+        [tls]
+        certificates =
+            www.example.com   /etc/ssl/www.crt  /etc/ssl/www.key
+            *.api.example.com /etc/ssl/api.crt  /etc/ssl/api.key
+        min_version = TLSv1.2      ; or TLSv1.3
+        ciphers = ECDHE+AESGCM     ; OpenSSL cipher string, for TLS 1.2
+        hsts = max-age=31536000    ; Strict-Transport-Security, or off
+
+    Paths are used as written (relative ones from the current directory).
+    Unknown keys are ignored; the values are checked when used
+    (L{contextFactoryFor}).
+
+    @raise ConfigError: the file cannot be read, has no C{[tls]} section, or
+        its C{certificates} are missing or not C{NAME CERT KEY} lines.
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise ConfigError(path, None, None, f"cannot read file: {reason}") from None
+    section = _sectionText(text, "tls")
+    if section is None:
+        raise ConfigError(path, None, None, "no [tls] section")
+    parser = configparser.RawConfigParser(
+        interpolation=None,
+        strict=False,
+        delimiters=("=",),
+        comment_prefixes=(";", "#"),
+        inline_comment_prefixes=(";", "#"),
+    )
+    try:
+        parser.read_string("[tls]\n" + section, source=path)
+    except configparser.Error as e:
+        raise ConfigError(path, "tls", None, str(e).splitlines()[0]) from None
+    values = {key.lower(): value.strip() for key, value in parser.items("tls")}
+    certificates = []
+    for line in (values.get("certificates") or "").splitlines():
+        if not line.strip():
+            continue
+        words = line.split()
+        if len(words) != 3:
+            raise ConfigError(
+                path,
+                "tls",
+                "certificates",
+                f"expected NAME CERTIFICATE KEY, like www.example.com "
+                f"/etc/ssl/www.crt /etc/ssl/www.key, got {line.strip()!r}",
+            )
+        name, certificate, key = words
+        certificates.append(CertificateConfig(name.lower(), certificate, key))
+    if not certificates:
+        raise ConfigError(
+            path, "tls", "certificates", "missing: at least one NAME CERT KEY line"
+        )
+    hsts = values.get("hsts") or None
+    if hsts is not None and hsts.lower() == "off":
+        hsts = None
+    return TLSConfig(
+        certificates=certificates,
+        min_version=values.get("min_version") or "TLSv1.2",
+        ciphers=values.get("ciphers") or None,
+        hsts=hsts,
+    )
+
+
+def _sectionText(text: str, name: str) -> str | None:
+    """
+    The lines of section C{[NAME]} of an INI text (up to the next section
+    header), or L{None} if it has none.
+    """
+    lines: list[str] | None = None
+    for line in text.splitlines():
+        header = re.match(r"\[([^\]]*)\]", line)
+        if header:
+            if lines is not None:
+                break
+            if header.group(1).strip().lower() == name:
+                lines = []
+        elif lines is not None:
+            lines.append(line)
+    return None if lines is None else "\n".join(lines) + "\n"
+
+
+def hstsHeader(tls: TLSConfig | None) -> bytes | None:
+    """
+    The value of C{Strict-Transport-Security} to send on TLS connections,
+    or L{None} when there is none (no C{[tls]}, no C{hsts}, or C{off}).
+
+    @raise ValueError: the value cannot be a header value.
+    """
+    if tls is None or tls.hsts is None:
+        return None
+    value = tls.hsts.strip()
+    if not value or value.lower() == "off":
+        return None
+    if any(character in value for character in "\r\n\0") or not value.isascii():
+        raise ValueError(f"bad hsts value {tls.hsts!r}")
+    return value.encode("ascii")
+
+
+def setHSTS(request, header: bytes | None) -> None:
+    """
+    Give the response to C{request} the C{Strict-Transport-Security} header
+    C{header} (from L{hstsHeader}), if the request came over TLS (HSTS sent
+    over plain HTTP must be ignored by browsers, RFC 6797 section 8.1).
+    Call it before the response headers are written.
+    """
+    if header is not None and request.isSecure():
+        request.responseHeaders.setRawHeaders(b"Strict-Transport-Security", [header])
+
+
+class HTTPSRedirect(Resource):
+    """
+    Answers every request with a 301 to the same URL over https, as nginx's
+    C{return 301 https://$host$request_uri} does on a plain listener.
+
+    @param port: The https port; 443 is left out of the URL.
+    """
+
+    isLeaf = True
+
+    def __init__(self, port: int = 443):
+        super().__init__()
+        self.port = port
+
+    def render(self, request) -> bytes:
+        host = request.getHeader(b"host") or request.getHost().host.encode("ascii")
+        if isinstance(host, str):
+            host = host.encode("ascii")
+        name = _withoutPort(host)
+        if self.port != 443:
+            name += b":%d" % (self.port,)
+        location = b"https://" + name + request.uri
+        request.setResponseCode(301)
+        request.setHeader(b"Location", location)
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        return (
+            b"<html><head><title>301 Moved Permanently</title></head><body>"
+            b"<h1>301 Moved Permanently</h1><hr><p>manualb</p></body></html>\n"
+        )
+
+
+def _withoutPort(host: bytes) -> bytes:
+    """
+    A Host header value without its port: C{example.com:80} gives
+    C{example.com}, C{[::1]:80} gives C{[::1]}.
+    """
+    if host.startswith(b"["):
+        return host.split(b"]", 1)[0] + b"]"
+    return host.split(b":", 1)[0]

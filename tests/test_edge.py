@@ -1,0 +1,256 @@
+"""
+The edge as a configuration builds it, over real sockets: TLS listeners
+chosen by SNI, the redirect to https, HSTS, host and path routing, route
+sets per listener, TLS to backends, and TCP streams.
+"""
+
+import os
+import ssl
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import CertificateOptions
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, readBody
+from twisted.web.server import Site
+
+from manualb.config import parseConfig
+from manualb.service import LoadBalancer
+from manualb.testing import NamedBackend, listenBackend, serverAddress
+from manualb.tlstesting import makeCA, writeCA, writeTLSFiles
+
+
+class Echo(Protocol):
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+
+class Collect(Protocol):
+    def __init__(self, expected: int):
+        self.expected = expected
+        self.data = b""
+        self.done = Deferred()
+
+    def dataReceived(self, data):
+        self.data += data
+        if len(self.data) >= self.expected and not self.done.called:
+            self.done.callback(self.data)
+
+
+def httpsGet(port: int, name: str, caPath: str, path: str = "/") -> tuple[str, bytes, str]:
+    """
+    A blocking HTTPS GET with Python's ssl module: the certificate's common
+    name, the raw response, and the negotiated protocol version.
+    """
+    context = ssl.create_default_context(cafile=caPath)
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=name) as tls:
+            subject = dict(item[0] for item in tls.getpeercert()["subject"])
+            tls.sendall(
+                b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                % (path.encode(), name.encode())
+            )
+            response = b""
+            while True:
+                data = tls.recv(65536)
+                if not data:
+                    break
+                response += data
+            return subject.get("commonName", ""), response, tls.version()
+
+
+class EdgeTests(TestCase):
+    @inlineCallbacks
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.ca = makeCA("manualb edge test CA")
+        self.caPath = writeCA(self.directory, self.ca)
+        self.www = writeTLSFiles(self.directory, self.ca, ["www.example.com"])
+        self.api = writeTLSFiles(self.directory, self.ca, ["*.api.example.com"])
+        self.shop = yield self.backend(NamedBackend("shop"))
+        self.api1 = yield self.backend(NamedBackend("api"))
+        self.static = yield self.backend(NamedBackend("static"))
+
+    @inlineCallbacks
+    def backend(self, resource, tls=None):
+        if tls is None:
+            port = yield listenBackend(reactor, resource)
+        else:
+            port = reactor.listenSSL(0, Site(resource), tls, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return serverAddress(port)
+
+    def balancer(self, text: str) -> LoadBalancer:
+        config = parseConfig(text, os.path.join(self.directory, "lb.ini"))
+        balancer = LoadBalancer(config, reactor)
+        balancer.start()
+        self.addCleanup(balancer.close)
+        return balancer
+
+    @inlineCallbacks
+    def listen(self, balancer, listener: str, description: str) -> int:
+        listenerConfig = {l.name: l for l in balancer.config.listeners}[listener]
+        port = yield balancer.endpoint(description).listen(
+            balancer.factoryFor(listenerConfig, description)
+        )
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    def edgeConfig(self) -> str:
+        return f"""
+[manualb]
+listen =
+    tcp:0:interface=127.0.0.1
+    sni:0:interface=127.0.0.1
+access_log = off
+redirect_https = 8443
+
+[listener internal]
+listen = tcp:0:interface=127.0.0.1
+routes = static
+
+[tls]
+certificates =
+    www.example.com   {self.www[0]} {self.www[1]}
+    *.api.example.com {self.api[0]} {self.api[1]}
+hsts = max-age=31536000
+
+[upstream shop]
+servers = {self.shop}
+[upstream api]
+servers = {self.api1}
+[upstream static]
+servers = {self.static}
+
+[route shop]
+host = www.example.com
+path = /
+upstream = shop
+
+[route api]
+host = *.api.example.com
+path = /
+upstream = api
+
+[route static]
+path = ^~ /static/
+strip_prefix = on
+upstream = static
+
+[route exact]
+path = = /health
+upstream = api
+"""
+
+    @inlineCallbacks
+    def test_sniRoutingAndHSTS(self):
+        """
+        Over TLS, each name gets its certificate and its route; an unknown
+        name gets the first certificate and the routes without a host; the
+        backend learns the request came over https; HSTS is sent.
+        """
+        balancer = self.balancer(self.edgeConfig())
+        port = yield self.listen(balancer, "default", "sni:0:interface=127.0.0.1")
+        name, response, version = yield deferToThread(
+            httpsGet, port, "www.example.com", self.caPath
+        )
+        self.assertEqual(name, "www.example.com")
+        self.assertIn(version, ("TLSv1.2", "TLSv1.3"))
+        self.assertTrue(response.endswith(b"\r\n\r\nshop\n"), response)
+        self.assertIn(b"\r\nStrict-Transport-Security: max-age=31536000\r\n", response)
+        name, response, version = yield deferToThread(
+            httpsGet, port, "v1.api.example.com", self.caPath
+        )
+        self.assertEqual(name, "*.api.example.com")
+        self.assertTrue(response.endswith(b"\r\n\r\napi\n"), response)
+
+    @inlineCallbacks
+    def test_redirectToHTTPS(self):
+        """
+        The plain endpoint of a listener with redirect_https answers 301 to
+        the https URL.
+        """
+        balancer = self.balancer(self.edgeConfig())
+        port = yield self.listen(balancer, "default", "tcp:0:interface=127.0.0.1")
+        response = yield Agent(reactor).request(
+            b"GET", b"http://127.0.0.1:%d/a?b=c" % (port,), None
+        )
+        self.assertEqual(response.code, 301)
+        self.assertEqual(
+            response.headers.getRawHeaders(b"location"),
+            [b"https://127.0.0.1:8443/a?b=c"],
+        )
+
+    @inlineCallbacks
+    def test_listenerRouteSetAndPaths(self):
+        """
+        A listener serves only its routes: here /static/ (prefix stripped),
+        and not the exact /health nor the host routes.
+        """
+        balancer = self.balancer(self.edgeConfig())
+        port = yield self.listen(balancer, "internal", "tcp:0:interface=127.0.0.1")
+        agent = Agent(reactor)
+        response = yield agent.request(b"GET", b"http://127.0.0.1:%d/static/x.css" % (port,))
+        self.assertEqual((yield readBody(response)), b"static\n")
+        response = yield agent.request(b"GET", b"http://127.0.0.1:%d/health" % (port,))
+        self.assertEqual(response.code, 404)
+        yield readBody(response)
+
+    @inlineCallbacks
+    def test_reencryption(self):
+        """
+        An https:// server is spoken to over TLS, its certificate verified
+        against tls_ca for tls_name; the wrong name fails (502), and
+        tls_verify = off accepts it anyway.
+        """
+        certificate, key = writeTLSFiles(self.directory, self.ca, ["backend.internal"])
+        from twisted.internet.ssl import PrivateCertificate
+
+        with open(certificate, "rb") as c, open(key, "rb") as k:
+            options = PrivateCertificate.loadPEM(c.read() + k.read()).options()
+        address = yield self.backend(NamedBackend("secure"), tls=options)
+        results = []
+        for extra in [
+            f"tls_ca = {self.caPath}\ntls_name = backend.internal",
+            f"tls_ca = {self.caPath}\ntls_name = other.internal",
+            "tls_verify = off",
+        ]:
+            balancer = self.balancer(
+                "[manualb]\nlisten = tcp:0\naccess_log = off\n"
+                f"[upstream secure]\nservers = https://{address}\n{extra}\n"
+                "[route r]\npath = /\nupstream = secure\n"
+            )
+            port = yield self.listen(balancer, "default", "tcp:0")
+            response = yield Agent(reactor).request(b"GET", b"http://127.0.0.1:%d/" % (port,))
+            body = yield readBody(response)
+            results.append((response.code, body if response.code == 200 else b""))
+        self.assertEqual(results, [(200, b"secure\n"), (502, b""), (200, b"secure\n")])
+        self.flushLoggedErrors()
+
+    @inlineCallbacks
+    def test_stream(self):
+        """
+        A [stream] carries raw bytes to its upstream's server and back.
+        """
+        factory = Factory.forProtocol(Echo)
+        echo = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(echo.stopListening)
+        balancer = self.balancer(
+            f"[stream echo]\nlisten = tcp:0:interface=127.0.0.1\nupstream = echo\n"
+            f"[upstream echo]\nservers = {serverAddress(echo)}\n"
+        )
+        port = reactor.listenTCP(0, balancer.streams["echo"], interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = Collect(11)
+        yield connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), client
+        )
+        client.transport.write(b"hello world")
+        self.assertEqual((yield client.done), b"hello world")
+        client.transport.loseConnection()

@@ -9,16 +9,21 @@ import ssl
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import CertificateOptions
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, readBody
+from twisted.web.client import Agent, readBody
+from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.server import Site
 
+from zope.interface import implementer
+
 from manualb.config import parseConfig
-from manualb.service import LoadBalancer
+from manualb.proxy import ProxySite
+from manualb.service import LoadBalancer, makeService
+from manualb.termination import HTTPSRedirect, SNIServerEndpoint
 from manualb.testing import NamedBackend, listenBackend, serverAddress
 from manualb.tlstesting import makeCA, writeCA, writeTLSFiles
 
@@ -171,6 +176,31 @@ upstream = api
         self.assertTrue(response.endswith(b"\r\n\r\napi\n"), response)
 
     @inlineCallbacks
+    def test_twistedTLSClient(self):
+        """
+        Twisted's own TLS client, verifying the certificate for the name it
+        asks for, gets through to that name's route.  (Twisted's client
+        speaks HTTP/1.1 only; h2 is tested with the h2 package's client in
+        test_termination.)
+        """
+        balancer = self.balancer(self.edgeConfig())
+        port = yield self.listen(balancer, "default", "sni:0:interface=127.0.0.1")
+        trust = Certificate.loadPEM(open(self.caPath, "rb").read())
+
+        @implementer(IAgentEndpointFactory)
+        class ToBalancer:
+            def endpointForURI(self, uri):
+                options = optionsForClientTLS(uri.host.decode(), trustRoot=trust)
+                return wrapClientTLS(
+                    options, TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+                )
+
+        agent = Agent.usingEndpointFactory(reactor, ToBalancer())
+        response = yield agent.request(b"GET", b"https://v2.api.example.com/")
+        self.assertEqual((yield readBody(response)), b"api\n")
+        self.assertEqual(response.version, (b"HTTP", 1, 1))
+
+    @inlineCallbacks
     def test_redirectToHTTPS(self):
         """
         The plain endpoint of a listener with redirect_https answers 301 to
@@ -254,3 +284,35 @@ upstream = api
         client.transport.write(b"hello world")
         self.assertEqual((yield client.done), b"hello world")
         client.transport.loseConnection()
+
+
+class MakeServiceTests(TestCase):
+    """
+    makeService builds one listening service for each endpoint of each
+    listener and stream, with the right endpoint and factory.
+    """
+
+    def test_services(self):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        ca = makeCA("manualb test CA")
+        certificate, key = writeTLSFiles(directory, ca, ["www.example.com"])
+        config = parseConfig(
+            "[manualb]\nlisten =\n    tcp:0\n    sni:0\naccess_log = off\nredirect_https = on\n"
+            "[listener inside]\nlisten = tcp:0:interface=127.0.0.1\nroutes = r\n"
+            f"[tls]\ncertificates = www.example.com {certificate} {key}\n"
+            "[stream s]\nlisten = tcp:0:interface=127.0.0.2\nupstream = u\n"
+            "[upstream u]\nservers = 10.0.0.1:80\n[route r]\npath = /\nupstream = u\n"
+        )
+        parent = makeService(config, reactor)
+        self.addCleanup(parent.balancer.close)
+        services = {service.name: service for service in parent if service.name}
+        self.assertIsInstance(services["sni:0"].endpoint, SNIServerEndpoint)
+        self.assertIs(services["sni:0"].factory, parent.balancer.sites["default"])
+        self.assertIsInstance(services["tcp:0"].factory.resource, HTTPSRedirect)
+        self.assertIsInstance(
+            services["tcp:0:interface=127.0.0.1"].factory, ProxySite
+        )
+        self.assertIs(
+            services["tcp:0:interface=127.0.0.2"].factory, parent.balancer.streams["s"]
+        )

@@ -265,7 +265,7 @@ class _BodyThrottle:
         """
         Stop counting C{send_timeout}: the body is done, or the exchange.
         """
-        self._timer = _cancel(self._timer)
+        self._timer = cancelCall(self._timer)
 
     def _timedOut(self) -> None:
         self._timer = None
@@ -422,7 +422,7 @@ class UpstreamConnection(Protocol):
             self._readTimer.reset(timeout)
 
     def _cancelReadTimer(self) -> None:
-        self._readTimer = _cancel(self._readTimer)
+        self._readTimer = cancelCall(self._readTimer)
 
     def _readTimedOut(self) -> None:
         self._readTimer = None
@@ -475,7 +475,7 @@ class UpstreamConnection(Protocol):
             else:
                 receiver.responseFailed(
                     UpstreamClosed(
-                        "backend connection lost: " + _describe(reason), False
+                        "backend connection lost: " + describeFailure(reason), False
                     )
                 )
             return
@@ -692,15 +692,15 @@ class UpstreamConnection(Protocol):
         return True
 
 
-class _OneConnection(Factory):
+class OneConnection(Factory):
     """
-    Hands an endpoint the protocol of one new backend connection, quietly:
-    a busy balancer makes many.
+    Hands an endpoint the protocol of one new connection, quietly: a busy
+    balancer makes many.
     """
 
     noisy = False
 
-    def __init__(self, protocol: UpstreamConnection):
+    def __init__(self, protocol: Protocol):
         self.protocol = protocol
 
     def buildProtocol(self, addr):
@@ -744,7 +744,7 @@ class ConnectionPool:
         """
         if self._idle:
             connection = self._idle.pop()
-            connection.idleTimer = _cancel(connection.idleTimer)
+            connection.idleTimer = cancelCall(connection.idleTimer)
             return succeed(connection)
         return self.connect()
 
@@ -774,10 +774,10 @@ class ConnectionPool:
             if reason.check(error.TimeoutError):
                 raise UpstreamTimeout("connect to backend timed out")
             raise UpstreamConnectFailed(
-                "connect to backend failed: " + _describe(reason)
+                "connect to backend failed: " + describeFailure(reason)
             )
 
-        d = self.endpoint.connect(_OneConnection(connection))
+        d = self.endpoint.connect(OneConnection(connection))
         d.addTimeout(timeout, self.reactor, onTimeoutCancel=onTimeout)
         d.addCallbacks(connected, failed)
         return d
@@ -801,7 +801,7 @@ class ConnectionPool:
         self._open.discard(connection)
         if connection in self._idle:
             self._idle.remove(connection)
-        connection.idleTimer = _cancel(connection.idleTimer)
+        connection.idleTimer = cancelCall(connection.idleTimer)
 
     def closeAll(self) -> None:
         """
@@ -812,16 +812,16 @@ class ConnectionPool:
         self._idle.clear()
 
 
-def _cancel(call: IDelayedCall | None) -> None:
+def cancelCall(call: IDelayedCall | None) -> None:
     """
     Cancel C{call} if it is still pending; returns L{None}, for
-    C{self.timer = _cancel(self.timer)}.
+    C{self.timer = cancelCall(self.timer)}.
     """
     if call is not None and call.active():
         call.cancel()
 
 
-def _describe(reason: Failure) -> str:
+def describeFailure(reason: Failure) -> str:
     """
     A short text for a connection failure, fit for a log line.
     """

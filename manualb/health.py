@@ -42,7 +42,7 @@ from manualb.handoff import (
     UpstreamConnectFailed,
     UpstreamConnection,
     UpstreamError,
-    _describe,
+    describeFailure,
     endpointForServer,
 )
 
@@ -364,7 +364,7 @@ class TCPProbe:
             if reason.check(CancelledError, ConnectingCancelledError):
                 # Cancelled by the monitor (a timeout, or stopping).
                 raise CancelledError()
-            raise UpstreamConnectFailed("connect failed: " + _describe(reason))
+            raise UpstreamConnectFailed("connect failed: " + describeFailure(reason))
 
         connecting.addCallbacks(connected, failed)
         return connecting

@@ -31,7 +31,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ITransport,
 )
-from twisted.internet.protocol import Factory, Protocol, ServerFactory
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -39,7 +39,7 @@ from zope.interface import implementer
 
 from manualb.config import StreamConfig
 from manualb.durations import formatDuration
-from manualb.handoff import _describe, endpointForServer
+from manualb.handoff import OneConnection, cancelCall, describeFailure, endpointForServer
 from manualb.proxyprotocol import HEADERS
 from manualb.selection import Pool, Server
 
@@ -182,7 +182,7 @@ class Tunnel:
         if self.open:
             self.open = False
             self.closeReason = why
-            self._idleTimer = _cancel(self._idleTimer)
+            self._idleTimer = cancelCall(self._idleTimer)
             # A transport with a producer does not close until the producer
             # is gone, and the other side will not produce again.
             if not self._clientGone:
@@ -201,7 +201,7 @@ class Tunnel:
                 self.server.loseConnection()
         if self._clientGone and self._serverGone and not self._ended:
             self._ended = True
-            self._graceTimer = _cancel(self._graceTimer)
+            self._graceTimer = cancelCall(self._graceTimer)
             if self.onClosed is not None:
                 self.onClosed(self)
             self.closed.callback(self)
@@ -222,11 +222,6 @@ class Tunnel:
             )
             return
         self._shut("nothing either way for " + formatDuration(self.idleTimeout))
-
-
-def _cancel(call: IDelayedCall | None) -> None:
-    if call is not None and call.active():
-        call.cancel()
 
 
 class ConnectionRequest:
@@ -276,16 +271,6 @@ class _ServerSide(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:
         if self.tunnel is not None:
             self.tunnel.serverLost(reason)
-
-
-class _OneProtocol(Factory):
-    noisy = False
-
-    def __init__(self, protocol: Protocol):
-        self._protocol = protocol
-
-    def buildProtocol(self, addr):
-        return self._protocol
 
 
 class _Session:
@@ -361,11 +346,11 @@ class _Session:
             if timedOut:
                 self._connectFailed(server, "connect timed out after " + formatDuration(timeout))
             elif not self._done:
-                self._connectFailed(server, "connect failed: " + _describe(reason))
+                self._connectFailed(server, "connect failed: " + describeFailure(reason))
 
         protocol = _ServerSide()
         connecting = endpointForServer(reactor, server.address).connect(
-            _OneProtocol(protocol)
+            OneConnection(protocol)
         )
         self._connecting = connecting
         connecting.addTimeout(timeout, reactor, onTimeoutCancel=onTimeout)

@@ -41,7 +41,7 @@ from manualb.handoff import (
 )
 from manualb.selection import Server
 from manualb.streams import Tunnel
-from manualb.urlmap import URLMap
+from manualb.urlmap import URLMap, normalizePath
 
 log = Logger()
 
@@ -425,13 +425,17 @@ class _Exchange:
             request.responseHeaders.setRawHeaders(b"Allow", [_ALLOWED])
             self._answer(405, b"Method Not Allowed", b"A proxy does not pass this method on.")
             return
+        path = normalizePath(request.path)
+        if path is None:
+            self._answer(400, b"Bad Request", b"The request path is not valid.")
+            return
         hosts = request.requestHeaders.getRawHeaders(b"host")
-        match = self.proxy.urlMap.match(hosts[0] if hosts else None, request.path)
+        match = self.proxy.urlMap.match(hosts[0] if hosts else None, path)
         if match is None:
             self._answer(404, b"Not Found", b"No route matches this path.")
             return
         self.pool = match.route.pool
-        self.target = _target(request.uri, request.path, match.path)
+        self.target = _target(request.uri, path, match.path)
         body = getattr(request, "body", None)
         if body is None:
             body = _FileBody(request.content)
@@ -752,9 +756,10 @@ class _Exchange:
 def _target(uri: bytes, path: bytes, newPath: bytes) -> bytes:
     """
     The request target sent to the backend: the client's, or the path the
-    route rewrote it to with the client's query.
+    route rewrote it to with the client's query; always in origin form
+    (C{/path?query}), even when the client sent an absolute URI.
     """
-    if newPath == path:
+    if newPath == path and uri[:1] == b"/":
         return uri
     _, separator, query = uri.partition(b"?")
     return newPath + separator + query

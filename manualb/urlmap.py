@@ -72,6 +72,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Iterable, Mapping, Sequence
+from urllib.parse import unquote_to_bytes
 
 import attrs
 
@@ -90,6 +91,36 @@ __all__ = ["Route", "RouteMatch", "URLMap", "normalizeHost"]
 _PREFIXES = frozenset([PREFIX, PREFIX_NO_REGEX])
 _KINDS = (PREFIX, PREFIX_NO_REGEX, EXACT, REGEX, REGEX_CASELESS)
 _DOLLAR_GROUP = re.compile(r"\$([1-9])")
+
+
+def normalizePath(path: bytes) -> bytes | None:
+    """
+    The path as routes match it, as nginx's C{$uri}: percent-decoded, with
+    repeated slashes merged and C{.} and C{..} segments resolved, so that
+    C{/static/../admin} is matched as C{/admin}.  An absolute-form target
+    (C{http://host/path}) gives its path.  L{None} for a path that does not
+    start with C{/} or climbs above the root.
+    """
+    if path[:1] != b"/":
+        scheme, separator, rest = path.partition(b"://")
+        if not separator or scheme.lower() not in (b"http", b"https"):
+            return None
+        path = b"/" + rest.partition(b"/")[2]
+    if b"%" not in path and b"/." not in path and b"//" not in path:
+        return path
+    decoded = unquote_to_bytes(path)
+    segments: list[bytes] = []
+    for segment in decoded.split(b"/")[1:]:
+        if segment == b"..":
+            if not segments:
+                return None
+            segments.pop()
+        elif segment not in (b"", b"."):
+            segments.append(segment)
+    normalized = b"/" + b"/".join(segments)
+    if segments and decoded.endswith((b"/", b"/.", b"/..")):
+        normalized += b"/"
+    return normalized
 
 
 def normalizeHost(host: bytes | None) -> bytes | None:

@@ -187,6 +187,33 @@ class ProxyTests(SynchronousTestCase):
         self.assertTrue(client.received().startswith(b"HTTP/1.1 404 Not Found"))
         self.assertEqual(lb.pendingConnections(), [])
 
+    def test_pathNormalizedForRouting(self):
+        """
+        Routes match the normalised path (so C{..} cannot walk out of a
+        route), the backend gets the client's target; a path above the root
+        gets 400; an absolute URI goes on in origin form.
+        """
+        lb = MemoryBalancer(
+            parseConfig(
+                "[manualb]\nlisten = tcp:0\naccess_log = off\n"
+                "[upstream static]\nservers = 10.0.0.1:8001\n"
+                "[upstream admin]\nservers = 10.0.0.2:8002\n"
+                "[route static]\npath = ^~ /static/\nupstream = static\n"
+                "[route admin]\npath = /admin\nupstream = admin\n"
+            )
+        )
+        client = lb.client()
+        client.send(b"GET /static/%2e%2e/admin?x HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(lb.pendingConnections(), [("10.0.0.2", 8002)])
+        backend = lb.acceptConnection()
+        self.assertTrue(backend.received().startswith(b"GET /static/%2e%2e/admin?x HTTP/1.1"))
+        backend.send(OK)
+        client.received()
+        client.send(b"GET /../etc/passwd HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 400 Bad Request"))
+        client.send(b"GET http://a/admin/x?q HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(backend.received().startswith(b"GET /admin/x?q HTTP/1.1\r\n"))
+
     def test_connectAndTraceRefused(self):
         """
         CONNECT and TRACE get 405 without reaching a backend, as with nginx.

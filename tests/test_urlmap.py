@@ -541,3 +541,32 @@ class FromConfigTests(SynchronousTestCase):
         """
         configs = [RouteConfig(name="r", path="/", upstream="missing")]
         self.assertRaises(KeyError, URLMap.fromConfig, configs, {})
+
+
+class NormalizePathTests(SynchronousTestCase):
+    """
+    Routes match the path as nginx's $uri: decoded and resolved.
+    """
+
+    def test_normalized(self):
+        from manualb.urlmap import normalizePath
+
+        for raw, expected in [
+            (b"/", b"/"),
+            (b"/a/b", b"/a/b"),
+            (b"/static/../admin", b"/admin"),
+            (b"/static/%2e%2e/admin", b"/admin"),
+            (b"//a///b/", b"/a/b/"),
+            (b"/a/./b/.", b"/a/b/"),
+            (b"/a/b/..", b"/a/"),
+            (b"/%41", b"/A"),
+            (b"http://example.com/x/../y", b"/y"),
+            (b"http://example.com", b"/"),
+        ]:
+            self.assertEqual(normalizePath(raw), expected, raw)
+
+    def test_invalid(self):
+        from manualb.urlmap import normalizePath
+
+        for raw in [b"/..", b"/a/../../b", b"*", b"ftp://h/x", b"x"]:
+            self.assertIsNone(normalizePath(raw), raw)

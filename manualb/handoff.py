@@ -539,26 +539,17 @@ class UpstreamConnection(Protocol):
         while data and self._receiver is not None:
             state = self._state
             if state == _LENGTH:
-                remaining = self._remaining
-                if len(data) < remaining:
-                    self._remaining = remaining - len(data)
-                    self._receiver.responseData(data)
-                    return
-                self._receiver.responseData(data[:remaining])
-                data = data[remaining:]
-                self._endOfMessage(data)
+                rest = self._deliverCounted(data)
+                if rest is not None:
+                    self._endOfMessage(rest)
                 return
             elif state == _UNTIL_CLOSE or state == _TUNNEL:
                 self._receiver.responseData(data)
                 return
             elif state == _CHUNK_DATA:
-                remaining = self._remaining
-                if len(data) < remaining:
-                    self._remaining = remaining - len(data)
-                    self._receiver.responseData(data)
+                data = self._deliverCounted(data)
+                if data is None:
                     return
-                self._receiver.responseData(data[:remaining])
-                data = data[remaining:]
                 self._state = _CHUNK_END
             elif state == _HEAD:
                 end = data.find(b"\r\n\r\n")
@@ -592,6 +583,22 @@ class UpstreamConnection(Protocol):
                 elif not line:  # _TRAILERS: an empty line ends them
                     self._endOfMessage(data)
                     return
+
+    def _deliverCounted(self, data: bytes) -> bytes | None:
+        """
+        Pass on what C{data} holds of a body or chunk of known length (the
+        C{_remaining} bytes): the bytes that follow it once it is complete;
+        L{None} while it is not, or when the exchange ended meanwhile.
+        """
+        remaining = self._remaining
+        if len(data) < remaining:
+            self._remaining = remaining - len(data)
+            self._receiver.responseData(data)
+            return None
+        self._receiver.responseData(data[:remaining])
+        if self._receiver is None:
+            return None
+        return data[remaining:]
 
     def _chunkSize(self, line: bytes) -> None:
         size = line.split(b";", 1)[0].strip()

@@ -30,7 +30,6 @@ also on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import socket
@@ -61,6 +60,8 @@ from twisted.python.failure import Failure  # noqa: E402
 from twisted.web.client import Agent, HTTPConnectionPool, readBody  # noqa: E402
 
 from manualb.testing import BackendProcess  # noqa: E402
+
+from benchlib import freePort, publish
 
 # Twisted warns that readBody cannot abort a pooled connection's transport
 # when cancelled; a cancelled request here counts as failed all the same.
@@ -292,15 +293,6 @@ def pinning() -> tuple[list[str], str]:
     return [taskset, "-c", str(cpus[0])], (
         f"manualb on CPU {cpus[0]}; load generator and backends on CPU {others}"
     )
-
-
-def freePort() -> int:
-    """
-    A TCP port on 127.0.0.1 that was free a moment ago.
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def manualbConfig(port: int, servers: list[str], upstream: dict[str, str]) -> str:
@@ -869,13 +861,7 @@ def main(argv: list[str]) -> int:
     if isinstance(results, Failure):
         print(f"error: {results.getTraceback()}", file=sys.stderr)
         return 1
-    text = report(results)
-    print()
-    print(text)
-    results["report"] = text
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwritten to {args.json}")
+    publish(results, report(results), args.json)
     runs = results["runs"].values()
     return 1 if any("error" in r or r["failed"] for r in runs) else 0
 

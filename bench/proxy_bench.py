@@ -22,7 +22,6 @@ removed, at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -34,6 +33,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from benchlib import freePort, publish
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -104,15 +105,6 @@ def pinning() -> tuple[list[str], list[str], str]:
 
 
 # -- ports and processes ----------------------------------------------------
-
-
-def freePort() -> int:
-    """
-    A TCP port on 127.0.0.1 that was free a moment ago.
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def waitForPort(port: int, process: subprocess.Popen, name: str) -> None:
@@ -850,13 +842,7 @@ def main(argv: list[str]) -> int:
         return 130
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    text = report(results)
-    print()
-    print(text)
-    results["report"] = text
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwritten to {args.json}")
+    publish(results, report(results), args.json)
     failed = any("error" in r or r.get("errors") for r in results["load"].values())
     failed |= any("error" in r or not r["complete"] for r in results.get("streaming", {}).values())
     return 1 if failed else 0

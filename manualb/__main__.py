@@ -21,6 +21,11 @@ def check(path: str, out: TextIO, err: TextIO) -> int:
     """
     try:
         config = loadConfig(path)
+        if config.tls is not None:
+            from manualb.termination import contextFactoryFor
+
+            # As nginx -t does: the certificates and keys must load, too.
+            contextFactoryFor(config.tls, path)
     except ConfigError as e:
         err.write("manualb: %s\n" % (e,))
         err.write("manualb: configuration file %s test failed\n" % (path,))

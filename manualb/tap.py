@@ -32,8 +32,8 @@ def makeService(options: Options):
     from twisted.internet import reactor
 
     try:
-        config = loadConfig(options["config"])
+        # Building reads the certificate and key files too.
+        return _makeService(loadConfig(options["config"]), reactor)
     except ConfigError as e:
         sys.stderr.write("manualb: %s\n" % (e,))
         raise SystemExit(1)
-    return _makeService(config, reactor)

@@ -194,3 +194,33 @@ class ExampleTests(TestCase):
                 "/api/orders -> api server A",
             ],
         )
+
+
+class BadKeyTests(TestCase):
+    def test_badKeyFile(self):
+        """
+        A key file that exists but holds no key fails the check and start-up
+        with one line naming the file, no traceback.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        from manualb.tlstesting import makeCA, writeTLSFiles
+
+        certificate, key = writeTLSFiles(directory, makeCA("test CA"), ["www.example.com"])
+        with open(key, "w") as f:
+            f.write("not a key\n")
+        path = os.path.join(directory, "lb.ini")
+        with open(path, "w") as f:
+            f.write(
+                "[manualb]\nlisten = sni:0:interface=127.0.0.1\n"
+                f"[tls]\ncertificates = www.example.com {certificate} {key}\n"
+                "[upstream u]\nservers = 127.0.0.1:9\n[route r]\npath = /\nupstream = u\n"
+            )
+        for command in [
+            [sys.executable, "-m", "manualb", "check", path],
+            TWISTD + ["-n", "--pidfile=", "manualb", "--config", path],
+        ]:
+            result = run(command)
+            self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+            self.assertIn(key, result.stderr)
+            self.assertNotIn("Traceback", result.stderr + result.stdout)

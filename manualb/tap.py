@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import sys
 
+from twisted.application.service import MultiService
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from manualb.config import ConfigError, loadConfig
@@ -33,7 +35,27 @@ def makeService(options: Options):
 
     try:
         # Building reads the certificate and key files too.
-        return _makeService(loadConfig(options["config"]), reactor)
+        service = _makeService(loadConfig(options["config"]), reactor)
     except ConfigError as e:
         sys.stderr.write("manualb: %s\n" % (e,))
         raise SystemExit(1)
+    return _ExitIfCannotListen(service)
+
+
+class _ExitIfCannotListen(MultiService):
+    """
+    Wraps the balancer's service so that a port that cannot be bound (in
+    use, or not allowed) ends twistd with one line, not a traceback.
+    """
+
+    def __init__(self, service: MultiService):
+        super().__init__()
+        self.balancer = service.balancer
+        service.setServiceParent(self)
+
+    def privilegedStartService(self):
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            sys.stderr.write("manualb: %s\n" % (e,))
+            raise SystemExit(1)

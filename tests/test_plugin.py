@@ -224,3 +224,28 @@ class BadKeyTests(TestCase):
             self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
             self.assertIn(key, result.stderr)
             self.assertNotIn("Traceback", result.stderr + result.stdout)
+
+
+class PortInUseTests(TestCase):
+    def test_portInUse(self):
+        """
+        A listen port that is taken stops twistd with one line, no traceback.
+        """
+        import socket
+
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(
+                f"[manualb]\nlisten = tcp:{port}:interface=127.0.0.1\n"
+                "[upstream u]\nservers = 127.0.0.1:9\n[route r]\npath = /\nupstream = u\n"
+            )
+        result = run(TWISTD + ["-n", "--pidfile=", "manualb", "--config", path])
+        self.assertEqual(result.returncode, 1)
+        output = result.stdout + result.stderr
+        self.assertIn("manualb: Couldn't listen on 127.0.0.1:%d" % (port,), output)
+        self.assertNotIn("Traceback", output)

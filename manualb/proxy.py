@@ -840,8 +840,13 @@ def _breakOff(request: Request) -> None:
 
     When the body is framed (chunked, or with a Content-Length), what was
     sent still goes out and the connection then closes with the framing
-    unfinished; a body delimited by the close itself ends with a reset.
+    unfinished; a body delimited by the close itself ends with a reset.  An
+    HTTP/2 stream is reset (RST_STREAM), leaving the connection's other
+    streams alone.
     """
+    if request.transport is None:
+        request.channel.abortConnection()
+        return
     framed = request.chunked or request.responseHeaders.hasHeader(b"content-length")
     request.channel.persistent = False
     if framed:

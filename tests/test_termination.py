@@ -735,6 +735,26 @@ class ALPNTests(TerminationTestsMixin, TestCase):
         headers = backend.requests[-1][2]
         self.assertEqual(headers.getRawHeaders(b"x-forwarded-proto"), [b"https"])
 
+    @inlineCallbacks
+    def test_brokenResponseOverH2(self):
+        """
+        A backend that dies mid-response resets the client's HTTP/2 stream:
+        the client cannot take the short body for a whole one.
+        """
+        from tests.test_endtoend import DyingBackend
+
+        backendPort = yield listenBackend(reactor, DyingBackend())
+        self.addCleanup(backendPort.stopListening)
+        balancer = LoadBalancer(balancerConfig([serverAddress(backendPort)]), reactor)
+        self.addCleanup(balancer.close)
+        port = yield self.serve(site=balancer.site)
+        failure = yield self.assertFailure(
+            deferToThread(h2Request, port, "www.example.com", self.cafile),
+            AssertionError,
+        )
+        self.assertIn("StreamReset", str(failure))
+        self.flushLoggedErrors()
+
 
 INI = """\
 [manualb]

@@ -204,11 +204,9 @@ def roundRobin(client: Client, url: str, say: Say) -> Steps[list[str]]:
     """
     say("1. Round robin")
     say("   Done:     4 requests through manualb, one after another.")
-    picks = []
-    for i in range(4):
-        answer = yield client.get(url)
-        picks.append(answer.backend)
-        say("   Happened: request %d -> %s" % (i + 1, answer.backend))
+    picks = yield _picks(client, url, 4)
+    for i, backend in enumerate(picks):
+        say("   Happened: request %d -> %s" % (i + 1, backend))
     say("   Meaning:  with equal weights manualb takes the servers in turn, as nginx")
     say("             does by default: %s." % (" ".join(map(_letter, picks)),))
     return picks
@@ -299,6 +297,19 @@ def _stateChanges(
             % (event.time - since, what, event.server, event.state))
         say("               %s" % (event.reason,))
     return events
+
+
+@inlineCallbacks
+def _picks(client: Client, url: str, count: int) -> Steps[list[str]]:
+    """
+    C{count} requests to C{url}, one after another: fires with the backends
+    that answered, in order.
+    """
+    picks = []
+    for _ in range(count):
+        answer = yield client.get(url)
+        picks.append(answer.backend)
+    return picks
 
 
 @inlineCallbacks
@@ -431,10 +442,7 @@ def ipHash(demo: Demo, servers: Sequence[str], say: Say) -> Steps[list[str]]:
     client = demo.client()
     say("   Done:     a second manualb, with balance = ip_hash, at %s;" % (url,))
     say("             10 requests to it from 127.0.0.1.")
-    picks = []
-    for _ in range(10):
-        answer = yield client.get(url)
-        picks.append(answer.backend)
+    picks = yield _picks(client, url, 10)
     if len(set(picks)) == 1:
         say("   Happened: all 10 went to %s." % (picks[0],))
     else:
@@ -519,10 +527,7 @@ def canary(demo: Demo, addresses: Sequence[str], say: Say) -> Steps[CanaryResult
     say("4. Weighted canary")
     say("   Done:     a fourth manualb, weight=3 on A and weight=1 on B, at %s;" % (url,))
     say("             100 requests.")
-    picks = []
-    for _ in range(100):
-        answer = yield client.get(url)
-        picks.append(answer.backend)
+    picks = yield _picks(client, url, 100)
     counts = Counter(picks)
     say("   Happened: %s; the first 8: %s."
         % (_count(picks), " ".join(map(_letter, picks[:8]))))

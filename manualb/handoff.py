@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Callable
 
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -838,5 +837,3 @@ def describeFailure(reason: Failure) -> str:
     text = str(value).strip().rstrip(".")
     return text or type(value).__name__
 
-
-PoolFactory = Callable[[ServerAddress, UpstreamConfig], ConnectionPool]

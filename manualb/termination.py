@@ -50,6 +50,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from manualb.config import CertificateConfig, ConfigError, TLSConfig
+from manualb.urlmap import normalizeHost
 
 __all__ = [
     "DEFAULT_CIPHERS",
@@ -64,7 +65,6 @@ __all__ = [
     "endpointFromArguments",
     "tlsConfigFromFile",
     "hstsHeader",
-    "setHSTS",
 ]
 
 #: The TLS 1.2 ciphers used when C{[tls] ciphers} is not given: forward
@@ -713,17 +713,6 @@ def hstsHeader(tls: TLSConfig | None) -> bytes | None:
     return value.encode("ascii")
 
 
-def setHSTS(request, header: bytes | None) -> None:
-    """
-    Give the response to C{request} the C{Strict-Transport-Security} header
-    C{header} (from L{hstsHeader}), if the request came over TLS (HSTS sent
-    over plain HTTP must be ignored by browsers, RFC 6797 section 8.1).
-    Call it before the response headers are written.
-    """
-    if header is not None and request.isSecure():
-        request.responseHeaders.setRawHeaders(b"Strict-Transport-Security", [header])
-
-
 class HTTPSRedirect(Resource):
     """
     Answers every request with a 301 to the same URL over https, as nginx's
@@ -739,27 +728,20 @@ class HTTPSRedirect(Resource):
         self.port = port
 
     def render(self, request) -> bytes:
-        host = request.getHeader(b"host") or request.getHost().host.encode("ascii")
-        if isinstance(host, str):
-            host = host.encode("ascii")
-        name = _withoutPort(host)
+        name = normalizeHost(request.getHeader(b"host"))
+        if name is None:
+            address = request.getHost().host
+            name = (f"[{address}]" if ":" in address else address).encode("ascii")
         if self.port != 443:
             name += b":%d" % (self.port,)
-        location = b"https://" + name + request.uri
+        target = request.uri
+        if target[:1] != b"/":
+            # An absolute-form target: keep its path and query only.
+            target = b"/" + target.partition(b"://")[2].partition(b"/")[2]
         request.setResponseCode(301)
-        request.setHeader(b"Location", location)
+        request.setHeader(b"Location", b"https://" + name + target)
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         return (
             b"<html><head><title>301 Moved Permanently</title></head><body>"
             b"<h1>301 Moved Permanently</h1><hr><p>manualb</p></body></html>\n"
         )
-
-
-def _withoutPort(host: bytes) -> bytes:
-    """
-    A Host header value without its port: C{example.com:80} gives
-    C{example.com}, C{[::1]:80} gives C{[::1]}.
-    """
-    if host.startswith(b"["):
-        return host.split(b"]", 1)[0] + b"]"
-    return host.split(b":", 1)[0]

@@ -316,3 +316,27 @@ class MakeServiceTests(TestCase):
         self.assertIs(
             services["tcp:0:interface=127.0.0.2"].factory, parent.balancer.streams["s"]
         )
+
+
+class HTTPSRedirectTests(TestCase):
+    """
+    The redirect to https keeps the host (without its port) and the target.
+    """
+
+    def location(self, host, uri, port=443):
+        from twisted.web.test.requesthelper import DummyRequest
+
+        request = DummyRequest([b""])
+        request.uri = uri
+        if host is not None:
+            request.requestHeaders.setRawHeaders(b"host", [host])
+        HTTPSRedirect(port).render(request)
+        self.assertEqual(request.responseCode, 301)
+        return request.responseHeaders.getRawHeaders(b"location")[0]
+
+    def test_locations(self):
+        self.assertEqual(self.location(b"Shop.Example:80", b"/a?b"), b"https://shop.example/a?b")
+        self.assertEqual(self.location(b"[::1]:80", b"/", 8443), b"https://[::1]:8443/")
+        self.assertEqual(
+            self.location(b"h", b"http://h/x/y?z"), b"https://h/x/y?z"
+        )

@@ -24,7 +24,6 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
-from twisted.web.test.requesthelper import DummyRequest
 
 from manualb.config import CertificateConfig, ConfigError, TLSConfig
 from manualb.service import LoadBalancer
@@ -38,7 +37,6 @@ from manualb.termination import (
     contextFactoryFor,
     hstsHeader,
     parseSNIDescription,
-    setHSTS,
     sniEndpoint,
     tlsConfigFromFile,
 )
@@ -984,17 +982,3 @@ class HSTSTests(SynchronousTestCase):
             b"max-age=31536000; includeSubDomains",
         )
         self.assertRaises(ValueError, hstsHeader, TLSConfig([], hsts="a\r\nb: c"))
-
-    def test_setOnSecureRequestsOnly(self):
-        header = b"max-age=60"
-        secure = DummyRequest([b""])
-        secure.isSecure = lambda: True
-        setHSTS(secure, header)
-        self.assertEqual(
-            secure.responseHeaders.getRawHeaders(b"strict-transport-security"), [header]
-        )
-        plain = DummyRequest([b""])
-        plain.isSecure = lambda: False
-        setHSTS(plain, header)
-        self.assertFalse(plain.responseHeaders.hasHeader(b"strict-transport-security"))
-        setHSTS(secure, None)

@@ -72,6 +72,7 @@ __all__ = [
     "CertificateConfig",
     "TLSConfig",
     "StreamConfig",
+    "GatekeeperConfig",
     "Config",
     "parseConfig",
     "loadConfig",
@@ -92,8 +93,8 @@ _NO_DEFAULT_SECTION = "\n"
 _SECTION_HEADER = re.compile(r"\[(?P<header>[^\]]+)\]$")
 
 _KNOWN_SECTIONS = (
-    "[manualb], [upstream NAME], [route NAME], [listener NAME], [stream NAME], "
-    "[tls]"
+    "[manualb], [gatekeeper], [upstream NAME], [route NAME], [listener NAME], "
+    "[stream NAME], [tls]"
 )
 _HOSTNAME = re.compile(r"[A-Za-z0-9_.-]+")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -444,6 +445,44 @@ class StreamConfig:
 
 
 @attrs.frozen
+class GatekeeperConfig:
+    """
+    The C{[gatekeeper]} section: what a client may make the proxy hold
+    (time, memory, sockets) before any backend is involved.  Names and
+    defaults are nginx's where nginx has the limit.
+
+    @ivar client_header_timeout: Seconds in which the whole request head
+        (request line and headers) must arrive, counted from its first byte;
+        a slower client is closed with 408.
+    @ivar client_body_timeout: Seconds the client may stay silent between
+        two reads of a request body; then 408.
+    @ivar keepalive_timeout: Seconds an idle kept-alive client connection
+        stays open between two requests.
+    @ivar send_timeout: Seconds a client may go without taking any of a
+        response written to it; then the connection is closed.
+    @ivar client_max_body_size: The largest request body in bytes, checked
+        against C{Content-Length} before any is read and counted while a
+        chunked body streams; 413 beyond it.  C{0} for no limit.
+    @ivar max_request_line: The longest request line in bytes; 414 beyond.
+    @ivar max_header_size: The largest header block in bytes (every header
+        line, HTTP/2's decoded header list included); 431 beyond.
+    @ivar max_headers: The most header fields in one request; 431 beyond.
+    @ivar max_connections: The most client connections open at once on one
+        process; a connection beyond it gets 503 and is closed.
+    """
+
+    client_header_timeout: float = 60.0
+    client_body_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    send_timeout: float = 60.0
+    client_max_body_size: int = 1024 * 1024
+    max_request_line: int = 8 * 1024
+    max_header_size: int = 32 * 1024
+    max_headers: int = 100
+    max_connections: int = 1024
+
+
+@attrs.frozen
 class Config:
     """
     The whole, validated configuration.
@@ -456,10 +495,10 @@ class Config:
     @ivar upstreams: Upstreams by name, in file order.
     @ivar routes: Routes in file order; every one names an upstream in
         C{upstreams}.
-    @ivar client_timeout: Seconds a client connection may stay silent: idle
-        between requests, or stalled while sending its request head or body
-        (nginx's C{keepalive_timeout}, C{client_header_timeout} and
-        C{client_body_timeout} in one).
+    @ivar client_timeout: When given in C{[manualb]}, the default of
+        C{[gatekeeper]}'s C{client_header_timeout}, C{client_body_timeout}
+        and C{keepalive_timeout} (which C{gatekeeper} then holds).
+    @ivar gatekeeper: The client limits of C{[gatekeeper]}.
     @ivar listeners: The HTTP listeners: C{"default"} from C{[manualb]
         listen} (with C{[manualb] redirect_https}) first if it has any
         endpoint, then the C{[listener NAME]} sections.
@@ -476,6 +515,7 @@ class Config:
     listeners: tuple[ListenerConfig, ...] = attrs.field(converter=tuple, default=())
     tls: TLSConfig | None = None
     streams: tuple[StreamConfig, ...] = attrs.field(converter=tuple, default=())
+    gatekeeper: GatekeeperConfig = GatekeeperConfig()
 
 
 def loadConfig(path: str) -> Config:
@@ -516,10 +556,11 @@ def parseConfig(text: str, source: str = "<string>") -> Config:
     directory = _configDirectory(source)
     listen, accessLog, redirect = _parseMain(sections)
     clientTimeout = (
-        60.0
+        None
         if sections.main is None
-        else sections.duration(sections.main, "client_timeout", 60.0)
+        else sections.duration(sections.main, "client_timeout", None)
     )
+    gatekeeper = _parseGatekeeper(sections, clientTimeout)
     tls = None if sections.tls is None else _parseTLS(sections, sections.tls, directory)
     upstreams = {
         name: _parseUpstream(sections, header, name, directory)
@@ -542,11 +583,46 @@ def parseConfig(text: str, source: str = "<string>") -> Config:
         access_log=accessLog,
         upstreams=upstreams,
         routes=routes,
-        client_timeout=clientTimeout,
+        client_timeout=60.0 if clientTimeout is None else clientTimeout,
         listeners=listeners,
         tls=tls,
         streams=streams,
+        gatekeeper=gatekeeper,
     )
+
+
+def _parseGatekeeper(
+    sections: "_Sections", clientTimeout: float | None
+) -> GatekeeperConfig:
+    """
+    The C{[gatekeeper]} section, or its defaults; C{[manualb]
+    client_timeout}, when given, is the default of the three timeouts that
+    it used to stand for.
+    """
+    default = GatekeeperConfig()
+    if clientTimeout is not None:
+        default = attrs.evolve(
+            default,
+            client_header_timeout=clientTimeout,
+            client_body_timeout=clientTimeout,
+            keepalive_timeout=clientTimeout,
+        )
+    header = sections.gatekeeper
+    if header is None:
+        return default
+    values = {}
+    for field in attrs.fields(GatekeeperConfig):
+        name = field.name
+        current = getattr(default, name)
+        if name.endswith("_timeout"):
+            values[name] = sections.duration(header, name, current)
+        elif name in ("client_max_body_size", "max_request_line", "max_header_size"):
+            values[name] = sections.size(header, name, current)
+            if values[name] == 0 and name != "client_max_body_size":
+                raise sections.error(header, name, "must be more than 0")
+        else:
+            values[name] = sections.integer(header, name, current, 1)
+    return GatekeeperConfig(**values)
 
 
 def _configDirectory(source: str) -> str:
@@ -643,6 +719,7 @@ class _Sections:
 
     @ivar main: The header of the C{[manualb]} section, or L{None}.
     @ivar tls: The header of the C{[tls]} section, or L{None}.
+    @ivar gatekeeper: The header of the C{[gatekeeper]} section, or L{None}.
     @ivar upstreams: Upstream name to section header, in file order.
     @ivar routes: Route name to section header, in file order.
     @ivar listeners: Listener name to section header, in file order.
@@ -673,12 +750,14 @@ class _Sections:
     _LISTENER_KEYS = ("listen", "routes", "redirect_https")
     _STREAM_KEYS = ("listen", "upstream", "proxy_protocol", "idle_timeout")
     _TLS_KEYS = ("certificates", "min_version", "ciphers", "hsts")
+    _GATEKEEPER_KEYS = tuple(field.name for field in attrs.fields(GatekeeperConfig))
 
     def __init__(self, source: str, parser: configparser.RawConfigParser) -> None:
         self.source = source
         self.parser = parser
         self.main: str | None = None
         self.tls: str | None = None
+        self.gatekeeper: str | None = None
         self.upstreams: dict[str, str] = {}
         self.routes: dict[str, str] = {}
         self.listeners: dict[str, str] = {}
@@ -708,18 +787,18 @@ class _Sections:
     def _classifyOne(self, header: str) -> None:
         words = header.split()
         kind = words[0] if words else ""
-        if kind in ("manualb", "tls"):
+        if kind in ("manualb", "tls", "gatekeeper"):
             if len(words) > 1:
                 raise self.error(header, None, f"[{kind}] takes no name")
-            seen = self.main if kind == "manualb" else self.tls
+            attribute, known = {
+                "manualb": ("main", self._MAIN_KEYS),
+                "tls": ("tls", self._TLS_KEYS),
+                "gatekeeper": ("gatekeeper", self._GATEKEEPER_KEYS),
+            }[kind]
+            seen = getattr(self, attribute)
             if seen is not None:
                 raise self.error(header, None, f"duplicate section (see [{seen}])")
-            if kind == "manualb":
-                self.main = header
-                known: tuple[str, ...] = self._MAIN_KEYS
-            else:
-                self.tls = header
-                known = self._TLS_KEYS
+            setattr(self, attribute, header)
         elif kind in ("upstream", "route", "listener", "stream"):
             name = self._sectionName(header, words)
             named, known = {

@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from manualb import config as configModule
 from manualb.config import (
+    GatekeeperConfig,
     EXACT,
     PREFIX,
     PREFIX_NO_REGEX,
@@ -291,6 +292,11 @@ class ValidConfigTests(SynchronousTestCase):
                         idle_timeout=3600.0,
                     ),
                 ),
+                gatekeeper=GatekeeperConfig(
+                    client_header_timeout=30.0,
+                    client_body_timeout=30.0,
+                    keepalive_timeout=30.0,
+                ),
             ),
         )
         self.assertEqual(
@@ -510,7 +516,7 @@ class SectionErrorTests(SynchronousTestCase):
         self.assertError(
             MAIN + "[upstreams pool]\n",
             "lb.ini: [upstreams pool]: unknown section "
-            "(known sections: [manualb], [upstream NAME], [route NAME], "
+            "(known sections: [manualb], [gatekeeper], [upstream NAME], [route NAME], "
             "[listener NAME], [stream NAME], [tls])",
         )
 
@@ -521,7 +527,7 @@ class SectionErrorTests(SynchronousTestCase):
         self.assertError(
             "[DEFAULT]\nlisten = tcp:8080\n" + MAIN,
             "lb.ini: [DEFAULT]: unknown section "
-            "(known sections: [manualb], [upstream NAME], [route NAME], "
+            "(known sections: [manualb], [gatekeeper], [upstream NAME], [route NAME], "
             "[listener NAME], [stream NAME], [tls])",
         )
 

@@ -32,6 +32,8 @@ from zope.interface import implementer
 
 from manualb._version import __version__
 from manualb.accesslog import AccessLog
+from manualb.channel import buildChannel
+from manualb.config import GatekeeperConfig
 from manualb.forwarding import requestHead, responseHeaders, wantsUpgrade
 from manualb.handoff import (
     IResponseReceiver,
@@ -347,13 +349,23 @@ class ProxySite(server.Site):
 
     @ivar hsts: The C{Strict-Transport-Security} value the proxy gives every
         response over TLS (in place of any the backend sends), or L{None}.
+    @ivar gatekeeper: The limits each client connection is held to.
     """
 
     requestFactory = StreamingRequest
+    protocol = buildChannel
 
-    def __init__(self, resource, *args, hsts: bytes | None = None, **kwargs):
+    def __init__(
+        self,
+        resource,
+        *args,
+        hsts: bytes | None = None,
+        gatekeeper: GatekeeperConfig = GatekeeperConfig(),
+        **kwargs,
+    ):
         super().__init__(resource, *args, **kwargs)
         self.hsts = hsts
+        self.gatekeeper = gatekeeper
 
     def log(self, request: Request) -> None:
         pass

@@ -77,6 +77,7 @@ class LoadBalancer:
             timeout=self.config.client_timeout,
             reactor=self.reactor,
             hsts=hstsHeader(self.config.tls),
+            gatekeeper=self.config.gatekeeper,
         )
 
     def _siteFor(self, listener: ListenerConfig) -> ProxySite:

@@ -3,20 +3,391 @@ The client's side of an HTTP connection (between stage 2, termination, and
 the proxy): Twisted's HTTP/1.1 channel held to the C{[gatekeeper]} limits,
 and the switch that hands a connection that negotiated C{h2} by ALPN to the
 HTTP/2 connection of L{manualb.http2} instead.
+
+What a client can make the proxy hold is bounded here, as nginx bounds it:
+
+  - the whole request head must arrive within C{client_header_timeout},
+    however slowly it trickles in; between two requests a kept-alive
+    connection may stay idle for C{keepalive_timeout}; a request body may
+    pause for at most C{client_body_timeout} between two reads;
+  - a client that takes none of a response for C{send_timeout} is dropped;
+  - a request line longer than C{max_request_line} gets 414, a header block
+    larger than C{max_header_size} or with more than C{max_headers} fields
+    gets 431;
+  - a request that HTTP/1.1 does not allow gets 400 before anything is
+    forwarded: a method that is not an upper-case token, a target with
+    bytes outside visible ASCII, a missing or repeated C{Host}, a
+    C{Content-Length} beyond 2**63 - 1; one whose C{Content-Length} is
+    beyond C{client_max_body_size} gets 413 before any of the body is read.
 """
 
 from __future__ import annotations
 
-from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
+import re
 
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.web.http import HTTPChannel, Request, _GenericHTTPChannelProtocol
+from twisted.web.http_headers import Headers
+
+from manualb._version import __version__
 from manualb.config import GatekeeperConfig
+from manualb.forwarding import connectionTokens
 from manualb.http2 import ProxyH2Connection
+
+log = Logger()
+
+SERVER_NAME = b"manualb/" + __version__.encode("ascii")
+
+# The largest Content-Length that HTTP implementations can be trusted to
+# agree on (a signed 64-bit count).
+_MAX_CONTENT_LENGTH = 2**63 - 1
+# nginx's parser: methods are upper-case letters, digits, "_" and "-"; a
+# lower-case "get" or "trace" is refused rather than taken for another
+# method or passed on as one.
+_METHOD = re.compile(rb"[A-Z0-9_-]+")
+# A request target: visible ASCII only, no fragment.
+_TARGET = re.compile(rb"[\x21-\x22\x24-\x7e]+")
+_HOST = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+;=%-]*)(?::[0-9]*)?"
+)
+
+# The life of one request head on the connection.
+_IDLE = "idle"  # between requests: keepalive_timeout
+_HEAD = "head"  # reading the request line and headers: client_header_timeout
+_BODY = "body"  # reading the body: client_body_timeout between reads
+_WAITING = "waiting"  # the request is in; the proxy has it
+_REFUSED = "refused"  # answered with an error; nothing more is read
+
+
+def errorBody(code: int, title: bytes, detail: bytes) -> bytes:
+    """
+    The short HTML page of an error answered by the proxy itself.
+    """
+    return (
+        b"<html><head><title>%d %s</title></head><body><h1>%d %s</h1><p>%s</p>"
+        b"<hr><p>manualb</p></body></html>\n" % (code, title, code, title, detail)
+    )
+
+
+def requestProblem(
+    method: bytes,
+    target: bytes,
+    version: bytes,
+    headers: Headers,
+    gatekeeper: GatekeeperConfig,
+) -> tuple[int, bytes, bytes] | None:
+    """
+    Why a request whose head has been read must be refused, as C{(status,
+    title, detail)}, or L{None} when it may go on.
+    """
+    if _METHOD.fullmatch(method) is None:
+        return 400, b"Bad Request", b"The request method is not valid."
+    if _TARGET.fullmatch(target) is None or not (
+        target[:1] == b"/"
+        or target[:7].lower() == b"http://"
+        or target[:8].lower() == b"https://"
+        or (target == b"*" and method == b"OPTIONS")
+    ):
+        return 400, b"Bad Request", b"The request target is not valid."
+    hosts = headers.getRawHeaders(b"host") or []
+    if len(hosts) > 1 or (version == b"HTTP/1.1" and not hosts):
+        return 400, b"Bad Request", b"The request needs exactly one Host header."
+    if hosts and _HOST.fullmatch(hosts[0]) is None:
+        return 400, b"Bad Request", b"The Host header is not valid."
+    lengths = headers.getRawHeaders(b"content-length") or []
+    if lengths:
+        length = int(lengths[0])
+        if length > _MAX_CONTENT_LENGTH:
+            return 400, b"Bad Request", b"The Content-Length is not valid."
+        limit = gatekeeper.client_max_body_size
+        if limit and length > limit:
+            return (
+                413,
+                b"Content Too Large",
+                b"The request body is larger than this server accepts.",
+            )
+    return None
 
 
 class ProxyChannel(HTTPChannel):
     """
-    An HTTP/1.x client connection of the proxy.
+    An HTTP/1.x client connection of the proxy, held to the limits of
+    C{gatekeeper}.
+
+    A request refused once its head is read (L{requestProblem}) still goes
+    to the site, with its C{refusal} set, so that the proxy answers it and
+    logs it like any other; its body is not read, and the connection closes
+    after the answer.
+
+    @ivar phase: Where the connection is in the life of a request head:
+        C{"idle"}, C{"head"}, C{"body"}, C{"waiting"} or C{"refused"}.
     """
+
+    def __init__(self, gatekeeper: GatekeeperConfig) -> None:
+        super().__init__()
+        self.gatekeeper = gatekeeper
+        # Twisted's own line and header limits answer a bare 400; those of
+        # the gatekeeper come first, with their own status codes.
+        self.MAX_LENGTH = max(gatekeeper.max_request_line, gatekeeper.max_header_size)
+        self.totalHeadersSize = (
+            gatekeeper.max_request_line + gatekeeper.max_header_size + 1024
+        )
+        self.maxHeaders = gatekeeper.max_headers + 1
+        self.phase = _IDLE
+        self._heads = 0
+        self._headLines = 0
+        self._headSize = 0
+        self._headerCount = 0
+        self._sendTimer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # The first request's head is timed from the connection's start.
+        self.setTimeout(self.gatekeeper.client_header_timeout)
+
+    # Reading the request head.
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.phase == _REFUSED:
+            return
+        if self.phase == _IDLE and not self._handlingRequest:
+            self._startHead()
+        super().dataReceived(data)
+
+    def _startHead(self) -> None:
+        if self._heads:
+            # A later request's head is timed from its first byte.
+            self.setTimeout(self.gatekeeper.client_header_timeout)
+        self._heads += 1
+        self.phase = _HEAD
+        self._headLines = 0
+        self._headSize = 0
+        self._headerCount = 0
+
+    def resetTimeout(self) -> None:
+        # Only a body's timeout counts from the last read; the head's runs
+        # from its first byte, whatever trickles in after.
+        if self.phase == _BODY:
+            super().resetTimeout()
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.phase == _REFUSED:
+            return
+        if self.phase == _IDLE:
+            self._startHead()
+        if self._headLines == 0 and not line:
+            # An empty line before a request (allowed once by Twisted).
+            super().lineReceived(line)
+            return
+        self._headLines += 1
+        if self._headLines == 1:
+            if len(line) > self.gatekeeper.max_request_line:
+                self._refuse(414, b"URI Too Long", b"The request line is too long.")
+                return
+        elif line:
+            self._headSize += len(line) + 2
+            if self._headSize > self.gatekeeper.max_header_size:
+                self._refuseHeaders()
+                return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._headLines == 0:
+            self._refuse(414, b"URI Too Long", b"The request line is too long.")
+        else:
+            self._refuseHeaders()
+
+    def headerReceived(self, line: bytes) -> bool:
+        self._headerCount += 1
+        if self._headerCount > self.gatekeeper.max_headers:
+            self._refuseHeaders()
+            return False
+        return super().headerReceived(line)
+
+    def allHeadersReceived(self) -> None:
+        request = self.requests[-1]
+        # Twisted's parser has checked the method is a token and the target
+        # has no controls or spaces; the gatekeeper asks for more.
+        problem = requestProblem(
+            self._command,
+            self._path,
+            self._version,
+            request.requestHeaders,
+            self.gatekeeper,
+        )
+        if problem is None:
+            self.phase = _BODY if self.length != 0 else _WAITING
+            super().allHeadersReceived()
+            if self.phase == _BODY:
+                self.setTimeout(self.gatekeeper.client_body_timeout)
+            return
+        # Answered without reading the body, which cannot be trusted to be
+        # framed as it says: the connection closes after the answer.
+        request.refusal = problem
+        request.requestHeaders.removeHeader(b"expect")
+        self.length = 0
+        self._transferDecoder = None
+        self.phase = _WAITING
+        super().allHeadersReceived()
+        self.persistent = False
+        request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+
+    def allContentReceived(self) -> None:
+        self.phase = _WAITING
+        super().allContentReceived()
+        # Twisted restores the timeout it had when the request is done; the
+        # connection then waits for the next one under keepalive_timeout.
+        self._savedTimeOut = None
+
+    def checkPersistence(self, request: Request, version: bytes) -> bool:
+        """
+        Whether the connection stays open after this request: for HTTP/1.1
+        unless C{close} is among the C{Connection} tokens (however they are
+        spaced), never for HTTP/1.0.
+        """
+        tokens = connectionTokens(request.requestHeaders.getRawHeaders(b"connection"))
+        if b"close" in tokens:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return version == b"HTTP/1.1"
+
+    def requestDone(self, request: Request) -> None:
+        if self.phase != _REFUSED:
+            self.phase = _IDLE
+            if self.persistent:
+                self.setTimeout(self.gatekeeper.keepalive_timeout)
+        # Parses whatever the client pipelined meanwhile.
+        super().requestDone(request)
+
+    def timeoutConnection(self) -> None:
+        if self.phase in (_HEAD, _BODY):
+            log.info(
+                "client {peer} took too long to send its request ({phase})",
+                peer=_describePeer(self.transport),
+                phase=self.phase,
+            )
+            if self.phase == _HEAD or not self.requests:
+                self._writeError(
+                    408, b"Request Timeout", b"The request took too long to arrive."
+                )
+        super().timeoutConnection()
+
+    # Answering what cannot be parsed.
+
+    def _refuseHeaders(self) -> None:
+        self._refuse(
+            431,
+            b"Request Header Fields Too Large",
+            b"The request headers are too large.",
+        )
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self._refuse(400, b"Bad Request", b"The request is not valid HTTP.")
+
+    def _refuse(self, code: int, title: bytes, detail: bytes) -> None:
+        """
+        Answer C{code} and close: the request could not be read, so nothing
+        after it can be either.
+        """
+        if self.phase == _REFUSED:
+            return
+        log.info(
+            "refused client {peer}: {code} {title}",
+            peer=_describePeer(self.transport),
+            code=code,
+            title=title.decode("ascii"),
+        )
+        self._writeError(code, title, detail)
+        self.phase = _REFUSED
+        self._buffer = b""
+        self.persistent = False
+        self.loseConnection()
+
+    def _writeError(self, code: int, title: bytes, detail: bytes) -> None:
+        body = errorBody(code, title, detail)
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nServer: %s\r\nContent-Type: text/html; charset=utf-8"
+            b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (code, title, SERVER_NAME, len(body), body)
+        )
+
+    # Writing: send_timeout.
+
+    def pauseProducing(self) -> None:
+        # The client's connection takes no more for now.
+        if self._sendTimer is None and self.transport is not None:
+            self._sendTimer = self.callLater(
+                self.gatekeeper.send_timeout, self._sendTimedOut
+            )
+        super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._cancelSendTimer()
+        super().resumeProducing()
+
+    def _cancelSendTimer(self) -> None:
+        if self._sendTimer is not None:
+            if self._sendTimer.active():
+                self._sendTimer.cancel()
+            self._sendTimer = None
+
+    def _sendTimedOut(self) -> None:
+        self._sendTimer = None
+        log.info(
+            "client {peer} took nothing for {seconds}s (send_timeout): closing",
+            peer=_describePeer(self.transport),
+            seconds=self.gatekeeper.send_timeout,
+        )
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason) -> None:
+        self._cancelSendTimer()
+        super().connectionLost(reason)
+
+
+def _describePeer(transport) -> str:
+    address = getattr(transport, "getPeer", lambda: None)()
+    host = getattr(address, "host", None)
+    return "-" if host is None else host
+
+
+class ConnectionLimit:
+    """
+    The client connections open at once, across every listener of one
+    balancer, against C{max_connections}.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    @property
+    def full(self) -> bool:
+        return self.open >= self.limit
+
+
+class Overloaded(Protocol):
+    """
+    A connection beyond C{max_connections}: answered with 503 and closed at
+    once, so that the client is told rather than left waiting.
+    """
+
+    def connectionMade(self) -> None:
+        log.warn(
+            "client {peer} refused: max_connections reached",
+            peer=_describePeer(self.transport),
+        )
+        body = errorBody(
+            503, b"Service Unavailable", b"Too many connections; try again later."
+        )
+        self.transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nServer: %s\r\nContent-Type: "
+            b"text/html; charset=utf-8\r\nContent-Length: %d\r\nConnection: close"
+            b"\r\n\r\n%s" % (SERVER_NAME, len(body), body)
+        )
+        self.transport.loseConnection()
 
 
 class ChannelSwitch(_GenericHTTPChannelProtocol):
@@ -24,7 +395,18 @@ class ChannelSwitch(_GenericHTTPChannelProtocol):
     A client connection that starts as L{ProxyChannel} and becomes a
     L{ProxyH2Connection} when the TLS handshake negotiated C{h2}.  Any other
     protocol, or none, is served as HTTP/1.x.
+
+    @ivar limit: Where the connection is counted while it is open, or
+        L{None}.
     """
+
+    limit: ConnectionLimit | None = None
+
+    def connectionLost(self, reason) -> None:
+        if self.limit is not None:
+            self.limit.open -= 1
+            self.limit = None
+        self._channel.connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
         if self._negotiatedProtocol is None:
@@ -60,4 +442,4 @@ def buildChannel(site) -> ChannelSwitch:
     The protocol of a L{manualb.proxy.ProxySite}'s connection (used as its
     C{protocol}, called with the site).
     """
-    return ChannelSwitch(ProxyChannel())
+    return ChannelSwitch(ProxyChannel(getattr(site, "gatekeeper", GatekeeperConfig())))

@@ -42,6 +42,15 @@ _REWRITTEN = frozenset(
     ]
 )
 
+# What a client's Connection header cannot make the proxy drop: the headers
+# the proxy must send.
+_PROTECTED = _REWRITTEN | frozenset([b"host"])
+
+# The headers whose names a client might spell with "_" to slip one past a
+# backend that folds "_" into "-" (as CGI, PHP and WSGI do): such a header
+# is dropped, as nginx drops every name with "_" (underscores_in_headers).
+_ALIASED = HOP_BY_HOP | _PROTECTED | frozenset([b"forwarded", b"x-real-ip"])
+
 # nginx's proxy_hide_header defaults: the proxy answers with its own.
 _HIDDEN_RESPONSE = frozenset([b"server", b"date"])
 
@@ -85,7 +94,11 @@ def requestHead(
         passes on: its C{Upgrade} header is kept and C{Connection: upgrade}
         sent (every other hop-by-hop header is still removed).
     """
-    headers = list(headers)
+    headers = [
+        (name, values)
+        for name, values in headers
+        if b"_" not in name or name.replace(b"_", b"-").lower() not in _ALIASED
+    ]
     kept = _UPGRADE_HEADERS if upgrade else frozenset()
     dropped = (HOP_BY_HOP | _REWRITTEN) - kept
     forwardedFor: list[bytes] = []
@@ -94,7 +107,7 @@ def requestHead(
     for name, values in headers:
         lowered = name.lower()
         if lowered == b"connection":
-            dropped = dropped | (connectionTokens(values) - kept)
+            dropped = dropped | (connectionTokens(values) - kept - _PROTECTED)
         elif lowered == b"x-forwarded-for":
             forwardedFor.extend(values)
         elif lowered == b"via":

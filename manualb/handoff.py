@@ -454,8 +454,10 @@ class UpstreamConnection(Protocol):
             self._receiver = None
         self._cancelReadTimer()
         if not self._closed:
-            self._closed = True
+            # The body's producer goes first: the transport would otherwise
+            # stop it while closing, from inside the reactor.
             self._detachBody()
+            self._closed = True
             self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:

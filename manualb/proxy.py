@@ -30,9 +30,14 @@ from twisted.web.http import RESPONSES, HTTPChannel, Request
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from manualb._version import __version__
 from manualb.accesslog import AccessLog
-from manualb.channel import buildChannel
+from manualb.channel import (
+    SERVER_NAME,
+    ConnectionLimit,
+    Overloaded,
+    buildChannel,
+    errorBody,
+)
 from manualb.config import GatekeeperConfig
 from manualb.forwarding import requestHead, responseHeaders, wantsUpgrade
 from manualb.handoff import (
@@ -43,7 +48,7 @@ from manualb.handoff import (
 )
 from manualb.selection import Server
 from manualb.streams import Tunnel
-from manualb.urlmap import URLMap, normalizePath
+from manualb.urlmap import URLMap, encodePath, normalizePath
 
 log = Logger()
 
@@ -65,23 +70,41 @@ _READ_SIZE = 64 * 1024
 LINGERING_TIME = 30.0
 
 
-SERVER_NAME = b"manualb/" + __version__.encode("ascii")
-
 
 def errorPage(request: Request, code: int, title: bytes, detail: bytes) -> None:
     """
-    Finish C{request} with a short HTML error page.
+    Finish C{request} with a short HTML error page, or with no body when
+    C{detail} is empty.
     """
-    body = (
-        b"<html><head><title>%d %s</title></head><body><h1>%d %s</h1><p>%s</p>"
-        b"<hr><p>manualb</p></body></html>\n" % (code, title, code, title, detail)
-    )
+    body = errorBody(code, title, detail) if detail else b""
     request.setResponseCode(code, title)
     request.responseHeaders.setRawHeaders(b"Server", [SERVER_NAME])
-    request.responseHeaders.setRawHeaders(b"Content-Type", [b"text/html; charset=utf-8"])
+    if body:
+        request.responseHeaders.setRawHeaders(
+            b"Content-Type", [b"text/html; charset=utf-8"]
+        )
     request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % (len(body),)])
     request.write(body)
     request.finish()
+
+
+@implementer(IPushProducer)
+class _Gone:
+    """
+    The reader of a body whose client has left: nothing to pause or resume.
+    """
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+_GONE = _Gone()
 
 
 @implementer(IPushProducer)
@@ -109,8 +132,14 @@ class _StreamingBody:
         self._paused = False
         self._discarding = False
 
-    def _transport(self):
-        return self._request.channel.transport
+    def _transport(self) -> IPushProducer:
+        """
+        What reads the body from the client: its connection, or nothing to
+        pause once the client is gone.
+        """
+        channel = self._request.channel
+        transport = None if channel is None else channel.transport
+        return _GONE if transport is None else transport
 
     def keepForRetry(self, limit: int) -> None:
         """
@@ -350,6 +379,8 @@ class ProxySite(server.Site):
     @ivar hsts: The C{Strict-Transport-Security} value the proxy gives every
         response over TLS (in place of any the backend sends), or L{None}.
     @ivar gatekeeper: The limits each client connection is held to.
+    @ivar connections: The count of open client connections against
+        C{max_connections}; several sites of one balancer share it.
     """
 
     requestFactory = StreamingRequest
@@ -361,11 +392,24 @@ class ProxySite(server.Site):
         *args,
         hsts: bytes | None = None,
         gatekeeper: GatekeeperConfig = GatekeeperConfig(),
+        connections: ConnectionLimit | None = None,
         **kwargs,
     ):
         super().__init__(resource, *args, **kwargs)
         self.hsts = hsts
         self.gatekeeper = gatekeeper
+        if connections is None:
+            connections = ConnectionLimit(gatekeeper.max_connections)
+        self.connections = connections
+
+    def buildProtocol(self, addr):
+        connections = self.connections
+        if connections.full:
+            return Overloaded()
+        protocol = super().buildProtocol(addr)
+        connections.open += 1
+        protocol.limit = connections
+        return protocol
 
     def log(self, request: Request) -> None:
         pass
@@ -433,6 +477,15 @@ class _Exchange:
         if hsts is not None and request.isSecure():
             # HSTS over plain HTTP must be ignored (RFC 6797, section 8.1).
             request.responseHeaders.setRawHeaders(_HSTS, [hsts])
+        refusal = getattr(request, "refusal", None)
+        if refusal is not None:
+            self._answer(*refusal)
+            return
+        if request.uri == b"*":
+            # OPTIONS * asks about the server itself (RFC 9110, 9.3.7).
+            request.responseHeaders.setRawHeaders(b"Allow", [_ALLOWED])
+            self._answer(200, b"OK", b"")
+            return
         if request.method in _REFUSED_METHODS:
             request.responseHeaders.setRawHeaders(b"Allow", [_ALLOWED])
             self._answer(405, b"Method Not Allowed", b"A proxy does not pass this method on.")
@@ -767,14 +820,26 @@ class _Exchange:
 
 def _target(uri: bytes, path: bytes, newPath: bytes) -> bytes:
     """
-    The request target sent to the backend: the client's, or the path the
-    route rewrote it to with the client's query; always in origin form
-    (C{/path?query}), even when the client sent an absolute URI.
+    The request target sent to the backend, always in origin form
+    (C{/path?query}): the client's own path and query, as the client
+    encoded them, when the route keeps the path; else the path the route
+    made of the normalised one, percent-encoded again (L{encodePath}), with
+    the client's query.  No byte that the normalisation decoded goes on raw.
     """
-    if newPath == path and uri[:1] == b"/":
+    if newPath != path:
+        _, separator, query = uri.partition(b"?")
+        return encodePath(newPath) + separator + query
+    if uri[:1] == b"/":
         return uri
-    _, separator, query = uri.partition(b"?")
-    return newPath + separator + query
+    # Absolute form: what follows the authority.
+    rest = uri.partition(b"://")[2]
+    start = len(rest)
+    for delimiter in (b"/", b"?"):
+        found = rest.find(delimiter)
+        if found != -1:
+            start = min(start, found)
+    origin = rest[start:]
+    return origin if origin[:1] == b"/" else b"/" + origin
 
 
 class _TunnelClient(Protocol):

@@ -15,6 +15,7 @@ from twisted.web.server import Site
 
 from manualb.accesslog import AccessLog
 from manualb.balancers import makeBalancer
+from manualb.channel import ConnectionLimit
 from manualb.config import Config, ListenerConfig, UpstreamConfig
 from manualb.handoff import ConnectionPool
 from manualb.health import HealthMonitor
@@ -56,6 +57,7 @@ class LoadBalancer:
         if accessLog is None and config.access_log is not None:
             accessLog = AccessLog.open(config.access_log)
         self.accessLog = accessLog
+        self.connections = ConnectionLimit(config.gatekeeper.max_connections)
         self.pools = {
             name: _buildPool(upstream, reactor) for name, upstream in config.upstreams.items()
         }
@@ -74,10 +76,11 @@ class LoadBalancer:
         resource = ProxyResource(URLMap.fromConfig(routes, self.pools), self.reactor, self.accessLog)
         return ProxySite(
             resource,
-            timeout=self.config.client_timeout,
+            timeout=self.config.gatekeeper.keepalive_timeout,
             reactor=self.reactor,
             hsts=hstsHeader(self.config.tls),
             gatekeeper=self.config.gatekeeper,
+            connections=self.connections,
         )
 
     def _siteFor(self, listener: ListenerConfig) -> ProxySite:

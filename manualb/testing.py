@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from io import BytesIO
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -193,17 +193,24 @@ def balancerConfig(
     listen: Sequence[str] = ("tcp:0:interface=127.0.0.1",),
     upstream: str = "backends",
     accessLog: str = "off",
+    gatekeeper: Mapping[str, str] | None = None,
     **upstreamOptions: str,
 ) -> Config:
     """
     A configuration with one pool of C{servers} behind one route for C{/}.
 
+    @param gatekeeper: Keys of a C{[gatekeeper]} section, such as
+        C{{"send_timeout": "5s"}}.
     @param upstreamOptions: More keys of the C{[upstream]} section, such as
         C{read_timeout="2s"}.
     """
     lines = ["[manualb]", "listen ="]
     lines += ["    " + endpoint for endpoint in listen]
-    lines += ["access_log = " + accessLog, "", "[upstream %s]" % (upstream,), "servers ="]
+    lines += ["access_log = " + accessLog, ""]
+    if gatekeeper:
+        lines += ["[gatekeeper]"] + ["%s = %s" % item for item in gatekeeper.items()]
+        lines += [""]
+    lines += ["[upstream %s]" % (upstream,), "servers ="]
     lines += ["    " + server for server in servers]
     lines += ["%s = %s" % item for item in upstreamOptions.items()]
     lines += ["", "[route default]", "path = /", "upstream = " + upstream]

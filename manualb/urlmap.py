@@ -72,7 +72,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Iterable, Mapping, Sequence
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 import attrs
 
@@ -86,7 +86,7 @@ from manualb.config import (
 )
 from manualb.selection import Pool
 
-__all__ = ["Route", "RouteMatch", "URLMap", "normalizeHost"]
+__all__ = ["Route", "RouteMatch", "URLMap", "encodePath", "normalizeHost", "normalizePath"]
 
 _PREFIXES = frozenset([PREFIX, PREFIX_NO_REGEX])
 _KINDS = (PREFIX, PREFIX_NO_REGEX, EXACT, REGEX, REGEX_CASELESS)
@@ -121,6 +121,16 @@ def normalizePath(path: bytes) -> bytes | None:
     if segments and decoded.endswith((b"/", b"/.", b"/..")):
         normalized += b"/"
     return normalized
+
+
+def encodePath(path: bytes) -> bytes:
+    """
+    Percent-encode a decoded path again for a request line, as nginx
+    escapes C{$uri}: every byte but the unreserved ones, the sub-delimiters,
+    C{:}, C{@} and C{/} is encoded, so that CR, LF, NUL, spaces, C{%}, C{?}
+    and C{#} can never stand raw in what goes to a backend.
+    """
+    return quote_from_bytes(path, safe="/!$&'()*+,;=:@").encode("ascii")
 
 
 def normalizeHost(host: bytes | None) -> bytes | None:

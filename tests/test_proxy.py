@@ -525,6 +525,9 @@ class ProxyTests(SynchronousTestCase):
         When the client cannot take more, reading from the backend stops,
         and resumes when the client catches up.
         """
+        self.lb = MemoryBalancer(
+            balancerConfig(["10.0.0.1:8001"], gatekeeper={"send_timeout": "5m"})
+        )
         client = self.lb.client()
         client.send(GET)
         backend = self.lb.acceptConnection()

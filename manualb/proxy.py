@@ -19,7 +19,7 @@ upstream's C{tunnel_timeout} passes without a byte either way.
 from __future__ import annotations
 
 from io import BytesIO
-from typing import IO
+from typing import IO, Callable
 
 from twisted.internet.interfaces import IPushProducer, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol
@@ -118,9 +118,14 @@ class _StreamingBody:
     limit, so that it can be sent again to another server.
     """
 
-    def __init__(self, length: int | None, request: "StreamingRequest"):
+    def __init__(
+        self, length: int | None, request: "StreamingRequest", limit: int = 0
+    ):
         self.length = length
         self._request = request
+        self._limit = limit
+        self._received = 0
+        self._tooLarge: Callable[[], None] | None = None
         self._pending: list[bytes] = []
         self._pendingSize = 0
         self._kept: list[bytes] | None = None
@@ -156,8 +161,22 @@ class _StreamingBody:
         """
         return not self._delivered or self._kept is not None
 
+    def whenTooLarge(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback} if the body grows beyond C{client_max_body_size}
+        (only a chunked body can: a declared length beyond it is refused
+        before any of the body is read); the rest of the body is dropped.
+        """
+        self._tooLarge = callback
+
     def dataReceived(self, data: bytes) -> None:
         if self._discarding:
+            return
+        self._received += len(data)
+        if self._limit and self._received > self._limit:
+            self.discard()
+            if self._tooLarge is not None:
+                self._tooLarge()
             return
         if self._kept is not None:
             self._keptSize += len(data)
@@ -310,11 +329,18 @@ class StreamingRequest(server.Request):
             super().gotLength(length)
             return
         self.content = BytesIO()
-        self.body = _StreamingBody(length, self)
+        gatekeeper = getattr(self.channel.site, "gatekeeper", None)
+        limit = 0 if gatekeeper is None else gatekeeper.client_max_body_size
+        self.body = _StreamingBody(length, self, limit)
         self.method, self.uri, self.clientproto = requestLine
         self.path = self.uri.split(b"?", 1)[0]
         self.args = {}
         self.process()
+
+    def _handleStar(self) -> None:
+        # Twisted answers C{*} targets itself; the proxy answers them as its
+        # own, and logs them.
+        self.render(self.site.resource)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.body is None:
@@ -504,6 +530,8 @@ class _Exchange:
         body = getattr(request, "body", None)
         if body is None:
             body = _FileBody(request.content)
+        else:
+            body.whenTooLarge(self._bodyTooLarge)
         self.body = body
         self.idempotent = request.method in _IDEMPOTENT
         self.upgrade = body.length == 0 and _mayUpgrade(request)
@@ -784,10 +812,11 @@ class _Exchange:
             next="; trying another server" if retrying else "",
         )
 
-    def _clientGone(self, reason: Failure) -> None:
-        if self._done:
-            return
-        self._done = True
+    def _abandonAttempt(self) -> None:
+        """
+        Give up the current attempt for a reason of the client's, not the
+        server's: its connection, or the connecting, goes.
+        """
         if self._holding:
             self.server.health.requestAbandoned()
             self._endAttempt()
@@ -795,7 +824,35 @@ class _Exchange:
             self._connecting.cancel()
         if self.connection is not None:
             self.connection.abort()
+
+    def _clientGone(self, reason: Failure) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._abandonAttempt()
         self._log(499)
+
+    def _bodyTooLarge(self) -> None:
+        if self._done:
+            return
+        log.info(
+            "request body of {method} {uri} is larger than client_max_body_size",
+            method=self.request.method.decode("ascii", "replace"),
+            uri=self.request.uri.decode("ascii", "replace"),
+        )
+        self._abandonAttempt()
+        self.request.channel.persistent = False
+        if self._started:
+            self.request.unregisterProducer()
+            self._done = True
+            self._log(413)
+            _breakOff(self.request)
+        else:
+            self._answer(
+                413,
+                b"Content Too Large",
+                b"The request body is larger than this server accepts.",
+            )
 
     def _answerError(self, reason: UpstreamError) -> None:
         title = _GATEWAY_ERRORS.get(reason.status) or RESPONSES.get(reason.status, b"Error")

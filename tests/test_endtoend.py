@@ -277,7 +277,9 @@ class EndToEndTests(TestCase):
         """
         A large chunked upload arrives whole and intact.
         """
-        yield self.startBackends(DigestBackend())
+        yield self.startBackends(
+            DigestBackend(), gatekeeper={"client_max_body_size": "0"}
+        )
         body = PatternBody(24 * MiB)
         response = yield self.agent.request(b"PUT", self.url + b"/up", Headers(), body)
         answer = yield readBody(response)

@@ -49,6 +49,9 @@ _MAX_CONTENT_LENGTH = 2**63 - 1
 _METHOD = re.compile(rb"[A-Z0-9_-]+")
 # A request target: visible ASCII only, no fragment.
 _TARGET = re.compile(rb"[\x21-\x22\x24-\x7e]+")
+# Controls other than HTAB, and DEL, have no place in a header field (RFC
+# 9110, 5.5); Twisted checks NUL, CR and LF only.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HOST = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+;=%-]*)(?::[0-9]*)?"
 )
@@ -203,6 +206,9 @@ class ProxyChannel(HTTPChannel):
         self._headerCount += 1
         if self._headerCount > self.gatekeeper.max_headers:
             self._refuseHeaders()
+            return False
+        if _CONTROL.search(line) is not None:
+            self._respondToBadRequestAndDisconnect()
             return False
         return super().headerReceived(line)
 

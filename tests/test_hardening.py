@@ -196,6 +196,23 @@ class RequestCheckTests(SynchronousTestCase):
         client.send(b"GET / HTTP/1.0\r\n\r\n")
         self.assertEqual(len(self.lb.pendingConnections()), 1)
 
+    def test_controlsInHeaders(self):
+        """
+        Controls and DEL in a header line are refused; obs-text is not.
+        """
+        for line in (b"X: a\x7fb", b"X: a\x01b", b"X: a\x0bb", b"X\x01: y", b"X Y: z"):
+            self.refused(b"GET / HTTP/1.1\r\nHost: a\r\n%s\r\n\r\n" % (line,))
+        client = self.lb.client()
+        client.send(b"GET / HTTP/1.1\r\nHost: a\r\nX: caf\xc3\xa9\r\n\r\n")
+        self.assertEqual(len(self.lb.pendingConnections()), 1)
+
+    def test_foldedHostRefused(self):
+        """
+        A continuation line folds into C{Host} with a space, which no host
+        has.
+        """
+        self.refused(b"GET / HTTP/1.1\r\nHost: a\r\n X: y\r\n\r\n")
+
     def test_duplicateHost(self):
         self.refused(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
 

@@ -267,6 +267,13 @@ class ProxyChannel(HTTPChannel):
         # Parses whatever the client pipelined meanwhile.
         super().requestDone(request)
 
+    def loseConnection(self) -> None:
+        # What is still to be written goes first, but only as long as the
+        # client keeps taking it: a closing connection is held to
+        # send_timeout too.
+        self._armSendTimer()
+        super().loseConnection()
+
     def timeoutConnection(self) -> None:
         if self.phase in (_HEAD, _BODY):
             log.info(
@@ -323,11 +330,14 @@ class ProxyChannel(HTTPChannel):
 
     def pauseProducing(self) -> None:
         # The client's connection takes no more for now.
+        self._armSendTimer()
+        super().pauseProducing()
+
+    def _armSendTimer(self) -> None:
         if self._sendTimer is None and self.transport is not None:
             self._sendTimer = self.callLater(
                 self.gatekeeper.send_timeout, self._sendTimedOut
             )
-        super().pauseProducing()
 
     def resumeProducing(self) -> None:
         self._cancelSendTimer()

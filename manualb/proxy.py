@@ -337,6 +337,11 @@ class StreamingRequest(server.Request):
         self.args = {}
         self.process()
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # A proxy passes form bodies on; it has no use for parsing them.
+        self._parsePOSTFormSubmission = False
+
     def _handleStar(self) -> None:
         # Twisted answers C{*} targets itself; the proxy answers them as its
         # own, and logs them.

@@ -53,6 +53,7 @@ from manualb.config import CertificateConfig, ConfigError, TLSConfig
 from manualb.urlmap import normalizeHost
 
 __all__ = [
+    "DEFAULT_BACKLOG",
     "DEFAULT_CIPHERS",
     "TLSFileError",
     "SNIContextFactory",
@@ -81,6 +82,12 @@ DEFAULT_CIPHERS = ":".join(
         "ECDHE-RSA-CHACHA20-POLY1305",
     ]
 )
+
+#: The listen backlog of an C{sni:} endpoint (and of every manualb listener)
+#: that gives none: nginx's 511, where Twisted's is 50, which a burst of
+#: clients connecting at once overflows (the SYNs beyond it are dropped, and
+#: sent again 1 s, 3 s, 7 s after the first).
+DEFAULT_BACKLOG = 511
 
 _MIN_VERSIONS = {
     "tlsv1.2": TLSVersion.TLSv1_2,
@@ -446,7 +453,7 @@ class SNIServerEndpoint(SSL4ServerEndpoint):
         reactor,
         port: int,
         contextFactory: SNIContextFactory,
-        backlog: int = 50,
+        backlog: int = DEFAULT_BACKLOG,
         interface: str = "",
     ) -> None:
         super().__init__(reactor, port, contextFactory, backlog, interface)
@@ -467,12 +474,13 @@ class SNIArguments:
     What an C{sni:PORT[:interface=ADDRESS][:backlog=N][:tls=FILE]} string
     says.
 
+    @ivar backlog: The listen backlog, L{DEFAULT_BACKLOG} unless given.
     @ivar tls: The C{tls=} file, or L{None}.
     """
 
     port: int
     interface: str = ""
-    backlog: int = 50
+    backlog: int = DEFAULT_BACKLOG
     tls: str | None = None
 
 
@@ -487,7 +495,7 @@ def _sniArguments(args: Sequence[str], kwargs: dict[str, str]) -> SNIArguments:
     if args:
         raise ValueError(f"sni: unexpected argument(s) {':'.join(args)!r}")
     interface = kwargs.pop("interface", "")
-    backlog = kwargs.pop("backlog", "50")
+    backlog = kwargs.pop("backlog", str(DEFAULT_BACKLOG))
     tlsPath = kwargs.pop("tls", None)
     if kwargs:
         raise ValueError(

@@ -334,3 +334,276 @@ class RealEMFILETests(TestCase):
         self.assertIn(b"EMFILE", response)
         for each in lb.pools["u"].servers:
             self.assertEqual((each.health.state, each.health._fails), (UP, 0))
+
+
+_SACKED = 13
+_TOTAL_RETRANS = 31
+
+
+def _tcpInfo(sock) -> tuple:
+    """
+    The fields of a TCP socket's C{struct tcp_info} (Linux): eight bytes,
+    then 32-bit fields, C{rto} at 8, C{sacked} at L{_SACKED}, and
+    C{total_retrans} at L{_TOTAL_RETRANS}.
+    """
+    data = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return struct.unpack("8B24I", data[:104])
+
+
+def _needTCPInfo():
+    if not sys.platform.startswith("linux") or not hasattr(socket, "TCP_INFO"):
+        raise SkipTest("needs Linux's TCP_INFO")
+
+
+def _somaxconn() -> int:
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 4096
+
+
+def listenQueueLimit(port) -> int:
+    """
+    The accept queue limit the kernel applies to a listening TCP port: for a
+    listener, C{tcpi_sacked} is its C{sk_max_ack_backlog} (C{ss -ltn}'s
+    Send-Q).
+    """
+    return _tcpInfo(port.socket)[_SACKED]
+
+
+def totalRetransmits(sock) -> int:
+    """
+    How many segments a TCP socket had to send again, its SYN included.
+    """
+    return _tcpInfo(sock)[_TOTAL_RETRANS]
+
+
+class WithBacklogTests(SynchronousTestCase):
+    """
+    L{withBacklog} gives every endpoint type that takes a backlog nginx's
+    511, unless the string gives one.
+    """
+
+    def test_added(self):
+        from manualb.service import withBacklog
+
+        for description in [
+            "tcp:8080",
+            "tcp:8080:interface=127.0.0.1",
+            "tcp6:8080:interface=\\:\\:1",
+            "unix:/run/lb.sock",
+            "ssl:8443:privateKey=k.pem:certKey=c.pem",
+            "sni:443",
+            "SNI:443:interface=127.0.0.1",
+        ]:
+            self.assertEqual(withBacklog(description), description + ":backlog=511")
+        self.assertEqual(withBacklog("tcp:80", 1024), "tcp:80:backlog=1024")
+
+    def test_kept(self):
+        from manualb.service import withBacklog
+
+        for description in [
+            "tcp:8080:backlog=100",
+            "sni:443:backlog=7:interface=127.0.0.1",
+            "unix:/run/lb.sock:backlog=64",
+            # Given positionally.
+            "tcp:8080:127.0.0.1:100",
+            "tcp6:8080:100",
+            "unix:/run/lb.sock:660:100",
+            # Types that may not take one.
+            "systemd:domain=INET:index=0",
+            "onion:443",
+            # A final lone backslash would escape the colon added.
+            "tcp:8080:interface=x\\",
+        ]:
+            self.assertEqual(withBacklog(description), description)
+
+    def test_configCheck(self):
+        """
+        The configuration check takes C{backlog=N} on every kind of
+        endpoint, and refuses a bad one.
+        """
+        from manualb.config import ConfigError
+
+        directory = os.path.abspath(self.mktemp())
+        from manualb.tlstesting import makeCA, writeTLSFiles
+
+        certificate, key = writeTLSFiles(directory, makeCA("test CA"), ["www.example.com"])
+        tls = f"[tls]\ncertificates = www.example.com {certificate} {key}\n"
+        base = "[upstream u]\nservers = 10.0.0.1:80\n[route r]\npath = /\nupstream = u\n"
+        for listen in ["tcp:0:backlog=1024", "sni:0:backlog=1024", "unix:/tmp/x.sock:backlog=8"]:
+            config = parseConfig(f"[manualb]\nlisten = {listen}\n" + tls + base)
+            self.assertEqual(config.listeners[0].listen, (listen,))
+        for listen in ["tcp:0:backlog=many", "sni:0:backlog=0", "sni:0:backlog=x"]:
+            self.assertRaises(
+                ConfigError, parseConfig, f"[manualb]\nlisten = {listen}\n" + tls + base
+            )
+
+
+class BacklogTests(TestCase):
+    """
+    Every listener manualb opens queues 511 connections (nginx's backlog),
+    or what its endpoint string's C{backlog=} says.
+    """
+
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        from manualb.tlstesting import makeCA, writeCA, writeTLSFiles
+
+        self.ca = makeCA("manualb backlog test CA")
+        self.cafile = writeCA(self.directory, self.ca)
+        self.certificate, self.key = writeTLSFiles(
+            self.directory, self.ca, ["www.example.com"]
+        )
+
+    def balancer(self, listen=("tcp:0:interface=127.0.0.1",)) -> LoadBalancer:
+        lines = ["[manualb]", "listen ="] + ["    " + each for each in listen]
+        lines += ["access_log = off", "[tls]"]
+        lines += [f"certificates = www.example.com {self.certificate} {self.key}"]
+        lines += ["[upstream u]", "servers = 127.0.0.1:1", "[route r]", "path = /"]
+        lines += ["upstream = u"]
+        config = parseConfig("\n".join(lines) + "\n", os.path.join(self.directory, "lb.ini"))
+        lb = LoadBalancer(config, reactor)
+        self.addCleanup(lb.close)
+        return lb
+
+    @inlineCallbacks
+    def listen(self, lb, description, factory=None):
+        port = yield lb.endpoint(description).listen(factory or lb.site)
+        self.addCleanup(port.stopListening)
+        return port
+
+    def escaped(self, path):
+        return path.replace(":", "\\:")
+
+    @inlineCallbacks
+    def test_everyKind(self):
+        """
+        C{tcp:}, C{tcp6:}, C{ssl:}, C{sni:} and C{unix:} listen with a
+        backlog of 511, as the kernel confirms for TCP (C{min(511,
+        somaxconn)}).
+        """
+        _needTCPInfo()
+        ssl = "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s" % (
+            self.escaped(self.key),
+            self.escaped(self.certificate),
+        )
+        socketPath = os.path.join(self.directory, "lb.sock")
+        descriptions = [
+            "tcp:0:interface=127.0.0.1",
+            "sni:0:interface=127.0.0.1",
+            ssl,
+            "unix:" + self.escaped(socketPath),
+        ]
+        if socket.has_ipv6:
+            descriptions.append("tcp6:0:interface=\\:\\:1")
+        lb = self.balancer(descriptions)
+        expected = min(511, _somaxconn())
+        for description in descriptions:
+            try:
+                port = yield self.listen(lb, description)
+            except Exception as e:
+                if description.startswith("tcp6"):
+                    continue  # no IPv6 loopback here
+                raise
+            self.assertEqual(port.backlog, 511, description)
+            if not description.startswith("unix"):
+                self.assertEqual(listenQueueLimit(port), expected, description)
+
+    @inlineCallbacks
+    def test_given(self):
+        """
+        C{backlog=N} in the endpoint string is kept.
+        """
+        _needTCPInfo()
+        lb = self.balancer(["tcp:0:interface=127.0.0.1:backlog=64", "sni:0:backlog=32"])
+        port = yield self.listen(lb, "tcp:0:interface=127.0.0.1:backlog=64")
+        self.assertEqual((port.backlog, listenQueueLimit(port)), (64, 64))
+        port = yield self.listen(lb, "sni:0:interface=127.0.0.1:backlog=32")
+        self.assertEqual((port.backlog, listenQueueLimit(port)), (32, 32))
+
+    @inlineCallbacks
+    def test_makeService(self):
+        """
+        The listeners makeService builds, HTTP and streams, get 511.
+        """
+        from manualb.service import makeService
+
+        lb = self.balancer()
+        config = parseConfig(
+            "[manualb]\nlisten = tcp:0:interface=127.0.0.1\naccess_log = off\n"
+            "[stream s]\nlisten = tcp:0:interface=127.0.0.1:backlog=77\nupstream = u\n"
+            "[stream t]\nlisten = tcp6:0:interface=\\:\\:1\nupstream = u\n"
+            "[upstream u]\nservers = 127.0.0.1:1\n[route r]\npath = /\nupstream = u\n"
+        )
+        parent = makeService(config, reactor)
+        self.addCleanup(parent.balancer.close)
+        services = {service.name: service for service in parent if service.name}
+        backlogs = {name: service.endpoint._backlog for name, service in services.items()}
+        self.assertEqual(
+            backlogs,
+            {
+                "tcp:0:interface=127.0.0.1": 511,
+                "tcp:0:interface=127.0.0.1:backlog=77": 77,
+                "tcp6:0:interface=\\:\\:1": 511,
+            },
+        )
+        port = yield services["tcp:0:interface=127.0.0.1"].endpoint.listen(lb.site)
+        self.addCleanup(port.stopListening)
+        self.assertEqual(port.backlog, 511)
+
+    @inlineCallbacks
+    def test_burst(self):
+        """
+        300 clients connecting at once (all their connects are made before
+        the proxy accepts any) are all queued by the kernel at the first
+        try, and all answered: none of them had to send its SYN again, as
+        those beyond a backlog of 50 would, 1 s and then 3 s later.
+        """
+        _needTCPInfo()
+        lb = self.balancer()
+        port = yield self.listen(lb, "tcp:0:interface=127.0.0.1")
+        count = 300
+        clients = [_Client() for _ in range(count)]
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        # Each connect is started by the reactor in the same round (Twisted
+        # calls connect() from callLater(0)), before the port reads again.
+        connected = [connectProtocol(endpoint, client) for client in clients]
+        for each in connected:
+            yield each
+        answers = []
+        for client in clients:
+            answers.append((yield client.closed))
+        self.assertEqual(
+            [answer[:len(b"HTTP/1.0 405")] for answer in answers],
+            [b"HTTP/1.0 405"] * count,
+        )
+        retransmitted = [client.retransmits for client in clients if client.retransmits]
+        self.assertEqual(retransmitted, [], "connects that needed their SYN sent again")
+
+    test_burst.timeout = 60
+
+
+class _Client(Protocol):
+    """
+    Sends a request manualb answers itself (C{TRACE}: 405) as soon as it is
+    connected, after noting how many segments its connect had to send again.
+    """
+
+    retransmits = None
+
+    def __init__(self):
+        self.data = b""
+        self.closed = Deferred()
+
+    def connectionMade(self):
+        self.retransmits = totalRetransmits(self.transport.getHandle())
+        self.transport.write(b"TRACE / HTTP/1.0\r\nHost: burst\r\n\r\n")
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason=None):
+        self.closed.callback(self.data)
+

@@ -371,6 +371,14 @@ class ProxySite(server.Site):
     def log(self, request: Request) -> None:
         pass
 
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        The protocols ALPN may choose: Twisted's (C{h2}, C{http/1.1}) and
+        C{http/1.0}, which the channel serves as HTTP/1.x, for clients that
+        offer only it (C{curl --http1.0}).
+        """
+        return super().acceptableProtocols() + [b"http/1.0"]
+
 
 class ProxyResource(Resource):
     """

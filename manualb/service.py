@@ -28,6 +28,7 @@ from manualb.termination import (
     contextFactoryFor,
     hstsHeader,
     sniEndpoint,
+    tolerateUnknownALPN,
     _splitDescription,
 )
 from manualb.urlmap import URLMap
@@ -61,9 +62,15 @@ def withBacklog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
 def serverEndpoint(reactor, description: str) -> IStreamServerEndpoint:
     """
     Twisted's server endpoint for C{description}, with a backlog of
-    L{DEFAULT_BACKLOG} unless it gives one (see L{withBacklog}).
+    L{DEFAULT_BACKLOG} unless it gives one (see L{withBacklog}); for
+    C{ssl:}, a client offering by ALPN no protocol the factory speaks is
+    served without ALPN rather than refused (see L{tolerateUnknownALPN}).
     """
-    return serverFromString(reactor, withBacklog(description))
+    description = withBacklog(description)
+    endpoint = serverFromString(reactor, description)
+    if _isTLS(description):
+        tolerateUnknownALPN(getattr(endpoint, "_sslContextFactory", None))
+    return endpoint
 
 
 class LoadBalancer:

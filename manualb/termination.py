@@ -4,11 +4,11 @@ the client asked for.
 
 A C{[tls]} section (L{TLSConfig}) lists certificates by server name.  Each
 becomes an OpenSSL context built by Twisted's L{CertificateOptions} (TLS 1.2
-or 1.3 at least, modern ciphers, ALPN offering C{h2} and C{http/1.1}), and an
-L{SNIContextFactory} picks one by the name the client sends (SNI): the exact
-name first, then a wildcard (C{*.api.example.com} covers C{v1.api.example.com}
-only: one label, as a certificate's wildcard does), else the first
-certificate, which clients that send no name get too.
+or 1.3 at least, modern ciphers, ALPN offering C{h2}, C{http/1.1} and
+C{http/1.0}), and an L{SNIContextFactory} picks one by the name the client
+sends (SNI): the exact name first, then a wildcard (C{*.api.example.com}
+covers C{v1.api.example.com} only: one label, as a certificate's wildcard
+does), else the first certificate, which clients that send no name get too.
 
 Listening::
 
@@ -59,6 +59,7 @@ __all__ = [
     "SNIContextFactory",
     "SNIServerEndpoint",
     "alpnProtocols",
+    "tolerateUnknownALPN",
     "contextFactoryFor",
     "sniEndpoint",
     "SNIArguments",
@@ -123,12 +124,30 @@ class TLSFileError(ConfigError):
 
 def alpnProtocols() -> list[bytes]:
     """
-    The protocols offered by ALPN: C{h2} and C{http/1.1} when Twisted can
-    serve HTTP/2 (the C{h2} package is installed), else C{http/1.1} alone.
+    The protocols offered by ALPN, as nginx's: C{h2} when Twisted can serve
+    HTTP/2 (the C{h2} package is installed), then C{http/1.1} and
+    C{http/1.0} (which C{curl --http1.0} offers alone).
     """
     from twisted.web.http import H2_ENABLED
 
-    return [b"h2", b"http/1.1"] if H2_ENABLED else [b"http/1.1"]
+    http1 = [b"http/1.1", b"http/1.0"]
+    return [b"h2"] + http1 if H2_ENABLED else http1
+
+
+def tolerateUnknownALPN(contextFactory) -> None:
+    """
+    Make the TLS server connections of C{contextFactory}, a Twisted
+    L{CertificateOptions} (what C{ssl:} endpoint strings build), choose their
+    ALPN protocol with L{_alpnSelector}: the first of L{alpnProtocols} that
+    the client offers and the site speaks, else none, with the handshake
+    going on without ALPN.  Twisted's own selection instead fails the
+    handshake with an internal error alert when nothing overlaps (a client
+    offering only C{spdy/3}, say).  Anything else is left as it is.
+    """
+    if isinstance(contextFactory, CertificateOptions):
+        # The context is made once and kept: every connection uses this one.
+        context = contextFactory.getContext()
+        context.set_alpn_select_callback(_alpnSelector(alpnProtocols()))
 
 
 def _normalizeName(name: str | bytes | None) -> str | None:

@@ -607,3 +607,129 @@ class _Client(Protocol):
     def connectionLost(self, reason=None):
         self.closed.callback(self.data)
 
+
+def _http10Exchange(port: int, cafile: str, alpn: list) -> tuple:
+    """
+    Handshake offering C{alpn}, then one C{GET / HTTP/1.0}; return the
+    protocol chosen and the whole response.  Blocking: run it in a thread.
+    """
+    import ssl
+
+    context = ssl.create_default_context(cafile=cafile)
+    context.set_alpn_protocols(alpn)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="www.example.com") as tls:
+            tls.sendall(b"GET /x HTTP/1.0\r\nHost: www.example.com\r\n\r\n")
+            response = b""
+            while True:
+                data = tls.recv(65536)
+                if not data:
+                    break
+                response += data
+            return tls.selected_alpn_protocol(), response
+
+
+class HTTP10OverTLSTests(TestCase):
+    """
+    A TLS client that offers only C{http/1.0} by ALPN (C{curl --http1.0}) is
+    served, as by nginx, on C{ssl:} and C{sni:} listeners alike; one that
+    offers only a protocol nobody speaks is served without ALPN.
+    """
+
+    @inlineCallbacks
+    def setUp(self):
+        from manualb.testing import NamedBackend, listenBackend, serverAddress
+        from manualb.tlstesting import makeCA, writeCA, writeTLSFiles
+
+        directory = os.path.abspath(self.mktemp())
+        ca = makeCA("manualb ALPN test CA")
+        self.cafile = writeCA(directory, ca)
+        certificate, key = writeTLSFiles(directory, ca, ["www.example.com"])
+        backendPort = yield listenBackend(reactor, NamedBackend("Backend A"))
+        self.addCleanup(backendPort.stopListening)
+        self.ssl = "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s" % (
+            key.replace(":", "\\:"),
+            certificate.replace(":", "\\:"),
+        )
+        self.sni = "sni:0:interface=127.0.0.1"
+        config = parseConfig(
+            f"[manualb]\nlisten =\n    {self.ssl}\n    {self.sni}\naccess_log = off\n"
+            f"[tls]\ncertificates = www.example.com {certificate} {key}\n"
+            f"[upstream u]\nservers = {serverAddress(backendPort)}\n"
+            "[route r]\npath = /\nupstream = u\n",
+            os.path.join(directory, "lb.ini"),
+        )
+        self.lb = LoadBalancer(config, reactor)
+        self.addCleanup(self.lb.close)
+
+    @inlineCallbacks
+    def exchange(self, description, alpn):
+        from twisted.internet.threads import deferToThread
+
+        port = yield self.lb.endpoint(description).listen(self.lb.site)
+        self.addCleanup(port.stopListening)
+        result = yield deferToThread(
+            _http10Exchange, port.getHost().port, self.cafile, alpn
+        )
+        return result
+
+    @inlineCallbacks
+    def check(self, description, alpn, expected):
+        chosen, response = yield self.exchange(description, alpn)
+        self.assertEqual(chosen, expected, description)
+        self.assertTrue(response.startswith(b"HTTP/1.0 200 "), response[:100])
+        self.assertTrue(response.endswith(b"\r\n\r\nBackend A\n"), response[-100:])
+
+    def test_sslHTTP10(self):
+        return self.check(self.ssl, ["http/1.0"], "http/1.0")
+
+    def test_sniHTTP10(self):
+        return self.check(self.sni, ["http/1.0"], "http/1.0")
+
+    def test_sslUnknownProtocol(self):
+        return self.check(self.ssl, ["spdy/3"], None)
+
+    def test_sniUnknownProtocol(self):
+        return self.check(self.sni, ["spdy/3"], None)
+
+    @inlineCallbacks
+    def test_preferences(self):
+        """
+        A client offering HTTP/1.1 and HTTP/1.0 gets HTTP/1.1, on both
+        kinds.
+        """
+        for description in (self.ssl, self.sni):
+            chosen, response = yield self.exchange(description, ["http/1.0", "http/1.1"])
+            self.assertEqual(chosen, "http/1.1", description)
+
+    @inlineCallbacks
+    def test_sslStream(self):
+        """
+        An C{ssl:} stream listener, whose factory speaks no HTTP, serves a
+        client offering C{h2} by ALPN without ALPN, rather than failing the
+        handshake.
+        """
+        import ssl
+
+        from twisted.internet.protocol import Factory
+        from twisted.internet.threads import deferToThread
+
+        from manualb.service import serverEndpoint
+
+        class Echo(Protocol):
+            def dataReceived(self, data):
+                self.transport.write(data)
+
+        port = yield serverEndpoint(reactor, self.ssl).listen(Factory.forProtocol(Echo))
+        self.addCleanup(port.stopListening)
+
+        def exchange():
+            context = ssl.create_default_context(cafile=self.cafile)
+            context.set_alpn_protocols(["h2", "http/1.1"])
+            address = ("127.0.0.1", port.getHost().port)
+            with socket.create_connection(address, timeout=10) as raw:
+                with context.wrap_socket(raw, server_hostname="www.example.com") as tls:
+                    tls.sendall(b"ping")
+                    return tls.selected_alpn_protocol(), tls.recv(4)
+
+        self.assertEqual((yield deferToThread(exchange)), (None, b"ping"))

@@ -592,7 +592,7 @@ class ALPNTests(TerminationTestsMixin, TestCase):
         super().setUp()
 
     def test_protocolsOffered(self):
-        self.assertEqual(alpnProtocols(), [b"h2", b"http/1.1"])
+        self.assertEqual(alpnProtocols(), [b"h2", b"http/1.1", b"http/1.0"])
 
     @inlineCallbacks
     def test_h2(self):

@@ -19,6 +19,10 @@ then:
     405) and measures how long the slowest took to be answered, with the
     same counters.
 
+manualb runs under C{stallwatch.py}, which notes how late a 10 ms timer of
+its reactor runs and how long its garbage collections take: each run also
+shows the worst of both (C{--no-stallwatch} leaves it out).
+
 The worst run's tail is reported at the end.  C{--backlog N} makes manualb
 listen with C{backlog=N} (C{--backlog 50} is Twisted's default, which manualb
 used before it listened with nginx's 511).  The namespace's counters count
@@ -53,12 +57,14 @@ from proxy_bench import (
     backendConfig,
     checkResponse,
     ensureTools,
+    manualbConfig,
     parseWrk,
     pinning,
     startManualb,
     startNginx,
     toMs,
     waitForPort,
+    writeFile,
 )
 
 BENCH = Path(__file__).resolve().parent
@@ -231,6 +237,62 @@ def _grown(before: int | None, after: int | None) -> int | None:
     return after - before
 
 
+# -- manualb's own stalls --------------------------------------------------------
+
+
+def startWatchedManualb(procs: Processes, prefix: list[str], backends: list[int], backlog):
+    """
+    Start manualb in front of C{backends} under C{stallwatch.py}, which
+    records its reactor's lateness and its garbage collections; return
+    C{(process, port, report path)}.
+    """
+    port = freePort()
+    conf = writeFile(procs.workdir / "manualb.ini", manualbConfig(port, backends, backlog))
+    report = procs.workdir / "stalls.json"
+    argv = [
+        sys.executable, str(BENCH / "stallwatch.py"), str(report),
+        "-n", "--pidfile=", "manualb", "--config", str(conf),
+    ]
+    return procs.start("manualb", prefix + argv, port), port, report
+
+
+def readStalls(path: Path, after: float = 0.0, deadline: float = 3.0) -> dict:
+    """
+    The latest figures C{stallwatch.py} wrote to C{path}, once written
+    after C{after} (a C{time.monotonic()}), waiting up to C{deadline}
+    seconds for that; empty if there are none.
+    """
+    import json
+
+    end = time.monotonic() + deadline
+    figures: dict = {}
+    while True:
+        try:
+            figures = json.loads(path.read_text())
+        except (OSError, ValueError):
+            figures = {}
+        if figures.get("written", 0.0) > after or time.monotonic() >= end:
+            return figures
+        time.sleep(0.1)
+
+
+def stallsBetween(before: dict, after: dict, start: float, end: float) -> dict:
+    """
+    What manualb's reactor and collector did from C{start} to C{end}: the
+    longest lateness of its timer, how many times it was 100 ms late or
+    more, the longest collection, and the collections' count and time.
+    """
+    lags = [ms for t, ms in after.get("lags", []) if start <= t <= end]
+    pauses = [ms for t, ms, _ in after.get("gc", []) if start <= t <= end]
+    return {
+        "lag_max_ms": max(lags, default=0.0),
+        "lags_100ms": sum(1 for ms in lags if ms >= 100),
+        "gc_max_ms": max(pauses, default=0.0),
+        "gc_count": after.get("gc_count", 0) - before.get("gc_count", 0),
+        "gc_total_ms": after.get("gc_total_ms", 0.0) - before.get("gc_total_ms", 0.0),
+    }
+
+
 # -- wrk ----------------------------------------------------------------------
 
 
@@ -252,10 +314,18 @@ def parseTail(output: str) -> dict:
     return result
 
 
-def loadRun(prefix: list[str], port: int, pid: int, duration: int, connections: int) -> dict:
+def loadRun(
+    prefix: list[str],
+    port: int,
+    pid: int,
+    duration: int,
+    connections: int,
+    stalls: Path | None = None,
+) -> dict:
     """
     One wrk run against manualb on C{port}, with the kernel's counters and
-    manualb's own figures before and after.
+    manualb's own figures before and after (and its stalls, from the
+    C{stallwatch.py} report C{stalls}).
     """
     argv = prefix + [
         "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
@@ -265,13 +335,16 @@ def loadRun(prefix: list[str], port: int, pid: int, duration: int, connections: 
     counters = readCounters()
     drops = portDrops(port)
     own = processFigures(pid)
+    watched = readStalls(stalls, deadline=0) if stalls is not None else {}
     sampler.start()
+    start = time.monotonic()
     try:
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=duration + 60, check=False
         )
     finally:
         sampler.stop()
+    end = time.monotonic()
     output = done.stdout + done.stderr
     if done.returncode != 0:
         raise BenchError(f"wrk failed ({done.returncode}):\n{output}")
@@ -280,6 +353,8 @@ def loadRun(prefix: list[str], port: int, pid: int, duration: int, connections: 
     result["port_drops"] = _grown(drops, portDrops(port))
     result["manualb"] = difference(own, processFigures(pid))
     result["accept_queue_longest"] = sampler.longest
+    if stalls is not None:
+        result["stalls"] = stallsBetween(watched, readStalls(stalls, end), start, end)
     result["wrk_output"] = output
     return result
 
@@ -363,7 +438,8 @@ def formatRuns(runs: list[dict]) -> str:
     """
     lines = [
         f"{'run':<5}{'req/s':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-        f"{'drops':>7}{'ns-ovf':>8}{'synre':>7}{'retr':>6}{'acceptq':>9}  errors"
+        f"{'drops':>7}{'ns-ovf':>8}{'synre':>7}{'retr':>6}{'acceptq':>9}"
+        f"{'lag ms':>8}{'gc ms':>7}  errors"
     ]
     for number, r in enumerate(runs, 1):
         if "error" in r:
@@ -377,9 +453,15 @@ def formatRuns(runs: list[dict]) -> str:
             f"{r['p99_ms']:>9.2f}{r['max_ms']:>9.1f}"
             f"{_count(r['port_drops']):>7}{k.get('ListenOverflows', 0):>8}"
             f"{k.get('TCPSynRetrans', 0):>7}{k.get('RetransSegs', 0):>6}{queue:>9}"
+            f"{_ms(r, 'lag_max_ms'):>8}{_ms(r, 'gc_max_ms'):>7}"
             f"  {r['errors']}" + (f" ({detail})" if detail else "")
         )
     return "\n".join(lines)
+
+
+def _ms(run: dict, key: str) -> str:
+    stalls = run.get("stalls")
+    return "-" if stalls is None else f"{stalls[key]:.0f}"
 
 
 def _count(value: int | None) -> str:
@@ -423,7 +505,8 @@ def report(results: dict) -> str:
         f"{settings['runs']} x wrk -t1 -c{settings['connections']} -d{settings['duration_s']}s; "
         f"drops: connections dropped by manualb's listening socket (ss -ltnm d); "
         f"ns-ovf: ListenOverflows, synre: TCPSynRetrans, retr: RetransSegs of the "
-        f"whole network namespace; acceptq: longest accept queue seen)"
+        f"whole network namespace; acceptq: longest accept queue seen; lag: how "
+        f"late manualb's 10 ms timer ran at worst; gc: its longest collection)"
     )
     return "\n".join(out)
 
@@ -444,6 +527,8 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
                    help="listen with backlog=N (default: manualb's own)")
     p.add_argument("--burst", type=int, default=1000,
                    help="connections opened at once after the runs (1000, at most 5000; 0 skips)")
+    p.add_argument("--no-stallwatch", action="store_true",
+                   help="run manualb without stallwatch.py (its 10 ms timer and GC watch)")
     p.add_argument("--json", type=Path, default=BENCH / "results" / "tail.json",
                    help="where to write the JSON results")
     args = p.parse_args(argv)
@@ -478,16 +563,24 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict:
         startNginx(procs, otherPin, "backends",
                    backendConfig(workdir, backendPorts, bigdir), backendPorts[0])
         waitForPort(backendPorts[1], procs.running[-1][1], "backends")
-        process, port = startManualb(
-            procs, proxyPin, "manualb", list(backendPorts), backlog=args.backlog
-        )
+        if args.no_stallwatch:
+            process, port = startManualb(
+                procs, proxyPin, "manualb", list(backendPorts), backlog=args.backlog
+            )
+            stalls = None
+        else:
+            process, port, stalls = startWatchedManualb(
+                procs, proxyPin, list(backendPorts), args.backlog
+            )
         checkResponse(port)
         results["accept_queue_limit"] = listener(port).get("limit")
         for number in range(1, args.runs + 1):
             print(f"  run {number} of {args.runs}: {args.duration}s ...", flush=True)
             try:
                 results["runs"].append(
-                    loadRun(otherPin, port, process.pid, args.duration, args.connections)
+                    loadRun(
+                        otherPin, port, process.pid, args.duration, args.connections, stalls
+                    )
                 )
             except (BenchError, subprocess.TimeoutExpired) as e:
                 print(f"  run {number}: FAILED: {e}", flush=True)

@@ -274,15 +274,24 @@ def nginxProxyConfig(workdir: Path, port: int, backends: tuple[int, int]) -> str
 """
 
 
-def manualbConfig(port: int, backends: list[int]) -> str:
+def manualbConfig(port: int, backends: list[int], backlog: int | None = None) -> str:
     """
-    manualb configuration: listen on C{port}, round robin over C{backends}.
+    manualb configuration: listen on C{port} (with C{backlog=N} when
+    given), round robin over C{backends}.
     """
     servers = "".join(f"    127.0.0.1:{p}\n" for p in backends)
+    listen = f"tcp:{port}:interface=127.0.0.1"
+    if backlog is not None:
+        listen += f":backlog={backlog}"
     return f"""\
 [manualb]
-listen = tcp:{port}:interface=127.0.0.1
+listen = {listen}
 access_log = off
+
+[gatekeeper]
+; The streaming run uploads far more than nginx's 1m default.
+client_max_body_size = 0
+max_connections = 4096
 
 [upstream backends]
 servers =
@@ -320,12 +329,18 @@ def startNginx(procs: Processes, prefix: list[str], name: str, config: str, port
     return procs.start(name, prefix + argv, port)
 
 
-def startManualb(procs: Processes, prefix: list[str], name: str, backends: list[int]):
+def startManualb(
+    procs: Processes,
+    prefix: list[str],
+    name: str,
+    backends: list[int],
+    backlog: int | None = None,
+):
     """
     Start manualb in front of C{backends}; return C{(process, port)}.
     """
     port = freePort()
-    conf = writeFile(procs.workdir / f"{name}.ini", manualbConfig(port, backends))
+    conf = writeFile(procs.workdir / f"{name}.ini", manualbConfig(port, backends, backlog))
     argv = [
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
         "-n", "--pidfile=", "manualb", "--config", str(conf),

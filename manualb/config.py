@@ -1220,8 +1220,10 @@ def _sniProblem(description: str) -> str | None:
             return f"{name} given twice"
         if not value:
             return f"{name} needs a value"
-        if name == "backlog" and not (value.isascii() and value.isdigit()):
-            return f"bad backlog {value!r}: a whole number"
+        if name == "backlog" and not (
+            value.isascii() and value.isdigit() and int(value) >= 1
+        ):
+            return f"bad backlog {value!r}: a whole number, at least 1"
         given.add(name)
     return None
 

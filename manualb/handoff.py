@@ -16,7 +16,9 @@ never reused.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import re
 
 from twisted.internet import error
@@ -74,6 +76,18 @@ class UpstreamConnectFailed(UpstreamError):
     """
     No connection to the backend could be made.
     """
+
+
+class UpstreamLocalError(UpstreamError):
+    """
+    The proxy itself could not make a connection to the backend: it ran out
+    of file descriptors, socket buffers, memory or local ports.  This is not
+    the server's failure: it does not count against the server's health, and
+    the request does not go to another server, which would fail the same
+    way; the client gets a 503.
+    """
+
+    status = 503
 
 
 class UpstreamTimeout(UpstreamError):
@@ -781,6 +795,9 @@ class ConnectionPool:
                 return reason
             if reason.check(error.TimeoutError):
                 raise UpstreamTimeout("connect to backend timed out")
+            shortage = localConnectProblem(reason)
+            if shortage is not None:
+                raise UpstreamLocalError("cannot connect to backend: " + shortage)
             raise UpstreamConnectFailed(
                 "connect to backend failed: " + describeFailure(reason)
             )
@@ -827,6 +844,39 @@ def cancelCall(call: IDelayedCall | None) -> None:
     """
     if call is not None and call.active():
         call.cancel()
+
+
+#: The errors of a connect that tell of the proxy's own shortage, not of the
+#: server: Twisted reports those of C{socket()} as a
+#: L{error.ConnectBindError}, those of C{connect()} as a L{error.ConnectError},
+#: both with the C{errno} in C{osError}.
+_LOCAL_CONNECT_ERRORS = {
+    errno.EMFILE: "the proxy process is out of file descriptors",
+    errno.ENFILE: "the system is out of file descriptors",
+    errno.ENOBUFS: "the system is out of socket buffers",
+    errno.ENOMEM: "the system is out of memory",
+    errno.EADDRNOTAVAIL: "no local port is free to connect from",
+}
+
+
+def localConnectProblem(reason: Failure) -> str | None:
+    """
+    What the proxy lacked, in words, when C{reason} is a connect failure of
+    its own making (see L{UpstreamLocalError}); L{None} for any other.
+    """
+    value = reason.value
+    number = getattr(value, "osError", None)
+    if isinstance(number, OSError):
+        number = number.errno
+    if number is None and isinstance(value, OSError):
+        number = value.errno
+    if not isinstance(number, int) or number not in _LOCAL_CONNECT_ERRORS:
+        return None
+    return "%s (%s: %s)" % (
+        _LOCAL_CONNECT_ERRORS[number],
+        errno.errorcode.get(number, number),
+        os.strerror(number),
+    )
 
 
 def describeFailure(reason: Failure) -> str:

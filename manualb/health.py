@@ -17,6 +17,21 @@ Two sources feed one L{HealthMonitor} per pool:
 A server that comes back ramps up over its C{slow_start}.  Every change of a
 server's state is logged with its reason and kept in the monitor's
 L{HealthMonitor.history}.
+
+Two kinds of failure are not held against a server:
+
+  - the proxy's own: a connection that could not be made because the proxy
+    ran out of file descriptors, buffers or local ports
+    (L{manualb.handoff.UpstreamLocalError}) counts neither as a failed
+    request nor as a failed probe;
+  - any failure of the only server of a pool (L{Pool.single
+    <manualb.selection.Pool.single>}): as nginx ignores C{max_fails} and
+    C{fail_timeout} when an upstream has a single server, passive marks never
+    make it unavailable.  Active probes still take it down, as HAProxy's
+    checks and nginx Plus's C{health_check} do: they were configured to say
+    when the server is broken, and clients then get a 503 at once instead of
+    waiting on it.  A lone primary with backups is marked as any other, and
+    the backups serve meanwhile (nginx does the same).
 """
 
 from __future__ import annotations
@@ -42,8 +57,10 @@ from manualb.handoff import (
     UpstreamConnectFailed,
     UpstreamConnection,
     UpstreamError,
+    UpstreamLocalError,
     describeFailure,
     endpointForServer,
+    localConnectProblem,
 )
 
 if TYPE_CHECKING:
@@ -156,10 +173,11 @@ class ServerHealth:
 
     def requestFailed(self, reason: str) -> None:
         """
-        The server failed a request: count it against C{max_fails}.
+        The server failed a request: count it against C{max_fails} (unless
+        it is the pool's only server).
         """
         config = self.server.config
-        if config.max_fails == 0:
+        if config.max_fails == 0 or self.monitor.pool.single:
             return
         now = self.clock.seconds()
         if self._unavailableUntil is not None:
@@ -364,6 +382,9 @@ class TCPProbe:
             if reason.check(CancelledError, ConnectingCancelledError):
                 # Cancelled by the monitor (a timeout, or stopping).
                 raise CancelledError()
+            shortage = localConnectProblem(reason)
+            if shortage is not None:
+                raise UpstreamLocalError("cannot connect: " + shortage)
             raise UpstreamConnectFailed("connect failed: " + describeFailure(reason))
 
         connecting.addCallbacks(connected, failed)
@@ -464,6 +485,14 @@ class HealthMonitor:
             if timedOut:
                 why = "no answer within " + formatDuration(config.timeout)
             elif reason.check(CancelledError):
+                return
+            elif reason.check(UpstreamLocalError):
+                log.error(
+                    "upstream {pool}: health check of {server} not made: {reason}",
+                    pool=self.pool.name,
+                    server=server.name,
+                    reason=reason.getErrorMessage(),
+                )
                 return
             else:
                 why = reason.getErrorMessage()

@@ -45,6 +45,7 @@ from manualb.handoff import (
     UpstreamClosed,
     UpstreamConnection,
     UpstreamError,
+    UpstreamLocalError,
 )
 from manualb.selection import Server
 from manualb.streams import Tunnel
@@ -445,6 +446,14 @@ class ProxySite(server.Site):
     def log(self, request: Request) -> None:
         pass
 
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        The protocols ALPN may choose: Twisted's (C{h2}, C{http/1.1}) and
+        C{http/1.0}, which the channel serves as HTTP/1.x, for clients that
+        offer only it (C{curl --http1.0}).
+        """
+        return super().acceptableProtocols() + [b"http/1.0"]
+
 
 class ProxyResource(Resource):
     """
@@ -719,6 +728,9 @@ class _Exchange:
             self._connect(self.server.connections.connect())
             return
         self._endAttempt()
+        if isinstance(reason, UpstreamLocalError):
+            self._localFailure(reason)
+            return
         self.server.health.requestFailed(str(reason))
         if self._mayRetry():
             self._logFailure(reason, retrying=True)
@@ -804,6 +816,25 @@ class _Exchange:
             self.times.append(self.proxy.reactor.seconds() - self._attemptStart)
             self._holding = False
             self.server.active -= 1
+
+    def _localFailure(self, reason: UpstreamLocalError) -> None:
+        """
+        The proxy could not connect for want of its own resources: the
+        server is not to blame and the next one would fail the same way, so
+        the client gets a 503 at once.
+        """
+        self.server.health.requestAbandoned()
+        log.error(
+            "upstream {server} ({pool}): {reason} while proxying {method} {uri}; "
+            "answering 503 (the server is not marked as failed)",
+            server=self.server.name,
+            pool=self.pool.name,
+            reason=str(reason),
+            method=self.request.method.decode("ascii", "replace"),
+            uri=self.request.uri.decode("ascii", "replace"),
+        )
+        self.body.discard()
+        self._answerError(reason)
 
     def _logFailure(self, reason: UpstreamError, retrying: bool) -> None:
         log.warn(

@@ -114,6 +114,18 @@ class Pool:
             [server for server in self.servers if server.config.backup],
         ]
 
+    @property
+    def single(self) -> bool:
+        """
+        Whether the pool has one server only, with no backup.  As in nginx
+        (C{peers->single}), failures never make such a server unavailable:
+        there is nowhere else to send its requests, and refusing them for
+        C{fail_timeout} would only turn a passing failure into an outage.
+        A lone primary with backups is not single: it is marked, and the
+        backups serve meanwhile.
+        """
+        return len(self.servers) == 1
+
     def canPick(self, exclude: Collection[Server] = ()) -> bool:
         """
         Whether some server not in C{exclude} is available now.

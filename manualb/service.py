@@ -23,13 +23,55 @@ from manualb.proxy import ProxyResource, ProxySite
 from manualb.selection import Pool
 from manualb.streams import StreamProxyFactory
 from manualb.termination import (
+    DEFAULT_BACKLOG,
     HTTPSRedirect,
     SNIContextFactory,
     contextFactoryFor,
     hstsHeader,
     sniEndpoint,
+    tolerateUnknownALPN,
+    _splitDescription,
 )
 from manualb.urlmap import URLMap
+
+# For each endpoint type that takes a backlog, how many positional arguments
+# come before it: a string with more gives its backlog positionally
+# (tcp:PORT:INTERFACE:BACKLOG, tcp6:PORT:BACKLOG, unix:PATH:MODE:BACKLOG,
+# ssl:PORT:KEY:CERT:METHOD:INTERFACE:BACKLOG).
+_BACKLOG_POSITION = {"tcp": 2, "tcp6": 1, "unix": 2, "ssl": 5, "sni": 1}
+
+
+def withBacklog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
+    """
+    The endpoint string C{description} with C{backlog=BACKLOG} added when it
+    is of a type that takes a backlog (C{tcp}, C{tcp6}, C{unix}, C{ssl},
+    C{sni}) and gives none, so that every listener queues as many
+    connections as nginx's (511) rather than Twisted's default 50.  A string
+    that gives C{backlog=N} keeps it; other types are left as they are.
+    """
+    args, kwargs = _splitDescription(description)
+    position = _BACKLOG_POSITION.get(args[0].strip().lower())
+    if position is None or "backlog" in kwargs or len(args) - 1 > position:
+        return description
+    trailing = len(description) - len(description.rstrip("\\"))
+    if trailing % 2:
+        # A lone final backslash would escape the colon added.
+        return description
+    return "%s:backlog=%d" % (description, backlog)
+
+
+def serverEndpoint(reactor, description: str) -> IStreamServerEndpoint:
+    """
+    Twisted's server endpoint for C{description}, with a backlog of
+    L{DEFAULT_BACKLOG} unless it gives one (see L{withBacklog}); for
+    C{ssl:}, a client offering by ALPN no protocol the factory speaks is
+    served without ALPN rather than refused (see L{tolerateUnknownALPN}).
+    """
+    description = withBacklog(description)
+    endpoint = serverFromString(reactor, description)
+    if _isTLS(description):
+        tolerateUnknownALPN(getattr(endpoint, "_sslContextFactory", None))
+    return endpoint
 
 
 class LoadBalancer:
@@ -91,11 +133,12 @@ class LoadBalancer:
     def endpoint(self, description: str) -> IStreamServerEndpoint:
         """
         The server endpoint for a C{listen} line: Twisted's own, or manualb's
-        C{sni:} with the certificates of C{[tls]}.
+        C{sni:} with the certificates of C{[tls]}; with a backlog of
+        L{DEFAULT_BACKLOG} unless the line gives one (see L{withBacklog}).
         """
         if _isSNI(description):
-            return sniEndpoint(self.reactor, description, self.tls)
-        return serverFromString(self.reactor, description)
+            return sniEndpoint(self.reactor, withBacklog(description), self.tls)
+        return serverEndpoint(self.reactor, description)
 
     def factoryFor(self, listener: ListenerConfig, description: str) -> Factory:
         """
@@ -194,7 +237,7 @@ def makeService(config: Config, reactor: IReactorCore) -> MultiService:
             _listening(endpoint, factory, description).setServiceParent(parent)
     for stream in config.streams:
         for description in stream.listen:
-            endpoint = serverFromString(reactor, description)
+            endpoint = serverEndpoint(reactor, description)
             factory = balancer.streams[stream.name]
             _listening(endpoint, factory, description).setServiceParent(parent)
     return parent

@@ -40,6 +40,7 @@ from zope.interface import implementer
 from manualb.config import StreamConfig
 from manualb.durations import formatDuration
 from manualb.handoff import OneConnection, cancelCall, describeFailure, endpointForServer
+from manualb.handoff import localConnectProblem
 from manualb.proxyprotocol import HEADERS
 from manualb.selection import Pool, Server
 
@@ -346,7 +347,11 @@ class _Session:
             if timedOut:
                 self._connectFailed(server, "connect timed out after " + formatDuration(timeout))
             elif not self._done:
-                self._connectFailed(server, "connect failed: " + describeFailure(reason))
+                shortage = localConnectProblem(reason)
+                if shortage is not None:
+                    self._localFailure(server, shortage)
+                else:
+                    self._connectFailed(server, "connect failed: " + describeFailure(reason))
 
         protocol = _ServerSide()
         connecting = endpointForServer(reactor, server.address).connect(
@@ -374,6 +379,29 @@ class _Session:
             why=why,
         )
         self._attempt()
+
+    def _localFailure(self, server: Server, shortage: str) -> None:
+        """
+        The proxy could not connect for want of its own resources: the
+        server is not to blame and the next one would fail the same way, so
+        the client's connection is closed.
+        """
+        self._connecting = None
+        self._done = True
+        self._release()
+        server.health.requestAbandoned()
+        log.error(
+            "stream {stream}: cannot connect to server {server} (upstream {pool}) "
+            "for {client}: {shortage}; closing the connection (the server is "
+            "not marked as failed)",
+            stream=self.factory.config.name,
+            server=server.name,
+            pool=self.factory.pool.name,
+            client=self._describeClient(),
+            shortage=shortage,
+        )
+        self.factory._sessionEnded(self)
+        self.client.transport.loseConnection()
 
     def _connected(self, protocol: _ServerSide) -> None:
         self._connecting = None

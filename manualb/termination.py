@@ -4,11 +4,11 @@ the client asked for.
 
 A C{[tls]} section (L{TLSConfig}) lists certificates by server name.  Each
 becomes an OpenSSL context built by Twisted's L{CertificateOptions} (TLS 1.2
-or 1.3 at least, modern ciphers, ALPN offering C{h2} and C{http/1.1}), and an
-L{SNIContextFactory} picks one by the name the client sends (SNI): the exact
-name first, then a wildcard (C{*.api.example.com} covers C{v1.api.example.com}
-only: one label, as a certificate's wildcard does), else the first
-certificate, which clients that send no name get too.
+or 1.3 at least, modern ciphers, ALPN offering C{h2}, C{http/1.1} and
+C{http/1.0}), and an L{SNIContextFactory} picks one by the name the client
+sends (SNI): the exact name first, then a wildcard (C{*.api.example.com}
+covers C{v1.api.example.com} only: one label, as a certificate's wildcard
+does), else the first certificate, which clients that send no name get too.
 
 Listening::
 
@@ -53,11 +53,13 @@ from manualb.config import CertificateConfig, ConfigError, TLSConfig
 from manualb.urlmap import normalizeHost
 
 __all__ = [
+    "DEFAULT_BACKLOG",
     "DEFAULT_CIPHERS",
     "TLSFileError",
     "SNIContextFactory",
     "SNIServerEndpoint",
     "alpnProtocols",
+    "tolerateUnknownALPN",
     "contextFactoryFor",
     "sniEndpoint",
     "SNIArguments",
@@ -81,6 +83,12 @@ DEFAULT_CIPHERS = ":".join(
         "ECDHE-RSA-CHACHA20-POLY1305",
     ]
 )
+
+#: The listen backlog of an C{sni:} endpoint (and of every manualb listener)
+#: that gives none: nginx's 511, where Twisted's is 50, which a burst of
+#: clients connecting at once overflows (the SYNs beyond it are dropped, and
+#: sent again 1 s, 3 s, 7 s after the first).
+DEFAULT_BACKLOG = 511
 
 _MIN_VERSIONS = {
     "tlsv1.2": TLSVersion.TLSv1_2,
@@ -116,12 +124,30 @@ class TLSFileError(ConfigError):
 
 def alpnProtocols() -> list[bytes]:
     """
-    The protocols offered by ALPN: C{h2} and C{http/1.1} when Twisted can
-    serve HTTP/2 (the C{h2} package is installed), else C{http/1.1} alone.
+    The protocols offered by ALPN, as nginx's: C{h2} when Twisted can serve
+    HTTP/2 (the C{h2} package is installed), then C{http/1.1} and
+    C{http/1.0} (which C{curl --http1.0} offers alone).
     """
     from twisted.web.http import H2_ENABLED
 
-    return [b"h2", b"http/1.1"] if H2_ENABLED else [b"http/1.1"]
+    http1 = [b"http/1.1", b"http/1.0"]
+    return [b"h2"] + http1 if H2_ENABLED else http1
+
+
+def tolerateUnknownALPN(contextFactory) -> None:
+    """
+    Make the TLS server connections of C{contextFactory}, a Twisted
+    L{CertificateOptions} (what C{ssl:} endpoint strings build), choose their
+    ALPN protocol with L{_alpnSelector}: the first of L{alpnProtocols} that
+    the client offers and the site speaks, else none, with the handshake
+    going on without ALPN.  Twisted's own selection instead fails the
+    handshake with an internal error alert when nothing overlaps (a client
+    offering only C{spdy/3}, say).  Anything else is left as it is.
+    """
+    if isinstance(contextFactory, CertificateOptions):
+        # The context is made once and kept: every connection uses this one.
+        context = contextFactory.getContext()
+        context.set_alpn_select_callback(_alpnSelector(alpnProtocols()))
 
 
 def _normalizeName(name: str | bytes | None) -> str | None:
@@ -446,7 +472,7 @@ class SNIServerEndpoint(SSL4ServerEndpoint):
         reactor,
         port: int,
         contextFactory: SNIContextFactory,
-        backlog: int = 50,
+        backlog: int = DEFAULT_BACKLOG,
         interface: str = "",
     ) -> None:
         super().__init__(reactor, port, contextFactory, backlog, interface)
@@ -467,12 +493,13 @@ class SNIArguments:
     What an C{sni:PORT[:interface=ADDRESS][:backlog=N][:tls=FILE]} string
     says.
 
+    @ivar backlog: The listen backlog, L{DEFAULT_BACKLOG} unless given.
     @ivar tls: The C{tls=} file, or L{None}.
     """
 
     port: int
     interface: str = ""
-    backlog: int = 50
+    backlog: int = DEFAULT_BACKLOG
     tls: str | None = None
 
 
@@ -487,7 +514,7 @@ def _sniArguments(args: Sequence[str], kwargs: dict[str, str]) -> SNIArguments:
     if args:
         raise ValueError(f"sni: unexpected argument(s) {':'.join(args)!r}")
     interface = kwargs.pop("interface", "")
-    backlog = kwargs.pop("backlog", "50")
+    backlog = kwargs.pop("backlog", str(DEFAULT_BACKLOG))
     tlsPath = kwargs.pop("tls", None)
     if kwargs:
         raise ValueError(

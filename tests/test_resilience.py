@@ -318,6 +318,7 @@ class ActiveHealthTests(SynchronousTestCase):
         check = HealthCheckConfig(
             path="/healthz", interval=2.0, timeout=1.0, rise=2, fall=2, body="ok"
         )
+        self.check = check
         self.lb = balancer(server(A, slow_start=10.0), health_check=check)
         self.pool = self.lb.balancer.pools["backends"]
         self.a = self.pool.servers[0]
@@ -382,6 +383,12 @@ class ActiveHealthTests(SynchronousTestCase):
         With probes, a server marked down by failures on real traffic comes
         back after rise passed probes.
         """
+        # Passive marks never take the only server of a pool down.
+        self.lb = balancer(
+            server(A, slow_start=10.0), server(B), health_check=self.check
+        )
+        self.pool = self.lb.balancer.pools["backends"]
+        self.a = self.pool.servers[0]
         self.a.health.requestFailed("connection refused")
         self.assertEqual(self.a.health.state, DOWN)
         healthy = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"

@@ -690,7 +690,8 @@ class EndToEndStreamTests(TestCase):
     @inlineCallbacks
     def test_noBackend(self):
         """
-        When the only server refuses, the client's connection is closed.
+        When the only server refuses, the client's connection is closed; the
+        server is not marked down, being the only one (as in nginx).
         """
         port = yield self.startProxy(Factory.forProtocol(Echo))
         backend = self.pool.servers[0].address
@@ -700,7 +701,7 @@ class EndToEndStreamTests(TestCase):
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
         yield client.closed
         self.assertEqual(client.data, [])
-        self.assertEqual(self.pool.servers[0].health.state, "down")
+        self.assertEqual(self.pool.servers[0].health.state, "up")
         self.assertEqual(backend, self.pool.servers[0].address)
 
     def _stopBackend(self):

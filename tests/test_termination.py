@@ -592,7 +592,7 @@ class ALPNTests(TerminationTestsMixin, TestCase):
         super().setUp()
 
     def test_protocolsOffered(self):
-        self.assertEqual(alpnProtocols(), [b"h2", b"http/1.1"])
+        self.assertEqual(alpnProtocols(), [b"h2", b"http/1.1", b"http/1.0"])
 
     @inlineCallbacks
     def test_h2(self):
@@ -857,7 +857,7 @@ class EndpointStringTests(TerminationTestsMixin, TestCase):
         """
         self.assertEqual(
             parseSNIDescription("sni:443:interface=10.0.0.1:tls=/missing.ini"),
-            SNIArguments(443, "10.0.0.1", 50, "/missing.ini"),
+            SNIArguments(443, "10.0.0.1", 511, "/missing.ini"),
         )
         self.assertEqual(parseSNIDescription("SNI:8443"), SNIArguments(8443))
         for bad in ["sni:", "sni:x", "sni:443:backlog=0", "ssl:443"]:

@@ -315,7 +315,10 @@ class MemoryUpgradeTests(SynchronousTestCase):
         """
         A server on trial after a failure comes back with a 101.
         """
-        self.lb = MemoryBalancer(balancerConfig(["10.0.0.1:8001"], tries="1"))
+        # A backup: the only server of a pool is never marked down.
+        self.lb = MemoryBalancer(
+            balancerConfig(["10.0.0.1:8001", "10.0.0.2:8002 backup"], tries="1")
+        )
         server = self.lb.balancer.pools["backends"].servers[0]
         client = self.lb.client()
         client.send(GET)

@@ -249,3 +249,25 @@ class PortInUseTests(TestCase):
         output = result.stdout + result.stderr
         self.assertIn("manualb: Couldn't listen on 127.0.0.1:%d" % (port,), output)
         self.assertNotIn("Traceback", output)
+
+
+class CollectorTests(TestCase):
+    def test_startUpObjectsFrozen(self):
+        """
+        Once twistd's service has started, what start-up made is out of the
+        garbage collector's reach, so that full collections stay short.
+        """
+        import gc
+
+        from twisted.application.service import MultiService
+
+        from manualb.tap import _ExitIfCannotListen
+
+        inner = MultiService()
+        inner.balancer = None
+        service = _ExitIfCannotListen(inner)
+        self.addCleanup(gc.unfreeze)
+        gc.unfreeze()
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertGreater(gc.get_freeze_count(), 0)

@@ -342,6 +342,8 @@ class _Transport(StringTransport):
             self._closing.append((self, ConnectionDone("closed")))
 
     def abortConnection(self) -> None:
+        # What was written and not yet read is lost with the connection.
+        self.clear()
         self.aborting = True
         if not self.disconnecting:
             self.disconnecting = True
@@ -545,3 +547,110 @@ def checkQuiet(flushLoggedErrors: Callable[[], list]) -> None:
             "unhandled errors were logged:\n"
             + "\n".join(error.getTraceback() for error in errors)
         )
+
+
+class MalformedFrames(Exception):
+    """
+    What an HTTP/2 client got is not a well-formed sequence of frames.
+    """
+
+
+_RESPONSE_NAME = re.compile(rb"(?::status|[!#$%&'*+.^_`|~0-9a-z-]+)\Z")
+
+
+@attrs.define
+class H2Stream:
+    """
+    What came back on one HTTP/2 stream.
+    """
+
+    headers: list[tuple[bytes, bytes]] | None = None
+    data: bytes = b""
+    ended: bool = False
+    reset: int | None = None
+
+    def header(self, name: bytes) -> list[bytes]:
+        return [value for key, value in self.headers or () if key == name]
+
+
+@attrs.define
+class H2Answer:
+    """
+    Everything an HTTP/2 client got, by stream, and the GOAWAY if any.
+    """
+
+    streams: dict[int, H2Stream] = attrs.Factory(dict)
+    goaway: int | None = None
+
+
+def readH2(data: bytes) -> H2Answer:
+    """
+    Read what the proxy sent to an HTTP/2 client, strictly: whole frames of
+    known types, header blocks that decode (HEADERS then CONTINUATION until
+    END_HEADERS), and response headers with a 3-digit C{:status}, names in
+    lower case and values without CR, LF or NUL.
+
+    @raise MalformedFrames: if it is not so.
+    """
+    import hpack
+    import hyperframe.exceptions
+    import hyperframe.frame as hf
+
+    decoder = hpack.Decoder()
+    decoder.max_header_list_size = 1 << 20
+    answer = H2Answer()
+    block = None
+    view = memoryview(data)
+    while view:
+        if len(view) < 9:
+            raise MalformedFrames("incomplete frame header %r" % (bytes(view),))
+        try:
+            frame, length = hf.Frame.parse_frame_header(view[:9], strict=True)
+            if len(view) < 9 + length:
+                raise MalformedFrames("incomplete frame %r" % (frame,))
+            frame.parse_body(view[9 : 9 + length])
+        except (hyperframe.exceptions.HyperframeError, ValueError) as e:
+            raise MalformedFrames("bad frame: %s" % (e,))
+        view = view[9 + length :]
+        if block is not None and not isinstance(frame, hf.ContinuationFrame):
+            raise MalformedFrames("a header block is interrupted by %r" % (frame,))
+        stream = None
+        if frame.stream_id:
+            stream = answer.streams.setdefault(frame.stream_id, H2Stream())
+        if isinstance(frame, (hf.HeadersFrame, hf.ContinuationFrame)):
+            if isinstance(frame, hf.ContinuationFrame) and block is None:
+                raise MalformedFrames("CONTINUATION without HEADERS")
+            if isinstance(frame, hf.HeadersFrame):
+                block = [frame.stream_id, b"", "END_STREAM" in frame.flags]
+            block[1] += frame.data
+            if "END_HEADERS" in frame.flags:
+                streamId, fragment, ended = block
+                block = None
+                try:
+                    headers = decoder.decode(fragment, raw=True)
+                except Exception as e:
+                    raise MalformedFrames("header block does not decode: %s" % (e,))
+                _checkH2Response(headers)
+                target = answer.streams[streamId]
+                if target.headers is None or not target.header(b":status")[0].startswith(b"1"):
+                    target.headers = headers
+                target.ended = target.ended or ended
+        elif isinstance(frame, hf.DataFrame):
+            stream.data += frame.data
+            stream.ended = stream.ended or "END_STREAM" in frame.flags
+        elif isinstance(frame, hf.RstStreamFrame):
+            stream.reset = frame.error_code
+        elif isinstance(frame, hf.GoAwayFrame):
+            answer.goaway = frame.last_stream_id
+    if block is not None:
+        raise MalformedFrames("a header block never ends")
+    return answer
+
+
+def _checkH2Response(headers: list[tuple[bytes, bytes]]) -> None:
+    statuses = [value for name, value in headers if name == b":status"]
+    if len(statuses) != 1 or not re.match(rb"[1-5][0-9][0-9]\Z", statuses[0]):
+        raise MalformedFrames("bad :status in %r" % (headers,))
+    for name, value in headers:
+        if not _RESPONSE_NAME.match(name) or not _FIELD_VALUE.match(value):
+            raise MalformedFrames("bad response header %r: %r" % (name, value))

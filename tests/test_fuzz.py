@@ -22,22 +22,22 @@ Whatever a client sends:
 from __future__ import annotations
 
 import string
+import struct
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import hyperframe.frame as hf
+import hpack
 from hypothesis import example, given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fuzzing import (
     SEEN,
     TOKEN,
+    H2Answer,
     Harness,
+    MalformedFrames,
     MalformedResponse,
     checkQuiet,
     fuzzSettings,
+    readH2,
     readResponses,
     routesConfig,
 )
@@ -733,7 +733,6 @@ def limitedRequests(draw) -> tuple[bytes, int | None]:
     @return: The request, and the status it must get when over a limit
         (L{None} when it is within them all).
     """
-    expected = []
     over = draw(st.sampled_from(["none", "line", "size", "count", "length", "chunked"]))
     lineLength = 1024 + 200 if over == "line" else draw(st.integers(10, 800))
     target = b"/" + b"t" * (lineLength - len(b"POST / HTTP/1.1"))
@@ -806,3 +805,326 @@ class GatekeeperFuzzTests(SynchronousTestCase):
         "likewise no 431 for max_header_size or max_headers, no 413 for "
         "client_max_body_size)"
     )
+
+
+# HTTP/2.
+
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_DATA, _HEADERS, _PRIORITY, _RST, _SETTINGS, _PUSH, _PING, _GOAWAY, _WINDOW, _CONT = range(10)
+_END_STREAM, _ACK, _END_HEADERS, _PADDED = 0x1, 0x1, 0x4, 0x8
+
+
+def rawFrame(kind: int, flags: int, stream: int, payload: bytes = b"", length: int | None = None) -> bytes:
+    """
+    One HTTP/2 frame, as bytes; C{length} may lie about the payload.
+    """
+    length = len(payload) if length is None else length
+    return struct.pack(">I", length)[1:] + struct.pack(">BBI", kind, flags, stream) + payload
+
+
+def headerBlock(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """
+    An HPACK block of C{headers}, as they are (no check, no lower-casing).
+    """
+    return hpack.Encoder().encode(headers)
+
+
+def opening() -> bytes:
+    """
+    The client's connection preface, an empty SETTINGS, and the ACK of the
+    server's.
+    """
+    return _PREFACE + rawFrame(_SETTINGS, 0, 0) + rawFrame(_SETTINGS, _ACK, 0)
+
+
+h2Methods = st.one_of(
+    st.tuples(st.sampled_from(_VALID_METHODS), st.just(VALID)),
+    st.tuples(
+        st.sampled_from(
+            [b"GET X", b"G\tT", b"GET\r\nX-Injected: 1", b"get", b"", b"G\x00T", b"CONNECT",
+             b"TRACE", b"G\x80T", b"GET /"]
+        ),
+        st.just(ANY),
+    ),
+)
+h2Paths = st.one_of(
+    validTargets,
+    st.tuples(
+        st.sampled_from(
+            [b"/a b", b"/a\tb", b"/a\r\nX-Injected: 1", b"/a%0d%0aX-Injected:%201", b"*", b"",
+             b"http://example.com/a", b"/\x80", b"/\x7f", b"a", b"/a HTTP/1.1\r\nHost: x\r\n\r\nGET /b",
+             b"/" + b"p" * 20000, b"/a\x00b"]
+        ),
+        st.just(ANY),
+    ),
+)
+h2Authorities = st.one_of(
+    st.tuples(st.just(b"example.com"), st.just(VALID)),
+    st.tuples(
+        st.sampled_from(
+            [b"a b", b"a\r\nX-Injected: 1", b"", b"a/b", b"x@example.com", b"example.com:99999",
+             b"a\tb", b"\xff", None]
+        ),
+        st.just(ANY),
+    ),
+)
+h2ExtraHeaders = st.one_of(
+    st.tuples(
+        st.lists(
+            st.tuples(headerNames.map(bytes.lower), headerValues),
+            max_size=3,
+        ),
+        st.just(VALID),
+    ),
+    st.tuples(
+        st.lists(
+            st.sampled_from(
+                [(b"X-Upper", b"a"), (b"connection", b"close"), (b"transfer-encoding", b"chunked"),
+                 (b"te", b"gzip"), (b"te", b"trailers"), (b"host", b"evil.example"),
+                 (b"content-length", b"3"), (b"content-length", b"-1"), (b"x-a", b"a\r\nx-b: b"),
+                 (b"x-a", b"a\x00"), (b"x-a", b" padded "), (b"x-a", b"a\x01b"), (b":path", b"/other"),
+                 (b":foo", b"bar"), (b"keep-alive", b"1"), (b"upgrade", b"websocket"),
+                 (b"x_forwarded_for", b"6.6.6.6"), (b"x-forwarded-for", b"6.6.6.6"), (b"", b"empty")]
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+        st.just(ANY),
+    ),
+)
+
+
+@st.composite
+def h2Requests(draw, stream: int) -> tuple[bytes, str]:
+    """
+    The frames of one HTTP/2 request on C{stream}, and its kind.
+    """
+    method, methodKind = draw(h2Methods)
+    path, pathKind = draw(h2Paths)
+    authority, authorityKind = draw(h2Authorities)
+    extra, extraKind = draw(h2ExtraHeaders)
+    headers = [(b":method", method), (b":scheme", b"https"), (b":path", path)]
+    if authority is not None:
+        headers.append((b":authority", authority))
+    headers += extra
+    if draw(st.booleans()):
+        draw(st.randoms()).shuffle(headers)
+        kind = ANY
+    else:
+        kind = VALID
+    body = draw(st.binary(max_size=100))
+    pieces = cutUp(body, draw(cuts))
+    frames = [rawFrame(_HEADERS, _END_HEADERS | (0 if pieces else _END_STREAM), stream, headerBlock(headers))]
+    for index, piece in enumerate(pieces):
+        last = index == len(pieces) - 1
+        frames.append(rawFrame(_DATA, _END_STREAM if last else 0, stream, piece))
+    if pieces and draw(st.integers(0, 10)) == 0:
+        frames.pop()  # the body never ends
+        kind = ANY
+    return b"".join(frames), _worst(kind, methodKind, pathKind, authorityKind, extraKind)
+
+
+def _setting(identifier: int, value: int) -> bytes:
+    return struct.pack(">HI", identifier, value)
+
+
+def _h2Get(method: bytes, path: bytes, authority: bytes = b"example.com") -> bytes:
+    """
+    The HEADERS frame of a request on stream 1 that has no body.
+    """
+    return rawFrame(
+        _HEADERS, _END_HEADERS | _END_STREAM, 1,
+        headerBlock([(b":method", method), (b":scheme", b"https"), (b":path", path),
+                     (b":authority", authority)]),
+    )
+
+
+def _get(stream: int) -> bytes:
+    return rawFrame(
+        _HEADERS, _END_HEADERS | _END_STREAM, stream,
+        headerBlock([(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/"),
+                     (b":authority", b"example.com")]),
+    )
+
+
+#: Malformed or abusive frame sequences, each built from a number.
+ABUSES = {
+    "ping flood": lambda n: b"".join(rawFrame(_PING, 0, 0, b"%08d" % i) for i in range(n * 50)),
+    "settings flood": lambda n: b"".join(
+        rawFrame(_SETTINGS, 0, 0, _setting(4, 65535 + i)) for i in range(n * 50)
+    ),
+    "settings ack flood": lambda n: rawFrame(_SETTINGS, _ACK, 0) * (n * 20),
+    "window overflow": lambda n: rawFrame(_WINDOW, 0, 0, struct.pack(">I", 2**31 - 1)) * 2,
+    "stream window overflow": lambda n: rawFrame(
+        _HEADERS, _END_HEADERS, 1,
+        headerBlock([(b":method", b"POST"), (b":scheme", b"https"), (b":path", b"/"),
+                     (b":authority", b"example.com")]),
+    ) + rawFrame(_WINDOW, 0, 1, struct.pack(">I", 2**31 - 1)) * 2,
+    "zero window update": lambda n: rawFrame(_WINDOW, 0, n % 2, struct.pack(">I", 0)),
+    "rst storm": lambda n: b"".join(
+        _get(2 * i + 1) + rawFrame(_RST, 0, 2 * i + 1, struct.pack(">I", 8)) for i in range(n * 5)
+    ),
+    "continuation flood": lambda n: rawFrame(
+        _HEADERS, 0, 1, headerBlock([(b":method", b"GET"), (b":scheme", b"https")])
+    ) + b"".join(rawFrame(_CONT, 0, 1, headerBlock([(b"x-flood-%d" % i, b"v" * 100)])) for i in range(n * 40)),
+    "continuation garbage": lambda n: rawFrame(_HEADERS, 0, 1, b"\xff" * 10)
+    + rawFrame(_CONT, 0, 1, b"\x00" * 1000) * n,
+    "continuation on another stream": lambda n: rawFrame(_HEADERS, 0, 1, headerBlock([(b":method", b"GET")]))
+    + rawFrame(_CONT, _END_HEADERS, 3, b""),
+    "bad data padding": lambda n: _get(1)[:0] + rawFrame(
+        _HEADERS, _END_HEADERS, 1,
+        headerBlock([(b":method", b"POST"), (b":scheme", b"https"), (b":path", b"/"),
+                     (b":authority", b"example.com")]),
+    ) + rawFrame(_DATA, _PADDED | _END_STREAM, 1, bytes([200]) + b"abc"),
+    "bad headers padding": lambda n: rawFrame(
+        _HEADERS, _PADDED | _END_HEADERS | _END_STREAM, 1, bytes([250]) + headerBlock([(b":method", b"GET")])
+    ),
+    "oversized frame": lambda n: rawFrame(_DATA, 0, 1, b"x" * (16384 + n), ),
+    "lying length": lambda n: rawFrame(_PING, 0, 0, b"12345678", length=16384 * n),
+    "data on stream 0": lambda n: rawFrame(_DATA, 0, 0, b"hello"),
+    "headers on an even stream": lambda n: _get(2),
+    "settings on a stream": lambda n: rawFrame(_SETTINGS, 0, 1, _setting(4, 1)),
+    "bad hpack": lambda n: rawFrame(_HEADERS, _END_HEADERS | _END_STREAM, 1, b"\xff\xff\xff\xff" * n),
+    "unknown frame": lambda n: rawFrame(0xFA, 0xFF, n, b"?" * n),
+    "priority on itself": lambda n: rawFrame(_PRIORITY, 0, 1, struct.pack(">IB", 1, 16)),
+    "headers after end": lambda n: _get(1) + _get(1),
+    "data after end": lambda n: _get(1) + rawFrame(_DATA, 0, 1, b"late"),
+    "data beyond window": lambda n: rawFrame(
+        _HEADERS, _END_HEADERS, 1,
+        headerBlock([(b":method", b"POST"), (b":scheme", b"https"), (b":path", b"/"),
+                     (b":authority", b"example.com")]),
+    ) + rawFrame(_DATA, 0, 1, b"x" * 16384) * 5,
+    "push promise from a client": lambda n: rawFrame(_PUSH, _END_HEADERS, 1, struct.pack(">I", 2)),
+    "goaway": lambda n: _get(1) + rawFrame(_GOAWAY, 0, 0, struct.pack(">II", 0, 0)),
+    "many streams": lambda n: b"".join(_get(2 * i + 1) for i in range(n * 30)),
+    "huge header list": lambda n: rawFrame(
+        _HEADERS, _END_HEADERS | _END_STREAM, 1,
+        headerBlock([(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/"),
+                     (b":authority", b"example.com")] + [(b"x-big-%d" % i, b"v" * 1000) for i in range(15)]),
+    ),
+}
+
+#: What a client may open an HTTP/2 connection with.
+OPENINGS = {
+    "preface": opening(),
+    "bad preface": b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
+    "http/1.1 over h2": b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    "no settings": _PREFACE,
+}
+
+
+class HTTP2FuzzTests(SynchronousTestCase):
+    """
+    Generated HTTP/2 requests and frame sequences against the proxy's HTTP/2
+    connection (as if TLS had negotiated C{h2} by ALPN).
+    """
+
+    def exchange(self, config, wire: bytes, positions: list[int], resetAfter=None) -> tuple[Harness, H2Answer]:
+        """
+        Send C{wire} cut at C{positions}, answering at the backends, let
+        every timeout run out, and check what holds whatever was sent.
+        """
+        self.flushLoggedErrors()
+        harness = Harness(config)
+        try:
+            client = harness.client(h2=True)
+            received = b""
+            for number, piece in enumerate(cutUp(wire, positions)):
+                if not client.connected or number == resetAfter:
+                    break
+                client.send(piece)
+                harness.pump()
+                received += client.received()
+            if resetAfter is not None:
+                client.reset()
+                harness.pump()
+                self.assertEqual(harness.leaks(), [], "after the client reset")
+            harness.settle()
+            received += client.received()
+            self.assertFalse(client.connected, "the client's connection hangs open")
+            self.assertEqual(harness.leaks(), [])
+            if harness.violations:
+                self.fail("backend: " + harness.violations[0])
+            if wire.startswith(_PREFACE):
+                try:
+                    answer = readH2(received)
+                except MalformedFrames as e:
+                    self.fail("malformed frames (%s) in %r" % (e, received[:2000]))
+                delivered = sorted(
+                    int(stream.header(SEEN)[0])
+                    for stream in answer.streams.values()
+                    if stream.header(SEEN)
+                )
+                self.assertEqual(
+                    delivered,
+                    harness.answered,
+                    "the backend answered requests whose answers did not reach the client",
+                )
+            else:
+                answer = H2Answer()
+            checkQuiet(self.flushLoggedErrors)
+        finally:
+            harness.close()
+            self.flushLoggedErrors()
+        return harness, answer
+
+    @given(
+        st.integers(1, 3).flatmap(
+            lambda count: st.tuples(*[h2Requests(2 * i + 1) for i in range(count)])
+        ),
+        cuts,
+    )
+    @example(((_h2Get(b"GET", b"/a b"), ANY),), [])
+    @example(((_h2Get(b"GET /x", b"/"), ANY),), [])
+    @example(((_h2Get(b"GET", b"/", b"a\x01"), ANY),), [])
+    @fuzzSettings(150)
+    def test_requests(self, requests, positions):
+        """
+        HTTP/2 requests with random pseudo-headers (SP, TAB, CR, LF, NUL
+        and 8-bit bytes in C{:method}, C{:path} and C{:authority}; missing,
+        repeated or misplaced ones), connection-specific and odd headers, and
+        bodies in random DATA frames: every valid one gets its backend's
+        answer.
+        """
+        wire = opening() + b"".join(frames for frames, kind in requests)
+        harness, answer = self.exchange(PLAIN, wire, positions)
+        for index, (frames, kind) in enumerate(requests):
+            if kind == VALID:
+                stream = answer.streams.get(2 * index + 1)
+                self.assertIsNotNone(stream, "no answer to stream %d" % (2 * index + 1,))
+                self.assertEqual(
+                    (stream.header(b":status"), len(stream.header(SEEN))), ([b"200"], 1),
+                    (frames, stream),
+                )
+
+    test_requests.todo = (
+        "HTTP/2 pseudo-headers go into the backend's request line and Host "
+        "unchecked: :path '/a b' (or with TAB or 8-bit bytes) gives 'GET /a b "
+        "HTTP/1.1', :method 'GET /x' gives 'GET /x / HTTP/1.1' (an empty one "
+        "' / HTTP/1.1'), :authority 'a\\x01' a Host with a control character"
+    )
+
+    @given(
+        st.lists(
+            st.tuples(st.sampled_from(sorted(ABUSES)), st.integers(1, 20)),
+            min_size=1,
+            max_size=3,
+        ),
+        st.sampled_from(sorted(OPENINGS)),
+        st.booleans(),
+        cuts,
+        st.one_of(st.none(), st.integers(0, 6)),
+    )
+    @fuzzSettings(120)
+    def test_frameSequences(self, abuses, start, validFirst, positions, resetAfter):
+        """
+        Floods (PING, SETTINGS, CONTINUATION, RST_STREAM after HEADERS),
+        flow-control overflows, bad padding, oversized or lying frames,
+        frames on the wrong stream, broken HPACK, after a valid request or
+        not, the client maybe dropping the connection midway: the proxy
+        survives, answers with well-formed frames, and leaks nothing.
+        """
+        wire = OPENINGS[start] + (_get(101) if validFirst else b"")
+        for name, number in abuses:
+            wire += ABUSES[name](number)
+        self.exchange(PLAIN, wire, positions, resetAfter)

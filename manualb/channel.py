@@ -312,7 +312,10 @@ class ProxyChannel(HTTPChannel):
             code=code,
             title=title.decode("ascii"),
         )
-        self._writeError(code, title, detail)
+        if not any(request.startedWriting for request in self.requests):
+            # Else the client already has an answer to this request, and a
+            # second would be taken for the next request's.
+            self._writeError(code, title, detail)
         self.phase = _REFUSED
         self._buffer = b""
         self.persistent = False

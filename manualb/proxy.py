@@ -382,8 +382,10 @@ class StreamingRequest(server.Request):
         self._lingering = None
         if self._finishPending and not self._disconnected:
             self._finishPending = False
+            # Finishing lets go of the channel.
+            transport = self.channel.transport
             super().finish()
-            self.channel.transport.loseConnection()
+            transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
         if self._lingering is not None and self._lingering.active():
@@ -876,11 +878,13 @@ class _Exchange:
             method=self.request.method.decode("ascii", "replace"),
             uri=self.request.uri.decode("ascii", "replace"),
         )
+        # Done first: abandoning the attempt may fail it, which must not
+        # answer in its turn.
+        self._done = True
         self._abandonAttempt()
         self.request.channel.persistent = False
         if self._started:
             self.request.unregisterProducer()
-            self._done = True
             self._log(413)
             _breakOff(self.request)
         else:

@@ -253,6 +253,40 @@ class RequestCheckTests(SynchronousTestCase):
         self.assertIn(b'"GET / HTTP/1.1" 400 ', b"".join(output))
 
 
+class EarlyAnswerTests(SynchronousTestCase):
+    """
+    A request answered before its body has all arrived.
+    """
+
+    def setUp(self):
+        self.lb = MemoryBalancer(balancerConfig(["10.0.0.1:80"]))
+
+    def test_lingeringEnds(self):
+        """
+        The rest of the body is read and dropped for a while, then the
+        connection closes, cleanly.
+        """
+        client = self.lb.client()
+        client.send(b"TRACE / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+        self.assertEqual(statusOf(client.received()), 405)
+        self.assertTrue(client.connected)
+        self.lb.reactor.advance(31)
+        self.assertFalse(client.connected)
+
+    def test_badBodyAfterAnswer(self):
+        """
+        A broken chunked body after the answer closes the connection without
+        a second answer, which the client would take for another request's.
+        """
+        client = self.lb.client()
+        client.send(b"TRACE / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        client.send(b"zz\r\n")
+        answer = client.received()
+        self.assertEqual(answer.count(b"HTTP/1.1 "), 1)
+        self.assertEqual(statusOf(answer), 405)
+        self.assertFalse(client.connected)
+
+
 class HeaderTrustTests(SynchronousTestCase):
     """
     What a client says in its headers cannot remove what the proxy must
@@ -397,6 +431,21 @@ class BodyLimitTests(SynchronousTestCase):
         client.send(b"1\r\nx\r\n")
         self.assertFalse(backend.connected)
         self.assertEqual(statusOf(client.received()), 413)
+
+    def test_chunkedTooLargeWhileConnecting(self):
+        """
+        A body that passes the limit before the backend connection is made:
+        the connecting is given up, and the client gets one answer, 413.
+        """
+        client = self.lb.client()
+        client.send(
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"401\r\n" + b"x" * 1025 + b"\r\n"
+        )
+        self.assertEqual(self.lb.pendingConnections(), [])
+        answer = client.received()
+        self.assertEqual(statusOf(answer), 413)
+        self.assertEqual(answer.count(b"HTTP/1.1 "), 1)
 
     def test_chunkedTooLargeAfterAnswerStarted(self):
         """

@@ -10,6 +10,7 @@ from __future__ import annotations
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 
 from manualb.config import GatekeeperConfig
+from manualb.handoff import setNoDelay
 from manualb.http2 import ProxyH2Connection
 
 
@@ -25,6 +26,11 @@ class ChannelSwitch(_GenericHTTPChannelProtocol):
     L{ProxyH2Connection} when the TLS handshake negotiated C{h2}.  Any other
     protocol, or none, is served as HTTP/1.x.
     """
+
+    def makeConnection(self, transport) -> None:
+        # Twisted's channels turn Nagle off only on a bare TCP transport.
+        setNoDelay(transport)
+        self._channel.makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self._negotiatedProtocol is None:

@@ -44,6 +44,7 @@ from twisted.internet.interfaces import (
     IReactorTCP,
     IReactorTime,
     IStreamClientEndpoint,
+    ITCPTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -305,6 +306,9 @@ class UpstreamConnection(Protocol):
         self.idleTimer: IDelayedCall | None = None
         self._state = _IDLE
         self._buffer = b""
+
+    def connectionMade(self) -> None:
+        setNoDelay(self.transport)
 
     # Sending.
 
@@ -825,6 +829,25 @@ def cancelCall(call: IDelayedCall | None) -> None:
     """
     if call is not None and call.active():
         call.cancel()
+
+
+def setNoDelay(transport) -> None:
+    """
+    Turn Nagle's algorithm off (C{TCP_NODELAY}) on the TCP connection under
+    C{transport}, also when TLS is layered over it: the proxy relays small
+    writes (a WINDOW_UPDATE, a body chunk) that must not wait for an ACK.
+    """
+    for _ in range(8):
+        inner = getattr(transport, "transport", None)
+        if inner is None:
+            break
+        transport = inner
+    tcp = ITCPTransport(transport, None)
+    if tcp is not None:
+        try:
+            tcp.setTcpNoDelay(True)
+        except OSError:
+            pass
 
 
 def describeFailure(reason: Failure) -> str:

@@ -39,7 +39,13 @@ from zope.interface import implementer
 
 from manualb.config import StreamConfig
 from manualb.durations import formatDuration
-from manualb.handoff import OneConnection, cancelCall, describeFailure, endpointForServer
+from manualb.handoff import (
+    OneConnection,
+    cancelCall,
+    describeFailure,
+    endpointForServer,
+    setNoDelay,
+)
 from manualb.proxyprotocol import HEADERS
 from manualb.selection import Pool, Server
 
@@ -263,6 +269,9 @@ class _ServerSide(Protocol):
     """
 
     tunnel: Tunnel | None = None
+
+    def connectionMade(self) -> None:
+        setNoDelay(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self.tunnel is not None:

@@ -110,7 +110,10 @@ class _StreamingBody:
         self._discarding = False
 
     def _transport(self):
-        return self._request.channel.transport
+        # An HTTP/2 stream has no transport of its own: it pauses and
+        # resumes itself (withholding its WINDOW_UPDATE frames).
+        channel = self._request.channel
+        return channel.transport or channel
 
     def keepForRetry(self, limit: int) -> None:
         """

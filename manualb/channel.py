@@ -34,6 +34,7 @@ from twisted.web.http_headers import Headers
 from manualb._version import __version__
 from manualb.config import GatekeeperConfig
 from manualb.forwarding import connectionTokens
+from manualb.transports import setNoDelay
 from manualb.http2 import ProxyH2Connection
 
 log = Logger()
@@ -426,6 +427,11 @@ class ChannelSwitch(_GenericHTTPChannelProtocol):
             self.limit.open -= 1
             self.limit = None
         self._channel.connectionLost(reason)
+
+    def makeConnection(self, transport) -> None:
+        # Twisted's channels turn Nagle off only on a bare TCP transport.
+        setNoDelay(transport)
+        self._channel.makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self._negotiatedProtocol is None:

@@ -54,6 +54,7 @@ from zope.interface import Interface, implementer
 from manualb.config import ServerAddress, UpstreamConfig
 from manualb.durations import formatDuration
 from manualb.forwarding import connectionTokens
+from manualb.transports import setNoDelay
 
 MAX_HEAD_SIZE = 64 * 1024
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
@@ -319,6 +320,9 @@ class UpstreamConnection(Protocol):
         self.idleTimer: IDelayedCall | None = None
         self._state = _IDLE
         self._buffer = b""
+
+    def connectionMade(self) -> None:
+        setNoDelay(self.transport)
 
     # Sending.
 

@@ -1,24 +1,762 @@
 """
 The HTTP/2 side of a client connection: Twisted's L{H2Connection}, bounded
 by the C{[gatekeeper]} limits.
+
+HTTP/2 limits
+=============
+
+A client connection that negotiated C{h2} is held to the same
+C{[gatekeeper]} limits as an HTTP/1.1 one, and to a few of HTTP/2's own:
+
+  - C{SETTINGS_MAX_HEADER_LIST_SIZE} is advertised from C{max_header_size},
+    C{max_request_line} and C{max_headers} (RFC 7541 counts 32 bytes more
+    for each field).  A decoded header list above it closes the connection
+    (GOAWAY C{ENHANCE_YOUR_CALM}).  Within it, a request whose header fields
+    (name and value) add up to more than C{max_header_size} bytes, or that
+    has more than C{max_headers} fields, gets 431; a C{:method} and C{:path}
+    longer than C{max_request_line} gets 414.  None of these reach a
+    backend.
+  - The encoded header block (a HEADERS frame and its CONTINUATION frames)
+    may not grow beyond twice the advertised list size, nor span more than
+    L{MAX_HEADER_BLOCK_FRAMES} frames: the connection is closed (GOAWAY
+    C{ENHANCE_YOUR_CALM}) as soon as a frame header shows it would, before
+    that frame is read.  A frame longer than C{SETTINGS_MAX_FRAME_SIZE}
+    closes it with C{FRAME_SIZE_ERROR}, also before it is read.
+  - PING, SETTINGS and PRIORITY frames cost the client a token from a bucket
+    of L{CONTROL_FRAME_BURST} tokens refilled at L{CONTROL_FRAME_RATE} a
+    second; an empty bucket closes the connection (C{ENHANCE_YOUR_CALM}).
+    Stream resets have Twisted's own bucket (against Rapid Reset).
+  - A request body streams to the backend as it arrives, with back-pressure:
+    while the backend (or the proxy's buffer) is not ready, the stream's
+    WINDOW_UPDATE frames are withheld, so the client holds at most one flow
+    control window of it.  A declared C{content-length} above
+    C{client_max_body_size} gets 413 before any of the body is read; a body
+    that grows beyond it gets 413 (or, when the response has started, a
+    reset of its stream).
+  - A malformed request (RFC 9113, section 8.1.1 and 8.3: a C{:method} that
+    is not a token, a C{:path} that is empty, not in origin form (or C{*}
+    for OPTIONS) or has bytes other than visible ASCII, an C{:authority}
+    with userinfo or bytes other than visible ASCII, a header name that is
+    not a lower-case token, a value with NUL, CR or LF or surrounding
+    whitespace, connection-specific fields, pseudo-header fields that are
+    unknown, repeated, missing or after regular ones) is reset with
+    C{PROTOCOL_ERROR} and never reaches a backend.
+  - After any connection error the client gets GOAWAY with its code
+    (C{COMPRESSION_ERROR} for a header block that cannot be decoded) and the
+    connection is closed at once (aborted if the client does not take the
+    GOAWAY within Twisted's C{abortTimeout}).
+  - A client's GOAWAY does not end the connection by itself: its open
+    streams finish, and PING is still answered, until the client closes or
+    the idle timeout passes.
 """
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IReactorTime
-from twisted.web._http2 import H2Connection
+from collections import deque
 
+import h2.config
+import h2.connection
+import h2.errors
+import h2.exceptions
+import h2.settings
+import priority
+from hpack.exceptions import HPACKError
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection, H2Stream
+
+from manualb._version import __version__
 from manualb.config import GatekeeperConfig
+from manualb.transports import setNoDelay
+
+ErrorCodes = h2.errors.ErrorCodes
+
+#: The most frames (a HEADERS frame and its CONTINUATION frames) one header
+#: block may span.
+MAX_HEADER_BLOCK_FRAMES = 32
+#: How many PING, SETTINGS and PRIORITY frames a client may send at once.
+CONTROL_FRAME_BURST = 100
+#: How many PING, SETTINGS and PRIORITY frames a client may send a second,
+#: over time.
+CONTROL_FRAME_RATE = 10
+
+_SERVER = b"manualb/" + __version__.encode("ascii")
+_PREFACE_LENGTH = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+_FRAME_HEADER_LENGTH = 9
+# Frame types and flags (RFC 9113, section 6).
+_HEADERS, _PRIORITY, _SETTINGS, _PUSH_PROMISE, _PING, _GOAWAY, _CONTINUATION = (
+    0x1,
+    0x2,
+    0x4,
+    0x5,
+    0x6,
+    0x7,
+    0x9,
+)
+_ACK = 0x1
+_END_HEADERS = 0x4
+
+_TCHAR = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789"
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+_NAME_CHARS = frozenset(c for c in _TCHAR if not 0x41 <= c <= 0x5A)
+_VISIBLE = frozenset(range(0x21, 0x7F))
+_AUTHORITY_CHARS = _VISIBLE - frozenset(b"@/?#\\")
+_SCHEME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
+_PSEUDO_HEADERS = frozenset([b":method", b":scheme", b":path", b":authority"])
+_CONNECTION_HEADERS = frozenset(
+    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"]
+)
+_REASONS = {
+    400: b"Bad Request",
+    405: b"Method Not Allowed",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+}
+
+
+def headerListSize(gatekeeper: GatekeeperConfig) -> int:
+    """
+    The C{SETTINGS_MAX_HEADER_LIST_SIZE} advertised to clients: room for
+    C{max_header_size} bytes of fields, a request line of C{max_request_line}
+    bytes as pseudo-header fields, and RFC 7541's 32 bytes for each of them.
+    """
+    return (
+        gatekeeper.max_header_size
+        + gatekeeper.max_request_line
+        + 32 * (gatekeeper.max_headers + len(_PSEUDO_HEADERS))
+    )
+
+
+class _ConnectionError(Exception):
+    """
+    The client broke a rule that ends its connection.
+
+    @ivar code: The HTTP/2 error code for its GOAWAY.
+    """
+
+    def __init__(self, code: ErrorCodes, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class _TokenBucket:
+    """
+    Allows C{burst} events at once and C{rate} a second over time.
+    """
+
+    def __init__(self, reactor: IReactorTime, burst: int, rate: float):
+        self._reactor = reactor
+        self._burst = burst
+        self._rate = rate
+        self._tokens = float(burst)
+        self._stamp = reactor.seconds()
+
+    def take(self) -> bool:
+        """
+        Spend one token; C{False} when there is none left.
+        """
+        now = self._reactor.seconds()
+        # A wall clock may step back: never count that as time gone by.
+        elapsed = max(0.0, now - self._stamp)
+        self._stamp = now
+        self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+class _FrameWatch:
+    """
+    Reads the frame headers of what a client sends, before h2 parses it, so
+    that a frame that breaks a limit ends the connection before it is
+    buffered, and so that the client's GOAWAY frames can be handled here
+    (h2 would refuse to answer anything after one).
+
+    @ivar maxFrameSize: Returns the largest frame payload allowed.
+    """
+
+    def __init__(
+        self,
+        maxFrameSize,
+        blockLimit: int,
+        controlFrames: _TokenBucket,
+    ):
+        self.maxFrameSize = maxFrameSize
+        self._blockLimit = blockLimit
+        self._controlFrames = controlFrames
+        self._preface = _PREFACE_LENGTH
+        self._header = b""
+        self._left = 0
+        self._goaway: bytearray | None = None
+        self._blockStream: int | None = None
+        self._blockBytes = 0
+        self._blockFrames = 0
+
+    def feed(self, data: bytes) -> tuple[bytes, list[bytes]]:
+        """
+        Take the next bytes from the client.
+
+        @return: The bytes to give h2 (all but GOAWAY frames, and a frame
+            header only once it is whole), and the payloads of the GOAWAY
+            frames that were completed.
+        @raise _ConnectionError: When a frame breaks a limit.
+        """
+        view = memoryview(data)
+        size = len(view)
+        out: list = []
+        goaways: list[bytes] = []
+        position = 0
+        if self._preface:
+            position = min(self._preface, size)
+            out.append(view[:position])
+            self._preface -= position
+        while position < size:
+            if self._left:
+                take = min(self._left, size - position)
+                chunk = view[position : position + take]
+                position += take
+                self._left -= take
+                if self._goaway is None:
+                    out.append(chunk)
+                    continue
+                self._goaway += chunk
+                if not self._left:
+                    goaways.append(bytes(self._goaway))
+                    self._goaway = None
+                continue
+            take = min(_FRAME_HEADER_LENGTH - len(self._header), size - position)
+            self._header += bytes(view[position : position + take])
+            position += take
+            if len(self._header) < _FRAME_HEADER_LENGTH:
+                break
+            header, self._header = self._header, b""
+            length = int.from_bytes(header[:3], "big")
+            kind, flags = header[3], header[4]
+            streamID = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+            self._check(length, kind, flags, streamID)
+            self._left = length
+            if kind == _GOAWAY and streamID == 0 and length >= 8:
+                self._goaway = bytearray()
+            else:
+                out.append(header)
+        return b"".join(out), goaways
+
+    def _check(self, length: int, kind: int, flags: int, streamID: int) -> None:
+        if length > self.maxFrameSize():
+            raise _ConnectionError(
+                ErrorCodes.FRAME_SIZE_ERROR,
+                f"frame of {length} bytes, above SETTINGS_MAX_FRAME_SIZE",
+            )
+        if self._blockStream is not None:
+            if kind != _CONTINUATION or streamID != self._blockStream:
+                raise _ConnectionError(
+                    ErrorCodes.PROTOCOL_ERROR, "another frame inside a header block"
+                )
+            self._blockBytes += length
+            self._blockFrames += 1
+            self._checkBlock()
+            if flags & _END_HEADERS:
+                self._blockStream = None
+        elif kind in (_HEADERS, _PUSH_PROMISE):
+            self._blockBytes = length
+            self._blockFrames = 1
+            self._checkBlock()
+            if not flags & _END_HEADERS:
+                self._blockStream = streamID
+        elif (kind in (_PING, _SETTINGS) and not flags & _ACK) or kind == _PRIORITY:
+            if not self._controlFrames.take():
+                raise _ConnectionError(
+                    ErrorCodes.ENHANCE_YOUR_CALM, "too many PING, SETTINGS or PRIORITY frames"
+                )
+
+    def _checkBlock(self) -> None:
+        if self._blockBytes > self._blockLimit:
+            raise _ConnectionError(
+                ErrorCodes.ENHANCE_YOUR_CALM,
+                f"header block above {self._blockLimit} bytes",
+            )
+        if self._blockFrames > MAX_HEADER_BLOCK_FRAMES:
+            raise _ConnectionError(
+                ErrorCodes.ENHANCE_YOUR_CALM,
+                f"header block in more than {MAX_HEADER_BLOCK_FRAMES} frames",
+            )
 
 
 class ProxyH2Connection(H2Connection):
     """
     An HTTP/2 client connection of the proxy.
 
+    Where Twisted's connection has a gap this class fills it by overriding
+    the smallest method it can (see the module's docstring for the limits).
+
     @param reactor: Schedules the connection's sends and timeouts.
     @param gatekeeper: The limits a client is held to.
     """
 
+    _closing = False
+    _clientGoingAway = False
+
     def __init__(self, reactor: IReactorTime, gatekeeper: GatekeeperConfig) -> None:
         super().__init__(reactor)
         self.gatekeeper = gatekeeper
+        listSize = headerListSize(gatekeeper)
+        # Requests are validated by ProxyH2Stream, as stream errors.
+        config = h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_inbound_headers=False
+        )
+        self.conn = h2.connection.H2Connection(config=config)
+        self.conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: listSize,
+            },
+        )
+        # h2 applies the setting to its decoder once the client acknowledges
+        # it; a client may not wait for that.
+        self.conn.decoder.max_header_list_size = listSize
+        self._frames = _FrameWatch(
+            lambda: self.conn.max_inbound_frame_size,
+            2 * listSize,
+            _TokenBucket(self._reactor, CONTROL_FRAME_BURST, CONTROL_FRAME_RATE),
+        )
+
+    def connectionMade(self) -> None:
+        setNoDelay(self.transport)
+        super().connectionMade()
+
+    # Reading.
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            forH2, goaways = self._frames.feed(data)
+        except _ConnectionError as e:
+            self._abandon(e.code, str(e))
+            return
+        if forH2:
+            super().dataReceived(forH2)
+        if self._closing or not self._stillProducing:
+            return
+        for payload in goaways:
+            self._goawayReceived(payload)
+        self._wakeStreams()
+
+    def _goawayReceived(self, payload: bytes) -> None:
+        """
+        The client sent GOAWAY: it opens no more streams.  With an error
+        code, the connection is over; without, the open streams finish and
+        the connection stays (answering PING) until the client closes it or
+        it times out.
+        """
+        self._clientGoingAway = True
+        code = int.from_bytes(payload[4:8], "big")
+        if code != ErrorCodes.NO_ERROR:
+            self._log.info(
+                "HTTP/2 client {client} went away with error {code}",
+                client=self.transport.getPeer(),
+                code=code,
+            )
+            self._releaseTransport()
+            self.transport.loseConnection()
+            self.connectionLost(
+                Failure(ConnectionLost("Remote peer sent GOAWAY")), _cancelTimeouts=False
+            )
+
+    def _requestReceived(self, event) -> None:
+        # As Twisted's, but the stream is a ProxyH2Stream, and it is started
+        # only once the connection knows it.
+        stream = ProxyH2Stream(
+            event.stream_id, self, event.headers, self.requestFactory, self.site, self.factory
+        )
+        self.streams[event.stream_id] = stream
+        self._streamCleanupCallbacks[event.stream_id] = Deferred()
+        self._outboundStreamQueues[event.stream_id] = deque()
+        try:
+            self.priority.insert_stream(event.stream_id)
+        except priority.DuplicateStreamError:
+            # Already there from an earlier PRIORITY frame.
+            pass
+        else:
+            self.priority.block(event.stream_id)
+        stream.start(ended=event.stream_ended is not None)
+
+    def _requestDataReceived(self, event) -> None:
+        if event.stream_id in self.streams:
+            super()._requestDataReceived(event)
+            return
+        # A stream the proxy is done with: give the connection window back.
+        self._acknowledge(event.flow_controlled_length, event.stream_id)
+
+    def _requestEnded(self, event) -> None:
+        if event.stream_id in self.streams:
+            super()._requestEnded(event)
+
+    def _requestAborted(self, event) -> None:
+        if event.stream_id in self.streams:
+            super()._requestAborted(event)
+
+    def _handlePriorityUpdate(self, event) -> None:
+        try:
+            super()._handlePriorityUpdate(event)
+        except priority.TooManyStreamsError:
+            self._abandon(ErrorCodes.ENHANCE_YOUR_CALM, "too many prioritised streams")
+
+    # Sending.
+
+    def _sendPrioritisedData(self, *args) -> None:
+        # Twisted's loop sends a stream's data as soon as it is unblocked,
+        # even when a SETTINGS change made its window negative: h2 then
+        # raises FlowControlError.  Keep such streams blocked; _wakeStreams
+        # unblocks them once their window opens.
+        for streamID, queue in self._outboundStreamQueues.items():
+            if queue and queue[0] is not _END_STREAM_SENTINEL:
+                if self._window(streamID) <= 0:
+                    self.priority.block(streamID)
+        super()._sendPrioritisedData(*args)
+
+    def _window(self, streamID: int) -> int:
+        try:
+            return self.conn.local_flow_control_window(streamID)
+        except h2.exceptions.ProtocolError:
+            return 0
+
+    def _wakeStreams(self) -> None:
+        """
+        After the client's frames are handled: unblock the streams with data
+        to send whose window is open (a WINDOW_UPDATE or a SETTINGS change
+        may have opened it), and restart the sending loop if it waits.
+        """
+        woken = False
+        for streamID, queue in self._outboundStreamQueues.items():
+            if queue and (queue[0] is _END_STREAM_SENTINEL or self._window(streamID) > 0):
+                self.priority.unblock(streamID)
+                woken = True
+        for stream in list(self.streams.values()):
+            try:
+                stream.windowUpdated()
+            except h2.exceptions.ProtocolError:
+                pass
+        if woken and self._sendingDeferred is not None:
+            sending, self._sendingDeferred = self._sendingDeferred, None
+            sending.callback(None)
+
+    def _requestDone(self, streamID: int) -> None:
+        stream = self.streams.get(streamID)
+        if stream is not None and self._stillProducing and not self._closing:
+            # The client may still be sending a body that will not be read:
+            # give its window back, and ask it to stop (RFC 9113, 8.1).
+            unread = sum(
+                length
+                for chunk, length in stream._inboundDataBuffer
+                if chunk is not _END_STREAM_SENTINEL
+            )
+            stream._inboundDataBuffer.clear()
+            try:
+                # h2 refuses (sending nothing) once both sides have ended.
+                self.conn.reset_stream(streamID, ErrorCodes.NO_ERROR)
+            except h2.exceptions.ProtocolError:
+                pass
+            self._acknowledge(unread, streamID)
+        super()._requestDone(streamID)
+
+    def _acknowledge(self, length: int, streamID: int) -> None:
+        if not length:
+            return
+        try:
+            self.conn.acknowledge_received_data(length, streamID)
+        except h2.exceptions.ProtocolError:
+            return
+        self._tryToWriteControlData()
+
+    def refuseStream(
+        self,
+        streamID: int,
+        status: int | None,
+        errorCode: ErrorCodes,
+        reason: str,
+    ) -> None:
+        """
+        End a request that must not go on: answer C{status} (headers and a
+        short page, when the response has not started), then reset the
+        stream so that the client sends no more of its body (C{NO_ERROR}
+        after a whole answer, C{errorCode} otherwise).
+        """
+        stream = self.streams.get(streamID)
+        if stream is None:
+            return
+        answered = False
+        if status is not None and not stream.responseStarted:
+            answered = self._answer(streamID, status)
+        try:
+            # h2 refuses (sending nothing) once both sides have ended.
+            self.conn.reset_stream(
+                streamID, ErrorCodes.NO_ERROR if answered else errorCode
+            )
+        except h2.exceptions.ProtocolError:
+            pass
+        stream.connectionLost(Failure(ConnectionLost(reason)))
+        if self._tryToWriteControlData() and streamID in self.streams:
+            self._requestDone(streamID)
+
+    def _answer(self, streamID: int, status: int) -> bool:
+        title = _REASONS[status]
+        body = b"<html><head><title>%d %s</title></head><body><h1>%d %s</h1></body></html>\n" % (
+            status,
+            title,
+            status,
+            title,
+        )
+        if len(body) > min(self._window(streamID), self.conn.max_outbound_frame_size):
+            body = b""
+        headers = [
+            (b":status", b"%d" % (status,)),
+            (b"server", _SERVER),
+            (b"content-type", b"text/html; charset=utf-8"),
+            (b"content-length", b"%d" % (len(body),)),
+        ]
+        if status == 405:
+            headers.append((b"allow", b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"))
+        try:
+            self.conn.send_headers(streamID, headers, end_stream=not body)
+            if body:
+                self.conn.send_data(streamID, body, end_stream=True)
+        except h2.exceptions.ProtocolError:
+            return False
+        return True
+
+    # Ending.
+
+    def _abandon(self, errorCode: ErrorCodes, reason: str) -> None:
+        """
+        End the connection for a connection error: GOAWAY with C{errorCode},
+        then close.
+        """
+        if self._closing:
+            return
+        self.conn.close_connection(error_code=errorCode)
+        self._terminate(Failure(ConnectionLost(reason)))
+
+    def _terminate(self, reason: Failure) -> None:
+        # Twisted's leaves the transport open under TLS (it waits for this
+        # connection to unregister as its producer) until the idle timeout,
+        # reading all the while.  Send the GOAWAY now and close.
+        if self._closing:
+            return
+        self._closing = True
+        error = reason.value
+        if (
+            isinstance(error, h2.exceptions.ProtocolError)
+            and not isinstance(error, h2.exceptions.DenialOfServiceError)
+            and isinstance(error.__cause__, HPACKError)
+        ):
+            # h2 says PROTOCOL_ERROR; RFC 9113 (4.3) wants this one.
+            self.conn.clear_outbound_data_buffer()
+            self.conn.close_connection(error_code=ErrorCodes.COMPRESSION_ERROR)
+        self._log.info(
+            "Closing HTTP/2 client {client}: {reason}",
+            client=self.transport.getPeer(),
+            reason=error,
+        )
+        pending = b"".join(self._bufferedControlFrames) + self.conn.data_to_send()
+        self._bufferedControlFrames.clear()
+        self._bufferedControlFrameBytes = 0
+        if pending:
+            self.transport.write(pending)
+        self._releaseTransport()
+        self.transport.loseConnection()
+        if self.abortTimeout is not None and self._abortingCall is None:
+            self._abortingCall = self._reactor.callLater(
+                self.abortTimeout, self.forceAbortClient
+            )
+        self.connectionLost(reason, _cancelTimeouts=False)
+
+    def timeoutConnection(self) -> None:
+        self._releaseTransport()
+        super().timeoutConnection()
+
+    def _releaseTransport(self) -> None:
+        """
+        Stop being the transport's producer, which a TLS transport waits for
+        before it closes.
+        """
+        try:
+            self.transport.unregisterProducer()
+        except RuntimeError:
+            # No producer was registered.
+            pass
+
+
+class ProxyH2Stream(H2Stream):
+    """
+    One request of a L{ProxyH2Connection}: validated and held to the
+    C{[gatekeeper]} limits before it goes to the site, with its body
+    streamed (L{manualb.proxy.StreamingRequest} sees the request line it
+    needs in C{_command}, C{_path} and C{_version}, and pauses and resumes
+    this stream, which withholds its WINDOW_UPDATE frames meanwhile).
+    """
+
+    _bodyReceived = 0
+    _headers: list = []
+
+    def _convertHeaders(self, headers) -> None:
+        # Called by H2Stream.__init__, before the connection knows this
+        # stream; start() converts them then.
+        self._headers = headers
+
+    @property
+    def callLater(self):
+        """
+        Schedules calls (L{manualb.proxy.StreamingRequest} lingers with it).
+        """
+        return self._conn._reactor.callLater
+
+    @property
+    def responseStarted(self) -> bool:
+        """
+        Whether the response's headers have been written.
+        """
+        return bool(getattr(self._request, "startedWriting", False))
+
+    def start(self, ended: bool) -> None:
+        """
+        Check the request's headers and hand it to the site, or refuse it.
+
+        @param ended: The request's HEADERS frame ended the stream (there is
+            no body).
+        """
+        gatekeeper = self._conn.gatekeeper
+        problem = _malformed(self._headers)
+        if problem is not None:
+            self._refuse(None, ErrorCodes.PROTOCOL_ERROR, "malformed request: " + problem)
+            return
+        pseudo = {name: value for name, value in self._headers if name[:1] == b":"}
+        fields = [(name, value) for name, value in self._headers if name[:1] != b":"]
+        method, path = pseudo[b":method"], pseudo.get(b":path", b"")
+        if len(method) + len(path) + 10 > gatekeeper.max_request_line:
+            self._refuse(414, ErrorCodes.REFUSED_STREAM, "request line too long")
+            return
+        headerBytes = sum(len(name) + len(value) + 4 for name, value in fields)
+        if len(fields) > gatekeeper.max_headers or headerBytes > gatekeeper.max_header_size:
+            self._refuse(431, ErrorCodes.REFUSED_STREAM, "header fields too large")
+            return
+        if method == b"CONNECT":
+            self._refuse(405, ErrorCodes.REFUSED_STREAM, "CONNECT")
+            return
+        lengths = {value for name, value in fields if name == b"content-length"}
+        length = int(lengths.pop()) if lengths else None
+        limit = gatekeeper.client_max_body_size
+        if limit and length is not None and length > limit:
+            self._refuse(413, ErrorCodes.CANCEL, "declared body too large")
+            return
+        if ended:
+            length = 0
+        self.command = self._command = method
+        self.path = self._path = path
+        self._version = b"HTTP/2"
+        request = self._request
+        headers = request.requestHeaders
+        for name, value in fields:
+            headers.addRawHeader(name, value)
+        if b":authority" in pseudo and not headers.hasHeader(b"host"):
+            headers.setRawHeaders(b"host", [pseudo[b":authority"]])
+        expect = headers.getRawHeaders(b"expect")
+        if expect and expect[0].lower() == b"100-continue" and length != 0:
+            self._send100Continue()
+        request.parseCookies()
+        request.gotLength(length)
+
+    def _refuse(self, status: int | None, errorCode: ErrorCodes, reason: str) -> None:
+        self._conn._log.info(
+            "HTTP/2 client {client}: stream {stream} refused: {reason}",
+            client=self._conn.transport.getPeer(),
+            stream=self.streamID,
+            reason=reason,
+        )
+        self._conn.refuseStream(self.streamID, status, errorCode, reason)
+
+    def receiveDataChunk(self, data: bytes, flowControlledLength: int) -> None:
+        self._bodyReceived += len(data)
+        limit = self._conn.gatekeeper.client_max_body_size
+        if limit and self._bodyReceived > limit:
+            self._refuse(413, ErrorCodes.CANCEL, "body too large")
+            self._conn._acknowledge(flowControlledLength, self.streamID)
+            return
+        super().receiveDataChunk(data, flowControlledLength)
+
+
+
+def _malformed(headers) -> str | None:
+    """
+    What makes a request's header list malformed (RFC 9113, sections 8.1.1,
+    8.2 and 8.3), or L{None}.
+    """
+    pseudo: dict[bytes, bytes] = {}
+    regular = False
+    for name, value in headers:
+        if not name:
+            return "empty field name"
+        if value and (
+            value[0] in b" \t"
+            or value[-1] in b" \t"
+            or b"\x00" in value
+            or b"\r" in value
+            or b"\n" in value
+        ):
+            return f"bad value of {name!r}"
+        if name[:1] == b":":
+            if regular:
+                return f"{name!r} after regular fields"
+            if name not in _PSEUDO_HEADERS:
+                return f"unknown pseudo-header {name!r}"
+            if name in pseudo:
+                return f"repeated {name!r}"
+            pseudo[name] = value
+            continue
+        regular = True
+        if not set(name) <= _NAME_CHARS:
+            return f"bad field name {name!r}"
+        if name in _CONNECTION_HEADERS:
+            return f"connection-specific field {name!r}"
+        if name == b"te" and value.lower() != b"trailers":
+            return "te other than trailers"
+    method = pseudo.get(b":method")
+    if not method or not set(method) <= _TCHAR:
+        return "bad or missing :method"
+    authority = pseudo.get(b":authority")
+    hosts = [value for name, value in headers if name == b"host"]
+    if len(hosts) > 1:
+        return "more than one host"
+    if authority is not None and hosts and hosts[0] != authority:
+        return ":authority and host differ"
+    host = authority if authority is not None else (hosts[0] if hosts else None)
+    if host is None:
+        return "no :authority or host"
+    if not host or not set(host) <= _AUTHORITY_CHARS:
+        return "bad :authority"
+    if method == b"CONNECT":
+        if b":scheme" in pseudo or b":path" in pseudo:
+            return ":scheme or :path in CONNECT"
+        return None
+    scheme = pseudo.get(b":scheme")
+    if not scheme or not set(scheme) <= _SCHEME_CHARS:
+        return "bad or missing :scheme"
+    path = pseudo.get(b":path")
+    if not path:
+        return "empty or missing :path"
+    if path == b"*":
+        if method != b"OPTIONS":
+            return ":path * for another method than OPTIONS"
+    elif path[:1] != b"/" or not set(path) <= _VISIBLE:
+        return "bad :path"
+    for name, value in headers:
+        if name == b"content-length" and not value.isdigit():
+            return "bad content-length"
+    return None

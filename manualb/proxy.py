@@ -140,12 +140,15 @@ class _StreamingBody:
 
     def _transport(self) -> IPushProducer:
         """
-        What reads the body from the client: its connection, or nothing to
-        pause once the client is gone.
+        What reads the body from the client: its connection; an HTTP/2
+        stream, which has no transport of its own and pauses and resumes
+        itself (withholding its WINDOW_UPDATE frames); or nothing to pause
+        once the client is gone.
         """
         channel = self._request.channel
-        transport = None if channel is None else channel.transport
-        return _GONE if transport is None else transport
+        if channel is None:
+            return _GONE
+        return channel.transport or channel
 
     def keepForRetry(self, limit: int) -> None:
         """

@@ -39,9 +39,15 @@ from zope.interface import implementer
 
 from manualb.config import StreamConfig
 from manualb.durations import formatDuration
-from manualb.handoff import OneConnection, cancelCall, describeFailure, endpointForServer
-from manualb.handoff import localConnectProblem
+from manualb.handoff import (
+    OneConnection,
+    cancelCall,
+    describeFailure,
+    endpointForServer,
+    localConnectProblem,
+)
 from manualb.proxyprotocol import HEADERS
+from manualb.transports import setNoDelay
 from manualb.selection import Pool, Server
 
 __all__ = ["Tunnel", "ConnectionRequest", "StreamProxyFactory", "CLOSE_GRACE"]
@@ -264,6 +270,9 @@ class _ServerSide(Protocol):
     """
 
     tunnel: Tunnel | None = None
+
+    def connectionMade(self) -> None:
+        setNoDelay(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self.tunnel is not None:

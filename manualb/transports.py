@@ -1,0 +1,26 @@
+"""
+What the proxy sets on every TCP connection it accepts or opens.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import ITCPTransport, ITransport
+
+
+def setNoDelay(transport: ITransport) -> None:
+    """
+    Turn Nagle's algorithm off (C{TCP_NODELAY}) on the TCP connection under
+    C{transport}, also when TLS is layered over it: the proxy relays small
+    writes (a WINDOW_UPDATE, a body chunk) that must not wait for an ACK.
+    """
+    for _ in range(8):
+        inner = getattr(transport, "transport", None)
+        if inner is None:
+            break
+        transport = inner
+    tcp = ITCPTransport(transport, None)
+    if tcp is not None:
+        try:
+            tcp.setTcpNoDelay(True)
+        except OSError:
+            pass

@@ -23,39 +23,18 @@ What a client can make the proxy hold is bounded here, as nginx bounds it:
 
 from __future__ import annotations
 
-import re
-
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel, Request, _GenericHTTPChannelProtocol
-from twisted.web.http_headers import Headers
 
-from manualb._version import __version__
 from manualb.config import GatekeeperConfig
 from manualb.forwarding import connectionTokens
-from manualb.transports import setNoDelay
 from manualb.http2 import ProxyH2Connection
+from manualb.rules import CONTROL, SERVER_NAME, errorBody, requestProblem
+from manualb.transports import setNoDelay
 
 log = Logger()
-
-SERVER_NAME = b"manualb/" + __version__.encode("ascii")
-
-# The largest Content-Length that HTTP implementations can be trusted to
-# agree on (a signed 64-bit count).
-_MAX_CONTENT_LENGTH = 2**63 - 1
-# nginx's parser: methods are upper-case letters, digits, "_" and "-"; a
-# lower-case "get" or "trace" is refused rather than taken for another
-# method or passed on as one.
-_METHOD = re.compile(rb"[A-Z0-9_-]+")
-# A request target: visible ASCII only, no fragment.
-_TARGET = re.compile(rb"[\x21-\x22\x24-\x7e]+")
-# Controls other than HTAB, and DEL, have no place in a header field (RFC
-# 9110, 5.5); Twisted checks NUL, CR and LF only.
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_HOST = re.compile(
-    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+;=%-]*)(?::[0-9]*)?"
-)
 
 # The life of one request head on the connection.
 _IDLE = "idle"  # between requests: keepalive_timeout
@@ -63,56 +42,6 @@ _HEAD = "head"  # reading the request line and headers: client_header_timeout
 _BODY = "body"  # reading the body: client_body_timeout between reads
 _WAITING = "waiting"  # the request is in; the proxy has it
 _REFUSED = "refused"  # answered with an error; nothing more is read
-
-
-def errorBody(code: int, title: bytes, detail: bytes) -> bytes:
-    """
-    The short HTML page of an error answered by the proxy itself.
-    """
-    return (
-        b"<html><head><title>%d %s</title></head><body><h1>%d %s</h1><p>%s</p>"
-        b"<hr><p>manualb</p></body></html>\n" % (code, title, code, title, detail)
-    )
-
-
-def requestProblem(
-    method: bytes,
-    target: bytes,
-    version: bytes,
-    headers: Headers,
-    gatekeeper: GatekeeperConfig,
-) -> tuple[int, bytes, bytes] | None:
-    """
-    Why a request whose head has been read must be refused, as C{(status,
-    title, detail)}, or L{None} when it may go on.
-    """
-    if _METHOD.fullmatch(method) is None:
-        return 400, b"Bad Request", b"The request method is not valid."
-    if _TARGET.fullmatch(target) is None or not (
-        target[:1] == b"/"
-        or target[:7].lower() == b"http://"
-        or target[:8].lower() == b"https://"
-        or (target == b"*" and method == b"OPTIONS")
-    ):
-        return 400, b"Bad Request", b"The request target is not valid."
-    hosts = headers.getRawHeaders(b"host") or []
-    if len(hosts) > 1 or (version == b"HTTP/1.1" and not hosts):
-        return 400, b"Bad Request", b"The request needs exactly one Host header."
-    if hosts and _HOST.fullmatch(hosts[0]) is None:
-        return 400, b"Bad Request", b"The Host header is not valid."
-    lengths = headers.getRawHeaders(b"content-length") or []
-    if lengths:
-        length = int(lengths[0])
-        if length > _MAX_CONTENT_LENGTH:
-            return 400, b"Bad Request", b"The Content-Length is not valid."
-        limit = gatekeeper.client_max_body_size
-        if limit and length > limit:
-            return (
-                413,
-                b"Content Too Large",
-                b"The request body is larger than this server accepts.",
-            )
-    return None
 
 
 class ProxyChannel(HTTPChannel):
@@ -208,7 +137,7 @@ class ProxyChannel(HTTPChannel):
         if self._headerCount > self.gatekeeper.max_headers:
             self._refuseHeaders()
             return False
-        if _CONTROL.search(line) is not None:
+        if CONTROL.search(line) is not None:
             self._respondToBadRequestAndDisconnect()
             return False
         return super().headerReceived(line)

@@ -33,12 +33,13 @@ C{[gatekeeper]} limits as an HTTP/1.1 one, and to a few of HTTP/2's own:
     C{client_max_body_size} gets 413 before any of the body is read; a body
     that grows beyond it gets 413 (or, when the response has started, a
     reset of its stream).
-  - A malformed request (RFC 9113, section 8.1.1 and 8.3: a C{:method} that
-    is not a token, a C{:path} that is empty, not in origin form (or C{*}
-    for OPTIONS) or has bytes other than visible ASCII, an C{:authority}
-    with userinfo or bytes other than visible ASCII, a header name that is
-    not a lower-case token, a value with NUL, CR or LF or surrounding
-    whitespace, connection-specific fields, pseudo-header fields that are
+  - A malformed request (RFC 9113, section 8.1.1 and 8.3, read as
+    L{manualb.rules} reads HTTP/1.1: a C{:method} that is not an upper-case
+    token, a C{:path} that is empty, not in origin form (or C{*} for
+    OPTIONS) or has bytes other than visible ASCII, an C{:authority} that is
+    no host and port, a header name that is not a lower-case token, a value
+    with controls or surrounding whitespace, a C{content-length} beyond
+    2**63 - 1, connection-specific fields, pseudo-header fields that are
     unknown, repeated, missing or after regular ones) is reset with
     C{PROTOCOL_ERROR} and never reaches a backend.
   - After any connection error the client gets GOAWAY with its code
@@ -67,8 +68,16 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection, H2Stream
 
-from manualb._version import __version__
 from manualb.config import GatekeeperConfig
+from manualb.rules import (
+    CONTROL,
+    HOST,
+    MAX_CONTENT_LENGTH,
+    METHOD,
+    SERVER_NAME,
+    TARGET,
+    errorBody,
+)
 from manualb.transports import setNoDelay
 
 ErrorCodes = h2.errors.ErrorCodes
@@ -82,7 +91,6 @@ CONTROL_FRAME_BURST = 100
 #: over time.
 CONTROL_FRAME_RATE = 10
 
-_SERVER = b"manualb/" + __version__.encode("ascii")
 _PREFACE_LENGTH = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 _FRAME_HEADER_LENGTH = 9
 # Frame types and flags (RFC 9113, section 6).
@@ -103,8 +111,6 @@ _TCHAR = frozenset(
     b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
 _NAME_CHARS = frozenset(c for c in _TCHAR if not 0x41 <= c <= 0x5A)
-_VISIBLE = frozenset(range(0x21, 0x7F))
-_AUTHORITY_CHARS = _VISIBLE - frozenset(b"@/?#\\")
 _SCHEME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
 _PSEUDO_HEADERS = frozenset([b":method", b":scheme", b":path", b":authority"])
 _CONNECTION_HEADERS = frozenset(
@@ -508,17 +514,12 @@ class ProxyH2Connection(H2Connection):
 
     def _answer(self, streamID: int, status: int) -> bool:
         title = _REASONS[status]
-        body = b"<html><head><title>%d %s</title></head><body><h1>%d %s</h1></body></html>\n" % (
-            status,
-            title,
-            status,
-            title,
-        )
+        body = errorBody(status, title, b"The request was refused.")
         if len(body) > min(self._window(streamID), self.conn.max_outbound_frame_size):
             body = b""
         headers = [
             (b":status", b"%d" % (status,)),
-            (b"server", _SERVER),
+            (b"server", SERVER_NAME),
             (b"content-type", b"text/html; charset=utf-8"),
             (b"content-length", b"%d" % (len(body),)),
         ]
@@ -704,11 +705,7 @@ def _malformed(headers) -> str | None:
         if not name:
             return "empty field name"
         if value and (
-            value[0] in b" \t"
-            or value[-1] in b" \t"
-            or b"\x00" in value
-            or b"\r" in value
-            or b"\n" in value
+            value[0] in b" \t" or value[-1] in b" \t" or CONTROL.search(value)
         ):
             return f"bad value of {name!r}"
         if name[:1] == b":":
@@ -728,7 +725,7 @@ def _malformed(headers) -> str | None:
         if name == b"te" and value.lower() != b"trailers":
             return "te other than trailers"
     method = pseudo.get(b":method")
-    if not method or not set(method) <= _TCHAR:
+    if not method or METHOD.fullmatch(method) is None:
         return "bad or missing :method"
     authority = pseudo.get(b":authority")
     hosts = [value for name, value in headers if name == b"host"]
@@ -739,7 +736,7 @@ def _malformed(headers) -> str | None:
     host = authority if authority is not None else (hosts[0] if hosts else None)
     if host is None:
         return "no :authority or host"
-    if not host or not set(host) <= _AUTHORITY_CHARS:
+    if not host or HOST.fullmatch(host) is None:
         return "bad :authority"
     if method == b"CONNECT":
         if b":scheme" in pseudo or b":path" in pseudo:
@@ -754,9 +751,11 @@ def _malformed(headers) -> str | None:
     if path == b"*":
         if method != b"OPTIONS":
             return ":path * for another method than OPTIONS"
-    elif path[:1] != b"/" or not set(path) <= _VISIBLE:
+    elif path[:1] != b"/" or TARGET.fullmatch(path) is None:
         return "bad :path"
     for name, value in headers:
-        if name == b"content-length" and not value.isdigit():
+        if name == b"content-length" and not (
+            value.isdigit() and int(value) <= MAX_CONTENT_LENGTH
+        ):
             return "bad content-length"
     return None

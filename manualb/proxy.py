@@ -31,13 +31,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from manualb.accesslog import AccessLog
-from manualb.channel import (
-    SERVER_NAME,
-    ConnectionLimit,
-    Overloaded,
-    buildChannel,
-    errorBody,
-)
+from manualb.channel import ConnectionLimit, Overloaded, buildChannel
 from manualb.config import GatekeeperConfig
 from manualb.forwarding import requestHead, responseHeaders, wantsUpgrade
 from manualb.handoff import (
@@ -49,6 +43,7 @@ from manualb.handoff import (
 )
 from manualb.selection import Server
 from manualb.streams import Tunnel
+from manualb.rules import SERVER_NAME, errorBody
 from manualb.urlmap import URLMap, encodePath, normalizePath
 
 log = Logger()
@@ -373,10 +368,16 @@ class StreamingRequest(server.Request):
         if body is None or body._complete or self._disconnected:
             super().finish()
             return
+        body.discard()
+        if not isinstance(self.channel, HTTPChannel):
+            # An HTTP/2 stream ends on its own, leaving the connection's
+            # other streams alone; the rest of its body is dropped as it
+            # comes.
+            super().finish()
+            return
         # The response is complete before the request body: read the rest of
         # the body and drop it, then close the connection, since the client
         # may not be done sending when we answer.
-        body.discard()
         self.channel.persistent = False
         self._finishPending = True
         self._lingering = self.channel.callLater(LINGERING_TIME, self._stopLingering)

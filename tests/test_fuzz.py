@@ -1060,12 +1060,6 @@ class HTTP2FuzzTests(SynchronousTestCase):
                     (frames, stream),
                 )
 
-    test_requests.todo = (
-        "HTTP/2 pseudo-headers go into the backend's request line and Host "
-        "unchecked: :path '/a b' (or with TAB or 8-bit bytes) gives 'GET /a b "
-        "HTTP/1.1', :method 'GET /x' gives 'GET /x / HTTP/1.1' (an empty one "
-        "' / HTTP/1.1'), :authority 'a\\x01' a Host with a control character"
-    )
 
     @given(
         st.lists(

@@ -1027,3 +1027,31 @@ def _plainRequest(port: int) -> bytes:
             if not data:
                 return received
             received += data
+
+
+class EarlyAnswerTests(SynchronousTestCase):
+    """
+    A response that is complete before its request body has all arrived.
+    """
+
+    def test_streamEndsAtOnce(self):
+        """
+        The stream's response ends at once, not when the body is done (or
+        after a lingering time), and the stream is reset with NO_ERROR so
+        that the client sends no more; nothing is logged as an error when
+        time passes.
+        """
+        client = MemoryClient()
+        post = [(b":method", b"POST")] + REQUEST[1:]
+        stream = client.request(post, endStream=False)
+        client.h2.send_data(stream, b"x" * 1000)
+        client.exchange()
+        self.assertEqual(client.status(stream), 200)
+        self.assertTrue(client.ofType(h2.events.StreamEnded, stream))
+        # The client is asked to send no more of the body (RFC 9113, 8.1).
+        [reset] = client.ofType(h2.events.StreamReset, stream)
+        self.assertEqual(reset.error_code, ErrorCodes.NO_ERROR)
+        client.reactor.advance(60)
+        client.pump()
+        self.assertFalse(client.closed)
+        self.assertEqual(client.status(client.request()), 200)

@@ -491,6 +491,7 @@ class _ClientSide(Protocol):
     session: _Session | None = None
 
     def connectionMade(self) -> None:
+        setNoDelay(self.transport)
         self.transport.pauseProducing()
         self.session = _Session(self.factory, self)
         self.factory._sessions.add(self.session)

@@ -35,6 +35,7 @@ from hyperframe.frame import (
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -45,8 +46,8 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from manualb.channel import ChannelSwitch
-from manualb.config import GatekeeperConfig
-from manualb.handoff import UpstreamConnection, setNoDelay
+from manualb.config import GatekeeperConfig, parseConfig
+from manualb.handoff import UpstreamConnection
 from manualb.http2 import (
     CONTROL_FRAME_BURST,
     MAX_HEADER_BLOCK_FRAMES,
@@ -58,6 +59,7 @@ from manualb.service import LoadBalancer
 from manualb.streams import _ServerSide
 from manualb.termination import sniEndpoint
 from manualb.testing import balancerConfig, serverAddress
+from manualb.transports import setNoDelay
 from tests.test_termination import TerminationTestsMixin, _clientContext
 
 ErrorCodes = h2.errors.ErrorCodes
@@ -743,6 +745,22 @@ class NoDelayUnitTests(SynchronousTestCase):
         tcp = NoDelayTransport()
         ChannelSwitch(Protocol()).makeConnection(Wrapper(tcp))
         self.assertTrue(tcp.noDelay)
+
+    def test_streamClientConnections(self):
+        """
+        So do the client connections of a TCP stream.
+        """
+        config = parseConfig(
+            "[stream s]\nlisten = tcp:0\nupstream = u\n"
+            "[upstream u]\nservers = 10.0.0.1:80\n"
+        )
+        balancer = LoadBalancer(config, MemoryReactorClock())
+        factory = balancer.streams["s"]
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        tcp = NoDelayTransport()
+        protocol.makeConnection(Wrapper(tcp))
+        self.assertTrue(tcp.noDelay)
+        factory.closeAll()
 
 
 class _Pool:

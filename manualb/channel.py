@@ -78,7 +78,7 @@ class ProxyChannel(HTTPChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         # The first request's head is timed from the connection's start.
-        self.setTimeout(self.gatekeeper.client_header_timeout)
+        self._time(self.gatekeeper.client_header_timeout)
 
     # Reading the request head.
 
@@ -92,12 +92,21 @@ class ProxyChannel(HTTPChannel):
     def _startHead(self) -> None:
         if self._heads:
             # A later request's head is timed from its first byte.
-            self.setTimeout(self.gatekeeper.client_header_timeout)
+            self._time(self.gatekeeper.client_header_timeout)
         self._heads += 1
         self.phase = _HEAD
         self._headLines = 0
         self._headSize = 0
         self._headerCount = 0
+
+    def _time(self, seconds: float) -> None:
+        """
+        Close the connection if the current phase lasts C{seconds}: a new
+        timer, never one moved sooner, which the reactor does by a walk
+        over every pending call.
+        """
+        self.setTimeout(None)
+        self.setTimeout(seconds)
 
     def resetTimeout(self) -> None:
         # Only a body's timeout counts from the last read; the head's runs
@@ -157,7 +166,7 @@ class ProxyChannel(HTTPChannel):
             self.phase = _BODY if self.length != 0 else _WAITING
             super().allHeadersReceived()
             if self.phase == _BODY:
-                self.setTimeout(self.gatekeeper.client_body_timeout)
+                self._time(self.gatekeeper.client_body_timeout)
             return
         # Answered without reading the body, which cannot be trusted to be
         # framed as it says: the connection closes after the answer.
@@ -193,7 +202,7 @@ class ProxyChannel(HTTPChannel):
         if self.phase != _REFUSED:
             self.phase = _IDLE
             if self.persistent:
-                self.setTimeout(self.gatekeeper.keepalive_timeout)
+                self._time(self.gatekeeper.keepalive_timeout)
         # Parses whatever the client pipelined meanwhile.
         super().requestDone(request)
 

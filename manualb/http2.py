@@ -138,6 +138,26 @@ def headerListSize(gatekeeper: GatekeeperConfig) -> int:
     )
 
 
+class _H2Protocol(h2.connection.H2Connection):
+    """
+    h2's connection state, with one malformed request that h2 itself rejects
+    as a connection error made a stream error, as RFC 9113 (8.1.1) has it:
+    a C{content-length} that is not a number, or two that differ, resets
+    that stream and leaves the connection's other streams alone.
+    """
+
+    def _receive_headers_frame(self, frame):
+        try:
+            return super()._receive_headers_frame(frame)
+        except h2.exceptions.ProtocolError as e:
+            # By then the header block is decoded and the stream open: only
+            # the stream is broken.
+            if "content-length" not in str(e) or frame.stream_id not in self.streams:
+                raise
+            self.reset_stream(frame.stream_id, ErrorCodes.PROTOCOL_ERROR)
+            return [], []
+
+
 class _ConnectionError(Exception):
     """
     The client broke a rule that ends its connection.
@@ -316,7 +336,7 @@ class ProxyH2Connection(H2Connection):
         config = h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=False
         )
-        self.conn = h2.connection.H2Connection(config=config)
+        self.conn = _H2Protocol(config=config)
         self.conn.local_settings = h2.settings.Settings(
             client=False,
             initial_values={

@@ -543,6 +543,14 @@ MALFORMED = {
     "unknown pseudo-header": [(b":protocol", b"websocket")],
     "no :scheme": [(b":scheme", None)],
     "host differs": [(b"host", b"other.example.com")],
+    "lower-case :method": [(b":method", b"get")],
+    "DEL in value": [(b"x-a", b"a\x7fb")],
+    "control in value": [(b"x-a", b"a\x01b")],
+    "fragment in :path": [(b":path", b"/a#b")],
+    "port in :authority not a number": [(b":authority", b"www.example.com:x")],
+    "content-length beyond 2**63 - 1": [(b"content-length", b"%d" % (2**64,))],
+    "content-length not a number": [(b"content-length", b"g")],
+    "two content-lengths": [(b"content-length", b"1"), (b"content-length", b"2")],
 }
 
 
@@ -550,7 +558,7 @@ def _malformedHeaders(change):
     headers = dict(REQUEST)
     extra = []
     for name, value in change:
-        if name in headers:
+        if name in headers and name[:1] == b":":
             headers[name] = value
         else:
             extra.append((name, value))

@@ -832,13 +832,14 @@ def interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str]) -> int:
+def runBench(name: str, bench, args) -> dict | int:
     """
-    Run the benchmark, print the report, write the JSON; 0 if all went well.
+    Run C{bench(args, workdir)} in a fresh temporary work directory, with
+    the tools installed first; return its results, or the exit status when
+    it could not run.  Ctrl-C and SIGTERM stop it cleanly (servers killed,
+    files removed), even when started with SIGINT ignored (as a background
+    job).
     """
-    args = parseArgs(argv)
-    # Stop cleanly (servers killed, files removed) on Ctrl-C and SIGTERM,
-    # even when started with SIGINT ignored (as a background job).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupt)
     try:
@@ -846,9 +847,9 @@ def main(argv: list[str]) -> int:
     except (BenchError, subprocess.SubprocessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="manualb-bench-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"manualb-{name}-"))
     try:
-        results = bench(args, workdir)
+        return bench(args, workdir)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -857,6 +858,16 @@ def main(argv: list[str]) -> int:
         return 130
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    """
+    Run the benchmark, print the report, write the JSON; 0 if all went well.
+    """
+    args = parseArgs(argv)
+    results = runBench("bench", bench, args)
+    if isinstance(results, int):
+        return results
     publish(results, report(results), args.json)
     failed = any("error" in r or r.get("errors") for r in results["load"].values())
     failed |= any("error" in r or not r["complete"] for r in results.get("streaming", {}).values())

@@ -15,22 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from benchlib import freePort, publish
-from proxy_bench import (
-    BenchError,
-    Processes,
-    ensureTools,
-    nginxMain,
-    startNginx,
-    writeFile,
-)
+from proxy_bench import Processes, nginxMain, runBench, startNginx, writeFile
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -183,22 +173,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--limit", type=float, default=30.0, help="seconds to keep trying")
     parser.add_argument("--json", type=Path, default=BENCH / "results" / "slow.json")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        ensureTools()
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    workdir = Path(tempfile.mkdtemp(prefix="manualb-slow-"))
-    try:
-        results = bench(args, workdir)
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    results = runBench("slow", bench, args)
+    if isinstance(results, int):
+        return results
     publish(results, report(results), args.json)
     return 0 if results["slowloris"]["manualb"]["still_open"] == 0 else 1
 

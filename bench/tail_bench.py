@@ -40,12 +40,9 @@ import argparse
 import os
 import re
 import selectors
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -56,10 +53,10 @@ from proxy_bench import (
     Processes,
     backendConfig,
     checkResponse,
-    ensureTools,
     manualbConfig,
     parseWrk,
     pinning,
+    runBench,
     startManualb,
     startNginx,
     toMs,
@@ -598,37 +595,15 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict:
     return results
 
 
-def interrupt(signum, frame) -> None:
-    """
-    Signal handler: turn SIGTERM into L{KeyboardInterrupt}.
-    """
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str]) -> int:
     """
     Run the benchmark, print the report, write the JSON; 0 if every run went
     through without errors and every burst connection was answered.
     """
     args = parseArgs(argv)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        ensureTools()
-    except (BenchError, subprocess.SubprocessError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    workdir = Path(tempfile.mkdtemp(prefix="manualb-tail-"))
-    try:
-        results = bench(args, workdir)
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    results = runBench("tail", bench, args)
+    if isinstance(results, int):
+        return results
     publish(results, report(results), args.json)
     failed = any("error" in r or r.get("errors") for r in results["runs"])
     b = results.get("burst")

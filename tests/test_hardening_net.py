@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from manualb.config import HealthCheckConfig, ServerAddress, ServerConfig, parseConfig
-from manualb.handoff import UpstreamLocalError, localConnectProblem
+from manualb.handoff import localConnectProblem
 from manualb.health import DOWN, UP
 from manualb.service import LoadBalancer
 from manualb.testing import MemoryBalancer, balancerConfig
@@ -503,7 +503,7 @@ class BacklogTests(TestCase):
         for description in descriptions:
             try:
                 port = yield self.listen(lb, description)
-            except Exception as e:
+            except Exception:
                 if description.startswith("tcp6"):
                     continue  # no IPv6 loopback here
                 raise

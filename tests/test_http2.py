@@ -57,7 +57,6 @@ from manualb.http2 import (
 from manualb.proxy import ProxySite
 from manualb.service import LoadBalancer
 from manualb.streams import _ServerSide
-from manualb.termination import sniEndpoint
 from manualb.testing import balancerConfig, serverAddress
 from manualb.transports import setNoDelay
 from tests.test_termination import TerminationTestsMixin, _clientContext

@@ -46,6 +46,9 @@ C{[gatekeeper]} limits as an HTTP/1.1 one, and to a few of HTTP/2's own:
     (C{COMPRESSION_ERROR} for a header block that cannot be decoded) and the
     connection is closed at once (aborted if the client does not take the
     GOAWAY within Twisted's C{abortTimeout}).
+  - A stream whose flow control window the client keeps shut for
+    C{send_timeout} is reset (C{CANCEL}), and the backend connection that
+    its response held is released.
   - A client's GOAWAY does not end the connection by itself: its open
     streams finish, and PING is still answered, until the client closes or
     the idle timeout passes.
@@ -702,6 +705,41 @@ class ProxyH2Stream(H2Stream):
             reason=reason,
         )
         self._conn.refuseStream(self.streamID, status, errorCode, reason)
+
+    # send_timeout: a client that keeps its stream's window shut takes
+    # nothing of the response, and holds the backend connection meanwhile.
+
+    _sendTimer = None
+
+    def flowControlBlocked(self) -> None:
+        super().flowControlBlocked()
+        if self._sendTimer is None:
+            self._sendTimer = self.callLater(
+                self._conn.gatekeeper.send_timeout, self._sendTimedOut
+            )
+
+    def windowUpdated(self) -> None:
+        super().windowUpdated()
+        if self._conn.remainingOutboundWindow(self.streamID) > 0:
+            self._cancelSendTimer()
+
+    def _cancelSendTimer(self) -> None:
+        if self._sendTimer is not None:
+            if self._sendTimer.active():
+                self._sendTimer.cancel()
+            self._sendTimer = None
+
+    def _sendTimedOut(self) -> None:
+        self._sendTimer = None
+        self._refuse(None, ErrorCodes.CANCEL, "took nothing for send_timeout")
+
+    def requestDone(self, request) -> None:
+        self._cancelSendTimer()
+        super().requestDone(request)
+
+    def connectionLost(self, reason) -> None:
+        self._cancelSendTimer()
+        super().connectionLost(reason)
 
     def receiveDataChunk(self, data: bytes, flowControlledLength: int) -> None:
         self._bodyReceived += len(data)

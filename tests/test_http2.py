@@ -441,12 +441,14 @@ class FlowControlTests(SynchronousTestCase):
 
     def test_zeroWindowIdle(self):
         """
-        While a stream waits for its window, the connection does not spin.
+        While a stream waits for its window, the connection does not spin:
+        the only call pending is the stream's send_timeout.
         """
         client = MemoryClient(size=100000)
         stream = client.request()
         self.assertEqual(len(client.body(stream)), 65535)
-        self.assertEqual(client.reactor.getDelayedCalls(), [])
+        [call] = client.reactor.getDelayedCalls()
+        self.assertEqual(call.getTime(), client.reactor.seconds() + 60)
 
     def test_settingsOpenWindow(self):
         """
@@ -1080,3 +1082,51 @@ class EarlyAnswerTests(SynchronousTestCase):
         client.pump()
         self.assertFalse(client.closed)
         self.assertEqual(client.status(client.request()), 200)
+
+
+class SendTimeoutTests(SynchronousTestCase):
+    """
+    C{send_timeout} over HTTP/2: a stream whose window the client keeps
+    shut.
+    """
+
+    def test_shutWindow(self):
+        """
+        The stream is reset once the client has taken nothing of it for
+        C{send_timeout}; the connection and its other streams go on.
+        """
+        client = MemoryClient(GatekeeperConfig(send_timeout=10.0), size=100000)
+        stream = client.request()
+        self.assertEqual(client.status(stream), 200)
+        client.reactor.advance(9)
+        client.pump()
+        client.receive()
+        self.assertEqual(client.ofType(h2.events.StreamReset, stream), [])
+        client.reactor.advance(1)
+        client.pump()
+        client.receive()
+        [reset] = client.ofType(h2.events.StreamReset, stream)
+        self.assertEqual(reset.error_code, ErrorCodes.CANCEL)
+        self.assertFalse(client.closed)
+
+    def test_windowOpened(self):
+        """
+        A client that opens the window again in time gets the whole body.
+        """
+        client = MemoryClient(GatekeeperConfig(send_timeout=10.0), size=100000)
+        stream = client.request()
+        client.reactor.advance(9)
+        client.pump()
+        client.receive()
+        received = len(client.body(stream))
+        client.h2.increment_flow_control_window(200000)
+        client.h2.increment_flow_control_window(200000, stream)
+        client.exchange()
+        client.pump()
+        client.receive()
+        client.reactor.advance(20)
+        client.pump()
+        client.receive()
+        self.assertLess(received, 100000)
+        self.assertEqual(len(client.body(stream)), 100000)
+        self.assertEqual(client.ofType(h2.events.StreamReset, stream), [])

@@ -41,9 +41,9 @@ from manualb.handoff import (
     UpstreamError,
     UpstreamLocalError,
 )
+from manualb.rules import SERVER_NAME, errorBody
 from manualb.selection import Server
 from manualb.streams import Tunnel
-from manualb.rules import SERVER_NAME, errorBody
 from manualb.urlmap import URLMap, encodePath, normalizePath
 
 log = Logger()
@@ -322,6 +322,11 @@ class StreamingRequest(server.Request):
     _finishPending = False
     _lingering = None
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # A proxy passes form bodies on; it has no use for parsing them.
+        self._parsePOSTFormSubmission = False
+
     def gotLength(self, length: int | None) -> None:
         requestLine = _requestLine(self.channel)
         if length == 0 or requestLine is None:
@@ -335,11 +340,6 @@ class StreamingRequest(server.Request):
         self.path = self.uri.split(b"?", 1)[0]
         self.args = {}
         self.process()
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        # A proxy passes form bodies on; it has no use for parsing them.
-        self._parsePOSTFormSubmission = False
 
     def _handleStar(self) -> None:
         # Twisted answers C{*} targets itself; the proxy answers them as its

@@ -9,7 +9,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IPushProducer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import implementer
 
 from manualb.config import parseConfig
 from manualb.service import LoadBalancer
@@ -707,3 +711,76 @@ class LeakTests(TestCase):
         yield client.closed
         yield self.backends.lost
         self.assertEqual(self.backends.open, 0)
+
+
+class _EndlessBody(Resource):
+    """
+    Answers with an endless body, written as fast as the connection takes
+    it; C{gone} fires when the proxy drops the connection.
+    """
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.gone = Deferred()
+
+    def render_GET(self, request):
+        request.notifyFinish().addErrback(lambda reason: self.gone.callback(None))
+        request.registerProducer(_Writer(request), True)
+        return NOT_DONE_YET
+
+
+@implementer(IPushProducer)
+class _Writer:
+    def __init__(self, request):
+        self.request = request
+        self.paused = False
+        reactor.callLater(0, self.resumeProducing)
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        while not self.paused and self.request is not None:
+            self.request.write(b"x" * 65536)
+
+    def stopProducing(self):
+        self.request = None
+
+
+class SendTimeoutEndToEndTests(TestCase):
+    """
+    Over real sockets: a client that never reads a large response does not
+    pin its backend connection.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_clientNeverReads(self):
+        backend = _EndlessBody()
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Site(backend)
+        )
+        self.addCleanup(port.stopListening)
+        balancer = LoadBalancer(
+            balancerConfig([serverAddress(port)], gatekeeper={"send_timeout": "1s"}),
+            reactor,
+        )
+        self.addCleanup(balancer.close)
+        listening = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            balancer.site
+        )
+        self.addCleanup(listening.stopListening)
+        client = _Client(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        client.dataReceived = lambda data: client.transport.pauseProducing()
+        yield connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", listening.getHost().port), client
+        )
+        # The client reads nothing more, so it cannot see its connection go.
+        self.addCleanup(client.transport.abortConnection)
+        yield backend.gone
+        self.assertEqual(balancer.connections.open, 0)
+

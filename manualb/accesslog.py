@@ -84,18 +84,48 @@ class AccessLog:
         @param upstreamTimes: How long each try took, in seconds.
         """
         headers = request.requestHeaders
-        address = request.getClientAddress()
-        requestLine = b"%s %s %s" % (request.method, request.uri, request.clientproto)
+        self._write(
+            request.getClientAddress(),
+            b"%s %s %s" % (request.method, request.uri, request.clientproto),
+            status,
+            request.sentLength,
+            (headers.getRawHeaders(b"referer") or [b"-"])[0],
+            (headers.getRawHeaders(b"user-agent") or [b"-"])[0],
+            ", ".join(upstreams).encode("ascii") if upstreams else b"-",
+            b", ".join(b"%.3f" % (t,) for t in upstreamTimes) if upstreamTimes else b"-",
+        )
+
+    def recordUnread(
+        self, address, requestLine: bytes | None, status: int, sent: int
+    ) -> None:
+        """
+        Write the line for a request refused before it could be read whole
+        (a request line or header block too large, bad syntax, too slow):
+        its request line when it was read, else C{-}.
+        """
+        self._write(address, requestLine or b"-", status, sent, b"-", b"-", b"-", b"-")
+
+    def _write(
+        self,
+        address,
+        requestLine: bytes,
+        status: int,
+        sent: int,
+        referer: bytes,
+        agent: bytes,
+        upstreams: bytes,
+        upstreamTimes: bytes,
+    ) -> None:
         line = b'%s - - %s "%s" %d %d "%s" "%s" %s %s\n' % (
             getattr(address, "host", "-").encode("ascii"),
             self._timestamp(),
             _escape(requestLine),
             status,
-            request.sentLength,
-            _escape((headers.getRawHeaders(b"referer") or [b"-"])[0]),
-            _escape((headers.getRawHeaders(b"user-agent") or [b"-"])[0]),
-            ", ".join(upstreams).encode("ascii") if upstreams else b"-",
-            b", ".join(b"%.3f" % (t,) for t in upstreamTimes) if upstreamTimes else b"-",
+            sent,
+            _escape(referer),
+            _escape(agent),
+            upstreams,
+            upstreamTimes,
         )
         self._output.write(line)
 

@@ -261,12 +261,26 @@ class ProxyChannel(HTTPChannel):
         self.loseConnection()
 
     def _writeError(self, code: int, title: bytes, detail: bytes) -> None:
+        """
+        Answer a request that could not be read, and log it.
+        """
         body = errorBody(code, title, detail)
-        self.transport.write(
+        answer = (
             b"HTTP/1.1 %d %s\r\nServer: %s\r\nContent-Type: text/html; charset=utf-8"
             b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
             % (code, title, SERVER_NAME, len(body), body)
         )
+        self.transport.write(answer)
+        accessLog = getattr(self.site, "accessLog", None)
+        if accessLog is not None:
+            # Known once Twisted has parsed the request line.
+            command = getattr(self, "_command", None)
+            requestLine = None
+            if command is not None:
+                requestLine = b" ".join([command, self._path, self._version])
+            accessLog.recordUnread(
+                self.transport.getPeer(), requestLine, code, len(answer)
+            )
 
     # Writing: send_timeout.
 

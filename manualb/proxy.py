@@ -452,6 +452,14 @@ class ProxySite(server.Site):
     def log(self, request: Request) -> None:
         pass
 
+    @property
+    def accessLog(self) -> AccessLog | None:
+        """
+        Where the proxy logs requests, also those its channels refuse before
+        they are read whole.
+        """
+        return getattr(self.resource, "accessLog", None)
+
     def acceptableProtocols(self) -> list[bytes]:
         """
         The protocols ALPN may choose: Twisted's (C{h2}, C{http/1.1}) and

@@ -141,7 +141,7 @@ class RequestCheckTests(SynchronousTestCase):
     """
 
     def setUp(self):
-        self.lb = MemoryBalancer(balancerConfig(["10.0.0.1:80"], accessLog="-"))
+        self.lb = MemoryBalancer(balancerConfig(["10.0.0.1:80"]))
 
     def refused(self, request: bytes, status: int = 400) -> bytes:
         client = self.lb.client()
@@ -251,10 +251,8 @@ class RequestCheckTests(SynchronousTestCase):
         """
         A request refused after its head was read is in the access log.
         """
-        output = []
-        self.lb.balancer.accessLog._output.write = output.append
         self.refused(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
-        self.assertIn(b'"GET / HTTP/1.1" 400 ', b"".join(output))
+        self.assertIn(b'"GET / HTTP/1.1" 400 ', self.lb.accessLog.getvalue())
 
 
 class EarlyAnswerTests(SynchronousTestCase):
@@ -367,6 +365,17 @@ class HeadLimitTests(SynchronousTestCase):
     def test_requestLineTooLong(self):
         answer = self.answer(b"GET /" + b"a" * 100 + b" HTTP/1.1\r\nHost: a\r\n\r\n")
         self.assertEqual(statusOf(answer), 414)
+
+    def test_refusalsLogged(self):
+        """
+        A request refused before it was read whole is in the access log,
+        with its request line when that was read.
+        """
+        self.answer(b"GET /" + b"a" * 100 + b" HTTP/1.1\r\n")
+        self.answer(b"GET /b HTTP/1.1\r\nHost: a\r\n" + b"X: 1\r\n" * 5 + b"\r\n")
+        output = self.lb.accessLog.getvalue().splitlines(True)
+        self.assertRegex(output[0], rb'^127\.0\.0\.1 - - \[[^]]+\] "-" 414 \d+ "-" "-" - -\n$')
+        self.assertIn(b'"GET /b HTTP/1.1" 431 ', output[1])
 
     def test_requestLineWithoutEnd(self):
         """

@@ -31,8 +31,8 @@ from twisted.web.http import HTTPChannel, Request, _GenericHTTPChannelProtocol
 from manualb.config import GatekeeperConfig
 from manualb.forwarding import connectionTokens
 from manualb.http2 import ProxyH2Connection
-from manualb.rules import CONTROL, SERVER_NAME, errorBody, requestProblem
-from manualb.transports import setNoDelay
+from manualb.rules import CONTROL, errorResponse, requestProblem
+from manualb.transports import cancelCall, setNoDelay
 
 log = Logger()
 
@@ -126,7 +126,7 @@ class ProxyChannel(HTTPChannel):
         self._headLines += 1
         if self._headLines == 1:
             if len(line) > self.gatekeeper.max_request_line:
-                self._refuse(414, b"URI Too Long", b"The request line is too long.")
+                self._refuseLine()
                 return
         elif line:
             self._headSize += len(line) + 2
@@ -137,7 +137,7 @@ class ProxyChannel(HTTPChannel):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         if self._headLines == 0:
-            self._refuse(414, b"URI Too Long", b"The request line is too long.")
+            self._refuseLine()
         else:
             self._refuseHeaders()
 
@@ -221,24 +221,21 @@ class ProxyChannel(HTTPChannel):
                 phase=self.phase,
             )
             if self.phase == _HEAD or not self.requests:
-                self._writeError(
-                    408, b"Request Timeout", b"The request took too long to arrive."
-                )
+                self._writeError(408, b"The request took too long to arrive.")
         super().timeoutConnection()
 
     # Answering what cannot be parsed.
 
+    def _refuseLine(self) -> None:
+        self._refuse(414, b"The request line is too long.")
+
     def _refuseHeaders(self) -> None:
-        self._refuse(
-            431,
-            b"Request Header Fields Too Large",
-            b"The request headers are too large.",
-        )
+        self._refuse(431, b"The request headers are too large.")
 
     def _respondToBadRequestAndDisconnect(self) -> None:
-        self._refuse(400, b"Bad Request", b"The request is not valid HTTP.")
+        self._refuse(400, b"The request is not valid HTTP.")
 
-    def _refuse(self, code: int, title: bytes, detail: bytes) -> None:
+    def _refuse(self, code: int, detail: bytes) -> None:
         """
         Answer C{code} and close: the request could not be read, so nothing
         after it can be either.
@@ -246,30 +243,25 @@ class ProxyChannel(HTTPChannel):
         if self.phase == _REFUSED:
             return
         log.info(
-            "refused client {peer}: {code} {title}",
+            "refused client {peer}: {code} {detail}",
             peer=_describePeer(self.transport),
             code=code,
-            title=title.decode("ascii"),
+            detail=detail.decode("ascii"),
         )
         if not any(request.startedWriting for request in self.requests):
             # Else the client already has an answer to this request, and a
             # second would be taken for the next request's.
-            self._writeError(code, title, detail)
+            self._writeError(code, detail)
         self.phase = _REFUSED
         self._buffer = b""
         self.persistent = False
         self.loseConnection()
 
-    def _writeError(self, code: int, title: bytes, detail: bytes) -> None:
+    def _writeError(self, code: int, detail: bytes) -> None:
         """
         Answer a request that could not be read, and log it.
         """
-        body = errorBody(code, title, detail)
-        answer = (
-            b"HTTP/1.1 %d %s\r\nServer: %s\r\nContent-Type: text/html; charset=utf-8"
-            b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (code, title, SERVER_NAME, len(body), body)
-        )
+        answer = errorResponse(code, detail)
         self.transport.write(answer)
         accessLog = getattr(self.site, "accessLog", None)
         if accessLog is not None:
@@ -296,14 +288,8 @@ class ProxyChannel(HTTPChannel):
             )
 
     def resumeProducing(self) -> None:
-        self._cancelSendTimer()
+        self._sendTimer = cancelCall(self._sendTimer)
         super().resumeProducing()
-
-    def _cancelSendTimer(self) -> None:
-        if self._sendTimer is not None:
-            if self._sendTimer.active():
-                self._sendTimer.cancel()
-            self._sendTimer = None
 
     def _sendTimedOut(self) -> None:
         self._sendTimer = None
@@ -315,7 +301,7 @@ class ProxyChannel(HTTPChannel):
         self.transport.abortConnection()
 
     def connectionLost(self, reason) -> None:
-        self._cancelSendTimer()
+        self._sendTimer = cancelCall(self._sendTimer)
         super().connectionLost(reason)
 
 
@@ -351,13 +337,8 @@ class Overloaded(Protocol):
             "client {peer} refused: max_connections reached",
             peer=_describePeer(self.transport),
         )
-        body = errorBody(
-            503, b"Service Unavailable", b"Too many connections; try again later."
-        )
         self.transport.write(
-            b"HTTP/1.1 503 Service Unavailable\r\nServer: %s\r\nContent-Type: "
-            b"text/html; charset=utf-8\r\nContent-Length: %d\r\nConnection: close"
-            b"\r\n\r\n%s" % (SERVER_NAME, len(body), body)
+            errorResponse(503, b"Too many connections; try again later.")
         )
         self.transport.loseConnection()
 

@@ -54,7 +54,7 @@ from zope.interface import Interface, implementer
 from manualb.config import ServerAddress, UpstreamConfig
 from manualb.durations import formatDuration
 from manualb.forwarding import connectionTokens
-from manualb.transports import setNoDelay
+from manualb.transports import cancelCall, setNoDelay
 
 MAX_HEAD_SIZE = 64 * 1024
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
@@ -839,15 +839,6 @@ class ConnectionPool:
         for connection in list(self._open):
             connection.abort()
         self._idle.clear()
-
-
-def cancelCall(call: IDelayedCall | None) -> None:
-    """
-    Cancel C{call} if it is still pending; returns L{None}, for
-    C{self.timer = cancelCall(self.timer)}.
-    """
-    if call is not None and call.active():
-        call.cancel()
 
 
 #: The errors of a connect that tell of the proxy's own shortage, not of the

@@ -73,15 +73,17 @@ from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection, H2Stream
 
 from manualb.config import GatekeeperConfig
 from manualb.rules import (
+    ALLOWED_METHODS,
     CONTROL,
     HOST,
     MAX_CONTENT_LENGTH,
     METHOD,
+    REASONS,
     SERVER_NAME,
     TARGET,
     errorBody,
 )
-from manualb.transports import setNoDelay
+from manualb.transports import cancelCall, setNoDelay
 
 ErrorCodes = h2.errors.ErrorCodes
 
@@ -119,15 +121,6 @@ _PSEUDO_HEADERS = frozenset([b":method", b":scheme", b":path", b":authority"])
 _CONNECTION_HEADERS = frozenset(
     [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"]
 )
-_REASONS = {
-    400: b"Bad Request",
-    405: b"Method Not Allowed",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-}
-
-
 def headerListSize(gatekeeper: GatekeeperConfig) -> int:
     """
     The C{SETTINGS_MAX_HEADER_LIST_SIZE} advertised to clients: room for
@@ -536,7 +529,7 @@ class ProxyH2Connection(H2Connection):
             self._requestDone(streamID)
 
     def _answer(self, streamID: int, status: int) -> bool:
-        title = _REASONS[status]
+        title = REASONS[status]
         body = errorBody(status, title, b"The request was refused.")
         if len(body) > min(self._window(streamID), self.conn.max_outbound_frame_size):
             body = b""
@@ -547,7 +540,7 @@ class ProxyH2Connection(H2Connection):
             (b"content-length", b"%d" % (len(body),)),
         ]
         if status == 405:
-            headers.append((b"allow", b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"))
+            headers.append((b"allow", ALLOWED_METHODS))
         try:
             self.conn.send_headers(streamID, headers, end_stream=not body)
             if body:
@@ -721,24 +714,18 @@ class ProxyH2Stream(H2Stream):
     def windowUpdated(self) -> None:
         super().windowUpdated()
         if self._conn.remainingOutboundWindow(self.streamID) > 0:
-            self._cancelSendTimer()
-
-    def _cancelSendTimer(self) -> None:
-        if self._sendTimer is not None:
-            if self._sendTimer.active():
-                self._sendTimer.cancel()
-            self._sendTimer = None
+            self._sendTimer = cancelCall(self._sendTimer)
 
     def _sendTimedOut(self) -> None:
         self._sendTimer = None
         self._refuse(None, ErrorCodes.CANCEL, "took nothing for send_timeout")
 
     def requestDone(self, request) -> None:
-        self._cancelSendTimer()
+        self._sendTimer = cancelCall(self._sendTimer)
         super().requestDone(request)
 
     def connectionLost(self, reason) -> None:
-        self._cancelSendTimer()
+        self._sendTimer = cancelCall(self._sendTimer)
         super().connectionLost(reason)
 
     def receiveDataChunk(self, data: bytes, flowControlledLength: int) -> None:

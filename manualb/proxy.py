@@ -41,9 +41,10 @@ from manualb.handoff import (
     UpstreamError,
     UpstreamLocalError,
 )
-from manualb.rules import SERVER_NAME, errorBody
+from manualb.rules import ALLOWED_METHODS, SERVER_NAME, errorBody
 from manualb.selection import Server
 from manualb.streams import Tunnel
+from manualb.transports import cancelCall
 from manualb.urlmap import URLMap, encodePath, normalizePath
 
 log = Logger()
@@ -57,7 +58,6 @@ _GATEWAY_ERRORS = {
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
 }
-_ALLOWED = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
 _HSTS = b"Strict-Transport-Security"
 _BUFFER_LIMIT = 64 * 1024
 _READ_SIZE = 64 * 1024
@@ -359,8 +359,7 @@ class StreamingRequest(server.Request):
         self.body.allReceived()
         if self._finishPending:
             self._finishPending = False
-            if self._lingering is not None and self._lingering.active():
-                self._lingering.cancel()
+            self._lingering = cancelCall(self._lingering)
             super().finish()
 
     def finish(self) -> None:
@@ -392,8 +391,7 @@ class StreamingRequest(server.Request):
             transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
-        if self._lingering is not None and self._lingering.active():
-            self._lingering.cancel()
+        self._lingering = cancelCall(self._lingering)
         super().connectionLost(reason)
 
 
@@ -537,11 +535,11 @@ class _Exchange:
             return
         if request.uri == b"*":
             # OPTIONS * asks about the server itself (RFC 9110, 9.3.7).
-            request.responseHeaders.setRawHeaders(b"Allow", [_ALLOWED])
+            request.responseHeaders.setRawHeaders(b"Allow", [ALLOWED_METHODS])
             self._answer(200, b"OK", b"")
             return
         if request.method in _REFUSED_METHODS:
-            request.responseHeaders.setRawHeaders(b"Allow", [_ALLOWED])
+            request.responseHeaders.setRawHeaders(b"Allow", [ALLOWED_METHODS])
             self._answer(405, b"Method Not Allowed", b"A proxy does not pass this method on.")
             return
         path = normalizePath(request.path)

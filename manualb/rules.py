@@ -32,6 +32,22 @@ HOST = re.compile(
 )
 
 
+#: What the proxy answers C{Allow} with (to 405, and to C{OPTIONS *}).
+ALLOWED_METHODS = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
+
+#: The reason phrases of the refusals the front ends answer themselves, as
+#: RFC 9110 names them.
+REASONS = {
+    400: b"Bad Request",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+
+
 def errorBody(code: int, title: bytes, detail: bytes) -> bytes:
     """
     The short HTML page of an error answered by the proxy itself.
@@ -39,6 +55,21 @@ def errorBody(code: int, title: bytes, detail: bytes) -> bytes:
     return (
         b"<html><head><title>%d %s</title></head><body><h1>%d %s</h1><p>%s</p>"
         b"<hr><p>manualb</p></body></html>\n" % (code, title, code, title, detail)
+    )
+
+
+def errorResponse(code: int, detail: bytes) -> bytes:
+    """
+    A whole HTTP/1.1 error response, page included, after which the
+    connection closes: for a request that could not be read, or a
+    connection that cannot be served.
+    """
+    title = REASONS[code]
+    body = errorBody(code, title, detail)
+    return (
+        b"HTTP/1.1 %d %s\r\nServer: %s\r\nContent-Type: text/html; charset=utf-8"
+        b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+        % (code, title, SERVER_NAME, len(body), body)
     )
 
 

@@ -41,14 +41,13 @@ from manualb.config import StreamConfig
 from manualb.durations import formatDuration
 from manualb.handoff import (
     OneConnection,
-    cancelCall,
     describeFailure,
     endpointForServer,
     localConnectProblem,
 )
 from manualb.proxyprotocol import HEADERS
-from manualb.transports import setNoDelay
 from manualb.selection import Pool, Server
+from manualb.transports import cancelCall, setNoDelay
 
 __all__ = ["Tunnel", "ConnectionRequest", "StreamProxyFactory", "CLOSE_GRACE"]
 

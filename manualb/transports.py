@@ -1,10 +1,20 @@
 """
-What the proxy sets on every TCP connection it accepts or opens.
+What every connection of the proxy shares: Nagle's algorithm off on each
+TCP connection it accepts or opens, and its timers cancelled alike.
 """
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import ITCPTransport, ITransport
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport, ITransport
+
+
+def cancelCall(call: IDelayedCall | None) -> None:
+    """
+    Cancel C{call} if it is still pending; returns L{None}, for
+    C{self.timer = cancelCall(self.timer)}.
+    """
+    if call is not None and call.active():
+        call.cancel()
 
 
 def setNoDelay(transport: ITransport) -> None:

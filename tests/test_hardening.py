@@ -210,6 +210,22 @@ class RequestCheckTests(SynchronousTestCase):
         client.send(b"GET / HTTP/1.1\r\nHost: a\r\nX: caf\xc3\xa9\r\n\r\n")
         self.assertEqual(len(self.lb.pendingConnections()), 1)
 
+    def test_refusalFramedAndFinal(self):
+        """
+        A refused head followed by a pipelined request in the same bytes:
+        one whole answer (its length as its header says, then a close), and
+        nothing reaches a backend, the second request included.
+        """
+        answer = self.refused(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n"
+            b"GET /admin HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        head, body = answer.split(b"\r\n\r\n", 1)
+        self.assertEqual(answer.count(b"HTTP/1.1 "), 1)
+        self.assertIn(b"\r\nConnection: close", head)
+        self.assertIn(b"\r\nContent-Length: %d" % (len(body),), head)
+        self.assertNotIn(b"/admin", answer)
+
     def test_foldedHostRefused(self):
         """
         A continuation line folds into C{Host} with a space, which no host
@@ -633,7 +649,10 @@ class ConnectionCapTests(SynchronousTestCase):
         lb = MemoryBalancer(balancerConfig(["10.0.0.1:80"], gatekeeper={"max_connections": "2"}))
         first, second = lb.client(port=1), lb.client(port=2)
         third = lb.client(port=3)
-        self.assertEqual(statusOf(third.received()), 503)
+        answer = third.received()
+        self.assertEqual(statusOf(answer), 503)
+        head, body = answer.split(b"\r\n\r\n", 1)
+        self.assertIn(b"\r\nContent-Length: %d" % (len(body),), head)
         self.assertFalse(third.connected)
         self.assertTrue(first.connected and second.connected)
         first.reset()

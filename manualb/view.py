@@ -1,0 +1,120 @@
+"""
+What the stages see of a request: a small, read-only L{RequestView} built
+once by whichever front end received it (the HTTP exchange, the TCP stream
+proxy, or another front end), plus the one place that turns a peer address
+into the client's address and a C{Host} value into a host name.
+
+This module is a leaf: it imports nothing of manualb's, so every stage may
+use it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable, Sequence
+
+import attrs
+
+
+def clientHost(address: object) -> str:
+    """
+    The client's address as text, from a Twisted C{IAddress}: an IPv4-mapped
+    IPv6 address (C{::ffff:192.0.2.1}, from a dual-stack listener) as its
+    IPv4 one, so that the same client is one client whatever socket it came
+    in on; the empty string for a peer without a host (a UNIX socket).
+    """
+    host = getattr(address, "host", None)
+    if not host or not isinstance(host, str):
+        return ""
+    if host[:7].lower() == "::ffff:" and "." in host:
+        return host[7:]
+    return host
+
+
+def normalizeHost(host: bytes | str | None) -> bytes | None:
+    """
+    Return the host of a C{Host} value (or a TLS server name) as it is
+    compared: without its port, lower case, without a trailing dot, an IPv6
+    literal in brackets and compressed; L{None} when there is no host (L{None}
+    or empty, or text that is not ASCII).
+    """
+    if isinstance(host, str):
+        try:
+            host = host.encode("ascii")
+        except UnicodeEncodeError:
+            return None
+    if not host:
+        return None
+    host = host.strip()
+    if host[:1] == b"[":
+        end = host.find(b"]")
+        if end != -1:
+            host = host[: end + 1]
+        try:
+            address = ipaddress.IPv6Address(host[1:-1].decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            host = host.lower()
+        else:
+            return b"[" + address.compressed.encode("ascii") + b"]"
+    else:
+        host = host.split(b":", 1)[0].lower()
+    if host[-1:] == b".":
+        host = host[:-1]
+    return host or None
+
+
+def _splitCookies(headers: Iterable[bytes]) -> Iterable[tuple[bytes, bytes]]:
+    for header in headers:
+        for cookie in header.split(b";"):
+            name, separator, value = cookie.strip().partition(b"=")
+            if separator:
+                yield name, value
+
+
+@attrs.frozen
+class RequestView:
+    """
+    A request as the stages see it, whatever front end received it.
+
+    @ivar clientAddress: The client's address, as L{clientHost} gives it.
+    @ivar secure: Whether the client came over TLS.
+    @ivar method: The request method; empty for a TCP stream.
+    @ivar target: The request target as the client sent it (origin or
+        absolute form); empty for a TCP stream.
+    @ivar path: The request path, percent-decoded and normalised (no dot
+        segments, no query); empty for a TCP stream.
+    @ivar host: The host the client asked for (of an absolute-form target,
+        else of C{Host}), as L{normalizeHost} gives it; L{None} when none.
+    @ivar headers: The request's header lines, names as sent, in order.
+    """
+
+    clientAddress: str
+    secure: bool = False
+    method: bytes = b""
+    target: bytes = b""
+    path: bytes = b""
+    host: bytes | None = None
+    headers: Sequence[tuple[bytes, bytes]] = ()
+
+    @property
+    def query(self) -> bytes:
+        """
+        The query of the target, without C{?}, as sent.
+        """
+        return self.target.partition(b"?")[2]
+
+    def header(self, name: bytes) -> list[bytes]:
+        """
+        The values of every header line C{name} (any case), in order.
+        """
+        name = name.lower()
+        return [value for key, value in self.headers if key.lower() == name]
+
+    def cookie(self, name: bytes) -> bytes | None:
+        """
+        The value of the request's first cookie C{name}, or L{None}.
+        """
+        for cookieName, value in _splitCookies(self.header(b"cookie")):
+            if cookieName == name:
+                return value
+        return None

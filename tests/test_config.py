@@ -1,5 +1,5 @@
 """
-Tests for L{manualb.config} and L{manualb.durations}.
+Tests for L{manualb.config}, L{manualb.configfile} and L{manualb.syntax}.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import re
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from manualb import config as configModule
+from manualb import syntax as syntaxModule
 from manualb.config import (
     GatekeeperConfig,
     EXACT,
@@ -28,10 +28,9 @@ from manualb.config import (
     StreamConfig,
     TLSConfig,
     UpstreamConfig,
-    loadConfig,
-    parseConfig,
 )
-from manualb.durations import formatDuration, parseDuration, parseSize
+from manualb.configfile import KNOWN_KEYS, loadConfig, parseConfig
+from manualb.syntax import formatDuration, parseDuration, parseSize
 
 MAIN = """\
 [manualb]
@@ -503,6 +502,22 @@ class ParserErrorTests(SynchronousTestCase):
         self.assertEqual((error.section, error.key), ("manualb", "listen"))
 
 
+def _assertNothingToListenOn(
+    self: SynchronousTestCase, text: str, expected: str
+) -> ConfigError:
+    """
+    C{text} is a good file for an embedder, which listens on nothing; it is
+    refused with C{expected} when it must listen (C{requireListen}).
+    """
+    config = parseConfig(text, "lb.ini")
+    self.assertEqual((config.listeners, config.streams), ((), ()))
+    error = self.assertRaises(
+        ConfigError, parseConfig, text, "lb.ini", requireListen=True
+    )
+    self.assertEqual(str(error), expected)
+    return error
+
+
 class SectionErrorTests(SynchronousTestCase):
     """
     Unknown, misnamed or missing sections and keys are reported.
@@ -511,6 +526,8 @@ class SectionErrorTests(SynchronousTestCase):
     def assertError(self, text: str, expected: str) -> None:
         error = self.assertRaises(ConfigError, parseConfig, text, "lb.ini")
         self.assertEqual(str(error), expected)
+
+    assertNothingToListenOn = _assertNothingToListenOn
 
     def test_unknownSection(self) -> None:
         self.assertError(
@@ -581,13 +598,13 @@ class SectionErrorTests(SynchronousTestCase):
         )
 
     def test_missingMain(self) -> None:
-        self.assertError(
+        self.assertNothingToListenOn(
             UPSTREAM + ROUTE,
             "lb.ini: [manualb]: missing section (it holds 'listen', which is required)",
         )
 
     def test_emptyFile(self) -> None:
-        self.assertError(
+        self.assertNothingToListenOn(
             "",
             "lb.ini: [manualb]: missing section (it holds 'listen', which is required)",
         )
@@ -610,15 +627,21 @@ class MainSectionErrorTests(SynchronousTestCase):
         error = self.assertRaises(ConfigError, parseConfig, text, "lb.ini")
         self.assertEqual(str(error), expected)
 
+    assertNothingToListenOn = _assertNothingToListenOn
+
     def test_noListen(self) -> None:
         """
-        Without C{[listener]} or C{[stream]} sections, C{listen} is needed.
+        Without C{[listener]} or C{[stream]} sections, C{listen} is needed
+        by a process that serves the file.
         """
-        self.assertError(
-            "access_log = -\n",
+        error = self.assertNothingToListenOn(
+            "[manualb]\naccess_log = -\n" + UPSTREAM + ROUTE,
             "lb.ini: [manualb] listen: nothing to listen on: give endpoints "
             "here, such as listen = tcp:8080, or add a [listener NAME] or "
             "[stream NAME] section",
+        )
+        self.assertEqual(
+            (error.source, error.section, error.key), ("lb.ini", "manualb", "listen")
         )
 
     def test_emptyListen(self) -> None:
@@ -1804,7 +1827,7 @@ class BackendTLSTests(_UpstreamTestCase):
         with open(ca, "w") as f:
             f.write("ca\n")
         # Checked with os.access, which is always true for root: pretend.
-        self.patch(configModule.os, "access", lambda path, mode: False)
+        self.patch(syntaxModule.os, "access", lambda path, mode: False)
         self.assertError(
             f"servers = https://a\ntls_ca = {ca}\n",
             f"tls_ca: cannot read {ca!r}: permission denied",
@@ -1950,14 +1973,8 @@ class ShippedConfigTests(SynchronousTestCase):
         Every key of every kind of section is given (or given as an
         example) below a comment that explains it.
         """
-        sections = configModule._Sections
         known = {
-            "manualb": sections._MAIN_KEYS,
-            "upstream": sections._UPSTREAM_KEYS,
-            "route": sections._ROUTE_KEYS,
-            "listener": sections._LISTENER_KEYS,
-            "stream": sections._STREAM_KEYS,
-            "tls": sections._TLS_KEYS,
+            kind: keys for kind, keys in KNOWN_KEYS.items() if kind != "gatekeeper"
         }
         documented: set[tuple[str, str]] = set()
         kind = ""
@@ -2463,6 +2480,8 @@ class ListenTests(SynchronousTestCase):
         self.assertEqual(str(error), expected)
         return error
 
+    assertNothingToListenOn = _assertNothingToListenOn
+
     def test_defaultListener(self) -> None:
         config = self.parse("[manualb]\nlisten = tcp:80\n  tcp:81\n" + UPSTREAM + ROUTE)
         self.assertEqual(
@@ -2593,7 +2612,7 @@ class ListenTests(SynchronousTestCase):
         self.assertEqual(config.listeners, (ListenerConfig("default", ("tcp:81",)),))
 
     def test_nothingToListenOn(self) -> None:
-        self.assertError(
+        self.assertNothingToListenOn(
             "[manualb]\n" + UPSTREAM + ROUTE,
             "lb.ini: [manualb] listen: nothing to listen on: give endpoints here, "
             "such as listen = tcp:8080, or add a [listener NAME] or [stream NAME] "
@@ -2603,10 +2622,23 @@ class ListenTests(SynchronousTestCase):
     def test_noSectionListens(self) -> None:
         """
         Without C{[manualb]} or a section that listens, the file is refused
-        as before.
+        as before, by a process that serves the file; these problems are
+        found first.
         """
-        self.assertError(
+        self.assertNothingToListenOn(
+            UPSTREAM + ROUTE,
+            "lb.ini: [manualb]: missing section (it holds 'listen', which is "
+            "required)",
+        )
+        error = self.assertRaises(
+            ConfigError,
+            parseConfig,
             UPSTREAM + ROUTE + "[tls]\ncertificates = a b c\n",
+            "lb.ini",
+            requireListen=True,
+        )
+        self.assertEqual(
+            str(error),
             "lb.ini: [manualb]: missing section (it holds 'listen', which is "
             "required)",
         )
@@ -3201,7 +3233,7 @@ class TLSTests(_TLSTestCase):
 
     def test_unreadableFile(self) -> None:
         # Checked with os.access, which is always true for root: pretend.
-        self.patch(configModule.os, "access", lambda path, mode: False)
+        self.patch(syntaxModule.os, "access", lambda path, mode: False)
         line = f"a {self.path('www.pem')} {self.path('www.key')}"
         self.assertError(
             f"certificates = {line}\n",
@@ -3557,3 +3589,91 @@ class ClientTimeoutTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             parseConfig(text.format("client_timeout = soon\n"), "f.ini")
         self.assertIn("f.ini: [manualb] client_timeout: ", str(caught.exception))
+
+
+#: A file for an embedder: upstreams and routes, nothing to listen on.
+EMBEDDED = UPSTREAM + ROUTE
+
+
+class NoListenerTests(SynchronousTestCase):
+    """
+    An embedder's configuration listens on nothing: it mounts the
+    balancer's resource in a site of its own.  The file is fine for
+    L{parseConfig} and L{loadConfig}; the twistd plugin and C{python -m
+    manualb check}, which serve or check a file for serving, refuse it.
+    """
+
+    def write(self, text: str) -> str:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_parseConfig(self) -> None:
+        """
+        Without C{[manualb]} or with it but without C{listen}, the file has
+        no listener and its routes all the same.
+        """
+        for text in [EMBEDDED, "[manualb]\naccess_log = off\n" + EMBEDDED]:
+            config = parseConfig(text, "lb.ini")
+            self.assertEqual((config.listen, config.listeners, config.streams), ((), (), ()))
+            self.assertEqual([route.name for route in config.routes], ["default"])
+            self.assertEqual(list(config.upstreams), ["pool"])
+
+    def test_loadConfig(self) -> None:
+        config = loadConfig(self.write(EMBEDDED))
+        self.assertEqual(config.listeners, ())
+        error = self.assertRaises(
+            ConfigError, loadConfig, self.write(EMBEDDED), requireListen=True
+        )
+        self.assertIn("[manualb]: missing section", str(error))
+
+    def test_noRouteNeeded(self) -> None:
+        """
+        With nothing to listen on, no route is needed either.
+        """
+        self.assertEqual(parseConfig(UPSTREAM).routes, ())
+
+    def test_check(self) -> None:
+        """
+        C{python -m manualb check} refuses the file, naming it, the section
+        and the key, and exits with 1.
+        """
+        from io import StringIO
+
+        from manualb.__main__ import check
+
+        path = self.write("[manualb]\naccess_log = -\n" + EMBEDDED)
+        out, err = StringIO(), StringIO()
+        self.assertEqual(check(path, out, err), 1)
+        self.assertEqual(out.getvalue(), "")
+        self.assertEqual(
+            err.getvalue(),
+            f"manualb: {path}: [manualb] listen: nothing to listen on: give "
+            f"endpoints here, such as listen = tcp:8080, or add a [listener "
+            f"NAME] or [stream NAME] section\n"
+            f"manualb: configuration file {path} test failed\n",
+        )
+
+    def test_twistdPlugin(self) -> None:
+        """
+        C{twistd manualb} refuses the file with one line naming it, the
+        section and the key, and exits with 1.
+        """
+        import sys
+        from io import StringIO
+
+        from manualb.tap import Options, makeService
+
+        path = self.write(EMBEDDED)
+        options = Options()
+        options.parseOptions(["--config", path])
+        err = StringIO()
+        self.patch(sys, "stderr", err)
+        exit = self.assertRaises(SystemExit, makeService, options)
+        self.assertEqual(exit.code, 1)
+        self.assertEqual(
+            err.getvalue(),
+            f"manualb: {path}: [manualb]: missing section (it holds 'listen', "
+            f"which is required)\n",
+        )

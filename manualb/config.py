@@ -618,7 +618,9 @@ class Config:
 
     @ivar source: Where it was read from (a file name or C{"<string>"}).
     @ivar listen: The endpoint strings of C{[manualb] listen} (possibly
-        none when C{[listener]} or C{[stream]} sections listen instead).
+        none: when C{[listener]} or C{[stream]} sections listen instead, or
+        when an embedder serves L{manualb.service.LoadBalancer.resource} in
+        a site of its own).
     @ivar access_log: C{"-"} for standard output, a file path, or L{None}
         when access logging is off.
     @ivar upstreams: Upstreams by name, in file order.

@@ -595,20 +595,6 @@ class Section:
         """
         return self.value(key, spec.kind, spec.default, spec.minimum)
 
-    def duration(self, key: str, default: float, allowZero: bool = False) -> float:
-        """
-        Return a positive duration in seconds (or zero, if C{allowZero}), or
-        C{default} if absent.
-        """
-        return self.value(key, "duration", default, 0 if allowZero else None)  # type: ignore[return-value]
-
-    def flag(self, key: str, default: bool) -> bool:
-        """
-        Return C{on} as C{True} and C{off} as C{False} (in any case), or
-        C{default} if absent.
-        """
-        return bool(self.value(key, "flag", default))
-
     def file(self, key: str, directory: str) -> str | None:
         """
         Return the absolute path of a readable file (L{readableFile}), or

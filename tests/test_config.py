@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from manualb import syntax as syntaxModule
 from manualb.config import (
+    SCHEMES,
     GatekeeperConfig,
     EXACT,
     PREFIX,
@@ -29,8 +30,9 @@ from manualb.config import (
     TLSConfig,
     UpstreamConfig,
 )
+from manualb.config import keys as declaredKeys
 from manualb.configfile import KNOWN_KEYS, loadConfig, parseConfig
-from manualb.syntax import formatDuration, parseDuration, parseSize
+from manualb.syntax import DEFAULT_PORTS, formatDuration, parseDuration, parseSize
 
 MAIN = """\
 [manualb]
@@ -1973,9 +1975,7 @@ class ShippedConfigTests(SynchronousTestCase):
         Every key of every kind of section is given (or given as an
         example) below a comment that explains it.
         """
-        known = {
-            kind: keys for kind, keys in KNOWN_KEYS.items() if kind != "gatekeeper"
-        }
+        known = KNOWN_KEYS
         documented: set[tuple[str, str]] = set()
         kind = ""
         previous = ""
@@ -3676,4 +3676,147 @@ class NoListenerTests(SynchronousTestCase):
             err.getvalue(),
             f"manualb: {path}: [manualb]: missing section (it holds 'listen', "
             f"which is required)\n",
+        )
+
+
+class KeyDeclarationTests(SynchronousTestCase):
+    """
+    Every key is declared once, in the data model; the reader derives the
+    keys a section knows and their defaults from the declarations.
+    """
+
+    MODELS = [
+        Config,
+        GatekeeperConfig,
+        UpstreamConfig,
+        ServerConfig,
+        HealthCheckConfig,
+        RouteConfig,
+        ListenerConfig,
+        StreamConfig,
+        TLSConfig,
+    ]
+
+    def test_documented(self) -> None:
+        """
+        Every key has a line of documentation, and a simple one a kind the
+        reader knows.
+        """
+        for model in self.MODELS:
+            for name, declared in declaredKeys(model).items():
+                self.assertTrue(declared.doc, (model, name))
+                self.assertIn(
+                    declared.kind,
+                    (None, "duration", "integer", "size", "flag", "text"),
+                    (model, name),
+                )
+
+    def test_knownKeys(self) -> None:
+        """
+        The keys a section knows are those its class declares, in order.
+        """
+        for kind, model in [
+            ("gatekeeper", GatekeeperConfig),
+            ("upstream", UpstreamConfig),
+            ("route", RouteConfig),
+            ("listener", ListenerConfig),
+            ("stream", StreamConfig),
+            ("tls", TLSConfig),
+        ]:
+            self.assertEqual(KNOWN_KEYS[kind], tuple(declaredKeys(model)))
+        self.assertEqual(KNOWN_KEYS["manualb"], (*declaredKeys(Config), "redirect_https"))
+
+    def test_defaults(self) -> None:
+        """
+        A key left out has the default of the data model.
+        """
+        config = parseConfig(MAIN + UPSTREAM + ROUTE)
+        self.assertEqual(
+            config.upstreams["pool"],
+            UpstreamConfig("pool", [ServerAddress("10.0.0.1", 80)]),
+        )
+        self.assertEqual(config.gatekeeper, GatekeeperConfig())
+        self.assertEqual(
+            config.routes, (RouteConfig(name="default", path="/", upstream="pool"),)
+        )
+
+    def test_schemes(self) -> None:
+        """
+        The schemes a server address may use have a default port each.
+        """
+        self.assertEqual(tuple(DEFAULT_PORTS), SCHEMES)
+
+
+class OneParserTests(SynchronousTestCase):
+    """
+    A syntax read in two places is read by one function: the C{sni:}
+    endpoints of the file and of the C{sni} endpoint plugin, the C{[tls]}
+    section of the file and of C{sni:...:tls=FILE}, and the route checks of
+    the file and of L{manualb.urlmap.URLMap} built in code.
+    """
+
+    def test_sniEndpoint(self) -> None:
+        """
+        The endpoint plugin refuses what the file refuses, with the same
+        message.
+        """
+        from twisted.internet.testing import MemoryReactor
+
+        from manualb.termination import endpointFromArguments, parseSNIDescription
+
+        problem = (
+            "unknown argument 'queue': after the port, sni: takes only "
+            "interface=ADDRESS, backlog=N and tls=FILE"
+        )
+        error = self.assertRaises(ValueError, parseSNIDescription, "sni:443:queue=50")
+        self.assertEqual(str(error), problem)
+        error = self.assertRaises(
+            ValueError, endpointFromArguments, MemoryReactor(), ["443"], {"queue": "50"}
+        )
+        self.assertEqual(str(error), problem)
+
+    def test_tlsFile(self) -> None:
+        """
+        The C{[tls]} section of C{tls=FILE} is read as the file's is.
+        """
+        from manualb.termination import tlsConfigFromFile
+
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        path = os.path.join(directory, "lb.ini")
+        with open(path, "w") as f:
+            f.write("[tls]\nmin_version = TLSv1.1\ncertificates = a b c\n")
+        error = self.assertRaises(ConfigError, tlsConfigFromFile, path)
+        self.assertEqual(
+            str(error),
+            f"{path}: [tls] certificates: no such file 'b' "
+            f"({os.path.join(os.getcwd(), 'b')}), in 'a b c'",
+        )
+
+    def test_routeChecks(self) -> None:
+        """
+        A URL map made in code refuses two prefix routes of one path, and
+        C{strip_prefix} on a route that is not a prefix one, as the file
+        does.
+        """
+        from manualb.urlmap import Route, URLMap
+
+        first = RouteConfig(name="a", path="/x", upstream="pool")
+        second = RouteConfig(name="b", path="/x", upstream="pool", match=PREFIX_NO_REGEX)
+        error = self.assertRaises(
+            ValueError, URLMap, [Route(first, None), Route(second, None)]
+        )
+        self.assertEqual(
+            str(error),
+            "path '^~ /x' is already used by route 'a' (as '/x': a prefix is "
+            "given once, with or without ^~)",
+        )
+        stripping = RouteConfig(
+            name="c", path="/x", upstream="pool", match=EXACT, strip_prefix=True
+        )
+        error = self.assertRaises(ValueError, Route, stripping, None)
+        self.assertEqual(
+            str(error),
+            "route 'c': strip_prefix needs a prefix path (such as /app or ^~ "
+            "/app), but the path is '= /x'",
         )

@@ -26,7 +26,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.http import RESPONSES, HTTPChannel, Request
+from twisted.web.http import RESPONSES, HTTPChannel, Request, datetimeToString
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
@@ -432,6 +432,8 @@ class ProxySite(server.Site):
         **kwargs,
     ):
         super().__init__(resource, *args, **kwargs)
+        self._dateSecond = -1
+        self._date = b""
         self.hsts = hsts
         self.gatekeeper = gatekeeper
         if connections is None:
@@ -443,12 +445,22 @@ class ProxySite(server.Site):
         if connections.full:
             return Overloaded()
         protocol = super().buildProtocol(addr)
-        connections.open += 1
-        protocol.limit = connections
+        connections.opened(protocol)
         return protocol
 
     def log(self, request: Request) -> None:
+        # The proxy writes the line, with the upstream (see _SiteLog).
         pass
+
+    def getResourceFor(self, request: Request):
+        # Twisted dates the response by the wall clock; the site's reactor
+        # tells the time everywhere else (timeouts, the access log).
+        now = int(self.reactor.seconds())
+        if now != self._dateSecond:
+            self._dateSecond = now
+            self._date = datetimeToString(now)
+        request.setHeader(b"Date", self._date)
+        return super().getResourceFor(request)
 
     @property
     def accessLog(self) -> AccessLog | None:
@@ -467,6 +479,27 @@ class ProxySite(server.Site):
         return super().acceptableProtocols() + [b"http/1.0"]
 
 
+class _SiteLog:
+    """
+    The access log as the proxy resource writes it: one line for each
+    request served through a L{ProxySite}, which leaves its logging to the
+    proxy.  Any other L{server.Site} the resource is mounted in logs its
+    requests itself, in its own format; the proxy adds no second line.
+    """
+
+    def __init__(self, log: AccessLog):
+        self.log = log
+
+    def record(
+        self, request: Request, status: int, upstreams: list[str], upstreamTimes: list[float]
+    ) -> None:
+        if isinstance(getattr(request, "site", None), ProxySite):
+            self.log.record(request, status, upstreams, upstreamTimes)
+
+    def recordUnread(self, address, requestLine: bytes | None, status: int, sent: int) -> None:
+        self.log.recordUnread(address, requestLine, status, sent)
+
+
 class ProxyResource(Resource):
     """
     The reverse proxy, as a leaf resource: every request below it goes to a
@@ -475,6 +508,8 @@ class ProxyResource(Resource):
     @param urlMap: Routes requests, by host and path, to pools.
     @param reactor: Schedules timeouts and tells the time.
     @param accessLog: Where to write one line for each request, or L{None}.
+        Only requests that come through a L{ProxySite} are written there;
+        another L{server.Site} logs its requests itself (see L{_SiteLog}).
     """
 
     isLeaf = True
@@ -488,7 +523,7 @@ class ProxyResource(Resource):
         super().__init__()
         self.urlMap = urlMap
         self.reactor = reactor
-        self.accessLog = accessLog
+        self.accessLog = None if accessLog is None else _SiteLog(accessLog)
 
     def render(self, request: Request):
         _Exchange(self, request).start()

@@ -149,6 +149,11 @@ class Phase(Enum):
     PROBE_DOWN = "down"
 
 
+# Module constants: an Enum member looked up on its class costs several
+# times a global's lookup, and these are read on every request.
+_UP_PHASE = Phase.UP
+_UNAVAILABLE = Phase.UNAVAILABLE
+_TRIAL = Phase.TRIAL
 _SERVING = (Phase.UP, Phase.SLOW_START, Phase.FAILING)
 
 #: Every transition L{ServerHealth} makes, as (from, to) pairs; see L{Phase}.
@@ -175,6 +180,9 @@ class ServerHealth:
 
     @ivar config: The server's configuration (C{max_fails}, C{fail_timeout},
         C{slow_start}).
+    @ivar storedPhase: The phase as last changed, for a cheap look (a
+        server plainly up); L{phase} also applies the transitions that time
+        makes (a window or a ramp that passed).
     @ivar state: L{UP} or L{DOWN}.
     """
 
@@ -203,7 +211,7 @@ class ServerHealth:
         self.single = single
         self.probes = probes
         self.onChange = onChange
-        self._phase = Phase.UP
+        self.storedPhase = Phase.UP
         self._fails = 0
         self._windowStart = 0.0
         self._unavailableUntil = 0.0
@@ -216,10 +224,10 @@ class ServerHealth:
         """
         The server's health state now.
         """
-        phase = self._phase
+        phase = self.storedPhase
         if phase is Phase.SLOW_START:
             if self.clock.seconds() - self._upSince >= self.config.slow_start:
-                phase = self._phase = Phase.UP
+                phase = self.storedPhase = Phase.UP
         elif phase is Phase.FAILING:
             if self.clock.seconds() - self._windowStart >= self.config.fail_timeout:
                 # The window passed: the failures in it no longer count.
@@ -232,17 +240,17 @@ class ServerHealth:
         """
         L{UP} or L{DOWN}: whether the server serves.
         """
-        return DOWN if self._phase in _NOT_SERVING else UP
+        return DOWN if self.storedPhase in _NOT_SERVING else UP
 
     def available(self) -> bool:
         """
         Whether the server may take a request now: serving, or past its
         C{fail_timeout} with no test request in flight yet.
         """
-        phase = self._phase
-        if phase in _SERVING:
+        phase = self.storedPhase
+        if phase is _UP_PHASE or phase in _SERVING:
             return True
-        if phase is Phase.UNAVAILABLE:
+        if phase is _UNAVAILABLE:
             return self.clock.seconds() >= self._unavailableUntil
         return False
 
@@ -257,8 +265,8 @@ class ServerHealth:
         slowStart = self.config.slow_start
         if elapsed >= slowStart:
             self._upSince = None
-            if self._phase is Phase.SLOW_START:
-                self._phase = Phase.UP
+            if self.storedPhase is Phase.SLOW_START:
+                self.storedPhase = Phase.UP
             return 1.0
         return max(elapsed / slowStart, _SLOW_START_FLOOR)
 
@@ -268,13 +276,13 @@ class ServerHealth:
         return Phase.UP
 
     def _enter(self, phase: Phase) -> Phase:
-        if phase is not self._phase:
-            if (self._phase, phase) not in TRANSITIONS:
+        if phase is not self.storedPhase:
+            if (self.storedPhase, phase) not in TRANSITIONS:
                 raise RuntimeError(
                     "health of %s: no transition from %s to %s"
-                    % (self.config.address.name, self._phase.value, phase.value)
+                    % (self.config.address.name, self.storedPhase.value, phase.value)
                 )
-            self._phase = phase
+            self.storedPhase = phase
         return phase
 
     def _comeBack(self, reason: str) -> None:
@@ -305,16 +313,18 @@ class ServerHealth:
         A request goes to the server; if the server is unavailable (past
         its C{fail_timeout}), this is the request that tests it.
         """
-        if self._phase is Phase.UNAVAILABLE:
-            self._enter(Phase.TRIAL)
+        if self.storedPhase is _UNAVAILABLE:
+            self._enter(_TRIAL)
 
     def requestSucceeded(self) -> None:
         """
         The server answered a request well.
         """
         self._fails = 0
-        phase = self._phase
-        if phase is Phase.UNAVAILABLE or phase is Phase.TRIAL:
+        phase = self.storedPhase
+        if phase is _UP_PHASE:
+            return
+        if phase is _UNAVAILABLE or phase is _TRIAL:
             self._comeBack("a test request succeeded")
         elif phase is Phase.FAILING:
             self._enter(self._upPhase())
@@ -324,8 +334,8 @@ class ServerHealth:
         A request to the server ended without telling whether it is healthy
         (its client went away).
         """
-        if self._phase is Phase.TRIAL:
-            self._enter(Phase.UNAVAILABLE)
+        if self.storedPhase is _TRIAL:
+            self._enter(_UNAVAILABLE)
 
     def requestFailed(self, reason: str) -> None:
         """
@@ -336,7 +346,7 @@ class ServerHealth:
         if config.max_fails == 0 or self.single:
             return
         now = self.clock.seconds()
-        phase = self._phase
+        phase = self.storedPhase
         if phase is Phase.UNAVAILABLE or phase is Phase.TRIAL:
             # The test request failed: another fail_timeout.
             self._enter(Phase.UNAVAILABLE)
@@ -374,7 +384,7 @@ class ServerHealth:
         self._probeFails = 0
         self._probePasses += 1
         rise = self.probes.rise
-        if self._phase is Phase.PROBE_DOWN and self._probePasses >= rise:
+        if self.storedPhase is Phase.PROBE_DOWN and self._probePasses >= rise:
             self._comeBack("%d probe(s) passed" % (rise,))
 
     def probeFailed(self, reason: str) -> None:
@@ -384,12 +394,12 @@ class ServerHealth:
         self._probePasses = 0
         self._probeFails += 1
         fall = self.probes.fall
-        if self._phase is not Phase.PROBE_DOWN and self._probeFails >= fall:
+        if self.storedPhase is not Phase.PROBE_DOWN and self._probeFails >= fall:
             self._markProbeDown("%d probe(s) failed, last: %s" % (fall, reason))
 
     def _markProbeDown(self, reason: str) -> None:
         self._probePasses = 0
-        if self._phase in _SERVING:
+        if self.storedPhase in _SERVING:
             self._goDown(Phase.PROBE_DOWN, reason)
         else:
             # Unavailable already: the probes now decide when it is back.

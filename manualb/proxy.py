@@ -571,7 +571,7 @@ class _Exchange:
             self._answer(404, b"Not Found", b"No route matches this path.")
             return
         self.pool = match.route.pool
-        self.attempts = self.pool.select(_requestView(request, path))
+        self.attempts = self.pool.select(_requestView(request, path, hosts))
         self.target = _target(request.uri, path, match.path)
         body = getattr(request, "body", None)
         if body is None:
@@ -602,7 +602,7 @@ class _Exchange:
             request.requestHeaders.getAllRawHeaders(),
             _clientHost(request).encode("ascii"),
             request.clientproto,
-            request.isSecure(),
+            self.attempts.view.secure,
             self.body.length,
             server.name.encode("ascii"),
             upgrade=self.upgrade,
@@ -938,9 +938,10 @@ class _Exchange:
             )
 
 
-def _requestView(request: Request, path: bytes) -> RequestView:
+def _requestView(request: Request, path: bytes, hosts: list[bytes] | None) -> RequestView:
     """
-    What the stages see of C{request}, whose normalised path is C{path}.
+    What the stages see of C{request}, whose normalised path is C{path} and
+    C{Host} headers C{hosts}.
     """
     uri = request.uri
     authority = None
@@ -949,9 +950,8 @@ def _requestView(request: Request, path: bytes) -> RequestView:
         if separator:
             authority = rest.partition(b"/")[0].partition(b"?")[0].rpartition(b"@")[2]
     headers = request.requestHeaders
-    if authority is None:
-        hosts = headers.getRawHeaders(b"host")
-        authority = hosts[0] if hosts else None
+    if authority is None and hosts:
+        authority = hosts[0]
     return RequestView(
         clientHost(request.getClientAddress()),
         request.isSecure(),

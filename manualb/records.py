@@ -84,14 +84,12 @@ class Candidate:
     @ivar effectiveWeight: The weight it had then (less during a
         C{slow_start}).
     @ivar health: Its health state then, as L{manualb.health.Phase} names it.
-    @ivar active: Its requests in flight then.
     """
 
     server: str
     weight: int
     effectiveWeight: float
     health: str
-    active: int
 
 
 @attrs.frozen

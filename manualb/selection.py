@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from manualb.config import ServerAddress, ServerConfig, UpstreamConfig
 from manualb.handoff import ConnectionPool
-from manualb.health import HealthMonitor, ServerHealth
+from manualb.health import HealthMonitor, Phase, ServerHealth
 from manualb.interfaces import IAffinity, IBalancer
 from manualb.records import (
     Attempt,
@@ -40,6 +40,8 @@ from manualb.records import (
     StopReason,
 )
 from manualb.view import RequestView
+
+_UP = Phase.UP
 
 __all__ = [
     "Attempts",
@@ -124,6 +126,11 @@ class LeaseState(Enum):
     RELEASED = "released"
 
 
+_HELD = LeaseState.HELD
+_RELEASED = LeaseState.RELEASED
+_SUCCEEDED = Outcome.SUCCEEDED
+
+
 class Lease:
     """
     One attempt's hold on a server: counts it busy (C{active}) while held,
@@ -150,19 +157,26 @@ class Lease:
         "cause",
         "started",
         "duration",
-        "_attempts",
+        "_pool",
+        "_view",
         "_pick",
     )
 
-    def __init__(self, attempts: Attempts, server: Server, pick: tuple) -> None:
-        self._attempts = attempts
+    def __init__(
+        self, pool: Pool, view: RequestView, server: Server, pick: tuple, started: float
+    ) -> None:
+        # No reference back to the Attempts: a request's leases and
+        # attempts then make no reference cycle, and go as soon as the
+        # request does.
+        self._pool = pool
+        self._view = view
         self._pick = pick
         self.server = server
-        self.state = LeaseState.HELD
+        self.state = _HELD
         self.outcome: Outcome | None = None
         self.cause: str | None = None
         self.duration: float | None = None
-        self.started = attempts.clock.seconds()
+        self.started = started
         server.active += 1
         server.health.requestStarted()
 
@@ -171,13 +185,13 @@ class Lease:
         """
         Whether the lease still holds its server.
         """
-        return self.state is LeaseState.HELD
+        return self.state is _HELD
 
     def succeeded(self) -> None:
         """
         The server answered well.
         """
-        self.outcome = Outcome.SUCCEEDED
+        self.outcome = _SUCCEEDED
         self.server.health.requestSucceeded()
 
     def failed(self, reason: str) -> None:
@@ -204,12 +218,12 @@ class Lease:
         @return: C{True} when this call released the lease, C{False} when
             it was released already.
         """
-        if self.state is LeaseState.RELEASED:
+        if self.state is _RELEASED:
             return False
-        self.state = LeaseState.RELEASED
+        self.state = _RELEASED
         if self.outcome is None:
             self.abandoned()
-        self.duration = self._attempts.clock.seconds() - self.started
+        self.duration = self._pool.clock.seconds() - self.started
         self.server.active -= 1
         return True
 
@@ -218,18 +232,17 @@ class Lease:
         The response headers that send the client back to this server next
         time (see L{IAffinity}); empty for a strategy without affinity.
         """
-        attempts = self._attempts
-        affinity = attempts.pool.affinity
+        affinity = self._pool.affinity
         if affinity is None:
             return ()
-        return affinity.affinityHeaders(self.server, attempts.view)
+        return affinity.affinityHeaders(self.server, self._view)
 
     def record(self) -> Attempt:
         """
         The decision record of this attempt.
         """
         return Attempt(
-            self._attempts.pool._selection(*self._pick),
+            self._pool._selection(*self._pick),
             self.outcome,
             self.cause,
             self.duration,
@@ -242,7 +255,7 @@ class Attempts:
 
     @ivar pool: The pool.
     @ivar view: The request, as the strategy sees it.
-    @ivar firstTry: When the first attempt was asked for.
+    @ivar firstTry: When the first attempt was asked for (L{None} before).
     @ivar leases: The leases taken, in order.
     @ivar stopped: Why L{next} last refused an attempt, or L{None}.
     """
@@ -253,7 +266,7 @@ class Attempts:
         self.pool = pool
         self.view = view
         self.clock = clock
-        self.firstTry = clock.seconds()
+        self.firstTry: float | None = None
         self.leases: list[Lease] = []
         self.stopped: StopReason | None = None
         self._refused: tuple | None = None
@@ -330,7 +343,10 @@ class Attempts:
             self.stopped = StopReason.NO_SERVER
             self._refused = pick
             return None
-        lease = Lease(self, server, pick)
+        now = self.clock.seconds()
+        if self.firstTry is None:
+            self.firstTry = now
+        lease = Lease(self.pool, self.view, server, pick, now)
         self.leases.append(lease)
         return lease
 
@@ -422,31 +438,33 @@ class Pool:
         """
         Pick as L{pick} does, and return what the decision record needs, as
         a tuple that costs little: the tier used (0 primaries, 1 backups),
-        the candidates offered with their effective weight, health phase and
-        load, the skipped servers with why, and the server chosen (last).
+        the candidates offered, the skipped servers with why (or L{None}),
+        and the server chosen (last).
+
+        The candidates are the list offered when every one was plainly up
+        (the usual case: nothing to copy); else a tuple of each with its
+        effective weight and health phase then.
         """
         skipped: list | None = None
         for tier, servers in enumerate(self._tiers):
-            candidates = []
-            for server in servers:
-                if server in exclude:
-                    reason = SkipReason.TRIED
-                elif server.available():
-                    candidates.append(server)
-                    continue
-                else:
-                    reason = server.unavailableBecause()
-                if skipped is None:
-                    skipped = []
-                skipped.append((server, reason))
+            candidates = [s for s in servers if s not in exclude and s.available()]
+            if len(candidates) != len(servers):
+                left = [
+                    (s, SkipReason.TRIED if s in exclude else s.unavailableBecause())
+                    for s in servers
+                    if s not in candidates
+                ]
+                skipped = left if skipped is None else skipped + left
             if candidates:
-                snapshot = tuple(
-                    [(s, s.weight, s.health.phase, s.active) for s in candidates]
-                )
-                return tier, snapshot, skipped, self.balancer.pick(candidates, view)
+                chosen = self.balancer.pick(candidates, view)
+                for server in candidates:
+                    if server.health.storedPhase is not _UP:
+                        snapshot = tuple([(s, s.weight, s.health.phase) for s in candidates])
+                        return tier, snapshot, skipped, chosen
+                return tier, candidates, skipped, chosen
         return 1, (), skipped, None
 
-    def _selection(self, tier: int, snapshot: tuple, skipped: list | None, chosen) -> Selection:
+    def _selection(self, tier: int, offered, skipped: list | None, chosen) -> Selection:
         """
         The decision record of a pick, from what L{_pick} returned.
         """
@@ -455,17 +473,23 @@ class Pool:
             left += [
                 Skipped(server.name, SkipReason.BACKUP_NOT_NEEDED) for server in self._tiers[1]
             ]
+        candidates = []
+        for entry in offered:
+            if isinstance(entry, Server):
+                weight = entry.config.weight
+                candidates.append(Candidate(entry.name, weight, float(weight), _UP.value))
+            else:
+                server, effective, phase = entry
+                candidates.append(
+                    Candidate(server.name, server.config.weight, effective, phase.value)
+                )
         balancer = self.balancer
         key = getattr(balancer, "key", None)
         return Selection(
             self.name,
             str(getattr(balancer, "name", type(balancer).__name__)),
             str(key) if key is not None else None,
-            tuple(
-                Candidate(server.name, server.config.weight, weight, phase.value, active)
-                for server, weight, phase, active in snapshot
-            ),
+            tuple(candidates),
             tuple(left),
             chosen.name if chosen is not None else None,
         )
-

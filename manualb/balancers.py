@@ -31,7 +31,7 @@ C{balance = mycompany.balancing.PreferZone eu-west}::
 
     from zope.interface import implementer
     from manualb.balancers import RoundRobin
-    from manualb.selection import IBalancer
+    from manualb.interfaces import IBalancer
 
     @implementer(IBalancer)
     class PreferZone:
@@ -43,9 +43,9 @@ C{balance = mycompany.balancing.PreferZone eu-west}::
             self.zone = argument
             self.rotation = RoundRobin()
 
-        def pick(self, candidates, request):
+        def pick(self, candidates, view):
             local = [s for s in candidates if self.zone in s.name]
-            return self.rotation.pick(local or candidates, request)
+            return self.rotation.pick(local or candidates, view)
 
 C{examples/custom_balancer.py} has this example, documented.
 """
@@ -60,10 +60,11 @@ from collections import OrderedDict
 from typing import Callable, Sequence
 
 from twisted.python.reflect import namedAny
-from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
-from manualb.selection import IBalancer, Server
+from manualb.interfaces import IAffinity, IBalancer
+from manualb.selection import Server
+from manualb.view import RequestView
 
 __all__ = [
     "BALANCERS",
@@ -147,7 +148,7 @@ class RoundRobin:
         _noArgument(self.name, argument)
         self._rotation = _SmoothWeighted()
 
-    def pick(self, candidates: Sequence[Server], request: IRequest) -> Server:
+    def pick(self, candidates: Sequence[Server], view: RequestView) -> Server:
         if len(candidates) == 1:
             return candidates[0]
         return self._rotation.choose(candidates)
@@ -169,7 +170,7 @@ class LeastConn:
         _noArgument(self.name, argument)
         self._ties = _SmoothWeighted()
 
-    def pick(self, candidates: Sequence[Server], request: IRequest) -> Server:
+    def pick(self, candidates: Sequence[Server], view: RequestView) -> Server:
         if len(candidates) == 1:
             return candidates[0]
         lowest = float("inf")
@@ -223,7 +224,7 @@ class Random:
                     return index
         return last  # Rounding left a crumb of the point: the last one drawable.
 
-    def pick(self, candidates: Sequence[Server], request: IRequest) -> Server:
+    def pick(self, candidates: Sequence[Server], view: RequestView) -> Server:
         if len(candidates) == 1:
             return candidates[0]
         weights = [server.weight for server in candidates]
@@ -329,17 +330,12 @@ class _ConsistentHash:
         return self._ring(candidates).find(key)
 
 
-def _clientHost(request: IRequest) -> bytes:
+def _clientAddress(view: RequestView) -> bytes:
     """
-    The client's address as text, an IPv4-mapped IPv6 address as its IPv4
-    one; empty for a client without one (a UNIX socket).
+    The client's address as bytes (see L{manualb.view.clientHost}); empty
+    for a client without one (a UNIX socket).
     """
-    host = getattr(request.getClientAddress(), "host", None)
-    if not host:
-        return b""
-    if host.startswith("::ffff:") and "." in host:
-        host = host[7:]
-    return host.encode("ascii", "replace")
+    return view.clientAddress.encode("ascii", "replace")
 
 
 @implementer(IBalancer)
@@ -354,15 +350,16 @@ class IPHash:
     """
 
     name = "ip_hash"
+    key = "$remote_addr"
 
     def __init__(self, argument: str | None = None) -> None:
         _noArgument(self.name, argument)
         self._hash = _ConsistentHash()
 
-    def pick(self, candidates: Sequence[Server], request: IRequest) -> Server:
+    def pick(self, candidates: Sequence[Server], view: RequestView) -> Server:
         if len(candidates) == 1:
             return candidates[0]
-        return self._hash.choose(candidates, _clientHost(request))
+        return self._hash.choose(candidates, _clientAddress(view))
 
 
 # The request values a hash key may use.
@@ -384,83 +381,50 @@ def _splitTarget(uri: bytes) -> tuple[bytes | None, bytes]:
     return authority, slash + path
 
 
-def _requestURI(request: IRequest) -> bytes:
-    return _splitTarget(request.uri)[1]
+def _requestURI(view: RequestView) -> bytes:
+    return _splitTarget(view.target)[1]
 
 
-def _uri(request: IRequest) -> bytes:
-    return _requestURI(request).partition(b"?")[0]
+def _uri(view: RequestView) -> bytes:
+    return _requestURI(view).partition(b"?")[0]
 
 
-def _args(request: IRequest) -> bytes:
-    return request.uri.partition(b"?")[2]
+def _args(view: RequestView) -> bytes:
+    return view.query
 
 
-def _hostWithoutPort(authority: bytes) -> bytes:
-    authority = authority.rpartition(b"@")[2].lower()
-    if authority.startswith(b"["):
-        return authority.partition(b"]")[0] + b"]"
-    return authority.partition(b":")[0]
-
-
-def _host(request: IRequest) -> bytes:
+def _host(view: RequestView) -> bytes:
     """
     As nginx's C{$host}: the host of an absolute-form target, else of the
-    C{Host} header, lower-cased and without the port.
+    C{Host} header, lower-cased and without the port (the view's C{host}).
     """
-    authority = _splitTarget(request.uri)[0]
-    if authority is None:
-        values = request.requestHeaders.getRawHeaders(b"host")
-        if not values:
-            return b""
-        authority = values[0]
-    return _hostWithoutPort(authority)
+    return view.host or b""
 
 
-def _header(name: str) -> Callable[[IRequest], bytes]:
+def _header(name: str) -> Callable[[RequestView], bytes]:
     headerName = name.replace("_", "-").encode("ascii")
     separator = b"; " if headerName == b"cookie" else b", "
 
-    def header(request: IRequest) -> bytes:
-        values = request.requestHeaders.getRawHeaders(headerName)
-        return separator.join(values) if values else b""
+    def header(view: RequestView) -> bytes:
+        return separator.join(view.header(headerName))
 
     return header
 
 
-def _requestCookie(request: IRequest, name: bytes) -> bytes | None:
-    """
-    The value of the request's cookie C{name}, or L{None}.
-
-    Twisted parses the C{Cookie} header into C{received_cookies} only once
-    the whole request is in, which a streamed request is not when it is
-    balanced; the header is read then.
-    """
-    value = getattr(request, "received_cookies", {}).get(name)
-    if value is not None:
-        return value
-    for header in request.requestHeaders.getRawHeaders(b"cookie", ()):
-        for cookie in header.split(b";"):
-            cookieName, separator, value = cookie.strip().partition(b"=")
-            if separator and cookieName == name:
-                return value
-    return None
-
-
-def _cookie(name: str) -> Callable[[IRequest], bytes]:
+def _cookie(name: str) -> Callable[[RequestView], bytes]:
     cookieName = name.encode("ascii")
 
-    def cookie(request: IRequest) -> bytes:
-        return _requestCookie(request, cookieName) or b""
+    def cookie(view: RequestView) -> bytes:
+        return view.cookie(cookieName) or b""
 
     return cookie
 
 
-def _argument(name: str) -> Callable[[IRequest], bytes]:
+def _argument(name: str) -> Callable[[RequestView], bytes]:
     argumentName = name.encode("ascii")
 
-    def argument(request: IRequest) -> bytes:
-        for pair in _args(request).split(b"&"):
+    def argument(view: RequestView) -> bytes:
+        for pair in view.query.split(b"&"):
             pairName, _, value = pair.partition(b"=")
             if pairName == argumentName:
                 return value
@@ -469,23 +433,23 @@ def _argument(name: str) -> Callable[[IRequest], bytes]:
     return argument
 
 
-_VARIABLES: dict[str, Callable[[IRequest], bytes]] = {
+_VARIABLES: dict[str, Callable[[RequestView], bytes]] = {
     "request_uri": _requestURI,
     "uri": _uri,
     "args": _args,
     "query_string": _args,
     "host": _host,
-    "remote_addr": _clientHost,
+    "remote_addr": _clientAddress,
 }
 
-_PREFIXES: dict[str, Callable[[str], Callable[[IRequest], bytes]]] = {
+_PREFIXES: dict[str, Callable[[str], Callable[[RequestView], bytes]]] = {
     "http_": _header,
     "cookie_": _cookie,
     "arg_": _argument,
 }
 
 
-def _variable(name: str) -> Callable[[IRequest], bytes]:
+def _variable(name: str) -> Callable[[RequestView], bytes]:
     if name in _VARIABLES:
         return _VARIABLES[name]
     for prefix, makeGetter in _PREFIXES.items():
@@ -497,10 +461,10 @@ def _variable(name: str) -> Callable[[IRequest], bytes]:
     raise ValueError(f"unknown variable ${name} in hash key (known: {known})")
 
 
-def parseHashKey(text: str) -> Callable[[IRequest], bytes]:
+def parseHashKey(text: str) -> Callable[[RequestView], bytes]:
     """
     Compile a hash key written in nginx's variable syntax into a function
-    computing it for a request.
+    computing it for a request (a L{RequestView}).
 
     The key is literal text and variables, concatenated: C{$request_uri}
     (the path with the query), C{$uri} (the path), C{$args} (the query),
@@ -515,7 +479,7 @@ def parseHashKey(text: str) -> Callable[[IRequest], bytes]:
     """
     if not text:
         raise ValueError("the hash key is empty")
-    parts: list[bytes | Callable[[IRequest], bytes]] = []
+    parts: list[bytes | Callable[[RequestView], bytes]] = []
     position = 0
     for match in _VARIABLE.finditer(text):
         if match.start() > position:
@@ -531,11 +495,11 @@ def parseHashKey(text: str) -> Callable[[IRequest], bytes]:
     if len(parts) == 1:
         only = parts[0]
         if isinstance(only, bytes):
-            return lambda request: only
+            return lambda view: only
         return only
 
-    def key(request: IRequest) -> bytes:
-        return b"".join(part if isinstance(part, bytes) else part(request) for part in parts)
+    def key(view: RequestView) -> bytes:
+        return b"".join(part if isinstance(part, bytes) else part(view) for part in parts)
 
     return key
 
@@ -569,10 +533,10 @@ class Hash:
         self._keyOf = parseHashKey(words[0])
         self._hash = _ConsistentHash()
 
-    def pick(self, candidates: Sequence[Server], request: IRequest) -> Server:
+    def pick(self, candidates: Sequence[Server], view: RequestView) -> Server:
         if len(candidates) == 1:
             return candidates[0]
-        return self._hash.choose(candidates, self._keyOf(request))
+        return self._hash.choose(candidates, self._keyOf(view))
 
 
 # RFC 6265 cookie-name: an HTTP token.
@@ -588,7 +552,7 @@ def serverID(server: Server) -> bytes:
     return hashlib.sha256(server.name.encode("utf-8")).hexdigest()[:16].encode("ascii")
 
 
-@implementer(IBalancer)
+@implementer(IBalancer, IAffinity)
 class Cookie:
     """
     Sticky sessions: a client is sent back to the server named by the cookie
@@ -600,6 +564,9 @@ class Cookie:
     weighted round robin and the response sets the cookie, C{NAME=ID; Path=/;
     HttpOnly}, with the server's L{serverID}.  Unlike L{IPHash}, many clients
     behind one address spread over the servers.
+
+    The cookie goes on the response of the server that answers (see
+    L{IAffinity}): after a retry, the one that names the server retried.
     """
 
     name = "cookie"
@@ -612,10 +579,10 @@ class Cookie:
                 " (letters, digits and !#$%&'*+-.^_`|~ only)"
             )
         self.cookieName = cookieName
+        self.key = "cookie " + cookieName
         self._name = cookieName.encode("ascii")
         self._ids: dict[Server, bytes] = {}
         self._rotation = _SmoothWeighted()
-        self._ownCookie = re.compile(re.escape(self._name) + rb"=[0-9a-f]{16}; Path=/; HttpOnly")
 
     def _idOf(self, server: Server) -> bytes:
         id = self._ids.get(server)
@@ -623,39 +590,27 @@ class Cookie:
             id = self._ids[server] = serverID(server)
         return id
 
-    def pick(self, candidates: Sequence[Server], request: IRequest) -> Server:
-        wanted = _requestCookie(request, self._name)
+    def pick(self, candidates: Sequence[Server], view: RequestView) -> Server:
+        wanted = view.cookie(self._name)
         if wanted is not None:
             for server in candidates:
                 if self._idOf(server) == wanted:
-                    self._forgetCookie(request)
                     return server
         if len(candidates) == 1:
-            server = candidates[0]
-        else:
-            server = self._rotation.choose(candidates)
-        self._forgetCookie(request)
-        request.responseHeaders.addRawHeader(
-            b"Set-Cookie", self._name + b"=" + self._idOf(server) + b"; Path=/; HttpOnly"
-        )
-        return server
+            return candidates[0]
+        return self._rotation.choose(candidates)
 
-    def _forgetCookie(self, request: IRequest) -> None:
+    def affinityHeaders(
+        self, server: Server, view: RequestView
+    ) -> Sequence[tuple[bytes, bytes]]:
         """
-        Take back the cookie an earlier pick for this request set (before a
-        retry on another server), leaving every other C{Set-Cookie}.
+        C{Set-Cookie} naming C{server}, unless the client's cookie names it
+        already.
         """
-        headers = request.responseHeaders
-        values = headers.getRawHeaders(b"Set-Cookie")
-        if not values:
-            return
-        kept = [value for value in values if not self._ownCookie.fullmatch(value)]
-        if len(kept) == len(values):
-            return
-        if kept:
-            headers.setRawHeaders(b"Set-Cookie", kept)
-        else:
-            headers.removeHeader(b"Set-Cookie")
+        id = self._idOf(server)
+        if view.cookie(self._name) == id:
+            return ()
+        return ((b"Set-Cookie", self._name + b"=" + id + b"; Path=/; HttpOnly"),)
 
 
 #: The built-in strategies by name, each a factory taking the argument text

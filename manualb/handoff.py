@@ -779,38 +779,19 @@ class ConnectionPool:
         """
         A new connection, bounded by C{connect_timeout}.
         """
-        connection = UpstreamConnection(self)
-        timeout = self.config.connect_timeout
-        timedOut = []
-
-        def onTimeout(result, timeout):
-            timedOut.append(True)
-            return result
-
-        def connected(protocol):
-            self._open.add(protocol)
-            return protocol
-
-        def failed(reason):
-            if timedOut:
-                raise UpstreamTimeout(
-                    "connect to backend timed out after " + formatDuration(timeout)
-                )
-            if reason.check(CancelledError):
-                return reason
-            if reason.check(error.TimeoutError):
-                raise UpstreamTimeout("connect to backend timed out")
-            shortage = localConnectProblem(reason)
-            if shortage is not None:
-                raise UpstreamLocalError("cannot connect to backend: " + shortage)
-            raise UpstreamConnectFailed(
-                "connect to backend failed: " + describeFailure(reason)
-            )
-
-        d = self.endpoint.connect(OneConnection(connection))
-        d.addTimeout(timeout, self.reactor, onTimeoutCancel=onTimeout)
-        d.addCallbacks(connected, failed)
+        d = connectWithTimeout(
+            self.reactor,
+            self.endpoint,
+            OneConnection(UpstreamConnection(self)),
+            self.config.connect_timeout,
+            "connect to backend",
+        )
+        d.addCallback(self._opened)
         return d
+
+    def _opened(self, connection: UpstreamConnection) -> UpstreamConnection:
+        self._open.add(connection)
+        return connection
 
     def release(self, connection: UpstreamConnection) -> None:
         """
@@ -850,6 +831,66 @@ class ConnectionPool:
         for connection in list(self._open):
             connection.abort()
         return d
+
+
+def connectWithTimeout(
+    reactor: IReactorTime,
+    endpoint: IStreamClientEndpoint,
+    factory: Factory,
+    timeout: float,
+    what: str = "connect",
+) -> Deferred:
+    """
+    Connect C{endpoint} with C{factory}, giving up after C{timeout} seconds
+    (0: no limit but the endpoint's own), and say why it failed in words
+    that begin with C{what} (C{connect to backend}, say).
+
+    @return: Fires with the connected protocol, or fails with
+        L{UpstreamTimeout} (C{"WHAT timed out after 5s"}),
+        L{UpstreamLocalError} (C{"cannot WHAT: SHORTAGE"}, the proxy's own
+        shortage, see L{localConnectProblem}), L{UpstreamConnectFailed}
+        (C{"WHAT failed: connection refused"}), or L{CancelledError} when
+        cancelled.
+    """
+    d = endpoint.connect(factory)
+    if timeout:
+        d.addTimeout(timeout, reactor, onTimeoutCancel=_TimedOut(timeout))
+    d.addErrback(_connectFailed, what)
+    return d
+
+
+class _TimedOut:
+    """
+    Turns the cancellation of a connect by its timeout into the timeout's
+    failure, which L{_connectFailed} words.
+    """
+
+    __slots__ = ("timeout",)
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+
+    def __call__(self, result, timeout):
+        return Failure(_ConnectTimedOut(self.timeout))
+
+
+class _ConnectTimedOut(Exception):
+    pass
+
+
+def _connectFailed(reason: Failure, what: str):
+    if reason.check(_ConnectTimedOut):
+        raise UpstreamTimeout(
+            "%s timed out after %s" % (what, formatDuration(reason.value.args[0]))
+        )
+    if reason.check(CancelledError, error.ConnectingCancelledError):
+        raise CancelledError()
+    if reason.check(error.TimeoutError):
+        raise UpstreamTimeout(what + " timed out")
+    shortage = localConnectProblem(reason)
+    if shortage is not None:
+        raise UpstreamLocalError("cannot %s: %s" % (what, shortage))
+    raise UpstreamConnectFailed("%s failed: %s" % (what, describeFailure(reason)))
 
 
 #: The errors of a connect that tell of the proxy's own shortage, not of the

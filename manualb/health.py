@@ -39,32 +39,43 @@ from __future__ import annotations
 import random
 import re
 from collections import deque
-from typing import TYPE_CHECKING
+from enum import Enum
+from functools import partial
+from typing import Callable, Protocol, Sequence
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Protocol as _Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
-from manualb.config import HealthCheckConfig, keys
+from manualb.config import HealthCheckConfig, ServerAddress, ServerConfig, keys
 from manualb.syntax import Section, formatDuration, parseOptions, parseValue
 from manualb.handoff import (
-    IResponseReceiver,
-    UpstreamConnectFailed,
     UpstreamConnection,
     UpstreamError,
     UpstreamLocalError,
-    describeFailure,
+    connectWithTimeout,
     endpointForServer,
-    localConnectProblem,
 )
+from manualb.interfaces import IHealthProbe, IResponseReceiver
 
-if TYPE_CHECKING:
-    from manualb.selection import Pool, Server
+__all__ = [
+    "DOWN",
+    "HTTPProbe",
+    "HealthEvent",
+    "HealthLog",
+    "HealthMonitor",
+    "IHealthProbe",
+    "Phase",
+    "ServerHealth",
+    "TCPProbe",
+    "TRANSITIONS",
+    "UP",
+]
 
 log = Logger()
 
@@ -97,38 +108,151 @@ class HealthEvent:
     reason: str
 
 
+class Phase(Enum):
+    """
+    The named states of a server's health.  L{ServerHealth.state} folds them
+    into L{UP} (the first three) and L{DOWN} (the last three).
+
+    The transitions (L{TRANSITIONS}), with the event that makes each:
+
+      - C{UP}, C{SLOW_START} -> C{FAILING}: a failure, fewer than
+        C{max_fails} in the C{fail_timeout} window;
+      - C{FAILING} -> C{UP} (or C{SLOW_START} while the ramp lasts): a
+        success, or the window passes without reaching C{max_fails};
+      - C{UP}, C{SLOW_START}, C{FAILING} -> C{UNAVAILABLE}: C{max_fails}
+        failures within C{fail_timeout}, in a pool without probes;
+      - C{UP}, C{SLOW_START}, C{FAILING} -> C{PROBE_DOWN}: the same in a
+        pool with probes, or C{fall} failed probes (which also take an
+        C{UNAVAILABLE} or C{TRIAL} server to C{PROBE_DOWN});
+      - C{UNAVAILABLE} -> C{TRIAL}: C{fail_timeout} passed and a request
+        goes to the server to test it;
+      - C{TRIAL} -> C{UNAVAILABLE}: the test request failed (for another
+        C{fail_timeout}) or was abandoned (the server may be tested again);
+      - C{UNAVAILABLE}, C{TRIAL} -> C{UP} or C{SLOW_START}: a request
+        succeeded;
+      - C{PROBE_DOWN} -> C{UP} or C{SLOW_START}: C{rise} passed probes;
+      - C{SLOW_START} -> C{UP}: its C{slow_start} ramp is over.
+    """
+
+    #: Serving, at its full weight.
+    UP = "up"
+    #: Serving, ramping up to its full weight after coming back.
+    SLOW_START = "slow start"
+    #: Serving, with failures counting towards C{max_fails}.
+    FAILING = "failing"
+    #: Refused requests for C{fail_timeout}; then one request may test it.
+    UNAVAILABLE = "unavailable"
+    #: Unavailable, with the one test request in flight.
+    TRIAL = "on trial"
+    #: Taken down (by probes, or by passive marks in a pool with probes)
+    #: until C{rise} probes pass.
+    PROBE_DOWN = "down"
+
+
+# Module constants: an Enum member looked up on its class costs several
+# times a global's lookup, and these are read on every request.
+_UP_PHASE = Phase.UP
+_UNAVAILABLE = Phase.UNAVAILABLE
+_TRIAL = Phase.TRIAL
+_SERVING = (Phase.UP, Phase.SLOW_START, Phase.FAILING)
+
+#: Every transition L{ServerHealth} makes, as (from, to) pairs; see L{Phase}.
+TRANSITIONS = frozenset(
+    [(phase, Phase.FAILING) for phase in (Phase.UP, Phase.SLOW_START)]
+    + [(Phase.FAILING, phase) for phase in (Phase.UP, Phase.SLOW_START)]
+    + [(phase, Phase.UNAVAILABLE) for phase in _SERVING]
+    + [(phase, Phase.PROBE_DOWN) for phase in _SERVING]
+    + [(Phase.UNAVAILABLE, Phase.PROBE_DOWN), (Phase.TRIAL, Phase.PROBE_DOWN)]
+    + [(Phase.UNAVAILABLE, Phase.TRIAL), (Phase.TRIAL, Phase.UNAVAILABLE)]
+    + [
+        (down, up)
+        for down in (Phase.UNAVAILABLE, Phase.TRIAL, Phase.PROBE_DOWN)
+        for up in (Phase.UP, Phase.SLOW_START)
+    ]
+    + [(Phase.SLOW_START, Phase.UP)]
+)
+
+
 class ServerHealth:
     """
-    The health of one server, from passive marks and active probes.
+    The health of one server, from passive marks and active probes: a
+    L{Phase}, changed only along L{TRANSITIONS}.
 
+    @ivar config: The server's configuration (C{max_fails}, C{fail_timeout},
+        C{slow_start}).
+    @ivar storedPhase: The phase as last changed, for a cheap look (a
+        server plainly up); L{phase} also applies the transitions that time
+        makes (a window or a ramp that passed).
     @ivar state: L{UP} or L{DOWN}.
     """
 
-    def __init__(self, server: Server, monitor: HealthMonitor):
-        self.server = server
-        self.monitor = monitor
-        self.clock = monitor.clock
-        self.state = UP
+    def __init__(
+        self,
+        config: ServerConfig,
+        clock: IReactorTime,
+        *,
+        single: bool = False,
+        probes: HealthCheckConfig | None = None,
+        onChange: Callable[[str, str], None] | None = None,
+    ):
+        """
+        @param clock: Tells the time of C{fail_timeout} and C{slow_start}.
+        @param single: Whether the server is the only one of its pool (see
+            L{manualb.selection.Pool.single}): passive marks then never make
+            it unavailable.
+        @param probes: The pool's active probes, or L{None} when it has none:
+            with probes, passive marks take the server down until C{rise}
+            probes pass.
+        @param onChange: Called with the new state (L{UP} or L{DOWN}) and the
+            reason, in words, each time the state changes.
+        """
+        self.config = config
+        self.clock = clock
+        self.single = single
+        self.probes = probes
+        self.onChange = onChange
+        self.storedPhase = Phase.UP
         self._fails = 0
         self._windowStart = 0.0
-        self._unavailableUntil: float | None = None
-        self._trialInFlight = False
-        self._probeDown = False
+        self._unavailableUntil = 0.0
         self._probeFails = 0
         self._probePasses = 0
         self._upSince: float | None = None
 
+    @property
+    def phase(self) -> Phase:
+        """
+        The server's health state now.
+        """
+        phase = self.storedPhase
+        if phase is Phase.SLOW_START:
+            if self.clock.seconds() - self._upSince >= self.config.slow_start:
+                phase = self.storedPhase = Phase.UP
+        elif phase is Phase.FAILING:
+            if self.clock.seconds() - self._windowStart >= self.config.fail_timeout:
+                # The window passed: the failures in it no longer count.
+                self._fails = 0
+                phase = self._enter(self._upPhase())
+        return phase
+
+    @property
+    def state(self) -> str:
+        """
+        L{UP} or L{DOWN}: whether the server serves.
+        """
+        return DOWN if self.storedPhase in _NOT_SERVING else UP
+
     def available(self) -> bool:
         """
-        Whether the server may take a request now: up, or past its
+        Whether the server may take a request now: serving, or past its
         C{fail_timeout} with no test request in flight yet.
         """
-        if self._probeDown:
-            return False
-        until = self._unavailableUntil
-        if until is None:
+        phase = self.storedPhase
+        if phase is _UP_PHASE or phase in _SERVING:
             return True
-        return not self._trialInFlight and self.clock.seconds() >= until
+        if phase is _UNAVAILABLE:
+            return self.clock.seconds() >= self._unavailableUntil
+        return False
 
     def weightFactor(self) -> float:
         """
@@ -138,60 +262,104 @@ class ServerHealth:
         if self._upSince is None:
             return 1.0
         elapsed = self.clock.seconds() - self._upSince
-        slowStart = self.server.config.slow_start
+        slowStart = self.config.slow_start
         if elapsed >= slowStart:
             self._upSince = None
+            if self.storedPhase is Phase.SLOW_START:
+                self.storedPhase = Phase.UP
             return 1.0
         return max(elapsed / slowStart, _SLOW_START_FLOOR)
+
+    def _upPhase(self) -> Phase:
+        if self._upSince is not None and self.clock.seconds() - self._upSince < self.config.slow_start:
+            return Phase.SLOW_START
+        return Phase.UP
+
+    def _enter(self, phase: Phase) -> Phase:
+        if phase is not self.storedPhase:
+            if (self.storedPhase, phase) not in TRANSITIONS:
+                raise RuntimeError(
+                    "health of %s: no transition from %s to %s"
+                    % (self.config.address.name, self.storedPhase.value, phase.value)
+                )
+            self.storedPhase = phase
+        return phase
+
+    def _comeBack(self, reason: str) -> None:
+        """
+        Serve again after being down, ramping up over C{slow_start}.
+        """
+        if self.config.slow_start:
+            self._upSince = self.clock.seconds()
+            self._enter(Phase.SLOW_START)
+        else:
+            self._upSince = None
+            self._enter(Phase.UP)
+        self._changed(UP, reason)
+
+    def _goDown(self, phase: Phase, reason: str) -> None:
+        self._upSince = None
+        self._enter(phase)
+        self._changed(DOWN, reason)
+
+    def _changed(self, state: str, reason: str) -> None:
+        if self.onChange is not None:
+            self.onChange(state, reason)
 
     # What the proxy reports.
 
     def requestStarted(self) -> None:
         """
-        A request goes to the server; if the server is on trial, this is
-        the request that tests it.
+        A request goes to the server; if the server is unavailable (past
+        its C{fail_timeout}), this is the request that tests it.
         """
-        if self._unavailableUntil is not None:
-            self._trialInFlight = True
+        if self.storedPhase is _UNAVAILABLE:
+            self._enter(_TRIAL)
 
     def requestSucceeded(self) -> None:
         """
         The server answered a request well.
         """
         self._fails = 0
-        if self._unavailableUntil is not None:
-            self._unavailableUntil = None
-            self._trialInFlight = False
-            self._update("a test request succeeded")
+        phase = self.storedPhase
+        if phase is _UP_PHASE:
+            return
+        if phase is _UNAVAILABLE or phase is _TRIAL:
+            self._comeBack("a test request succeeded")
+        elif phase is Phase.FAILING:
+            self._enter(self._upPhase())
 
     def requestAbandoned(self) -> None:
         """
         A request to the server ended without telling whether it is healthy
         (its client went away).
         """
-        self._trialInFlight = False
+        if self.storedPhase is _TRIAL:
+            self._enter(_UNAVAILABLE)
 
     def requestFailed(self, reason: str) -> None:
         """
         The server failed a request: count it against C{max_fails} (unless
         it is the pool's only server).
         """
-        config = self.server.config
-        if config.max_fails == 0 or self.monitor.pool.single:
+        config = self.config
+        if config.max_fails == 0 or self.single:
             return
         now = self.clock.seconds()
-        if self._unavailableUntil is not None:
+        phase = self.storedPhase
+        if phase is Phase.UNAVAILABLE or phase is Phase.TRIAL:
             # The test request failed: another fail_timeout.
-            self._trialInFlight = False
+            self._enter(Phase.UNAVAILABLE)
             self._unavailableUntil = now + config.fail_timeout
             return
-        if self._probeDown:
+        if phase is Phase.PROBE_DOWN:
             return
         if now - self._windowStart >= config.fail_timeout:
             self._fails = 0
             self._windowStart = now
         self._fails += 1
         if self._fails < config.max_fails:
+            self._enter(Phase.FAILING)
             return
         self._fails = 0
         why = "%d failure(s) within %s, last: %s" % (
@@ -199,11 +367,13 @@ class ServerHealth:
             formatDuration(config.fail_timeout),
             reason,
         )
-        if self.monitor.probing:
+        if self.probes is not None:
             self._markProbeDown(why)
         else:
             self._unavailableUntil = now + config.fail_timeout
-            self._update(why + "; unavailable for " + formatDuration(config.fail_timeout))
+            self._goDown(
+                Phase.UNAVAILABLE, why + "; unavailable for " + formatDuration(config.fail_timeout)
+            )
 
     # What the probes report.
 
@@ -213,10 +383,9 @@ class ServerHealth:
         """
         self._probeFails = 0
         self._probePasses += 1
-        rise = self.monitor.probeConfig.rise
-        if self._probeDown and self._probePasses >= rise:
-            self._probeDown = False
-            self._update("%d probe(s) passed" % (rise,))
+        rise = self.probes.rise
+        if self.storedPhase is Phase.PROBE_DOWN and self._probePasses >= rise:
+            self._comeBack("%d probe(s) passed" % (rise,))
 
     def probeFailed(self, reason: str) -> None:
         """
@@ -224,38 +393,20 @@ class ServerHealth:
         """
         self._probePasses = 0
         self._probeFails += 1
-        fall = self.monitor.probeConfig.fall
-        if not self._probeDown and self._probeFails >= fall:
+        fall = self.probes.fall
+        if self.storedPhase is not Phase.PROBE_DOWN and self._probeFails >= fall:
             self._markProbeDown("%d probe(s) failed, last: %s" % (fall, reason))
 
     def _markProbeDown(self, reason: str) -> None:
-        self._probeDown = True
         self._probePasses = 0
-        self._update(reason)
-
-    def _update(self, reason: str) -> None:
-        state = DOWN if self._probeDown or self._unavailableUntil is not None else UP
-        if state == self.state:
-            return
-        self.state = state
-        if state == UP and self.server.config.slow_start:
-            self._upSince = self.clock.seconds()
+        if self.storedPhase in _SERVING:
+            self._goDown(Phase.PROBE_DOWN, reason)
         else:
-            self._upSince = None
-        self.monitor.record(self.server, state, reason)
+            # Unavailable already: the probes now decide when it is back.
+            self._enter(Phase.PROBE_DOWN)
 
 
-class IHealthProbe(Interface):
-    """
-    An active health check of one server.
-    """
-
-    def check(server: Server) -> Deferred[None]:
-        """
-        Probe C{server}: the result fires when the server is healthy and
-        fails, with the reason, when it is not.  Cancelling it ends the
-        probe.
-        """
+_NOT_SERVING = (Phase.UNAVAILABLE, Phase.TRIAL, Phase.PROBE_DOWN)
 
 
 @implementer(IResponseReceiver)
@@ -308,7 +459,7 @@ class HTTPProbe:
     def __init__(self, config: HealthCheckConfig):
         self.config = config
 
-    def check(self, server: Server) -> Deferred[None]:
+    def check(self, server: ProbeTarget) -> Deferred[None]:
         state: dict = {}
 
         def cancel(result: Deferred) -> None:
@@ -341,7 +492,7 @@ class HTTPProbe:
         return result
 
 
-class _Connected(Protocol):
+class _Connected(_Protocol):
     """
     A probe's connection: made, then closed at once.
     """
@@ -370,69 +521,42 @@ class TCPProbe:
     def __init__(self, reactor: IReactorTCP):
         self.reactor = reactor
 
-    def check(self, server: Server) -> Deferred[None]:
-        connecting = endpointForServer(self.reactor, server.address).connect(
-            _ProbeConnections()
+    def check(self, server: ProbeTarget) -> Deferred[None]:
+        connecting = connectWithTimeout(
+            self.reactor,
+            endpointForServer(self.reactor, server.address),
+            _ProbeConnections(),
+            0,  # The monitor bounds the probe.
         )
-
-        def connected(protocol: Protocol) -> None:
-            return None
-
-        def failed(reason: Failure) -> None:
-            if reason.check(CancelledError, ConnectingCancelledError):
-                # Cancelled by the monitor (a timeout, or stopping).
-                raise CancelledError()
-            shortage = localConnectProblem(reason)
-            if shortage is not None:
-                raise UpstreamLocalError("cannot connect: " + shortage)
-            raise UpstreamConnectFailed("connect failed: " + describeFailure(reason))
-
-        connecting.addCallbacks(connected, failed)
+        connecting.addCallback(_nothing)
         return connecting
 
 
-class HealthMonitor:
-    """
-    Keeps the health of a pool's servers: takes the proxy's passive marks,
-    runs the active probes, and remembers every change of state.
+def _nothing(result: object) -> None:
+    return None
 
-    @ivar history: The latest changes, oldest first (at most
+
+class HealthLog:
+    """
+    The changes of state of a pool's servers: logged, and the latest kept.
+
+    @ivar pool: The pool's name.
+    @ivar events: The latest changes, oldest first (at most
         L{HISTORY_LENGTH}).
-    @ivar probing: Whether active probes run for this pool.
     """
 
-    def __init__(
-        self,
-        pool: Pool,
-        clock: IReactorTime,
-        probeConfig: HealthCheckConfig | None = None,
-        probe: IHealthProbe | None = None,
-        rng: random.Random | None = None,
-    ):
+    def __init__(self, pool: str, clock: IReactorTime):
         self.pool = pool
         self.clock = clock
-        self.probeConfig = probeConfig
-        if probe is None and probeConfig is not None:
-            if probeConfig.type == "tcp":
-                probe = TCPProbe(clock)
-            else:
-                probe = HTTPProbe(probeConfig)
-        self.probe = probe
-        self.probing = probe is not None
-        self.history: deque[HealthEvent] = deque(maxlen=HISTORY_LENGTH)
-        self._rng = rng if rng is not None else random.Random()
-        self._timers: dict[Server, IDelayedCall] = {}
-        self._inFlight: dict[Server, Deferred] = {}
-        self._running = False
-        for server in pool.servers:
-            server.health = ServerHealth(server, self)
+        self.events: deque[HealthEvent] = deque(maxlen=HISTORY_LENGTH)
 
-    def record(self, server: Server, state: str, reason: str) -> None:
+    def record(self, server: str, state: str, reason: str) -> None:
         """
-        Log a change of a server's state and keep it in the history.
+        Log a change of the state of C{server} (its C{host:port}) and keep
+        it.
         """
-        event = HealthEvent(self.clock.seconds(), self.pool.name, server.name, state, reason)
-        self.history.append(event)
+        event = HealthEvent(self.clock.seconds(), self.pool, server, state, reason)
+        self.events.append(event)
         emit = log.info if state == UP else log.warn
         emit(
             "upstream {pool}: server {server} is {state}: {reason}",
@@ -442,6 +566,71 @@ class HealthMonitor:
             reason=reason,
         )
 
+    def recorder(self, server: str) -> Callable[[str, str], None]:
+        """
+        The C{onChange} of the L{ServerHealth} of C{server}.
+        """
+        return partial(self.record, server)
+
+
+class ProbeTarget(Protocol):
+    """
+    What the monitor and the probes need of a server (a
+    L{manualb.selection.Server} is one).
+    """
+
+    name: str
+    config: ServerConfig
+    health: ServerHealth
+
+    @property
+    def address(self) -> ServerAddress: ...
+
+
+class HealthMonitor:
+    """
+    Runs the active probes of a pool's servers, and keeps the changes of
+    their state.
+
+    @ivar history: The latest changes, oldest first (at most
+        L{HISTORY_LENGTH}).
+    @ivar probing: Whether active probes run for this pool.
+    """
+
+    def __init__(
+        self,
+        healthLog: HealthLog,
+        clock: IReactorTime,
+        servers: Sequence[ProbeTarget],
+        probeConfig: HealthCheckConfig | None = None,
+        probe: IHealthProbe | None = None,
+        rng: random.Random | None = None,
+    ):
+        """
+        @param healthLog: Where the servers' healths record their changes.
+        @param servers: The servers to probe, each with its health.
+        @param probeConfig: The pool's C{health_check}, or L{None} for no
+            probes.
+        @param probe: The probe, when not the one C{probeConfig} names.
+        """
+        self.log = healthLog
+        self.name = healthLog.pool
+        self.history = healthLog.events
+        self.clock = clock
+        self.servers = tuple(servers)
+        self.probeConfig = probeConfig
+        if probe is None and probeConfig is not None:
+            if probeConfig.type == "tcp":
+                probe = TCPProbe(clock)
+            else:
+                probe = HTTPProbe(probeConfig)
+        self.probe = probe
+        self.probing = probe is not None
+        self._rng = rng if rng is not None else random.Random()
+        self._timers: dict[ProbeTarget, IDelayedCall] = {}
+        self._inFlight: dict[ProbeTarget, Deferred] = {}
+        self._running = False
+
     def start(self) -> None:
         """
         Start the probes, each server's first at a random point of the first
@@ -450,7 +639,7 @@ class HealthMonitor:
         if not self.probing or self._running:
             return
         self._running = True
-        for server in self.pool.servers:
+        for server in self.servers:
             if not server.config.down:
                 self._schedule(server, self._rng.uniform(0, self.probeConfig.interval))
 
@@ -466,10 +655,10 @@ class HealthMonitor:
         for probe in list(self._inFlight.values()):
             probe.cancel()
 
-    def _schedule(self, server: Server, delay: float) -> None:
+    def _schedule(self, server: ProbeTarget, delay: float) -> None:
         self._timers[server] = self.clock.callLater(delay, self._probe, server)
 
-    def _probe(self, server: Server) -> None:
+    def _probe(self, server: ProbeTarget) -> None:
         self._timers.pop(server, None)
         config = self.probeConfig
         timedOut = []
@@ -489,7 +678,7 @@ class HealthMonitor:
             elif reason.check(UpstreamLocalError):
                 log.error(
                     "upstream {pool}: health check of {server} not made: {reason}",
-                    pool=self.pool.name,
+                    pool=self.name,
                     server=server.name,
                     reason=reason.getErrorMessage(),
                 )

@@ -42,10 +42,11 @@ from manualb.handoff import (
     UpstreamLocalError,
 )
 from manualb.rules import ALLOWED_METHODS, SERVER_NAME, errorBody
-from manualb.selection import Server
-from manualb.streams import Tunnel
+from manualb.selection import Attempts, Lease, Server
+from manualb.tunnel import Tunnel
 from manualb.transports import cancelCall
 from manualb.urlmap import URLMap, encodePath, normalizePath
+from manualb.view import RequestView, clientHost, normalizeHost
 
 log = Logger()
 
@@ -538,12 +539,11 @@ class _Exchange:
     """
 
     connection: UpstreamConnection | None = None
-    server: Server | None = None
+    attempts: Attempts | None = None
+    lease: Lease | None = None
     _connecting = None
     _started = False
     _done = False
-    _holding = False
-    _attemptStart = 0.0
     _reused = False
     _lastError: UpstreamError | None = None
     upgrade = False
@@ -553,8 +553,27 @@ class _Exchange:
     def __init__(self, proxy: ProxyResource, request: Request):
         self.proxy = proxy
         self.request = request
-        self.tried: list[Server] = []
-        self.times: list[float] = []
+
+    @property
+    def server(self) -> Server | None:
+        """
+        The server of the current attempt, or L{None} before the first.
+        """
+        return self.lease.server if self.lease is not None else None
+
+    @property
+    def tried(self) -> list[Server]:
+        """
+        The servers tried, in order.
+        """
+        return self.attempts.tried if self.attempts is not None else []
+
+    @property
+    def times(self) -> list[float]:
+        """
+        How long each attempt held its server, in order.
+        """
+        return self.attempts.times() if self.attempts is not None else []
 
     def start(self) -> None:
         request = self.request
@@ -587,6 +606,7 @@ class _Exchange:
             self._answer(404, b"Not Found", b"No route matches this path.")
             return
         self.pool = match.route.pool
+        self.attempts = self.pool.select(_requestView(request, path, hosts))
         self.target = _target(request.uri, path, match.path)
         body = getattr(request, "body", None)
         if body is None:
@@ -598,7 +618,6 @@ class _Exchange:
         self.upgrade = body.length == 0 and _mayUpgrade(request)
         if self.idempotent:
             body.keepForRetry(self.pool.config.retry_body_limit)
-        self.firstTry = self.proxy.reactor.seconds()
         self._attempt()
 
     def _attempt(self) -> None:
@@ -606,22 +625,19 @@ class _Exchange:
         Send the request to the next server the pool picks.
         """
         request = self.request
-        server = self.pool.pick(request, exclude=self.tried)
-        if server is None:
+        lease = self.attempts.next()
+        if lease is None:
             self._noServer()
             return
-        self.server = server
-        self.tried.append(server)
-        server.active += 1
-        server.health.requestStarted()
-        self._holding = True
+        self.lease = lease
+        server = lease.server
         self.head = requestHead(
             request.method,
             self.target,
             request.requestHeaders.getAllRawHeaders(),
             _clientHost(request).encode("ascii"),
             request.clientproto,
-            request.isSecure(),
+            self.attempts.view.secure,
             self.body.length,
             server.name.encode("ascii"),
             upgrade=self.upgrade,
@@ -643,7 +659,6 @@ class _Exchange:
         )
 
     def _connect(self, connecting) -> None:
-        self._attemptStart = self.proxy.reactor.seconds()
         self.connection = None
         self._connecting = connecting
         connecting.addCallbacks(self._connected, self._connectFailed)
@@ -688,29 +703,25 @@ class _Exchange:
         reached = self.connection is not None
         if reached and not (self.idempotent and self.body.replayable):
             return False
-        config = self.pool.config
-        if config.tries and len(self.tried) >= config.tries:
-            return False
-        elapsed = self.proxy.reactor.seconds() - self.firstTry
-        return not (config.retry_timeout and elapsed >= config.retry_timeout)
+        return self.attempts.mayRetry()
 
     # IResponseReceiver
 
     def responseStarted(
         self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]]
     ) -> None:
-        server = self.server
+        lease = self.lease
         if code == 101:
             # Only ever for an upgrade request: the connection parser
             # refuses a 101 to any other.
-            server.health.requestSucceeded()
+            lease.succeeded()
             self._switch(reason, headers)
             return
         if code in self.pool.config.passive_fail_on:
             failure = UpstreamError("status %d" % (code,))
             failure.status = code
-            server.health.requestFailed(str(failure))
-            if self._mayRetry() and self.pool.canPick(exclude=self.tried):
+            lease.failed(str(failure))
+            if self._mayRetry() and self.attempts.canRetry():
                 self._logFailure(failure, retrying=True)
                 self._lastError = failure
                 self.connection.abort()
@@ -719,12 +730,14 @@ class _Exchange:
                 self._attempt()
                 return
         else:
-            server.health.requestSucceeded()
+            lease.succeeded()
         self._started = True
         request = self.request
         request.setResponseCode(code, reason)
         outgoing = request.responseHeaders
         outgoing.setRawHeaders(b"Server", [SERVER_NAME])
+        for name, value in lease.affinityHeaders():
+            outgoing.addRawHeader(name, value)
         ownHSTS = outgoing.hasHeader(_HSTS)
         for name, value in responseHeaders(headers):
             if ownHSTS and name.lower() == b"strict-transport-security":
@@ -774,11 +787,13 @@ class _Exchange:
             self._reused = False
             self._connect(self.server.connections.connect())
             return
-        self._endAttempt()
         if isinstance(reason, UpstreamLocalError):
+            self.lease.abandoned()
+            self._endAttempt()
             self._localFailure(reason)
             return
-        self.server.health.requestFailed(str(reason))
+        self.lease.failed(str(reason))
+        self._endAttempt()
         if self._mayRetry():
             self._logFailure(reason, retrying=True)
             self._lastError = reason
@@ -859,10 +874,8 @@ class _Exchange:
         """
         The current attempt no longer occupies its server.
         """
-        if self._holding:
-            self.times.append(self.proxy.reactor.seconds() - self._attemptStart)
-            self._holding = False
-            self.server.active -= 1
+        if self.lease is not None:
+            self.lease.release()
 
     def _localFailure(self, reason: UpstreamLocalError) -> None:
         """
@@ -870,7 +883,6 @@ class _Exchange:
         server is not to blame and the next one would fail the same way, so
         the client gets a 503 at once.
         """
-        self.server.health.requestAbandoned()
         log.error(
             "upstream {server} ({pool}): {reason} while proxying {method} {uri}; "
             "answering 503 (the server is not marked as failed)",
@@ -900,9 +912,10 @@ class _Exchange:
         Give up the current attempt for a reason of the client's, not the
         server's: its connection, or the connecting, goes.
         """
-        if self._holding:
-            self.server.health.requestAbandoned()
-            self._endAttempt()
+        lease = self.lease
+        if lease is not None and lease.held:
+            lease.abandoned()
+            lease.release()
         if self._connecting is not None:
             self._connecting.cancel()
         if self.connection is not None:
@@ -958,6 +971,31 @@ class _Exchange:
             self.proxy.accessLog.record(
                 self.request, status, [server.name for server in self.tried], self.times
             )
+
+
+def _requestView(request: Request, path: bytes, hosts: list[bytes] | None) -> RequestView:
+    """
+    What the stages see of C{request}, whose normalised path is C{path} and
+    C{Host} headers C{hosts}.
+    """
+    uri = request.uri
+    authority = None
+    if uri[:1] != b"/":
+        _, separator, rest = uri.partition(b"://")
+        if separator:
+            authority = rest.partition(b"/")[0].partition(b"?")[0].rpartition(b"@")[2]
+    headers = request.requestHeaders
+    if authority is None and hosts:
+        authority = hosts[0]
+    return RequestView(
+        clientHost(request.getClientAddress()),
+        request.isSecure(),
+        request.method,
+        uri,
+        path,
+        normalizeHost(authority),
+        [(name, value) for name, values in headers.getAllRawHeaders() for value in values],
+    )
 
 
 def _target(uri: bytes, path: bytes, newPath: bytes) -> bytes:

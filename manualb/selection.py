@@ -1,26 +1,56 @@
 """
-Stage 5, selection: an upstream pool picks the server for a request.
+Stage 5, selection: an upstream pool picks the server for a request, and
+keeps the account of each attempt.
 
 A L{Pool} owns its L{Server}s, their health and a balancing strategy (an
 L{IBalancer}).  The proxy asks the pool, never the strategy: the pool offers
 the strategy only the servers that may take a request now (not marked
 C{down}, healthy, under C{max_conns}, not already tried for this request),
 the primaries first and the C{backup} servers only when no primary can.
+
+A request's attempts go through the L{Attempts} that L{Pool.select} gives:
+each L{Attempts.next} returns a L{Lease} on the server chosen (or L{None}
+once C{tries} or C{retry_timeout} forbid another attempt, or no server can
+take it).  The lease counts the server busy, carries the attempt's verdict
+to the server's health, times the attempt, and is released once.  The HTTP
+exchange and the TCP stream proxy both go through it.  What was decided, and
+why, is read back as L{manualb.records}.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Collection, Sequence
+from enum import Enum
+from typing import Collection, Sequence
 
 import attrs
-from twisted.web.iweb import IRequest
-from zope.interface import Attribute, Interface
+from twisted.internet.interfaces import IReactorTime
 
 from manualb.config import ServerAddress, ServerConfig, UpstreamConfig
+from manualb.handoff import ConnectionPool
+from manualb.health import HealthMonitor, Phase, ServerHealth
+from manualb.interfaces import IAffinity, IBalancer
+from manualb.records import (
+    Attempt,
+    Candidate,
+    Outcome,
+    Selection,
+    SelectionRecord,
+    SkipReason,
+    Skipped,
+    StopReason,
+)
+from manualb.view import RequestView
 
-if TYPE_CHECKING:
-    from manualb.handoff import ConnectionPool
-    from manualb.health import ServerHealth
+_UP = Phase.UP
+
+__all__ = [
+    "Attempts",
+    "IBalancer",
+    "Lease",
+    "LeaseState",
+    "Pool",
+    "Server",
+]
 
 
 @attrs.define(eq=False)
@@ -29,15 +59,16 @@ class Server:
     One backend server of a pool, as balancers and the proxy see it.
 
     @ivar config: Its configured address and options.
-    @ivar active: Requests in flight to this server right now.
-    @ivar health: Its health, kept by the pool's monitor.
+    @ivar health: Its health: passive marks and probes feed it.
     @ivar connections: Its pool of kept-alive connections.
+    @ivar active: Requests in flight to this server right now (leases
+        held).
     """
 
     config: ServerConfig
+    health: ServerHealth
+    connections: ConnectionPool | None
     active: int = 0
-    health: ServerHealth | None = None
-    connections: ConnectionPool | None = None
 
     @property
     def address(self) -> ServerAddress:
@@ -59,8 +90,6 @@ class Server:
         The configured weight, less while the server is in its C{slow_start}
         ramp after coming back.
         """
-        if self.health is None:
-            return float(self.config.weight)
         return self.config.weight * self.health.weightFactor()
 
     def available(self) -> bool:
@@ -72,47 +101,303 @@ class Server:
             return False
         if config.max_conns and self.active >= config.max_conns:
             return False
-        return self.health is None or self.health.available()
+        return self.health.available()
 
-
-class IBalancer(Interface):
-    """
-    A balancing strategy: chooses one server among those a pool offers.
-
-    Write your own by implementing C{pick}, and name its factory (called with
-    the text after the name, or L{None}) in C{balance = package.module.name}.
-    """
-
-    name = Attribute("The name of this strategy, as C{balance = ...} gives it.")
-
-    def pick(candidates: Sequence[Server], request: IRequest) -> Server:
+    def unavailableBecause(self) -> SkipReason:
         """
-        Choose a server for C{request}.
-
-        @param candidates: The servers that may take the request now, never
-            empty, in the order the configuration lists them.  Their
-            C{weight} and C{active} tell their share and their load.
-        @param request: The client's request: its address, headers, cookies
-            and URI, for strategies that key on them.  A strategy may add
-            response headers (a cookie, say).
+        Why the server may not take a request now (when L{available} says
+        it may not).
         """
+        config = self.config
+        if config.down:
+            return SkipReason.DOWN
+        if config.max_conns and self.active >= config.max_conns:
+            return SkipReason.MAX_CONNS
+        return SkipReason.UNHEALTHY
+
+
+class LeaseState(Enum):
+    """
+    Where a L{Lease} is in its life: L{HELD} from the pick, L{RELEASED} once
+    the attempt no longer occupies its server.
+    """
+
+    HELD = "held"
+    RELEASED = "released"
+
+
+_HELD = LeaseState.HELD
+_RELEASED = LeaseState.RELEASED
+_SUCCEEDED = Outcome.SUCCEEDED
+
+
+class Lease:
+    """
+    One attempt's hold on a server: counts it busy (C{active}) while held,
+    carries the attempt's verdict to its health, and times the attempt.
+
+    The verdicts (L{succeeded}, L{failed}, L{abandoned}) may come while the
+    lease is held; each is passed to the server's health as it comes (a
+    server that answered, then broke off its body, has both).  L{release}
+    ends the lease: the first call releases, a later one does nothing and
+    returns C{False}.  A lease released without any verdict was abandoned.
+
+    @ivar server: The server held.
+    @ivar state: A L{LeaseState}.
+    @ivar outcome: The latest verdict, an L{Outcome}, or L{None}.
+    @ivar cause: Why the attempt failed, for a failed one.
+    @ivar started: When the lease was taken.
+    @ivar duration: How long it was held, once released.
+    """
+
+    __slots__ = (
+        "server",
+        "state",
+        "outcome",
+        "cause",
+        "started",
+        "duration",
+        "_pool",
+        "_view",
+        "_pick",
+    )
+
+    def __init__(
+        self, pool: Pool, view: RequestView, server: Server, pick: tuple, started: float
+    ) -> None:
+        # No reference back to the Attempts: a request's leases and
+        # attempts then make no reference cycle, and go as soon as the
+        # request does.
+        self._pool = pool
+        self._view = view
+        self._pick = pick
+        self.server = server
+        self.state = _HELD
+        self.outcome: Outcome | None = None
+        self.cause: str | None = None
+        self.duration: float | None = None
+        self.started = started
+        server.active += 1
+        server.health.requestStarted()
+
+    @property
+    def held(self) -> bool:
+        """
+        Whether the lease still holds its server.
+        """
+        return self.state is _HELD
+
+    def succeeded(self) -> None:
+        """
+        The server answered well.
+        """
+        self.outcome = _SUCCEEDED
+        self.server.health.requestSucceeded()
+
+    def failed(self, reason: str) -> None:
+        """
+        The server failed the attempt: C{reason} counts against its
+        C{max_fails}, and is the cause of a retry.
+        """
+        self.outcome = Outcome.FAILED
+        self.cause = reason
+        self.server.health.requestFailed(reason)
+
+    def abandoned(self) -> None:
+        """
+        The attempt ended without telling whether the server is healthy: the
+        client went away, or the proxy lacked a resource of its own.
+        """
+        self.outcome = Outcome.ABANDONED
+        self.server.health.requestAbandoned()
+
+    def release(self) -> bool:
+        """
+        The attempt no longer occupies its server.
+
+        @return: C{True} when this call released the lease, C{False} when
+            it was released already.
+        """
+        if self.state is _RELEASED:
+            return False
+        self.state = _RELEASED
+        if self.outcome is None:
+            self.abandoned()
+        self.duration = self._pool.clock.seconds() - self.started
+        self.server.active -= 1
+        return True
+
+    def affinityHeaders(self) -> Sequence[tuple[bytes, bytes]]:
+        """
+        The response headers that send the client back to this server next
+        time (see L{IAffinity}); empty for a strategy without affinity.
+        """
+        affinity = self._pool.affinity
+        if affinity is None:
+            return ()
+        return affinity.affinityHeaders(self.server, self._view)
+
+    def record(self) -> Attempt:
+        """
+        The decision record of this attempt.
+        """
+        return Attempt(
+            self._pool._selection(*self._pick),
+            self.outcome,
+            self.cause,
+            self.duration,
+        )
+
+
+class Attempts:
+    """
+    The attempts of one request on a pool, from L{Pool.select}.
+
+    @ivar pool: The pool.
+    @ivar view: The request, as the strategy sees it.
+    @ivar firstTry: When the first attempt was asked for (L{None} before).
+    @ivar leases: The leases taken, in order.
+    @ivar stopped: Why L{next} last refused an attempt, or L{None}.
+    """
+
+    __slots__ = ("pool", "view", "clock", "firstTry", "leases", "stopped", "_refused")
+
+    def __init__(self, pool: Pool, view: RequestView, clock: IReactorTime) -> None:
+        self.pool = pool
+        self.view = view
+        self.clock = clock
+        self.firstTry: float | None = None
+        self.leases: list[Lease] = []
+        self.stopped: StopReason | None = None
+        self._refused: tuple | None = None
+
+    @property
+    def tried(self) -> list[Server]:
+        """
+        The servers tried, in order (one per lease).
+        """
+        return [lease.server for lease in self.leases]
+
+    @property
+    def current(self) -> Lease | None:
+        """
+        The latest lease, or L{None} before the first.
+        """
+        return self.leases[-1] if self.leases else None
+
+    def serverNames(self) -> list[str]:
+        """
+        The C{host:port} of each server tried, in order, for the access log.
+        """
+        return [lease.server.name for lease in self.leases]
+
+    def times(self) -> list[float]:
+        """
+        How long each released attempt held its server, in order, for the
+        access log (C{$upstream_response_time}).
+        """
+        return [lease.duration for lease in self.leases if lease.duration is not None]
+
+    def limit(self) -> StopReason | None:
+        """
+        What forbids another attempt now, C{tries} or C{retry_timeout}, or
+        L{None} when another may be made.  The first attempt is always
+        allowed.
+        """
+        if not self.leases:
+            return None
+        config = self.pool.config
+        if config.tries and len(self.leases) >= config.tries:
+            return StopReason.TRIES
+        if config.retry_timeout and self.clock.seconds() - self.firstTry >= config.retry_timeout:
+            return StopReason.RETRY_TIMEOUT
+        return None
+
+    def mayRetry(self) -> bool:
+        """
+        Whether C{tries} and C{retry_timeout} allow another attempt.
+        """
+        return self.limit() is None
+
+    def canRetry(self) -> bool:
+        """
+        Whether another attempt is allowed and some server not yet tried
+        could take it now.
+        """
+        return self.limit() is None and self.pool.canPick(self.tried)
+
+    def next(self) -> Lease | None:
+        """
+        A lease on the server for the next attempt; L{None}, with
+        C{stopped} saying why, when C{tries} or C{retry_timeout} forbid one
+        or no server not yet tried can take the request.  The previous
+        lease, if any, must be released first.
+        """
+        stop = self.limit()
+        if stop is not None:
+            self.stopped = stop
+            return None
+        pick = self.pool._pick(self.view, self.tried if self.leases else ())
+        server = pick[-1]
+        if server is None:
+            self.stopped = StopReason.NO_SERVER
+            self._refused = pick
+            return None
+        now = self.clock.seconds()
+        if self.firstTry is None:
+            self.firstTry = now
+        lease = Lease(self.pool, self.view, server, pick, now)
+        self.leases.append(lease)
+        return lease
+
+    def record(self) -> SelectionRecord:
+        """
+        The decision record of the request's attempts so far.
+        """
+        pool = self.pool
+        return SelectionRecord(
+            pool.name,
+            tuple(lease.record() for lease in self.leases),
+            self.stopped,
+            pool._selection(*self._refused) if self._refused is not None else None,
+        )
 
 
 class Pool:
     """
     An upstream pool: the servers of one C{[upstream NAME]} section, their
     health, and the strategy that spreads requests over them.
+
+    @ivar monitor: Runs the servers' probes and keeps their history.
+    @ivar affinity: The strategy, when it pins clients to servers (an
+        L{IAffinity}); else L{None}.
     """
 
-    def __init__(self, config: UpstreamConfig, balancer: IBalancer):
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        balancer: IBalancer,
+        servers: Sequence[Server],
+        monitor: HealthMonitor,
+        clock: IReactorTime,
+    ):
+        """
+        @param servers: The servers of C{config}, each whole (its health and
+            connection pool made).
+        @param monitor: The health monitor over C{servers}.
+        @param clock: Times the attempts and C{retry_timeout}.
+        """
         self.config = config
         self.name = config.name
-        self.servers = [Server(server) for server in config.servers]
+        self.servers = list(servers)
         self.balancer = balancer
-        self._tiers = [
+        self.affinity = balancer if IAffinity.providedBy(balancer) else None
+        self.monitor = monitor
+        self.clock = clock
+        self._tiers = (
             [server for server in self.servers if not server.config.backup],
             [server for server in self.servers if server.config.backup],
-        ]
+        )
 
     @property
     def single(self) -> bool:
@@ -126,6 +411,13 @@ class Pool:
         """
         return len(self.servers) == 1
 
+    def select(self, view: RequestView) -> Attempts:
+        """
+        The attempts of the request C{view} on this pool; take the first
+        lease with L{Attempts.next}.
+        """
+        return Attempts(self, view, self.clock)
+
     def canPick(self, exclude: Collection[Server] = ()) -> bool:
         """
         Whether some server not in C{exclude} is available now.
@@ -134,16 +426,70 @@ class Pool:
             server not in exclude and server.available() for server in self.servers
         )
 
-    def pick(self, request: IRequest, exclude: Collection[Server] = ()) -> Server | None:
+    def pick(self, view: RequestView, exclude: Collection[Server] = ()) -> Server | None:
         """
-        Choose the server for C{request} among the available ones not in
+        Choose the server for C{view} among the available ones not in
         C{exclude}: a primary, or a backup while no primary is available.
         L{None} when none is available.
         """
-        for tier in self._tiers:
-            candidates = [
-                server for server in tier if server not in exclude and server.available()
-            ]
+        return self._pick(view, exclude)[-1]
+
+    def _pick(self, view: RequestView, exclude: Collection[Server]) -> tuple:
+        """
+        Pick as L{pick} does, and return what the decision record needs, as
+        a tuple that costs little: the tier used (0 primaries, 1 backups),
+        the candidates offered, the skipped servers with why (or L{None}),
+        and the server chosen (last).
+
+        The candidates are the list offered when every one was plainly up
+        (the usual case: nothing to copy); else a tuple of each with its
+        effective weight and health phase then.
+        """
+        skipped: list | None = None
+        for tier, servers in enumerate(self._tiers):
+            candidates = [s for s in servers if s not in exclude and s.available()]
+            if len(candidates) != len(servers):
+                left = [
+                    (s, SkipReason.TRIED if s in exclude else s.unavailableBecause())
+                    for s in servers
+                    if s not in candidates
+                ]
+                skipped = left if skipped is None else skipped + left
             if candidates:
-                return self.balancer.pick(candidates, request)
-        return None
+                chosen = self.balancer.pick(candidates, view)
+                for server in candidates:
+                    if server.health.storedPhase is not _UP:
+                        snapshot = tuple([(s, s.weight, s.health.phase) for s in candidates])
+                        return tier, snapshot, skipped, chosen
+                return tier, candidates, skipped, chosen
+        return 1, (), skipped, None
+
+    def _selection(self, tier: int, offered, skipped: list | None, chosen) -> Selection:
+        """
+        The decision record of a pick, from what L{_pick} returned.
+        """
+        left = [Skipped(server.name, reason) for server, reason in skipped or ()]
+        if tier == 0:
+            left += [
+                Skipped(server.name, SkipReason.BACKUP_NOT_NEEDED) for server in self._tiers[1]
+            ]
+        candidates = []
+        for entry in offered:
+            if isinstance(entry, Server):
+                weight = entry.config.weight
+                candidates.append(Candidate(entry.name, weight, float(weight), _UP.value))
+            else:
+                server, effective, phase = entry
+                candidates.append(
+                    Candidate(server.name, server.config.weight, effective, phase.value)
+                )
+        balancer = self.balancer
+        key = getattr(balancer, "key", None)
+        return Selection(
+            self.name,
+            str(getattr(balancer, "name", type(balancer).__name__)),
+            str(key) if key is not None else None,
+            tuple(candidates),
+            tuple(left),
+            chosen.name if chosen is not None else None,
+        )

@@ -22,9 +22,9 @@ from manualb.balancers import makeBalancer
 from manualb.channel import ConnectionLimit
 from manualb.config import Config, ConfigError, ListenerConfig, UpstreamConfig
 from manualb.handoff import ConnectionPool
-from manualb.health import HealthMonitor
+from manualb.health import HealthLog, HealthMonitor, ServerHealth
 from manualb.proxy import ProxyResource, ProxySite
-from manualb.selection import Pool
+from manualb.selection import Pool, Server
 from manualb.streams import StreamProxyFactory
 from manualb.termination import (
     DEFAULT_BACKLOG,
@@ -245,14 +245,29 @@ def _isTLS(description: str) -> bool:
 
 def _buildPool(config: UpstreamConfig, reactor) -> Pool:
     """
-    A pool with its strategy, a connection pool per server, and its health
-    monitor.
+    A pool with its strategy, and its servers each whole: its health (which
+    records its changes in the pool's health log) and its connection pool;
+    and the health monitor that probes them.
     """
-    pool = Pool(config, makeBalancer(config.balance, config.balance_argument))
-    for server in pool.servers:
-        server.connections = ConnectionPool(reactor, server.address, config)
-    pool.monitor = HealthMonitor(pool, reactor, config.health_check)
-    return pool
+    healthLog = HealthLog(config.name, reactor)
+    single = len(config.servers) == 1
+    servers = [
+        Server(
+            server,
+            ServerHealth(
+                server,
+                reactor,
+                single=single,
+                probes=config.health_check,
+                onChange=healthLog.recorder(server.address.name),
+            ),
+            ConnectionPool(reactor, server.address, config),
+        )
+        for server in config.servers
+    ]
+    monitor = HealthMonitor(healthLog, reactor, servers, config.health_check)
+    balancer = makeBalancer(config.balance, config.balance_argument)
+    return Pool(config, balancer, servers, monitor, reactor)
 
 
 class _Lifecycle(Service):

@@ -1,267 +1,42 @@
 """
-Byte tunnels: two connections joined byte for byte, and the layer-4 (TCP)
-proxy, C{[stream NAME]}, built on them.
-
-A L{Tunnel} carries what one side sends to the other, with back-pressure
-both ways: when one side's transport cannot take more, reading from the
-other side pauses until it can.  Either side closing closes the other, and
-so does a silence of C{idleTimeout} either way.  The HTTP proxy uses it for a
-WebSocket (or any upgraded) connection after the backend's C{101}; the
-L{StreamProxyFactory} for every connection it accepts.
+The layer-4 (TCP) proxy, C{[stream NAME]}: each connection it accepts is
+joined to a server's by a L{Tunnel} (L{manualb.tunnel}).
 
 A L{StreamProxyFactory} is a Twisted server factory: listen with it on any
 stream endpoint.  Each client connection goes to a server of an upstream
-pool, chosen by the pool's balancer (those that key on the client address
-work as for HTTP; those that key on headers, cookies or the URI see none),
-with failover to the next server when a connection cannot be made, and
-optionally a PROXY protocol header first so that the server knows the
-client.
+pool, chosen by the pool's balancer from a L{RequestView} of the connection
+(those that key on the client address work as for HTTP; those that key on
+headers, cookies or the URI see none), with failover to the next server
+when a connection cannot be made (within the pool's C{tries} and
+C{retry_timeout}, the same leases as the HTTP exchange's), and optionally a
+PROXY protocol header first so that the server knows the client.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import (
-    IAddress,
-    IDelayedCall,
-    IPushProducer,
-    IReactorTCP,
-    IReactorTime,
-    ITransport,
-)
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IReactorTCP
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers
-from zope.interface import implementer
 
 from manualb.config import StreamConfig
-from manualb.syntax import formatDuration
 from manualb.handoff import (
     OneConnection,
-    describeFailure,
+    UpstreamError,
+    UpstreamLocalError,
+    connectWithTimeout,
     endpointForServer,
-    localConnectProblem,
 )
 from manualb.proxyprotocol import HEADERS
-from manualb.selection import Pool, Server
-from manualb.transports import cancelCall, setNoDelay
+from manualb.selection import Attempts, Lease, Pool
+from manualb.transports import setNoDelay
+from manualb.tunnel import CLOSE_GRACE, Tunnel
+from manualb.view import RequestView, clientHost
 
-__all__ = ["Tunnel", "ConnectionRequest", "StreamProxyFactory", "CLOSE_GRACE"]
+__all__ = ["Tunnel", "StreamProxyFactory", "CLOSE_GRACE"]
 
 log = Logger()
-
-#: Seconds the side still open has, once the other closed, to take what was
-#: sent to it before it is dropped (at most the tunnel's idle timeout).
-CLOSE_GRACE = 30.0
-
-
-@implementer(IPushProducer)
-class _Reading:
-    """
-    Registered with one side's transport as its producer: when that
-    transport cannot take more, reading from the other side pauses.
-    """
-
-    def __init__(self, tunnel: "Tunnel", source: ITransport):
-        self._tunnel = tunnel
-        self._source = source
-
-    def pauseProducing(self) -> None:
-        if self._tunnel.open:
-            self._source.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        if self._tunnel.open:
-            self._source.resumeProducing()
-
-    def stopProducing(self) -> None:
-        # The transport that had us is gone; its protocol tells the tunnel.
-        pass
-
-
-class Tunnel:
-    """
-    Two connections, a client and a server, joined byte for byte.
-
-    The protocols of the two connections feed it: L{fromClient} and
-    L{fromServer} with what they receive, L{clientLost} and L{serverLost}
-    when their connection closes.
-
-    @ivar toServer: Bytes carried from the client to the server.
-    @ivar toClient: Bytes carried from the server to the client.
-    @ivar open: Whether the tunnel carries data: joined and not yet closing.
-    @ivar closeReason: Why the tunnel closed, in words, once it has.
-    @ivar closed: Fires with the tunnel once both connections are gone.
-    """
-
-    client: ITransport | None = None
-    server: ITransport | None = None
-    closeReason: str | None = None
-
-    def __init__(
-        self,
-        reactor: IReactorTime,
-        idleTimeout: float,
-        onClosed: Callable[["Tunnel"], None] | None = None,
-    ):
-        """
-        @param idleTimeout: Seconds without a byte either way after which
-            both connections are closed; 0 for no limit.
-        @param onClosed: Called with the tunnel once both connections are
-            gone.
-        """
-        self.reactor = reactor
-        self.idleTimeout = idleTimeout
-        self.onClosed = onClosed
-        self.closed: Deferred[Tunnel] = Deferred()
-        self.toServer = 0
-        self.toClient = 0
-        self.open = False
-        self._clientGone = False
-        self._serverGone = False
-        self._ended = False
-        self._last = 0.0
-        self._idleTimer: IDelayedCall | None = None
-        self._graceTimer: IDelayedCall | None = None
-
-    def join(self, client: ITransport, server: ITransport) -> None:
-        """
-        Start carrying bytes between C{client} and C{server}.  Neither
-        transport may have a producer registered; reading from them is
-        left as it is (resume a paused one once joined).
-        """
-        self.client = client
-        self.server = server
-        self.open = True
-        self._last = self.reactor.seconds()
-        client.registerProducer(_Reading(self, server), True)
-        server.registerProducer(_Reading(self, client), True)
-        if self.idleTimeout:
-            self._idleTimer = self.reactor.callLater(self.idleTimeout, self._checkIdle)
-
-    # What the two sides send.
-
-    def fromClient(self, data: bytes) -> None:
-        """
-        The client sent C{data}: on to the server.
-        """
-        if self.open and data:
-            self.toServer += len(data)
-            self._last = self.reactor.seconds()
-            self.server.write(data)
-
-    def fromServer(self, data: bytes) -> None:
-        """
-        The server sent C{data}: on to the client.
-        """
-        if self.open and data:
-            self.toClient += len(data)
-            self._last = self.reactor.seconds()
-            self.client.write(data)
-
-    # Closing.
-
-    def clientLost(self, reason: Failure | None = None) -> None:
-        """
-        The client's connection is gone: close the server's.
-        """
-        self._clientGone = True
-        self._shut("client closed the connection")
-
-    def serverLost(self, reason: Failure | None = None) -> None:
-        """
-        The server's connection is gone: close the client's.
-        """
-        self._serverGone = True
-        self._shut("server closed the connection")
-
-    def close(self, why: str = "closed by the proxy") -> None:
-        """
-        Close both connections.
-        """
-        self._shut(why)
-
-    def _shut(self, why: str) -> None:
-        if self.open:
-            self.open = False
-            self.closeReason = why
-            self._idleTimer = cancelCall(self._idleTimer)
-            # A transport with a producer does not close until the producer
-            # is gone, and the other side will not produce again.
-            if not self._clientGone:
-                self.client.unregisterProducer()
-            if not self._serverGone:
-                self.server.unregisterProducer()
-            if not (self._clientGone and self._serverGone):
-                grace = CLOSE_GRACE
-                if self.idleTimeout:
-                    grace = min(grace, self.idleTimeout)
-                self._graceTimer = self.reactor.callLater(grace, self._abort)
-            # Either close may call back into this tunnel (serverLost...).
-            if not self._clientGone:
-                self.client.loseConnection()
-            if not self._serverGone:
-                self.server.loseConnection()
-        if self._clientGone and self._serverGone and not self._ended:
-            self._ended = True
-            self._graceTimer = cancelCall(self._graceTimer)
-            if self.onClosed is not None:
-                self.onClosed(self)
-            self.closed.callback(self)
-
-    def _abort(self) -> None:
-        self._graceTimer = None
-        if not self._clientGone:
-            self.client.abortConnection()
-        if not self._serverGone:
-            self.server.abortConnection()
-
-    def _checkIdle(self) -> None:
-        self._idleTimer = None
-        idle = self.reactor.seconds() - self._last
-        if idle < self.idleTimeout:
-            self._idleTimer = self.reactor.callLater(
-                self.idleTimeout - idle, self._checkIdle
-            )
-            return
-        self._shut("nothing either way for " + formatDuration(self.idleTimeout))
-
-
-class ConnectionRequest:
-    """
-    What a balancer sees of a TCP connection in place of an HTTP request:
-    the client's address, and no headers, cookies or URI.
-    """
-
-    method = b""
-    uri = b""
-    path = b""
-    clientproto = b""
-
-    def __init__(self, clientAddress: IAddress, secure: bool = False):
-        self._clientAddress = clientAddress
-        self._secure = secure
-        self.requestHeaders = Headers()
-        # A balancer may set a cookie; nobody will see it.
-        self.responseHeaders = Headers()
-        self.received_cookies: dict[bytes, bytes] = {}
-        self.args: dict[bytes, list[bytes]] = {}
-
-    def getClientAddress(self) -> IAddress:
-        return self._clientAddress
-
-    def getHeader(self, name: bytes) -> None:
-        return None
-
-    def getCookie(self, name: bytes) -> None:
-        return None
-
-    def isSecure(self) -> bool:
-        return self._secure
-
 
 class _ServerSide(Protocol):
     """
@@ -286,23 +61,32 @@ class _Session:
     """
     One client connection of a stream: choosing its server, connecting (and
     trying the next server when that fails), then the tunnel.
+
+    @ivar attempts: The connection's attempts on the pool.
+    @ivar lease: The lease of the current attempt, or L{None} before the
+        first.
     """
 
-    server: Server | None = None
+    lease: Lease | None = None
     tunnel: Tunnel | None = None
     _connecting: Deferred | None = None
-    _holding = False
     _done = False
 
     def __init__(self, factory: "StreamProxyFactory", client: "_ClientSide"):
         self.factory = factory
         self.client = client
-        self.tried: list[Server] = []
         self._early: list[bytes] = []
         transport = client.transport
-        self.request = ConnectionRequest(
-            transport.getPeer(), getattr(transport, "TLS", False)
+        self.attempts: Attempts = factory.pool.select(
+            RequestView(clientHost(transport.getPeer()), secure=bool(getattr(transport, "TLS", False)))
         )
+
+    @property
+    def server(self):
+        """
+        The server of the current attempt, or L{None}.
+        """
+        return self.lease.server if self.lease is not None else None
 
     def _describeClient(self) -> str:
         address = self.client.transport.getPeer()
@@ -316,97 +100,77 @@ class _Session:
 
     def _attempt(self) -> None:
         pool = self.factory.pool
-        config = pool.config
-        if config.tries and len(self.tried) >= config.tries:
-            server = None
-        else:
-            server = pool.pick(self.request, exclude=self.tried)
-        if server is None:
+        lease = self.attempts.next()
+        if lease is None:
+            tried = self.attempts.serverNames()
             log.warn(
                 "stream {stream}: no server of upstream {pool} available for "
                 "{client}{tried}; closing the connection",
                 stream=self.factory.config.name,
                 pool=pool.name,
                 client=self._describeClient(),
-                tried=(
-                    " (tried " + ", ".join(s.name for s in self.tried) + ")"
-                    if self.tried
-                    else ""
-                ),
+                tried=(" (tried " + ", ".join(tried) + ")" if tried else ""),
             )
             self._done = True
             self.factory._sessionEnded(self)
             self.client.transport.loseConnection()
             return
-        self.server = server
-        self.tried.append(server)
-        server.active += 1
-        self._holding = True
-        server.health.requestStarted()
+        self.lease = lease
         reactor = self.factory.reactor
-        timeout = config.connect_timeout
-        timedOut: list[bool] = []
-
-        def onTimeout(result, timeout):
-            timedOut.append(True)
-            return result
-
-        def failed(reason: Failure) -> None:
-            if timedOut:
-                self._connectFailed(server, "connect timed out after " + formatDuration(timeout))
-            elif not self._done:
-                shortage = localConnectProblem(reason)
-                if shortage is not None:
-                    self._localFailure(server, shortage)
-                else:
-                    self._connectFailed(server, "connect failed: " + describeFailure(reason))
-
         protocol = _ServerSide()
-        connecting = endpointForServer(reactor, server.address).connect(
-            OneConnection(protocol)
+        connecting = connectWithTimeout(
+            reactor,
+            endpointForServer(reactor, lease.server.address),
+            OneConnection(protocol),
+            pool.config.connect_timeout,
         )
         self._connecting = connecting
-        connecting.addTimeout(timeout, reactor, onTimeoutCancel=onTimeout)
-        connecting.addCallbacks(self._connected, failed)
+        connecting.addCallbacks(self._connected, self._failed)
 
-    def _release(self) -> None:
-        if self._holding:
-            self._holding = False
-            self.server.active -= 1
-
-    def _connectFailed(self, server: Server, why: str) -> None:
+    def _failed(self, reason: Failure) -> None:
         self._connecting = None
-        self._release()
-        server.health.requestFailed(why)
+        if self._done or reason.check(CancelledError):
+            return
+        if reason.check(UpstreamLocalError):
+            self._localFailure(reason.value)
+        elif reason.check(UpstreamError):
+            self._connectFailed(str(reason.value))
+        else:
+            self._connectFailed("connect failed: " + reason.getErrorMessage())
+
+    def _connectFailed(self, why: str) -> None:
+        lease = self.lease
+        lease.failed(why)
+        lease.release()
         log.warn(
             "stream {stream}: server {server} (upstream {pool}) failed: {why}; "
             "trying another server",
             stream=self.factory.config.name,
-            server=server.name,
+            server=lease.server.name,
             pool=self.factory.pool.name,
             why=why,
         )
         self._attempt()
 
-    def _localFailure(self, server: Server, shortage: str) -> None:
+    def _localFailure(self, reason: UpstreamLocalError) -> None:
         """
         The proxy could not connect for want of its own resources: the
         server is not to blame and the next one would fail the same way, so
         the client's connection is closed.
         """
-        self._connecting = None
         self._done = True
-        self._release()
-        server.health.requestAbandoned()
+        lease = self.lease
+        lease.abandoned()
+        lease.release()
         log.error(
-            "stream {stream}: cannot connect to server {server} (upstream {pool}) "
-            "for {client}: {shortage}; closing the connection (the server is "
-            "not marked as failed)",
+            "stream {stream}: {reason} (server {server}, upstream {pool}) "
+            "for {client}; closing the connection (the server is not marked "
+            "as failed)",
             stream=self.factory.config.name,
-            server=server.name,
+            server=lease.server.name,
             pool=self.factory.pool.name,
             client=self._describeClient(),
-            shortage=shortage,
+            reason=str(reason),
         )
         self.factory._sessionEnded(self)
         self.client.transport.loseConnection()
@@ -416,7 +180,7 @@ class _Session:
         if self._done:
             protocol.transport.loseConnection()
             return
-        self.server.health.requestSucceeded()
+        self.lease.succeeded()
         client = self.client.transport
         server = protocol.transport
         makeHeader = HEADERS.get(self.factory.config.proxy_protocol or "")
@@ -447,9 +211,8 @@ class _Session:
             return
         self._done = True
         self._early = []
-        if self._holding:
-            self.server.health.requestAbandoned()
-            self._release()
+        if self.lease is not None:
+            self.lease.release()
         self.factory._sessionEnded(self)
         if self._connecting is not None:
             connecting, self._connecting = self._connecting, None
@@ -457,7 +220,7 @@ class _Session:
 
     def _closed(self, tunnel: Tunnel) -> None:
         self._done = True
-        self._release()
+        self.lease.release()
         self.factory._sessionEnded(self)
         log.debug(
             "stream {stream}: {client} <-> {server} closed ({why}); "
@@ -514,7 +277,8 @@ class StreamProxyFactory(ServerFactory):
         C{idle_timeout}.
     @param pool: The upstream pool whose servers take the connections; its
         C{connect_timeout} and C{tries} apply, and connection failures count
-        against its servers' health.
+        against its servers' health; its C{retry_timeout} bounds the
+        failover as C{tries} does.
     @param reactor: Connects to the servers and keeps the time.
     """
 

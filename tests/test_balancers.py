@@ -11,7 +11,6 @@ from collections import Counter
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.test.requesthelper import DummyRequest
 
 from manualb.balancers import (
     BALANCERS,
@@ -26,7 +25,9 @@ from manualb.balancers import (
     serverID,
 )
 from manualb.config import ServerAddress, ServerConfig
+from manualb.interfaces import IAffinity
 from manualb.selection import IBalancer, Server
+from manualb.view import RequestView, clientHost, normalizeHost
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
@@ -48,7 +49,7 @@ class FakeHealth:
 
 
 def server(host: str, weight: int = 1, port: int = 80) -> Server:
-    return Server(ServerConfig(ServerAddress(host, port), weight=weight))
+    return Server(ServerConfig(ServerAddress(host, port), weight=weight), FakeHealth(), None)
 
 
 def servers(count: int) -> list[Server]:
@@ -60,19 +61,29 @@ def request(
     client: str | None = "192.0.2.1",
     headers: dict[bytes, bytes] | None = None,
     cookies: dict[bytes, bytes] | None = None,
-) -> DummyRequest:
-    result = DummyRequest([])
-    result.uri = uri
-    result.path = uri.split(b"?", 1)[0]
-    if client is not None:
-        if ":" in client:
-            result.client = IPv6Address("TCP", client, 1234)
-        else:
-            result.client = IPv4Address("TCP", client, 1234)
-    for name, value in (headers or {}).items():
-        result.requestHeaders.addRawHeader(name, value)
-    result.received_cookies = dict(cookies or {})
-    return result
+) -> RequestView:
+    """
+    The view of a request for C{uri} from C{client} (an IPv4 or IPv6
+    address, or L{None} for a UNIX socket), with C{headers} and C{cookies}
+    (sent in a C{Cookie} header).
+    """
+    if client is None:
+        address = UNIXAddress(None)
+    elif ":" in client:
+        address = IPv6Address("TCP", client, 1234)
+    else:
+        address = IPv4Address("TCP", client, 1234)
+    lines = list((headers or {}).items())
+    if cookies:
+        lines.append((b"Cookie", b"; ".join(name + b"=" + value for name, value in cookies.items())))
+    hosts = [value for name, value in lines if name.lower() == b"host"]
+    return RequestView(
+        clientHost(address),
+        target=uri,
+        path=uri.split(b"?", 1)[0],
+        host=normalizeHost(hosts[0] if hosts else None),
+        headers=lines,
+    )
 
 
 def picks(balancer: IBalancer, candidates: list[Server], count: int) -> str:
@@ -242,7 +253,7 @@ class IPHashTests(SynchronousTestCase):
         """
         candidates = servers(2)
         unix = request(client=None)
-        unix.client = UNIXAddress(b"/tmp/socket")
+        self.assertEqual(unix.clientAddress, "")
         self.assertIn(IPHash().pick(candidates, unix), candidates)
 
     def test_evenSpread(self):
@@ -474,8 +485,24 @@ class RandomTests(SynchronousTestCase):
 
 
 class CookieTests(SynchronousTestCase):
-    def setCookies(self, req):
-        return req.responseHeaders.getRawHeaders(b"Set-Cookie", [])
+    def setCookies(self, balancer, server, req):
+        """
+        What the response of C{server} to C{req} sets, by the balancer's
+        L{IAffinity}.
+        """
+        return [
+            value
+            for name, value in balancer.affinityHeaders(server, req)
+            if name == b"Set-Cookie"
+        ]
+
+    def test_affinity(self):
+        """
+        The cookie balancer tells the exchange the cookie it keys on.
+        """
+        balancer = Cookie()
+        self.assertTrue(IAffinity.providedBy(balancer))
+        self.assertEqual(balancer.key, "cookie manualb_server")
 
     def test_serverID(self):
         """
@@ -497,7 +524,7 @@ class CookieTests(SynchronousTestCase):
             picked = balancer.pick([a, b], req)
             chosen.append(picked)
             self.assertEqual(
-                self.setCookies(req),
+                self.setCookies(balancer, picked, req),
                 [b"manualb_server=" + serverID(picked) + b"; Path=/; HttpOnly"],
             )
         self.assertEqual(chosen, [a, a, b, a])
@@ -509,7 +536,7 @@ class CookieTests(SynchronousTestCase):
             for _ in range(3):
                 req = request(cookies={b"manualb_server": serverID(candidate)})
                 self.assertIs(balancer.pick(candidates, req), candidate)
-                self.assertEqual(self.setCookies(req), [])
+                self.assertEqual(self.setCookies(balancer, candidate, req), [])
 
     def test_cookieFromHeader(self):
         a, b = servers(2)
@@ -523,27 +550,28 @@ class CookieTests(SynchronousTestCase):
         """
         a, b, c = servers(3)
         req = request(cookies={b"manualb_server": serverID(c)})
-        picked = Cookie().pick([a, b], req)
+        balancer = Cookie()
+        picked = balancer.pick([a, b], req)
         self.assertIn(picked, [a, b])
         self.assertEqual(
-            self.setCookies(req), [b"manualb_server=" + serverID(picked) + b"; Path=/; HttpOnly"]
+            self.setCookies(balancer, picked, req),
+            [b"manualb_server=" + serverID(picked) + b"; Path=/; HttpOnly"],
         )
 
-    def test_retryReplacesOwnCookie(self):
+    def test_pickSetsNothing(self):
         """
-        Picking again for the same request replaces the cookie the first pick
-        set, and only that one.
+        Picking does not touch the response: the cookie is for the server
+        that answers, which the exchange knows only after any retry.
         """
         a, b = servers(2)
         balancer = Cookie()
         req = request()
-        req.responseHeaders.addRawHeader(b"Set-Cookie", b"theme=dark; Path=/")
         first = balancer.pick([a, b], req)
         second = balancer.pick([b if first is a else a], req)
         self.assertIsNot(second, first)
         self.assertEqual(
-            self.setCookies(req),
-            [b"theme=dark; Path=/", b"manualb_server=" + serverID(second) + b"; Path=/; HttpOnly"],
+            self.setCookies(balancer, second, req),
+            [b"manualb_server=" + serverID(second) + b"; Path=/; HttpOnly"],
         )
 
     def test_stickyRetryReplacesCookie(self):
@@ -554,9 +582,11 @@ class CookieTests(SynchronousTestCase):
         req = request(cookies={b"manualb_server": serverID(a)})
         balancer = Cookie()
         self.assertIs(balancer.pick([a, b], req), a)
+        self.assertEqual(self.setCookies(balancer, a, req), [])
         self.assertIs(balancer.pick([b], req), b)
         self.assertEqual(
-            self.setCookies(req), [b"manualb_server=" + serverID(b) + b"; Path=/; HttpOnly"]
+            self.setCookies(balancer, b, req),
+            [b"manualb_server=" + serverID(b) + b"; Path=/; HttpOnly"],
         )
 
     def test_oneAddressManyClients(self):
@@ -576,7 +606,8 @@ class CookieTests(SynchronousTestCase):
         req = request(cookies={b"manualb_server": serverID(b)})
         picked = balancer.pick([a, b], req)
         self.assertEqual(
-            self.setCookies(req), [b"route=" + serverID(picked) + b"; Path=/; HttpOnly"]
+            self.setCookies(balancer, picked, req),
+            [b"route=" + serverID(picked) + b"; Path=/; HttpOnly"],
         )
         self.assertIs(balancer.pick([a, b], request(cookies={b"route": serverID(b)})), b)
 

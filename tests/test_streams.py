@@ -20,10 +20,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from manualb.config import HealthCheckConfig, ServerAddress, StreamConfig, UpstreamConfig
-from manualb.health import HTTPProbe, HealthMonitor, TCPProbe
+from manualb.health import HTTPProbe, HealthLog, HealthMonitor, TCPProbe
 from manualb.proxyprotocol import SIGNATURE, v1Header, v2Header
 from manualb.service import _buildPool
-from manualb.streams import ConnectionRequest, StreamProxyFactory, Tunnel
+from manualb.records import Outcome, StopReason
+from manualb.streams import StreamProxyFactory, Tunnel
 
 CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
 LISTENER = IPv4Address("TCP", "198.51.100.1", 7000)
@@ -216,6 +217,47 @@ class StreamProxyTests(SynchronousTestCase):
         self.assertFalse(client.connected)
         self.assertEqual(self.lb.pending(), [])
 
+    def test_retryTimeout(self):
+        """
+        retry_timeout bounds the failover of a connection as it does an
+        HTTP request's: once it has passed since the first attempt, a
+        failed connect closes the client's connection instead of trying the
+        next server.
+        """
+        self.lb = MemoryStream(
+            servers=("10.0.0.1:9001", "10.0.0.2:9002", "10.0.0.3:9003"),
+            connect_timeout=3.0,
+            retry_timeout=5.0,
+        )
+        client = self.lb.client()
+        self.lb.reactor.advance(3)
+        self.assertEqual(self.lb.pending(), [("10.0.0.2", 9002)])
+        self.lb.reactor.advance(3)
+        self.assertFalse(client.connected)
+        self.assertEqual(self.lb.pending(), [])
+        self.assertEqual([s.active for s in self.lb.pool.servers], [0, 0, 0])
+        self.assertEqual(self.lb.factory.connections, 0)
+
+    def test_attemptRecords(self):
+        """
+        A connection's attempts are recorded: each server tried, how the
+        attempt ended and why, and why no further one was made.
+        """
+        self.lb = MemoryStream(tries=2)
+        client = self.lb.client()
+        session = client.protocol.session
+        self.lb.refuse()
+        self.lb.refuse()
+        record = session.attempts.record()
+        self.assertEqual(
+            [(a.server, a.outcome, a.cause) for a in record.attempts],
+            [
+                ("10.0.0.1:9001", Outcome.FAILED, "connect failed: connection refused"),
+                ("10.0.0.2:9002", Outcome.FAILED, "connect failed: connection refused"),
+            ],
+        )
+        self.assertEqual(record.stopped, StopReason.TRIES)
+
     def test_clientGoneWhileConnecting(self):
         """
         A client that goes while its server is connected to stops the
@@ -334,16 +376,17 @@ class StreamProxyTests(SynchronousTestCase):
             self.lb.reactor,
         )
 
-    def test_connectionRequest(self):
+    def test_requestView(self):
         """
-        What balancers see of a connection: its address, and nothing else.
+        What balancers see of a connection: its client's address (an
+        IPv4-mapped IPv6 one as IPv4), and no headers, cookies or URI.
         """
-        request = ConnectionRequest(CLIENT)
-        self.assertIs(request.getClientAddress(), CLIENT)
-        self.assertIsNone(request.getHeader(b"host"))
-        self.assertIsNone(request.getCookie(b"sid"))
-        self.assertEqual(list(request.requestHeaders.getAllRawHeaders()), [])
-        self.assertEqual((request.uri, request.path), (b"", b""))
+        client = self.lb.client(IPv6Address("TCP", "::ffff:192.0.2.9", 40000))
+        view = client.protocol.session.attempts.view
+        self.assertEqual(view.clientAddress, "192.0.2.9")
+        self.assertFalse(view.secure)
+        self.assertEqual((view.headers, view.target, view.path), ((), b"", b""))
+        self.assertIsNone(view.cookie(b"sid"))
 
 
 class TunnelTests(SynchronousTestCase):
@@ -529,7 +572,7 @@ class TCPProbeTests(SynchronousTestCase):
             reactor,
         )
         self.assertIsInstance(pool.monitor.probe, TCPProbe)
-        monitor = HealthMonitor(pool, reactor, HealthCheckConfig())
+        monitor = HealthMonitor(HealthLog("u", reactor), reactor, pool.servers, HealthCheckConfig())
         self.assertIsInstance(monitor.probe, HTTPProbe)
 
     def test_connectedIsHealthy(self):

@@ -1,0 +1,504 @@
+"""
+Selection's accounting: leases and attempts, their decision records, health
+as named states, the connect-with-timeout helper, and the order of the
+layers of these modules.
+"""
+
+from __future__ import annotations
+
+import ast
+import errno
+import os
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectBindError, ConnectionRefusedError
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from manualb.config import HealthCheckConfig, ServerAddress, ServerConfig, UpstreamConfig
+from manualb.handoff import (
+    UpstreamConnectFailed,
+    UpstreamLocalError,
+    UpstreamTimeout,
+    connectWithTimeout,
+)
+from manualb.health import DOWN, TRANSITIONS, UP, HealthLog, Phase, ServerHealth
+from manualb.records import Outcome, SkipReason, StopReason
+from manualb.selection import LeaseState, Server
+from manualb.service import _buildPool
+from manualb.testing import MemoryBalancer, balancerConfig
+from manualb.view import RequestView
+
+A = ServerAddress("10.0.0.1", 8001)
+B = ServerAddress("10.0.0.2", 8002)
+C = ServerAddress("10.0.0.3", 8003)
+VIEW = RequestView("192.0.2.1")
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "manualb")
+
+
+def pool(*servers: ServerConfig | ServerAddress, **options):
+    """
+    A pool over C{servers} (addresses, or server configurations) on a
+    memory clock, with C{options} set on the upstream.
+    """
+    reactor = MemoryReactorClock()
+    configs = [s if isinstance(s, ServerConfig) else ServerConfig(s) for s in servers or (A, B)]
+    return _buildPool(UpstreamConfig("u", configs, **options), reactor), reactor
+
+
+class LeaseTests(SynchronousTestCase):
+    def test_countsActiveUntilReleased(self):
+        """
+        A lease counts its server busy until it is released; it times the
+        attempt.
+        """
+        p, reactor = pool()
+        attempts = p.select(VIEW)
+        lease = attempts.next()
+        self.assertEqual((lease.server.active, lease.state), (1, LeaseState.HELD))
+        reactor.advance(1.5)
+        lease.succeeded()
+        self.assertEqual(lease.server.active, 1)
+        self.assertTrue(lease.release())
+        self.assertEqual((lease.server.active, lease.state), (0, LeaseState.RELEASED))
+        self.assertEqual(attempts.times(), [1.5])
+
+    def test_releasedOnce(self):
+        """
+        A second release does nothing and says so: the server is not
+        counted down twice.
+        """
+        p, _ = pool()
+        lease = p.select(VIEW).next()
+        other = p.select(VIEW).next()
+        self.assertTrue(lease.release())
+        self.assertFalse(lease.release())
+        self.assertEqual([s.active for s in p.servers], [0, 1])
+        other.release()
+
+    def test_releaseWithoutVerdictAbandons(self):
+        """
+        A lease released without a verdict was abandoned: a server on trial
+        may be tested again.
+        """
+        p, reactor = pool(A, B)
+        a = p.servers[0]
+        a.health.requestFailed("refused")
+        reactor.advance(10)
+        lease = p.select(VIEW).next()
+        self.assertIs(lease.server, a)
+        self.assertIs(a.health.phase, Phase.TRIAL)
+        self.assertFalse(a.available())
+        lease.release()
+        self.assertEqual(lease.outcome, Outcome.ABANDONED)
+        self.assertIs(a.health.phase, Phase.UNAVAILABLE)
+        self.assertTrue(a.available())
+
+    def test_verdictsReachHealth(self):
+        p, _ = pool(ServerConfig(A, max_fails=2), ServerConfig(B, max_fails=2))
+        lease = p.select(VIEW).next()
+        lease.failed("status 502")
+        lease.release()
+        self.assertEqual(lease.server.health._fails, 1)
+        self.assertIs(lease.server.health.phase, Phase.FAILING)
+        self.assertEqual((lease.outcome, lease.cause), (Outcome.FAILED, "status 502"))
+
+    def test_affinityHeaders(self):
+        """
+        A lease gives the headers that send the client back to its server
+        when the strategy pins clients; none otherwise.
+        """
+        sticky, _ = pool(balance="cookie")
+        lease = sticky.select(VIEW).next()
+        [(name, value)] = lease.affinityHeaders()
+        self.assertEqual(name, b"Set-Cookie")
+        self.assertTrue(value.startswith(b"manualb_server="))
+        plain, _ = pool()
+        self.assertEqual(plain.select(VIEW).next().affinityHeaders(), ())
+
+
+class AttemptsTests(SynchronousTestCase):
+    def test_excludesTried(self):
+        p, _ = pool(A, B, C)
+        attempts = p.select(VIEW)
+        seen = []
+        while True:
+            lease = attempts.next()
+            if lease is None:
+                break
+            seen.append(lease.server.name)
+            lease.failed("refused")
+            lease.release()
+        self.assertEqual(sorted(seen), [A.name, B.name, C.name])
+        self.assertEqual(attempts.stopped, StopReason.NO_SERVER)
+
+    def test_tries(self):
+        p, _ = pool(A, B, C, tries=2)
+        attempts = p.select(VIEW)
+        for _ in range(2):
+            lease = attempts.next()
+            lease.failed("refused")
+            lease.release()
+        self.assertFalse(attempts.mayRetry())
+        self.assertIsNone(attempts.next())
+        self.assertEqual(attempts.stopped, StopReason.TRIES)
+
+    def test_retryTimeout(self):
+        p, reactor = pool(A, B, C, retry_timeout=5.0)
+        attempts = p.select(VIEW)
+        attempts.next().release()
+        reactor.advance(4)
+        self.assertTrue(attempts.canRetry())
+        attempts.next().release()
+        reactor.advance(1)
+        self.assertFalse(attempts.canRetry())
+        self.assertIsNone(attempts.next())
+        self.assertEqual(attempts.stopped, StopReason.RETRY_TIMEOUT)
+
+    def test_maxConns(self):
+        """
+        A server with max_conns leases held is not offered; a released
+        lease makes room again.
+        """
+        p, _ = pool(ServerConfig(A, max_conns=1))
+        first = p.select(VIEW).next()
+        second = p.select(VIEW)
+        self.assertIsNone(second.next())
+        record = second.record()
+        self.assertEqual(
+            [(s.server, s.reason) for s in record.refused.skipped],
+            [(A.name, SkipReason.MAX_CONNS)],
+        )
+        first.release()
+        self.assertIsNotNone(p.select(VIEW).next())
+
+
+class RecordTests(SynchronousTestCase):
+    def test_selection(self):
+        """
+        A pick's record has the candidates with their weights and health,
+        the servers left out and why, the strategy and its key, and the
+        server chosen.
+        """
+        p, reactor = pool(
+            ServerConfig(A, weight=2),
+            ServerConfig(B, down=True),
+            ServerConfig(C, backup=True),
+            ServerConfig(ServerAddress("10.0.0.4", 8004)),
+            balance="hash",
+            balance_argument="$remote_addr",
+        )
+        p.servers[3].health.requestFailed("refused")
+        attempts = p.select(VIEW)
+        lease = attempts.next()
+        reactor.advance(0.25)
+        lease.succeeded()
+        lease.release()
+        [attempt] = attempts.record().attempts
+        selection = attempt.selection
+        self.assertEqual((selection.pool, selection.strategy, selection.key), ("u", "hash", "$remote_addr"))
+        self.assertEqual(
+            [(c.server, c.weight, c.effectiveWeight, c.health) for c in selection.candidates],
+            [(A.name, 2, 2.0, "up")],
+        )
+        self.assertEqual(
+            [(s.server, s.reason) for s in selection.skipped],
+            [
+                (B.name, SkipReason.DOWN),
+                ("10.0.0.4:8004", SkipReason.UNHEALTHY),
+                (C.name, SkipReason.BACKUP_NOT_NEEDED),
+            ],
+        )
+        self.assertEqual(selection.chosen, A.name)
+        self.assertEqual(
+            (attempt.server, attempt.outcome, attempt.duration), (A.name, Outcome.SUCCEEDED, 0.25)
+        )
+
+    def test_retryCause(self):
+        """
+        Each attempt records its outcome; a failed one its cause, and the
+        next attempt leaves the server tried out.
+        """
+        p, _ = pool(A, B)
+        attempts = p.select(VIEW)
+        first = attempts.next()
+        first.failed("connect to backend failed: connection refused")
+        first.release()
+        second = attempts.next()
+        second.succeeded()
+        second.release()
+        record = attempts.record()
+        self.assertEqual(
+            [(a.server, a.outcome, a.cause) for a in record.attempts],
+            [
+                (first.server.name, Outcome.FAILED, "connect to backend failed: connection refused"),
+                (second.server.name, Outcome.SUCCEEDED, None),
+            ],
+        )
+        self.assertIn(
+            (first.server.name, SkipReason.TRIED),
+            [(s.server, s.reason) for s in record.attempts[1].selection.skipped],
+        )
+        self.assertIsNone(record.stopped)
+
+    def test_frozen(self):
+        p, _ = pool()
+        attempts = p.select(VIEW)
+        attempts.next().release()
+        record = attempts.record()
+        self.assertRaises(attrs.exceptions.FrozenInstanceError, setattr, record, "pool", "x")
+
+
+class HealthPhaseTests(SynchronousTestCase):
+    """
+    The named states of a server's health and their transitions.
+    """
+
+    def setUp(self):
+        self.clock = MemoryReactorClock()
+        self.changes = []
+
+    def health(self, probes=None, **options) -> ServerHealth:
+        options.setdefault("max_fails", 2)
+        return ServerHealth(
+            ServerConfig(A, **options),
+            self.clock,
+            probes=probes,
+            onChange=lambda state, reason: self.changes.append(state),
+        )
+
+    def test_failingThenBack(self):
+        health = self.health()
+        health.requestFailed("x")
+        self.assertIs(health.phase, Phase.FAILING)
+        self.assertEqual(health.state, UP)
+        health.requestSucceeded()
+        self.assertIs(health.phase, Phase.UP)
+
+    def test_failingWindowPasses(self):
+        health = self.health()
+        health.requestFailed("x")
+        self.clock.advance(10)
+        self.assertIs(health.phase, Phase.UP)
+
+    def test_unavailableTrialUp(self):
+        health = self.health()
+        health.requestFailed("x")
+        health.requestFailed("x")
+        self.assertIs(health.phase, Phase.UNAVAILABLE)
+        self.assertFalse(health.available())
+        self.clock.advance(10)
+        self.assertTrue(health.available())
+        health.requestStarted()
+        self.assertIs(health.phase, Phase.TRIAL)
+        self.assertFalse(health.available())
+        health.requestAbandoned()
+        self.assertIs(health.phase, Phase.UNAVAILABLE)
+        health.requestStarted()
+        health.requestSucceeded()
+        self.assertIs(health.phase, Phase.UP)
+        self.assertEqual(self.changes, [DOWN, UP])
+
+    def test_slowStart(self):
+        health = self.health(slow_start=20.0)
+        health.requestFailed("x")
+        health.requestFailed("x")
+        self.clock.advance(10)
+        health.requestStarted()
+        health.requestSucceeded()
+        self.assertIs(health.phase, Phase.SLOW_START)
+        self.assertEqual(health.weightFactor(), 0.01)
+        self.clock.advance(20)
+        self.assertIs(health.phase, Phase.UP)
+        self.assertEqual(health.weightFactor(), 1.0)
+
+    def test_probeDown(self):
+        probes = HealthCheckConfig(rise=2, fall=1)
+        health = self.health(probes=probes)
+        health.requestFailed("x")
+        health.requestFailed("x")
+        self.assertIs(health.phase, Phase.PROBE_DOWN)
+        health.probePassed()
+        self.assertIs(health.phase, Phase.PROBE_DOWN)
+        health.probePassed()
+        self.assertIs(health.phase, Phase.UP)
+        health.probeFailed("status 500")
+        self.assertIs(health.phase, Phase.PROBE_DOWN)
+        self.assertEqual(self.changes, [DOWN, UP, DOWN])
+
+    def test_onlyDocumentedTransitions(self):
+        """
+        A transition outside the table is refused.
+        """
+        health = self.health()
+        self.assertNotIn((Phase.UP, Phase.TRIAL), TRANSITIONS)
+        self.assertRaises(RuntimeError, health._enter, Phase.TRIAL)
+        self.assertIs(health.phase, Phase.UP)
+
+    def test_healthLog(self):
+        log = HealthLog("u", self.clock)
+        health = ServerHealth(ServerConfig(A, max_fails=1), self.clock, onChange=log.recorder(A.name))
+        health.requestFailed("refused")
+        [event] = log.events
+        self.assertEqual((event.pool, event.server, event.state), ("u", A.name, DOWN))
+
+
+class ConnectWithTimeoutTests(SynchronousTestCase):
+    """
+    The one helper every connect to a server goes through.
+    """
+
+    class Endpoint:
+        def __init__(self):
+            self.attempts = []
+
+        def connect(self, factory):
+            d = Deferred()
+            self.attempts.append(d)
+            return d
+
+    def connect(self, timeout=5.0, what="connect to backend"):
+        self.reactor = MemoryReactorClock()
+        self.endpoint = self.Endpoint()
+        results = []
+        d = connectWithTimeout(self.reactor, self.endpoint, Factory(), timeout, what)
+        d.addBoth(results.append)
+        return d, results
+
+    def test_connected(self):
+        d, results = self.connect()
+        self.endpoint.attempts[0].callback("protocol")
+        self.assertEqual(results, ["protocol"])
+
+    def test_timeout(self):
+        d, results = self.connect()
+        self.reactor.advance(5)
+        self.assertIsInstance(results[0].value, UpstreamTimeout)
+        self.assertEqual(str(results[0].value), "connect to backend timed out after 5s")
+
+    def test_refused(self):
+        d, results = self.connect(what="connect")
+        self.endpoint.attempts[0].errback(ConnectionRefusedError())
+        self.assertIsInstance(results[0].value, UpstreamConnectFailed)
+        self.assertEqual(str(results[0].value), "connect failed: connection refused")
+
+    def test_localShortage(self):
+        d, results = self.connect()
+        self.endpoint.attempts[0].errback(ConnectBindError(errno.EMFILE, "Too many open files"))
+        self.assertIsInstance(results[0].value, UpstreamLocalError)
+        self.assertTrue(str(results[0].value).startswith("cannot connect to backend: "))
+
+    def test_cancelled(self):
+        d, results = self.connect()
+        d.cancel()
+        self.assertIsInstance(results[0].value, CancelledError)
+
+    def test_noTimeout(self):
+        d, results = self.connect(timeout=0)
+        self.reactor.advance(3600)
+        self.assertEqual(results, [])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
+class CookieRetryTests(SynchronousTestCase):
+    """
+    The cookie of a sticky pool names the server that answered, after a
+    retry too.
+    """
+
+    GET = b"GET /x HTTP/1.1\r\nHost: example.com\r\n%s\r\n"
+    OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    def setUp(self):
+        config = balancerConfig(["10.0.0.1:8001", "10.0.0.2:8002"])
+        upstream = attrs.evolve(config.upstreams["backends"], balance="cookie")
+        self.lb = MemoryBalancer(attrs.evolve(config, upstreams={"backends": upstream}))
+        self.a, self.b = self.lb.balancer.pools["backends"].servers
+
+    def cookies(self, response: bytes) -> list[bytes]:
+        head = response.split(b"\r\n\r\n", 1)[0]
+        return [
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"set-cookie:")
+        ]
+
+    def cookieFor(self, server: Server) -> bytes:
+        from manualb.balancers import serverID
+
+        return b"manualb_server=" + serverID(server) + b"; Path=/; HttpOnly"
+
+    def test_retryNamesTheServerThatAnswered(self):
+        """
+        A client pinned to A, whose A refuses, is served by B and told to
+        come back to B.
+        """
+        from manualb.balancers import serverID
+
+        client = self.lb.client()
+        client.send(self.GET % (b"Cookie: manualb_server=" + serverID(self.a) + b"\r\n",))
+        self.assertEqual(self.lb.pendingConnections(), [("10.0.0.1", 8001)])
+        self.lb.refuseConnection()
+        self.lb.acceptConnection().send(self.OK)
+        self.assertEqual(self.cookies(client.received()), [self.cookieFor(self.b)])
+        self.flushLoggedErrors()
+
+    def test_stickyClientGetsNoCookie(self):
+        from manualb.balancers import serverID
+
+        client = self.lb.client()
+        client.send(self.GET % (b"Cookie: manualb_server=" + serverID(self.b) + b"\r\n",))
+        self.assertEqual(self.lb.pendingConnections(), [("10.0.0.2", 8002)])
+        self.lb.acceptConnection().send(self.OK)
+        self.assertEqual(self.cookies(client.received()), [])
+
+    def test_backendCookiesKept(self):
+        """
+        The backend's own cookies go on beside the balancer's.
+        """
+        client = self.lb.client()
+        client.send(self.GET % (b"",))
+        server = self.a if self.lb.pendingConnections() == [("10.0.0.1", 8001)] else self.b
+        self.lb.acceptConnection().send(
+            b"HTTP/1.1 200 OK\r\nSet-Cookie: theme=dark\r\nContent-Length: 2\r\n\r\nok"
+        )
+        self.assertEqual(
+            self.cookies(client.received()), [self.cookieFor(server), b"theme=dark"]
+        )
+
+
+#: The layers of selection's modules: each may import only those before it
+#: (and the leaves).
+_LEAVES = {"interfaces", "view", "records", "config", "durations", "transports", "forwarding",
+           "proxyprotocol", "_version", "syntax"}
+_ORDER = ["tunnel", "handoff", "health", "selection", "balancers"]
+
+
+def _imports(name: str) -> set[str]:
+    with open(os.path.join(PACKAGE, name + ".py")) as source:
+        tree = ast.parse(source.read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("manualb"):
+            found.add(node.module.split(".")[1] if "." in node.module else node.module)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("manualb."):
+                    found.add(alias.name.split(".")[1])
+    return found
+
+
+class LayerTests(SynchronousTestCase):
+    def test_oneWay(self):
+        """
+        handoff, health, selection and balancers import only the modules of
+        lower layers, lazily or for types alike; records and the view are
+        leaves.
+        """
+        for index, name in enumerate(_ORDER):
+            allowed = _LEAVES | set(_ORDER[:index])
+            self.assertEqual(_imports(name) - allowed, set(), name)
+        self.assertEqual(_imports("records"), set())
+        self.assertNotIn("selection", _imports("health"))

@@ -32,6 +32,8 @@ from manualb.termination import (
     SNIContextFactory,
     contextFactoryFor,
     hstsHeader,
+    isSNI,
+    isTLS,
     sniEndpoint,
     tolerateUnknownALPN,
     _splitDescription,
@@ -73,7 +75,7 @@ def serverEndpoint(reactor, description: str) -> IStreamServerEndpoint:
     """
     description = withBacklog(description)
     endpoint = serverFromString(reactor, description)
-    if _isTLS(description):
+    if isTLS(description):
         tolerateUnknownALPN(getattr(endpoint, "_sslContextFactory", None))
     return endpoint
 
@@ -172,7 +174,7 @@ class LoadBalancer:
         a backlog of L{DEFAULT_BACKLOG} unless the line gives one (see
         L{withBacklog}).
         """
-        if _isSNI(description):
+        if isSNI(description):
             if self.tls is None and self.config.tls is not None:
                 self.tls = contextFactoryFor(self.config.tls, self.config.source)
             return sniEndpoint(self.reactor, withBacklog(description), self.tls)
@@ -184,7 +186,7 @@ class LoadBalancer:
         or, on a plain endpoint of a listener with C{redirect_https}, a
         redirect to the https URL.
         """
-        if listener.redirect_https is not None and not _isTLS(description):
+        if listener.redirect_https is not None and not isTLS(description):
             return Site(HTTPSRedirect(listener.redirect_https), reactor=self.reactor)
         return self.sites[listener.name]
 
@@ -233,14 +235,6 @@ class LoadBalancer:
         d.addCallback(closeBackends)
         d.addCallback(closeLog)
         return d
-
-
-def _isSNI(description: str) -> bool:
-    return description.split(":", 1)[0].strip().lower() == "sni"
-
-
-def _isTLS(description: str) -> bool:
-    return description.split(":", 1)[0].strip().lower() in ("sni", "ssl")
 
 
 def _buildPool(config: UpstreamConfig, reactor) -> Pool:

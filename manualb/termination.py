@@ -52,7 +52,7 @@ from zope.interface import implementer
 
 from manualb.config import CertificateConfig, ConfigError, TLSConfig
 from manualb.syntax import Section, hostName, readableFile
-from manualb.urlmap import normalizeHost
+from manualb.view import normalizeHost
 
 __all__ = [
     "DEFAULT_BACKLOG",
@@ -66,6 +66,7 @@ __all__ = [
     "sniEndpoint",
     "SNIArguments",
     "isSNI",
+    "isTLS",
     "parseSNIDescription",
     "endpointFromArguments",
     "tlsConfigFromFile",
@@ -154,22 +155,6 @@ def tolerateUnknownALPN(contextFactory) -> None:
         context.set_alpn_select_callback(_alpnSelector(alpnProtocols()))
 
 
-def _normalizeName(name: str | bytes | None) -> str | None:
-    """
-    A server name as it is compared: lower case, without a final dot; or
-    L{None} when there is none (or it is not ASCII, which SNI forbids).
-    """
-    if name is None:
-        return None
-    if isinstance(name, bytes):
-        try:
-            name = name.decode("ascii")
-        except UnicodeDecodeError:
-            return None
-    name = name.strip().rstrip(".").lower()
-    return name or None
-
-
 @implementer(IOpenSSLServerConnectionCreator)
 class SNIContextFactory:
     """
@@ -198,13 +183,13 @@ class SNIContextFactory:
             raise ValueError("at least one certificate is needed")
         self.names = [name for name, _ in contexts]
         self.defaultContext = contexts[0][1]
-        self._exact: dict[str, SSL.Context] = {}
-        self._wildcards: dict[str, SSL.Context] = {}
+        self._exact: dict[bytes, SSL.Context] = {}
+        self._wildcards: dict[bytes, SSL.Context] = {}
         for name, context in contexts:
-            normal = _normalizeName(name)
+            normal = normalizeHost(name)
             if normal is None:
                 raise ValueError(f"bad server name {name!r}")
-            if normal.startswith("*."):
+            if normal.startswith(b"*."):
                 self._wildcards.setdefault(normal[2:], context)
             else:
                 self._exact.setdefault(normal, context)
@@ -215,13 +200,13 @@ class SNIContextFactory:
         The context that serves C{serverName}: the exact name's, else the
         wildcard's that covers it, else the default.
         """
-        name = _normalizeName(serverName)
+        name = normalizeHost(serverName)
         if name is None:
             return self.defaultContext
         context = self._exact.get(name)
         if context is not None:
             return context
-        first, dot, parent = name.partition(".")
+        first, dot, parent = name.partition(b".")
         if first and dot and parent:
             context = self._wildcards.get(parent)
             if context is not None:
@@ -517,6 +502,14 @@ def isSNI(description: str) -> bool:
     sensitive, as Twisted matches endpoint plugins).
     """
     return description.split(":", 1)[0].strip().lower() == "sni"
+
+
+def isTLS(description: str) -> bool:
+    """
+    Whether C{description} is an endpoint string whose connections come over
+    TLS: C{sni:} or Twisted's C{ssl:}.
+    """
+    return description.split(":", 1)[0].strip().lower() in ("sni", "ssl")
 
 
 def _splitFields(description: str, strict: bool = True) -> list[list[str]]:

@@ -33,7 +33,8 @@ from zope.interface import directlyProvides, implementer
 from manualb.accesslog import AccessLog
 from manualb.config import Config
 from manualb.configfile import parseConfig
-from manualb.service import LoadBalancer, _isTLS
+from manualb.service import LoadBalancer
+from manualb.termination import isTLS
 
 
 class NamedBackend(Resource):
@@ -490,7 +491,7 @@ class MemoryBalancer:
             listener = config.listeners[0].name
         [chosen] = [each for each in config.listeners if each.name == listener]
         for description in chosen.listen:
-            if _isTLS(description) == tls:
+            if isTLS(description) == tls:
                 return self.balancer.factoryFor(chosen, description)
         return self.balancer.sites[chosen.name]
 

@@ -6,8 +6,7 @@ and the listening services (stage 1, the entry).
 
 from __future__ import annotations
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
@@ -19,7 +18,6 @@ from manualb.channel import ConnectionLimit
 from manualb.config import Config, ListenerConfig, UpstreamConfig
 from manualb.handoff import ConnectionPool
 from manualb.health import HealthMonitor
-from manualb.proxy import ProxyResource, ProxySite
 from manualb.selection import Pool
 from manualb.streams import StreamProxyFactory
 from manualb.termination import (
@@ -33,6 +31,7 @@ from manualb.termination import (
     _splitDescription,
 )
 from manualb.urlmap import URLMap
+from manualb.web import ProxyResource, ProxySite, listening, sslContextFactory
 
 # For each endpoint type that takes a backlog, how many positional arguments
 # come before it: a string with more gives its backlog positionally
@@ -70,7 +69,7 @@ def serverEndpoint(reactor, description: str) -> IStreamServerEndpoint:
     description = withBacklog(description)
     endpoint = serverFromString(reactor, description)
     if _isTLS(description):
-        tolerateUnknownALPN(getattr(endpoint, "_sslContextFactory", None))
+        tolerateUnknownALPN(sslContextFactory(endpoint))
     return endpoint
 
 
@@ -210,14 +209,6 @@ class _Lifecycle(Service):
         self.balancer.close()
 
 
-def _listening(endpoint: IStreamServerEndpoint, factory: Factory, name: str) -> IService:
-    service = StreamServerEndpointService(endpoint, factory)
-    # As strports.service does: a port that cannot be bound stops start-up.
-    service._raiseSynchronously = True
-    service.setName(name)
-    return service
-
-
 def makeService(config: Config, reactor: IReactorCore) -> MultiService:
     """
     A service that runs the load balancer of C{config}: a listening service
@@ -234,11 +225,11 @@ def makeService(config: Config, reactor: IReactorCore) -> MultiService:
         for description in listener.listen:
             factory = balancer.factoryFor(listener, description)
             endpoint = balancer.endpoint(description)
-            _listening(endpoint, factory, description).setServiceParent(parent)
+            listening(endpoint, factory, description).setServiceParent(parent)
     for stream in config.streams:
         for description in stream.listen:
             endpoint = serverEndpoint(reactor, description)
             factory = balancer.streams[stream.name]
-            _listening(endpoint, factory, description).setServiceParent(parent)
+            listening(endpoint, factory, description).setServiceParent(parent)
     return parent
 

@@ -50,7 +50,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from manualb.config import CertificateConfig, ConfigError, TLSConfig
-from manualb.urlmap import normalizeHost
+from manualb.view import normalizeHost
 
 __all__ = [
     "DEFAULT_BACKLOG",

@@ -1,0 +1,961 @@
+"""
+Stage 7, processing: one client request on its way through the stages, to a
+backend the pool chooses and back, whatever front end received it.
+
+The front end hands the exchange an L{IDownstream} (the client's side: the
+request as a L{RequestView}, its body, and the means to answer) and the
+exchange speaks to the client only through it.  The request first passes
+the stage chain (L{IStage}, L{defaultStages}); a stage may answer it, else
+it goes to a server of the route's pool, and another one when that fails
+and the request can safely go again.  The backend's response streams back
+with back-pressure both ways.
+
+A request of an HTTP/1.1 client that asks for a protocol upgrade (WebSocket:
+C{Upgrade: websocket}, C{Connection: upgrade}) and has no body goes to the
+backend with its C{Upgrade}; when the backend answers C{101 Switching
+Protocols}, the front end gives up the client's connection
+(L{IDownstream.takeOver}) and it is joined to the backend's as a byte
+L{Tunnel}, until either side closes or the upstream's C{tunnel_timeout}
+passes without a byte either way.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import IO, Callable, Sequence
+
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES
+from zope.interface import implementer
+
+from manualb.accesslog import AccessLog
+from manualb.forwarding import requestHead, responseHeaders
+from manualb.handoff import (
+    IResponseReceiver,
+    UpstreamClosed,
+    UpstreamConnection,
+    UpstreamError,
+    UpstreamLocalError,
+)
+from manualb.interfaces import IDownstream, IRequestBody, IStage
+from manualb.rules import ALLOWED_METHODS, SERVER_NAME, errorBody
+from manualb.selection import Pool, Server
+from manualb.streams import Tunnel
+from manualb.urlmap import URLMap, encodePath, normalizePath
+from manualb.view import Answer, Passage, RequestView, normalizeHost
+
+log = Logger()
+
+_IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"])
+# As nginx: CONNECT would make the proxy a tunnel, TRACE echoes headers the
+# proxy added (cross-site tracing).
+_REFUSED_METHODS = frozenset([b"CONNECT", b"TRACE"])
+_GATEWAY_ERRORS = {
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+_HSTS = b"Strict-Transport-Security"
+_SERVER = (b"Server", SERVER_NAME)
+_HTML = (b"Content-Type", b"text/html; charset=utf-8")
+_BUFFER_LIMIT = 64 * 1024
+_READ_SIZE = 64 * 1024
+
+
+def requestView(
+    clientAddress: str,
+    secure: bool,
+    method: bytes,
+    target: bytes,
+    headers: Sequence[tuple[bytes, bytes]],
+) -> RequestView:
+    """
+    The L{RequestView} of an HTTP request, as every front end builds it: the
+    path of C{target} normalised (L{normalizePath}; empty when it is not
+    valid), the host of an absolute-form target, else of the first C{Host}
+    header, normalised (L{normalizeHost}).
+
+    @param clientAddress: As L{manualb.view.clientHost} gives it.
+    @param headers: The request's header lines, in order.
+    """
+    if target[:1] == b"/":
+        path = normalizePath(target.partition(b"?")[0]) or b""
+        host = None
+        lowered = b"host"
+        for name, value in headers:
+            if name.lower() == lowered:
+                host = value
+                break
+    else:
+        path = normalizePath(target.partition(b"?")[0]) or b""
+        host = None
+        scheme, separator, rest = target.partition(b"://")
+        if separator:
+            end = len(rest)
+            for delimiter in (b"/", b"?"):
+                found = rest.find(delimiter)
+                if found != -1:
+                    end = min(end, found)
+            host = rest[:end].rpartition(b"@")[2] or None
+        if host is None:
+            for name, value in headers:
+                if name.lower() == b"host":
+                    host = value
+                    break
+    return RequestView(
+        clientAddress,
+        secure,
+        method,
+        target,
+        path,
+        None if host is None else normalizeHost(host),
+        headers,
+    )
+
+
+# The stages of the standard chain, before the URL map.
+
+
+@implementer(IStage)
+class StrictTransport:
+    """
+    Gives every response over TLS the listener's C{Strict-Transport-Security}
+    header, in place of any the backend sends; none over plain HTTP, where
+    it must be ignored (RFC 6797, section 8.1).
+    """
+
+    def handle(self, passage: Passage) -> Answer | None:
+        hsts = passage.hsts
+        if hsts is not None and passage.view.secure:
+            passage.headers.append((_HSTS, hsts))
+        return None
+
+
+@implementer(IStage)
+class Refusal:
+    """
+    Answers a request that the front end read but refuses (a bad header, a
+    body declared too large): it is answered and logged as any other.
+    """
+
+    def handle(self, passage: Passage) -> Answer | None:
+        refusal = passage.refusal
+        if refusal is not None:
+            return Answer(*refusal)
+        return None
+
+
+_OPTIONS = Answer(200, b"OK", b"", ((b"Allow", ALLOWED_METHODS),))
+_NOT_ALLOWED = Answer(
+    405,
+    b"Method Not Allowed",
+    b"A proxy does not pass this method on.",
+    ((b"Allow", ALLOWED_METHODS),),
+)
+_BAD_PATH = Answer(400, b"Bad Request", b"The request path is not valid.")
+
+
+@implementer(IStage)
+class ServerOptions:
+    """
+    Answers C{OPTIONS *}, which asks about the server itself (RFC 9110,
+    section 9.3.7), with the methods it passes on.
+    """
+
+    def handle(self, passage: Passage) -> Answer | None:
+        if passage.view.target == b"*":
+            return _OPTIONS
+        return None
+
+
+@implementer(IStage)
+class RefusedMethods:
+    """
+    Refuses, with a 405, the methods a proxy does not pass on: C{CONNECT}
+    would make it a tunnel, C{TRACE} echoes the headers it added.
+    """
+
+    def handle(self, passage: Passage) -> Answer | None:
+        if passage.view.method in _REFUSED_METHODS:
+            return _NOT_ALLOWED
+        return None
+
+
+@implementer(IStage)
+class ValidPath:
+    """
+    Refuses, with a 400, a target without a valid path (one that climbs
+    above the root, or is not a path).
+    """
+
+    def handle(self, passage: Passage) -> Answer | None:
+        if not passage.view.path:
+            return _BAD_PATH
+        return None
+
+
+def defaultStages(urlMap: URLMap) -> list[IStage]:
+    """
+    The standard chain: the HSTS header, the front end's refusals,
+    C{OPTIONS *}, refused methods, invalid paths, then the URL map, which
+    chooses the route (or answers 404).  A stage that refuses clients (the
+    gatekeeper) goes just before the URL map.
+    """
+    return [
+        StrictTransport(),
+        Refusal(),
+        ServerOptions(),
+        RefusedMethods(),
+        ValidPath(),
+        urlMap,
+    ]
+
+
+# Request bodies.
+
+
+@implementer(IPushProducer, IRequestBody)
+class StreamingBody:
+    """
+    A request body that streams in from the client while it is proxied.
+
+    Data is passed straight to the backend connection once there is one;
+    until then, up to L{_BUFFER_LIMIT} bytes wait here and the client is
+    paused.  When asked to (L{keepForRetry}), the body is also kept, up to a
+    limit, so that it can be sent again to another server.
+
+    @param length: The declared length, or L{None} for a chunked body.
+    @param reader: Returns what reads the body from the client, to pause
+        and resume (it may change, or go, while the body arrives).
+    @param limit: The most bytes the body may have (C{client_max_body_size});
+        0 for no limit.
+    """
+
+    def __init__(
+        self, length: int | None, reader: Callable[[], IPushProducer], limit: int = 0
+    ):
+        self.length = length
+        self._transport = reader
+        self._limit = limit
+        self._received = 0
+        self._tooLarge: Callable[[], None] | None = None
+        self._pending: list[bytes] = []
+        self._pendingSize = 0
+        self._kept: list[bytes] | None = None
+        self._keptSize = 0
+        self._keepLimit = 0
+        self._delivered = False
+        self._target: UpstreamConnection | None = None
+        self.complete = False
+        self._paused = False
+        self._discarding = False
+
+    def keepForRetry(self, limit: int) -> None:
+        self._kept = []
+        self._keepLimit = limit
+
+    @property
+    def replayable(self) -> bool:
+        return not self._delivered or self._kept is not None
+
+    def whenTooLarge(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback} if the body grows beyond C{limit} (only a chunked
+        body can: a declared length beyond it is refused before any of the
+        body is read); the rest of the body is dropped.
+        """
+        self._tooLarge = callback
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        A piece of the body arrived.
+        """
+        if self._discarding:
+            return
+        self._received += len(data)
+        if self._limit and self._received > self._limit:
+            self.discard()
+            if self._tooLarge is not None:
+                self._tooLarge()
+            return
+        if self._kept is not None:
+            self._keptSize += len(data)
+            if self._keptSize > self._keepLimit:
+                self._kept = None
+            else:
+                self._kept.append(data)
+        if self._target is not None and not self._paused:
+            self._delivered = True
+            self._target.writeBody(data)
+            return
+        self._pending.append(data)
+        self._pendingSize += len(data)
+        if self._pendingSize >= _BUFFER_LIMIT or self._paused:
+            # Also re-pauses a transport that the channel resumed on its own.
+            self._transport().pauseProducing()
+
+    def allReceived(self) -> None:
+        """
+        The whole body arrived.
+        """
+        self.complete = True
+        if self._target is not None and not self._pending:
+            self._target.finishBody()
+
+    def deliverTo(self, connection: UpstreamConnection) -> None:
+        if self._delivered:
+            self._pending = list(self._kept)
+            self._pendingSize = self._keptSize
+        self._target = connection
+        self._paused = False
+        connection.attachBody(self)
+        self._flush()
+
+    def detach(self) -> None:
+        self._target = None
+
+    def _flush(self) -> None:
+        target = self._target
+        while self._pending and not self._paused and target is self._target:
+            data = self._pending.pop(0)
+            self._pendingSize -= len(data)
+            self._delivered = True
+            target.writeBody(data)
+        if not self._pending and target is self._target:
+            if self.complete:
+                target.finishBody()
+            else:
+                self._transport().resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self._transport().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._target is not None:
+            self._flush()
+
+    def stopProducing(self) -> None:
+        self.discard()
+
+    def discard(self) -> None:
+        self._target = None
+        self._kept = None
+        if self.complete or self._discarding:
+            return
+        self._discarding = True
+        self._pending = []
+        self._paused = False
+        self._transport().resumeProducing()
+
+
+@implementer(IPushProducer, IRequestBody)
+class FileBody:
+    """
+    A request body that was read whole into a file first; it can always be
+    sent again.
+    """
+
+    replayable = True
+
+    def __init__(self, content: IO[bytes]):
+        content.seek(0, 2)
+        self.length = content.tell()
+        content.seek(0, 0)
+        self._content = content
+        self._target: UpstreamConnection | None = None
+        self._paused = False
+
+    def keepForRetry(self, limit: int) -> None:
+        pass
+
+    def whenTooLarge(self, callback: Callable[[], None]) -> None:
+        pass
+
+    def deliverTo(self, connection: UpstreamConnection) -> None:
+        self._content.seek(0, 0)
+        self._target = connection
+        connection.attachBody(self)
+        self.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        while not self._paused and self._target is not None:
+            data = self._content.read(_READ_SIZE)
+            if not data:
+                target, self._target = self._target, None
+                target.finishBody()
+                return
+            self._target.writeBody(data)
+
+    def stopProducing(self) -> None:
+        self.discard()
+
+    def detach(self) -> None:
+        self._target = None
+
+    def discard(self) -> None:
+        self._target = None
+
+
+class State(enum.Enum):
+    """
+    The life of an L{Exchange}.  It starts in C{ROUTING} and ends in
+    C{DONE} or C{TUNNEL}; the transitions are::
+
+        ROUTING --(a stage answers)--------------------------------> DONE
+        ROUTING --(routed; server picked)--------------------------> CONNECTING
+        ROUTING --(routed; no server)------------------------------> DONE (503)
+        CONNECTING --(connected; request sent)---------------------> AWAITING
+        CONNECTING, AWAITING --(failed; may go again)--------------> CONNECTING
+        CONNECTING, AWAITING --(failed; may not)-------------------> DONE (5xx)
+        AWAITING --(response head)---------------------------------> STREAMING
+        AWAITING --(101 Switching Protocols)-----------------------> TUNNEL
+        STREAMING --(response complete)----------------------------> DONE
+        STREAMING --(backend failed: response broken off)----------> DONE
+        any but DONE, TUNNEL --(client gone: 499)------------------> DONE
+        any but DONE, TUNNEL --(body too large: 413)---------------> DONE
+
+    In C{TUNNEL} the exchange is over as HTTP: what either side sends goes
+    through the tunnel, and the request is logged when it closes.
+    """
+
+    ROUTING = "routing"
+    CONNECTING = "connecting"
+    AWAITING = "awaiting response"
+    STREAMING = "streaming response"
+    TUNNEL = "tunnel"
+    DONE = "done"
+
+
+_FINAL = frozenset([State.DONE, State.TUNNEL])
+_STARTED = frozenset([State.STREAMING, State.TUNNEL])
+
+
+@implementer(IResponseReceiver)
+class Exchange:
+    """
+    One client request on its way to a backend and back, trying another
+    server when one fails and the request can safely go again.
+
+    @ivar state: Where the exchange is in its life (L{State}).
+    @ivar passage: The request and the stages' decisions (the route, the
+        pool's choices).
+    @ivar pool: The route's pool, once routed.
+    @ivar server: The server of the current (or last) try.
+    @ivar connection: The backend connection of the current try, once
+        connected.
+    @ivar tried: The servers tried, in order.
+    @ivar times: How long each finished try took, in seconds.
+    @ivar code: The status of the response started, once it is.
+    @ivar tunnel: The byte tunnel, after a C{101}.
+    """
+
+    def __init__(
+        self,
+        downstream: IDownstream,
+        stages: Sequence[IStage],
+        reactor: IReactorTime,
+        accessLog: AccessLog | None = None,
+    ):
+        self.downstream = downstream
+        self.stages = stages
+        self.reactor = reactor
+        self.accessLog = accessLog
+        self.view = view = downstream.view
+        self.passage = Passage(view, downstream.refusal, downstream.hsts)
+        self.state = State.ROUTING
+        self.pool: Pool | None = None
+        self.target = b""
+        self.body: IRequestBody | None = None
+        self.idempotent = view.method in _IDEMPOTENT
+        self.upgrade = False
+        self.head = b""
+        self.server: Server | None = None
+        self.connection: UpstreamConnection | None = None
+        self.tried: list[Server] = []
+        self.times: list[float] = []
+        self.code = 0
+        self.tunnel: Tunnel | None = None
+        self.firstTry = 0.0
+        self._connecting = None
+        self._attemptStart = 0.0
+        # Whether the current try counts against its server (active, health).
+        self._holding = False
+        # Whether the current try's connection was a kept-alive one.
+        self._reused = False
+        self._lastError: UpstreamError | None = None
+
+    def start(self) -> None:
+        """
+        Pass the request through the stages, and on to a backend unless one
+        of them answers it.
+        """
+        downstream = self.downstream
+        downstream.whenGone(self._clientGone)
+        passage = self.passage
+        for stage in self.stages:
+            answer = stage.handle(passage)
+            if answer is not None:
+                self._answer(answer.code, answer.reason, answer.detail, answer.headers)
+                return
+        decision = passage.route
+        if decision is None:
+            self._answer(404, b"Not Found", b"No route matches this path.")
+            return
+        self.pool = pool = decision.route.pool
+        view = self.view
+        self.target = _target(view.target, view.path, decision.path)
+        self.body = body = downstream.body
+        body.whenTooLarge(self._bodyTooLarge)
+        self.upgrade = body.length == 0 and downstream.mayUpgrade()
+        if self.idempotent:
+            body.keepForRetry(pool.config.retry_body_limit)
+        self.firstTry = self.reactor.seconds()
+        self._attempt()
+
+    def _attempt(self) -> None:
+        """
+        Send the request to the next server the pool picks.
+        """
+        downstream = self.downstream
+        view = self.view
+        # The balancers take the front end's own request, where there is one,
+        # until they take the view.
+        server = self.pool.pick(getattr(downstream, "request", view), exclude=self.tried)
+        if server is None:
+            self._noServer()
+            return
+        self.state = State.CONNECTING
+        self.server = server
+        self.tried.append(server)
+        server.active += 1
+        server.health.requestStarted()
+        self._holding = True
+        self.head = requestHead(
+            view.method,
+            self.target,
+            [(name, (value,)) for name, value in view.headers],
+            (view.clientAddress or "-").encode("ascii"),
+            downstream.version,
+            view.secure,
+            self.body.length,
+            server.name.encode("ascii"),
+            upgrade=self.upgrade,
+        )
+        self._connect(server.connections.acquire())
+
+    def _noServer(self) -> None:
+        if self._lastError is not None:
+            self._answerError(self._lastError)
+            return
+        log.warn(
+            "upstream {pool}: no server available for {method} {uri}",
+            pool=self.pool.name,
+            method=self.view.method.decode("ascii", "replace"),
+            uri=self.view.target.decode("ascii", "replace"),
+        )
+        self._answer(
+            503, b"Service Unavailable", b"No server of this service is available now."
+        )
+
+    def _connect(self, connecting) -> None:
+        self._attemptStart = self.reactor.seconds()
+        self.connection = None
+        self._connecting = connecting
+        connecting.addCallbacks(self._connected, self._connectFailed)
+
+    def _connected(self, connection: UpstreamConnection) -> None:
+        self._connecting = None
+        if self.state is State.DONE:
+            self.server.connections.release(connection)
+            return
+        self.state = State.AWAITING
+        self.connection = connection
+        self._reused = connection.reused
+        connection.sendRequest(
+            self.head,
+            self.view.method,
+            self,
+            chunked=self.body.length is None,
+            upgrade=self.upgrade,
+        )
+        if self.body.length == 0:
+            connection.finishBody()
+        else:
+            self.body.deliverTo(connection)
+
+    def _connectFailed(self, reason: Failure) -> None:
+        self._connecting = None
+        if self.state is State.DONE:
+            return
+        if reason.check(UpstreamError):
+            self.responseFailed(reason.value)
+        else:
+            self.responseFailed(UpstreamError(reason.getErrorMessage()))
+
+    def _mayRetry(self) -> bool:
+        """
+        Whether the request may go to another server: not once any of the
+        response has gone to the client; a request that reached a server
+        only when it is idempotent and its body can be sent again; and
+        within C{tries} and C{retry_timeout}.
+        """
+        if self.state is State.DONE or self.state in _STARTED:
+            return False
+        reached = self.connection is not None
+        if reached and not (self.idempotent and self.body.replayable):
+            return False
+        config = self.pool.config
+        if config.tries and len(self.tried) >= config.tries:
+            return False
+        elapsed = self.reactor.seconds() - self.firstTry
+        return not (config.retry_timeout and elapsed >= config.retry_timeout)
+
+    # IResponseReceiver
+
+    def responseStarted(
+        self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        server = self.server
+        if code == 101:
+            # Only ever for an upgrade request: the connection parser
+            # refuses a 101 to any other.
+            server.health.requestSucceeded()
+            self._switch(reason, headers)
+            return
+        if code in self.pool.config.passive_fail_on:
+            failure = UpstreamError("status %d" % (code,))
+            failure.status = code
+            server.health.requestFailed(str(failure))
+            if self._mayRetry() and self.pool.canPick(exclude=self.tried):
+                self._logFailure(failure, retrying=True)
+                self._lastError = failure
+                self.connection.abort()
+                self.body.detach()
+                self._endAttempt()
+                self._attempt()
+                return
+        else:
+            server.health.requestSucceeded()
+        self.state = State.STREAMING
+        self.code = code
+        own = self.passage.headers
+        outgoing = own + [_SERVER]
+        if own:
+            names = {name.lower() for name, value in own}
+            outgoing += [
+                (name, value)
+                for name, value in responseHeaders(headers)
+                if name.lower() not in names
+            ]
+        else:
+            outgoing += responseHeaders(headers)
+        downstream = self.downstream
+        downstream.startResponse(code, reason, outgoing)
+        downstream.registerProducer(self.connection)
+
+    def responseData(self, data: bytes) -> None:
+        state = self.state
+        if state is State.STREAMING:
+            self.downstream.write(data)
+        elif state is State.TUNNEL and self.tunnel is not None:
+            self.tunnel.fromServer(data)
+
+    def responseDone(self) -> None:
+        state = self.state
+        if state is State.TUNNEL:
+            if self.tunnel is not None:
+                self.tunnel.serverLost()
+            return
+        if state is State.DONE:
+            return
+        self._endAttempt()
+        self.downstream.unregisterProducer()
+        self.body.discard()
+        self.state = State.DONE
+        self.downstream.finish()
+        self._log(self.code)
+
+    def responseFailed(self, reason: UpstreamError) -> None:
+        state = self.state
+        if state is State.TUNNEL:
+            if self.tunnel is not None:
+                log.info(
+                    "upstream {server} ({pool}): tunnel for {uri} broke: {reason}",
+                    server=self.server.name,
+                    pool=self.pool.name,
+                    uri=self.view.target.decode("ascii", "replace"),
+                    reason=str(reason),
+                )
+                self.tunnel.serverLost()
+            return
+        if (
+            isinstance(reason, UpstreamClosed)
+            and reason.beforeResponse
+            and self._reused
+            and self.body.length == 0
+            and self.idempotent
+            and state is not State.DONE
+        ):
+            # The server closed a kept-alive connection as it was reused:
+            # not a failure of the server; try a fresh connection to it.
+            self._reused = False
+            self.state = State.CONNECTING
+            self._connect(self.server.connections.connect())
+            return
+        self._endAttempt()
+        if isinstance(reason, UpstreamLocalError):
+            self._localFailure(reason)
+            return
+        self.server.health.requestFailed(str(reason))
+        if self._mayRetry():
+            self._logFailure(reason, retrying=True)
+            self._lastError = reason
+            self.body.detach()
+            self._attempt()
+            return
+        self._logFailure(reason, retrying=False)
+        self.body.discard()
+        if state is State.DONE:
+            return
+        if state is State.STREAMING:
+            self.downstream.unregisterProducer()
+            self.state = State.DONE
+            self._log(self.code)
+            self.downstream.breakOff()
+        else:
+            self._answerError(reason)
+
+    # Switching protocols.
+
+    def _switch(self, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """
+        The backend switched protocols: send its 101 on to the client, take
+        the client's connection over from the front end and join the two
+        connections.  The server stays counted as busy (C{active}) until the
+        tunnel closes, when the access log line is written.
+        """
+        self.state = State.TUNNEL
+        self.code = 101
+        backend = self.connection.transport
+        lines = [
+            b"HTTP/1.1 101 ",
+            reason or b"Switching Protocols",
+            b"\r\nServer: ",
+            SERVER_NAME,
+            b"\r\n",
+        ]
+        for name, value in responseHeaders(headers, upgrade=True):
+            lines += [name, b": ", value, b"\r\n"]
+        lines.append(b"\r\n")
+        tunnel = Tunnel(self.reactor, self.pool.config.tunnel_timeout, self._tunnelClosed)
+        try:
+            client, early = self.downstream.takeOver(_TunnelClient(tunnel))
+        except Exception:
+            log.failure(
+                "upstream {server} ({pool}): cannot take over the client's "
+                "connection for the upgraded {uri}",
+                server=self.server.name,
+                pool=self.pool.name,
+                uri=self.view.target.decode("ascii", "replace"),
+            )
+            self._endAttempt()
+            self._log(502)
+            backend.abortConnection()
+            self.downstream.abort()
+            return
+        self.tunnel = tunnel
+        client.write(b"".join(lines))
+        tunnel.join(client, backend)
+        # The front end may have paused reading while the request was handled.
+        client.resumeProducing()
+        if early:
+            tunnel.fromClient(early)
+
+    def _tunnelClosed(self, tunnel: Tunnel) -> None:
+        self._endAttempt()
+        self._log(101, sent=tunnel.toClient)
+
+    # Ending.
+
+    def _endAttempt(self) -> None:
+        """
+        The current attempt no longer occupies its server.
+        """
+        if self._holding:
+            self.times.append(self.reactor.seconds() - self._attemptStart)
+            self._holding = False
+            self.server.active -= 1
+
+    def _localFailure(self, reason: UpstreamLocalError) -> None:
+        """
+        The proxy could not connect for want of its own resources: the
+        server is not to blame and the next one would fail the same way, so
+        the client gets a 503 at once.
+        """
+        self.server.health.requestAbandoned()
+        log.error(
+            "upstream {server} ({pool}): {reason} while proxying {method} {uri}; "
+            "answering 503 (the server is not marked as failed)",
+            server=self.server.name,
+            pool=self.pool.name,
+            reason=str(reason),
+            method=self.view.method.decode("ascii", "replace"),
+            uri=self.view.target.decode("ascii", "replace"),
+        )
+        self.body.discard()
+        self._answerError(reason)
+
+    def _logFailure(self, reason: UpstreamError, retrying: bool) -> None:
+        log.warn(
+            "upstream {server} ({pool}) failed: {reason} while proxying "
+            "{method} {uri}{next}",
+            server=self.server.name,
+            pool=self.pool.name,
+            reason=str(reason),
+            method=self.view.method.decode("ascii", "replace"),
+            uri=self.view.target.decode("ascii", "replace"),
+            next="; trying another server" if retrying else "",
+        )
+
+    def _abandonAttempt(self) -> None:
+        """
+        Give up the current attempt for a reason of the client's, not the
+        server's: its connection, or the connecting, goes.
+        """
+        if self._holding:
+            self.server.health.requestAbandoned()
+            self._endAttempt()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self.connection is not None:
+            self.connection.abort()
+
+    def _clientGone(self, reason: Failure) -> None:
+        if self.state in _FINAL:
+            return
+        self.state = State.DONE
+        self._abandonAttempt()
+        self._log(499)
+
+    def _bodyTooLarge(self) -> None:
+        state = self.state
+        if state in _FINAL:
+            return
+        log.info(
+            "request body of {method} {uri} is larger than client_max_body_size",
+            method=self.view.method.decode("ascii", "replace"),
+            uri=self.view.target.decode("ascii", "replace"),
+        )
+        # Done first: abandoning the attempt may fail it, which must not
+        # answer in its turn.
+        self.state = State.DONE
+        self._abandonAttempt()
+        downstream = self.downstream
+        downstream.closeAfterResponse()
+        if state is State.STREAMING:
+            downstream.unregisterProducer()
+            self._log(413)
+            downstream.breakOff()
+        else:
+            self._send(
+                413,
+                b"Content Too Large",
+                b"The request body is larger than this server accepts.",
+            )
+
+    def _answerError(self, reason: UpstreamError) -> None:
+        title = _GATEWAY_ERRORS.get(reason.status) or RESPONSES.get(reason.status, b"Error")
+        self._answer(reason.status, title, str(reason).encode("utf-8"))
+
+    def _answer(
+        self,
+        code: int,
+        title: bytes,
+        detail: bytes,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """
+        Answer the request without a backend: a short HTML page about
+        C{detail}, or no body when it is empty.
+        """
+        self.state = State.DONE
+        self._send(code, title, detail, headers)
+
+    def _send(
+        self,
+        code: int,
+        title: bytes,
+        detail: bytes,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        body = errorBody(code, title, detail) if detail else b""
+        outgoing = self.passage.headers + list(headers)
+        outgoing.append(_SERVER)
+        if body:
+            outgoing.append(_HTML)
+        outgoing.append((b"Content-Length", b"%d" % (len(body),)))
+        self.code = code
+        downstream = self.downstream
+        downstream.startResponse(code, title, outgoing)
+        downstream.write(body)
+        downstream.finish()
+        self._log(code)
+
+    def _log(self, status: int, sent: int | None = None) -> None:
+        if self.accessLog is not None:
+            self.downstream.logTo(
+                self.accessLog,
+                status,
+                [server.name for server in self.tried],
+                self.times,
+                sent,
+            )
+
+
+def _target(uri: bytes, path: bytes, newPath: bytes) -> bytes:
+    """
+    The request target sent to the backend, always in origin form
+    (C{/path?query}): the client's own path and query, as the client
+    encoded them, when the route keeps the path; else the path the route
+    made of the normalised one, percent-encoded again (L{encodePath}), with
+    the client's query.  No byte that the normalisation decoded goes on raw.
+    """
+    if newPath != path:
+        _, separator, query = uri.partition(b"?")
+        return encodePath(newPath) + separator + query
+    if uri[:1] == b"/":
+        return uri
+    # Absolute form: what follows the authority.
+    rest = uri.partition(b"://")[2]
+    start = len(rest)
+    for delimiter in (b"/", b"?"):
+        found = rest.find(delimiter)
+        if found != -1:
+            start = min(start, found)
+    origin = rest[start:]
+    return origin if origin[:1] == b"/" else b"/" + origin
+
+
+class _TunnelClient(Protocol):
+    """
+    The client's side of an upgraded connection, once taken over from the
+    front end.
+    """
+
+    def __init__(self, tunnel: Tunnel):
+        self.tunnel = tunnel
+
+    def dataReceived(self, data: bytes) -> None:
+        self.tunnel.fromClient(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.tunnel.clientLost(reason)

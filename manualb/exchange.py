@@ -5,7 +5,7 @@ backend the pool chooses and back, whatever front end received it.
 The front end hands the exchange an L{IDownstream} (the client's side: the
 request as a L{RequestView}, its body, and the means to answer) and the
 exchange speaks to the client only through it.  The request first passes
-the stage chain (L{IStage}, L{defaultStages}); a stage may answer it, else
+the stage chain (L{IStage}, L{manualb.stages.defaultStages}); a stage may answer it, else
 it goes to a server of the route's pool, and another one when that fails
 and the request can safely go again.  The backend's response streams back
 with back-pressure both ways.
@@ -22,9 +22,9 @@ passes without a byte either way.
 from __future__ import annotations
 
 import enum
-from typing import IO, Callable, Sequence
+from typing import Sequence
 
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -41,368 +41,22 @@ from manualb.handoff import (
     UpstreamLocalError,
 )
 from manualb.interfaces import IDownstream, IRequestBody, IStage
-from manualb.rules import ALLOWED_METHODS, SERVER_NAME, errorBody
+from manualb.rules import SERVER_NAME, errorBody
 from manualb.selection import Pool, Server
 from manualb.streams import Tunnel
-from manualb.urlmap import URLMap, encodePath, normalizePath
-from manualb.view import Answer, Passage, RequestView, normalizeHost
+from manualb.urlmap import encodePath
+from manualb.view import Passage
 
 log = Logger()
 
 _IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"])
-# As nginx: CONNECT would make the proxy a tunnel, TRACE echoes headers the
-# proxy added (cross-site tracing).
-_REFUSED_METHODS = frozenset([b"CONNECT", b"TRACE"])
 _GATEWAY_ERRORS = {
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
 }
-_HSTS = b"Strict-Transport-Security"
 _SERVER = (b"Server", SERVER_NAME)
 _HTML = (b"Content-Type", b"text/html; charset=utf-8")
-_BUFFER_LIMIT = 64 * 1024
-_READ_SIZE = 64 * 1024
-
-
-def requestView(
-    clientAddress: str,
-    secure: bool,
-    method: bytes,
-    target: bytes,
-    headers: Sequence[tuple[bytes, bytes]],
-) -> RequestView:
-    """
-    The L{RequestView} of an HTTP request, as every front end builds it: the
-    path of C{target} normalised (L{normalizePath}; empty when it is not
-    valid), the host of an absolute-form target, else of the first C{Host}
-    header, normalised (L{normalizeHost}).
-
-    @param clientAddress: As L{manualb.view.clientHost} gives it.
-    @param headers: The request's header lines, in order.
-    """
-    if target[:1] == b"/":
-        path = normalizePath(target.partition(b"?")[0]) or b""
-        host = None
-        lowered = b"host"
-        for name, value in headers:
-            if name.lower() == lowered:
-                host = value
-                break
-    else:
-        path = normalizePath(target.partition(b"?")[0]) or b""
-        host = None
-        scheme, separator, rest = target.partition(b"://")
-        if separator:
-            end = len(rest)
-            for delimiter in (b"/", b"?"):
-                found = rest.find(delimiter)
-                if found != -1:
-                    end = min(end, found)
-            host = rest[:end].rpartition(b"@")[2] or None
-        if host is None:
-            for name, value in headers:
-                if name.lower() == b"host":
-                    host = value
-                    break
-    return RequestView(
-        clientAddress,
-        secure,
-        method,
-        target,
-        path,
-        None if host is None else normalizeHost(host),
-        headers,
-    )
-
-
-# The stages of the standard chain, before the URL map.
-
-
-@implementer(IStage)
-class StrictTransport:
-    """
-    Gives every response over TLS the listener's C{Strict-Transport-Security}
-    header, in place of any the backend sends; none over plain HTTP, where
-    it must be ignored (RFC 6797, section 8.1).
-    """
-
-    def handle(self, passage: Passage) -> Answer | None:
-        hsts = passage.hsts
-        if hsts is not None and passage.view.secure:
-            passage.headers.append((_HSTS, hsts))
-        return None
-
-
-@implementer(IStage)
-class Refusal:
-    """
-    Answers a request that the front end read but refuses (a bad header, a
-    body declared too large): it is answered and logged as any other.
-    """
-
-    def handle(self, passage: Passage) -> Answer | None:
-        refusal = passage.refusal
-        if refusal is not None:
-            return Answer(*refusal)
-        return None
-
-
-_OPTIONS = Answer(200, b"OK", b"", ((b"Allow", ALLOWED_METHODS),))
-_NOT_ALLOWED = Answer(
-    405,
-    b"Method Not Allowed",
-    b"A proxy does not pass this method on.",
-    ((b"Allow", ALLOWED_METHODS),),
-)
-_BAD_PATH = Answer(400, b"Bad Request", b"The request path is not valid.")
-
-
-@implementer(IStage)
-class ServerOptions:
-    """
-    Answers C{OPTIONS *}, which asks about the server itself (RFC 9110,
-    section 9.3.7), with the methods it passes on.
-    """
-
-    def handle(self, passage: Passage) -> Answer | None:
-        if passage.view.target == b"*":
-            return _OPTIONS
-        return None
-
-
-@implementer(IStage)
-class RefusedMethods:
-    """
-    Refuses, with a 405, the methods a proxy does not pass on: C{CONNECT}
-    would make it a tunnel, C{TRACE} echoes the headers it added.
-    """
-
-    def handle(self, passage: Passage) -> Answer | None:
-        if passage.view.method in _REFUSED_METHODS:
-            return _NOT_ALLOWED
-        return None
-
-
-@implementer(IStage)
-class ValidPath:
-    """
-    Refuses, with a 400, a target without a valid path (one that climbs
-    above the root, or is not a path).
-    """
-
-    def handle(self, passage: Passage) -> Answer | None:
-        if not passage.view.path:
-            return _BAD_PATH
-        return None
-
-
-def defaultStages(urlMap: URLMap) -> list[IStage]:
-    """
-    The standard chain: the HSTS header, the front end's refusals,
-    C{OPTIONS *}, refused methods, invalid paths, then the URL map, which
-    chooses the route (or answers 404).  A stage that refuses clients (the
-    gatekeeper) goes just before the URL map.
-    """
-    return [
-        StrictTransport(),
-        Refusal(),
-        ServerOptions(),
-        RefusedMethods(),
-        ValidPath(),
-        urlMap,
-    ]
-
-
-# Request bodies.
-
-
-@implementer(IPushProducer, IRequestBody)
-class StreamingBody:
-    """
-    A request body that streams in from the client while it is proxied.
-
-    Data is passed straight to the backend connection once there is one;
-    until then, up to L{_BUFFER_LIMIT} bytes wait here and the client is
-    paused.  When asked to (L{keepForRetry}), the body is also kept, up to a
-    limit, so that it can be sent again to another server.
-
-    @param length: The declared length, or L{None} for a chunked body.
-    @param reader: Returns what reads the body from the client, to pause
-        and resume (it may change, or go, while the body arrives).
-    @param limit: The most bytes the body may have (C{client_max_body_size});
-        0 for no limit.
-    """
-
-    def __init__(
-        self, length: int | None, reader: Callable[[], IPushProducer], limit: int = 0
-    ):
-        self.length = length
-        self._transport = reader
-        self._limit = limit
-        self._received = 0
-        self._tooLarge: Callable[[], None] | None = None
-        self._pending: list[bytes] = []
-        self._pendingSize = 0
-        self._kept: list[bytes] | None = None
-        self._keptSize = 0
-        self._keepLimit = 0
-        self._delivered = False
-        self._target: UpstreamConnection | None = None
-        self.complete = False
-        self._paused = False
-        self._discarding = False
-
-    def keepForRetry(self, limit: int) -> None:
-        self._kept = []
-        self._keepLimit = limit
-
-    @property
-    def replayable(self) -> bool:
-        return not self._delivered or self._kept is not None
-
-    def whenTooLarge(self, callback: Callable[[], None]) -> None:
-        """
-        Call C{callback} if the body grows beyond C{limit} (only a chunked
-        body can: a declared length beyond it is refused before any of the
-        body is read); the rest of the body is dropped.
-        """
-        self._tooLarge = callback
-
-    def dataReceived(self, data: bytes) -> None:
-        """
-        A piece of the body arrived.
-        """
-        if self._discarding:
-            return
-        self._received += len(data)
-        if self._limit and self._received > self._limit:
-            self.discard()
-            if self._tooLarge is not None:
-                self._tooLarge()
-            return
-        if self._kept is not None:
-            self._keptSize += len(data)
-            if self._keptSize > self._keepLimit:
-                self._kept = None
-            else:
-                self._kept.append(data)
-        if self._target is not None and not self._paused:
-            self._delivered = True
-            self._target.writeBody(data)
-            return
-        self._pending.append(data)
-        self._pendingSize += len(data)
-        if self._pendingSize >= _BUFFER_LIMIT or self._paused:
-            # Also re-pauses a transport that the channel resumed on its own.
-            self._transport().pauseProducing()
-
-    def allReceived(self) -> None:
-        """
-        The whole body arrived.
-        """
-        self.complete = True
-        if self._target is not None and not self._pending:
-            self._target.finishBody()
-
-    def deliverTo(self, connection: UpstreamConnection) -> None:
-        if self._delivered:
-            self._pending = list(self._kept)
-            self._pendingSize = self._keptSize
-        self._target = connection
-        self._paused = False
-        connection.attachBody(self)
-        self._flush()
-
-    def detach(self) -> None:
-        self._target = None
-
-    def _flush(self) -> None:
-        target = self._target
-        while self._pending and not self._paused and target is self._target:
-            data = self._pending.pop(0)
-            self._pendingSize -= len(data)
-            self._delivered = True
-            target.writeBody(data)
-        if not self._pending and target is self._target:
-            if self.complete:
-                target.finishBody()
-            else:
-                self._transport().resumeProducing()
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-        self._transport().pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        if self._target is not None:
-            self._flush()
-
-    def stopProducing(self) -> None:
-        self.discard()
-
-    def discard(self) -> None:
-        self._target = None
-        self._kept = None
-        if self.complete or self._discarding:
-            return
-        self._discarding = True
-        self._pending = []
-        self._paused = False
-        self._transport().resumeProducing()
-
-
-@implementer(IPushProducer, IRequestBody)
-class FileBody:
-    """
-    A request body that was read whole into a file first; it can always be
-    sent again.
-    """
-
-    replayable = True
-
-    def __init__(self, content: IO[bytes]):
-        content.seek(0, 2)
-        self.length = content.tell()
-        content.seek(0, 0)
-        self._content = content
-        self._target: UpstreamConnection | None = None
-        self._paused = False
-
-    def keepForRetry(self, limit: int) -> None:
-        pass
-
-    def whenTooLarge(self, callback: Callable[[], None]) -> None:
-        pass
-
-    def deliverTo(self, connection: UpstreamConnection) -> None:
-        self._content.seek(0, 0)
-        self._target = connection
-        connection.attachBody(self)
-        self.resumeProducing()
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        while not self._paused and self._target is not None:
-            data = self._content.read(_READ_SIZE)
-            if not data:
-                target, self._target = self._target, None
-                target.finishBody()
-                return
-            self._target.writeBody(data)
-
-    def stopProducing(self) -> None:
-        self.discard()
-
-    def detach(self) -> None:
-        self._target = None
-
-    def discard(self) -> None:
-        self._target = None
 
 
 class State(enum.Enum):

@@ -109,7 +109,7 @@ class IStage(Interface):
     itself (a redirect, a 404, a 403 or 429 of a gatekeeper).
 
     The chain is a list, run in order until a stage answers:
-    C{manualb.exchange.defaultStages} gives the standard one, and
+    C{manualb.stages.defaultStages} gives the standard one, and
     C{manualb.web.ProxyResource.stages} is the list a resource runs.  To add
     a stage, put it in that list where it belongs: one that refuses
     clients (a gatekeeper) goes after the front end's own refusals
@@ -195,7 +195,7 @@ class IDownstream(Interface):
 
     view = Attribute(
         "The request as the stages see it, a L{manualb.view.RequestView}, "
-        "built once by the front end (C{manualb.exchange.requestView})."
+        "built once by the front end (C{manualb.stages.requestView})."
     )
     version = Attribute("The HTTP version the client spoke, C{b'HTTP/1.1'}, for C{Via}.")
     body = Attribute("The request body, an L{IRequestBody}.")

@@ -35,16 +35,12 @@ from zope.interface import implementer
 from manualb.accesslog import AccessLog
 from manualb.channel import ConnectionLimit, Overloaded, buildChannel
 from manualb.config import GatekeeperConfig
-from manualb.exchange import (
-    Exchange,
-    FileBody,
-    StreamingBody,
-    defaultStages,
-    requestView,
-)
+from manualb.bodies import FileBody, StreamingBody
+from manualb.exchange import Exchange
 from manualb.forwarding import wantsUpgrade
 from manualb.interfaces import IDownstream, IStage
 from manualb.rules import SERVER_NAME, errorBody
+from manualb.stages import defaultStages, requestView
 from manualb.transports import cancelCall
 from manualb.urlmap import URLMap
 from manualb.view import clientHost

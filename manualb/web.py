@@ -33,9 +33,9 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from manualb.accesslog import AccessLog
+from manualb.bodies import FileBody, StreamingBody
 from manualb.channel import ConnectionLimit, Overloaded, buildChannel
 from manualb.config import GatekeeperConfig
-from manualb.bodies import FileBody, StreamingBody
 from manualb.exchange import Exchange
 from manualb.forwarding import wantsUpgrade
 from manualb.interfaces import IDownstream, IStage

@@ -15,7 +15,8 @@ or, to mount the proxy in a Site of your own::
 """
 
 from manualb._version import __version__
-from manualb.config import Config, ConfigError, loadConfig, parseConfig
+from manualb.config import Config, ConfigError
+from manualb.configfile import loadConfig, parseConfig
 from manualb.web import ProxyResource, ProxySite
 from manualb.service import LoadBalancer, makeService
 

@@ -11,7 +11,8 @@ import argparse
 import sys
 from typing import Sequence, TextIO
 
-from manualb.config import ConfigError, loadConfig
+from manualb.config import ConfigError
+from manualb.configfile import loadConfig
 
 
 def check(path: str, out: TextIO, err: TextIO) -> int:
@@ -20,7 +21,7 @@ def check(path: str, out: TextIO, err: TextIO) -> int:
     error on C{err} when not.
     """
     try:
-        config = loadConfig(path)
+        config = loadConfig(path, requireListen=True)
         if config.tls is not None:
             from manualb.termination import contextFactoryFor
 

@@ -74,6 +74,7 @@ __all__ = [
     "Random",
     "RoundRobin",
     "makeBalancer",
+    "parseBalance",
     "parseHashKey",
     "serverID",
 ]
@@ -689,3 +690,30 @@ def makeBalancer(method: str, argument: str | None = None) -> IBalancer:
             " (decorate its class with @implementer(IBalancer))"
         )
     return balancer
+
+
+def parseBalance(text: str) -> tuple[str, str | None]:
+    """
+    Read C{balance = METHOD [ARGUMENT]}: the method and its argument
+    (L{None} if none), checked by making the balancer once, so that a bad
+    argument or a user's factory that cannot be imported stops start-up.
+
+    @raise ValueError: with the message to show for the key.
+    """
+    method, *rest = text.split(None, 1)
+    argument = rest[0].strip() if rest else None
+    if "." not in method and method not in BALANCERS:
+        raise ValueError(
+            f"unknown method {method!r} (known: {', '.join(BALANCERS)}; "
+            f"or the dotted name of your own balancer's factory, such as "
+            f"mypackage.balancers.Fastest)"
+        )
+    try:
+        makeBalancer(method, argument)
+    # The factory may be the user's own code, which can raise anything (an
+    # ImportError, an AttributeError, a TypeError...); a built-in one raises
+    # ValueError for a bad argument.  Any of them means "cannot use".
+    except Exception as e:
+        reason = str(e) or type(e).__name__
+        raise ValueError(f"cannot use {text!r}: {reason}") from None
+    return method, argument

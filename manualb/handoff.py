@@ -52,7 +52,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from manualb.config import ServerAddress, UpstreamConfig
-from manualb.durations import formatDuration
+from manualb.syntax import formatDuration
 from manualb.forwarding import connectionTokens
 from manualb.transports import cancelCall, setNoDelay
 

@@ -50,8 +50,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from manualb.config import HealthCheckConfig
-from manualb.durations import formatDuration
+from manualb.config import HealthCheckConfig, keys
+from manualb.syntax import Section, formatDuration, parseOptions, parseValue
 from manualb.handoff import (
     IResponseReceiver,
     UpstreamConnectFailed,
@@ -509,3 +509,169 @@ class HealthMonitor:
         probe.addTimeout(config.timeout, self.clock, onTimeoutCancel=onTimeout)
         probe.addCallbacks(passed, failed)
         probe.addBoth(done)
+
+
+# The syntax of C{health_check}, read by the configuration file reader.
+
+# Those and the classes (2xx) that health_check's expect accepts.
+_STATUS = re.compile(r"[1-5][0-9][0-9]")
+_STATUS_CLASS = re.compile(r"[1-5][xX][xX]")
+# What the Host header of a probe may be: a name or address, and a port.
+_HOST_HEADER = re.compile(r"(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def _checkPath(text: str) -> str:
+    """
+    Check the C{path} of C{health_check}.
+    """
+    if not text.startswith("/"):
+        raise ValueError(f"must start with '/', got {text!r}")
+    return text
+
+
+def _statusCodes(text: str) -> frozenset[int]:
+    """
+    Read the C{expect} of C{health_check}: status codes such as C{200} and
+    classes such as C{2xx}, separated by commas.
+    """
+    codes: set[int] = set()
+    seen: set[str] = set()
+    for item in text.split(","):
+        if _STATUS.fullmatch(item):
+            codes.add(int(item))
+        elif _STATUS_CLASS.fullmatch(item):
+            first = int(item[0]) * 100
+            codes.update(range(first, first + 100))
+        else:
+            raise ValueError(
+                f"bad status {item!r} (expected codes such as 200 or classes "
+                f"such as 2xx, separated by commas)"
+            )
+        if item.lower() in seen:
+            raise ValueError(f"status {item!r} given twice")
+        seen.add(item.lower())
+    return frozenset(codes)
+
+
+def _regularExpression(text: str) -> str:
+    """
+    Check the C{body} of C{health_check}: a regular expression, as the probe
+    uses it, on the bytes of the response body.
+    """
+    try:
+        re.compile(text.encode("utf-8"))
+    except re.error as e:
+        raise ValueError(f"not a valid regular expression: {e}") from None
+    return text
+
+
+def _checkType(text: str) -> str:
+    """
+    Check the C{type} of C{health_check}: C{http} or C{tcp}, in any case.
+    """
+    if text.lower() not in ("http", "tcp"):
+        raise ValueError(f"expected http or tcp, got {text!r}")
+    return text.lower()
+
+
+def _hostHeader(text: str) -> str:
+    """
+    Check the C{host} of C{health_check}: a host name or address, and
+    optionally a port, as a C{Host} header gives them.
+    """
+    if not _HOST_HEADER.fullmatch(text):
+        raise ValueError(
+            f"expected a host name with an optional port, like "
+            f"backend.example or backend.example:8080, got {text!r}"
+        )
+    return text
+
+
+#: How the options of C{health_check} that are not simple values are read.
+_OPTION_READERS = {
+    "path": _checkPath,
+    "expect": _statusCodes,
+    "body": _regularExpression,
+    "host": _hostHeader,
+    "type": _checkType,
+}
+
+
+def _checkOptions() -> dict:
+    """
+    The options of C{health_check} (see L{manualb.syntax.parseOptions}), as
+    L{HealthCheckConfig} declares them, in that order.
+    """
+    options = {}
+    for name, spec in keys(HealthCheckConfig).items():
+        read = _OPTION_READERS.get(name) or (
+            lambda text, spec=spec: parseValue(text, spec.kind, spec.minimum)
+        )
+        options[name] = (read, f"{name}={spec.example}")
+    return options
+
+
+_CHECK_OPTIONS = _checkOptions()
+
+#: The options of C{health_check} that only an HTTP probe has.
+_HTTP_CHECK_OPTIONS = ("path", "expect", "body", "host")
+
+
+def parseHealthCheck(section: Section) -> HealthCheckConfig | None:
+    """
+    Return the active probes of C{health_check} in C{section}: C{on} for
+    the defaults of L{HealthCheckConfig}, C{off} for none (as when the key
+    is absent), or C{name=value} options separated by spaces, such as
+    C{path=/healthz interval=2s rise=2 fall=3 expect=2xx}.  With C{type=tcp}
+    a probe only connects, so the options of the request and its response
+    (C{path}, C{expect}, C{body}, C{host}) are refused.
+    """
+    key = "health_check"
+    text = section.single(key)
+    if text is None or text.lower() == "off":
+        return None
+    if text.lower() == "on":
+        return HealthCheckConfig()
+    words = text.split()
+    for word in words:
+        if word.lower() in ("on", "off"):
+            raise section.error(
+                key,
+                f"{word!r} stands alone, got {text!r}; give either on, off "
+                f"or name=value options",
+            )
+    try:
+        options = parseOptions(words, _CHECK_OPTIONS, text)
+    except ValueError as e:
+        raise section.error(key, str(e)) from None
+    if options.get("type") == "tcp":
+        for option in _HTTP_CHECK_OPTIONS:
+            if option in options:
+                raise section.error(
+                    key,
+                    f"option {option!r} does not apply to type=tcp in {text!r} "
+                    f"(a TCP check only connects; use type=http to send a "
+                    f"request)",
+                )
+    defaults = HealthCheckConfig()
+    interval = options.get("interval", defaults.interval)
+    assert isinstance(interval, float)
+    if "timeout" not in options:
+        # As HAProxy's check timeout defaults to its inter: a short interval
+        # alone does not make the default timeout a mistake.
+        options["timeout"] = min(defaults.timeout, interval)
+    timeout = options["timeout"]
+    assert isinstance(timeout, float)
+    if timeout > interval:
+        # Quoted as written: timeout=1500ms, not 1s500ms.
+        written = dict(word.split("=", 1) for word in words)
+        if "interval" in written:
+            given = f"interval={written['interval']}"
+        else:
+            given = f"interval={formatDuration(interval)} (the default)"
+        raise section.error(
+            key,
+            f"timeout={written['timeout']} is longer than {given} in "
+            f"{text!r} (a probe may take at most the interval)",
+        )
+    return attrs.evolve(defaults, **options)  # type: ignore[arg-type]

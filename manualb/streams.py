@@ -38,7 +38,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from manualb.config import StreamConfig
-from manualb.durations import formatDuration
+from manualb.syntax import formatDuration
 from manualb.handoff import (
     OneConnection,
     describeFailure,

@@ -11,7 +11,8 @@ from twisted.application.service import MultiService
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
-from manualb.config import ConfigError, loadConfig
+from manualb.config import ConfigError
+from manualb.configfile import loadConfig
 from manualb.service import makeService as _makeService
 
 
@@ -36,7 +37,9 @@ def makeService(options: Options):
 
     try:
         # Building reads the certificate and key files too.
-        service = _makeService(loadConfig(options["config"]), reactor)
+        service = _makeService(
+            loadConfig(options["config"], requireListen=True), reactor
+        )
     except ConfigError as e:
         sys.stderr.write("manualb: %s\n" % (e,))
         raise SystemExit(1)

@@ -30,6 +30,7 @@ is installed; Twisted's L{twisted.web.server.Site} then speaks it on its own.
 from __future__ import annotations
 
 import configparser
+import os
 import re
 from collections.abc import Sequence
 
@@ -50,6 +51,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from manualb.config import CertificateConfig, ConfigError, TLSConfig
+from manualb.syntax import Section, hostName, readableFile
 from manualb.view import normalizeHost
 
 __all__ = [
@@ -63,9 +65,11 @@ __all__ = [
     "contextFactoryFor",
     "sniEndpoint",
     "SNIArguments",
+    "isSNI",
     "parseSNIDescription",
     "endpointFromArguments",
     "tlsConfigFromFile",
+    "parseTLS",
     "hstsHeader",
 ]
 
@@ -503,51 +507,119 @@ class SNIArguments:
     tls: str | None = None
 
 
-def _sniArguments(args: Sequence[str], kwargs: dict[str, str]) -> SNIArguments:
+_SNI_SYNTAX = "sni:PORT[:interface=ADDRESS][:tls=FILE], such as sni:443"
+_SNI_KEYWORDS = ("interface", "tls", "backlog")
+
+
+def isSNI(description: str) -> bool:
+    """
+    Whether C{description} is a C{sni:} endpoint string (types are not case
+    sensitive, as Twisted matches endpoint plugins).
+    """
+    return description.split(":", 1)[0].strip().lower() == "sni"
+
+
+def _splitFields(description: str, strict: bool = True) -> list[list[str]]:
+    """
+    Split an endpoint string as Twisted does: C{:} between parameters,
+    C{name=value} for keywords (C{[name, value]}, else C{[value]}), C{\\}
+    escaping the next character (so C{interface=\\:\\:1}).
+
+    @raise ValueError: it ends with a lone backslash, when C{strict} (else
+        the backslash is dropped).
+    """
+    fields: list[list[str]] = [[""]]
+    characters = iter(description)
+    for character in characters:
+        if character == "\\":
+            escaped = next(characters, None)
+            if escaped is None:
+                if strict:
+                    raise ValueError("it ends with a lone backslash")
+                break
+            fields[-1][-1] += escaped
+        elif character == ":":
+            fields.append([""])
+        elif character == "=" and len(fields[-1]) == 1:
+            fields[-1].append("")
+        else:
+            fields[-1][-1] += character
+    return fields
+
+
+def _sniArguments(fields: Sequence[Sequence[str]]) -> SNIArguments:
+    """
+    Read the parameters of an C{sni:} endpoint after its prefix: a port (0
+    to 65535), then optionally C{interface=ADDRESS}, C{backlog=N} and
+    C{tls=FILE}, each once.
+
+    @param fields: As L{_splitFields} gives them.
+    @raise ValueError: saying what is wrong.
+    """
+    if not fields:
+        raise ValueError(f"missing port: expected {_SNI_SYNTAX}")
+    port = fields[0]
+    if len(port) != 1 or not (port[0].isascii() and port[0].isdigit()):
+        written = "=".join(port)
+        raise ValueError(f"bad port {written!r}: expected {_SNI_SYNTAX}")
+    if int(port[0]) > 65535:
+        raise ValueError(f"port {int(port[0])} out of range 0..65535")
+    given: dict[str, str] = {}
+    for field in fields[1:]:
+        if len(field) == 1:
+            raise ValueError(
+                f"unexpected {field[0]!r}: after the port, sni: takes only "
+                f"interface=ADDRESS, backlog=N and tls=FILE"
+            )
+        name, value = field
+        if name not in _SNI_KEYWORDS:
+            raise ValueError(
+                f"unknown argument {name!r}: after the port, sni: takes only "
+                f"interface=ADDRESS, backlog=N and tls=FILE"
+            )
+        if name in given:
+            raise ValueError(f"{name} given twice")
+        if not value:
+            raise ValueError(f"{name} needs a value")
+        if name == "backlog" and not (
+            value.isascii() and value.isdigit() and int(value) >= 1
+        ):
+            raise ValueError(f"bad backlog {value!r}: a whole number, at least 1")
+        given[name] = value
+    return SNIArguments(
+        int(port[0]),
+        given.get("interface", ""),
+        int(given.get("backlog", DEFAULT_BACKLOG)),
+        given.get("tls"),
+    )
+
+
+def _twistedArguments(args: Sequence[str], kwargs: dict[str, str]) -> SNIArguments:
+    """
+    L{_sniArguments} of parameters split by Twisted's endpoint parser, whose
+    syntax also takes the port as a keyword (C{sni:port=443}).
+    """
     kwargs = dict(kwargs)
-    args = list(args)
-    port = kwargs.pop("port", None)
-    if port is None:
-        if not args:
-            raise ValueError("sni: needs a port, as in sni:8443")
-        port = args.pop(0)
-    if args:
-        raise ValueError(f"sni: unexpected argument(s) {':'.join(args)!r}")
-    interface = kwargs.pop("interface", "")
-    backlog = kwargs.pop("backlog", str(DEFAULT_BACKLOG))
-    tlsPath = kwargs.pop("tls", None)
-    if kwargs:
-        raise ValueError(
-            f"sni: unknown option(s) {', '.join(sorted(kwargs))} "
-            f"(known: interface, backlog, tls)"
-        )
-    try:
-        portNumber = int(port)
-    except ValueError:
-        raise ValueError(f"sni: bad port {port!r}") from None
-    try:
-        backlogNumber = int(backlog)
-    except ValueError:
-        raise ValueError(f"sni: bad backlog {backlog!r}") from None
-    if not 0 <= portNumber <= 65535:
-        raise ValueError(f"sni: port {portNumber} out of range 0..65535")
-    if backlogNumber < 1:
-        raise ValueError(f"sni: backlog must be at least 1, got {backlogNumber}")
-    return SNIArguments(portNumber, interface, backlogNumber, tlsPath or None)
+    fields = [[arg] for arg in args]
+    if "port" in kwargs:
+        fields.insert(0, [kwargs.pop("port")])
+    return _sniArguments(fields + [[name, value] for name, value in kwargs.items()])
 
 
 def parseSNIDescription(description: str) -> SNIArguments:
     """
     Check and split an C{sni:} endpoint string without reading any file, as
     a configuration check can (where C{serverFromString} would need
-    C{tls=FILE}, and read it).
+    C{tls=FILE}, and read it): C{sni:PORT[:interface=ADDRESS][:backlog=N]
+    [:tls=FILE]}.
 
-    @raise ValueError: it is not an C{sni:} string, or is wrong.
+    @raise ValueError: it is not an C{sni:} string, or is wrong; the message
+        says what is wrong.
     """
-    args, kwargs = _splitDescription(description)
-    if not args or args[0].lower() != "sni":
+    fields = _splitFields(description)
+    if not isSNI(description) or len(fields[0]) != 1:
         raise ValueError(f"not an sni: endpoint: {description!r}")
-    return _sniArguments(args[1:], kwargs)
+    return _sniArguments(fields[1:])
 
 
 def endpointFromArguments(
@@ -567,8 +639,7 @@ def endpointFromArguments(
     @raise ValueError: a missing or bad argument.
     @raise ConfigError: the C{tls=} file or its certificates are wrong.
     """
-    arguments = _sniArguments(args, kwargs)
-    return _endpoint(reactor, arguments, tls)
+    return _endpoint(reactor, _twistedArguments(args, kwargs), tls)
 
 
 def _endpoint(
@@ -596,27 +667,12 @@ def _splitDescription(description: str) -> tuple[list[str], dict[str, str]]:
     """
     args: list[str] = []
     kwargs: dict[str, str] = {}
-    parts: list[str] = [""]
-    characters = iter(description)
-    for character in characters:
-        if character == "\\":
-            parts[-1] += next(characters, "")
-        elif character == ":":
-            _addParameter(parts, args, kwargs)
-            parts = [""]
-        elif character == "=" and len(parts) == 1:
-            parts.append("")
+    for field in _splitFields(description, strict=False):
+        if len(field) == 1:
+            args.append(field[0])
         else:
-            parts[-1] += character
-    _addParameter(parts, args, kwargs)
+            kwargs[field[0]] = field[1]
     return args, kwargs
-
-
-def _addParameter(parts: list[str], args: list[str], kwargs: dict[str, str]) -> None:
-    if len(parts) == 1:
-        args.append(parts[0])
-    else:
-        kwargs[parts[0]] = parts[1]
 
 
 def sniEndpoint(
@@ -631,7 +687,10 @@ def sniEndpoint(
     @raise ValueError: the string is not an C{sni:} one, or is wrong.
     @raise TLSFileError: (given a L{TLSConfig}) see L{contextFactoryFor}.
     """
-    return _endpoint(reactor, parseSNIDescription(description), tls)
+    args, kwargs = _splitDescription(description)
+    if not args or not isSNI(description):
+        raise ValueError(f"not an sni: endpoint: {description!r}")
+    return _endpoint(reactor, _twistedArguments(args[1:], kwargs), tls)
 
 
 def tlsConfigFromFile(path: str) -> TLSConfig:
@@ -647,12 +706,12 @@ def tlsConfigFromFile(path: str) -> TLSConfig:
         ciphers = ECDHE+AESGCM     ; OpenSSL cipher string, for TLS 1.2
         hsts = max-age=31536000    ; Strict-Transport-Security, or off
 
-    Paths are used as written (relative ones from the current directory).
-    Unknown keys are ignored; the values are checked when used
-    (L{contextFactoryFor}).
+    Relative paths are relative to the current directory.  Unknown keys
+    are ignored; the others are read as in the configuration file
+    (L{parseTLS}).
 
     @raise ConfigError: the file cannot be read, has no C{[tls]} section, or
-        its C{certificates} are missing or not C{NAME CERT KEY} lines.
+        its keys are wrong.
     """
     try:
         with open(path, encoding="utf-8-sig") as f:
@@ -674,34 +733,10 @@ def tlsConfigFromFile(path: str) -> TLSConfig:
         parser.read_string("[tls]\n" + section, source=path)
     except configparser.Error as e:
         raise ConfigError(path, "tls", None, str(e).splitlines()[0]) from None
-    values = {key.lower(): value.strip() for key, value in parser.items("tls")}
-    certificates = []
-    for line in (values.get("certificates") or "").splitlines():
-        if not line.strip():
-            continue
-        words = line.split()
-        if len(words) != 3:
-            raise ConfigError(
-                path,
-                "tls",
-                "certificates",
-                f"expected NAME CERTIFICATE KEY, like www.example.com "
-                f"/etc/ssl/www.crt /etc/ssl/www.key, got {line.strip()!r}",
-            )
-        name, certificate, key = words
-        certificates.append(CertificateConfig(name.lower(), certificate, key))
-    if not certificates:
-        raise ConfigError(
-            path, "tls", "certificates", "missing: at least one NAME CERT KEY line"
-        )
-    hsts = values.get("hsts") or None
-    if hsts is not None and hsts.lower() == "off":
-        hsts = None
-    return TLSConfig(
-        certificates=certificates,
-        min_version=values.get("min_version") or "TLSv1.2",
-        ciphers=values.get("ciphers") or None,
-        hsts=hsts,
+    values = dict(parser.items("tls"))
+    return parseTLS(
+        Section("tls", values, lambda key, message: ConfigError(path, "tls", key, message)),
+        os.getcwd(),
     )
 
 
@@ -772,3 +807,147 @@ class HTTPSRedirect(Resource):
             b"<html><head><title>301 Moved Permanently</title></head><body>"
             b"<h1>301 Moved Permanently</h1><hr><p>manualb</p></body></html>\n"
         )
+
+
+# The syntax of the [tls] section, read by the configuration file reader
+# and by tlsConfigFromFile.
+
+
+def parseTLS(section: Section, directory: str) -> TLSConfig:
+    """
+    Build the L{TLSConfig} of a C{[tls]} section; C{directory} is where
+    relative certificate and key files are.
+    """
+    return TLSConfig(
+        certificates=_parseCertificates(section, directory),
+        min_version=_parseMinVersion(section),
+        ciphers=_parseCiphers(section),
+        hsts=_parseHSTS(section),
+    )
+
+
+def _parseCertificates(section: Section, directory: str) -> tuple[CertificateConfig, ...]:
+    """
+    Return the certificates of C{certificates}, one a line:
+    C{NAME CERTFILE KEYFILE}, with readable files and no name twice.
+    """
+    lines = section.lines("certificates")
+    if lines is None:
+        raise section.error("certificates", "missing required key")
+    if not lines:
+        raise section.error(
+            "certificates",
+            "needs at least one certificate, such as "
+            "www.example.com certs/www.pem certs/www.key",
+        )
+    certificates: list[CertificateConfig] = []
+    seen: set[str] = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) != 3:
+            raise section.error(
+                "certificates",
+                f"expected NAME CERTFILE KEYFILE separated by spaces, such as "
+                f"www.example.com certs/www.pem certs/www.key, got {line!r}",
+            )
+        try:
+            name = hostName(fields[0], wildcard=True)
+            certificate = readableFile(fields[1], directory)
+            key = readableFile(fields[2], directory)
+        except ValueError as e:
+            raise section.error("certificates", f"{e}, in {line!r}") from None
+        if name in seen:
+            raise section.error(
+                "certificates",
+                f"duplicate name {name!r} in {line!r} (each name has one "
+                f"certificate)",
+            )
+        seen.add(name)
+        certificates.append(CertificateConfig(name, certificate, key))
+    return tuple(certificates)
+
+
+_TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+_OLD_VERSIONS = ("sslv2", "sslv3", "tlsv1", "tlsv1.0", "tlsv1.1")
+
+
+def _parseMinVersion(section: Section) -> str:
+    """
+    Return C{min_version}: C{TLSv1.2} (the default) or C{TLSv1.3}, in any
+    case; older versions are refused.
+    """
+    text = section.single("min_version")
+    if text is None:
+        return attrs.fields(TLSConfig).min_version.default
+    for version in _TLS_VERSIONS:
+        if text.lower() == version.lower():
+            return version
+    if text.lower() in _OLD_VERSIONS:
+        raise section.error(
+            "min_version",
+            f"{text!r} is not allowed: TLS 1.0 and 1.1 (and SSL) are insecure "
+            f"and deprecated (RFC 8996); use TLSv1.2 or TLSv1.3",
+        )
+    raise section.error("min_version", f"expected TLSv1.2 or TLSv1.3, got {text!r}")
+
+
+def _parseCiphers(section: Section) -> str | None:
+    """
+    Return C{ciphers}, an OpenSSL cipher string for TLS 1.2, checked by
+    giving it to OpenSSL; L{None} if absent.
+    """
+    text = section.single("ciphers")
+    if text is None:
+        return None
+    try:
+        SSL.Context(SSL.TLS_METHOD).set_cipher_list(text.encode("utf-8"))
+    except SSL.Error as e:
+        reasons = [
+            problem[-1]
+            for problem in (e.args[0] if e.args and isinstance(e.args[0], list) else [])
+            if isinstance(problem, tuple) and problem
+        ]
+        reason = ", ".join(reasons) or str(e)
+        message = f"OpenSSL refuses {text!r}: {reason}"
+        if "TLS_" in text:
+            message += (
+                " (ciphers sets the TLS 1.2 ciphers; TLS 1.3 suites such as "
+                "TLS_AES_128_GCM_SHA256 are not set here)"
+            )
+        raise section.error("ciphers", message) from None
+    return text
+
+
+_HSTS_MAX_AGE = re.compile(r"max-age=[0-9]+", re.IGNORECASE)
+_HSTS_FLAGS = ("includeSubDomains", "preload")
+
+
+def _parseHSTS(section: Section) -> str | None:
+    """
+    Return C{hsts}, a C{Strict-Transport-Security} value: C{max-age=SECONDS}
+    and then, separated by C{;}, C{includeSubDomains} and C{preload}, each
+    at most once; L{None} if absent or C{off}.
+    """
+    text = section.single("hsts")
+    if text is None or text.lower() == "off":
+        return None
+    first, *rest = [part.strip() for part in text.split(";")]
+    if not _HSTS_MAX_AGE.fullmatch(first):
+        raise section.error(
+            "hsts",
+            f"must start with max-age= and a number of seconds, such as "
+            f"max-age=31536000; includeSubDomains, got {text!r}",
+        )
+    seen: set[str] = set()
+    for part in rest:
+        known = [flag for flag in _HSTS_FLAGS if flag.lower() == part.lower()]
+        if not known:
+            raise section.error(
+                "hsts",
+                f"unknown directive {part!r} in {text!r} (after max-age, "
+                f"expected {' or '.join(_HSTS_FLAGS)}, separated by ';')",
+            )
+        if known[0] in seen:
+            raise section.error("hsts", f"{known[0]} given twice in {text!r}")
+        seen.add(known[0])
+    return text

@@ -23,7 +23,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from manualb.accesslog import AccessLog
-from manualb.config import Config, parseConfig
+from manualb.config import Config
+from manualb.configfile import parseConfig
 from manualb.service import LoadBalancer
 
 

@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 import attrs
@@ -84,9 +84,11 @@ from manualb.config import (
     REGEX,
     REGEX_CASELESS,
     RouteConfig,
+    keys,
 )
 from manualb.interfaces import IStage
 from manualb.selection import Pool
+from manualb.syntax import Section, hostName
 from manualb.view import Answer, Passage, normalizeHost
 
 __all__ = [
@@ -96,6 +98,8 @@ __all__ = [
     "URLMap",
     "encodePath",
     "normalizePath",
+    "parseRoute",
+    "claimPath",
 ]
 
 _PREFIXES = frozenset([PREFIX, PREFIX_NO_REGEX])
@@ -179,11 +183,7 @@ def _compileRewrite(rewrite: tuple[str, str] | None) -> tuple[re.Pattern[bytes],
     pattern, replacement = rewrite
     regex = re.compile(pattern.encode("utf-8"))
     for number in _DOLLAR_GROUP.findall(replacement):
-        if int(number) > regex.groups:
-            raise ValueError(
-                f"rewrite replacement {replacement!r} uses ${number} but "
-                f"{pattern!r} has {regex.groups} group(s)"
-            )
+        _checkGroup(number, regex.groups, pattern, replacement)
     template = _DOLLAR_GROUP.sub(r"\\g<\1>", replacement.replace("\\", "\\\\"))
     return regex, template.encode("utf-8")
 
@@ -226,11 +226,10 @@ class Route:
                 f"route {config.name!r}: unknown match {config.match!r} "
                 f"(expected one of {', '.join(_KINDS)})"
             )
-        if config.strip_prefix and config.match not in _PREFIXES:
-            raise ValueError(
-                f"route {config.name!r}: strip_prefix needs a prefix route, "
-                f"not a {config.match} one"
-            )
+        try:
+            _checkStripPrefix(config.match, config.path, config.strip_prefix)
+        except ValueError as e:
+            raise ValueError(f"route {config.name!r}: strip_prefix {e}") from None
         return None if config.host is None else _routeHost(config.host)
 
     @path.default
@@ -323,11 +322,6 @@ class _Group:
                 assert route.regex is not None
                 self.regexes.append((route.regex, route))
                 continue
-            if route.path in table:
-                raise ValueError(
-                    f"routes {table[route.path].name!r} and {route.name!r} "
-                    f"have the same host and path {route.config.path!r}"
-                )
             table[route.path] = route
         self.lengths = sorted({len(path) for path in self.prefixes}, reverse=True)
         # The common case: prefix routes only, nothing to rewrite.
@@ -386,6 +380,12 @@ class URLMap:
             path, or the same prefix path (whether C{^~} or not).
         """
         self.routes = tuple(routes)
+        claimed: dict[tuple[bytes | None, str, str], RouteConfig] = {}
+        for route in self.routes:
+            # Regex routes are searched in order: the first of two equal ones
+            # wins, as nginx's locations do.
+            if route.regex is None:
+                claimPath(claimed, route.config, lambda other: f"route {other.name!r}")
         byHost: dict[bytes | None, list[Route]] = {}
         for route in self.routes:
             byHost.setdefault(route.host, []).append(route)
@@ -459,3 +459,248 @@ class URLMap:
             return _NO_ROUTE
         passage.route = decision
         return None
+
+
+# The syntax of C{[route NAME]} sections, read by the configuration file
+# reader, and the checks it shares with L{Route} and L{URLMap}.
+
+# The modifier of each kind of path, as nginx's location writes it.
+_PATH_MODIFIERS = {
+    PREFIX_NO_REGEX: "^~",
+    EXACT: "=",
+    REGEX: "~",
+    REGEX_CASELESS: "~*",
+}
+
+#: The kind of path of each of nginx's location modifiers.
+_MODIFIER_MATCHES = {modifier: match for match, modifier in _PATH_MODIFIERS.items()}
+
+
+def parseRoute(section: Section, name: str) -> RouteConfig:
+    """
+    Build the L{RouteConfig} of section C{[route NAME]}.
+    """
+    match, path = _parseRoutePath(section)
+    host = _parseRouteHost(section)
+    upstream = section.single("upstream", required=True)
+    assert upstream is not None
+    stripPrefix = section.read("strip_prefix", keys(RouteConfig)["strip_prefix"])
+    assert isinstance(stripPrefix, bool)
+    try:
+        _checkStripPrefix(match, path, stripPrefix)
+    except ValueError as e:
+        raise section.error("strip_prefix", str(e)) from None
+    rewrite = _parseRewrite(section)
+    if rewrite is not None and stripPrefix:
+        raise section.error(
+            "rewrite",
+            "cannot be used together with strip_prefix = on; let the rewrite "
+            "remove the prefix too, such as rewrite = ^/app/(.*)$ /$1",
+        )
+    return RouteConfig(
+        name=name,
+        path=path,
+        upstream=upstream,
+        match=match,
+        host=host,
+        strip_prefix=stripPrefix,
+        rewrite=rewrite,
+    )
+
+
+def _checkStripPrefix(match: str, path: str, stripPrefix: bool) -> None:
+    """
+    Insist that a route with C{strip_prefix} is a prefix route.
+
+    @raise ValueError: with the message about C{strip_prefix}.
+    """
+    if stripPrefix and match not in _PREFIXES:
+        raise ValueError(
+            f"needs a prefix path (such as /app or ^~ /app), but the path is "
+            f"{_writtenPath(match, path)!r}"
+        )
+
+
+def claimPath(
+    claimed: dict[tuple[bytes | None, str, str], RouteConfig],
+    route: RouteConfig,
+    describe: Callable[[RouteConfig], str],
+) -> None:
+    """
+    Insist that no route in C{claimed} has the host and path of C{route},
+    then add it.  Prefix paths, with C{^~} or without, count as the same:
+    nginx refuses C{location /a} besides C{location ^~ /a} too.
+
+    @param claimed: The routes seen so far, by host, kind and path; empty
+        for the first.
+    @param describe: Names a route in the message, such as C{[route a]}.
+
+    @raise ValueError: with the message about C{path}.
+    """
+    kind = PREFIX if route.match == PREFIX_NO_REGEX else route.match
+    host = None if route.host is None else _routeHost(route.host)
+    identity = (host, kind, route.path)
+    other = claimed.get(identity)
+    if other is not None:
+        written = _writtenPath(route.match, route.path)
+        message = f"path {written!r}"
+        if route.host is not None:
+            message += f" for host {route.host!r}"
+        message += f" is already used by {describe(other)}"
+        if other.match != route.match:
+            message += (
+                f" (as {_writtenPath(other.match, other.path)!r}: a prefix "
+                f"is given once, with or without ^~)"
+            )
+        raise ValueError(message)
+    claimed[identity] = route
+
+
+def _parseRoutePath(section: Section) -> tuple[str, str]:
+    """
+    Return C{(match, path)} from C{path}, written as nginx's C{location}
+    takes it: C{/prefix}, C{^~ /prefix}, C{= /exact}, C{~ REGEX} or
+    C{~* REGEX}; the path without its modifier.
+    """
+    text = section.single("path", required=True)
+    assert text is not None
+    first, *rest = text.split(None, 1)
+    if first in _MODIFIER_MATCHES:
+        match = _MODIFIER_MATCHES[first]
+        if not rest:
+            example = "/app" if match in (PREFIX_NO_REGEX, EXACT) else r"\.php$"
+            raise section.error(
+                "path", f"{first!r} needs a path after it, such as {first} {example}"
+            )
+        path = rest[0]
+    elif text.startswith("/"):
+        match, path = PREFIX, text
+    else:
+        # Longest first: "~*" before "~".
+        for modifier in ("^~", "~*", "=", "~"):
+            if text.startswith(modifier):
+                raise section.error(
+                    "path",
+                    f"put a space after the modifier {modifier!r}, as in "
+                    f"{modifier} {text[len(modifier):]}",
+                )
+        raise section.error("path", f"must start with '/', got {text!r}")
+    if any(character.isspace() for character in path):
+        raise section.error("path", f"must not contain spaces, got {text!r}")
+    if match in (PREFIX_NO_REGEX, EXACT) and not path.startswith("/"):
+        raise section.error(
+            "path", f"the path after {first!r} must start with '/', got {path!r}"
+        )
+    if match in (REGEX, REGEX_CASELESS):
+        flags = re.IGNORECASE if match == REGEX_CASELESS else 0
+        try:
+            _compileRegex(path, flags)
+        except ValueError as e:
+            raise section.error("path", str(e)) from None
+    return match, path
+
+
+def _writtenPath(match: str, path: str) -> str:
+    """
+    Return C{path} as it is written with its modifier, for messages.
+    """
+    if match == PREFIX:
+        return path
+    return f"{_PATH_MODIFIERS.get(match, match)} {path}"
+
+
+def _compileRegex(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    """
+    Compile C{pattern} as a string, and check that it also compiles as the
+    bytes pattern that matches request paths (its UTF-8 encoding: some
+    constructs, such as named Unicode escapes or the C{u} flag, only exist
+    for strings).
+
+    @raise ValueError: with a message quoting C{pattern} and giving L{re}'s.
+    """
+    try:
+        compiled = re.compile(pattern, flags)
+        re.compile(pattern.encode("utf-8"), flags)
+    except re.error as e:
+        raise ValueError(f"not a valid regular expression {pattern!r}: {e}") from None
+    return compiled
+
+
+def _parseRouteHost(section: Section) -> str | None:
+    """
+    Return the C{host} of a route, lower case: a name or a C{*.wildcard};
+    L{None} for any host (C{*} or no key).
+    """
+    text = section.single("host")
+    if text is None or text == "*":
+        return None
+    if len(text.split()) > 1:
+        raise section.error(
+            "host",
+            f"expected one host, got {text!r} (give each host a route of its own)",
+        )
+    try:
+        return hostName(text, wildcard=True)
+    except ValueError as e:
+        raise section.error("host", str(e)) from None
+
+
+def _checkGroup(number: str, groups: int, pattern: str, replacement: str) -> None:
+    """
+    Insist that group C{number} of a rewrite's C{replacement} is one of the
+    C{groups} groups of its C{pattern}.
+
+    @raise ValueError: with the message about C{rewrite}.
+    """
+    if int(number) > groups:
+        raise ValueError(
+            f"the replacement {replacement!r} uses ${number}, but "
+            f"{pattern!r} has {groups} group(s)"
+        )
+
+
+def _parseRewrite(section: Section) -> tuple[str, str] | None:
+    """
+    Return C{(regex, replacement)} from C{rewrite = REGEX REPLACEMENT}, as
+    written, after checking them: as nginx's C{rewrite}, C{$1} to C{$9} in
+    the replacement stand for the groups of the regex.
+    """
+    text = section.single("rewrite")
+    if text is None:
+        return None
+    fields = text.split()
+    if len(fields) == 3 and fields[2] in ("last", "break", "redirect", "permanent"):
+        raise section.error(
+            "rewrite",
+            f"nginx's rewrite flags such as {fields[2]!r} are not supported, "
+            f"got {text!r} (give only REGEX REPLACEMENT)",
+        )
+    if len(fields) != 2:
+        raise section.error(
+            "rewrite",
+            f"expected a regular expression and a replacement separated by a "
+            f"space, such as ^/old/(.*)$ /new/$1, got {text!r}",
+        )
+    pattern, replacement = fields
+    try:
+        regex = _compileRegex(pattern)
+    except ValueError as e:
+        raise section.error("rewrite", str(e)) from None
+    if not replacement.startswith("/"):
+        raise section.error(
+            "rewrite", f"the replacement must start with '/', got {replacement!r}"
+        )
+    for reference in re.finditer(r"\$(.?)", replacement):
+        group = reference.group(1)
+        if not (group.isascii() and group.isdigit() and group != "0"):
+            raise section.error(
+                "rewrite",
+                f"'$' must be followed by a group number from 1 to 9 in "
+                f"{replacement!r} (nginx variables such as $uri are not "
+                f"supported)",
+            )
+        try:
+            _checkGroup(group, regex.groups, pattern, replacement)
+        except ValueError as e:
+            raise section.error("rewrite", str(e)) from None
+    return pattern, replacement

@@ -25,7 +25,8 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from manualb.config import Config, parseConfig
+from manualb.config import Config
+from manualb.configfile import parseConfig
 from manualb.testing import MemoryBalancer, MemoryPeer
 
 settings.register_profile(

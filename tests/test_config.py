@@ -1,5 +1,5 @@
 """
-Tests for L{manualb.config} and L{manualb.durations}.
+Tests for L{manualb.config}, L{manualb.configfile} and L{manualb.syntax}.
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import re
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from manualb import config as configModule
+from manualb import syntax as syntaxModule
 from manualb.config import (
+    SCHEMES,
     GatekeeperConfig,
     EXACT,
     PREFIX,
@@ -28,10 +29,10 @@ from manualb.config import (
     StreamConfig,
     TLSConfig,
     UpstreamConfig,
-    loadConfig,
-    parseConfig,
 )
-from manualb.durations import formatDuration, parseDuration, parseSize
+from manualb.config import keys as declaredKeys
+from manualb.configfile import KNOWN_KEYS, loadConfig, parseConfig
+from manualb.syntax import DEFAULT_PORTS, formatDuration, parseDuration, parseSize
 
 MAIN = """\
 [manualb]
@@ -503,6 +504,22 @@ class ParserErrorTests(SynchronousTestCase):
         self.assertEqual((error.section, error.key), ("manualb", "listen"))
 
 
+def _assertNothingToListenOn(
+    self: SynchronousTestCase, text: str, expected: str
+) -> ConfigError:
+    """
+    C{text} is a good file for an embedder, which listens on nothing; it is
+    refused with C{expected} when it must listen (C{requireListen}).
+    """
+    config = parseConfig(text, "lb.ini")
+    self.assertEqual((config.listeners, config.streams), ((), ()))
+    error = self.assertRaises(
+        ConfigError, parseConfig, text, "lb.ini", requireListen=True
+    )
+    self.assertEqual(str(error), expected)
+    return error
+
+
 class SectionErrorTests(SynchronousTestCase):
     """
     Unknown, misnamed or missing sections and keys are reported.
@@ -511,6 +528,8 @@ class SectionErrorTests(SynchronousTestCase):
     def assertError(self, text: str, expected: str) -> None:
         error = self.assertRaises(ConfigError, parseConfig, text, "lb.ini")
         self.assertEqual(str(error), expected)
+
+    assertNothingToListenOn = _assertNothingToListenOn
 
     def test_unknownSection(self) -> None:
         self.assertError(
@@ -581,13 +600,13 @@ class SectionErrorTests(SynchronousTestCase):
         )
 
     def test_missingMain(self) -> None:
-        self.assertError(
+        self.assertNothingToListenOn(
             UPSTREAM + ROUTE,
             "lb.ini: [manualb]: missing section (it holds 'listen', which is required)",
         )
 
     def test_emptyFile(self) -> None:
-        self.assertError(
+        self.assertNothingToListenOn(
             "",
             "lb.ini: [manualb]: missing section (it holds 'listen', which is required)",
         )
@@ -610,15 +629,21 @@ class MainSectionErrorTests(SynchronousTestCase):
         error = self.assertRaises(ConfigError, parseConfig, text, "lb.ini")
         self.assertEqual(str(error), expected)
 
+    assertNothingToListenOn = _assertNothingToListenOn
+
     def test_noListen(self) -> None:
         """
-        Without C{[listener]} or C{[stream]} sections, C{listen} is needed.
+        Without C{[listener]} or C{[stream]} sections, C{listen} is needed
+        by a process that serves the file.
         """
-        self.assertError(
-            "access_log = -\n",
+        error = self.assertNothingToListenOn(
+            "[manualb]\naccess_log = -\n" + UPSTREAM + ROUTE,
             "lb.ini: [manualb] listen: nothing to listen on: give endpoints "
             "here, such as listen = tcp:8080, or add a [listener NAME] or "
             "[stream NAME] section",
+        )
+        self.assertEqual(
+            (error.source, error.section, error.key), ("lb.ini", "manualb", "listen")
         )
 
     def test_emptyListen(self) -> None:
@@ -1804,7 +1829,7 @@ class BackendTLSTests(_UpstreamTestCase):
         with open(ca, "w") as f:
             f.write("ca\n")
         # Checked with os.access, which is always true for root: pretend.
-        self.patch(configModule.os, "access", lambda path, mode: False)
+        self.patch(syntaxModule.os, "access", lambda path, mode: False)
         self.assertError(
             f"servers = https://a\ntls_ca = {ca}\n",
             f"tls_ca: cannot read {ca!r}: permission denied",
@@ -1950,15 +1975,7 @@ class ShippedConfigTests(SynchronousTestCase):
         Every key of every kind of section is given (or given as an
         example) below a comment that explains it.
         """
-        sections = configModule._Sections
-        known = {
-            "manualb": sections._MAIN_KEYS,
-            "upstream": sections._UPSTREAM_KEYS,
-            "route": sections._ROUTE_KEYS,
-            "listener": sections._LISTENER_KEYS,
-            "stream": sections._STREAM_KEYS,
-            "tls": sections._TLS_KEYS,
-        }
+        known = KNOWN_KEYS
         documented: set[tuple[str, str]] = set()
         kind = ""
         previous = ""
@@ -2463,6 +2480,8 @@ class ListenTests(SynchronousTestCase):
         self.assertEqual(str(error), expected)
         return error
 
+    assertNothingToListenOn = _assertNothingToListenOn
+
     def test_defaultListener(self) -> None:
         config = self.parse("[manualb]\nlisten = tcp:80\n  tcp:81\n" + UPSTREAM + ROUTE)
         self.assertEqual(
@@ -2593,7 +2612,7 @@ class ListenTests(SynchronousTestCase):
         self.assertEqual(config.listeners, (ListenerConfig("default", ("tcp:81",)),))
 
     def test_nothingToListenOn(self) -> None:
-        self.assertError(
+        self.assertNothingToListenOn(
             "[manualb]\n" + UPSTREAM + ROUTE,
             "lb.ini: [manualb] listen: nothing to listen on: give endpoints here, "
             "such as listen = tcp:8080, or add a [listener NAME] or [stream NAME] "
@@ -2603,10 +2622,23 @@ class ListenTests(SynchronousTestCase):
     def test_noSectionListens(self) -> None:
         """
         Without C{[manualb]} or a section that listens, the file is refused
-        as before.
+        as before, by a process that serves the file; these problems are
+        found first.
         """
-        self.assertError(
+        self.assertNothingToListenOn(
+            UPSTREAM + ROUTE,
+            "lb.ini: [manualb]: missing section (it holds 'listen', which is "
+            "required)",
+        )
+        error = self.assertRaises(
+            ConfigError,
+            parseConfig,
             UPSTREAM + ROUTE + "[tls]\ncertificates = a b c\n",
+            "lb.ini",
+            requireListen=True,
+        )
+        self.assertEqual(
+            str(error),
             "lb.ini: [manualb]: missing section (it holds 'listen', which is "
             "required)",
         )
@@ -3201,7 +3233,7 @@ class TLSTests(_TLSTestCase):
 
     def test_unreadableFile(self) -> None:
         # Checked with os.access, which is always true for root: pretend.
-        self.patch(configModule.os, "access", lambda path, mode: False)
+        self.patch(syntaxModule.os, "access", lambda path, mode: False)
         line = f"a {self.path('www.pem')} {self.path('www.key')}"
         self.assertError(
             f"certificates = {line}\n",
@@ -3557,3 +3589,234 @@ class ClientTimeoutTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             parseConfig(text.format("client_timeout = soon\n"), "f.ini")
         self.assertIn("f.ini: [manualb] client_timeout: ", str(caught.exception))
+
+
+#: A file for an embedder: upstreams and routes, nothing to listen on.
+EMBEDDED = UPSTREAM + ROUTE
+
+
+class NoListenerTests(SynchronousTestCase):
+    """
+    An embedder's configuration listens on nothing: it mounts the
+    balancer's resource in a site of its own.  The file is fine for
+    L{parseConfig} and L{loadConfig}; the twistd plugin and C{python -m
+    manualb check}, which serve or check a file for serving, refuse it.
+    """
+
+    def write(self, text: str) -> str:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_parseConfig(self) -> None:
+        """
+        Without C{[manualb]} or with it but without C{listen}, the file has
+        no listener and its routes all the same.
+        """
+        for text in [EMBEDDED, "[manualb]\naccess_log = off\n" + EMBEDDED]:
+            config = parseConfig(text, "lb.ini")
+            self.assertEqual((config.listen, config.listeners, config.streams), ((), (), ()))
+            self.assertEqual([route.name for route in config.routes], ["default"])
+            self.assertEqual(list(config.upstreams), ["pool"])
+
+    def test_loadConfig(self) -> None:
+        config = loadConfig(self.write(EMBEDDED))
+        self.assertEqual(config.listeners, ())
+        error = self.assertRaises(
+            ConfigError, loadConfig, self.write(EMBEDDED), requireListen=True
+        )
+        self.assertIn("[manualb]: missing section", str(error))
+
+    def test_noRouteNeeded(self) -> None:
+        """
+        With nothing to listen on, no route is needed either.
+        """
+        self.assertEqual(parseConfig(UPSTREAM).routes, ())
+
+    def test_check(self) -> None:
+        """
+        C{python -m manualb check} refuses the file, naming it, the section
+        and the key, and exits with 1.
+        """
+        from io import StringIO
+
+        from manualb.__main__ import check
+
+        path = self.write("[manualb]\naccess_log = -\n" + EMBEDDED)
+        out, err = StringIO(), StringIO()
+        self.assertEqual(check(path, out, err), 1)
+        self.assertEqual(out.getvalue(), "")
+        self.assertEqual(
+            err.getvalue(),
+            f"manualb: {path}: [manualb] listen: nothing to listen on: give "
+            f"endpoints here, such as listen = tcp:8080, or add a [listener "
+            f"NAME] or [stream NAME] section\n"
+            f"manualb: configuration file {path} test failed\n",
+        )
+
+    def test_twistdPlugin(self) -> None:
+        """
+        C{twistd manualb} refuses the file with one line naming it, the
+        section and the key, and exits with 1.
+        """
+        import sys
+        from io import StringIO
+
+        from manualb.tap import Options, makeService
+
+        path = self.write(EMBEDDED)
+        options = Options()
+        options.parseOptions(["--config", path])
+        err = StringIO()
+        self.patch(sys, "stderr", err)
+        exit = self.assertRaises(SystemExit, makeService, options)
+        self.assertEqual(exit.code, 1)
+        self.assertEqual(
+            err.getvalue(),
+            f"manualb: {path}: [manualb]: missing section (it holds 'listen', "
+            f"which is required)\n",
+        )
+
+
+class KeyDeclarationTests(SynchronousTestCase):
+    """
+    Every key is declared once, in the data model; the reader derives the
+    keys a section knows and their defaults from the declarations.
+    """
+
+    MODELS = [
+        Config,
+        GatekeeperConfig,
+        UpstreamConfig,
+        ServerConfig,
+        HealthCheckConfig,
+        RouteConfig,
+        ListenerConfig,
+        StreamConfig,
+        TLSConfig,
+    ]
+
+    def test_documented(self) -> None:
+        """
+        Every key has a line of documentation, and a simple one a kind the
+        reader knows.
+        """
+        for model in self.MODELS:
+            for name, declared in declaredKeys(model).items():
+                self.assertTrue(declared.doc, (model, name))
+                self.assertIn(
+                    declared.kind,
+                    (None, "duration", "integer", "size", "flag", "text"),
+                    (model, name),
+                )
+
+    def test_knownKeys(self) -> None:
+        """
+        The keys a section knows are those its class declares, in order.
+        """
+        for kind, model in [
+            ("gatekeeper", GatekeeperConfig),
+            ("upstream", UpstreamConfig),
+            ("route", RouteConfig),
+            ("listener", ListenerConfig),
+            ("stream", StreamConfig),
+            ("tls", TLSConfig),
+        ]:
+            self.assertEqual(KNOWN_KEYS[kind], tuple(declaredKeys(model)))
+        self.assertEqual(KNOWN_KEYS["manualb"], (*declaredKeys(Config), "redirect_https"))
+
+    def test_defaults(self) -> None:
+        """
+        A key left out has the default of the data model.
+        """
+        config = parseConfig(MAIN + UPSTREAM + ROUTE)
+        self.assertEqual(
+            config.upstreams["pool"],
+            UpstreamConfig("pool", [ServerAddress("10.0.0.1", 80)]),
+        )
+        self.assertEqual(config.gatekeeper, GatekeeperConfig())
+        self.assertEqual(
+            config.routes, (RouteConfig(name="default", path="/", upstream="pool"),)
+        )
+
+    def test_schemes(self) -> None:
+        """
+        The schemes a server address may use have a default port each.
+        """
+        self.assertEqual(tuple(DEFAULT_PORTS), SCHEMES)
+
+
+class OneParserTests(SynchronousTestCase):
+    """
+    A syntax read in two places is read by one function: the C{sni:}
+    endpoints of the file and of the C{sni} endpoint plugin, the C{[tls]}
+    section of the file and of C{sni:...:tls=FILE}, and the route checks of
+    the file and of L{manualb.urlmap.URLMap} built in code.
+    """
+
+    def test_sniEndpoint(self) -> None:
+        """
+        The endpoint plugin refuses what the file refuses, with the same
+        message.
+        """
+        from twisted.internet.testing import MemoryReactor
+
+        from manualb.termination import endpointFromArguments, parseSNIDescription
+
+        problem = (
+            "unknown argument 'queue': after the port, sni: takes only "
+            "interface=ADDRESS, backlog=N and tls=FILE"
+        )
+        error = self.assertRaises(ValueError, parseSNIDescription, "sni:443:queue=50")
+        self.assertEqual(str(error), problem)
+        error = self.assertRaises(
+            ValueError, endpointFromArguments, MemoryReactor(), ["443"], {"queue": "50"}
+        )
+        self.assertEqual(str(error), problem)
+
+    def test_tlsFile(self) -> None:
+        """
+        The C{[tls]} section of C{tls=FILE} is read as the file's is.
+        """
+        from manualb.termination import tlsConfigFromFile
+
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        path = os.path.join(directory, "lb.ini")
+        with open(path, "w") as f:
+            f.write("[tls]\nmin_version = TLSv1.1\ncertificates = a b c\n")
+        error = self.assertRaises(ConfigError, tlsConfigFromFile, path)
+        self.assertEqual(
+            str(error),
+            f"{path}: [tls] certificates: no such file 'b' "
+            f"({os.path.join(os.getcwd(), 'b')}), in 'a b c'",
+        )
+
+    def test_routeChecks(self) -> None:
+        """
+        A URL map made in code refuses two prefix routes of one path, and
+        C{strip_prefix} on a route that is not a prefix one, as the file
+        does.
+        """
+        from manualb.urlmap import Route, URLMap
+
+        first = RouteConfig(name="a", path="/x", upstream="pool")
+        second = RouteConfig(name="b", path="/x", upstream="pool", match=PREFIX_NO_REGEX)
+        error = self.assertRaises(
+            ValueError, URLMap, [Route(first, None), Route(second, None)]
+        )
+        self.assertEqual(
+            str(error),
+            "path '^~ /x' is already used by route 'a' (as '/x': a prefix is "
+            "given once, with or without ^~)",
+        )
+        stripping = RouteConfig(
+            name="c", path="/x", upstream="pool", match=EXACT, strip_prefix=True
+        )
+        error = self.assertRaises(ValueError, Route, stripping, None)
+        self.assertEqual(
+            str(error),
+            "route 'c': strip_prefix needs a prefix path (such as /app or ^~ "
+            "/app), but the path is '= /x'",
+        )

@@ -20,7 +20,7 @@ from twisted.web.server import Site
 
 from zope.interface import implementer
 
-from manualb.config import parseConfig
+from manualb.configfile import parseConfig
 from manualb.web import ProxySite
 from manualb.service import LoadBalancer, makeService
 from manualb.termination import HTTPSRedirect, SNIServerEndpoint

@@ -15,7 +15,8 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from manualb.bodies import FileBody
-from manualb.config import EXACT, PREFIX, PREFIX_NO_REGEX, REGEX, parseConfig
+from manualb.config import EXACT, PREFIX, PREFIX_NO_REGEX, REGEX
+from manualb.configfile import parseConfig
 from manualb.exchange import Exchange, State
 from manualb.interfaces import IDownstream, IStage
 from manualb.rules import SERVER_NAME

@@ -15,7 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
-from manualb.config import parseConfig
+from manualb.configfile import parseConfig
 from manualb.service import LoadBalancer
 from manualb.testing import MemoryBalancer, balancerConfig, serverAddress
 

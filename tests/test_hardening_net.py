@@ -27,7 +27,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from manualb.config import HealthCheckConfig, ServerAddress, ServerConfig, parseConfig
+from manualb.config import HealthCheckConfig, ServerAddress, ServerConfig
+from manualb.configfile import parseConfig
 from manualb.handoff import localConnectProblem
 from manualb.health import DOWN, UP
 from manualb.service import LoadBalancer

@@ -46,7 +46,8 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from manualb.channel import ChannelSwitch
-from manualb.config import GatekeeperConfig, parseConfig
+from manualb.config import GatekeeperConfig
+from manualb.configfile import parseConfig
 from manualb.handoff import UpstreamConnection
 from manualb.http2 import (
     CONTROL_FRAME_BURST,

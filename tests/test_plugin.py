@@ -271,3 +271,25 @@ class CollectorTests(TestCase):
         service.startService()
         self.addCleanup(service.stopService)
         self.assertGreater(gc.get_freeze_count(), 0)
+
+
+class NothingToListenOnTests(TestCase):
+    """
+    A file that listens on nothing (fine for an embedder) is refused by the
+    commands that serve or check a file for serving.
+    """
+
+    def test_refused(self):
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("[upstream pool]\nservers = 127.0.0.1:8080\n[route default]\n")
+            f.write("path = /\nupstream = pool\n[manualb]\naccess_log = -\n")
+        expected = "%s: [manualb] listen: nothing to listen on" % (path,)
+        result = run([sys.executable, "-m", "manualb", "check", path])
+        self.assertEqual(result.returncode, 1)
+        self.assertIn(expected, result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+        result = run(TWISTD + ["-n", "--pidfile=", "manualb", "--config", path])
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn(expected, result.stderr)
+        self.assertNotIn("Traceback", result.stderr + result.stdout)

@@ -5,7 +5,7 @@ clock moves only when a test says so.
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from manualb.config import parseConfig
+from manualb.configfile import parseConfig
 from manualb.testing import MemoryBalancer, balancerConfig
 
 GET = b"GET /path?q=1 HTTP/1.1\r\nHost: example.com\r\n\r\n"

@@ -889,7 +889,7 @@ class EndpointStringTests(TerminationTestsMixin, TestCase):
         for text, expected in [
             ("[manualb]\nlisten = tcp:80\n", "no [tls] section"),
             ("[tls]\nmin_version = TLSv1.3\n", "certificates: missing"),
-            ("[tls]\ncertificates = www.example.com /a.crt\n", "NAME CERTIFICATE KEY"),
+            ("[tls]\ncertificates = www.example.com /a.crt\n", "NAME CERTFILE KEYFILE"),
         ]:
             with open(path, "w") as f:
                 f.write(text)

@@ -1,0 +1,909 @@
+"""
+Read and validate the manualb configuration file.
+
+The file is INI (L{configparser}) and becomes the frozen data model of
+L{manualb.config}.  Everything is checked before the load balancer starts
+so that the rest of the program can trust these objects, and so that every
+mistake stops start-up with one message naming the file, section and key
+(L{ConfigError}) instead of a traceback or a surprise at request time.
+
+Example::
+
+    [manualb]
+    listen = tcp:8080
+    access_log = -
+
+    [upstream my_backend_pool]
+    servers =
+        10.128.0.2:80 weight=2 max_fails=3 fail_timeout=30s
+        10.128.0.3:80 slow_start=30s max_conns=100
+        10.128.0.4:80 backup
+    balance = least_conn
+    connect_timeout = 5s
+    passive_fail_on = 502 503 504
+    health_check = path=/healthz interval=2s rise=2 fall=3 expect=2xx
+
+    [route default]
+    path = /
+    upstream = my_backend_pool
+
+    [route static]
+    host = www.example.com
+    path = ^~ /static/
+    strip_prefix = on
+    upstream = my_backend_pool
+
+Files named in the configuration (certificates, keys, C{tls_ca}) are found
+relative to the directory of the configuration file, or of the current
+directory when the text does not come from a file.
+
+This reader knows the sections and how they fit together; the keys it
+reads are declared once, in the data model (L{manualb.config.key}), and
+each stage reads the values whose syntax is its own: the URL map a route's
+C{path}, C{host} and C{rewrite} (L{manualb.urlmap.parseRoute}), TLS
+termination C{[tls]} and C{sni:} endpoints (L{manualb.termination}), the
+balancers C{balance} (L{manualb.balancers.parseBalance}) and health
+checking C{health_check} (L{manualb.health.parseHealthCheck}).
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+from collections.abc import Mapping
+
+import attrs
+from twisted.internet.endpoints import serverFromString
+
+from manualb import balancers, health, termination, urlmap
+from manualb.config import (
+    Config,
+    ConfigError,
+    GatekeeperConfig,
+    ListenerConfig,
+    RouteConfig,
+    ServerAddress,
+    ServerConfig,
+    StreamConfig,
+    TLSConfig,
+    UpstreamConfig,
+    keys,
+)
+from manualb.syntax import (
+    Section,
+    canonicalHost,
+    hostName,
+    parseOptions,
+    parseServerAddress,
+    parseValue,
+)
+
+__all__ = ["KNOWN_KEYS", "parseConfig", "loadConfig"]
+
+# configparser treats its default section specially (its keys leak into every
+# other section).  A header cannot contain a newline, so no file can name this
+# one and "[DEFAULT]" becomes an ordinary, unknown section.
+_NO_DEFAULT_SECTION = "\n"
+
+# Stricter than configparser's own pattern, which silently ignores anything
+# after the closing bracket ("[route a] b").  Comments are already removed.
+_SECTION_HEADER = re.compile(r"\[(?P<header>[^\]]+)\]$")
+
+_KNOWN_SECTIONS = (
+    "[manualb], [gatekeeper], [upstream NAME], [route NAME], [listener NAME], "
+    "[stream NAME], [tls]"
+)
+
+#: The keys each kind of section knows, as the data model declares them.
+#: The listen lines of C{[manualb]} are the listener C{"default"}, whose
+#: C{redirect_https} is given there too.
+KNOWN_KEYS: dict[str, tuple[str, ...]] = {
+    "manualb": (*keys(Config), "redirect_https"),
+    "gatekeeper": tuple(keys(GatekeeperConfig)),
+    "tls": tuple(keys(TLSConfig)),
+    "upstream": tuple(keys(UpstreamConfig)),
+    "route": tuple(keys(RouteConfig)),
+    "listener": tuple(keys(ListenerConfig)),
+    "stream": tuple(keys(StreamConfig)),
+}
+
+# The status codes passive_fail_on accepts.
+_FAILURE_STATUS = re.compile(r"5[0-9][0-9]")
+
+
+def loadConfig(path: str, requireListen: bool = False) -> Config:
+    """
+    Read and validate the configuration file at C{path}.
+
+    @param requireListen: See L{parseConfig}.
+
+    @raise ConfigError: if the file cannot be read (naming the file and the
+        operating system's reason) or its contents are wrong.
+    """
+    try:
+        # utf-8-sig: tolerate the byte order mark some Windows editors add.
+        with open(path, encoding="utf-8-sig") as configFile:
+            text = configFile.read()
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise ConfigError(path, None, None, f"cannot read file: {reason}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            path, None, None, f"not UTF-8 text (bad byte at offset {e.start})"
+        ) from None
+    return parseConfig(text, path, requireListen)
+
+
+def parseConfig(
+    text: str, source: str = "<string>", requireListen: bool = False
+) -> Config:
+    """
+    Parse and validate configuration file contents.
+
+    @param text: The contents of the file.
+    @param source: File name to put in error messages and L{Config.source}.
+        Relative paths in the file are relative to its directory when it
+        names a file, else to the current directory.
+    @param requireListen: Refuse a file that listens on nothing (no
+        C{[manualb] listen}, no C{[listener]} or C{[stream]} section), as a
+        process that serves the file must.  Without it, such a file is fine:
+        an embedder mounts L{manualb.service.LoadBalancer.resource} in a
+        site of its own.
+
+    @raise ConfigError: on the first mistake found.
+    """
+    parser = _readIni(text, source)
+    sections = _Sections(source, parser)
+    sections.classify(requireListen)
+    directory = _configDirectory(source)
+    listen, accessLog, redirect = _parseMain(sections, requireListen)
+    clientTimeout = None
+    if sections.main is not None:
+        main = _simpleKeys(sections.section(sections.main), Config, {"client_timeout": None})
+        clientTimeout = main["client_timeout"]
+    gatekeeper = _parseGatekeeper(sections, clientTimeout)
+    tls = None
+    if sections.tls is not None:
+        tls = termination.parseTLS(sections.section(sections.tls), directory)
+    upstreams = {
+        name: _parseUpstream(sections.section(header), name, directory)
+        for name, header in sections.upstreams.items()
+    }
+    routes = tuple(
+        urlmap.parseRoute(sections.section(header), name)
+        for name, header in sections.routes.items()
+    )
+    listeners = _parseListeners(sections, listen, redirect)
+    streams = tuple(
+        _parseStream(sections, header, name, upstreams)
+        for name, header in sections.streams.items()
+    )
+    _checkRoutes(source, routes, upstreams, sections.routes, needed=bool(listeners))
+    _checkEndpointsUnique(sections, listen, listeners, streams)
+    return Config(
+        source=source,
+        listen=listen,
+        access_log=accessLog,
+        upstreams=upstreams,
+        routes=routes,
+        client_timeout=_default(Config, "client_timeout")
+        if clientTimeout is None
+        else clientTimeout,
+        listeners=listeners,
+        tls=tls,
+        streams=streams,
+        gatekeeper=gatekeeper,
+    )
+
+
+_NOTHING_TO_LISTEN_ON = (
+    "nothing to listen on: give endpoints here, such as listen = tcp:8080, or "
+    "add a [listener NAME] or [stream NAME] section"
+)
+
+
+def _default(cls: type, name: str) -> object:
+    """
+    The default of key C{name} of the attrs class C{cls}.
+    """
+    return keys(cls)[name].default
+
+
+def _simpleKeys(
+    section: Section, cls: type, defaults: Mapping[str, object] | None = None
+) -> dict[str, object]:
+    """
+    Read the simple keys of C{cls} (those whose L{manualb.config.Key} has a
+    kind) from C{section}, each as its declaration says.
+
+    @param defaults: The value of a key that is absent, by name, where it
+        is not the field's default.
+    """
+    values = {}
+    for name, spec in keys(cls).items():
+        if spec.kind is None:
+            continue
+        if defaults is not None and name in defaults:
+            values[name] = section.value(name, spec.kind, defaults[name], spec.minimum)
+        else:
+            values[name] = section.read(name, spec)  # type: ignore[arg-type]
+    return values
+
+
+def _parseGatekeeper(
+    sections: "_Sections", clientTimeout: float | None
+) -> GatekeeperConfig:
+    """
+    The C{[gatekeeper]} section, or its defaults; C{[manualb]
+    client_timeout}, when given, is the default of the three timeouts that
+    it used to stand for.
+    """
+    default = GatekeeperConfig()
+    if clientTimeout is not None:
+        default = attrs.evolve(
+            default,
+            client_header_timeout=clientTimeout,
+            client_body_timeout=clientTimeout,
+            keepalive_timeout=clientTimeout,
+        )
+    if sections.gatekeeper is None:
+        return default
+    section = sections.section(sections.gatekeeper)
+    return GatekeeperConfig(
+        **_simpleKeys(section, GatekeeperConfig, attrs.asdict(default, recurse=False))
+    )
+
+
+def _configDirectory(source: str) -> str:
+    """
+    Return the absolute directory that relative paths in the configuration
+    are relative to: that of the file C{source}, or the current directory
+    when C{source} is not a file (such as C{"<string>"}).
+    """
+    if os.path.isfile(source):
+        return os.path.dirname(os.path.abspath(source))
+    return os.getcwd()
+
+
+def _readIni(text: str, source: str) -> configparser.RawConfigParser:
+    """
+    Run configparser over C{text}, turning its errors into L{ConfigError}.
+    """
+    parser = configparser.RawConfigParser(
+        interpolation=None,
+        strict=True,
+        delimiters=("=",),
+        comment_prefixes=(";", "#"),
+        inline_comment_prefixes=(";", "#"),
+        empty_lines_in_values=False,
+        default_section=_NO_DEFAULT_SECTION,
+    )
+    parser.SECTCRE = _SECTION_HEADER
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as e:
+        raise _fromParserError(e, text, source) from None
+    return parser
+
+
+def _fromParserError(
+    error: configparser.Error, text: str, source: str
+) -> ConfigError:
+    """
+    Translate a configparser exception into a L{ConfigError} with its line.
+    """
+    if isinstance(error, configparser.DuplicateSectionError):
+        return ConfigError(
+            source, error.section, None, "duplicate section", error.lineno
+        )
+    if isinstance(error, configparser.DuplicateOptionError):
+        return ConfigError(
+            source,
+            error.section,
+            error.option,
+            "duplicate key (each key may appear once per section)",
+            error.lineno,
+        )
+    if isinstance(error, configparser.MissingSectionHeaderError):
+        return ConfigError(
+            source,
+            None,
+            None,
+            f"{_lineAt(text, error.lineno).strip()!r} comes before any section "
+            f"header (the file must start with a section such as [manualb])",
+            error.lineno,
+        )
+    if isinstance(error, configparser.ParsingError) and error.errors:
+        lineno = error.errors[0][0]
+        line = _lineAt(text, lineno)
+        message = f"cannot parse {line.strip()!r}: expected 'key = value'"
+        if line[:1].isspace():
+            # configparser only continues a value on lines directly below it.
+            message += (
+                " or a continuation line directly below a key"
+                " (a blank or comment line ends a multi-line value)"
+            )
+        else:
+            message += " or a [section] header"
+        return ConfigError(source, None, None, message, lineno)
+    return ConfigError(source, None, None, str(error))
+
+
+def _lineAt(text: str, lineno: int) -> str:
+    """
+    Return line C{lineno} (1-based) of C{text} as configparser numbered it.
+    """
+    # read_string() iterates over a StringIO, which splits on "\n" only.
+    lines = text.split("\n")
+    if 1 <= lineno <= len(lines):
+        return lines[lineno - 1]
+    return ""
+
+
+class _Sections:
+    """
+    The sections of one file, sorted by kind and checked for unknown or
+    duplicate sections and keys.
+
+    @ivar main: The header of the C{[manualb]} section, or L{None}.
+    @ivar tls: The header of the C{[tls]} section, or L{None}.
+    @ivar gatekeeper: The header of the C{[gatekeeper]} section, or L{None}.
+    @ivar upstreams: Upstream name to section header, in file order.
+    @ivar routes: Route name to section header, in file order.
+    @ivar listeners: Listener name to section header, in file order.
+    @ivar streams: Stream name to section header, in file order.
+    """
+
+    def __init__(self, source: str, parser: configparser.RawConfigParser) -> None:
+        self.source = source
+        self.parser = parser
+        self.main: str | None = None
+        self.tls: str | None = None
+        self.gatekeeper: str | None = None
+        self.upstreams: dict[str, str] = {}
+        self.routes: dict[str, str] = {}
+        self.listeners: dict[str, str] = {}
+        self.streams: dict[str, str] = {}
+
+    def error(self, section: str | None, key: str | None, message: str) -> ConfigError:
+        """
+        Make a L{ConfigError} for this file.
+        """
+        return ConfigError(self.source, section, key, message)
+
+    def section(self, header: str) -> Section:
+        """
+        The keys of section C{[header]}, handed out with errors that name
+        this file, the section and the key.
+        """
+        return Section(
+            header,
+            dict(self.parser.items(header)),
+            lambda key, message: self.error(header, key, message),
+        )
+
+    def classify(self, requireListen: bool) -> None:
+        """
+        Sort every section by kind and check its keys against the known ones.
+        With C{requireListen}, C{[manualb]} is required unless C{[listener]}
+        or C{[stream]} sections do the listening.
+        """
+        for header in self.parser.sections():
+            self._classifyOne(header)
+        if (
+            requireListen
+            and self.main is None
+            and not self.listeners
+            and not self.streams
+        ):
+            raise self.error(
+                "manualb",
+                None,
+                "missing section (it holds 'listen', which is required)",
+            )
+
+    def _classifyOne(self, header: str) -> None:
+        words = header.split()
+        kind = words[0] if words else ""
+        known = KNOWN_KEYS.get(kind)
+        if kind in ("manualb", "tls", "gatekeeper"):
+            if len(words) > 1:
+                raise self.error(header, None, f"[{kind}] takes no name")
+            attribute = "main" if kind == "manualb" else kind
+            seen = getattr(self, attribute)
+            if seen is not None:
+                raise self.error(header, None, f"duplicate section (see [{seen}])")
+            setattr(self, attribute, header)
+        elif kind in ("upstream", "route", "listener", "stream"):
+            name = self._sectionName(header, words)
+            named = getattr(self, kind + "s")
+            if name in named:
+                raise self.error(
+                    header, None, f"duplicate section (see [{named[name]}])"
+                )
+            named[name] = header
+        else:
+            raise self.error(
+                header, None, f"unknown section (known sections: {_KNOWN_SECTIONS})"
+            )
+        assert known is not None
+        for key in self.parser.options(header):
+            if key not in known:
+                raise self.error(
+                    header, key, f"unknown key (known keys: {', '.join(known)})"
+                )
+
+    def _sectionName(self, header: str, words: list[str]) -> str:
+        """
+        Return NAME from a C{[kind NAME]} header, which must be one word.
+        """
+        kind = words[0]
+        if len(words) == 1:
+            raise self.error(header, None, f"section needs a name: [{kind} NAME]")
+        if len(words) > 2:
+            raise self.error(
+                header,
+                None,
+                f"section name must be one word without spaces: [{kind} NAME]",
+            )
+        return words[1]
+
+
+def _parseMain(
+    sections: _Sections, requireListen: bool
+) -> tuple[tuple[str, ...], str | None, int | None]:
+    """
+    Return C{(listen, access_log, redirect_https)} from the C{[manualb]}
+    section, or their defaults when there is none.  C{listen} may be left
+    out (giving no endpoint), unless C{requireListen} and no C{[listener]}
+    or C{[stream]} sections listen instead.
+    """
+    accessLog = _default(Config, "access_log")
+    assert isinstance(accessLog, str)
+    if sections.main is None:
+        return (), accessLog, None
+    section = sections.section(sections.main)
+    listen = _parseEndpoints(sections, section, required=False)
+    if listen is None:
+        if requireListen and not sections.listeners and not sections.streams:
+            raise section.error("listen", _NOTHING_TO_LISTEN_ON)
+        listen = ()
+    redirect = _parseRedirect(section, listen)
+    given = section.single("access_log") or accessLog
+    return listen, (None if given.lower() == "off" else given), redirect
+
+
+def _parseRedirect(section: Section, listen: tuple[str, ...]) -> int | None:
+    """
+    Return the port of C{redirect_https = off|on|PORT} (C{on} is 443), or
+    L{None} for C{off} or when absent; C{listen} are the endpoints it
+    applies to, of which at least one must be plain (not C{sni:}).
+    """
+    text = section.single("redirect_https")
+    if text is None or text.lower() == "off":
+        return None
+    if text.lower() == "on":
+        port = 443
+    elif text.isascii() and text.isdigit():
+        port = int(text)
+        if not 1 <= port <= 65535:
+            raise section.error("redirect_https", f"port {port} out of range 1..65535")
+    else:
+        raise section.error(
+            "redirect_https",
+            f"expected off, on (port 443) or a port number, got {text!r}",
+        )
+    if not listen:
+        raise section.error(
+            "redirect_https",
+            "there is no listen here for it to apply to; set redirect_https "
+            "in the [listener NAME] whose connections should be redirected",
+        )
+    if all(termination.isSNI(description) for description in listen):
+        raise section.error(
+            "redirect_https",
+            "every endpoint of listen is sni: (TLS already), so there is "
+            "nothing to redirect; it applies to plain endpoints such as tcp:80",
+        )
+    return port
+
+
+def _parseEndpoints(
+    sections: _Sections, section: Section, required: bool, allowSNI: bool = True
+) -> tuple[str, ...] | None:
+    """
+    Return the endpoint strings of C{listen}, or L{None} if the optional key
+    is absent.  Each is checked by Twisted's own parser so that a typo is
+    reported now rather than when listening, except manualb's C{sni:}, which
+    is checked by L{termination.parseSNIDescription} and needs a C{[tls]}
+    section.
+
+    @param allowSNI: Whether C{sni:} endpoints may be given (HTTP listeners)
+        or not (streams).
+    """
+    lines = section.lines("listen")
+    if lines is None:
+        if required:
+            raise section.error("listen", "missing required key")
+        return None
+    if not lines:
+        raise section.error("listen", "needs at least one endpoint, such as tcp:8080")
+    seen: set[str] = set()
+    for description in lines:
+        if description in seen:
+            raise section.error("listen", f"duplicate endpoint {description!r}")
+        seen.add(description)
+        isSNI = termination.isSNI(description)
+        if isSNI:
+            if not allowSNI:
+                raise section.error(
+                    "listen",
+                    f"endpoint {description!r} cannot be used here: sni: "
+                    f"terminates TLS for HTTP routes, while a stream passes "
+                    f"bytes through (listen with tcp: instead)",
+                )
+            problem = _sniProblem(description)
+        else:
+            problem = _endpointProblem(description)
+        if problem is not None:
+            raise section.error(
+                "listen", f"cannot parse endpoint {description!r} ({problem})"
+            )
+        if isSNI and sections.tls is None:
+            raise section.error(
+                "listen",
+                f"endpoint {description!r} needs a [tls] section, whose "
+                f"certificates it serves",
+            )
+    return tuple(lines)
+
+
+def _sniProblem(description: str) -> str | None:
+    """
+    Return what is wrong with the C{sni:} endpoint string C{description}, or
+    L{None} if nothing is.
+    """
+    try:
+        termination.parseSNIDescription(description)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _endpointProblem(description: str) -> str | None:
+    """
+    Return why Twisted cannot parse the server endpoint string
+    C{description}, or L{None} if it can.
+    """
+    # Parsing stores the reactor without using it for the endpoint types we
+    # care about (tcp, tcp6, unix, ssl), so any object will do.
+    reactorPlaceholder = object()
+    try:
+        serverFromString(reactorPlaceholder, description)
+    # Endpoint parsers (including third-party plugins) raise all sorts of
+    # exceptions for bad arguments; any of them means "cannot parse".
+    except Exception as e:
+        return str(e) or type(e).__name__
+    return None
+
+
+def _parseListeners(
+    sections: _Sections, listen: tuple[str, ...], redirect: int | None
+) -> tuple[ListenerConfig, ...]:
+    """
+    Return the HTTP listeners: C{"default"} for the C{listen} lines of
+    C{[manualb]} (with its C{redirect_https}), if it has any, then the
+    C{[listener NAME]} sections in file order.
+    """
+    listeners = []
+    if listen:
+        listeners.append(ListenerConfig("default", listen, None, redirect))
+    for name, header in sections.listeners.items():
+        section = sections.section(header)
+        if name == "default" and listen:
+            raise section.error(
+                None,
+                "the name 'default' is taken by the listen lines of [manualb]; "
+                "choose another",
+            )
+        endpoints = _parseEndpoints(sections, section, required=True)
+        assert endpoints is not None
+        listeners.append(
+            ListenerConfig(
+                name,
+                endpoints,
+                _parseListenerRoutes(sections, section),
+                _parseRedirect(section, endpoints),
+            )
+        )
+    return tuple(listeners)
+
+
+def _parseListenerRoutes(sections: _Sections, section: Section) -> tuple[str, ...] | None:
+    """
+    Return the route names of a listener's C{routes}, each of an existing
+    C{[route NAME]} and none twice, or L{None} (all routes) if absent.
+    """
+    text = section.single("routes")
+    if text is None:
+        return None
+    names: list[str] = []
+    for name in text.split():
+        if name not in sections.routes:
+            defined = ", ".join(sections.routes) or "none"
+            raise section.error(
+                "routes", f"no section [route {name}] (defined routes: {defined})"
+            )
+        if name in names:
+            raise section.error("routes", f"route {name!r} given twice")
+        names.append(name)
+    return tuple(names)
+
+
+def _parseStream(
+    sections: _Sections,
+    header: str,
+    name: str,
+    upstreams: Mapping[str, UpstreamConfig],
+) -> StreamConfig:
+    """
+    Build the L{StreamConfig} of section C{[stream NAME]}.
+    """
+    section = sections.section(header)
+    listen = _parseEndpoints(sections, section, required=True, allowSNI=False)
+    assert listen is not None
+    upstream = section.single("upstream", required=True)
+    assert upstream is not None
+    if upstream not in upstreams:
+        defined = ", ".join(upstreams) or "none"
+        raise section.error(
+            "upstream",
+            f"no section [upstream {upstream}] (defined upstreams: {defined})",
+        )
+    proxyProtocol = None
+    text = section.single("proxy_protocol")
+    if text is not None:
+        if text.lower() not in ("off", "v1", "v2"):
+            raise section.error(
+                "proxy_protocol", f"expected off, v1 or v2, got {text!r}"
+            )
+        if text.lower() != "off":
+            proxyProtocol = text.lower()
+    return StreamConfig(
+        name=name,
+        listen=listen,
+        upstream=upstream,
+        proxy_protocol=proxyProtocol,
+        **_simpleKeys(section, StreamConfig),  # type: ignore[arg-type]
+    )
+
+
+def _checkEndpointsUnique(
+    sections: _Sections,
+    listen: tuple[str, ...],
+    listeners: tuple[ListenerConfig, ...],
+    streams: tuple[StreamConfig, ...],
+) -> None:
+    """
+    Insist that no endpoint string is given by two of C{[manualb] listen},
+    the listeners and the streams (the duplicates within one C{listen} are
+    found while parsing it).
+    """
+    owners: list[tuple[str, tuple[str, ...]]] = []
+    named = listeners
+    if listen:
+        assert sections.main is not None
+        owners.append((sections.main, listen))
+        named = listeners[1:]
+    for listener in named:
+        owners.append((sections.listeners[listener.name], listener.listen))
+    for stream in streams:
+        owners.append((sections.streams[stream.name], stream.listen))
+    used: dict[str, str] = {}
+    for header, endpoints in owners:
+        for description in endpoints:
+            if _anyPort(description):
+                # Port 0 asks for a free port: each such endpoint gets its own.
+                continue
+            if description in used:
+                raise sections.error(
+                    header,
+                    "listen",
+                    f"endpoint {description!r} is already used by "
+                    f"[{used[description]}]",
+                )
+        for description in endpoints:
+            used[description] = header
+
+
+def _anyPort(description: str) -> bool:
+    """
+    Whether a TCP-like endpoint string asks for port 0.
+    """
+    fields = description.split(":")
+    return len(fields) > 1 and fields[1].strip() == "0"
+
+
+def _parseUpstream(section: Section, name: str, directory: str) -> UpstreamConfig:
+    """
+    Build the L{UpstreamConfig} of section C{[upstream NAME]}; C{directory}
+    is where a relative C{tls_ca} is.
+    """
+    balance, balanceArgument = _parseBalance(section)
+    values = _simpleKeys(section, UpstreamConfig)
+    tlsCA = section.file("tls_ca", directory)
+    if tlsCA is not None and not values["tls_verify"]:
+        raise section.error(
+            "tls_ca",
+            "has no use with tls_verify = off, which trusts any certificate; "
+            "remove one of them",
+        )
+    tlsName = section.single("tls_name")
+    if tlsName is not None:
+        try:
+            tlsName = hostName(tlsName, wildcard=False)
+        except ValueError as e:
+            raise section.error("tls_name", str(e)) from None
+    return UpstreamConfig(
+        name=name,
+        servers=_parseServers(section),
+        balance=balance,
+        balance_argument=balanceArgument,
+        passive_fail_on=_parsePassiveFailOn(section),
+        health_check=health.parseHealthCheck(section),
+        tls_ca=tlsCA,
+        tls_name=tlsName,
+        **values,  # type: ignore[arg-type]
+    )
+
+
+def _parseBalance(section: Section) -> tuple[str, str | None]:
+    """
+    Return the method and the argument of C{balance}, as the balancers read
+    them (L{balancers.parseBalance}), or the default method.
+    """
+    text = section.single("balance")
+    if text is None:
+        return _default(UpstreamConfig, "balance"), None  # type: ignore[return-value]
+    try:
+        return balancers.parseBalance(text)
+    except ValueError as e:
+        raise section.error("balance", str(e)) from None
+
+
+def _serverOptions() -> dict[str, object]:
+    """
+    The options of a server line (L{parseOptions}), as L{ServerConfig}
+    declares them: a flag is bare, every other option is C{name=value}.
+    """
+    options: dict[str, object] = {}
+    for name, spec in keys(ServerConfig).items():
+        assert spec.kind is not None
+        if spec.kind == "flag":
+            options[name] = None
+        else:
+            options[name] = (
+                lambda text, spec=spec: parseValue(text, spec.kind, spec.minimum),
+                f"{name}={spec.example}",
+            )
+    return options
+
+
+_SERVER_OPTIONS = _serverOptions()
+
+
+def _parseServerLine(line: str) -> ServerConfig:
+    """
+    Parse one line of C{servers}: an address (L{parseServerAddress})
+    followed by options separated by spaces, as nginx's C{server}
+    parameters: C{10.0.0.1:80 weight=3 max_fails=2 fail_timeout=30s}.
+
+    @raise ValueError: with a message quoting the line (or the address), if
+        the address or an option is wrong.
+    """
+    text, *words = line.split()
+    address = ServerAddress(*parseServerAddress(text))
+    options = parseOptions(words, _SERVER_OPTIONS, line)  # type: ignore[arg-type]
+    return ServerConfig(address, **options)  # type: ignore[arg-type]
+
+
+def _parseServers(section: Section) -> tuple[ServerConfig, ...]:
+    """
+    Return the servers of an upstream section: at least one, no duplicate
+    addresses, not all of them backups.
+    """
+    lines = section.lines("servers")
+    if lines is None:
+        raise section.error("servers", "missing required key")
+    if not lines:
+        raise section.error("servers", "needs at least one server, such as 10.0.0.1:80")
+    servers: list[ServerConfig] = []
+    seen: dict[tuple[str, int], str] = {}
+    for line in lines:
+        try:
+            server = _parseServerLine(line)
+        except ValueError as e:
+            raise section.error("servers", str(e)) from None
+        address = server.address
+        written = line.split()[0]
+        # Not the scheme: one port does not speak both http and https, and
+        # logs, the access log and balancers know a server by host:port.
+        identity = (canonicalHost(address.host), address.port)
+        if identity in seen:
+            raise section.error(
+                "servers",
+                f"duplicate server {written!r} (same as {seen[identity]!r})",
+            )
+        seen[identity] = written
+        servers.append(server)
+    if all(server.backup for server in servers):
+        raise section.error(
+            "servers",
+            "every server is a backup; at least one must not be, since backup "
+            "servers take requests only when no other server can",
+        )
+    return tuple(servers)
+
+
+def _parsePassiveFailOn(section: Section) -> frozenset[int]:
+    """
+    Return the status codes of C{passive_fail_on = 502 503 504}: at least
+    one if the key is there, each from 500 to 599, none twice.
+    """
+    text = section.single("passive_fail_on")
+    if text is None:
+        return frozenset()
+    codes: set[int] = set()
+    for word in text.split():
+        if not _FAILURE_STATUS.fullmatch(word):
+            raise section.error(
+                "passive_fail_on",
+                f"bad status code {word!r} in {text!r} (expected codes from 500 "
+                f"to 599 separated by spaces, like 502 503 504)",
+            )
+        if int(word) in codes:
+            raise section.error(
+                "passive_fail_on", f"status code {word} given twice in {text!r}"
+            )
+        codes.add(int(word))
+    return frozenset(codes)
+
+
+def _checkRoutes(
+    source: str,
+    routes: tuple[RouteConfig, ...],
+    upstreams: Mapping[str, UpstreamConfig],
+    headers: Mapping[str, str],
+    needed: bool,
+) -> None:
+    """
+    Check what no single route section can: that there is a route when
+    C{needed} (when there are HTTP listeners), that each names an existing
+    upstream, and that no two share a host and a path
+    (L{urlmap.claimPath}).
+    """
+    if not routes and needed:
+        raise ConfigError(
+            source,
+            None,
+            None,
+            "no [route NAME] section; at least one route is needed, such as "
+            "[route default] with path = / and upstream = NAME",
+        )
+    paths: dict = {}
+    for route in routes:
+        header = headers[route.name]
+        if route.upstream not in upstreams:
+            defined = ", ".join(upstreams) or "none"
+            raise ConfigError(
+                source,
+                header,
+                "upstream",
+                f"no section [upstream {route.upstream}] "
+                f"(defined upstreams: {defined})",
+            )
+        try:
+            urlmap.claimPath(paths, route, lambda other: f"[{headers[other.name]}]")
+        except ValueError as e:
+            raise ConfigError(source, header, "path", str(e)) from None

@@ -379,3 +379,27 @@ class RouteDecisionTests(SynchronousTestCase):
         passage = Passage(requestView("", False, b"GET", b"/b", [(b"host", b"example.com")]))
         self.assertEqual(urlMap.handle(passage).code, 404)
         self.assertIsNone(passage.route)
+
+
+class RequestDownstreamTests(SynchronousTestCase):
+    """
+    twisted.web's front end offers its requests to the exchange as an
+    L{IDownstream}.
+    """
+
+    def test_interface(self):
+        from twisted.web.server import Request
+        from twisted.web.test.requesthelper import DummyChannel
+
+        from manualb.web import _RequestDownstream
+
+        request = Request(DummyChannel())
+        request.method, request.uri, request.clientproto = b"GET", b"/a?b", b"HTTP/1.1"
+        request.content = BytesIO(b"xy")
+        request.requestHeaders.addRawHeader(b"Host", b"Example.com")
+        downstream = _RequestDownstream(request)
+        verifyObject(IDownstream, downstream)
+        self.assertEqual(downstream.view.path, b"/a")
+        self.assertEqual(downstream.view.host, b"example.com")
+        self.assertIsNone(downstream.refusal)
+        self.assertEqual(downstream.body.length, 2)

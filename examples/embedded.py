@@ -13,19 +13,16 @@ exits.
 from twisted.internet import task
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent
 from twisted.web.resource import Resource
 from twisted.web.server import Site
-from twisted.web.static import Data
 
 from manualb import LoadBalancer, parseConfig
-from manualb.testing import NamedBackend, listenBackend, serverAddress
+from manualb.testing import NamedBackend, listenBackend, responseBody, serverAddress
 
+# The application's own Site serves the balancer, and logs its requests
+# (one line each, in the Site's format); the balancer listens nowhere.
 CONFIG = """
-[manualb]
-listen = tcp:0:interface=127.0.0.1
-access_log = off
-
 [upstream api]
 servers =
     {a}
@@ -35,6 +32,14 @@ servers =
 path = /api/
 upstream = api
 """
+
+
+class Home(Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setHeader(b"Content-Type", b"text/plain")
+        return b"the application's home page\n"
 
 
 @inlineCallbacks
@@ -48,7 +53,7 @@ def main(reactor):
     balancer = LoadBalancer(config, reactor)
     balancer.start()
     root = Resource()
-    root.putChild(b"", Data(b"the application's home page\n", "text/plain"))
+    root.putChild(b"", Home())
     root.putChild(b"api", balancer.resource)
     port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(root))
 
@@ -56,9 +61,11 @@ def main(reactor):
     base = b"http://127.0.0.1:%d" % (port.getHost().port,)
     for path in [b"/", b"/api/users", b"/api/users", b"/api/orders"]:
         response = yield agent.request(b"GET", base + path)
-        body = yield readBody(response)
+        body = yield responseBody(response)
         print(path.decode(), "->", body.decode().strip())
-    balancer.close()
+    yield port.stopListening()
+    # Fires once the balancer's connections to the backends are closed.
+    yield balancer.close()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ manualb: a load balancer and reverse proxy built on Twisted.
 The public API::
 
     from manualb import loadConfig, makeService
-    service = makeService(loadConfig("conf/lb.ini"), reactor)
+    service = makeService(loadConfig("conf/lb.ini"))
     service.setServiceParent(application)
 
 or, to mount the proxy in a Site of your own::

@@ -39,25 +39,50 @@ class AccessLog:
     Writes access log lines to a binary file, unbuffered: each line is one
     write, so none is lost or torn when the process dies.
 
-    @param output: Where lines go.
+    A log given a C{target} opens it only when started (L{start}), so that
+    building a balancer touches no file; lines written before that, or after
+    L{close}, are dropped.
+
+    @param output: Where lines go, or L{None} to open C{target} at L{start}.
     @param clock: Gives the current time, for C{$time_local}.
+    @param target: C{-} for standard output, or the path of a file to
+        append to.
     """
 
-    def __init__(self, output: BinaryIO, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        output: BinaryIO | None = None,
+        clock: Callable[[], float] = time.time,
+        target: str | None = None,
+    ):
         self._output = output
         self._clock = clock
+        self._target = target
         self._second = -1
         self._stamp = b""
 
     @classmethod
-    def open(cls, target: str) -> "AccessLog":
+    def open(cls, target: str, clock: Callable[[], float] = time.time) -> "AccessLog":
         """
         An access log writing to standard output (C{-}) or appending to the
-        file at C{target}.
+        file at C{target}, opened now.
         """
-        if target == "-":
-            return cls(os.fdopen(os.dup(sys.__stdout__.fileno()), "wb", buffering=0))
-        return cls(open(target, "ab", buffering=0))
+        log = cls(clock=clock, target=target)
+        log.start()
+        return log
+
+    def start(self) -> None:
+        """
+        Open the target, unless the log is open already.
+
+        @raise OSError: The file cannot be opened.
+        """
+        if self._output is not None or self._target is None:
+            return
+        if self._target == "-":
+            self._output = os.fdopen(os.dup(sys.__stdout__.fileno()), "wb", buffering=0)
+        else:
+            self._output = open(self._target, "ab", buffering=0)
 
     def _timestamp(self) -> bytes:
         now = int(self._clock())
@@ -127,10 +152,15 @@ class AccessLog:
             upstreams,
             upstreamTimes,
         )
-        self._output.write(line)
+        if self._output is not None:
+            self._output.write(line)
 
     def close(self) -> None:
         """
-        Close the output.
+        Close the output; a log with a target can be started again.
         """
-        self._output.close()
+        output = self._output
+        if output is not None:
+            if self._target is not None:
+                self._output = None
+            output.close()

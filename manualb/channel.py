@@ -23,6 +23,7 @@ What a client can make the proxy hold is bounded here, as nginx bounds it:
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -314,16 +315,58 @@ def _describePeer(transport) -> str:
 class ConnectionLimit:
     """
     The client connections open at once, across every listener of one
-    balancer, against C{max_connections}.
+    balancer, against C{max_connections}; also what closes them all when
+    the balancer stops.
+
+    @ivar connections: The connections open now.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.open = 0
+        self.connections: set[ChannelSwitch] = set()
+        self._waiting: list[Deferred[None]] = []
+
+    @property
+    def open(self) -> int:
+        """
+        How many client connections are open.
+        """
+        return len(self.connections)
 
     @property
     def full(self) -> bool:
         return self.open >= self.limit
+
+    def opened(self, connection: "ChannelSwitch") -> None:
+        """
+        Count C{connection} until it closes.
+        """
+        self.connections.add(connection)
+        connection.limit = self
+
+    def closed(self, connection: "ChannelSwitch") -> None:
+        """
+        C{connection} has closed.
+        """
+        self.connections.discard(connection)
+        if not self.connections:
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(None)
+
+    def closeAll(self) -> Deferred[None]:
+        """
+        Close every client connection at once, whatever it is doing.
+
+        @return: Fires once all of them are closed.
+        """
+        if not self.connections:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        for connection in list(self.connections):
+            connection.abortConnection()
+        return d
 
 
 class Overloaded(Protocol):
@@ -356,10 +399,20 @@ class ChannelSwitch(_GenericHTTPChannelProtocol):
     limit: ConnectionLimit | None = None
 
     def connectionLost(self, reason) -> None:
-        if self.limit is not None:
-            self.limit.open -= 1
-            self.limit = None
-        self._channel.connectionLost(reason)
+        try:
+            self._channel.connectionLost(reason)
+        finally:
+            if self.limit is not None:
+                limit, self.limit = self.limit, None
+                limit.closed(self)
+
+    def abortConnection(self) -> None:
+        """
+        Drop the connection at once, with whatever was in flight.
+        """
+        transport = self._channel.transport
+        if transport is not None:
+            transport.abortConnection()
 
     def makeConnection(self, transport) -> None:
         # Twisted's channels turn Nagle off only on a bare TCP transport.

@@ -754,6 +754,7 @@ class ConnectionPool:
         )
         self._idle: list[UpstreamConnection] = []
         self._open: set[UpstreamConnection] = set()
+        self._closing: list[Deferred[None]] = []
 
     @property
     def idleCount(self) -> int:
@@ -831,14 +832,24 @@ class ConnectionPool:
         if connection in self._idle:
             self._idle.remove(connection)
         connection.idleTimer = cancelCall(connection.idleTimer)
+        if not self._open:
+            closing, self._closing = self._closing, []
+            for d in closing:
+                d.callback(None)
 
-    def closeAll(self) -> None:
+    def closeAll(self) -> Deferred[None]:
         """
         Close every connection, idle or busy: the pool is shutting down.
+
+        @return: Fires once every connection is closed.
         """
+        if not self._open:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._closing.append(d)
         for connection in list(self._open):
             connection.abort()
-        self._idle.clear()
+        return d
 
 
 #: The errors of a connect that tell of the proxy's own shortage, not of the

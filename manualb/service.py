@@ -6,7 +6,10 @@ and the listening services (stage 1, the entry).
 
 from __future__ import annotations
 
+from functools import partial
+
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
@@ -15,7 +18,7 @@ from twisted.web.server import Site
 from manualb.accesslog import AccessLog
 from manualb.balancers import makeBalancer
 from manualb.channel import ConnectionLimit
-from manualb.config import Config, ListenerConfig, UpstreamConfig
+from manualb.config import Config, ConfigError, ListenerConfig, UpstreamConfig
 from manualb.handoff import ConnectionPool
 from manualb.health import HealthMonitor
 from manualb.selection import Pool
@@ -77,6 +80,11 @@ class LoadBalancer:
     """
     Everything one configuration builds, ready to be served.
 
+    Building it touches neither files nor the network: L{start} reads the
+    certificates of C{[tls]}, opens the access log and starts the health
+    probes; L{close} closes every connection and fires once they are all
+    closed.
+
     @ivar pools: The upstream pools by name.
     @ivar resource: The proxy over every route, a L{ProxyResource} that can
         also be mounted in another L{twisted.web.server.Site}.
@@ -84,7 +92,10 @@ class LoadBalancer:
     @ivar sites: The site of each listener, by listener name: its own
         routes, or a redirect to https.
     @ivar streams: The factory of each C{[stream NAME]}, by name.
-    @ivar tls: The certificates of C{[tls]}, loaded once, or L{None}.
+    @ivar connections: The client connections of every site, counted
+        against C{max_connections}.
+    @ivar tls: The certificates of C{[tls]}, once read (see L{load}), or
+        L{None}.
     """
 
     def __init__(
@@ -92,11 +103,9 @@ class LoadBalancer:
     ):
         self.config = config
         self.reactor = reactor
-        self.tls: SNIContextFactory | None = (
-            contextFactoryFor(config.tls, config.source) if config.tls else None
-        )
+        self.tls: SNIContextFactory | None = None
         if accessLog is None and config.access_log is not None:
-            accessLog = AccessLog.open(config.access_log)
+            accessLog = AccessLog(clock=reactor.seconds, target=config.access_log)
         self.accessLog = accessLog
         self.connections = ConnectionLimit(config.gatekeeper.max_connections)
         self.pools = {
@@ -129,13 +138,41 @@ class LoadBalancer:
             return self.site
         return self._proxySite(set(listener.routes))
 
+    def load(self) -> None:
+        """
+        Read what the configuration names on disk: the certificates of
+        C{[tls]}, once, and the access log, opened for appending.  L{start}
+        does this; a listening service does it first (see L{makeService}),
+        so that a missing file stops start-up before any port is bound.
+
+        @raise ConfigError: A certificate or key cannot be used (a
+            L{manualb.termination.TLSFileError}), or the access log cannot
+            be opened.
+        """
+        config = self.config
+        if self.tls is None and config.tls is not None:
+            self.tls = contextFactoryFor(config.tls, config.source)
+        if self.accessLog is not None:
+            try:
+                self.accessLog.start()
+            except OSError as e:
+                raise ConfigError(
+                    config.source,
+                    "manualb",
+                    "access_log",
+                    "cannot open %s: %s" % (config.access_log, e.strerror or e),
+                )
+
     def endpoint(self, description: str) -> IStreamServerEndpoint:
         """
         The server endpoint for a C{listen} line: Twisted's own, or manualb's
-        C{sni:} with the certificates of C{[tls]}; with a backlog of
-        L{DEFAULT_BACKLOG} unless the line gives one (see L{withBacklog}).
+        C{sni:} with the certificates of C{[tls]} (read now if not yet); with
+        a backlog of L{DEFAULT_BACKLOG} unless the line gives one (see
+        L{withBacklog}).
         """
         if _isSNI(description):
+            if self.tls is None and self.config.tls is not None:
+                self.tls = contextFactoryFor(self.config.tls, self.config.source)
             return sniEndpoint(self.reactor, withBacklog(description), self.tls)
         return serverEndpoint(self.reactor, description)
 
@@ -151,24 +188,49 @@ class LoadBalancer:
 
     def start(self) -> None:
         """
-        Start what runs in the background: the active health probes.
+        Read the files (L{load}) and start what runs in the background: the
+        active health probes.
+
+        @raise ConfigError: See L{load}.
         """
+        self.load()
         for pool in self.pools.values():
             pool.monitor.start()
 
-    def close(self) -> None:
+    def close(self) -> Deferred[None]:
         """
-        Stop the probes, close backend connections and the access log.
+        Stop the probes and close every connection: the clients' (HTTP and
+        TCP streams) and the backends'.  Nothing waits for requests in
+        flight to finish.
+
+        @return: Fires once every connection is closed; the access log is
+            closed then.
         """
-        for stream in self.streams.values():
-            stream.closeAll()
         for pool in self.pools.values():
             pool.monitor.stop()
-            for server in pool.servers:
-                server.connections.closeAll()
-        if self.accessLog is not None:
-            self.accessLog.close()
-            self.accessLog = None
+        # The clients go first: an exchange whose client is gone lets go of
+        # its backend connection rather than trying another server.
+        clients = [self.connections.closeAll()]
+        clients += [stream.closeAll() for stream in self.streams.values()]
+
+        def closeBackends(ignored):
+            return gatherResults(
+                [
+                    server.connections.closeAll()
+                    for pool in self.pools.values()
+                    for server in pool.servers
+                ],
+                consumeErrors=True,
+            )
+
+        def closeLog(ignored):
+            if self.accessLog is not None:
+                self.accessLog.close()
+
+        d = gatherResults(clients, consumeErrors=True)
+        d.addCallback(closeBackends)
+        d.addCallback(closeLog)
+        return d
 
 
 def _isSNI(description: str) -> bool:
@@ -193,30 +255,44 @@ def _buildPool(config: UpstreamConfig, reactor) -> Pool:
 
 class _Lifecycle(Service):
     """
-    Starts the balancer's probes with the application, and closes its
-    connections and log when the application stops.
+    Reads the balancer's files and starts its probes with the application,
+    and closes its connections and log when the application stops.
     """
 
     def __init__(self, balancer: LoadBalancer):
         self.balancer = balancer
 
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        # Before the ports are bound (the listening services come after this
+        # one), and with the privileges to read keys and open the log.
+        self.balancer.load()
+
     def startService(self):
         super().startService()
         self.balancer.start()
 
-    def stopService(self):
+    def stopService(self) -> Deferred[None]:
         super().stopService()
-        self.balancer.close()
+        return self.balancer.close()
 
 
-def makeService(config: Config, reactor: IReactorCore) -> MultiService:
+def makeService(config: Config, reactor: IReactorCore | None = None) -> MultiService:
     """
     A service that runs the load balancer of C{config}: a listening service
-    for each endpoint of each listener and stream.
+    for each endpoint of each listener and stream.  Building it reads no file
+    and binds no port; starting it does (a missing certificate raises
+    L{ConfigError} then).
 
     Add it to your own application (C{service.setServiceParent(parent)}) to
     embed manualb; C{service.balancer} is the L{LoadBalancer} it serves.
+    Stopping it closes every connection; the L{Deferred} of C{stopService}
+    fires once they are closed.
+
+    @param reactor: The reactor to serve with; by default the global one.
     """
+    if reactor is None:
+        from twisted.internet import reactor
     balancer = LoadBalancer(config, reactor)
     parent = MultiService()
     parent.balancer = balancer
@@ -224,12 +300,11 @@ def makeService(config: Config, reactor: IReactorCore) -> MultiService:
     for listener in config.listeners:
         for description in listener.listen:
             factory = balancer.factoryFor(listener, description)
-            endpoint = balancer.endpoint(description)
-            listening(endpoint, factory, description).setServiceParent(parent)
+            makeEndpoint = partial(balancer.endpoint, description)
+            listening(makeEndpoint, factory, description).setServiceParent(parent)
     for stream in config.streams:
         for description in stream.listen:
-            endpoint = serverEndpoint(reactor, description)
+            makeEndpoint = partial(serverEndpoint, reactor, description)
             factory = balancer.streams[stream.name]
-            listening(endpoint, factory, description).setServiceParent(parent)
+            listening(makeEndpoint, factory, description).setServiceParent(parent)
     return parent
-

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -528,6 +528,7 @@ class StreamProxyFactory(ServerFactory):
         if config.proxy_protocol not in (None, *HEADERS):
             raise ValueError("unknown proxy_protocol %r" % (config.proxy_protocol,))
         self._sessions: set[_Session] = set()
+        self._closing: list[Deferred[None]] = []
 
     @property
     def connections(self) -> int:
@@ -538,10 +539,21 @@ class StreamProxyFactory(ServerFactory):
 
     def _sessionEnded(self, session: _Session) -> None:
         self._sessions.discard(session)
+        if not self._sessions:
+            closing, self._closing = self._closing, []
+            for d in closing:
+                d.callback(None)
 
-    def closeAll(self) -> None:
+    def closeAll(self) -> Deferred[None]:
         """
         Close every connection of the stream: it is shutting down.
+
+        @return: Fires once every client and server connection is closed.
         """
+        if not self._sessions:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._closing.append(d)
         for session in list(self._sessions):
             session.close()
+        return d

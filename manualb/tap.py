@@ -36,10 +36,10 @@ def makeService(options: Options):
     from twisted.internet import reactor
 
     try:
-        # Building reads the certificate and key files too.
-        service = _makeService(
-            loadConfig(options["config"], requireListen=True), reactor
-        )
+        service = _makeService(loadConfig(options["config"], requireListen=True), reactor)
+        # Read the certificates and open the log now, while the message can
+        # still reach the terminal (a daemon has none once it starts).
+        service.balancer.load()
     except ConfigError as e:
         sys.stderr.write("manualb: %s\n" % (e,))
         raise SystemExit(1)
@@ -49,7 +49,9 @@ def makeService(options: Options):
 class _ExitIfCannotListen(MultiService):
     """
     Wraps the balancer's service so that a port that cannot be bound (in
-    use, or not allowed) ends twistd with one line, not a traceback.
+    use, or not allowed), or a file that cannot be read at start (a
+    certificate, a key, the access log), ends twistd with one line, not a
+    traceback.
     """
 
     def __init__(self, service: MultiService):
@@ -60,7 +62,7 @@ class _ExitIfCannotListen(MultiService):
     def privilegedStartService(self):
         try:
             super().privilegedStartService()
-        except CannotListenError as e:
+        except (CannotListenError, ConfigError) as e:
             sys.stderr.write("manualb: %s\n" % (e,))
             raise SystemExit(1)
 

@@ -1,31 +1,39 @@
 """
 Helpers for testing code that runs behind, or in front of, manualb: small
-backends that say who they are, and a quick way to build a configuration.
+backends that say who they are, a quick way to build a configuration, and
+L{MemoryBalancer}, a balancer driven in memory through an L{IAgent} with
+L{twisted.web.resource.IResource}s as its backends.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from io import BytesIO
 from typing import Mapping, Sequence
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.error import ConnectionLost, ConnectionRefusedError
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.interfaces import IListeningPort, ISSLTransport, IStreamClientEndpoint
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.stdio import StandardIO
 from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
+from twisted.test import iosim
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.error import SchemeNotSupported
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
+from zope.interface import directlyProvides, implementer
 
 from manualb.accesslog import AccessLog
 from manualb.config import Config
 from manualb.configfile import parseConfig
-from manualb.service import LoadBalancer
+from manualb.service import LoadBalancer, _isTLS
 
 
 class NamedBackend(Resource):
@@ -218,6 +226,31 @@ def balancerConfig(
     return parseConfig("\n".join(lines) + "\n", "<test>")
 
 
+class _Body(Protocol):
+    def __init__(self, done: Deferred[bytes]):
+        self.done = done
+        self.data: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        if reason.check(ResponseDone):
+            self.done.callback(b"".join(self.data))
+        else:
+            self.done.errback(reason)
+
+
+def responseBody(response: IResponse) -> Deferred[bytes]:
+    """
+    The whole body of C{response}, as L{twisted.web.client.readBody} gives
+    it, without its warning about transports that cannot be aborted.
+    """
+    done: Deferred[bytes] = Deferred()
+    response.deliverBody(_Body(done))
+    return done
+
+
 class MemoryPeer:
     """
     One end of an in-memory connection to the balancer: a client, or a
@@ -267,27 +300,239 @@ class MemoryPeer:
             self.protocol.connectionLost(Failure(ConnectionLost("reset by peer")))
 
 
-class MemoryBalancer:
+@implementer(IStreamClientEndpoint)
+class _ToBalancer:
     """
-    A load balancer driven entirely in memory, for unit tests: clients and
-    backends are L{MemoryPeer}s, time moves only when C{reactor.advance} is
-    called, and the access log is kept in C{accessLog}.
+    Where the in-memory agent connects: one of the balancer's sites.
     """
 
-    def __init__(self, config: Config):
-        self.reactor = MemoryReactorClock()
+    def __init__(self, balancer: "MemoryBalancer", listener: str | None, tls: bool, host: str):
+        self._balancer = balancer
+        self._listener = listener
+        self._tls = tls
+        self._host = host
+
+    def connect(self, factory) -> Deferred:
+        balancer = self._balancer
+        site = balancer._siteFor(self._listener, self._tls)
+        address = IPv4Address("TCP", self._host, next(balancer._ports))
+        local = IPv4Address("TCP", "127.0.0.1", 443 if self._tls else 80)
+        protocol = factory.buildProtocol(local)
+        balancer._wire(site.buildProtocol(address), protocol, local, address, self._tls)
+        return succeed(protocol)
+
+
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    def __init__(self, balancer: "MemoryBalancer", listener: str | None, host: str):
+        self._balancer = balancer
+        self._listener = listener
+        self._host = host
+
+    def endpointForURI(self, uri) -> IStreamClientEndpoint:
+        if uri.scheme not in (b"http", b"https"):
+            raise SchemeNotSupported("unsupported scheme: %r" % (uri.scheme,))
+        return _ToBalancer(self._balancer, self._listener, uri.scheme == b"https", self._host)
+
+
+@implementer(IAgent)
+class _MemoryAgent:
+    """
+    An L{IAgent} whose requests go to a L{MemoryBalancer}, over in-memory
+    connections kept alive between requests, as a browser's would be.
+    """
+
+    def __init__(self, balancer: "MemoryBalancer", listener: str | None, host: str):
+        self._balancer = balancer
+        self._agent = Agent.usingEndpointFactory(
+            balancer.reactor,
+            _Endpoints(balancer, listener, host),
+            pool=HTTPConnectionPool(balancer.reactor, persistent=True),
+        )
+
+    def request(self, method, uri, headers=None, bodyProducer=None) -> Deferred:
+        d = self._agent.request(method, uri, headers, bodyProducer)
+        self._balancer.flush()
+        return d
+
+
+class MemoryBackend:
+    """
+    A backend server the balancer reaches in memory: the balancer's
+    connections to C{address} are served by a L{Site} over C{resource}.
+
+    @ivar address: C{host:port}, as the C{servers} line of the
+        configuration gives it.
+    @ivar resource: What answers the requests.
+    @ivar site: The L{Site} serving C{resource}.
+    @ivar connectionsMade: How many connections the balancer has opened to
+        it: a kept-alive connection that is reused does not count again.
+    @ivar openConnections: How many of them are open now.
+    """
+
+    def __init__(self, address: str, resource: IResource, reactor):
+        self.address = address
+        self.resource = resource
+        self.site = Site(resource, reactor=reactor)
+        self.connectionsMade = 0
+        self._pumps: list[iosim.IOPump] = []
+
+    @property
+    def openConnections(self) -> int:
+        return sum(
+            1
+            for pump in self._pumps
+            if not (pump.clientIO.disconnected and pump.serverIO.disconnected)
+        )
+
+
+class MemoryBalancer:
+    """
+    A load balancer driven entirely in memory, for unit tests: no socket is
+    opened and time moves only when the test says so.
+
+    The client side is an L{IAgent} (L{agent}); the backends are
+    L{twisted.web.resource.IResource}s (L{addBackend}) served in memory.
+    Bytes move between the balancer and its peers when L{flush} is called
+    (L{IAgent.request} flushes once itself, so that a request to a backend
+    that answers at once has its response).  One clock, C{reactor}, tells
+    the time everywhere: the responses' C{Date}, the access log, every
+    timeout; L{advance} moves it.
+
+    The lower-level API speaks raw bytes: L{client} connects a
+    L{MemoryPeer} to the balancer, and a connection to an address with no
+    backend waits (L{pendingConnections}) until the test accepts it as a
+    L{MemoryPeer} (L{acceptConnection}) or refuses it
+    (L{refuseConnection}).
+
+    @ivar reactor: The clock and reactor of the balancer and its peers.
+    @ivar accessLog: The access log lines written so far, in a L{BytesIO}.
+    @ivar balancer: The L{LoadBalancer} under test.
+    @ivar backends: The L{MemoryBackend}s, by address.
+    """
+
+    def __init__(self, config: Config, reactor: MemoryReactorClock | None = None):
+        self.reactor = MemoryReactorClock() if reactor is None else reactor
         self.accessLog = BytesIO()
         self.balancer = LoadBalancer(
             config, self.reactor, AccessLog(self.accessLog, clock=self.reactor.seconds)
         )
         self.balancer.start()
+        self.backends: dict[str, MemoryBackend] = {}
+        self._pumps: list[iosim.IOPump] = []
+        self._ports = itertools.count(50001)
 
-    def client(self, host: str = "127.0.0.1", port: int = 50000) -> MemoryPeer:
+    def addBackend(self, address: str, resource: IResource) -> MemoryBackend:
         """
-        Connect a new client to the balancer.
+        Serve the balancer's connections to C{address} (C{host:port}, as in
+        the configuration) with C{resource}.
+        """
+        backend = MemoryBackend(address, resource, self.reactor)
+        self.backends[address] = backend
+        return backend
+
+    def agent(self, listener: str | None = None, clientHost: str = "127.0.0.1") -> IAgent:
+        """
+        An L{IAgent} whose requests go to the balancer through C{listener}
+        (the name of a C{[listener NAME]}, C{default} for C{[manualb]}): only
+        that listener's routes answer them.  By default the first listener,
+        or every route when the configuration has none (as an embedder
+        mounts L{LoadBalancer.resource}).  The host and port in the URL are
+        sent as C{Host} and otherwise ignored; C{https} URLs arrive as over
+        TLS.
+
+        @param clientHost: The address the balancer sees the client at.
+        """
+        return _MemoryAgent(self, listener, clientHost)
+
+    def flush(self) -> None:
+        """
+        Move every byte waiting in either direction between the balancer and
+        its clients and backends, connect the balancer to the backends of
+        L{addBackend} it is connecting to, and run what is due now, until
+        nothing moves.
+        """
+        while True:
+            moved = self._connectBackends()
+            self.reactor.advance(0)
+            for pump in list(self._pumps):
+                if pump.flush(advanceClock=False):
+                    moved = True
+            self._pumps = [
+                pump
+                for pump in self._pumps
+                if not (pump.clientIO.disconnected and pump.serverIO.disconnected)
+            ]
+            if not moved:
+                return
+
+    def advance(self, seconds: float) -> None:
+        """
+        Move the clock C{seconds} on, then L{flush}.
+        """
+        self.reactor.advance(seconds)
+        self.flush()
+
+    def close(self) -> Deferred[None]:
+        """
+        Close the balancer (L{LoadBalancer.close}) and flush, so that its
+        connections close.
+        """
+        d = self.balancer.close()
+        self.flush()
+        return d
+
+    def _siteFor(self, listener: str | None, tls: bool):
+        config = self.balancer.config
+        if listener is None:
+            if not config.listeners:
+                return self.balancer.site
+            listener = config.listeners[0].name
+        [chosen] = [each for each in config.listeners if each.name == listener]
+        for description in chosen.listen:
+            if _isTLS(description) == tls:
+                return self.balancer.factoryFor(chosen, description)
+        return self.balancer.sites[chosen.name]
+
+    def _wire(self, server, client, serverAddress, clientAddress, tls=False) -> iosim.IOPump:
+        serverIO = iosim.FakeTransport(
+            server, isServer=True, hostAddress=serverAddress, peerAddress=clientAddress
+        )
+        clientIO = iosim.FakeTransport(
+            client, isServer=False, hostAddress=clientAddress, peerAddress=serverAddress
+        )
+        if tls:
+            directlyProvides(serverIO, ISSLTransport)
+            directlyProvides(clientIO, ISSLTransport)
+        pump = iosim.connect(server, serverIO, client, clientIO, greet=False)
+        self._pumps.append(pump)
+        return pump
+
+    def _connectBackends(self) -> bool:
+        connected = False
+        for index in reversed(range(len(self._attempts()))):
+            host, port = self.pendingConnections()[index]
+            backend = self.backends.get("%s:%d" % (host, port))
+            if backend is None:
+                continue
+            host, port, factory, timeout, bindAddress = self._takeAttempt(index)
+            address = IPv4Address("TCP", host, port)
+            local = IPv4Address("TCP", "127.0.0.1", next(self._ports))
+            server = backend.site.buildProtocol(local)
+            backend._pumps.append(self._wire(server, factory.buildProtocol(address), address, local))
+            backend.connectionsMade += 1
+            connected = True
+        return connected
+
+    def client(
+        self, host: str = "127.0.0.1", port: int = 50000, listener: str | None = None
+    ) -> MemoryPeer:
+        """
+        Connect a new client to the balancer, through C{listener} (see
+        L{agent}), speaking raw bytes.
         """
         address = IPv4Address("TCP", host, port)
-        protocol = self.balancer.site.buildProtocol(address)
+        protocol = self._siteFor(listener, False).buildProtocol(address)
         transport = StringTransportWithDisconnection(peerAddress=address)
         transport.protocol = protocol
         protocol.makeConnection(transport)

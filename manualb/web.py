@@ -14,7 +14,7 @@ the backend as it arrives, with back-pressure both ways.
 from __future__ import annotations
 
 from io import BytesIO
-from typing import Sequence
+from typing import Callable, Sequence
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
@@ -28,7 +28,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.http import HTTPChannel, Request
+from twisted.web.http import HTTPChannel, Request, datetimeToString
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
@@ -227,6 +227,8 @@ class ProxySite(server.Site):
         **kwargs,
     ):
         super().__init__(resource, *args, **kwargs)
+        self._dateSecond = -1
+        self._date = b""
         self.hsts = hsts
         self.gatekeeper = gatekeeper
         if connections is None:
@@ -238,12 +240,22 @@ class ProxySite(server.Site):
         if connections.full:
             return Overloaded()
         protocol = super().buildProtocol(addr)
-        connections.open += 1
-        protocol.limit = connections
+        connections.opened(protocol)
         return protocol
 
     def log(self, request: Request) -> None:
+        # The proxy writes the line, with the upstream (see _SiteLog).
         pass
+
+    def getResourceFor(self, request: Request):
+        # Twisted dates the response by the wall clock; the site's reactor
+        # tells the time everywhere else (timeouts, the access log).
+        now = int(self.reactor.seconds())
+        if now != self._dateSecond:
+            self._dateSecond = now
+            self._date = datetimeToString(now)
+        request.setHeader(b"Date", self._date)
+        return super().getResourceFor(request)
 
     @property
     def accessLog(self) -> AccessLog | None:
@@ -262,6 +274,27 @@ class ProxySite(server.Site):
         return super().acceptableProtocols() + [b"http/1.0"]
 
 
+class _SiteLog:
+    """
+    The access log as the proxy resource writes it: one line for each
+    request served through a L{ProxySite}, which leaves its logging to the
+    proxy.  Any other L{server.Site} the resource is mounted in logs its
+    requests itself, in its own format; the proxy adds no second line.
+    """
+
+    def __init__(self, log: AccessLog):
+        self.log = log
+
+    def record(
+        self, request: Request, status: int, upstreams: list[str], upstreamTimes: list[float]
+    ) -> None:
+        if isinstance(getattr(request, "site", None), ProxySite):
+            self.log.record(request, status, upstreams, upstreamTimes)
+
+    def recordUnread(self, address, requestLine: bytes | None, status: int, sent: int) -> None:
+        self.log.recordUnread(address, requestLine, status, sent)
+
+
 class ProxyResource(Resource):
     """
     The reverse proxy, as a leaf resource: every request below it passes
@@ -271,6 +304,8 @@ class ProxyResource(Resource):
     @param urlMap: Routes requests, by host and path, to pools.
     @param reactor: Schedules timeouts and tells the time.
     @param accessLog: Where to write one line for each request, or L{None}.
+        Only requests that come through a L{ProxySite} are written there;
+        another L{server.Site} logs its requests itself (see L{_SiteLog}).
     @param stages: The stage chain, in order (see L{IStage}); by default
         L{defaultStages} of C{urlMap}.
 
@@ -290,7 +325,7 @@ class ProxyResource(Resource):
         super().__init__()
         self.urlMap = urlMap
         self.reactor = reactor
-        self.accessLog = accessLog
+        self.accessLog = None if accessLog is None else _SiteLog(accessLog)
         self.stages = list(defaultStages(urlMap) if stages is None else stages)
 
     def render(self, request: Request):
@@ -456,14 +491,37 @@ def _breakOff(request: Request) -> None:
         request.transport.abortConnection()
 
 
-def listening(endpoint: IStreamServerEndpoint, factory: Factory, name: str) -> IService:
+class _Listening(StreamServerEndpointService):
     """
-    A service that listens on C{endpoint} with C{factory} while it runs,
-    named C{name}; a port that cannot be bound stops start-up, as
-    C{strports.service} does.
+    Listens on one endpoint, made when the service starts (reading any
+    certificates it needs) or when first asked for.
     """
-    service = StreamServerEndpointService(endpoint, factory)
-    service._raiseSynchronously = True
+
+    def __init__(self, makeEndpoint: Callable[[], IStreamServerEndpoint], factory: Factory):
+        super().__init__(None, factory)
+        self._makeEndpoint = makeEndpoint
+        # As strports.service does: a port that cannot be bound stops start-up.
+        self._raiseSynchronously = True
+
+    @property
+    def endpoint(self) -> IStreamServerEndpoint:
+        if self._endpoint is None:
+            self._endpoint = self._makeEndpoint()
+        return self._endpoint
+
+    @endpoint.setter
+    def endpoint(self, endpoint: IStreamServerEndpoint | None) -> None:
+        self._endpoint = endpoint
+
+
+def listening(
+    makeEndpoint: Callable[[], IStreamServerEndpoint], factory: Factory, name: str
+) -> IService:
+    """
+    A service named C{name} that listens with C{factory} on the endpoint
+    C{makeEndpoint} makes when the service starts.
+    """
+    service = _Listening(makeEndpoint, factory)
     service.setName(name)
     return service
 

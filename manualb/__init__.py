@@ -17,7 +17,7 @@ or, to mount the proxy in a Site of your own::
 from manualb._version import __version__
 from manualb.config import Config, ConfigError
 from manualb.configfile import loadConfig, parseConfig
-from manualb.proxy import ProxyResource, ProxySite
+from manualb.web import ProxyResource, ProxySite
 from manualb.service import LoadBalancer, makeService
 
 __all__ = [

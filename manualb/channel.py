@@ -450,7 +450,7 @@ class ChannelSwitch(_GenericHTTPChannelProtocol):
 
 def buildChannel(site) -> ChannelSwitch:
     """
-    The protocol of a L{manualb.proxy.ProxySite}'s connection (used as its
+    The protocol of a L{manualb.web.ProxySite}'s connection (used as its
     C{protocol}, called with the site).
     """
     return ChannelSwitch(ProxyChannel(getattr(site, "gatekeeper", GatekeeperConfig())))

@@ -615,7 +615,7 @@ class ProxyH2Stream(H2Stream):
     """
     One request of a L{ProxyH2Connection}: validated and held to the
     C{[gatekeeper]} limits before it goes to the site, with its body
-    streamed (L{manualb.proxy.StreamingRequest} sees the request line it
+    streamed (L{manualb.web.StreamingRequest} sees the request line it
     needs in C{_command}, C{_path} and C{_version}, and pauses and resumes
     this stream, which withholds its WINDOW_UPDATE frames meanwhile).
     """
@@ -631,7 +631,7 @@ class ProxyH2Stream(H2Stream):
     @property
     def callLater(self):
         """
-        Schedules calls (L{manualb.proxy.StreamingRequest} lingers with it).
+        Schedules calls (L{manualb.web.StreamingRequest} lingers with it).
         """
         return self._conn._reactor.callLater
 

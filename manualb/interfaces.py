@@ -99,3 +99,192 @@ class IResponseReceiver(Interface):
         After a C{101}, the tunnel broke.  C{reason} is a
         C{manualb.handoff.UpstreamError}.
         """
+
+
+class IStage(Interface):
+    """
+    One step of the chain every HTTP request passes before it goes to a
+    backend: a stage looks at the request and either passes it on, adding
+    what it learned (the URL map adds the route it chose), or answers it
+    itself (a redirect, a 404, a 403 or 429 of a gatekeeper).
+
+    The chain is a list, run in order until a stage answers:
+    C{manualb.stages.defaultStages} gives the standard one, and
+    C{manualb.web.ProxyResource.stages} is the list a resource runs.  To add
+    a stage, put it in that list where it belongs: one that refuses
+    clients (a gatekeeper) goes after the front end's own refusals
+    (C{Refusal}) and before the URL map, so that it answers before any
+    route or backend is looked at::
+
+        resource.stages.insert(resource.stages.index(urlMap), Gatekeeper(...))
+
+    A stage must not block: it answers at once, from what it holds in
+    memory.
+    """
+
+    def handle(passage):
+        """
+        Look at a request on its way.
+
+        @param passage: The request and what the stages before learned of
+            it, a L{manualb.view.Passage}: its C{view} (a
+            L{manualb.view.RequestView}), and fields a stage may set
+            (C{route}, C{headers}...).
+        @return: L{None} to pass the request on to the next stage, or a
+            L{manualb.view.Answer} that the client gets at once; the
+            stages after are then not asked.
+        """
+
+
+class IRequestBody(Interface):
+    """
+    The body of a request as the exchange sends it to a backend: a push
+    producer that writes into a backend connection (C{writeBody},
+    C{finishBody}) and can be sent again to another one when it is kept.
+    """
+
+    length = Attribute(
+        "The body's length in bytes: 0 for none, L{None} when it is not "
+        "known beforehand (chunked)."
+    )
+    replayable = Attribute("Whether the body can still be sent whole to another server.")
+
+    def keepForRetry(limit):
+        """
+        Keep up to C{limit} bytes of the body, so that it can go again to
+        another server.
+        """
+
+    def whenTooLarge(callback):
+        """
+        Call C{callback} (no arguments) if the body grows beyond what the
+        front end accepts; the rest of it is dropped.
+        """
+
+    def deliverTo(connection):
+        """
+        Send the body, from its start, to a backend connection
+        (C{manualb.handoff.UpstreamConnection}).
+        """
+
+    def detach():
+        """
+        Stop sending to the current connection, which failed; the body may
+        still go to another.
+        """
+
+    def discard():
+        """
+        Drop the rest of the body: its backend exchange is over.
+        """
+
+
+class IDownstream(Interface):
+    """
+    The client's side of one HTTP request, as a front end hands it to the
+    exchange (C{manualb.exchange.Exchange}): what the client asked, and the
+    means to answer it.  The exchange speaks to the client only through
+    this, so any front end that provides it (twisted.web's, in
+    C{manualb.web}; another HTTP/1.1 parser) drives the same exchange.
+
+    The exchange calls, in this order: C{whenGone} once; then either
+    C{startResponse}, any C{write}s (with the backend connection registered
+    as producer meanwhile) and C{finish} or C{breakOff}; or C{takeOver}
+    after a C{101}; and C{logTo} once the request is over.
+    """
+
+    view = Attribute(
+        "The request as the stages see it, a L{manualb.view.RequestView}, "
+        "built once by the front end (C{manualb.stages.requestView})."
+    )
+    version = Attribute("The HTTP version the client spoke, C{b'HTTP/1.1'}, for C{Via}.")
+    body = Attribute("The request body, an L{IRequestBody}.")
+    refusal = Attribute(
+        "C{(code, reason, detail)} when the front end read the request but "
+        "refuses it (a bad header, say), so that the exchange answers and "
+        "logs it; else L{None}."
+    )
+    hsts = Attribute(
+        "The C{Strict-Transport-Security} value this front end's listener "
+        "gives its responses over TLS, or L{None}."
+    )
+
+    def mayUpgrade():
+        """
+        Whether the request asks for a protocol upgrade (C{Upgrade},
+        C{Connection: upgrade}) that this front end can carry out with
+        C{takeOver}.
+        """
+
+    def whenGone(callback):
+        """
+        Call C{callback} with a L{twisted.python.failure.Failure} should the
+        client leave before the response is finished.
+        """
+
+    def startResponse(code, reason, headers):
+        """
+        Start the response: its status and its headers, C{(name, value)}
+        byte pairs, in order, repeated names kept.
+        """
+
+    def write(data):
+        """
+        Send a piece of the response body.
+        """
+
+    def finish():
+        """
+        End the response; a body the client is still sending is read and
+        dropped.
+        """
+
+    def breakOff():
+        """
+        End a started response that cannot be completed, so that the client
+        cannot take the truncated body for a whole one.
+        """
+
+    def abort():
+        """
+        Drop the client's connection at once.
+        """
+
+    def closeAfterResponse():
+        """
+        Close the client's connection once this response is sent, rather
+        than keep it for another request.
+        """
+
+    def registerProducer(producer):
+        """
+        Pause and resume C{producer} (an C{IPushProducer}, the backend
+        connection) as the client takes the response, for back-pressure.
+        """
+
+    def unregisterProducer():
+        """
+        Undo C{registerProducer}.
+        """
+
+    def takeOver(protocol):
+        """
+        Take the client's connection over for an upgraded protocol: from
+        now on C{protocol} gets what the client sends.
+
+        @return: The client's transport, and what the client sent after the
+            request that was kept for the next request.
+        @raise Exception: The connection cannot be taken over.
+        """
+
+    def logTo(accessLog, status, upstreams, times, sent=None):
+        """
+        Write the access log line of this request to C{accessLog}.
+
+        @param status: The status sent, or the one that stands for what
+            happened (499: the client went away first).
+        @param upstreams: The names of the servers tried, in order.
+        @param times: How long each try took, in seconds.
+        @param sent: The bytes sent to the client, when the front end did
+            not count them (through a tunnel), else L{None}.
+        """

@@ -7,10 +7,8 @@ and the listening services (stage 1, the entry).
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore, IStreamServerEndpoint
@@ -23,7 +21,6 @@ from manualb.channel import ConnectionLimit
 from manualb.config import Config, ConfigError, ListenerConfig, UpstreamConfig
 from manualb.handoff import ConnectionPool
 from manualb.health import HealthLog, HealthMonitor, ServerHealth
-from manualb.proxy import ProxyResource, ProxySite
 from manualb.selection import Pool, Server
 from manualb.streams import StreamProxyFactory
 from manualb.termination import (
@@ -39,6 +36,7 @@ from manualb.termination import (
     _splitDescription,
 )
 from manualb.urlmap import URLMap
+from manualb.web import ProxyResource, ProxySite, listening, sslContextFactory
 
 # For each endpoint type that takes a backlog, how many positional arguments
 # come before it: a string with more gives its backlog positionally
@@ -76,7 +74,7 @@ def serverEndpoint(reactor, description: str) -> IStreamServerEndpoint:
     description = withBacklog(description)
     endpoint = serverFromString(reactor, description)
     if isTLS(description):
-        tolerateUnknownALPN(getattr(endpoint, "_sslContextFactory", None))
+        tolerateUnknownALPN(sslContextFactory(endpoint))
     return endpoint
 
 
@@ -288,37 +286,6 @@ class _Lifecycle(Service):
         return self.balancer.close()
 
 
-class _Listening(StreamServerEndpointService):
-    """
-    Listens on one endpoint, made when the service starts (reading any
-    certificates it needs) or when first asked for.
-    """
-
-    def __init__(self, makeEndpoint: Callable[[], IStreamServerEndpoint], factory: Factory):
-        super().__init__(None, factory)
-        self._makeEndpoint = makeEndpoint
-        # As strports.service does: a port that cannot be bound stops start-up.
-        self._raiseSynchronously = True
-
-    @property
-    def endpoint(self) -> IStreamServerEndpoint:
-        if self._endpoint is None:
-            self._endpoint = self._makeEndpoint()
-        return self._endpoint
-
-    @endpoint.setter
-    def endpoint(self, endpoint: IStreamServerEndpoint | None) -> None:
-        self._endpoint = endpoint
-
-
-def _listening(
-    makeEndpoint: Callable[[], IStreamServerEndpoint], factory: Factory, name: str
-) -> IService:
-    service = _Listening(makeEndpoint, factory)
-    service.setName(name)
-    return service
-
-
 def makeService(config: Config, reactor: IReactorCore | None = None) -> MultiService:
     """
     A service that runs the load balancer of C{config}: a listening service
@@ -343,10 +310,10 @@ def makeService(config: Config, reactor: IReactorCore | None = None) -> MultiSer
         for description in listener.listen:
             factory = balancer.factoryFor(listener, description)
             makeEndpoint = partial(balancer.endpoint, description)
-            _listening(makeEndpoint, factory, description).setServiceParent(parent)
+            listening(makeEndpoint, factory, description).setServiceParent(parent)
     for stream in config.streams:
         for description in stream.listen:
             makeEndpoint = partial(serverEndpoint, reactor, description)
             factory = balancer.streams[stream.name]
-            _listening(makeEndpoint, factory, description).setServiceParent(parent)
+            listening(makeEndpoint, factory, description).setServiceParent(parent)
     return parent

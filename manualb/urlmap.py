@@ -75,6 +75,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 import attrs
+from zope.interface import implementer
 
 from manualb.config import (
     EXACT,
@@ -85,15 +86,17 @@ from manualb.config import (
     RouteConfig,
     keys,
 )
+from manualb.interfaces import IStage
 from manualb.selection import Pool
 from manualb.syntax import Section, hostName
+from manualb.view import Answer, Passage, normalizeHost
 
 __all__ = [
     "Route",
+    "RouteDecision",
     "RouteMatch",
     "URLMap",
     "encodePath",
-    "normalizeHost",
     "normalizePath",
     "parseRoute",
     "claimPath",
@@ -142,31 +145,6 @@ def encodePath(path: bytes) -> bytes:
     and C{#} can never stand raw in what goes to a backend.
     """
     return quote_from_bytes(path, safe="/!$&'()*+,;=:@").encode("ascii")
-
-
-def normalizeHost(host: bytes | None) -> bytes | None:
-    """
-    Return the host of a C{Host} value as routes are keyed by it: without its
-    port, lower case, without a trailing dot, an IPv6 literal in brackets
-    and compressed; L{None} when there is no host (L{None} or empty).
-    """
-    if not host:
-        return None
-    if host[:1] == b"[":
-        end = host.find(b"]")
-        if end != -1:
-            host = host[: end + 1]
-        try:
-            address = ipaddress.IPv6Address(host[1:-1].decode("ascii"))
-        except ValueError:
-            host = host.lower()
-        else:
-            return b"[" + address.compressed.encode("ascii") + b"]"
-    else:
-        host = host.split(b":", 1)[0].lower()
-    if host[-1:] == b".":
-        host = host[:-1]
-    return host or None
 
 
 def _routeHost(host: str) -> bytes:
@@ -294,17 +272,29 @@ class Route:
 
 
 @attrs.frozen
-class RouteMatch:
+class RouteDecision:
     """
-    The route chosen for a request.
+    What the URL map decided for a request, and why.
 
-    @ivar route: The route.
+    @ivar route: The route chosen.
     @ivar path: The path to send to the backend: after C{strip_prefix} or
         C{rewrite}; the request's path otherwise.
+    @ivar rule: The rule that chose it: L{EXACT} (an exact path),
+        L{PREFIX_NO_REGEX} (a C{^~} prefix, which stops the regex search),
+        L{REGEX} or L{REGEX_CASELESS} (the first regex found in the path),
+        or L{PREFIX} (the longest prefix, when no regex matched).
+    @ivar group: The host of the group of routes searched: a name, a
+        C{*.wildcard}, or L{None} for the routes of any host.
     """
 
     route: Route
     path: bytes
+    rule: str = PREFIX
+    group: bytes | None = None
+
+
+#: The name the URL map's decision had before it said why.
+RouteMatch = RouteDecision
 
 
 class _Group:
@@ -317,7 +307,8 @@ class _Group:
     look-up per distinct length.
     """
 
-    def __init__(self, routes: Sequence[Route]) -> None:
+    def __init__(self, routes: Sequence[Route], host: bytes | None = None) -> None:
+        self.host = host
         self.exact: dict[bytes, Route] = {}
         self.prefixes: dict[bytes, Route] = {}
         self.regexes: list[tuple[re.Pattern[bytes], Route]] = []
@@ -339,13 +330,13 @@ class _Group:
             for route in self.prefixes.values()
         )
 
-    def match(self, path: bytes) -> RouteMatch | None:
+    def match(self, path: bytes) -> RouteDecision | None:
         if self.plain:
             prefixes = self.prefixes
             for length in self.lengths:
                 route = prefixes.get(path[:length])
                 if route is not None:
-                    return RouteMatch(route, path)
+                    return RouteDecision(route, path, PREFIX, self.host)
             return None
         route = self.exact.get(path)
         if route is None:
@@ -361,13 +352,22 @@ class _Group:
                         break
             if route is None:
                 return None
-        return RouteMatch(route, route.backendPath(path))
+        return RouteDecision(
+            route, route.backendPath(path), route.config.match, self.host
+        )
 
 
+_NO_ROUTE = Answer(404, b"Not Found", b"No route matches this path.")
+
+
+@implementer(IStage)
 class URLMap:
     """
     The routes of a listener, arranged for L{match}; see the module
     docstring for the rules.
+
+    As a stage of the request chain, it adds its L{RouteDecision} to the
+    passage (C{route}), or answers 404 when no route serves the request.
 
     @ivar routes: The routes, in file order.
     """
@@ -389,7 +389,7 @@ class URLMap:
         byHost: dict[bytes | None, list[Route]] = {}
         for route in self.routes:
             byHost.setdefault(route.host, []).append(route)
-        groups = {host: _Group(hostRoutes) for host, hostRoutes in byHost.items()}
+        groups = {host: _Group(hostRoutes, host) for host, hostRoutes in byHost.items()}
         self._any = groups.pop(None, None)
         # "*.example.com" is kept as ".example.com", the suffix it matches.
         self._wildcards = {host[1:]: group for host, group in groups.items() if host[:1] == b"*"}
@@ -404,12 +404,11 @@ class URLMap:
         """
         return cls(Route(route, pools[route.upstream]) for route in routes)
 
-    def _group(self, host: bytes | None) -> _Group | None:
+    def _group(self, name: bytes | None) -> _Group | None:
         """
-        Return the group of routes that serves a request with C{Host} value
-        C{host}.
+        Return the group of routes that serves a request for host C{name},
+        normalised (L{normalizeHost}).
         """
-        name = normalizeHost(host)
         if name is not None:
             group = self._hosts.get(name)
             if group is not None:
@@ -426,7 +425,7 @@ class URLMap:
                     dot = name.find(b".", dot + 1)
         return self._any
 
-    def match(self, host: bytes | None, path: bytes) -> RouteMatch | None:
+    def match(self, host: bytes | None, path: bytes) -> RouteDecision | None:
         """
         Return the route for a request, and the path to send on, or L{None}
         when no route serves it.
@@ -435,6 +434,13 @@ class URLMap:
             L{None} when it has none.
         @param path: The request's path, without its query.
         """
+        return self.decide(normalizeHost(host), path)
+
+    def decide(self, host: bytes | None, path: bytes) -> RouteDecision | None:
+        """
+        As L{match}, for a host already normalised (L{normalizeHost}), as a
+        L{manualb.view.RequestView} has it.
+        """
         if self._byHost:
             group = self._group(host)
         else:
@@ -442,6 +448,17 @@ class URLMap:
         if group is None:
             return None
         return group.match(path)
+
+    def handle(self, passage: Passage) -> Answer | None:
+        """
+        Route the request of C{passage} (see L{IStage.handle}).
+        """
+        view = passage.view
+        decision = self.decide(view.host, view.path)
+        if decision is None:
+            return _NO_ROUTE
+        passage.route = decision
+        return None
 
 
 # The syntax of C{[route NAME]} sections, read by the configuration file

@@ -11,7 +11,7 @@ use it.
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import attrs
 
@@ -82,7 +82,9 @@ class RequestView:
     @ivar target: The request target as the client sent it (origin or
         absolute form); empty for a TCP stream.
     @ivar path: The request path, percent-decoded and normalised (no dot
-        segments, no query); empty for a TCP stream.
+        segments, no query); empty for a TCP stream, and for a target that
+        has no valid path (one that climbs above the root, say), which the
+        HTTP stages refuse.
     @ivar host: The host the client asked for (of an absolute-form target,
         else of C{Host}), as L{normalizeHost} gives it; L{None} when none.
     @ivar headers: The request's header lines, names as sent, in order.
@@ -118,3 +120,53 @@ class RequestView:
             if cookieName == name:
                 return value
         return None
+
+
+@attrs.frozen
+class Answer:
+    """
+    What a stage answers a request with itself, instead of passing it on.
+
+    @ivar code: The status code.
+    @ivar reason: The reason phrase.
+    @ivar detail: The sentence of the short HTML page sent as the body; no
+        body when empty.
+    @ivar headers: Headers of this answer, as C{(name, value)} byte pairs
+        (C{Allow}, C{Location}...), besides those the proxy always sends.
+    """
+
+    code: int
+    reason: bytes
+    detail: bytes = b""
+    headers: Sequence[tuple[bytes, bytes]] = ()
+
+
+@attrs.define(eq=False)
+class Passage:
+    """
+    A request on its way through the stages (see C{manualb.interfaces.IStage}):
+    what the front end received, and what the stages learned of it.  The
+    exchange keeps it for the request's whole life, with its decision
+    records, for the access log and whoever explains a decision.
+
+    @ivar view: The request.
+    @ivar refusal: C{(code, reason, detail)} when the front end refuses the
+        request, which the first stage answers; else L{None}.
+    @ivar hsts: The C{Strict-Transport-Security} value of the listener, or
+        L{None}.
+    @ivar headers: Response headers the stages add, as C{(name, value)}
+        byte pairs: they go with any answer, and replace the backend's
+        headers of the same name.
+    @ivar route: The URL map's decision, a C{manualb.urlmap.RouteDecision},
+        once it is made.
+    @ivar selection: The pool's attempts for the request (a
+        C{manualb.selection.Attempts}, whose C{record()} is the decision
+        record of every server tried and why), once routed.
+    """
+
+    view: RequestView
+    refusal: tuple[int, bytes, bytes] | None = None
+    hsts: bytes | None = None
+    headers: list[tuple[bytes, bytes]] = attrs.Factory(list)
+    route: Any = None
+    selection: Any = None

@@ -21,7 +21,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from manualb.configfile import parseConfig
-from manualb.proxy import ProxySite
+from manualb.web import ProxySite
 from manualb.service import LoadBalancer, makeService
 from manualb.termination import HTTPSRedirect, SNIServerEndpoint
 from manualb.testing import NamedBackend, listenBackend, serverAddress

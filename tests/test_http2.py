@@ -55,7 +55,7 @@ from manualb.http2 import (
     ProxyH2Connection,
     headerListSize,
 )
-from manualb.proxy import ProxySite
+from manualb.web import ProxySite
 from manualb.service import LoadBalancer
 from manualb.streams import _ServerSide
 from manualb.testing import balancerConfig, serverAddress

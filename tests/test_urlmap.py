@@ -16,7 +16,8 @@ from manualb.config import (
     REGEX_CASELESS,
     RouteConfig,
 )
-from manualb.urlmap import Route, RouteMatch, URLMap, normalizeHost
+from manualb.urlmap import Route, RouteMatch, URLMap
+from manualb.view import normalizeHost
 
 
 def route(name, path, match=PREFIX, host=None, strip_prefix=False, rewrite=None, pool=None):

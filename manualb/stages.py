@@ -1,0 +1,164 @@
+"""
+The stage chain of an HTTP request (L{IStage}): the view every front end
+builds of a request (L{requestView}), and the standard stages that answer
+what the proxy answers itself before the URL map routes the rest
+(L{defaultStages}).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from zope.interface import implementer
+
+from manualb.interfaces import IStage
+from manualb.rules import ALLOWED_METHODS
+from manualb.urlmap import URLMap, normalizePath
+from manualb.view import Answer, Passage, RequestView, normalizeHost
+
+# As nginx: CONNECT would make the proxy a tunnel, TRACE echoes headers the
+# proxy added (cross-site tracing).
+_REFUSED_METHODS = frozenset([b"CONNECT", b"TRACE"])
+_HSTS = b"Strict-Transport-Security"
+
+
+def requestView(
+    clientAddress: str,
+    secure: bool,
+    method: bytes,
+    target: bytes,
+    headers: Sequence[tuple[bytes, bytes]],
+) -> RequestView:
+    """
+    The L{RequestView} of an HTTP request, as every front end builds it: the
+    path of C{target} normalised (L{normalizePath}; empty when it is not
+    valid), the host of an absolute-form target, else of the first C{Host}
+    header, normalised (L{normalizeHost}).
+
+    @param clientAddress: As L{manualb.view.clientHost} gives it.
+    @param headers: The request's header lines, in order.
+    """
+    path = normalizePath(target.partition(b"?")[0]) or b""
+    host = None
+    if target[:1] != b"/":
+        # An absolute-form target names the host (RFC 9112, section 3.2.2).
+        scheme, separator, rest = target.partition(b"://")
+        if separator:
+            end = len(rest)
+            for delimiter in (b"/", b"?"):
+                found = rest.find(delimiter)
+                if found != -1:
+                    end = min(end, found)
+            host = rest[:end].rpartition(b"@")[2] or None
+    if host is None:
+        for name, value in headers:
+            if name.lower() == b"host":
+                host = value
+                break
+    return RequestView(
+        clientAddress,
+        secure,
+        method,
+        target,
+        path,
+        None if host is None else normalizeHost(host),
+        headers,
+    )
+
+
+# The stages of the standard chain, before the URL map.
+
+
+@implementer(IStage)
+class StrictTransport:
+    """
+    Gives every response over TLS the listener's C{Strict-Transport-Security}
+    header, in place of any the backend sends; none over plain HTTP, where
+    it must be ignored (RFC 6797, section 8.1).
+    """
+
+    def handle(self, passage: Passage) -> Answer | None:
+        hsts = passage.hsts
+        if hsts is not None and passage.view.secure:
+            passage.headers.append((_HSTS, hsts))
+        return None
+
+
+@implementer(IStage)
+class Refusal:
+    """
+    Answers a request that the front end read but refuses (a bad header, a
+    body declared too large): it is answered and logged as any other.
+    """
+
+    def handle(self, passage: Passage) -> Answer | None:
+        refusal = passage.refusal
+        if refusal is not None:
+            return Answer(*refusal)
+        return None
+
+
+_OPTIONS = Answer(200, b"OK", b"", ((b"Allow", ALLOWED_METHODS),))
+_NOT_ALLOWED = Answer(
+    405,
+    b"Method Not Allowed",
+    b"A proxy does not pass this method on.",
+    ((b"Allow", ALLOWED_METHODS),),
+)
+_BAD_PATH = Answer(400, b"Bad Request", b"The request path is not valid.")
+
+
+@implementer(IStage)
+class ServerOptions:
+    """
+    Answers C{OPTIONS *}, which asks about the server itself (RFC 9110,
+    section 9.3.7), with the methods it passes on.
+    """
+
+    def handle(self, passage: Passage) -> Answer | None:
+        if passage.view.target == b"*":
+            return _OPTIONS
+        return None
+
+
+@implementer(IStage)
+class RefusedMethods:
+    """
+    Refuses, with a 405, the methods a proxy does not pass on: C{CONNECT}
+    would make it a tunnel, C{TRACE} echoes the headers it added.
+    """
+
+    def handle(self, passage: Passage) -> Answer | None:
+        if passage.view.method in _REFUSED_METHODS:
+            return _NOT_ALLOWED
+        return None
+
+
+@implementer(IStage)
+class ValidPath:
+    """
+    Refuses, with a 400, a target without a valid path (one that climbs
+    above the root, or is not a path).
+    """
+
+    def handle(self, passage: Passage) -> Answer | None:
+        if not passage.view.path:
+            return _BAD_PATH
+        return None
+
+
+def defaultStages(urlMap: URLMap) -> list[IStage]:
+    """
+    The standard chain: the HSTS header, the front end's refusals,
+    C{OPTIONS *}, refused methods, invalid paths, then the URL map, which
+    chooses the route (or answers 404).  A stage that refuses clients (the
+    gatekeeper) goes just before the URL map.
+    """
+    return [
+        StrictTransport(),
+        Refusal(),
+        ServerOptions(),
+        RefusedMethods(),
+        ValidPath(),
+        urlMap,
+    ]

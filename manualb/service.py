@@ -17,7 +17,7 @@ from twisted.web.server import Site
 
 from manualb.accesslog import AccessLog
 from manualb.balancers import makeBalancer
-from manualb.channel import ConnectionLimit
+from manualb.web.channel import ConnectionLimit
 from manualb.config import Config, ConfigError, ListenerConfig, UpstreamConfig
 from manualb.handoff import ConnectionPool
 from manualb.health import HealthLog, HealthMonitor, ServerHealth

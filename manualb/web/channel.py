@@ -2,7 +2,7 @@
 The client's side of an HTTP connection (between stage 2, termination, and
 the proxy): Twisted's HTTP/1.1 channel held to the C{[gatekeeper]} limits,
 and the switch that hands a connection that negotiated C{h2} by ALPN to the
-HTTP/2 connection of L{manualb.http2} instead.
+HTTP/2 connection of L{manualb.web.http2} instead.
 
 What a client can make the proxy hold is bounded here, as nginx bounds it:
 
@@ -31,7 +31,7 @@ from twisted.web.http import HTTPChannel, Request, _GenericHTTPChannelProtocol
 
 from manualb.config import GatekeeperConfig
 from manualb.forwarding import connectionTokens
-from manualb.http2 import ProxyH2Connection
+from manualb.web.http2 import ProxyH2Connection
 from manualb.rules import CONTROL, errorResponse, requestProblem
 from manualb.transports import cancelCall, setNoDelay
 

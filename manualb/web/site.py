@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from manualb.accesslog import AccessLog
 from manualb.bodies import FileBody, StreamingBody
-from manualb.channel import ConnectionLimit, Overloaded, buildChannel
+from manualb.web.channel import ConnectionLimit, Overloaded, buildChannel
 from manualb.config import GatekeeperConfig
 from manualb.exchange import Exchange
 from manualb.forwarding import wantsUpgrade
@@ -192,7 +192,7 @@ class StreamingRequest(server.Request):
 def _requestLine(channel) -> tuple[bytes, bytes, bytes] | None:
     """
     The method, target and version of the request whose headers an
-    HTTP/1.1 channel (or a L{manualb.http2.ProxyH2Stream}) has just read;
+    HTTP/1.1 channel (or a L{manualb.web.http2.ProxyH2Stream}) has just read;
     C{None} where the channel is of another kind, whose requests are then
     read whole.
     """

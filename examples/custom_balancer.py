@@ -4,7 +4,9 @@ A balancing strategy of your own: prefer the servers of one zone.
 A strategy is a factory, called with the text written after its name in
 C{balance} (or L{None} when there is none), that returns an L{IBalancer}: an
 object with a C{name} and a C{pick(candidates, request)} method returning one
-of the candidates.  The pool has already left out the servers that cannot take
+of the candidates.  The request is a L{manualb.view.RequestView}: the client's
+address, the host, path, headers and cookies, whatever front end received it
+(for a TCP stream, the address alone).  The pool has already left out the servers that cannot take
 the request (down, unhealthy, full, already tried), so C{pick} only chooses.
 
 This one sends requests to the servers whose name (C{host:port}) contains a
@@ -25,11 +27,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from manualb.balancers import RoundRobin
-from manualb.selection import IBalancer, Server
+from manualb.interfaces import IBalancer
+from manualb.selection import Server
+from manualb.view import RequestView
 
 
 @implementer(IBalancer)
@@ -52,7 +55,7 @@ class PreferZone:
         self._local = RoundRobin()
         self._others = RoundRobin()
 
-    def pick(self, candidates: Sequence[Server], request: IRequest) -> Server:
+    def pick(self, candidates: Sequence[Server], request: RequestView) -> Server:
         local = [server for server in candidates if self.zone in server.name]
         if local:
             return self._local.pick(local, request)

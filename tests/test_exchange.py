@@ -396,7 +396,7 @@ class RequestDownstreamTests(SynchronousTestCase):
         from twisted.web.server import Request
         from twisted.web.test.requesthelper import DummyChannel
 
-        from manualb.web import _RequestDownstream
+        from manualb.web.site import _RequestDownstream
 
         request = Request(DummyChannel())
         request.method, request.uri, request.clientproto = b"GET", b"/a?b", b"HTTP/1.1"

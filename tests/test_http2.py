@@ -1,5 +1,5 @@
 """
-The HTTP/2 client connection (L{manualb.http2}): connection errors, floods,
+The HTTP/2 client connection (L{manualb.web.http2}): connection errors, floods,
 flow control, request validation, size limits, streamed request bodies, and
 C{TCP_NODELAY} on the proxy's sockets.
 
@@ -45,11 +45,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from manualb.channel import ChannelSwitch
+from manualb.web.channel import ChannelSwitch
 from manualb.config import GatekeeperConfig
 from manualb.configfile import parseConfig
 from manualb.handoff import UpstreamConnection
-from manualb.http2 import (
+from manualb.web.http2 import (
     CONTROL_FRAME_BURST,
     MAX_HEADER_BLOCK_FRAMES,
     ProxyH2Connection,

@@ -167,7 +167,9 @@ class Exchange:
         for stage in self.stages:
             answer = stage.handle(passage)
             if answer is not None:
-                self._answer(answer.code, answer.reason, answer.detail, answer.headers)
+                self._answer(
+                    answer.code, answer.reason, answer.detail, answer.headers, answer.page
+                )
                 return
         decision = passage.route
         if decision is None:
@@ -535,13 +537,14 @@ class Exchange:
         title: bytes,
         detail: bytes,
         headers: Sequence[tuple[bytes, bytes]] = (),
+        page: bytes | None = None,
     ) -> None:
         """
         Answer the request without a backend: a short HTML page about
-        C{detail}, or no body when it is empty.
+        C{detail}, or no body when it is empty; or C{page} when given.
         """
         self.state = State.DONE
-        self._send(code, title, detail, headers)
+        self._send(code, title, detail, headers, page)
 
     def _send(
         self,
@@ -549,8 +552,12 @@ class Exchange:
         title: bytes,
         detail: bytes,
         headers: Sequence[tuple[bytes, bytes]] = (),
+        page: bytes | None = None,
     ) -> None:
-        body = errorBody(code, title, detail) if detail else b""
+        if page is not None:
+            body = page
+        else:
+            body = errorBody(code, title, detail) if detail else b""
         outgoing = self.passage.headers + list(headers)
         outgoing.append(_SERVER)
         if body:

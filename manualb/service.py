@@ -13,7 +13,6 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
-from twisted.web.server import Site
 
 from manualb.accesslog import AccessLog
 from manualb.balancers import makeBalancer
@@ -22,10 +21,10 @@ from manualb.config import Config, ConfigError, ListenerConfig, UpstreamConfig
 from manualb.handoff import ConnectionPool
 from manualb.health import HealthLog, HealthMonitor, ServerHealth
 from manualb.selection import Pool, Server
+from manualb.stages import redirectStages
 from manualb.streams import StreamProxyFactory
 from manualb.termination import (
     DEFAULT_BACKLOG,
-    HTTPSRedirect,
     SNIContextFactory,
     contextFactoryFor,
     hstsHeader,
@@ -92,7 +91,10 @@ class LoadBalancer:
         also be mounted in another L{twisted.web.server.Site}.
     @ivar site: A L{ProxySite} serving C{resource} at the root.
     @ivar sites: The site of each listener, by listener name: its own
-        routes, or a redirect to https.
+        routes.
+    @ivar redirects: For each listener with C{redirect_https}, by listener
+        name, the site of its plain endpoints, whose chain answers every
+        request with a redirect to https (L{redirectStages}).
     @ivar streams: The factory of each C{[stream NAME]}, by name.
     @ivar connections: The client connections of every site, counted
         against C{max_connections}.
@@ -116,16 +118,23 @@ class LoadBalancer:
         self.site = self._proxySite(None)
         self.resource = self.site.resource
         self.sites = {listener.name: self._siteFor(listener) for listener in config.listeners}
+        self.redirects = {
+            listener.name: self._proxySite((), redirectStages(listener.redirect_https))
+            for listener in config.listeners
+            if listener.redirect_https is not None
+        }
         self.streams = {
             stream.name: StreamProxyFactory(stream, self.pools[stream.upstream], reactor)
             for stream in config.streams
         }
 
-    def _proxySite(self, routeNames) -> ProxySite:
+    def _proxySite(self, routeNames, stages=None) -> ProxySite:
         routes = self.config.routes
         if routeNames is not None:
             routes = [route for route in routes if route.name in routeNames]
-        resource = ProxyResource(URLMap.fromConfig(routes, self.pools), self.reactor, self.accessLog)
+        resource = ProxyResource(
+            URLMap.fromConfig(routes, self.pools), self.reactor, self.accessLog, stages
+        )
         return ProxySite(
             resource,
             timeout=self.config.gatekeeper.keepalive_timeout,
@@ -181,11 +190,11 @@ class LoadBalancer:
     def factoryFor(self, listener: ListenerConfig, description: str) -> Factory:
         """
         What serves connections on one endpoint of C{listener}: its proxy,
-        or, on a plain endpoint of a listener with C{redirect_https}, a
-        redirect to the https URL.
+        or, on a plain endpoint of a listener with C{redirect_https}, its
+        site that redirects to the https URL (L{redirects}).
         """
         if listener.redirect_https is not None and not isTLS(description):
-            return Site(HTTPSRedirect(listener.redirect_https), reactor=self.reactor)
+            return self.redirects[listener.name]
         return self.sites[listener.name]
 
     def start(self) -> None:

@@ -1,8 +1,9 @@
 """
 The stage chain of an HTTP request (L{IStage}): the view every front end
-builds of a request (L{requestView}), and the standard stages that answer
+builds of a request (L{requestView}), the standard stages that answer
 what the proxy answers itself before the URL map routes the rest
-(L{defaultStages}).
+(L{defaultStages}), and the chain of a plain endpoint that redirects to
+https (L{redirectStages}).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def requestView(
     method: bytes,
     target: bytes,
     headers: Sequence[tuple[bytes, bytes]],
+    localHost: str = "",
 ) -> RequestView:
     """
     The L{RequestView} of an HTTP request, as every front end builds it: the
@@ -37,6 +39,8 @@ def requestView(
 
     @param clientAddress: As L{manualb.view.clientHost} gives it.
     @param headers: The request's header lines, in order.
+    @param localHost: The address the client connected to, as
+        L{manualb.view.clientHost} gives it.
     """
     path = normalizePath(target.partition(b"?")[0]) or b""
     host = None
@@ -63,6 +67,7 @@ def requestView(
         path,
         None if host is None else normalizeHost(host),
         headers,
+        localHost,
     )
 
 
@@ -162,3 +167,56 @@ def defaultStages(urlMap: URLMap) -> list[IStage]:
         ValidPath(),
         urlMap,
     ]
+
+
+_MOVED_PAGE = (
+    b"<html><head><title>301 Moved Permanently</title></head><body>"
+    b"<h1>301 Moved Permanently</h1><hr><p>manualb</p></body></html>\n"
+)
+_NO_HOST = Answer(400, b"Bad Request", b"The request names no host to redirect to.")
+
+
+@implementer(IStage)
+class RedirectToHTTPS:
+    """
+    Answers every request with a 301 to the same URL over https, as nginx's
+    C{return 301 https://$host$request_uri} does on a plain listener: the
+    host the request names (without its port), else the address it came to;
+    the target's path and query.
+
+    @ivar port: The https port; 443 is left out of the URL.
+    """
+
+    def __init__(self, port: int = 443):
+        self.port = port
+
+    def handle(self, passage: Passage) -> Answer | None:
+        view = passage.view
+        name = view.host
+        if name is None:
+            address = view.localHost
+            if not address:
+                return _NO_HOST
+            name = (f"[{address}]" if ":" in address else address).encode("ascii")
+        if self.port != 443:
+            name += b":%d" % (self.port,)
+        target = view.target
+        if target[:1] != b"/":
+            # An absolute-form target (or *): keep its path and query only.
+            target = b"/" + target.partition(b"://")[2].partition(b"/")[2]
+        return Answer(
+            301,
+            b"Moved Permanently",
+            headers=((b"Location", b"https://" + name + target),),
+            page=_MOVED_PAGE,
+        )
+
+
+def redirectStages(port: int = 443) -> list[IStage]:
+    """
+    The chain of a plain endpoint of a listener with C{redirect_https}: the
+    front end's refusals, then the redirect to C{port}, which answers every
+    other request in the URL map's place.  A stage that refuses clients
+    (the gatekeeper) goes just before the redirect, as before the URL map.
+    """
+    return [Refusal(), RedirectToHTTPS(port)]

@@ -47,7 +47,6 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
-from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from manualb.config import CertificateConfig, ConfigError, TLSConfig
@@ -766,40 +765,6 @@ def hstsHeader(tls: TLSConfig | None) -> bytes | None:
     if any(character in value for character in "\r\n\0") or not value.isascii():
         raise ValueError(f"bad hsts value {tls.hsts!r}")
     return value.encode("ascii")
-
-
-class HTTPSRedirect(Resource):
-    """
-    Answers every request with a 301 to the same URL over https, as nginx's
-    C{return 301 https://$host$request_uri} does on a plain listener.
-
-    @param port: The https port; 443 is left out of the URL.
-    """
-
-    isLeaf = True
-
-    def __init__(self, port: int = 443):
-        super().__init__()
-        self.port = port
-
-    def render(self, request) -> bytes:
-        name = normalizeHost(request.getHeader(b"host"))
-        if name is None:
-            address = request.getHost().host
-            name = (f"[{address}]" if ":" in address else address).encode("ascii")
-        if self.port != 443:
-            name += b":%d" % (self.port,)
-        target = request.uri
-        if target[:1] != b"/":
-            # An absolute-form target: keep its path and query only.
-            target = b"/" + target.partition(b"://")[2].partition(b"/")[2]
-        request.setResponseCode(301)
-        request.setHeader(b"Location", b"https://" + name + target)
-        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-        return (
-            b"<html><head><title>301 Moved Permanently</title></head><body>"
-            b"<h1>301 Moved Permanently</h1><hr><p>manualb</p></body></html>\n"
-        )
 
 
 # The syntax of the [tls] section, read by the configuration file reader

@@ -88,6 +88,8 @@ class RequestView:
     @ivar host: The host the client asked for (of an absolute-form target,
         else of C{Host}), as L{normalizeHost} gives it; L{None} when none.
     @ivar headers: The request's header lines, names as sent, in order.
+    @ivar localHost: The address the client connected to, as L{clientHost}
+        gives it: the host of a request that names none.
     """
 
     clientAddress: str
@@ -97,6 +99,7 @@ class RequestView:
     path: bytes = b""
     host: bytes | None = None
     headers: Sequence[tuple[bytes, bytes]] = ()
+    localHost: str = ""
 
     @property
     def query(self) -> bytes:
@@ -133,12 +136,15 @@ class Answer:
         body when empty.
     @ivar headers: Headers of this answer, as C{(name, value)} byte pairs
         (C{Allow}, C{Location}...), besides those the proxy always sends.
+    @ivar page: The whole HTML body, in place of the page about C{detail};
+        L{None} for that page.
     """
 
     code: int
     reason: bytes
     detail: bytes = b""
     headers: Sequence[tuple[bytes, bytes]] = ()
+    page: bytes | None = None
 
 
 @attrs.define(eq=False)

@@ -6,9 +6,10 @@ sets per listener, TLS to backends, and TCP streams.
 
 import os
 import ssl
+from io import BytesIO
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
@@ -20,10 +21,13 @@ from twisted.web.server import Site
 
 from zope.interface import implementer
 
+from manualb.accesslog import AccessLog
 from manualb.configfile import parseConfig
+from manualb.view import Passage
 from manualb.web import ProxySite
 from manualb.service import LoadBalancer, makeService
-from manualb.termination import HTTPSRedirect, SNIServerEndpoint
+from manualb.stages import RedirectToHTTPS, requestView
+from manualb.termination import SNIServerEndpoint
 from manualb.testing import NamedBackend, listenBackend, serverAddress
 from manualb.tlstesting import makeCA, writeCA, writeTLSFiles
 
@@ -43,6 +47,40 @@ class Collect(Protocol):
         self.data += data
         if len(self.data) >= self.expected and not self.done.called:
             self.done.callback(self.data)
+
+
+class RawClient(Protocol):
+    """
+    Sends C{request} once connected, and keeps what comes back; C{lost}
+    fires when the connection closes.
+    """
+
+    def __init__(self, request: bytes):
+        self.request = request
+        self.data = b""
+        self.lost = Deferred()
+        self._waiting = None
+
+    def connectionMade(self):
+        self.transport.write(self.request)
+
+    def waitFor(self, ending: bytes):
+        """
+        Fires once what came back ends with C{ending}.
+        """
+        if self.data.endswith(ending):
+            return succeed(None)
+        self._waiting = (ending, Deferred())
+        return self._waiting[1]
+
+    def dataReceived(self, data):
+        self.data += data
+        if self._waiting is not None and self.data.endswith(self._waiting[0]):
+            waiting, self._waiting = self._waiting[1], None
+            waiting.callback(None)
+
+    def connectionLost(self, reason=None):
+        self.lost.callback(None)
 
 
 def httpsGet(port: int, name: str, caPath: str, path: str = "/") -> tuple[str, bytes, str]:
@@ -218,6 +256,64 @@ upstream = api
         )
 
     @inlineCallbacks
+    def test_redirectIsAStage(self):
+        """
+        The redirect is the last stage of the chain of the listener's plain
+        endpoints, served by a proxy site: its answer has the page and the
+        proxy's headers, a request without a Host goes to the address it
+        came to, it is written to the access log, the limits of
+        C{[gatekeeper]} hold, and its connections count against
+        C{max_connections} and are closed by close().
+        """
+        output = BytesIO()
+        config = parseConfig(
+            "[manualb]\nlisten = tcp:0:interface=127.0.0.1\nredirect_https = 8443\n"
+            "[gatekeeper]\nmax_header_size = 1k\n"
+            f"[upstream u]\nservers = {self.shop}\n[route r]\npath = /\nupstream = u\n",
+            os.path.join(self.directory, "lb.ini"),
+        )
+        balancer = LoadBalancer(config, reactor, AccessLog(output))
+        balancer.start()
+        port = yield self.listen(balancer, "default", "tcp:0:interface=127.0.0.1")
+        page = (
+            b"<html><head><title>301 Moved Permanently</title></head><body>"
+            b"<h1>301 Moved Permanently</h1><hr><p>manualb</p></body></html>\n"
+        )
+
+        @inlineCallbacks
+        def connect(request):
+            client = RawClient(request)
+            yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+            return client
+
+        old = yield connect(b"GET /a?b HTTP/1.0\r\n\r\n")
+        yield old.lost
+        head, _, body = old.data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        self.assertEqual(lines[0], b"HTTP/1.0 301 Moved Permanently")
+        self.assertIn(b"Location: https://127.0.0.1:8443/a?b", lines)
+        self.assertIn(b"Content-Type: text/html; charset=utf-8", lines)
+        self.assertIn(b"Server: manualb/", head)
+        self.assertEqual(body, page)
+        [line] = output.getvalue().splitlines()
+        self.assertIn(b'"GET /a?b HTTP/1.0" 301 %d ' % (len(page),), line)
+
+        tooLarge = yield connect(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"x" * 2048 + b"\r\n\r\n"
+        )
+        yield tooLarge.lost
+        self.assertTrue(tooLarge.data.startswith(b"HTTP/1.1 431 "), tooLarge.data)
+
+        kept = yield connect(b"GET /x HTTP/1.1\r\nHost: www.example.com:80\r\n\r\n")
+        yield kept.waitFor(page)
+        self.assertIn(b"\r\nLocation: https://www.example.com:8443/x\r\n", kept.data)
+        self.assertEqual(balancer.connections.open, 1)
+        closed = balancer.close()
+        yield kept.lost
+        yield closed
+        self.assertEqual(balancer.connections.open, 0)
+
+    @inlineCallbacks
     def test_listenerRouteSetAndPaths(self):
         """
         A listener serves only its routes: here /static/ (prefix stripped),
@@ -309,7 +405,11 @@ class MakeServiceTests(TestCase):
         services = {service.name: service for service in parent if service.name}
         self.assertIsInstance(services["sni:0"].endpoint, SNIServerEndpoint)
         self.assertIs(services["sni:0"].factory, parent.balancer.sites["default"])
-        self.assertIsInstance(services["tcp:0"].factory.resource, HTTPSRedirect)
+        redirect = services["tcp:0"].factory
+        self.assertIs(redirect, parent.balancer.redirects["default"])
+        self.assertIsInstance(redirect, ProxySite)
+        self.assertIsInstance(redirect.resource.stages[-1], RedirectToHTTPS)
+        self.assertIs(redirect.connections, parent.balancer.connections)
         self.assertIsInstance(
             services["tcp:0:interface=127.0.0.1"].factory, ProxySite
         )
@@ -320,19 +420,36 @@ class MakeServiceTests(TestCase):
 
 class HTTPSRedirectTests(TestCase):
     """
-    The redirect to https keeps the host (without its port) and the target.
+    The redirect to https keeps the host (without its port) and the target;
+    a request without a host is sent to the address it came to.
     """
 
-    def location(self, host, uri, port=443):
-        from twisted.web.test.requesthelper import DummyRequest
+    def answer(self, host, uri, port=443, localHost="127.0.0.1"):
+        headers = [] if host is None else [(b"Host", host)]
+        view = requestView("192.0.2.1", False, b"GET", uri, headers, localHost)
+        return RedirectToHTTPS(port).handle(Passage(view))
 
-        request = DummyRequest([b""])
-        request.uri = uri
-        if host is not None:
-            request.requestHeaders.setRawHeaders(b"host", [host])
-        HTTPSRedirect(port).render(request)
-        self.assertEqual(request.responseCode, 301)
-        return request.responseHeaders.getRawHeaders(b"location")[0]
+    def location(self, host, uri, port=443, localHost="127.0.0.1"):
+        answer = self.answer(host, uri, port, localHost)
+        self.assertEqual((answer.code, answer.reason), (301, b"Moved Permanently"))
+        self.assertEqual(
+            answer.page,
+            b"<html><head><title>301 Moved Permanently</title></head><body>"
+            b"<h1>301 Moved Permanently</h1><hr><p>manualb</p></body></html>\n",
+        )
+        [(name, location)] = answer.headers
+        self.assertEqual(name, b"Location")
+        return location
+
+    def test_noHost(self):
+        """
+        Without a host, the Location names the local address the request
+        came to; an IPv6 one in brackets.  With no address either (a UNIX
+        socket), the request is refused.
+        """
+        self.assertEqual(self.location(None, b"/a"), b"https://127.0.0.1/a")
+        self.assertEqual(self.location(None, b"/a", 8443, "::1"), b"https://[::1]:8443/a")
+        self.assertEqual(self.answer(None, b"/a", localHost="").code, 400)
 
     def test_locations(self):
         self.assertEqual(self.location(b"Shop.Example:80", b"/a?b"), b"https://shop.example/a?b")

@@ -359,6 +359,7 @@ class _RequestDownstream:
                 for name, values in request.requestHeaders.getAllRawHeaders()
                 for value in values
             ],
+            clientHost(request.getHost()),
         )
         self.version = request.clientproto
         self.refusal = getattr(request, "refusal", None)

@@ -754,7 +754,10 @@ class ConnectionPool:
         )
         self._idle: list[UpstreamConnection] = []
         self._open: set[UpstreamConnection] = set()
+        # The connects in flight, which closeAll cancels and waits for.
+        self._connecting: set[Deferred[UpstreamConnection]] = set()
         self._closing: list[Deferred[None]] = []
+        self._closeWaiters: dict[UpstreamConnection, list[Deferred[None]]] = {}
 
     @property
     def idleCount(self) -> int:
@@ -786,11 +789,24 @@ class ConnectionPool:
             self.config.connect_timeout,
             "connect to backend",
         )
+        self._connecting.add(d)
+        d.addBoth(self._connectEnded, d)
         d.addCallback(self._opened)
         return d
 
+    def _connectEnded(self, result, connecting: Deferred) -> object:
+        self._connecting.discard(connecting)
+        if isinstance(result, Failure):
+            self._checkClosed()
+        return result
+
     def _opened(self, connection: UpstreamConnection) -> UpstreamConnection:
         self._open.add(connection)
+        if self._closing:
+            # Made while the pool closes (a connect that began after
+            # closeAll): it goes the way of the others.
+            connection.abort()
+            raise CancelledError()
         return connection
 
     def release(self, connection: UpstreamConnection) -> None:
@@ -813,18 +829,44 @@ class ConnectionPool:
         if connection in self._idle:
             self._idle.remove(connection)
         connection.idleTimer = cancelCall(connection.idleTimer)
-        if not self._open:
+        if self._closeWaiters:
+            for d in self._closeWaiters.pop(connection, ()):
+                d.callback(None)
+        self._checkClosed()
+
+    def _checkClosed(self) -> None:
+        """
+        Fire the waiters of L{closeAll} once nothing is open or connecting.
+        """
+        if self._closing and not self._open and not self._connecting:
             closing, self._closing = self._closing, []
             for d in closing:
                 d.callback(None)
 
+    def whenClosed(self, connection: UpstreamConnection) -> Deferred[None]:
+        """
+        Fires once C{connection}, one of this pool's, has closed; at once
+        when it is not open.
+        """
+        if connection not in self._open:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._closeWaiters.setdefault(connection, []).append(d)
+        return d
+
     def closeAll(self) -> Deferred[None]:
         """
-        Close every connection, idle or busy: the pool is shutting down.
+        Close every connection, idle or busy, and cancel the connects in
+        flight: the pool is shutting down.  A connect that still completes
+        before the pool has closed is closed at once, and fails with
+        L{CancelledError}.
 
-        @return: Fires once every connection is closed.
+        @return: Fires once every connection is closed and no connect is in
+            flight.
         """
-        if not self._open:
+        for connecting in list(self._connecting):
+            connecting.cancel()
+        if not self._open and not self._connecting:
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._closing.append(d)

@@ -44,9 +44,8 @@ from functools import partial
 from typing import Callable, Protocol, Sequence
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
-from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as _Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -55,6 +54,7 @@ from zope.interface import implementer
 from manualb.config import HealthCheckConfig, ServerAddress, ServerConfig, keys
 from manualb.syntax import Section, formatDuration, parseOptions, parseValue
 from manualb.handoff import (
+    OneConnection,
     UpstreamConnection,
     UpstreamError,
     UpstreamLocalError,
@@ -460,17 +460,23 @@ class HTTPProbe:
         self.config = config
 
     def check(self, server: ProbeTarget) -> Deferred[None]:
+        """
+        The result fires once the probe's connection has closed, also when
+        it is cancelled.
+        """
         state: dict = {}
+        pool = server.connections
 
         def cancel(result: Deferred) -> None:
             connection = state.get("connection")
             if connection is not None:
+                _whenClosed(result, pool.whenClosed(connection))
                 connection.abort()
             else:
                 connecting.cancel()
 
         result: Deferred[None] = Deferred(cancel)
-        connecting = server.connections.connect()
+        connecting = pool.connect()
 
         def connected(connection: UpstreamConnection) -> None:
             state["connection"] = connection
@@ -479,8 +485,22 @@ class HTTPProbe:
                 self.config.path.encode("utf-8"),
                 host,
             )
+            outcome: Deferred[None] = Deferred()
+
+            def settle(answer: object) -> None:
+                def closed(ignored: None) -> None:
+                    if result.called:
+                        return
+                    if isinstance(answer, Failure):
+                        result.errback(answer)
+                    else:
+                        result.callback(None)
+
+                pool.whenClosed(connection).addCallback(closed)
+
+            outcome.addBoth(settle)
             connection.sendRequest(
-                head, b"GET", _ProbeResponse(self.config, result), chunked=False, reuse=False
+                head, b"GET", _ProbeResponse(self.config, outcome), chunked=False, reuse=False
             )
             connection.finishBody()
 
@@ -494,20 +514,18 @@ class HTTPProbe:
 
 class _Connected(_Protocol):
     """
-    A probe's connection: made, then closed at once.
+    A probe's connection: made, then closed at once; C{closed} fires when
+    it has.
     """
+
+    def __init__(self) -> None:
+        self.closed: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
         self.transport.loseConnection()
 
-
-class _ProbeConnections(Factory):
-    """
-    Makes the probes' connections, quietly: they are many.
-    """
-
-    protocol = _Connected
-    noisy = False
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.closed.callback(None)
 
 
 @implementer(IHealthProbe)
@@ -522,18 +540,49 @@ class TCPProbe:
         self.reactor = reactor
 
     def check(self, server: ProbeTarget) -> Deferred[None]:
+        """
+        The result fires once the probe's connection has closed, also when
+        it is cancelled.
+        """
+        protocol = _Connected()
+
+        def cancel(result: Deferred) -> None:
+            if connecting.called:
+                # Connected, and closing.
+                _whenClosed(result, protocol.closed)
+                protocol.transport.abortConnection()
+            else:
+                connecting.cancel()
+
+        def connected(ignored: object) -> None:
+            protocol.closed.addCallback(passed)
+
+        def passed(ignored: None) -> None:
+            if not result.called:
+                result.callback(None)
+
+        def failed(reason: Failure) -> None:
+            if not result.called:
+                result.errback(reason)
+
+        result: Deferred[None] = Deferred(cancel)
         connecting = connectWithTimeout(
             self.reactor,
             endpointForServer(self.reactor, server.address),
-            _ProbeConnections(),
+            OneConnection(protocol),
             0,  # The monitor bounds the probe.
         )
-        connecting.addCallback(_nothing)
-        return connecting
+        connecting.addCallbacks(connected, failed)
+        return result
 
 
-def _nothing(result: object) -> None:
-    return None
+def _whenClosed(result: Deferred, closed: Deferred[None]) -> None:
+    """
+    Hold back the callbacks of a probe's C{result}, being cancelled, until
+    its connection has C{closed}: the probe has ended only then.
+    """
+    result.pause()
+    closed.addCallback(lambda ignored: result.unpause())
 
 
 class HealthLog:
@@ -629,6 +678,7 @@ class HealthMonitor:
         self._rng = rng if rng is not None else random.Random()
         self._timers: dict[ProbeTarget, IDelayedCall] = {}
         self._inFlight: dict[ProbeTarget, Deferred] = {}
+        self._stopping: list[Deferred[None]] = []
         self._running = False
 
     def start(self) -> None:
@@ -643,9 +693,13 @@ class HealthMonitor:
             if not server.config.down:
                 self._schedule(server, self._rng.uniform(0, self.probeConfig.interval))
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[None]:
         """
         Stop the probes, and cancel those in flight.
+
+        @return: Fires once every probe in flight has ended (its result
+            fired: for L{HTTPProbe} and L{TCPProbe}, once its connection
+            has closed).
         """
         self._running = False
         for timer in self._timers.values():
@@ -654,6 +708,11 @@ class HealthMonitor:
         self._timers.clear()
         for probe in list(self._inFlight.values()):
             probe.cancel()
+        if not self._inFlight:
+            return succeed(None)
+        stopped: Deferred[None] = Deferred()
+        self._stopping.append(stopped)
+        return stopped
 
     def _schedule(self, server: ProbeTarget, delay: float) -> None:
         self._timers[server] = self.clock.callLater(delay, self._probe, server)
@@ -692,6 +751,10 @@ class HealthMonitor:
             if self._running:
                 # Jitter keeps the probes of many servers spread out.
                 self._schedule(server, config.interval * self._rng.uniform(0.9, 1.1))
+            elif not self._inFlight:
+                stopping, self._stopping = self._stopping, []
+                for stopped in stopping:
+                    stopped.callback(None)
 
         probe = self.probe.check(server)
         self._inFlight[server] = probe

@@ -66,7 +66,9 @@ class IHealthProbe(Interface):
         """
         Probe C{server} (a C{manualb.selection.Server}): the result, a
         C{Deferred}, fires when the server is healthy and fails, with the
-        reason, when it is not.  Cancelling it ends the probe.
+        reason, when it is not.  Cancelling it ends the probe.  It fires once
+        the probe has ended, any connection it made closed: the monitor's
+        C{stop} waits for it.
         """
 
 

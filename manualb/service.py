@@ -9,10 +9,11 @@ from __future__ import annotations
 from functools import partial
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
 
 from manualb.accesslog import AccessLog
 from manualb.balancers import makeBalancer
@@ -108,6 +109,9 @@ class LoadBalancer:
         self.config = config
         self.reactor = reactor
         self.tls: SNIContextFactory | None = None
+        # Who waits for close, from its first call on.
+        self._closeWaiters: list[Deferred[None]] | None = None
+        self._hasClosed = False
         if accessLog is None and config.access_log is not None:
             accessLog = AccessLog(clock=reactor.seconds, target=config.access_log)
         self.accessLog = accessLog
@@ -211,17 +215,37 @@ class LoadBalancer:
     def close(self) -> Deferred[None]:
         """
         Stop the probes and close every connection: the clients' (HTTP and
-        TCP streams) and the backends'.  Nothing waits for requests in
-        flight to finish.
+        TCP streams), the probes' and the backends', and cancel the connects
+        in flight.  Nothing waits for requests in flight to finish.  Closing
+        again waits for the same end.
 
-        @return: Fires once every connection is closed; the access log is
-            closed then.
+        @return: Fires once every connection is closed and every probe has
+            ended; the access log is closed then.
         """
-        for pool in self.pools.values():
-            pool.monitor.stop()
+        if self._hasClosed:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        if self._closeWaiters is not None:
+            self._closeWaiters.append(waiter)
+            return waiter
+        self._closeWaiters = [waiter]
+        self._close().addBoth(self._closed)
+        return waiter
+
+    def _closed(self, outcome: object) -> None:
+        self._hasClosed = True
+        waiters, self._closeWaiters = self._closeWaiters, []
+        for waiter in waiters:
+            if isinstance(outcome, Failure):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(None)
+
+    def _close(self) -> Deferred:
+        probes = [pool.monitor.stop() for pool in self.pools.values()]
         # The clients go first: an exchange whose client is gone lets go of
         # its backend connection rather than trying another server.
-        clients = [self.connections.closeAll()]
+        clients = probes + [self.connections.closeAll()]
         clients += [stream.closeAll() for stream in self.streams.values()]
 
         def closeBackends(ignored):

@@ -111,9 +111,7 @@ class _Session:
                 client=self._describeClient(),
                 tried=(" (tried " + ", ".join(tried) + ")" if tried else ""),
             )
-            self._done = True
-            self.factory._sessionEnded(self)
-            self.client.transport.loseConnection()
+            self._closeClient()
             return
         self.lease = lease
         reactor = self.factory.reactor
@@ -172,7 +170,15 @@ class _Session:
             client=self._describeClient(),
             reason=str(reason),
         )
-        self.factory._sessionEnded(self)
+        self._closeClient()
+
+    def _closeClient(self) -> None:
+        """
+        End the session without a tunnel: close the client's connection.
+        The session counts until that connection has closed (L{clientLost}).
+        """
+        self._done = True
+        self._early = []
         self.client.transport.loseConnection()
 
     def _connected(self, protocol: _ServerSide) -> None:
@@ -208,6 +214,8 @@ class _Session:
             self.tunnel.clientLost(reason)
             return
         if self._done:
+            # Closed for want of a server (L{_closeClient}); now it is.
+            self.factory._sessionEnded(self)
             return
         self._done = True
         self._early = []

@@ -8,8 +8,12 @@ from __future__ import annotations
 import os
 from io import BytesIO
 
+import attrs
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -18,11 +22,14 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from manualb.accesslog import AccessLog
-from manualb.config import ConfigError
+from manualb.config import ConfigError, HealthCheckConfig, ServerAddress, UpstreamConfig
 from manualb.configfile import parseConfig
+from manualb.handoff import ConnectionPool
+from manualb.health import HTTPProbe, TCPProbe
 from manualb.service import LoadBalancer, makeService
 from manualb.testing import NamedBackend, listenBackend, serverAddress
 from manualb.tlstesting import makeCA, writeTLSFiles
+from tests.test_streams import MemoryStream
 
 
 def _config(text: str):
@@ -286,3 +293,227 @@ class EmbeddedLogTests(TestCase):
         [line] = output.getvalue().splitlines()
         self.assertIn(b'"GET /x HTTP/1.1" 200 4 ', line)
         self.assertIn(b" %s " % (serverAddress(backendPort).encode("ascii"),), line)
+
+
+def _connect(reactor, transport=None):
+    """
+    Complete the latest connect of C{reactor} (a L{MemoryReactorClock}) on
+    C{transport} (by default a L{StringTransport}, on which closing is only
+    asked for until the test calls C{connectionLost}), and return its
+    protocol.
+    """
+    host, port, factory, timeout, bind = reactor.tcpClients[-1]
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport() if transport is None else transport)
+    return protocol
+
+
+@attrs.define
+class _ProbeTarget:
+    name: str
+    address: ServerAddress
+    connections: ConnectionPool
+
+
+class PoolCloseTests(SynchronousTestCase):
+    """
+    L{ConnectionPool.closeAll} cancels the connects in flight and waits for
+    them, and closes a connection made while it waits.
+    """
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.config = UpstreamConfig("u", (ServerAddress("10.0.0.1", 80),))
+        self.pool = ConnectionPool(self.reactor, self.config.servers[0].address, self.config)
+
+    def test_connectInFlightCancelled(self):
+        """
+        A connect in flight is cancelled, its socket closed, before the
+        pool says it has closed.
+        """
+        connecting = self.pool.connect()
+        closed = self.pool.closeAll()
+        self.failureResultOf(connecting, CancelledError)
+        self.assertTrue(self.reactor.connectors[0].stoppedConnecting)
+        self.assertIsNone(self.successResultOf(closed))
+
+    def test_connectedWhileClosing(self):
+        """
+        A connect begun while the pool closes, made before it has closed,
+        is closed at once and fails; the pool has closed once it and the
+        others are.
+        """
+        opened = self.pool.connect()
+        first = _connect(self.reactor)
+        self.successResultOf(opened)
+        closed = self.pool.closeAll()
+        self.assertTrue(first.transport.disconnecting)
+        late = self.pool.connect()
+        second = _connect(self.reactor)
+        self.failureResultOf(late, CancelledError)
+        self.assertTrue(second.transport.disconnecting)
+        first.connectionLost(Failure(ConnectionDone()))
+        self.assertNoResult(closed)
+        second.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(closed)
+
+    def test_whenClosed(self):
+        """
+        L{ConnectionPool.whenClosed} fires once the connection has closed,
+        at once for one that is not open.
+        """
+        connecting = self.pool.connect()
+        protocol = _connect(self.reactor)
+        connection = self.successResultOf(connecting)
+        closed = self.pool.whenClosed(connection)
+        self.assertNoResult(closed)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(closed)
+        self.successResultOf(self.pool.whenClosed(connection))
+
+
+class ProbeEndTests(SynchronousTestCase):
+    """
+    A probe's result fires once its connection has closed, passed, failed
+    or cancelled: the probe has ended then.
+    """
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.config = UpstreamConfig("u", (ServerAddress("10.0.0.1", 80),))
+        address = self.config.servers[0].address
+        self.server = _ProbeTarget(
+            "10.0.0.1:80", address, ConnectionPool(self.reactor, address, self.config)
+        )
+
+    def test_tcpProbe(self):
+        probe = TCPProbe(self.reactor)
+        result = probe.check(self.server)
+        protocol = _connect(self.reactor)
+        self.assertTrue(protocol.transport.disconnecting)
+        self.assertNoResult(result)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNone(self.successResultOf(result))
+
+    def test_tcpProbeCancelled(self):
+        probe = TCPProbe(self.reactor)
+        result = probe.check(self.server)
+        protocol = _connect(self.reactor)
+        result.cancel()
+        self.assertNoResult(result)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(result, CancelledError)
+
+    def test_tcpProbeCancelledConnecting(self):
+        """
+        Cancelled while connecting, the connect is stopped and the probe
+        ends at once.
+        """
+        result = TCPProbe(self.reactor).check(self.server)
+        result.cancel()
+        self.failureResultOf(result, CancelledError)
+        self.assertTrue(self.reactor.connectors[0].stoppedConnecting)
+
+    def httpProbe(self):
+        result = HTTPProbe(HealthCheckConfig()).check(self.server)
+        protocol = _connect(self.reactor)
+        return result, protocol
+
+    def test_httpProbe(self):
+        result, protocol = self.httpProbe()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.assertTrue(protocol.transport.disconnecting)
+        self.assertNoResult(result)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNone(self.successResultOf(result))
+
+    def test_httpProbeFailed(self):
+        result, protocol = self.httpProbe()
+        protocol.dataReceived(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
+        self.assertNoResult(result)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertIn("status 500", str(self.failureResultOf(result).value))
+
+    def test_httpProbeCancelled(self):
+        result, protocol = self.httpProbe()
+        result.cancel()
+        self.assertNoResult(result)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(result, CancelledError)
+
+
+_PROBED = (
+    "[manualb]\nlisten = tcp:0\naccess_log = off\n"
+    "[upstream u]\nservers = 10.0.0.1:80\nhealth_check = type=tcp interval=1s\n"
+    "[route r]\npath = /\nupstream = u\n"
+)
+
+
+class ProbesCloseTests(SynchronousTestCase):
+    """
+    Closing the balancer (or stopping its service) waits for the probes in
+    flight to end, their connections closed; closing twice waits for the
+    same end.
+    """
+
+    def probing(self, balancer, reactor):
+        monitor = balancer.pools["u"].monitor
+        reactor.advance(1)
+        return monitor, _connect(reactor)
+
+    def test_monitorStopWaits(self):
+        reactor = MemoryReactorClock()
+        balancer = LoadBalancer(_config(_PROBED), reactor)
+        balancer.start()
+        monitor, protocol = self.probing(balancer, reactor)
+        stopped = monitor.stop()
+        self.assertNoResult(stopped)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(stopped)
+        self.successResultOf(monitor.stop())
+
+    def test_closeWaitsForProbes(self):
+        reactor = MemoryReactorClock()
+        balancer = LoadBalancer(_config(_PROBED), reactor)
+        balancer.start()
+        monitor, protocol = self.probing(balancer, reactor)
+        closed = balancer.close()
+        again = balancer.close()
+        self.assertNoResult(closed)
+        self.assertNoResult(again)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNone(self.successResultOf(closed))
+        self.assertIsNone(self.successResultOf(again))
+        self.assertIsNone(self.successResultOf(balancer.close()))
+
+    def test_stopServiceWaitsForProbes(self):
+        reactor = MemoryReactorClock()
+        service = makeService(_config(_PROBED), reactor)
+        service.privilegedStartService()
+        service.startService()
+        monitor, protocol = self.probing(service.balancer, reactor)
+        stopped = service.stopService()
+        self.assertNoResult(stopped)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(stopped)
+
+
+class StreamCloseTests(SynchronousTestCase):
+    """
+    A stream connection closed for want of a server counts until it has
+    closed.
+    """
+
+    def test_noServer(self):
+        stream = MemoryStream()
+        for server in stream.pool.servers:
+            server.health.requestFailed("refused")
+        protocol = stream.factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        self.assertTrue(protocol.transport.disconnecting)
+        self.assertEqual(stream.factory.connections, 1)
+        closed = stream.factory.closeAll()
+        self.assertNoResult(closed)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(stream.factory.connections, 0)
+        self.successResultOf(closed)

@@ -13,8 +13,9 @@ from manualb.view import RequestView
 
 
 def head(headers, bodyLength=0, method=b"GET", secure=False):
+    lines = [(name, value) for name, values in headers for value in values]
     return requestHead(
-        method, b"/p?q", headers, b"192.0.2.1", b"HTTP/1.1", secure, bodyLength, b"b:80"
+        method, b"/p?q", lines, b"192.0.2.1", b"HTTP/1.1", secure, bodyLength, b"b:80"
     )
 
 

@@ -19,7 +19,7 @@ import sys
 import time
 from typing import BinaryIO, Callable, Sequence
 
-from twisted.web.http import Request
+from manualb.view import RequestView, clientHost
 
 _UNSAFE = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]')
 
@@ -95,27 +95,31 @@ class AccessLog:
 
     def record(
         self,
-        request: Request,
+        request: RequestView,
+        version: bytes,
         status: int,
+        sent: int,
         upstreams: Sequence[str],
         upstreamTimes: Sequence[float],
     ) -> None:
         """
         Write the line for a finished (or abandoned) request.
 
+        @param request: The request, as the stages saw it.
+        @param version: The protocol the client spoke (C{HTTP/1.1}).
         @param status: The status sent, or the one that stands for what
             happened (499: the client went away first).
+        @param sent: How many bytes of response body went to the client.
         @param upstreams: The servers tried, in order.
         @param upstreamTimes: How long each try took, in seconds.
         """
-        headers = request.requestHeaders
         self._write(
-            request.getClientAddress(),
-            b"%s %s %s" % (request.method, request.uri, request.clientproto),
+            request.clientAddress,
+            b"%s %s %s" % (request.method, request.target, version),
             status,
-            request.sentLength,
-            (headers.getRawHeaders(b"referer") or [b"-"])[0],
-            (headers.getRawHeaders(b"user-agent") or [b"-"])[0],
+            sent,
+            (request.header(b"referer") or [b"-"])[0],
+            (request.header(b"user-agent") or [b"-"])[0],
             ", ".join(upstreams).encode("ascii") if upstreams else b"-",
             b", ".join(b"%.3f" % (t,) for t in upstreamTimes) if upstreamTimes else b"-",
         )
@@ -128,11 +132,13 @@ class AccessLog:
         (a request line or header block too large, bad syntax, too slow):
         its request line when it was read, else C{-}.
         """
-        self._write(address, requestLine or b"-", status, sent, b"-", b"-", b"-", b"-")
+        self._write(
+            clientHost(address), requestLine or b"-", status, sent, b"-", b"-", b"-", b"-"
+        )
 
     def _write(
         self,
-        address,
+        address: str,
         requestLine: bytes,
         status: int,
         sent: int,
@@ -142,7 +148,7 @@ class AccessLog:
         upstreamTimes: bytes,
     ) -> None:
         line = b'%s - - %s "%s" %d %d "%s" "%s" %s %s\n' % (
-            getattr(address, "host", "-").encode("ascii"),
+            (address or "-").encode("ascii", "replace"),
             self._timestamp(),
             _escape(requestLine),
             status,

@@ -201,7 +201,7 @@ class Exchange:
         self.head = requestHead(
             view.method,
             self.target,
-            [(name, (value,)) for name, value in view.headers],
+            view.headers,
             (view.clientAddress or "-").encode("ascii"),
             self.downstream.version,
             view.secure,

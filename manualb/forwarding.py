@@ -74,7 +74,7 @@ def connectionTokens(values: Iterable[bytes] | None) -> frozenset[bytes]:
 def requestHead(
     method: bytes,
     target: bytes,
-    headers: Iterable[tuple[bytes, list[bytes]]],
+    headers: Iterable[tuple[bytes, bytes]],
     clientAddress: bytes,
     clientVersion: bytes,
     secure: bool,
@@ -85,7 +85,8 @@ def requestHead(
     """
     Serialise the request line and headers sent to the backend.
 
-    @param headers: The client's headers as C{(name, values)} pairs.
+    @param headers: The client's header lines as C{(name, value)} pairs, in
+        order.
     @param bodyLength: The length of the request body; C{None} to send it
         chunked, C{0} when there is none.
     @param defaultHost: The C{Host} to send when the client gave none
@@ -94,35 +95,35 @@ def requestHead(
         passes on: its C{Upgrade} header is kept and C{Connection: upgrade}
         sent (every other hop-by-hop header is still removed).
     """
-    headers = [
-        (name, values)
-        for name, values in headers
-        if b"_" not in name or name.replace(b"_", b"-").lower() not in _ALIASED
-    ]
     kept = _UPGRADE_HEADERS if upgrade else frozenset()
     dropped = (HOP_BY_HOP | _REWRITTEN) - kept
     forwardedFor: list[bytes] = []
     via: list[bytes] = []
+    connection: list[bytes] = []
     host = None
-    for name, values in headers:
-        lowered = name.lower()
-        if lowered == b"connection":
-            dropped = dropped | (connectionTokens(values) - kept - _PROTECTED)
-        elif lowered == b"x-forwarded-for":
-            forwardedFor.extend(values)
-        elif lowered == b"via":
-            via.extend(values)
-        elif lowered == b"host":
-            host = values[0]
+    lowered = []
+    for name, value in headers:
+        lower = name.lower()
+        if b"_" in lower and lower.replace(b"_", b"-") in _ALIASED:
+            continue
+        lowered.append((lower, name, value))
+        if lower == b"connection":
+            connection.append(value)
+        elif lower == b"x-forwarded-for":
+            forwardedFor.append(value)
+        elif lower == b"via":
+            via.append(value)
+        elif lower == b"host" and host is None:
+            host = value
+    if connection:
+        dropped = dropped | (connectionTokens(connection) - kept - _PROTECTED)
     lines = [b"%s %s HTTP/1.1\r\n" % (method, target)]
     if host is None:
         host = defaultHost
         lines.append(b"Host: %s\r\n" % (host,))
-    for name, values in headers:
-        lowered = name.lower()
-        if lowered not in dropped and lowered != b"connection":
-            for value in values:
-                lines.append(b"%s: %s\r\n" % (name, value))
+    for lower, name, value in lowered:
+        if lower not in dropped and lower != b"connection":
+            lines.append(b"%s: %s\r\n" % (name, value))
     if upgrade:
         lines.append(b"Connection: upgrade\r\n")
     forwardedFor.append(clientAddress)

@@ -16,10 +16,10 @@ never reused.
 
 from __future__ import annotations
 
+import enum
 import errno
 import ipaddress
 import os
-import re
 
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -49,17 +49,13 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
 from manualb.config import ServerAddress, UpstreamConfig
 from manualb.syntax import formatDuration
-from manualb.forwarding import connectionTokens
+from manualb.interfaces import IResponseReceiver  # also imported from here
+from manualb.responseparser import IResponseEvents, ResponseParseError, ResponseParser
 from manualb.transports import cancelCall, setNoDelay
-
-MAX_HEAD_SIZE = 64 * 1024
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
-_FORBIDDEN_IN_VALUE = re.compile(rb"[\0\r\n]")
-MAX_CHUNK_LINE = 4096
 
 
 class UpstreamError(Exception):
@@ -200,51 +196,6 @@ class _UnverifiedClientTLS:
         return connection
 
 
-class IResponseReceiver(Interface):
-    """
-    Takes a backend's response as it is parsed.
-    """
-
-    def responseStarted(
-        code: int, reason: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> None:
-        """
-        The status line and headers have arrived.  C{headers} keeps every
-        value of a repeated header, in order.
-        """
-
-    def responseData(data: bytes) -> None:
-        """
-        A piece of the response body (decoded from chunked framing); after a
-        C{101 Switching Protocols}, what the backend sent, as it is.
-        """
-
-    def responseDone() -> None:
-        """
-        The whole response has arrived; after a C{101}, the backend closed
-        the tunnel cleanly.
-        """
-
-    def responseFailed(reason: UpstreamError) -> None:
-        """
-        The response cannot be completed; nothing more will be delivered.
-        After a C{101}, the tunnel broke.
-        """
-
-
-# Parser states.
-_IDLE = "idle"
-_HEAD = "head"
-_LENGTH = "length"
-_CHUNK_SIZE = "chunk-size"
-_CHUNK_DATA = "chunk-data"
-_CHUNK_END = "chunk-end"
-_TRAILERS = "trailers"
-_UNTIL_CLOSE = "until-close"
-# After a 101 Switching Protocols: raw bytes until the connection closes.
-_TUNNEL = "tunnel"
-
-
 @implementer(IPushProducer)
 class _BodyThrottle:
     """
@@ -291,10 +242,87 @@ class _BodyThrottle:
         )
 
 
-@implementer(IPushProducer)
+class ConnectionState(enum.Enum):
+    """
+    Where an L{UpstreamConnection} is in its life; L{TRANSITIONS} lists the
+    moves it can make.
+    """
+
+    # Compared often: by identity, not by name as Enum does by default.
+    __hash__ = object.__hash__
+
+    #: Connected, no exchange: new, or waiting in the pool.
+    IDLE = "idle"
+    #: The request head is written and its body is going out; nothing of
+    #: the response yet.
+    SENDING = "sending"
+    #: The request is written whole; the response head has not come.
+    AWAITING = "awaiting response"
+    #: The response head came while the request body was still going out
+    #: (a backend that refuses a body answers early); the body goes on, but
+    #: when the response ends first the connection is spent.
+    ANSWERED_EARLY = "answered early"
+    #: The request is written whole and the response body is coming.
+    RECEIVING = "receiving"
+    #: The backend switched protocols (C{101}): raw bytes both ways until
+    #: the connection closes.
+    TUNNEL = "tunnel"
+    #: The exchange ended and the connection may not carry another: it is
+    #: closed gracefully (L{UpstreamConnection.abort} may still cut it).
+    CLOSING = "closing"
+    #: Aborted or lost: it never carries anything again.
+    CLOSED = "closed"
+
+
+_IDLE = ConnectionState.IDLE
+_SENDING = ConnectionState.SENDING
+_AWAITING = ConnectionState.AWAITING
+_EARLY = ConnectionState.ANSWERED_EARLY
+_RECEIVING = ConnectionState.RECEIVING
+_TUNNEL = ConnectionState.TUNNEL
+_CLOSING = ConnectionState.CLOSING
+_CLOSED = ConnectionState.CLOSED
+
+#: The moves an L{UpstreamConnection} makes, and what makes each one:
+#:  - idle -> sending: L{UpstreamConnection.sendRequest};
+#:  - sending -> awaiting: L{UpstreamConnection.finishBody};
+#:  - sending, awaiting -> tunnel: a C{101} to an upgrade request;
+#:  - sending -> answered early, awaiting -> receiving: the response head;
+#:  - answered early -> receiving: L{UpstreamConnection.finishBody};
+#:  - receiving -> idle: the response ended and the connection may be
+#:    reused: it goes back to its pool;
+#:  - receiving -> closing: the response ended and the connection may not be
+#:    reused (C{Connection: close}, C{keepalive_requests} reached, bytes
+#:    past the response...);
+#:  - any -> closed: L{UpstreamConnection.abort} (a failure, a timeout, the
+#:    client gone, a response that ended before its request), or the
+#:    connection lost.
+#: The code moves by plain assignment, on the request path; the tests check
+#: every move it makes against this table.
+TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
+    _IDLE: frozenset([_SENDING, _CLOSED]),
+    _SENDING: frozenset([_AWAITING, _EARLY, _TUNNEL, _CLOSED]),
+    _AWAITING: frozenset([_RECEIVING, _TUNNEL, _CLOSED]),
+    _EARLY: frozenset([_RECEIVING, _CLOSED]),
+    _RECEIVING: frozenset([_IDLE, _CLOSING, _CLOSED]),
+    _TUNNEL: frozenset([_CLOSED]),
+    _CLOSING: frozenset([_CLOSED]),
+    _CLOSED: frozenset(),
+}
+
+#: The states in which an exchange is under way and the backend's silence
+#: counts against C{read_timeout}.
+_EXCHANGING = frozenset([_SENDING, _AWAITING, _EARLY, _RECEIVING])
+
+
+@implementer(IPushProducer, IResponseEvents)
 class UpstreamConnection(Protocol):
     """
-    One persistent HTTP/1.1 connection to a backend server.
+    One persistent HTTP/1.1 connection to a backend server: it writes the
+    request, leaves the response's bytes to a L{ResponseParser}, passes what
+    that finds to the exchange's L{IResponseReceiver}, keeps the timers and
+    the flow control, and goes back to its pool when it may be reused.  Its
+    L{state} follows L{TRANSITIONS}.
 
     It is also the producer of the response body: pausing it stops reading
     from the backend, which is how a slow client slows the backend down.
@@ -304,12 +332,13 @@ class UpstreamConnection(Protocol):
         idle connection rather than a real error.
     """
 
+    _state: ConnectionState = _IDLE
     _receiver: IResponseReceiver | None = None
     _readTimer: IDelayedCall | None = None
     _throttle: _BodyThrottle | None = None
     _paused = False
-    _closed = False
-    _upgrade = False
+    _chunkedBody = False
+    _closeAfter = False
 
     def __init__(self, pool: "ConnectionPool"):
         self.pool = pool
@@ -318,8 +347,14 @@ class UpstreamConnection(Protocol):
         self.reused = False
         self.exchanges = 0
         self.idleTimer: IDelayedCall | None = None
-        self._state = _IDLE
-        self._buffer = b""
+        self._parser = ResponseParser(self)
+
+    @property
+    def state(self) -> ConnectionState:
+        """
+        Where the connection is in its life.
+        """
+        return self._state
 
     def connectionMade(self) -> None:
         setNoDelay(self.transport)
@@ -346,17 +381,18 @@ class UpstreamConnection(Protocol):
             answer turns the connection into a tunnel (see L{tunnelling}).
             Whatever the answer, the connection is not reused.
         """
+        if self._state is not _CLOSED:
+            self._state = _SENDING
+        # (A connection aborted while idle, whose loss is yet to come, fails
+        # the exchange with it, as a kept-alive connection the backend
+        # closed.)
         self.exchanges += 1
         self._receiver = receiver
-        self._method = method
         self._chunkedBody = chunked
-        self._bodyDone = False
-        self._upgrade = upgrade
         self._closeAfter = (
             upgrade or not reuse or self.exchanges >= self.config.keepalive_requests
         )
-        self._state = _HEAD
-        self._buffer = b""
+        self._parser.expect(method, upgrade)
         self.transport.write(head)
 
     def attachBody(self, source: IPushProducer) -> None:
@@ -370,7 +406,7 @@ class UpstreamConnection(Protocol):
         """
         Send a piece of the request body.
         """
-        if not data or self._closed:
+        if not data or (self._state is not _SENDING and self._state is not _EARLY):
             return
         if self._chunkedBody:
             self.transport.writeSequence([b"%x\r\n" % (len(data),), data, b"\r\n"])
@@ -382,16 +418,17 @@ class UpstreamConnection(Protocol):
         The request body is complete; from now on the backend's silence counts
         against C{read_timeout}.
         """
-        if self._closed or self._bodyDone:
+        state = self._state
+        if state is _SENDING:
+            self._state = _AWAITING
+        elif state is _EARLY:
+            self._state = _RECEIVING
+        else:
             return
-        self._bodyDone = True
         self._detachBody()
         if self._chunkedBody:
             self.transport.write(b"0\r\n\r\n")
-        if self._receiver is not None:
-            self._armReadTimer()
-        elif self.pool is not None:
-            self._reuseOrClose()
+        self._armReadTimer()
 
     @property
     def tunnelling(self) -> bool:
@@ -400,15 +437,15 @@ class UpstreamConnection(Protocol):
         byte tunnel, whose bytes from the backend go to the receiver's
         C{responseData} and whose close to C{responseDone} (or
         C{responseFailed}); what is written to its transport goes to the
-        backend as it is.
+        backend as it is (L{writeBody} no longer does).
         """
-        return self._state == _TUNNEL
+        return self._state is _TUNNEL
 
     def _detachBody(self) -> None:
         if self._throttle is not None:
             self._throttle.cancelTimer()
             self._throttle = None
-            if not self._closed:
+            if self._state is not _CLOSED:
                 self.transport.unregisterProducer()
 
     # Flow control of the response.
@@ -420,7 +457,7 @@ class UpstreamConnection(Protocol):
 
     def resumeProducing(self) -> None:
         self._paused = False
-        if self._receiver is not None and self._state != _TUNNEL:
+        if self._state in _EXCHANGING:
             self._armReadTimer()
         self.transport.resumeProducing()
 
@@ -449,6 +486,73 @@ class UpstreamConnection(Protocol):
             )
         )
 
+    # Receiving: the parser's events.
+
+    def dataReceived(self, data: bytes) -> None:
+        state = self._state
+        if state is _TUNNEL:
+            if self._receiver is not None:
+                self._receiver.responseData(data)
+            return
+        if state not in _EXCHANGING:
+            # A backend may not speak unasked; whatever it is, the
+            # connection can no longer be trusted.
+            if data:
+                self.abort()
+            return
+        if not self._paused:
+            self._armReadTimer()
+        try:
+            self._parser.feed(data)
+        except ResponseParseError as e:
+            self.fail(UpstreamBadResponse(str(e)))
+            return
+        if self._state is _TUNNEL and self._parser.trailing:
+            # The first bytes of the protocol the backend switched to.
+            rest, self._parser.trailing = self._parser.trailing, b""
+            self.dataReceived(rest)
+
+    def headReceived(
+        self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        if code == 101:
+            # From here on the backend speaks the protocol it switched to:
+            # its bytes go on as they are, for as long as the connection
+            # lasts, with the tunnel's own idle timeout instead of ours.
+            self._state = _TUNNEL
+            self._cancelReadTimer()
+            self._detachBody()
+        elif self._state is _AWAITING:
+            self._state = _RECEIVING
+        else:
+            self._state = _EARLY
+        self._receiver.responseStarted(code, reason, headers)
+
+    def bodyReceived(self, data: bytes) -> None:
+        self._receiver.responseData(data)
+
+    def messageEnded(self, reusable: bool) -> None:
+        receiver = self._receiver
+        self._receiver = None
+        self._cancelReadTimer()
+        self._paused = False
+        self.reused = True
+        state = self._state
+        if state is _RECEIVING:
+            if reusable and not self._closeAfter and self.pool is not None:
+                self._state = _IDLE
+                self.transport.resumeProducing()
+                self.pool.release(self)
+            else:
+                self._state = _CLOSING
+                self.transport.loseConnection()
+        elif state is _EARLY:
+            # The backend answered before it had the whole request body; the
+            # rest of the body will not follow, so the connection is spent.
+            self.abort()
+        # (Closed: the close of the connection ended the body.)
+        receiver.responseDone()
+
     # Ending.
 
     def fail(self, reason: UpstreamError) -> None:
@@ -468,18 +572,21 @@ class UpstreamConnection(Protocol):
         receiver still hears of the close (L{ConnectionPool.closeAll} at
         shutdown must end the tunnel's client side too).
         """
-        if self._state != _TUNNEL:
+        if self._state is not _TUNNEL:
             self._receiver = None
         self._cancelReadTimer()
-        if not self._closed:
+        self._parser.stop()
+        if self._state is not _CLOSED:
             # The body's producer goes first: the transport would otherwise
             # stop it while closing, from inside the reactor.
             self._detachBody()
-            self._closed = True
+            self._state = _CLOSED
             self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:
-        self._closed = True
+        state = self._state
+        if state is not _CLOSED:
+            self._state = _CLOSED
         self._cancelReadTimer()
         self._detachBody()
         if self.pool is not None:
@@ -487,9 +594,10 @@ class UpstreamConnection(Protocol):
         receiver = self._receiver
         if receiver is None:
             return
-        if self._state == _TUNNEL:
+        clean = reason is None or reason.check(error.ConnectionDone) is not None
+        if state is _TUNNEL:
             self._receiver = None
-            if reason is None or reason.check(error.ConnectionDone):
+            if clean:
                 receiver.responseDone()
             else:
                 receiver.responseFailed(
@@ -498,11 +606,11 @@ class UpstreamConnection(Protocol):
                     )
                 )
             return
-        if self._state == _UNTIL_CLOSE and reason.check(error.ConnectionDone):
-            self._responseComplete()
+        if clean and self._parser.feedEOF():
             return
         self._receiver = None
-        beforeResponse = self._state == _HEAD and not self._buffer
+        beforeResponse = not self._parser.started
+        self._parser.stop()
         receiver.responseFailed(
             UpstreamClosed(
                 "backend closed the connection "
@@ -510,212 +618,6 @@ class UpstreamConnection(Protocol):
                 beforeResponse,
             )
         )
-
-    def _responseComplete(self) -> None:
-        receiver = self._receiver
-        self._receiver = None
-        self._state = _IDLE
-        self._cancelReadTimer()
-        self._paused = False
-        self.reused = True
-        if self._bodyDone:
-            self._reuseOrClose()
-        else:
-            # The backend answered before it had the whole request body; the
-            # rest of the body will not follow, so the connection is spent.
-            self.abort()
-        receiver.responseDone()
-
-    def _reuseOrClose(self) -> None:
-        if self._closed:
-            return
-        if self._closeAfter or self._buffer or self.pool is None:
-            self.transport.loseConnection()
-        else:
-            self.transport.resumeProducing()
-            self.pool.release(self)
-
-    # Parsing.
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._receiver is None:
-            # A backend may not speak unasked; whatever it is, the
-            # connection can no longer be trusted.
-            if data:
-                self.abort()
-            return
-        if not self._paused and self._state != _TUNNEL:
-            self._armReadTimer()
-        try:
-            self._parse(data)
-        except UpstreamBadResponse as e:
-            self.fail(e)
-
-    def _parse(self, data: bytes) -> None:
-        if self._buffer:
-            data = self._buffer + data
-            self._buffer = b""
-        while data and self._receiver is not None:
-            state = self._state
-            if state == _LENGTH:
-                rest = self._deliverCounted(data)
-                if rest is not None:
-                    self._endOfMessage(rest)
-                return
-            elif state == _UNTIL_CLOSE or state == _TUNNEL:
-                self._receiver.responseData(data)
-                return
-            elif state == _CHUNK_DATA:
-                data = self._deliverCounted(data)
-                if data is None:
-                    return
-                self._state = _CHUNK_END
-            elif state == _HEAD:
-                end = data.find(b"\r\n\r\n")
-                if end == -1:
-                    if len(data) > MAX_HEAD_SIZE:
-                        raise UpstreamBadResponse("response head too large")
-                    self._buffer = data
-                    return
-                head = data[:end]
-                data = data[end + 4 :]
-                if not self._headReceived(head):
-                    continue
-                if self._state == _IDLE:
-                    self._endOfMessage(data)
-                    return
-            else:
-                end = data.find(b"\r\n")
-                if end == -1:
-                    if len(data) > MAX_CHUNK_LINE:
-                        raise UpstreamBadResponse("chunk framing line too long")
-                    self._buffer = data
-                    return
-                line = data[:end]
-                data = data[end + 2 :]
-                if state == _CHUNK_SIZE:
-                    self._chunkSize(line)
-                elif state == _CHUNK_END:
-                    if line:
-                        raise UpstreamBadResponse("chunk data not followed by CRLF")
-                    self._state = _CHUNK_SIZE
-                elif not line:  # _TRAILERS: an empty line ends them
-                    self._endOfMessage(data)
-                    return
-
-    def _deliverCounted(self, data: bytes) -> bytes | None:
-        """
-        Pass on what C{data} holds of a body or chunk of known length (the
-        C{_remaining} bytes): the bytes that follow it once it is complete;
-        L{None} while it is not, or when the exchange ended meanwhile.
-        """
-        remaining = self._remaining
-        if len(data) < remaining:
-            self._remaining = remaining - len(data)
-            self._receiver.responseData(data)
-            return None
-        self._receiver.responseData(data[:remaining])
-        if self._receiver is None:
-            return None
-        return data[remaining:]
-
-    def _chunkSize(self, line: bytes) -> None:
-        size = line.split(b";", 1)[0].strip()
-        try:
-            if not size or size.startswith((b"-", b"+", b"0x", b"0X")):
-                raise ValueError(size)
-            self._remaining = int(size, 16)
-        except ValueError:
-            raise UpstreamBadResponse("bad chunk size %r" % (size[:20],))
-        self._state = _CHUNK_DATA if self._remaining else _TRAILERS
-
-    def _endOfMessage(self, rest: bytes) -> None:
-        # Anything the backend sent past its response makes the connection
-        # unusable for the next exchange.
-        self._buffer = rest
-        self._responseComplete()
-
-    def _headReceived(self, head: bytes) -> bool:
-        """
-        Parse a response head and choose how its body is framed.
-
-        @return: C{False} for an interim (1xx) response, after which the real
-            head follows.
-        """
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0"):
-            raise UpstreamBadResponse("bad status line %r" % (lines[0][:80],))
-        version, codeText = parts[0], parts[1]
-        if len(codeText) != 3 or not codeText.isdigit():
-            raise UpstreamBadResponse("bad status code %r" % (codeText[:20],))
-        code = int(codeText)
-        reason = parts[2] if len(parts) == 3 else b""
-        headers = []
-        lengths = set()
-        transferCodings: list[bytes] = []
-        connection = []
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not _TOKEN.match(name) or _FORBIDDEN_IN_VALUE.search(value):
-                raise UpstreamBadResponse("bad header line %r" % (line[:80],))
-            value = value.strip(b" \t")
-            lowered = name.lower()
-            if lowered == b"content-length":
-                lengths.update(v.strip() for v in value.split(b","))
-            elif lowered == b"transfer-encoding":
-                transferCodings.extend(
-                    t.strip().lower() for t in value.split(b",") if t.strip()
-                )
-                continue
-            elif lowered == b"connection":
-                connection.append(value)
-            headers.append((name, value))
-
-        if code == 101:
-            if not self._upgrade:
-                raise UpstreamBadResponse("unexpected 101 Switching Protocols")
-            # From here on the backend speaks the protocol it switched to:
-            # its bytes go on as they are, for as long as the connection
-            # lasts, with the tunnel's own idle timeout instead of ours.
-            self._state = _TUNNEL
-            self._closeAfter = True
-            self._cancelReadTimer()
-            self._receiver.responseStarted(code, reason, headers)
-            return True
-        if 100 <= code < 200:
-            return False
-
-        keepAlive = version == b"HTTP/1.1" and b"close" not in connectionTokens(
-            connection
-        )
-        if self._method == b"HEAD" or code in (204, 304):
-            self._state = _IDLE
-        elif transferCodings:
-            # RFC 9112, section 6.3: Transfer-Encoding overrides any
-            # Content-Length, which must then not be passed on.
-            headers = [h for h in headers if h[0].lower() != b"content-length"]
-            if transferCodings[-1] == b"chunked":
-                self._state = _CHUNK_SIZE
-            else:
-                self._state = _UNTIL_CLOSE
-            keepAlive = keepAlive and not lengths
-        elif lengths:
-            if len(lengths) != 1:
-                raise UpstreamBadResponse("conflicting Content-Length values")
-            (length,) = lengths
-            if not length.isdigit():
-                raise UpstreamBadResponse("bad Content-Length %r" % (length[:20],))
-            self._remaining = int(length)
-            self._state = _LENGTH if self._remaining else _IDLE
-        else:
-            self._state = _UNTIL_CLOSE
-        if self._state == _UNTIL_CLOSE:
-            keepAlive = False
-        if not keepAlive:
-            self._closeAfter = True
-        self._receiver.responseStarted(code, reason, headers)
-        return True
 
 
 class OneConnection(Factory):

@@ -63,12 +63,18 @@ class Server:
     @ivar connections: Its pool of kept-alive connections.
     @ivar active: Requests in flight to this server right now (leases
         held).
+    @ivar name: C{host:port}, as logs and the access log show the server.
     """
 
     config: ServerConfig
     health: ServerHealth
     connections: ConnectionPool | None
     active: int = 0
+    name: str = attrs.field(init=False)
+
+    @name.default
+    def _nameDefault(self) -> str:
+        return self.config.address.name
 
     @property
     def address(self) -> ServerAddress:
@@ -77,12 +83,6 @@ class Server:
         """
         return self.config.address
 
-    @property
-    def name(self) -> str:
-        """
-        C{host:port}, as logs and the access log show the server.
-        """
-        return self.config.address.name
 
     @property
     def weight(self) -> float:

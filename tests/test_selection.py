@@ -6,9 +6,7 @@ layers of these modules.
 
 from __future__ import annotations
 
-import ast
 import errno
-import os
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
@@ -35,7 +33,6 @@ A = ServerAddress("10.0.0.1", 8001)
 B = ServerAddress("10.0.0.2", 8002)
 C = ServerAddress("10.0.0.3", 8003)
 VIEW = RequestView("192.0.2.1")
-PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "manualb")
 
 
 def pool(*servers: ServerConfig | ServerAddress, **options):
@@ -467,38 +464,3 @@ class CookieRetryTests(SynchronousTestCase):
         self.assertEqual(
             self.cookies(client.received()), [self.cookieFor(server), b"theme=dark"]
         )
-
-
-#: The layers of selection's modules: each may import only those before it
-#: (and the leaves).
-_LEAVES = {"interfaces", "view", "records", "config", "durations", "transports", "forwarding",
-           "proxyprotocol", "_version", "syntax"}
-_ORDER = ["tunnel", "handoff", "health", "selection", "balancers"]
-
-
-def _imports(name: str) -> set[str]:
-    with open(os.path.join(PACKAGE, name + ".py")) as source:
-        tree = ast.parse(source.read())
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("manualb"):
-            found.add(node.module.split(".")[1] if "." in node.module else node.module)
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.startswith("manualb."):
-                    found.add(alias.name.split(".")[1])
-    return found
-
-
-class LayerTests(SynchronousTestCase):
-    def test_oneWay(self):
-        """
-        handoff, health, selection and balancers import only the modules of
-        lower layers, lazily or for types alike; records and the view are
-        leaves.
-        """
-        for index, name in enumerate(_ORDER):
-            allowed = _LEAVES | set(_ORDER[:index])
-            self.assertEqual(_imports(name) - allowed, set(), name)
-        self.assertEqual(_imports("records"), set())
-        self.assertNotIn("selection", _imports("health"))

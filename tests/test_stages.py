@@ -5,15 +5,17 @@ The small stages: forwarding headers and the access log line.
 from io import BytesIO
 
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.test.requesthelper import DummyRequest
+
 
 from manualb.accesslog import AccessLog
 from manualb.forwarding import requestHead, responseHeaders
+from manualb.view import RequestView
 
 
 def head(headers, bodyLength=0, method=b"GET", secure=False):
+    lines = [(name, value) for name, values in headers for value in values]
     return requestHead(
-        method, b"/p?q", headers, b"192.0.2.1", b"HTTP/1.1", secure, bodyLength, b"b:80"
+        method, b"/p?q", lines, b"192.0.2.1", b"HTTP/1.1", secure, bodyLength, b"b:80"
     )
 
 
@@ -62,13 +64,13 @@ class AccessLogTests(SynchronousTestCase):
         """
         output = BytesIO()
         log = AccessLog(output, clock=lambda: 0)
-        request = DummyRequest([b""])
-        request.method = b"GET"
-        request.uri = b'/\n127.0.0.1 - - "x\\'
-        request.clientproto = b"HTTP/1.1"
-        request.requestHeaders.addRawHeader(b"User-Agent", b"\xff\"")
-        request.sentLength = 0
-        log.record(request, 404, [], [])
+        request = RequestView(
+            "127.0.0.1",
+            method=b"GET",
+            target=b'/\n127.0.0.1 - - "x\\',
+            headers=[(b"User-Agent", b"\xff\"")],
+        )
+        log.record(request, b"HTTP/1.1", 404, 0, [], [])
         line = output.getvalue()
         self.assertEqual(line.count(b"\n"), 1)
         self.assertIn(b'"GET /\\x0A127.0.0.1 - - \\x22x\\x5C HTTP/1.1" 404 0 "-" "\\xFF\\x22" - -\n', line)

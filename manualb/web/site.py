@@ -244,7 +244,8 @@ class ProxySite(server.Site):
         return protocol
 
     def log(self, request: Request) -> None:
-        # The proxy writes the line, with the upstream (see _SiteLog).
+        # The proxy writes the line, with the upstream (see
+        # _RequestDownstream.logTo).
         pass
 
     def getResourceFor(self, request: Request):
@@ -274,27 +275,6 @@ class ProxySite(server.Site):
         return super().acceptableProtocols() + [b"http/1.0"]
 
 
-class _SiteLog:
-    """
-    The access log as the proxy resource writes it: one line for each
-    request served through a L{ProxySite}, which leaves its logging to the
-    proxy.  Any other L{server.Site} the resource is mounted in logs its
-    requests itself, in its own format; the proxy adds no second line.
-    """
-
-    def __init__(self, log: AccessLog):
-        self.log = log
-
-    def record(
-        self, request: Request, status: int, upstreams: list[str], upstreamTimes: list[float]
-    ) -> None:
-        if isinstance(getattr(request, "site", None), ProxySite):
-            self.log.record(request, status, upstreams, upstreamTimes)
-
-    def recordUnread(self, address, requestLine: bytes | None, status: int, sent: int) -> None:
-        self.log.recordUnread(address, requestLine, status, sent)
-
-
 class ProxyResource(Resource):
     """
     The reverse proxy, as a leaf resource: every request below it passes
@@ -305,7 +285,7 @@ class ProxyResource(Resource):
     @param reactor: Schedules timeouts and tells the time.
     @param accessLog: Where to write one line for each request, or L{None}.
         Only requests that come through a L{ProxySite} are written there;
-        another L{server.Site} logs its requests itself (see L{_SiteLog}).
+        another L{server.Site} logs its requests itself, in its own format.
     @param stages: The stage chain, in order (see L{IStage}); by default
         L{defaultStages} of C{urlMap}.
 
@@ -325,7 +305,7 @@ class ProxyResource(Resource):
         super().__init__()
         self.urlMap = urlMap
         self.reactor = reactor
-        self.accessLog = None if accessLog is None else _SiteLog(accessLog)
+        self.accessLog = accessLog
         self.stages = list(defaultStages(urlMap) if stages is None else stages)
 
     def render(self, request: Request):
@@ -413,9 +393,12 @@ class _RequestDownstream:
 
     def logTo(self, accessLog, status, upstreams, times, sent=None) -> None:
         request = self.request
-        if sent is not None:
-            request.sentLength = sent
-        accessLog.record(request, status, upstreams, times)
+        if not isinstance(getattr(request, "site", None), ProxySite):
+            # Mounted in a Site of the application's, which logs it.
+            return
+        if sent is None:
+            sent = request.sentLength
+        accessLog.record(self.view, self.version, status, sent, upstreams, times)
 
 
 _upgradeHookMissing: list[bool] = []

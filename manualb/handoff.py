@@ -55,7 +55,7 @@ from manualb.config import ServerAddress, UpstreamConfig
 from manualb.syntax import formatDuration
 from manualb.interfaces import IResponseReceiver  # also imported from here
 from manualb.responseparser import IResponseEvents, ResponseParseError, ResponseParser
-from manualb.transports import cancelCall, setNoDelay
+from manualb.transports import Deadline, cancelCall, setNoDelay
 
 
 class UpstreamError(Exception):
@@ -334,7 +334,6 @@ class UpstreamConnection(Protocol):
 
     _state: ConnectionState = _IDLE
     _receiver: IResponseReceiver | None = None
-    _readTimer: IDelayedCall | None = None
     _throttle: _BodyThrottle | None = None
     _paused = False
     _chunkedBody = False
@@ -346,7 +345,8 @@ class UpstreamConnection(Protocol):
         self.config = pool.config
         self.reused = False
         self.exchanges = 0
-        self.idleTimer: IDelayedCall | None = None
+        self.idleTimeout = Deadline(self.reactor, self._idleTimedOut)
+        self._readTimeout = Deadline(self.reactor, self._readTimedOut)
         self._parser = ResponseParser(self)
 
     @property
@@ -467,19 +467,21 @@ class UpstreamConnection(Protocol):
     # Timers.
 
     def _armReadTimer(self) -> None:
-        if self._paused:
-            return
-        timeout = self.config.read_timeout
-        if self._readTimer is None:
-            self._readTimer = self.reactor.callLater(timeout, self._readTimedOut)
-        else:
-            self._readTimer.reset(timeout)
+        if not self._paused:
+            self._readTimeout.set(self.config.read_timeout)
 
     def _cancelReadTimer(self) -> None:
-        self._readTimer = cancelCall(self._readTimer)
+        self._readTimeout.clear()
+
+    def _stopTimers(self) -> None:
+        self._readTimeout.stop()
+        self.idleTimeout.stop()
+
+    def _idleTimedOut(self) -> None:
+        # Idle in the pool for keepalive_timeout.
+        self.transport.loseConnection()
 
     def _readTimedOut(self) -> None:
-        self._readTimer = None
         self.fail(
             UpstreamTimeout(
                 "backend sent nothing for " + formatDuration(self.config.read_timeout)
@@ -574,7 +576,7 @@ class UpstreamConnection(Protocol):
         """
         if self._state is not _TUNNEL:
             self._receiver = None
-        self._cancelReadTimer()
+        self._stopTimers()
         self._parser.stop()
         if self._state is not _CLOSED:
             # The body's producer goes first: the transport would otherwise
@@ -587,7 +589,7 @@ class UpstreamConnection(Protocol):
         state = self._state
         if state is not _CLOSED:
             self._state = _CLOSED
-        self._cancelReadTimer()
+        self._stopTimers()
         self._detachBody()
         if self.pool is not None:
             self.pool.forget(self)
@@ -676,7 +678,7 @@ class ConnectionPool:
         """
         if self._idle:
             connection = self._idle.pop()
-            connection.idleTimer = cancelCall(connection.idleTimer)
+            connection.idleTimeout.clear()
             return succeed(connection)
         return self.connect()
 
@@ -718,9 +720,7 @@ class ConnectionPool:
         if len(self._idle) >= self.config.keepalive:
             connection.transport.loseConnection()
             return
-        connection.idleTimer = self.reactor.callLater(
-            self.config.keepalive_timeout, connection.transport.loseConnection
-        )
+        connection.idleTimeout.set(self.config.keepalive_timeout)
         self._idle.append(connection)
 
     def forget(self, connection: UpstreamConnection) -> None:
@@ -730,7 +730,7 @@ class ConnectionPool:
         self._open.discard(connection)
         if connection in self._idle:
             self._idle.remove(connection)
-        connection.idleTimer = cancelCall(connection.idleTimer)
+        connection.idleTimeout.stop()
         if self._closeWaiters:
             for d in self._closeWaiters.pop(connection, ()):
                 d.callback(None)

@@ -1,11 +1,14 @@
 """
 What every connection of the proxy shares: Nagle's algorithm off on each
-TCP connection it accepts or opens, and its timers cancelled alike.
+TCP connection it accepts or opens, its timers cancelled alike, and
+L{Deadline}s for the timeouts that move with every request.
 """
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IDelayedCall, ITCPTransport, ITransport
+from typing import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport, ITransport
 
 
 def cancelCall(call: IDelayedCall | None) -> None:
@@ -34,3 +37,80 @@ def setNoDelay(transport: ITransport) -> None:
             tcp.setTcpNoDelay(True)
         except OSError:
             pass
+
+
+class Deadline:
+    """
+    A timeout that is set and cleared on every request but seldom expires:
+    an idle or read timeout of a kept-alive connection.
+
+    Setting it only notes the time; the reactor holds at most one call for
+    it, made when none is pending, and moved only when the deadline comes
+    sooner than that call.  A call that comes before the deadline (which
+    moved later meanwhile) is made again for the rest; one that comes after
+    the deadline was cleared does nothing.  So a connection that serves
+    thousands of requests asks the reactor for a call once a timeout
+    period, not twice a request (a call made and cancelled each time costs
+    more than the request's own parsing).
+
+    @ivar pending: Whether the deadline is set.
+    """
+
+    __slots__ = ("_clock", "_expired", "_when", "_call")
+
+    def __init__(self, clock: IReactorTime, expired: Callable[[], object]) -> None:
+        """
+        @param clock: Tells the time and makes the call.
+        @param expired: Called when the deadline passes while set.
+        """
+        self._clock = clock
+        self._expired = expired
+        self._when: float | None = None
+        self._call: IDelayedCall | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self._when is not None
+
+    def set(self, seconds: float) -> None:
+        """
+        Expire C{seconds} from now, unless set again or cleared first.
+        """
+        clock = self._clock
+        when = clock.seconds() + seconds
+        self._when = when
+        call = self._call
+        if call is None:
+            self._call = clock.callLater(seconds, self._due)
+        elif call.getTime() > when:
+            call.cancel()
+            self._call = clock.callLater(seconds, self._due)
+
+    def clear(self) -> None:
+        """
+        Do not expire (the reactor's call, if any, stays until its time).
+        """
+        self._when = None
+
+    def stop(self) -> None:
+        """
+        Do not expire, and cancel the reactor's call: for a connection that
+        has closed, which nothing must keep alive.
+        """
+        self._when = None
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _due(self) -> None:
+        self._call = None
+        when = self._when
+        if when is None:
+            return
+        clock = self._clock
+        left = when - clock.seconds()
+        if left > 0:
+            self._call = clock.callLater(left, self._due)
+            return
+        self._when = None
+        self._expired()

@@ -24,7 +24,7 @@ What a client can make the proxy hold is bounded here, as nginx bounds it:
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel, Request, _GenericHTTPChannelProtocol
@@ -33,7 +33,7 @@ from manualb.config import GatekeeperConfig
 from manualb.forwarding import connectionTokens
 from manualb.web.http2 import ProxyH2Connection
 from manualb.rules import CONTROL, errorResponse, requestProblem
-from manualb.transports import cancelCall, setNoDelay
+from manualb.transports import Deadline, cancelCall, setNoDelay
 
 log = Logger()
 
@@ -59,9 +59,12 @@ class ProxyChannel(HTTPChannel):
         C{"idle"}, C{"head"}, C{"body"}, C{"waiting"} or C{"refused"}.
     """
 
-    def __init__(self, gatekeeper: GatekeeperConfig) -> None:
+    def __init__(self, gatekeeper: GatekeeperConfig, clock: IReactorTime) -> None:
         super().__init__()
         self.gatekeeper = gatekeeper
+        # Twisted's timeout is a reactor call made and cancelled about
+        # twice a request; a Deadline asks for one a timeout period.
+        self._deadline = Deadline(clock, self.timeoutConnection)
         # Twisted's own line and header limits answer a bare 400; those of
         # the gatekeeper come first, with their own status codes.
         self.MAX_LENGTH = max(gatekeeper.max_request_line, gatekeeper.max_header_size)
@@ -102,18 +105,31 @@ class ProxyChannel(HTTPChannel):
 
     def _time(self, seconds: float) -> None:
         """
-        Close the connection if the current phase lasts C{seconds}: a new
-        timer, never one moved sooner, which the reactor does by a walk
-        over every pending call.
+        Close the connection if the current phase lasts C{seconds}.
         """
-        self.setTimeout(None)
         self.setTimeout(seconds)
+
+    def setTimeout(self, period: float | None) -> float | None:
+        previous, self.timeOut = self.timeOut, period
+        if period is None:
+            self._deadline.clear()
+        else:
+            self._deadline.set(period)
+        return previous
+
+    def stopTimeout(self) -> None:
+        """
+        No timeout any more, and no reactor call kept for it: the channel
+        lets go of its connection (taken over, or switched to HTTP/2).
+        """
+        self.timeOut = None
+        self._deadline.stop()
 
     def resetTimeout(self) -> None:
         # Only a body's timeout counts from the last read; the head's runs
         # from its first byte, whatever trickles in after.
-        if self.phase == _BODY:
-            super().resetTimeout()
+        if self.phase == _BODY and self._deadline.pending:
+            self._deadline.set(self.timeOut)
 
     def lineReceived(self, line: bytes) -> None:
         if self.phase == _REFUSED:
@@ -304,6 +320,7 @@ class ProxyChannel(HTTPChannel):
     def connectionLost(self, reason) -> None:
         self._sendTimer = cancelCall(self._sendTimer)
         super().connectionLost(reason)
+        self.stopTimeout()
 
 
 def _describePeer(transport) -> str:
@@ -433,7 +450,7 @@ class ChannelSwitch(_GenericHTTPChannelProtocol):
         # The HTTP/1.1 channel registered itself as the transport's producer.
         networkProducer = old._networkProducer
         networkProducer.unregisterProducer()
-        old.setTimeout(None)
+        old.stopTimeout()
         site = self._site
         channel = ProxyH2Connection(
             site.reactor, getattr(site, "gatekeeper", GatekeeperConfig())
@@ -453,4 +470,6 @@ def buildChannel(site) -> ChannelSwitch:
     The protocol of a L{manualb.web.ProxySite}'s connection (used as its
     C{protocol}, called with the site).
     """
-    return ChannelSwitch(ProxyChannel(getattr(site, "gatekeeper", GatekeeperConfig())))
+    return ChannelSwitch(
+        ProxyChannel(getattr(site, "gatekeeper", GatekeeperConfig()), site.reactor)
+    )

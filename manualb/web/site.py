@@ -441,7 +441,11 @@ def _takeOver(request: Request, protocol: Protocol) -> tuple[ITransport, bytes]:
     transport = channel.transport
     # The channel's idle timeout is off while it handles a request; it comes
     # back when the request is done, which this one never is.
-    channel.setTimeout(None)
+    stopTimeout = getattr(channel, "stopTimeout", None)
+    if stopTimeout is None:
+        channel.setTimeout(None)
+    else:
+        stopTimeout()
     channel._savedTimeOut = None
     early = b"".join(getattr(channel, "_dataBuffer", ()))
     channel._dataBuffer = []

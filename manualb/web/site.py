@@ -123,6 +123,25 @@ class StreamingRequest(server.Request):
         self.args = {}
         self.process()
 
+    def process(self) -> None:
+        site = self.site = self.channel.site
+        root = site.resource
+        if self.path == b"*" or not (isinstance(site, ProxySite) and root.isLeaf):
+            super().process()
+            return
+        # Twisted's own process, for the one leaf resource of a proxy: no
+        # path segments decoded for a resource tree, no Server header of
+        # Twisted's, and the date formatted once a second by the site's
+        # clock rather than on every request by the wall clock.
+        self.setHeader(b"Date", site.date())
+        self.prepath = []
+        self.postpath = []
+        self.sitepath = []
+        try:
+            self.render(root)
+        except BaseException:
+            self.processingFailed(Failure())
+
     def _reader(self) -> IPushProducer:
         """
         What reads the body from the client: its connection; an HTTP/2
@@ -248,14 +267,21 @@ class ProxySite(server.Site):
         # _RequestDownstream.logTo).
         pass
 
-    def getResourceFor(self, request: Request):
-        # Twisted dates the response by the wall clock; the site's reactor
-        # tells the time everywhere else (timeouts, the access log).
+    def date(self) -> bytes:
+        """
+        The C{Date} of a response sent now, by the site's reactor, which
+        tells the time everywhere else too (timeouts, the access log);
+        formatted once a second.
+        """
         now = int(self.reactor.seconds())
         if now != self._dateSecond:
             self._dateSecond = now
             self._date = datetimeToString(now)
-        request.setHeader(b"Date", self._date)
+        return self._date
+
+    def getResourceFor(self, request: Request):
+        # Twisted dates the response by the wall clock.
+        request.setHeader(b"Date", self.date())
         return super().getResourceFor(request)
 
     @property

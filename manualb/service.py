@@ -319,7 +319,22 @@ class _Lifecycle(Service):
         return self.balancer.close()
 
 
-def makeService(config: Config, reactor: IReactorCore | None = None) -> MultiService:
+class BalancerService(MultiService):
+    """
+    The service of one L{LoadBalancer}: its lifecycle (files read and probes
+    started at start, every connection closed at stop) and a listening
+    service for each endpoint of each listener and stream.
+
+    @ivar balancer: The balancer it serves.
+    """
+
+    def __init__(self, balancer: LoadBalancer):
+        super().__init__()
+        self.balancer = balancer
+        _Lifecycle(balancer).setServiceParent(self)
+
+
+def makeService(config: Config, reactor: IReactorCore | None = None) -> BalancerService:
     """
     A service that runs the load balancer of C{config}: a listening service
     for each endpoint of each listener and stream.  Building it reads no file
@@ -336,9 +351,7 @@ def makeService(config: Config, reactor: IReactorCore | None = None) -> MultiSer
     if reactor is None:
         from twisted.internet import reactor
     balancer = LoadBalancer(config, reactor)
-    parent = MultiService()
-    parent.balancer = balancer
-    _Lifecycle(balancer).setServiceParent(parent)
+    parent = BalancerService(balancer)
     for listener in config.listeners:
         for description in listener.listen:
             factory = balancer.factoryFor(listener, description)

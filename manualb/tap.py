@@ -13,7 +13,7 @@ from twisted.python import usage
 
 from manualb.config import ConfigError
 from manualb.configfile import loadConfig
-from manualb.service import makeService as _makeService
+from manualb.service import BalancerService, makeService as _makeService
 
 
 class Options(usage.Options):
@@ -54,7 +54,7 @@ class _ExitIfCannotListen(MultiService):
     traceback.
     """
 
-    def __init__(self, service: MultiService):
+    def __init__(self, service: BalancerService):
         super().__init__()
         self.balancer = service.balancer
         service.setServiceParent(self)

@@ -447,7 +447,10 @@ class Pool:
         """
         skipped: list | None = None
         for tier, servers in enumerate(self._tiers):
-            candidates = [s for s in servers if s not in exclude and s.available()]
+            if exclude:
+                candidates = [s for s in servers if s not in exclude and s.available()]
+            else:
+                candidates = [s for s in servers if s.available()]
             if len(candidates) != len(servers):
                 left = [
                     (s, SkipReason.TRIED if s in exclude else s.unavailableBecause())

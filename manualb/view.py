@@ -31,6 +31,14 @@ def clientHost(address: object) -> str:
     return host
 
 
+#: Hosts as clients send them, normalised: most requests name one of a few.
+_HOSTS: dict[bytes, bytes | None] = {}
+_HOSTS_KEPT = 1024
+#: A name has at most 253 bytes, a port 6 more (and longer values, which
+#: cannot be hosts, are not kept).
+_HOST_LENGTH = 260
+
+
 def normalizeHost(host: bytes | str | None) -> bytes | None:
     """
     Return the host of a C{Host} value (or a TLS server name) as it is
@@ -38,6 +46,21 @@ def normalizeHost(host: bytes | str | None) -> bytes | None:
     literal in brackets and compressed; L{None} when there is no host (L{None}
     or empty, or text that is not ASCII).
     """
+    if host.__class__ is bytes and len(host) <= _HOST_LENGTH:
+        try:
+            return _HOSTS[host]
+        except KeyError:
+            normal = _normalizeHost(host)
+            if len(_HOSTS) >= _HOSTS_KEPT:
+                # Many names (a scan): forget them all rather than keep
+                # track of which were used last.
+                _HOSTS.clear()
+            _HOSTS[host] = normal
+            return normal
+    return _normalizeHost(host)
+
+
+def _normalizeHost(host: bytes | str | None) -> bytes | None:
     if isinstance(host, str):
         try:
             host = host.encode("ascii")

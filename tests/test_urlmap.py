@@ -17,6 +17,7 @@ from manualb.config import (
     RouteConfig,
 )
 from manualb.urlmap import Route, RouteMatch, URLMap
+from manualb import view
 from manualb.view import normalizeHost
 
 
@@ -371,6 +372,22 @@ class HostTests(SynchronousTestCase):
         self.assertEqual(normalizeHost(b"[::1]:8080"), b"[::1]")
         self.assertEqual(normalizeHost(b"[FE80::A]"), b"[fe80::a]")
         self.assertEqual(normalizeHost(b"[junk]:1"), b"[junk]")
+
+    def test_normalizeHostKeepsFew(self):
+        """
+        Normalised hosts are kept for the next request that names them, but
+        a client naming ever new hosts (or long values) cannot make the
+        proxy keep more than a bounded few.
+        """
+        self.patch(view, "_HOSTS", {})
+        for n in range(5000):
+            self.assertEqual(normalizeHost(b"Host%d.Example:80" % (n,)), b"host%d.example" % (n,))
+            self.assertLessEqual(len(view._HOSTS), view._HOSTS_KEPT)
+        long = b"a" * 10000
+        self.assertEqual(normalizeHost(long), long)
+        self.assertNotIn(long, view._HOSTS)
+        self.assertEqual(normalizeHost(b"Example.COM.:8080"), b"example.com")
+        self.assertEqual(normalizeHost(b"Example.COM.:8080"), b"example.com")
 
     def test_badRouteHost(self):
         """

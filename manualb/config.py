@@ -44,6 +44,9 @@ __all__ = [
     "CertificateConfig",
     "TLSConfig",
     "StreamConfig",
+    "RateLimitConfig",
+    "WAFRule",
+    "WAFConfig",
     "GatekeeperConfig",
     "Config",
 ]
@@ -445,6 +448,18 @@ class RouteConfig:
     @ivar rewrite: C{(regex, replacement)}: the path is rewritten by
         C{re.sub} with C{$1}-style groups turned into Python's, before it
         goes on; or L{None}.
+    @ivar allow: The route's own C{allow} CIDRs, in place of the
+        gatekeeper's; L{None} to keep those.
+    @ivar deny: The route's own C{deny} CIDRs; L{None} to keep the
+        gatekeeper's.
+    @ivar waf: The route's WAF mode (C{block}, C{detect}, C{off}); L{None}
+        to keep the gatekeeper's.
+    @ivar waf_level: The route's WAF sensitivity; L{None} to keep the
+        gatekeeper's.
+    @ivar rate: The route's rate limit in place of the gatekeeper's (a
+        C{rate} of 0 for none); L{None} to keep the gatekeeper's.
+    @ivar client_max_body_size: The route's largest request body; L{None}
+        to keep the gatekeeper's.
     """
 
     name: str
@@ -458,6 +473,12 @@ class RouteConfig:
     rewrite: tuple[str, str] | None = key(
         None, nginx="rewrite", doc="REGEX REPLACEMENT applied to the path"
     )
+    allow: tuple[str, ...] | None = None
+    deny: tuple[str, ...] | None = None
+    waf: str | None = None
+    waf_level: int | None = None
+    rate: RateLimitConfig | None = None
+    client_max_body_size: int | None = None
 
 
 @attrs.frozen
@@ -548,6 +569,73 @@ class StreamConfig:
 
 
 @attrs.frozen
+class RateLimitConfig:
+    """
+    A request rate limit, as nginx's C{limit_req}: a token bucket for each
+    value of C{key}, refilled at C{rate} a second, holding C{burst} more.
+
+    @ivar rate: Requests a second; C{0} for no limit (C{rate = off}, to
+        loosen a global limit on one route).
+    @ivar burst: Requests beyond the rate that are let through (at once
+        with C{nodelay}, else delayed to the rate); more get 429.
+    @ivar nodelay: Whether the burst passes at once rather than delayed.
+    @ivar key: What a bucket is kept for, in the C{$variable} syntax of
+        C{hash} (C{$remote_addr}, C{$route}, C{$http_x_api_key}...).
+    """
+
+    rate: float
+    burst: int = 0
+    nodelay: bool = False
+    key: str = "$remote_addr"
+
+
+@attrs.frozen
+class WAFRule:
+    """
+    A rule of the web application firewall written in the configuration
+    (C{waf_rule = ...}).
+
+    @ivar name: What the rule is called in logs, records and counters.
+    @ivar field: What it looks at: C{path}, C{query}, C{method},
+        C{header:NAME}, C{cookie:NAME}, C{body}, C{remote_addr}...
+    @ivar pattern: A regular expression the field must match, or L{None}
+        when C{values} is given instead.
+    @ivar values: Values the field must equal one of (any case), when
+        C{pattern} is L{None}.
+    @ivar action: C{block} (403), C{log} (log and count only) or C{allow}
+        (the request is excepted from the rules named in C{excepts}).
+    @ivar excepts: For C{allow}: the names of the rules (built-in or
+        custom) it excepts the request from; empty for every rule.
+    """
+
+    name: str
+    field: str
+    pattern: str | None = None
+    values: tuple[str, ...] = ()
+    action: str = "block"
+    excepts: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class WAFConfig:
+    """
+    The web application firewall of the gatekeeper.
+
+    @ivar mode: C{block} (attacks get 403), C{detect} (logged and counted,
+        not blocked) or C{off}.
+    @ivar level: The sensitivity, 1 (fewest false alarms) to 4 (most
+        attacks caught), as Cloud Armor's preconfigured rules.
+    @ivar body_limit: How much of a form or JSON request body is inspected.
+    @ivar rules: The custom rules, in order.
+    """
+
+    mode: str = "off"
+    level: int = 2
+    body_limit: int = 64 * 1024
+    rules: tuple[WAFRule, ...] = ()
+
+
+@attrs.frozen
 class GatekeeperConfig:
     """
     The C{[gatekeeper]} section: what a client may make the proxy hold
@@ -572,6 +660,17 @@ class GatekeeperConfig:
     @ivar max_headers: The most header fields in one request; 431 beyond.
     @ivar max_connections: The most client connections open at once on one
         process; a connection beyond it gets 503 and is closed.
+    @ivar allow: CIDRs (IPv4 and IPv6) of the clients allowed; when any is
+        given, a client in none of them gets 403.
+    @ivar deny: CIDRs of the clients refused with 403.  Between an C{allow}
+        and a C{deny} that both match, the narrower network decides.
+    @ivar trusted_proxies: CIDRs of the proxies in front of manualb whose
+        C{X-Forwarded-For} and C{Forwarded} headers are believed (nginx's
+        C{set_real_ip_from} with C{real_ip_recursive on}).
+    @ivar waf: The web application firewall.
+    @ivar rate: The request rate limit, or L{None}.
+    @ivar limit_conn: The most connections one client address may hold open
+        at once; C{0} for no limit.
     """
 
     client_header_timeout: float = key(
@@ -609,6 +708,12 @@ class GatekeeperConfig:
         1024, kind="integer", minimum=1, nginx="worker_connections",
         doc="the most client connections open at once",
     )
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    waf: WAFConfig = WAFConfig()
+    rate: RateLimitConfig | None = None
+    limit_conn: int = 0
 
 
 @attrs.frozen

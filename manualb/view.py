@@ -11,7 +11,7 @@ use it.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import attrs
 
@@ -191,6 +191,19 @@ class Passage:
     @ivar selection: The pool's attempts for the request (a
         C{manualb.selection.Attempts}, whose C{record()} is the decision
         record of every server tried and why), once routed.
+    @ivar requestId: The request's id (C{X-Request-Id}), once a stage gave
+        it one; empty before.
+    @ivar decisions: The gatekeeper's decision records (which rule, which
+        bucket), in the order they were made.
+    @ivar delay: Seconds the request waits before it goes to a backend (a
+        rate limit that delays the excess, as nginx's C{limit_req}).
+    @ivar bodyLimit: The largest request body for this request (the
+        route's C{client_max_body_size}), or L{None} for the front end's.
+    @ivar bodyCheck: Called with the first C{bodyCheckSize} bytes of the
+        request body (fewer when the body is shorter) before any of it goes
+        to a backend; returns an L{Answer} to refuse the request, or
+        L{None} to let it go on.  L{None} when no stage inspects the body.
+    @ivar bodyCheckSize: How much of the body C{bodyCheck} wants.
     """
 
     view: RequestView
@@ -199,3 +212,9 @@ class Passage:
     headers: list[tuple[bytes, bytes]] = attrs.Factory(list)
     route: Any = None
     selection: Any = None
+    requestId: bytes = b""
+    decisions: list[Any] = attrs.Factory(list)
+    delay: float = 0.0
+    bodyLimit: int | None = None
+    bodyCheck: Callable[[bytes], Answer | None] | None = None
+    bodyCheckSize: int = 0

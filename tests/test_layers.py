@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
         "forwarding",
         "proxyprotocol",
     ),
-    ("rules", "accesslog", "tunnel", "responseparser", "bodies"),
+    ("rules", "accesslog", "tunnel", "responseparser", "bodies", "variables"),
     (
         "handoff",
         "health",
@@ -38,6 +38,8 @@ LAYERS: list[tuple[str, ...]] = [
         "urlmap",
         "stages",
         "termination",
+        "waf",
+        "ratelimit",
         "gatekeeper",
     ),
     ("exchange", "streams", "configfile"),

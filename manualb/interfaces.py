@@ -290,3 +290,64 @@ class IDownstream(Interface):
         @param sent: The bytes sent to the client, when the front end did
             not count them (through a tunnel), else L{None}.
         """
+
+
+class IRequestInspector(Interface):
+    """
+    Looks for attacks in a request before it goes to a backend: the web
+    application firewall (C{manualb.waf.WAF}), or a user's own.
+    """
+
+    mode = Attribute("C{block}, C{detect} or C{off}.")
+    bodyLimit = Attribute(
+        "How many bytes of a request body C{inspectBody} wants; 0 for none."
+    )
+
+    def inspect(request):
+        """
+        Inspect the request line and headers of C{request} (a
+        L{manualb.view.RequestView}): the path, the query, the headers and
+        the cookies.
+
+        @return: A L{manualb.records.Finding}, or L{None} when nothing fired.
+        """
+
+    def inspectBody(request, body):
+        """
+        Inspect the first bytes of C{request}'s body (a form or JSON body,
+        at most C{bodyLimit} of it).
+
+        @return: A L{manualb.records.Finding}, or L{None}.
+        """
+
+
+class IRateLimiter(Interface):
+    """
+    A request rate limit (C{manualb.ratelimit.RateLimiter}).
+    """
+
+    def check(request, route):
+        """
+        Count C{request} (a L{manualb.view.RequestView}) of the route named
+        C{route} (or L{None}) against its bucket.
+
+        @return: A L{manualb.records.RateDecision}.
+        """
+
+
+class IRateLimitStore(Interface):
+    """
+    Where the token buckets of rate limits live: in the process by default
+    (C{manualb.ratelimit.MemoryStore}); shared between instances by the
+    scale-out of a later issue.
+    """
+
+    def take(key, rate, burst, now):
+        """
+        Take one token from the bucket C{key} (bytes), refilled at C{rate}
+        tokens a second up to C{burst} + 1, at time C{now}.
+
+        @return: How many seconds the request must wait for its token: 0
+            when one is there; more than C{burst / rate} when the bucket is
+            over its burst (the request is refused and takes no token).
+        """

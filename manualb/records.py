@@ -19,6 +19,9 @@ from enum import Enum
 import attrs
 
 __all__ = [
+    "Finding",
+    "GatekeeperRecord",
+    "RateDecision",
     "Attempt",
     "Candidate",
     "Outcome",
@@ -171,3 +174,67 @@ class SelectionRecord:
     attempts: tuple[Attempt, ...] = ()
     stopped: StopReason | None = None
     refused: Selection | None = None
+
+
+# The gatekeeper's decisions.
+
+
+@attrs.frozen
+class Finding:
+    """
+    What the web application firewall found in a request.
+
+    @ivar rule: The name of the rule that fired (a built-in signature such
+        as C{sqli}, C{xss-script}, or a custom rule's name).
+    @ivar kind: The class of attack: C{sqli}, C{xss}, C{traversal},
+        C{cmdi}, C{protocol}, or C{custom}.
+    @ivar field: Where it was found: C{path}, C{query}, C{header:NAME},
+        C{cookie:NAME}, C{body}...
+    @ivar action: C{block} (the request is refused) or C{log} (it is only
+        logged and counted: C{detect} mode, or a custom rule that logs).
+    @ivar excerpt: A short part of the value that matched, for the log
+        (printable ASCII, at most 64 bytes).
+    """
+
+    rule: str
+    kind: str
+    field: str
+    action: str
+    excerpt: str = ""
+
+
+@attrs.frozen
+class RateDecision:
+    """
+    What a rate limit decided for a request.
+
+    @ivar bucket: The bucket's key, as text (C{$remote_addr=192.0.2.1}).
+    @ivar allowed: Whether the request may go on (maybe after C{delay}).
+    @ivar delay: Seconds the request waits first (the excess of a burst,
+        without C{nodelay}); 0 to go at once.
+    @ivar retryAfter: For a refused request, seconds after which one would
+        be allowed (C{Retry-After}).
+    """
+
+    bucket: str
+    allowed: bool
+    delay: float = 0.0
+    retryAfter: float = 0.0
+
+
+@attrs.frozen
+class GatekeeperRecord:
+    """
+    One decision of the gatekeeper for a request.
+
+    @ivar rule: What decided: C{allow}, C{deny}, C{rate}, C{waf},
+        C{limit_conn}...
+    @ivar action: C{pass}, C{block}, C{log} or C{delay}.
+    @ivar detail: Which CIDR, bucket or WAF rule, in words.
+    @ivar status: The status answered when the request was refused, else 0.
+    """
+
+    rule: str
+    action: str
+    detail: str = ""
+    status: int = 0

@@ -64,6 +64,7 @@ from zope.interface import implementer
 
 from manualb.interfaces import IAffinity, IBalancer
 from manualb.selection import Server
+from manualb.variables import clientAddress, parseHashKey
 from manualb.view import RequestView
 
 __all__ = [
@@ -330,14 +331,6 @@ class _ConsistentHash:
         return self._ring(candidates).find(key)
 
 
-def _clientAddress(view: RequestView) -> bytes:
-    """
-    The client's address as bytes (see L{manualb.view.clientHost}); empty
-    for a client without one (a UNIX socket).
-    """
-    return view.clientAddress.encode("ascii", "replace")
-
-
 @implementer(IBalancer)
 class IPHash:
     """
@@ -359,149 +352,7 @@ class IPHash:
     def pick(self, candidates: Sequence[Server], view: RequestView) -> Server:
         if len(candidates) == 1:
             return candidates[0]
-        return self._hash.choose(candidates, _clientAddress(view))
-
-
-# The request values a hash key may use.
-
-_VARIABLE = re.compile(r"\$(?:\{(?P<braced>[A-Za-z0-9_]*)\}|(?P<bare>[A-Za-z0-9_]*))")
-
-
-def _splitTarget(uri: bytes) -> tuple[bytes | None, bytes]:
-    """
-    Split a request target into the authority of an absolute-form target
-    (C{http://host/path}) or L{None}, and the path with its query.
-    """
-    if uri.startswith(b"/"):
-        return None, uri
-    scheme, separator, rest = uri.partition(b"://")
-    if not separator:
-        return None, uri
-    authority, slash, path = rest.partition(b"/")
-    return authority, slash + path
-
-
-def _requestURI(view: RequestView) -> bytes:
-    return _splitTarget(view.target)[1]
-
-
-def _uri(view: RequestView) -> bytes:
-    return _requestURI(view).partition(b"?")[0]
-
-
-def _args(view: RequestView) -> bytes:
-    return view.query
-
-
-def _host(view: RequestView) -> bytes:
-    """
-    As nginx's C{$host}: the host of an absolute-form target, else of the
-    C{Host} header, lower-cased and without the port (the view's C{host}).
-    """
-    return view.host or b""
-
-
-def _header(name: str) -> Callable[[RequestView], bytes]:
-    headerName = name.replace("_", "-").encode("ascii")
-    separator = b"; " if headerName == b"cookie" else b", "
-
-    def header(view: RequestView) -> bytes:
-        return separator.join(view.header(headerName))
-
-    return header
-
-
-def _cookie(name: str) -> Callable[[RequestView], bytes]:
-    cookieName = name.encode("ascii")
-
-    def cookie(view: RequestView) -> bytes:
-        return view.cookie(cookieName) or b""
-
-    return cookie
-
-
-def _argument(name: str) -> Callable[[RequestView], bytes]:
-    argumentName = name.encode("ascii")
-
-    def argument(view: RequestView) -> bytes:
-        for pair in view.query.split(b"&"):
-            pairName, _, value = pair.partition(b"=")
-            if pairName == argumentName:
-                return value
-        return b""
-
-    return argument
-
-
-_VARIABLES: dict[str, Callable[[RequestView], bytes]] = {
-    "request_uri": _requestURI,
-    "uri": _uri,
-    "args": _args,
-    "query_string": _args,
-    "host": _host,
-    "remote_addr": _clientAddress,
-}
-
-_PREFIXES: dict[str, Callable[[str], Callable[[RequestView], bytes]]] = {
-    "http_": _header,
-    "cookie_": _cookie,
-    "arg_": _argument,
-}
-
-
-def _variable(name: str) -> Callable[[RequestView], bytes]:
-    if name in _VARIABLES:
-        return _VARIABLES[name]
-    for prefix, makeGetter in _PREFIXES.items():
-        if name.startswith(prefix) and len(name) > len(prefix):
-            return makeGetter(name[len(prefix) :])
-    known = ", ".join(
-        [f"${variable}" for variable in _VARIABLES] + [f"${prefix}NAME" for prefix in _PREFIXES]
-    )
-    raise ValueError(f"unknown variable ${name} in hash key (known: {known})")
-
-
-def parseHashKey(text: str) -> Callable[[RequestView], bytes]:
-    """
-    Compile a hash key written in nginx's variable syntax into a function
-    computing it for a request (a L{RequestView}).
-
-    The key is literal text and variables, concatenated: C{$request_uri}
-    (the path with the query), C{$uri} (the path), C{$args} (the query),
-    C{$host} (of the C{Host} header, lower-cased, without port),
-    C{$remote_addr}, C{$http_NAME} (a request header, C{_} for C{-}),
-    C{$cookie_NAME} and C{$arg_NAME} (a query argument, as sent).  C{${NAME}}
-    separates a variable from text following it.  Values are as the client
-    sent them (not percent-decoded); a missing header, cookie or argument is
-    empty.
-
-    @raise ValueError: For an unknown variable, a lone C{$}, or no key.
-    """
-    if not text:
-        raise ValueError("the hash key is empty")
-    parts: list[bytes | Callable[[RequestView], bytes]] = []
-    position = 0
-    for match in _VARIABLE.finditer(text):
-        if match.start() > position:
-            parts.append(text[position : match.start()].encode("utf-8"))
-        name = match["braced"] if match["braced"] is not None else match["bare"]
-        if not name:
-            raise ValueError(f"a $ without a variable name in hash key {text!r}")
-        parts.append(_variable(name))
-        position = match.end()
-    if position < len(text):
-        parts.append(text[position:].encode("utf-8"))
-
-    if len(parts) == 1:
-        only = parts[0]
-        if isinstance(only, bytes):
-            return lambda view: only
-        return only
-
-    def key(view: RequestView) -> bytes:
-        return b"".join(part if isinstance(part, bytes) else part(view) for part in parts)
-
-    return key
+        return self._hash.choose(candidates, clientAddress(view))
 
 
 @implementer(IBalancer)

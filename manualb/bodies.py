@@ -55,6 +55,42 @@ class StreamingBody:
         self.complete = False
         self._paused = False
         self._discarding = False
+        # How much may wait here before the client is paused: more while
+        # the body is held for a check (hold).
+        self._bufferLimit = _BUFFER_LIMIT
+        self._holdSize = 0
+        self._holding: Callable[[bytes], None] | None = None
+
+    def limitTo(self, limit: int) -> bool:
+        """
+        Hold the body to C{limit} bytes (0 for no limit) in place of the
+        limit it was made with; before any of it is read.
+
+        @return: Whether its declared length, if any, is within it.
+        """
+        self._limit = limit
+        return not (limit and self.length is not None and self.length > limit)
+
+    def hold(self, size: int, callback: Callable[[bytes], None]) -> None:
+        """
+        Keep the body from any backend until its first C{size} bytes (all of
+        a shorter body) are in, then call C{callback} with them.  The client
+        is paused only once more than both C{size} and L{_BUFFER_LIMIT} are
+        waiting.
+        """
+        self._holdSize = size
+        self._holding = callback
+        self._bufferLimit = max(_BUFFER_LIMIT, size)
+        self._checkHold()
+
+    def _checkHold(self) -> None:
+        if self._discarding:
+            return
+        if self._pendingSize >= self._holdSize or self.complete:
+            callback, self._holding = self._holding, None
+            self._bufferLimit = _BUFFER_LIMIT
+            prefix = b"".join(self._pending)[: self._holdSize]
+            callback(prefix)
 
     def keepForRetry(self, limit: int) -> None:
         self._kept = []
@@ -96,9 +132,11 @@ class StreamingBody:
             return
         self._pending.append(data)
         self._pendingSize += len(data)
-        if self._pendingSize >= _BUFFER_LIMIT or self._paused:
+        if self._pendingSize >= self._bufferLimit or self._paused:
             # Also re-pauses a transport that the channel resumed on its own.
             self._transport().pauseProducing()
+        if self._holding is not None:
+            self._checkHold()
 
     def allReceived(self) -> None:
         """
@@ -107,6 +145,8 @@ class StreamingBody:
         self.complete = True
         if self._target is not None and not self._pending:
             self._target.finishBody()
+        elif self._holding is not None:
+            self._checkHold()
 
     def deliverTo(self, connection) -> None:
         if self._delivered:
@@ -175,6 +215,15 @@ class FileBody:
 
     def keepForRetry(self, limit: int) -> None:
         pass
+
+    def limitTo(self, limit: int) -> bool:
+        return not limit or self.length <= limit
+
+    def hold(self, size: int, callback: Callable[[bytes], None]) -> None:
+        self._content.seek(0, 0)
+        prefix = self._content.read(size)
+        self._content.seek(0, 0)
+        callback(prefix)
 
     def whenTooLarge(self, callback: Callable[[], None]) -> None:
         pass

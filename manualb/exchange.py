@@ -66,6 +66,9 @@ class State(enum.Enum):
 
         ROUTING --(a stage answers)--------------------------------> DONE
         ROUTING --(routed; server picked)--------------------------> CONNECTING
+        ROUTING --(routed; delayed, or body held for a check)------> WAITING
+        WAITING --(delay over; body check passed)------------------> CONNECTING
+        WAITING --(body check answers)-----------------------------> DONE
         ROUTING --(routed; no server)------------------------------> DONE (503)
         CONNECTING --(connected; request sent)---------------------> AWAITING
         CONNECTING, AWAITING --(failed; may go again)--------------> CONNECTING
@@ -82,6 +85,7 @@ class State(enum.Enum):
     """
 
     ROUTING = "routing"
+    WAITING = "waiting"
     CONNECTING = "connecting"
     AWAITING = "awaiting response"
     STREAMING = "streaming response"
@@ -138,6 +142,8 @@ class Exchange:
         self.code = 0
         self.tunnel: Tunnel | None = None
         self._connecting = None
+        # The reactor call that ends a delay (Passage.delay).
+        self._delayed = None
         # Whether the current try's connection was a kept-alive one.
         self._reused = False
         self._lastError: UpstreamError | None = None
@@ -180,11 +186,53 @@ class Exchange:
         self.attempts = passage.selection = pool.select(view)
         self.target = _target(view.target, view.path, decision.path)
         self.body = body = downstream.body
+        if passage.bodyLimit is not None and not body.limitTo(passage.bodyLimit):
+            self._bodyTooLarge()
+            return
         body.whenTooLarge(self._bodyTooLarge)
         self.upgrade = body.length == 0 and downstream.mayUpgrade()
         if self.idempotent:
             body.keepForRetry(pool.config.retry_body_limit)
-        self._attempt()
+        if passage.delay > 0:
+            self.state = State.WAITING
+            self._delayed = self.reactor.callLater(passage.delay, self._delayOver)
+        elif passage.bodyCheck is not None and body.length != 0:
+            self._holdBody()
+        else:
+            self._attempt()
+
+    def _delayOver(self) -> None:
+        """
+        The request has waited as long as the stages asked (a rate limit's
+        delay): on to the body check, or to a backend.
+        """
+        self._delayed = None
+        if self.state is not State.WAITING:
+            return
+        if self.passage.bodyCheck is not None and self.body.length != 0:
+            self._holdBody()
+        else:
+            self._attempt()
+
+    def _holdBody(self) -> None:
+        """
+        Keep the body from any backend until its first bytes have passed the
+        stage's check (L{Passage.bodyCheck}).
+        """
+        self.state = State.WAITING
+        self.body.hold(self.passage.bodyCheckSize, self._checkBody)
+
+    def _checkBody(self, prefix: bytes) -> None:
+        if self.state is not State.WAITING:
+            return
+        answer = self.passage.bodyCheck(prefix)
+        if answer is None:
+            self._attempt()
+            return
+        # The rest of the body is not read for a backend: the connection
+        # closes after the answer.
+        self.downstream.closeAfterResponse()
+        self._answer(answer.code, answer.reason, answer.detail, answer.headers, answer.page)
 
     def _attempt(self) -> None:
         """
@@ -485,6 +533,9 @@ class Exchange:
         Give up the current attempt for a reason of the client's, not the
         server's: its connection, or the connecting, goes.
         """
+        if self._delayed is not None:
+            self._delayed.cancel()
+            self._delayed = None
         lease = self.lease
         if lease is not None and lease.held:
             lease.abandoned()

@@ -160,7 +160,23 @@ class IRequestBody(Interface):
     def whenTooLarge(callback):
         """
         Call C{callback} (no arguments) if the body grows beyond what the
-        front end accepts; the rest of it is dropped.
+        front end accepts (or L{limitTo}); the rest of it is dropped.
+        """
+
+    def limitTo(limit):
+        """
+        Accept at most C{limit} bytes of body (0: no limit) in place of the
+        front end's limit, for this request (a route's
+        C{client_max_body_size}); called before any of the body is read.
+
+        @return: L{False} when the declared length is beyond it already.
+        """
+
+    def hold(size, callback):
+        """
+        Send none of the body to a backend before its first C{size} bytes
+        (all of a shorter body) are in, then call C{callback} with them; the
+        body is then delivered whole as usual.
         """
 
     def deliverTo(connection):
@@ -344,10 +360,12 @@ class IRateLimitStore(Interface):
 
     def take(key, rate, burst, now):
         """
-        Take one token from the bucket C{key} (bytes), refilled at C{rate}
-        tokens a second up to C{burst} + 1, at time C{now}.
+        Take one token from the bucket C{key} (bytes, of any length),
+        refilled at C{rate} tokens a second up to C{burst} + 1, at time
+        C{now}; as nginx's C{limit_req} counts (see C{manualb.ratelimit}).
 
         @return: How many seconds the request must wait for its token: 0
-            when one is there; more than C{burst / rate} when the bucket is
-            over its burst (the request is refused and takes no token).
+            when one is there, at most C{burst / rate} when it is let in;
+            more than C{burst / rate} when the bucket is over its burst
+            (the request is refused and takes no token).
         """

@@ -18,7 +18,9 @@ What a client can make the proxy hold is bounded here, as nginx bounds it:
     forwarded: a method that is not an upper-case token, a target with
     bytes outside visible ASCII, a missing or repeated C{Host}, a
     C{Content-Length} beyond 2**63 - 1; one whose C{Content-Length} is
-    beyond C{client_max_body_size} gets 413 before any of the body is read.
+    beyond C{client_max_body_size} gets 413 before any of the body is read;
+  - one client address may hold at most C{limit_conn} connections open at
+    once (by the socket's peer address); one more gets 503 and is closed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from manualb.forwarding import connectionTokens
 from manualb.web.http2 import ProxyH2Connection
 from manualb.rules import CONTROL, errorResponse, requestProblem
 from manualb.transports import Deadline, cancelCall, setNoDelay
+from manualb.view import clientHost
 
 log = Logger()
 
@@ -332,8 +335,9 @@ def _describePeer(transport) -> str:
 class ConnectionLimit:
     """
     The client connections open at once, across every listener of one
-    balancer, against C{max_connections}; also what closes them all when
-    the balancer stops.
+    balancer, against C{max_connections}, and those of each client address
+    against C{limit_conn}; also what closes them all when the balancer
+    stops.
 
     @ivar connections: The connections open now.
     """
@@ -342,6 +346,9 @@ class ConnectionLimit:
         self.limit = limit
         self.connections: set[ChannelSwitch] = set()
         self._waiting: list[Deferred[None]] = []
+        # The connections open of each client address, while any is (so at
+        # most one entry a connection).
+        self._clients: dict[str, int] = {}
 
     @property
     def open(self) -> int:
@@ -361,11 +368,33 @@ class ConnectionLimit:
         self.connections.add(connection)
         connection.limit = self
 
+    def admit(self, connection: "ChannelSwitch", client: str, most: int) -> bool:
+        """
+        Count C{connection} against its client address C{client}, which may
+        hold C{most} connections at once (0 for any number): L{False} when
+        it holds that many already.
+        """
+        if most <= 0 or not client:
+            return True
+        clients = self._clients
+        count = clients.get(client, 0)
+        if count >= most:
+            return False
+        clients[client] = count + 1
+        connection.client = client
+        return True
+
     def closed(self, connection: "ChannelSwitch") -> None:
         """
         C{connection} has closed.
         """
         self.connections.discard(connection)
+        client = connection.client
+        if client is not None:
+            connection.client = None
+            count = self._clients.pop(client, 1) - 1
+            if count > 0:
+                self._clients[client] = count
         if not self.connections:
             waiting, self._waiting = self._waiting, []
             for d in waiting:
@@ -388,14 +417,20 @@ class ConnectionLimit:
 
 class Overloaded(Protocol):
     """
-    A connection beyond C{max_connections}: answered with 503 and closed at
-    once, so that the client is told rather than left waiting.
+    A connection beyond C{max_connections} (or C{limit_conn}): answered with
+    503 and closed at once, so that the client is told rather than left
+    waiting.
+
+    @ivar limit: The name of the limit reached, for the log.
     """
+
+    limit = "max_connections"
 
     def connectionMade(self) -> None:
         log.warn(
-            "client {peer} refused: max_connections reached",
+            "client {peer} refused: {limit} reached",
             peer=_describePeer(self.transport),
+            limit=self.limit,
         )
         self.transport.write(
             errorResponse(503, b"Too many connections; try again later.")
@@ -411,9 +446,12 @@ class ChannelSwitch(_GenericHTTPChannelProtocol):
 
     @ivar limit: Where the connection is counted while it is open, or
         L{None}.
+    @ivar client: The client address it is counted against for
+        C{limit_conn}, or L{None}.
     """
 
     limit: ConnectionLimit | None = None
+    client: str | None = None
 
     def connectionLost(self, reason) -> None:
         try:
@@ -434,6 +472,15 @@ class ChannelSwitch(_GenericHTTPChannelProtocol):
     def makeConnection(self, transport) -> None:
         # Twisted's channels turn Nagle off only on a bare TCP transport.
         setNoDelay(transport)
+        limit = self.limit
+        if limit is not None:
+            most = getattr(self._site, "gatekeeper", GatekeeperConfig()).limit_conn
+            if most and not limit.admit(self, clientHost(transport.getPeer()), most):
+                refusal = Overloaded()
+                refusal.limit = "limit_conn"
+                self._channel = refusal
+                # Served as it is, whatever ALPN chose.
+                self._negotiatedProtocol = b"http/1.1"
         self._channel.makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:

@@ -45,7 +45,7 @@ from manualb.rules import SERVER_NAME, errorBody
 from manualb.selection import Attempts, Lease, Pool, Server
 from manualb.tunnel import Tunnel
 from manualb.urlmap import encodePath
-from manualb.view import Passage
+from manualb.view import Answer, Passage
 
 log = Logger()
 
@@ -225,7 +225,17 @@ class Exchange:
     def _checkBody(self, prefix: bytes) -> None:
         if self.state is not State.WAITING:
             return
-        answer = self.passage.bodyCheck(prefix)
+        try:
+            answer = self.passage.bodyCheck(prefix)
+        except Exception:
+            log.failure(
+                "checking the body of {method} {uri}",
+                method=self.view.method.decode("ascii", "replace"),
+                uri=self.view.target.decode("ascii", "replace"),
+            )
+            answer = Answer(
+                500, b"Internal Server Error", b"The request could not be checked."
+            )
         if answer is None:
             self._attempt()
             return

@@ -490,6 +490,20 @@ class ExchangeHookTests(SynchronousTestCase):
         client.send(chunk(b"def") + b"0\r\n\r\n")
         self.assertEqual(stage.checked, [b"hello", b"abcdef"])
 
+    def test_bodyCheckFails(self):
+        """
+        A check that raises is logged, and the client gets 500 rather than a
+        dropped connection.
+        """
+        stage = self.ask(bodyCheckSize=4)
+        stage.check = lambda prefix: 1 / 0
+        client = self.lb.client()
+        client.send(post(4) + b"abcd")
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        line, headers = headOf(client.received())
+        self.assertEqual(line, b"HTTP/1.1 500 Internal Server Error")
+        self.assertEqual(self.lb.pendingConnections(), [])
+
     def test_bodyCheckNoBody(self):
         """
         A request without a body is not held for the check.

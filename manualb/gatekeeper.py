@@ -36,6 +36,7 @@ import ipaddress
 import math
 import re
 import secrets
+from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Callable, Iterable, Mapping, Sequence
 
 import attrs
@@ -75,18 +76,36 @@ log = Logger()
 # Networks.
 
 
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def _address(text: str) -> tuple[int, int] | None:
     """
-    The address C{text}, an IPv4-mapped IPv6 address as its IPv4 one (as
-    L{manualb.view.clientHost} gives it); L{None} when it is not one.
+    The address C{text} as its IP version and number, an IPv4-mapped IPv6
+    address as its IPv4 one (as L{manualb.view.clientHost} gives it);
+    L{None} when it is not an address.
     """
     try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
+        if ":" in text:
+            number = int.from_bytes(inet_pton(AF_INET6, text), "big")
+            if number >> 32 == 0xFFFF:
+                return 4, number & 0xFFFFFFFF
+            return 6, number
+        return 4, int.from_bytes(inet_pton(AF_INET, text), "big")
+    except (OSError, ValueError):
         return None
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+
+
+def _addressText(address: tuple[int, int]) -> str:
+    """
+    An address of L{_address} as text, IPv6 compressed.
+    """
+    version, number = address
+    if version == 4:
+        return inet_ntop(AF_INET, number.to_bytes(4, "big"))
+    return inet_ntop(AF_INET6, number.to_bytes(16, "big"))
+
+
+#: Decisions kept per table for the addresses seen last: most requests come
+#: from clients seen before.
+_KEPT = 4096
 
 
 class _NetworkTable:
@@ -109,16 +128,26 @@ class _NetworkTable:
             version: sorted(table, reverse=True) for version, table in self._tables.items()
         }
 
-    def __bool__(self) -> bool:
-        return any(self._tables.values())
+        self._found: dict[str, tuple[str, object] | None] = {}
 
-    def find(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[str, object] | None:
+    def find(self, client: str) -> tuple[str, object] | None:
         """
-        The narrowest network holding C{address} and its value, or L{None}.
+        The narrowest network holding the address C{client} and its value,
+        or L{None} (also when C{client} is not an address).
         """
-        version = address.version
+        try:
+            return self._found[client]
+        except KeyError:
+            pass
+        address = _address(client)
+        found = None if address is None else self._find(*address)
+        if len(self._found) >= _KEPT:
+            self._found.clear()
+        self._found[client] = found
+        return found
+
+    def _find(self, version: int, number: int) -> tuple[str, object] | None:
         tables = self._tables[version]
-        number = int(address)
         width = 32 if version == 4 else 128
         for length in self._lengths[version]:
             found = tables[length].get(number >> (width - length))
@@ -150,8 +179,7 @@ class IPRules:
         Whether C{client} (an address as text) may pass, and the network
         that decided (L{None} when none holds it).
         """
-        address = _address(client)
-        found = None if address is None else self._table.find(address)
+        found = self._table.find(client)
         if found is None:
             return not self.allowList, None
         network, allowed = found
@@ -184,7 +212,7 @@ def _forwardedNode(text: str) -> str | None:
     address = _address(text)
     if address is None:
         return None
-    return address.compressed
+    return _addressText(address)
 
 
 def _splitQuoted(text: str, separator: str) -> list[str]:
@@ -240,8 +268,7 @@ class TrustedProxies:
         """
         Whether C{address} is one of the trusted proxies.
         """
-        parsed = _address(address)
-        return parsed is not None and self._table.find(parsed) is not None
+        return self._table.find(address) is not None
 
     def clientAddress(self, peer: str, headers: Sequence[tuple[bytes, bytes]]) -> str:
         """

@@ -353,9 +353,11 @@ class _Policy:
     What the gatekeeper does for the requests of one route (or of no
     route), worked out once.
 
-    @ivar route: The route's name, as the rate limiter knows it; L{None}.
+    @ivar route: The route's name, as the rate limiter knows it; L{None}
+        for the requests of no route.
     @ivar ipRules: The IP rules, or L{None} when there are none.
-    @ivar rated: Whether the rate limiter counts the route's requests.
+    @ivar limiter: The rate limiter that counts the route's requests, or
+        L{None}.
     @ivar inspector: The WAF, or L{None} when it is off.
     @ivar blocking: Whether the WAF blocks (else it only detects).
     @ivar bodyLimit: The route's largest request body, or L{None}.
@@ -363,7 +365,7 @@ class _Policy:
 
     route: str | None
     ipRules: IPRules | None = None
-    rated: bool = False
+    limiter: IRateLimiter | None = None
     inspector: IRequestInspector | None = None
     blocking: bool = False
     bodyLimit: int | None = None
@@ -372,7 +374,7 @@ class _Policy:
     def active(self) -> bool:
         return (
             self.ipRules is not None
-            or self.rated
+            or self.limiter is not None
             or self.inspector is not None
             or self.bodyLimit is not None
         )
@@ -401,7 +403,8 @@ class Gatekeeper:
         config: GatekeeperConfig = GatekeeperConfig(),
         urlMap: URLMap | None = None,
         waf: Callable[[WAFConfig], IRequestInspector | None] | None = None,
-        limiter: IRateLimiter | None = None,
+        limiter: Callable[[RateLimitConfig, str | None], IRateLimiter | None]
+        | None = None,
         newId: Callable[[], bytes] | None = None,
     ) -> None:
         """
@@ -411,13 +414,25 @@ class Gatekeeper:
         @param waf: Makes the WAF of a configuration (the gatekeeper's, and
             each route's that differs), or L{None} for none.  Called once
             per distinct configuration, when this is made.
-        @param limiter: Counts the requests of the routes that have a rate
-            limit, or L{None} for no limit.
+        @param limiter: Makes the rate limiter of a rate: of the
+            gatekeeper's (with the route L{None}), which counts the
+            requests of every route without a rate of its own, or of a
+            route's own (with its name).  Called once for each, when this is
+            made; L{None} for no limit.
         @param newId: Makes a request id; random hex digits by default.
         """
         self.config = config
         self._urlMap = urlMap
-        self._limiter = limiter
+        limiters: dict[str | None, IRateLimiter | None] = {}
+
+        def limiterFor(rate: RateLimitConfig | None, route: str | None) -> IRateLimiter | None:
+            if limiter is None or rate is None or rate.rate <= 0:
+                return None
+            if route not in limiters:
+                limiters[route] = limiter(rate, route)
+            return limiters[route]
+
+        self._limiterFor = limiterFor
         self._newId = newId or _randomId
         inspectors: dict[WAFConfig, IRequestInspector | None] = {}
 
@@ -443,7 +458,7 @@ class Gatekeeper:
                 route.client_max_body_size,
             )
             policy = self._policy(route, config, inspectorFor)
-            if policy.rated or any(value is not None for value in overrides):
+            if policy.limiter is not None or any(value is not None for value in overrides):
                 self._byRoute[route.name] = policy
         self._routed = bool(self._byRoute)
         self.active = self._global.active or self._routed
@@ -457,7 +472,7 @@ class Gatekeeper:
         allow, deny, rate, wafConfig = config.allow, config.deny, config.rate, config.waf
         bodyLimit = None
         name = None
-        ownLists = False
+        ownLists = ownRate = False
         if route is not None:
             name = route.name
             ownLists = route.allow is not None or route.deny is not None
@@ -467,6 +482,7 @@ class Gatekeeper:
                 deny = route.deny
             if route.rate is not None:
                 rate = route.rate
+                ownRate = True
             if route.waf is not None:
                 wafConfig = attrs.evolve(wafConfig, mode=route.waf)
             if route.waf_level is not None:
@@ -481,7 +497,7 @@ class Gatekeeper:
         return _Policy(
             route=name,
             ipRules=ipRules,
-            rated=self._limiter is not None and rate is not None and rate.rate > 0,
+            limiter=self._limiterFor(rate, name if ownRate else None),
             inspector=inspector,
             blocking=wafConfig.mode == "block",
             bodyLimit=bodyLimit,
@@ -516,8 +532,9 @@ class Gatekeeper:
                 return self._refuse(passage, 403, _FORBIDDEN, record)
             if network is not None:
                 decisions.append(GatekeeperRecord("allow", "pass", network))
-        if policy.rated:
-            rate = self._limiter.check(view, policy.route)
+        limiter = policy.limiter
+        if limiter is not None:
+            rate = limiter.check(view, policy.route)
             if not rate.allowed:
                 retryAfter = max(1, math.ceil(rate.retryAfter))
                 record = GatekeeperRecord("rate", "block", rate.bucket, 429)

@@ -23,6 +23,7 @@ from manualb.config import (
     Config,
     ConfigError,
     ListenerConfig,
+    RateLimitConfig,
     UpstreamConfig,
     WAFConfig,
 )
@@ -112,8 +113,8 @@ class LoadBalancer:
         L{None}.
     @ivar waf: Makes the web application firewall of a configuration, or
         L{None} (see L{gatekeeperEngines}).
-    @ivar rateLimiter: The request rate limiter of every listener, or
-        L{None}.
+    @ivar rateLimiter: Makes the request rate limiter of a rate, or L{None}
+        (see L{gatekeeperEngines}).
     """
 
     def __init__(
@@ -296,13 +297,18 @@ class LoadBalancer:
 def gatekeeperEngines(
     config: Config, reactor
 ) -> tuple[
-    Callable[[WAFConfig], IRequestInspector | None] | None, IRateLimiter | None
+    Callable[[WAFConfig], IRequestInspector | None] | None,
+    Callable[[RateLimitConfig, str | None], IRateLimiter | None] | None,
 ]:
     """
-    The engines of the gatekeeper of C{config}: what makes the WAF of a
-    configuration (C{[gatekeeper]}'s, and each route's that differs), and
-    the rate limiter of every route; L{None} for either that the
-    configuration does not use.
+    The engines of the gatekeeper of C{config}, which the gatekeeper of
+    every listener shares: what makes the WAF of a configuration
+    (C{[gatekeeper]}'s, and each route's that differs), and what makes the
+    rate limiter of a rate (C{[gatekeeper]}'s, with the route L{None}, or a
+    route's own, with its name); L{None} for either that this build does
+    not have.  Each is asked once per configuration or route by each
+    gatekeeper: what it makes must be shared (the same buckets and
+    counters for every listener).
     """
     return None, None
 

@@ -323,12 +323,17 @@ class GatekeeperStageTests(SynchronousTestCase):
         self.wafs = WAFs()
         waf = config.pop("waf", WAFConfig())
         limiter = config.pop("limiter", None)
-        self.limiter = limiter
+        self.limiters: list = []
+
+        def makeLimiter(rate, route):
+            self.limiters.append((rate, route))
+            return limiter
+
         return Gatekeeper(
             GatekeeperConfig(waf=waf, **config),
             urlMapOf(*routes) if routes else None,
             self.wafs,
-            limiter,
+            None if limiter is None else makeLimiter,
             self.newId,
         )
 
@@ -496,6 +501,10 @@ class GatekeeperStageTests(SynchronousTestCase):
         for target in (b"/login", b"/free", b"/x"):
             self.assertIsNone(gatekeeper.handle(passage(target=target)))
         self.assertEqual(limiter.checks, [("192.0.2.1", "login"), ("192.0.2.1", "rest")])
+        # A limiter for the gatekeeper's rate, and one for the route's own.
+        self.assertEqual(
+            self.limiters, [(RateLimitConfig(10.0), None), (RateLimitConfig(0.1), "login")]
+        )
         # Only a route's own rate, without a global one.
         limiter = FakeLimiter()
         gatekeeper = self.gatekeeper(routes, limiter=limiter)
@@ -784,7 +793,7 @@ class EndToEndTests(SynchronousTestCase):
         limiter = FakeLimiter(
             RateDecision("k", True), RateDecision("k", False, 0, 1.5)
         )
-        lb = self.balancer(config("rate = 1r/s\n"), limiter=limiter)
+        lb = self.balancer(config("rate = 1r/s\n"), limiter=lambda rate, route: limiter)
         self.request(lb)
         self.assertEqual(len(lb.pendingConnections()), 1)
         client = self.request(lb)

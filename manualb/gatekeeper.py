@@ -53,7 +53,7 @@ from manualb.config import (
 )
 from manualb.interfaces import IRateLimiter, IRequestInspector, IStage
 from manualb.records import Finding, GatekeeperRecord
-from manualb.syntax import Section, integerValue, parseSize
+from manualb.syntax import Section, integerValue, parseNetworks, parseRate, parseSize
 from manualb.urlmap import URLMap
 from manualb.view import Answer, Passage, RequestView
 
@@ -659,96 +659,6 @@ _WAF_ACTIONS = ("block", "log", "allow")
 _RULE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _FIELDS = ("path", "query", "uri", "method", "host", "body", "remote_addr")
 _FIELD_PREFIXES = ("header:", "cookie:", "arg:")
-_RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)r/([sm])")
-
-
-def parseNetworks(lines: Iterable[str]) -> tuple[str, ...]:
-    """
-    Read a list of networks: CIDRs, IPv4 or IPv6, separated by spaces,
-    commas or lines; a bare address is a network of one; C{all} is every
-    address of both versions (nginx's C{allow all}); C{none} alone is no
-    network (for a route to drop the gatekeeper's list).
-
-    @return: Each network as C{ipaddress} writes it (C{10.0.0.0/8}).
-
-    @raise ValueError: for anything that is not a network, or one whose
-        address has bits beyond its prefix (C{10.0.0.1/8}).
-    """
-    words = [word for line in lines for word in line.replace(",", " ").split()]
-    if not words:
-        raise ValueError("empty value (write none for no network)")
-    if [word.lower() for word in words] == ["none"]:
-        return ()
-    networks: list[str] = []
-    for word in words:
-        if word.lower() == "all":
-            found = ["0.0.0.0/0", "::/0"]
-        elif word.lower() == "none":
-            raise ValueError("none stands alone, for no network at all")
-        else:
-            try:
-                network = ipaddress.ip_network(word)
-            except ValueError:
-                try:
-                    loose = ipaddress.ip_network(word, strict=False)
-                except ValueError:
-                    raise ValueError(
-                        f"bad network {word!r} (expected an address or a CIDR such "
-                        f"as 192.0.2.0/24 or 2001:db8::/32, or all)"
-                    ) from None
-                raise ValueError(
-                    f"bad network {word!r}: bits set beyond the prefix "
-                    f"(did you mean {loose.with_prefixlen}?)"
-                ) from None
-            found = [network.with_prefixlen]
-        networks.extend(network for network in found if network not in networks)
-    return tuple(networks)
-
-
-def parseRate(text: str) -> tuple[float, int, bool] | None:
-    """
-    Read a rate limit as nginx's C{limit_req} and C{limit_req_zone} write
-    it: C{10r/s} or C{600r/m}, then the options C{burst=N} and C{nodelay};
-    or C{off}.
-
-    @return: C{(requests a second, burst, nodelay)}, or L{None} for C{off}.
-
-    @raise ValueError: with a message quoting C{text}.
-    """
-    words = text.split()
-    if [word.lower() for word in words] == ["off"]:
-        return None
-    if not words:
-        raise ValueError("empty value (expected a rate such as 10r/s burst=20, or off)")
-    match = _RATE.fullmatch(words[0])
-    if match is None:
-        raise ValueError(
-            f"bad rate {words[0]!r} in {text!r} (expected requests a second or "
-            f"a minute, such as 10r/s or 600r/m, or off)"
-        )
-    rate = float(match.group(1)) / (1 if match.group(2) == "s" else 60)
-    if rate <= 0:
-        raise ValueError(f"the rate must be more than zero in {text!r} (or off)")
-    burst = 0
-    nodelay = False
-    seen = set()
-    for word in words[1:]:
-        name, equals, value = word.partition("=")
-        if name in seen:
-            raise ValueError(f"option {name!r} given twice in {text!r}")
-        seen.add(name)
-        if name == "burst" and equals:
-            try:
-                burst = integerValue(value, 0)
-            except ValueError as e:
-                raise ValueError(f"bad burst in {text!r}: {e}") from None
-        elif word == "nodelay":
-            nodelay = True
-        else:
-            raise ValueError(
-                f"unknown option {word!r} in {text!r} (known options: burst=N, nodelay)"
-            )
-    return rate, burst, nodelay
 
 
 def _checkRateKey(text: str) -> str:

@@ -473,12 +473,20 @@ class RouteConfig:
     rewrite: tuple[str, str] | None = key(
         None, nginx="rewrite", doc="REGEX REPLACEMENT applied to the path"
     )
-    allow: tuple[str, ...] | None = None
-    deny: tuple[str, ...] | None = None
-    waf: str | None = None
-    waf_level: int | None = None
-    rate: RateLimitConfig | None = None
-    client_max_body_size: int | None = None
+    allow: tuple[str, ...] | None = key(
+        None, nginx="allow", doc="CIDRs allowed, in place of [gatekeeper]'s"
+    )
+    deny: tuple[str, ...] | None = key(
+        None, nginx="deny", doc="CIDRs refused, in place of [gatekeeper]'s"
+    )
+    waf: str | None = key(None, doc="block, detect or off, in place of [gatekeeper]'s")
+    waf_level: int | None = key(None, doc="the WAF's sensitivity, 1 to 4, for this route")
+    rate: RateLimitConfig | None = key(
+        None, nginx="limit_req", doc="the request rate limit of this route, or off"
+    )
+    client_max_body_size: int | None = key(
+        None, nginx="client_max_body_size", doc="the largest request body of this route"
+    )
 
 
 @attrs.frozen
@@ -708,12 +716,20 @@ class GatekeeperConfig:
         1024, kind="integer", minimum=1, nginx="worker_connections",
         doc="the most client connections open at once",
     )
-    allow: tuple[str, ...] = ()
-    deny: tuple[str, ...] = ()
-    trusted_proxies: tuple[str, ...] = ()
-    waf: WAFConfig = WAFConfig()
-    rate: RateLimitConfig | None = None
-    limit_conn: int = 0
+    allow: tuple[str, ...] = key((), nginx="allow", doc="CIDRs of the clients allowed")
+    deny: tuple[str, ...] = key((), nginx="deny", doc="CIDRs of the clients refused")
+    trusted_proxies: tuple[str, ...] = key(
+        (), nginx="set_real_ip_from",
+        doc="CIDRs of the proxies whose X-Forwarded-For and Forwarded are believed",
+    )
+    waf: WAFConfig = key(WAFConfig(), doc="the web application firewall: block, detect or off")
+    rate: RateLimitConfig | None = key(
+        None, nginx="limit_req", doc="the request rate limit: 10r/s burst=20 nodelay"
+    )
+    limit_conn: int = key(
+        0, kind="integer", minimum=0, nginx="limit_conn",
+        doc="connections one client address may hold open; 0 for no limit",
+    )
 
 
 @attrs.frozen

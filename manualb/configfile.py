@@ -40,7 +40,10 @@ directory when the text does not come from a file.
 This reader knows the sections and how they fit together; the keys it
 reads are declared once, in the data model (L{manualb.config.key}), and
 each stage reads the values whose syntax is its own: the URL map a route's
-C{path}, C{host} and C{rewrite} (L{manualb.urlmap.parseRoute}), TLS
+C{path}, C{host} and C{rewrite} (L{manualb.urlmap.parseRoute}), the
+gatekeeper its IP rules, WAF and rate limits, in C{[gatekeeper]} and in
+routes (L{manualb.gatekeeper.parseGatekeeperKeys},
+L{manualb.gatekeeper.parseRouteKeys}), TLS
 termination C{[tls]} and C{sni:} endpoints (L{manualb.termination}), the
 balancers C{balance} (L{manualb.balancers.parseBalance}) and health
 checking C{health_check} (L{manualb.health.parseHealthCheck}).
@@ -69,6 +72,13 @@ from manualb.config import (
     TLSConfig,
     UpstreamConfig,
     keys,
+)
+from manualb.gatekeeper import (
+    GATEKEEPER_KEYS,
+    ROUTE_KEYS,
+    parseGatekeeperKeys,
+    parseRouteKeys,
+    routeWithKeys,
 )
 from manualb.syntax import (
     Section,
@@ -100,10 +110,10 @@ _KNOWN_SECTIONS = (
 #: C{redirect_https} is given there too.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "manualb": (*keys(Config), "redirect_https"),
-    "gatekeeper": tuple(keys(GatekeeperConfig)),
+    "gatekeeper": (*keys(GatekeeperConfig), *GATEKEEPER_KEYS),
     "tls": tuple(keys(TLSConfig)),
     "upstream": tuple(keys(UpstreamConfig)),
-    "route": tuple(keys(RouteConfig)),
+    "route": (*keys(RouteConfig), *ROUTE_KEYS),
     "listener": tuple(keys(ListenerConfig)),
     "stream": tuple(keys(StreamConfig)),
 }
@@ -171,7 +181,7 @@ def parseConfig(
         for name, header in sections.upstreams.items()
     }
     routes = tuple(
-        urlmap.parseRoute(sections.section(header), name)
+        _parseRoute(sections.section(header), name, gatekeeper)
         for name, header in sections.routes.items()
     )
     listeners = _parseListeners(sections, listen, redirect)
@@ -251,8 +261,19 @@ def _parseGatekeeper(
         return default
     section = sections.section(sections.gatekeeper)
     return GatekeeperConfig(
-        **_simpleKeys(section, GatekeeperConfig, attrs.asdict(default, recurse=False))
+        **_simpleKeys(section, GatekeeperConfig, attrs.asdict(default, recurse=False)),
+        **parseGatekeeperKeys(section, default),
     )
+
+
+def _parseRoute(section: Section, name: str, gatekeeper: GatekeeperConfig) -> RouteConfig:
+    """
+    The L{RouteConfig} of section C{[route NAME]}: what the URL map reads
+    of it (L{urlmap.parseRoute}) and what the gatekeeper does
+    (L{parseRouteKeys}).
+    """
+    route = urlmap.parseRoute(section, name)
+    return routeWithKeys(route, parseRouteKeys(section, gatekeeper))
 
 
 def _configDirectory(source: str) -> str:

@@ -7,6 +7,7 @@ and the listening services (stage 1, the entry).
 from __future__ import annotations
 
 from functools import partial
+from typing import Callable
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -18,11 +19,20 @@ from twisted.python.failure import Failure
 from manualb.accesslog import AccessLog
 from manualb.balancers import makeBalancer
 from manualb.web.channel import ConnectionLimit
-from manualb.config import Config, ConfigError, ListenerConfig, UpstreamConfig
+from manualb.config import (
+    Config,
+    ConfigError,
+    ListenerConfig,
+    RateLimitConfig,
+    UpstreamConfig,
+    WAFConfig,
+)
+from manualb.gatekeeper import Gatekeeper
 from manualb.handoff import ConnectionPool
 from manualb.health import HealthLog, HealthMonitor, ServerHealth
+from manualb.interfaces import IRateLimiter, IRequestInspector
 from manualb.selection import Pool, Server
-from manualb.stages import redirectStages
+from manualb.stages import defaultStages, redirectStages
 from manualb.streams import StreamProxyFactory
 from manualb.termination import (
     DEFAULT_BACKLOG,
@@ -101,6 +111,10 @@ class LoadBalancer:
         against C{max_connections}.
     @ivar tls: The certificates of C{[tls]}, once read (see L{load}), or
         L{None}.
+    @ivar waf: Makes the web application firewall of a configuration, or
+        L{None} (see L{gatekeeperEngines}).
+    @ivar rateLimiter: Makes the request rate limiter of a rate, or L{None}
+        (see L{gatekeeperEngines}).
     """
 
     def __init__(
@@ -119,11 +133,14 @@ class LoadBalancer:
         self.pools = {
             name: _buildPool(upstream, reactor) for name, upstream in config.upstreams.items()
         }
+        self.waf, self.rateLimiter = gatekeeperEngines(config, reactor)
         self.site = self._proxySite(None)
         self.resource = self.site.resource
         self.sites = {listener.name: self._siteFor(listener) for listener in config.listeners}
         self.redirects = {
-            listener.name: self._proxySite((), redirectStages(listener.redirect_https))
+            listener.name: self._proxySite(
+                (), redirectStages(listener.redirect_https, self._gatekeeper(None))
+            )
             for listener in config.listeners
             if listener.redirect_https is not None
         }
@@ -136,9 +153,10 @@ class LoadBalancer:
         routes = self.config.routes
         if routeNames is not None:
             routes = [route for route in routes if route.name in routeNames]
-        resource = ProxyResource(
-            URLMap.fromConfig(routes, self.pools), self.reactor, self.accessLog, stages
-        )
+        urlMap = URLMap.fromConfig(routes, self.pools)
+        if stages is None:
+            stages = defaultStages(urlMap, self._gatekeeper(urlMap))
+        resource = ProxyResource(urlMap, self.reactor, self.accessLog, stages)
         return ProxySite(
             resource,
             timeout=self.config.gatekeeper.keepalive_timeout,
@@ -147,6 +165,14 @@ class LoadBalancer:
             gatekeeper=self.config.gatekeeper,
             connections=self.connections,
         )
+
+    def _gatekeeper(self, urlMap: URLMap | None) -> Gatekeeper:
+        """
+        The gatekeeper stage of a chain with the routes of C{urlMap} (none
+        for a chain that redirects to https); every chain's shares the WAF
+        and the rate limiter.
+        """
+        return Gatekeeper(self.config.gatekeeper, urlMap, self.waf, self.rateLimiter)
 
     def _siteFor(self, listener: ListenerConfig) -> ProxySite:
         if listener.routes is None:
@@ -266,6 +292,25 @@ class LoadBalancer:
         d.addCallback(closeBackends)
         d.addCallback(closeLog)
         return d
+
+
+def gatekeeperEngines(
+    config: Config, reactor
+) -> tuple[
+    Callable[[WAFConfig], IRequestInspector | None] | None,
+    Callable[[RateLimitConfig, str | None], IRateLimiter | None] | None,
+]:
+    """
+    The engines of the gatekeeper of C{config}, which the gatekeeper of
+    every listener shares: what makes the WAF of a configuration
+    (C{[gatekeeper]}'s, and each route's that differs), and what makes the
+    rate limiter of a rate (C{[gatekeeper]}'s, with the route L{None}, or a
+    route's own, with its name); L{None} for either that this build does
+    not have.  Each is asked once per configuration or route by each
+    gatekeeper: what it makes must be shared (the same buckets and
+    counters for every listener).
+    """
+    return None, None
 
 
 def _buildPool(config: UpstreamConfig, reactor) -> Pool:

@@ -152,14 +152,15 @@ class ValidPath:
         return None
 
 
-def defaultStages(urlMap: URLMap) -> list[IStage]:
+def defaultStages(urlMap: URLMap, gatekeeper: IStage | None = None) -> list[IStage]:
     """
     The standard chain: the HSTS header, the front end's refusals,
     C{OPTIONS *}, refused methods, invalid paths, then the URL map, which
     chooses the route (or answers 404).  A stage that refuses clients (the
-    gatekeeper) goes just before the URL map.
+    gatekeeper, C{manualb.gatekeeper.Gatekeeper}) goes just before the URL
+    map.
     """
-    return [
+    stages: list[IStage] = [
         StrictTransport(),
         Refusal(),
         ServerOptions(),
@@ -167,6 +168,9 @@ def defaultStages(urlMap: URLMap) -> list[IStage]:
         ValidPath(),
         urlMap,
     ]
+    if gatekeeper is not None:
+        stages.insert(-1, gatekeeper)
+    return stages
 
 
 _MOVED_PAGE = (
@@ -212,11 +216,13 @@ class RedirectToHTTPS:
         )
 
 
-def redirectStages(port: int = 443) -> list[IStage]:
+def redirectStages(port: int = 443, gatekeeper: IStage | None = None) -> list[IStage]:
     """
     The chain of a plain endpoint of a listener with C{redirect_https}: the
     front end's refusals, then the redirect to C{port}, which answers every
     other request in the URL map's place.  A stage that refuses clients
     (the gatekeeper) goes just before the redirect, as before the URL map.
     """
-    return [Refusal(), RedirectToHTTPS(port)]
+    if gatekeeper is None:
+        return [Refusal(), RedirectToHTTPS(port)]
+    return [Refusal(), gatekeeper, RedirectToHTTPS(port)]

@@ -3,7 +3,8 @@ Value syntax of the configuration file, shared by every stage that reads a
 key: nginx-style durations such as C{500ms}, C{10s} or C{1m30s} and sizes
 such as C{512}, C{64k} or C{1m}; whole numbers, C{on}/C{off} flags, host
 names, ports, server addresses and the C{name=value} options of a server
-line; and L{Section}, one section's keys handed out as checked values.
+line; the gatekeeper's networks (C{10.0.0.0/8 2001:db8::/32}) and request
+rates (C{10r/s burst=20 nodelay}); and L{Section}, one section's keys handed out as checked values.
 
 Timeouts in the configuration file are written the way nginx writes them so
 that people moving a setup over from nginx can copy the values unchanged.
@@ -24,7 +25,7 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "canonicalHost",
     "parseServerAddress",
     "parseOptions",
+    "parseNetworks",
+    "parseRate",
     "SimpleKey",
     "Section",
 ]
@@ -503,6 +506,100 @@ def parseOptions(
         except ValueError as e:
             raise ValueError(f"bad {name} in {context!r}: {e}") from None
     return options
+
+
+# The gatekeeper's values: networks and request rates.
+
+_RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)r/([sm])")
+
+
+def parseNetworks(lines: Iterable[str]) -> tuple[str, ...]:
+    """
+    Read a list of networks: CIDRs, IPv4 or IPv6, separated by spaces,
+    commas or lines; a bare address is a network of one; C{all} is every
+    address of both versions (nginx's C{allow all}); C{none} alone is no
+    network (for a route to drop the gatekeeper's list).
+
+    @return: Each network as C{ipaddress} writes it (C{10.0.0.0/8}).
+
+    @raise ValueError: for anything that is not a network, or one whose
+        address has bits beyond its prefix (C{10.0.0.1/8}).
+    """
+    words = [word for line in lines for word in line.replace(",", " ").split()]
+    if not words:
+        raise ValueError("empty value (write none for no network)")
+    if [word.lower() for word in words] == ["none"]:
+        return ()
+    networks: list[str] = []
+    for word in words:
+        if word.lower() == "all":
+            found = ["0.0.0.0/0", "::/0"]
+        elif word.lower() == "none":
+            raise ValueError("none stands alone, for no network at all")
+        else:
+            try:
+                network = ipaddress.ip_network(word)
+            except ValueError:
+                try:
+                    loose = ipaddress.ip_network(word, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"bad network {word!r} (expected an address or a CIDR such "
+                        f"as 192.0.2.0/24 or 2001:db8::/32, or all)"
+                    ) from None
+                raise ValueError(
+                    f"bad network {word!r}: bits set beyond the prefix "
+                    f"(did you mean {loose.with_prefixlen}?)"
+                ) from None
+            found = [network.with_prefixlen]
+        networks.extend(network for network in found if network not in networks)
+    return tuple(networks)
+
+
+def parseRate(text: str) -> tuple[float, int, bool] | None:
+    """
+    Read a rate limit as nginx's C{limit_req} and C{limit_req_zone} write
+    it: C{10r/s} or C{600r/m}, then the options C{burst=N} and C{nodelay};
+    or C{off}.
+
+    @return: C{(requests a second, burst, nodelay)}, or L{None} for C{off}.
+
+    @raise ValueError: with a message quoting C{text}.
+    """
+    words = text.split()
+    if [word.lower() for word in words] == ["off"]:
+        return None
+    if not words:
+        raise ValueError("empty value (expected a rate such as 10r/s burst=20, or off)")
+    match = _RATE.fullmatch(words[0])
+    if match is None:
+        raise ValueError(
+            f"bad rate {words[0]!r} in {text!r} (expected requests a second or "
+            f"a minute, such as 10r/s or 600r/m, or off)"
+        )
+    rate = float(match.group(1)) / (1 if match.group(2) == "s" else 60)
+    if rate <= 0:
+        raise ValueError(f"the rate must be more than zero in {text!r} (or off)")
+    burst = 0
+    nodelay = False
+    seen = set()
+    for word in words[1:]:
+        name, equals, value = word.partition("=")
+        if name in seen:
+            raise ValueError(f"option {name!r} given twice in {text!r}")
+        seen.add(name)
+        if name == "burst" and equals:
+            try:
+                burst = integerValue(value, 0)
+            except ValueError as e:
+                raise ValueError(f"bad burst in {text!r}: {e}") from None
+        elif word == "nodelay":
+            nodelay = True
+        else:
+            raise ValueError(
+                f"unknown option {word!r} in {text!r} (known options: burst=N, nodelay)"
+            )
+    return rate, burst, nodelay
 
 
 class SimpleKey(Protocol):

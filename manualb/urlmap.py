@@ -367,7 +367,9 @@ class URLMap:
     docstring for the rules.
 
     As a stage of the request chain, it adds its L{RouteDecision} to the
-    passage (C{route}), or answers 404 when no route serves the request.
+    passage (C{route}), or answers 404 when no route serves the request; a
+    decision a stage before made (the gatekeeper, which routes requests
+    itself when some route has rules of its own) is kept.
 
     @ivar routes: The routes, in file order.
     """
@@ -453,6 +455,9 @@ class URLMap:
         """
         Route the request of C{passage} (see L{IStage.handle}).
         """
+        if passage.route is not None:
+            # A stage before (the gatekeeper) asked already.
+            return None
         view = passage.view
         decision = self.decide(view.host, view.path)
         if decision is None:

@@ -596,7 +596,8 @@ class SectionErrorTests(SynchronousTestCase):
         self.assertError(
             MAIN + UPSTREAM + ROUTE + "backend = pool\n",
             "lb.ini: [route default] backend: unknown key "
-            "(known keys: path, upstream, host, strip_prefix, rewrite)",
+            "(known keys: path, upstream, host, strip_prefix, rewrite, allow, "
+            "deny, waf, waf_level, rate, client_max_body_size, rate_key)",
         )
 
     def test_missingMain(self) -> None:
@@ -3716,14 +3717,24 @@ class KeyDeclarationTests(SynchronousTestCase):
         The keys a section knows are those its class declares, in order.
         """
         for kind, model in [
-            ("gatekeeper", GatekeeperConfig),
             ("upstream", UpstreamConfig),
-            ("route", RouteConfig),
             ("listener", ListenerConfig),
             ("stream", StreamConfig),
             ("tls", TLSConfig),
         ]:
             self.assertEqual(KNOWN_KEYS[kind], tuple(declaredKeys(model)))
+        # The keys of the WAF's and the rate limit's own fields.
+        self.assertEqual(
+            KNOWN_KEYS["gatekeeper"],
+            (
+                *declaredKeys(GatekeeperConfig),
+                "waf_level",
+                "waf_body_limit",
+                "waf_rule",
+                "rate_key",
+            ),
+        )
+        self.assertEqual(KNOWN_KEYS["route"], (*declaredKeys(RouteConfig), "rate_key"))
         self.assertEqual(KNOWN_KEYS["manualb"], (*declaredKeys(Config), "redirect_https"))
 
     def test_defaults(self) -> None:

@@ -38,6 +38,7 @@ from manualb.web.channel import ConnectionLimit, Overloaded, buildChannel
 from manualb.config import GatekeeperConfig
 from manualb.exchange import Exchange
 from manualb.forwarding import wantsUpgrade
+from manualb.gatekeeper import TrustedProxies
 from manualb.interfaces import IDownstream, IStage
 from manualb.rules import SERVER_NAME, errorBody
 from manualb.stages import defaultStages, requestView
@@ -231,7 +232,12 @@ class ProxySite(server.Site):
     @ivar gatekeeper: The limits each client connection is held to.
     @ivar connections: The count of open client connections against
         C{max_connections}; several sites of one balancer share it.
+    @ivar trustedProxies: The C{trusted_proxies} of C{gatekeeper}, whose
+        forwarding headers tell the client's address; L{None} when there
+        are none (the client is the socket peer).
     """
+
+    trustedProxies: TrustedProxies | None = None
 
     requestFactory = StreamingRequest
     protocol = buildChannel
@@ -250,6 +256,8 @@ class ProxySite(server.Site):
         self._date = b""
         self.hsts = hsts
         self.gatekeeper = gatekeeper
+        if gatekeeper.trusted_proxies:
+            self.trustedProxies = TrustedProxies(gatekeeper.trusted_proxies)
         if connections is None:
             connections = ConnectionLimit(gatekeeper.max_connections)
         self.connections = connections
@@ -355,21 +363,27 @@ class _RequestDownstream:
         request.defaultContentType = None
         # Twisted's own Server header; the exchange gives manualb's.
         request.responseHeaders.removeHeader(b"server")
+        site = getattr(request, "site", None)
+        headers = [
+            (name, value)
+            for name, values in request.requestHeaders.getAllRawHeaders()
+            for value in values
+        ]
+        client = clientHost(request.getClientAddress())
+        trusted = getattr(site, "trustedProxies", None)
+        if trusted is not None:
+            client = trusted.clientAddress(client, headers)
         self.view = requestView(
-            clientHost(request.getClientAddress()),
+            client,
             request.isSecure(),
             request.method,
             request.uri,
-            [
-                (name, value)
-                for name, values in request.requestHeaders.getAllRawHeaders()
-                for value in values
-            ],
+            headers,
             clientHost(request.getHost()),
         )
         self.version = request.clientproto
         self.refusal = getattr(request, "refusal", None)
-        self.hsts = getattr(getattr(request, "site", None), "hsts", None)
+        self.hsts = getattr(site, "hsts", None)
 
     @property
     def body(self):

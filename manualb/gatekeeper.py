@@ -43,7 +43,6 @@ import attrs
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from manualb.balancers import parseHashKey
 from manualb.config import (
     GatekeeperConfig,
     RateLimitConfig,
@@ -52,9 +51,11 @@ from manualb.config import (
     WAFRule,
 )
 from manualb.interfaces import IRateLimiter, IRequestInspector, IStage
+from manualb.ratelimit import parseRate
 from manualb.records import Finding, GatekeeperRecord
-from manualb.syntax import Section, integerValue, parseNetworks, parseRate, parseSize
+from manualb.syntax import Section, integerValue, parseNetworks, parseSize
 from manualb.urlmap import URLMap
+from manualb.variables import parseKey
 from manualb.view import Answer, Passage, RequestView
 
 __all__ = [
@@ -62,7 +63,6 @@ __all__ = [
     "IPRules",
     "TrustedProxies",
     "parseNetworks",
-    "parseRate",
     "parseWAFRule",
     "parseGatekeeperKeys",
     "parseRouteKeys",
@@ -661,18 +661,6 @@ _FIELDS = ("path", "query", "uri", "method", "host", "body", "remote_addr")
 _FIELD_PREFIXES = ("header:", "cookie:", "arg:")
 
 
-def _checkRateKey(text: str) -> str:
-    """
-    Check a rate key in the C{$variable} syntax of C{hash}, where
-    C{$route} (the route's name) may stand too.
-    """
-    try:
-        parseHashKey(re.sub(r"\$(?:route\b|\{route\})", "route", text))
-    except ValueError as e:
-        raise ValueError(str(e).replace("hash key", "rate key")) from None
-    return text
-
-
 def _checkField(field: str, line: str) -> None:
     if field in _FIELDS:
         return
@@ -790,22 +778,20 @@ def _rate(section: Section, default: RateLimitConfig | None) -> RateLimitConfig 
         if keyText is not None:
             raise section.error("rate_key", "has no use without rate here")
         return None
-    try:
-        parsed = parseRate(text)
-    except ValueError as e:
-        raise section.error("rate", str(e)) from None
-    if parsed is None:
-        if keyText is not None:
-            raise section.error("rate_key", "has no use with rate = off")
-        return RateLimitConfig(0.0)
-    rate, burst, nodelay = parsed
-    key = default.key if default is not None else RateLimitConfig(0.0).key
+    key = RateLimitConfig(0.0).key if default is None else default.key
     if keyText is not None:
         try:
-            key = _checkRateKey(keyText)
+            parseKey(keyText)
         except ValueError as e:
-            raise section.error("rate_key", str(e)) from None
-    return RateLimitConfig(rate, burst, nodelay, key)
+            raise section.error("rate_key", str(e).replace("hash key", "rate key")) from None
+        key = keyText
+    try:
+        config = parseRate(text, key)
+    except ValueError as e:
+        raise section.error("rate", str(e)) from None
+    if not config.rate and keyText is not None:
+        raise section.error("rate_key", "has no use with rate = off")
+    return config
 
 
 def _size(section: Section, key: str) -> int | None:

@@ -44,7 +44,6 @@ __all__ = [
     "parseServerAddress",
     "parseOptions",
     "parseNetworks",
-    "parseRate",
     "SimpleKey",
     "Section",
 ]
@@ -510,7 +509,6 @@ def parseOptions(
 
 # The gatekeeper's values: networks and request rates.
 
-_RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)r/([sm])")
 
 
 def parseNetworks(lines: Iterable[str]) -> tuple[str, ...]:
@@ -554,52 +552,6 @@ def parseNetworks(lines: Iterable[str]) -> tuple[str, ...]:
             found = [network.with_prefixlen]
         networks.extend(network for network in found if network not in networks)
     return tuple(networks)
-
-
-def parseRate(text: str) -> tuple[float, int, bool] | None:
-    """
-    Read a rate limit as nginx's C{limit_req} and C{limit_req_zone} write
-    it: C{10r/s} or C{600r/m}, then the options C{burst=N} and C{nodelay};
-    or C{off}.
-
-    @return: C{(requests a second, burst, nodelay)}, or L{None} for C{off}.
-
-    @raise ValueError: with a message quoting C{text}.
-    """
-    words = text.split()
-    if [word.lower() for word in words] == ["off"]:
-        return None
-    if not words:
-        raise ValueError("empty value (expected a rate such as 10r/s burst=20, or off)")
-    match = _RATE.fullmatch(words[0])
-    if match is None:
-        raise ValueError(
-            f"bad rate {words[0]!r} in {text!r} (expected requests a second or "
-            f"a minute, such as 10r/s or 600r/m, or off)"
-        )
-    rate = float(match.group(1)) / (1 if match.group(2) == "s" else 60)
-    if rate <= 0:
-        raise ValueError(f"the rate must be more than zero in {text!r} (or off)")
-    burst = 0
-    nodelay = False
-    seen = set()
-    for word in words[1:]:
-        name, equals, value = word.partition("=")
-        if name in seen:
-            raise ValueError(f"option {name!r} given twice in {text!r}")
-        seen.add(name)
-        if name == "burst" and equals:
-            try:
-                burst = integerValue(value, 0)
-            except ValueError as e:
-                raise ValueError(f"bad burst in {text!r}: {e}") from None
-        elif word == "nodelay":
-            nodelay = True
-        else:
-            raise ValueError(
-                f"unknown option {word!r} in {text!r} (known options: burst=N, nodelay)"
-            )
-    return rate, burst, nodelay
 
 
 class SimpleKey(Protocol):

@@ -27,10 +27,10 @@ from manualb.gatekeeper import (
     IPRules,
     TrustedProxies,
     parseNetworks,
-    parseRate,
     parseWAFRule,
 )
 from manualb.interfaces import IRateLimiter, IRequestInspector, IStage
+from manualb.ratelimit import parseRate
 from manualb.records import Finding, GatekeeperRecord, RateDecision
 from manualb.stages import requestView
 from manualb.testing import MemoryBalancer
@@ -978,7 +978,7 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(
             self.parse("rate = 1r/s\nrate_key = $route\n").gatekeeper.rate.key, "$route"
         )
-        self.assertEqual(parseRate("0.5r/s"), (0.5, 0, False))
+        self.assertEqual(parseRate("0.5r/s").rate, 0.5)
 
     def test_routeRate(self):
         """
@@ -993,27 +993,24 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(route.rate, RateLimitConfig(0.0))
 
     def test_badRate(self):
+        syntax = "write 10r/s or 600r/m, optionally followed by burst=N and nodelay, or off"
         for text, message in [
-            ("10r/h", "bad rate '10r/h' in '10r/h' (expected requests a second or a "
-             "minute, such as 10r/s or 600r/m, or off)"),
-            ("10", "bad rate '10' in '10' (expected requests a second or a minute, "
-             "such as 10r/s or 600r/m, or off)"),
-            ("0r/s", "the rate must be more than zero in '0r/s' (or off)"),
-            ("1r/s burst=-1", "bad burst in '1r/s burst=-1': must be at least 0, got -1"),
-            ("1r/s burst=x", "bad burst in '1r/s burst=x': bad integer 'x'"),
-            ("1r/s burst", "unknown option 'burst' in '1r/s burst' (known options: "
-             "burst=N, nodelay)"),
-            ("1r/s delay=3", "unknown option 'delay=3' in '1r/s delay=3' (known "
-             "options: burst=N, nodelay)"),
-            ("1r/s nodelay nodelay", "option 'nodelay' given twice in '1r/s nodelay nodelay'"),
+            ("10r/h", f"rate '10r/h' is not valid; {syntax}"),
+            ("10", f"rate '10' is not valid; {syntax}"),
+            ("0r/s", "rate '0r/s' is not above 0 (write off for no limit)"),
+            ("1r/s burst=-1", f"'burst=-1' in rate '1r/s burst=-1' is not valid; {syntax}"),
+            ("1r/s burst=x", f"'burst=x' in rate '1r/s burst=x' is not valid; {syntax}"),
+            ("1r/s burst", f"'burst' in rate '1r/s burst' is not valid; {syntax}"),
+            ("1r/s delay=3", f"'delay=3' in rate '1r/s delay=3' is not valid; {syntax}"),
+            ("1r/s nodelay nodelay", "nodelay is given twice in rate '1r/s nodelay nodelay'"),
         ]:
             self.assertError(f"rate = {text}\n", "", f"lb.ini: [gatekeeper] rate: {message}")
         self.assertError(
             "rate = 1r/s\nrate_key = $nothing\n",
             "",
-            "lb.ini: [gatekeeper] rate_key: unknown variable $nothing in rate key "
+            "lb.ini: [gatekeeper] rate_key: unknown variable $nothing in key "
             "(known: $request_uri, $uri, $args, $query_string, $host, $remote_addr, "
-            "$http_NAME, $cookie_NAME, $arg_NAME)",
+            "$route, $http_NAME, $cookie_NAME, $arg_NAME)",
         )
         self.assertError(
             "rate_key = $host\n", "", "lb.ini: [gatekeeper] rate_key: has no use without rate here"

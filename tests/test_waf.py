@@ -638,6 +638,15 @@ class ParseTests(SynchronousTestCase):
                 parseRule(line)
             self.assertIn(message, str(raised.exception), line)
 
+    def test_badRuleInConfig(self) -> None:
+        """
+        A configuration with a rule whose expression is bad is refused.
+        """
+        rule = WAFRule("r", "path", pattern="(")
+        with self.assertRaises(ValueError) as raised:
+            WAF(WAFConfig(mode="block", rules=(rule,)))
+        self.assertIn("bad regular expression '(' in WAF rule 'r'", str(raised.exception))
+
     def test_modeAndLevel(self) -> None:
         """
         C{parseMode} and C{parseLevel} read the mode and the level.
@@ -648,6 +657,18 @@ class ParseTests(SynchronousTestCase):
             self.assertRaises(ValueError, parseMode, bad)
         for bad in ("0", "5", "high"):
             self.assertRaises(ValueError, parseLevel, bad)
+
+
+#: Bytes made of the pieces that decoding and detection look at.
+tricky = st.lists(
+    st.sampled_from(
+        [b"%", b"%u", b"%25", b"\\u", b"\\x", b"&#x", b"&lt;", b";", b"d800", b"ff1c",
+         b"00", b"0d", b"0a", b"<", b">", b"'", b'"', b" or ", b"/*", b"*/", b"/*!", b"..",
+         b"/", b"+", b"\xc0", b"\xae", b"\xff", b"=", b"&", b"?", b"{", b"}", b"[", b"]",
+         b":", b",", b"--", b"boundary=", b"\r\n", b"Content-Disposition: form-data; name=\"a\""]
+    ),
+    max_size=40,
+).map(b"".join)
 
 
 class HostileTests(SynchronousTestCase):
@@ -689,8 +710,16 @@ class HostileTests(SynchronousTestCase):
 
     def test_invalidUTF8(self) -> None:
         """
-        Invalid UTF-8 is replaced, and the attack around it still found.
+        Invalid UTF-8, and escapes of lone surrogates, are replaced, and the
+        attack around them still found.
         """
+        for escape in (b"%5Cud800", b"%25ud800", b"%26%23xd800;", b"%ed%a0%80"):
+            finding = self.inspector.inspect(view(b"/?q=" + escape + b"%27%20or%201=1--"))
+            self.assertEqual(finding.kind, "sqli", escape)
+        self.assertEqual(
+            self.inspector.inspectBody(view(headers=[JSON]), b'["\\ud800<script>"]').kind,
+            "xss",
+        )
         self.assertEqual(
             self.inspector.inspect(view(b"/?q=%ff%fe%3Cscript%3E")).kind, "xss"
         )
@@ -700,9 +729,9 @@ class HostileTests(SynchronousTestCase):
         )
 
     @given(
-        target=st.binary(max_size=200),
-        header=st.binary(max_size=200),
-        body=st.binary(max_size=400),
+        target=st.binary(max_size=200) | tricky.map(lambda value: b"/?q=" + value),
+        header=st.binary(max_size=200) | tricky,
+        body=st.binary(max_size=400) | tricky,
         contentType=st.sampled_from(
             [FORM[1], JSON[1], MULTIPART[1], b"multipart/form-data", b"text/plain"]
         ),

@@ -819,7 +819,7 @@ class WAF:
                 if count:
                     self.counters[rule.name] = self.counters.get(rule.name, 0) + 1
                 if not rule.excepts:
-                    return None, None
+                    return logged, None
                 assert excepted is not None
                 excepted.update(rule.excepts)
             elif count:

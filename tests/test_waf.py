@@ -513,6 +513,19 @@ class CustomRuleTests(SynchronousTestCase):
         self.assertEqual((attack.kind, attack.action), ("xss", "block"))
         self.assertEqual(inspector.counters, {"watch": 2, "xss": 1})
 
+    def test_logThenAllow(self) -> None:
+        """
+        A rule that logs still logs when a later one allows the request.
+        """
+        inspector = WAF(
+            WAFConfig(
+                mode="block",
+                rules=(parseRule("watch path ~ ^/api log"), parseRule("ok path ~ ^/ allow")),
+            )
+        )
+        logged = inspector.inspect(view(b"/api/x?q=%3Cscript%3E"))
+        self.assertEqual((logged.rule, logged.action), ("watch", "log"))
+
     def test_allowNamed(self) -> None:
         """
         An C{allow} rule excepts the request from the rules or kinds it

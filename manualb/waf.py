@@ -441,6 +441,7 @@ _Field = tuple[str, str, "bytes | None", bytes, bool]
 #: cookie...): what was found in the last few thousand short ones is kept.
 _CACHED = 4096
 _CACHED_LENGTH = 256
+_UNSEEN = object()
 
 #: A path of only these characters is read as a whole; another one segment
 #: by segment too (libinjection reads a value from its start).
@@ -689,9 +690,9 @@ def _jsonFields(body: bytes) -> Iterator[tuple[bytes, bytes]]:
     it.
     """
     key = b""
-    for match in _JSON_STRING.finditer(body):
-        content = _jsonString(match.group(1))
-        if match.group(2):
+    for content, colon in _JSON_STRING.findall(body):
+        content = _jsonString(content)
+        if colon:
             key = content
             yield b"", content
         else:
@@ -856,9 +857,8 @@ class WAF:
             if not raw:
                 continue
             key = (where, raw, plus)
-            if cache is not None and len(raw) <= _CACHED_LENGTH and key in cache:
-                found = cache[key]
-            else:
+            found = cache.get(key, _UNSEEN) if cache is not None else _UNSEEN
+            if found is _UNSEEN:
                 found = self._match(where, raw, plus, signatures)
                 if cache is not None and len(raw) <= _CACHED_LENGTH:
                     if len(cache) >= _CACHED:

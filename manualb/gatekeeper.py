@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import re
 import secrets
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Callable, Iterable, Mapping, Sequence
@@ -48,22 +47,21 @@ from manualb.config import (
     RateLimitConfig,
     RouteConfig,
     WAFConfig,
-    WAFRule,
 )
 from manualb.interfaces import IRateLimiter, IRequestInspector, IStage
 from manualb.ratelimit import parseRate
 from manualb.records import Finding, GatekeeperRecord
-from manualb.syntax import Section, integerValue, parseNetworks, parseSize
+from manualb.syntax import Section, parseNetworks, parseSize
 from manualb.urlmap import URLMap
 from manualb.variables import parseKey
 from manualb.view import Answer, Passage, RequestView
+from manualb.waf import parseLevel, parseMode, parseRule
 
 __all__ = [
     "Gatekeeper",
     "IPRules",
     "TrustedProxies",
     "parseNetworks",
-    "parseWAFRule",
     "parseGatekeeperKeys",
     "parseRouteKeys",
     "GATEKEEPER_KEYS",
@@ -654,85 +652,6 @@ GATEKEEPER_KEYS: tuple[str, ...] = ("waf_level", "waf_body_limit", "waf_rule", "
 #: The keys of C{[route NAME]} that are not fields of L{RouteConfig}.
 ROUTE_KEYS: tuple[str, ...] = ("rate_key",)
 
-_WAF_MODES = ("block", "detect", "off")
-_WAF_ACTIONS = ("block", "log", "allow")
-_RULE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_FIELDS = ("path", "query", "uri", "method", "host", "body", "remote_addr")
-_FIELD_PREFIXES = ("header:", "cookie:", "arg:")
-
-
-def _checkField(field: str, line: str) -> None:
-    if field in _FIELDS:
-        return
-    for prefix in _FIELD_PREFIXES:
-        if field.startswith(prefix) and _RULE_NAME.fullmatch(field[len(prefix) :]):
-            return
-    known = ", ".join(_FIELDS + tuple(prefix + "NAME" for prefix in _FIELD_PREFIXES))
-    raise ValueError(f"unknown field {field!r} in {line!r} (known fields: {known})")
-
-
-def _lastWord(text: str) -> tuple[str, str]:
-    """
-    C{text} without its last word, and its last word.
-    """
-    words = text.rsplit(None, 1)
-    if len(words) < 2:
-        return "", text.strip()
-    return words[0], words[1]
-
-
-def parseWAFRule(line: str) -> WAFRule:
-    """
-    Read one custom rule of the WAF (C{waf_rule}), one of::
-
-        NAME FIELD ~ REGEX ACTION
-        NAME FIELD in VALUE,VALUE ACTION
-        NAME FIELD ~ REGEX allow [RULE,RULE]
-
-    C{ACTION} is C{block} or C{log}; C{allow} excepts the requests that
-    match from the rules named after it (built-in or custom; from every
-    rule when none is named).  The regular expression may hold spaces.
-
-    @raise ValueError: with a message quoting C{line}.
-    """
-    words = line.split(None, 3)
-    usage = (
-        "expected NAME FIELD ~ REGEX ACTION, NAME FIELD in VALUE,... ACTION "
-        "or NAME FIELD ~ REGEX allow [RULE,...], with ACTION block or log"
-    )
-    if len(words) < 4:
-        raise ValueError(f"bad rule {line!r} ({usage})")
-    name, field, operator, rest = words
-    if not _RULE_NAME.fullmatch(name):
-        raise ValueError(
-            f"bad rule name {name!r} in {line!r} (letters, digits, '_', '.' and '-')"
-        )
-    _checkField(field.lower(), line)
-    head, last = _lastWord(rest)
-    excepts: tuple[str, ...] = ()
-    if last in _WAF_ACTIONS:
-        action, value = last, head
-    else:
-        value, action = _lastWord(head)
-        if action != "allow":
-            raise ValueError(f"bad rule {line!r}: no action at its end ({usage})")
-        excepts = tuple(rule for rule in last.split(",") if rule)
-        for rule in excepts:
-            if not _RULE_NAME.fullmatch(rule):
-                raise ValueError(f"bad rule name {rule!r} to except in {line!r}")
-    value = value.strip()
-    if not value:
-        raise ValueError(f"bad rule {line!r}: nothing to match ({usage})")
-    if operator == "~":
-        try:
-            re.compile(value)
-        except re.error as e:
-            raise ValueError(f"bad regular expression {value!r} in {line!r}: {e}") from None
-        return WAFRule(name, field.lower(), value, (), action, excepts)
-    if operator == "in":
-        values = tuple(each.strip() for each in value.split(",") if each.strip())
-        return WAFRule(name, field.lower(), None, values, action, excepts)
-    raise ValueError(f"bad operator {operator!r} in {line!r} (expected ~ or in)")
 
 
 def _networksOf(section: Section, key: str) -> tuple[str, ...] | None:
@@ -749,9 +668,10 @@ def _wafMode(section: Section) -> str | None:
     text = section.single("waf")
     if text is None:
         return None
-    if text.lower() not in _WAF_MODES:
-        raise section.error("waf", f"expected block, detect or off, got {text!r}")
-    return text.lower()
+    try:
+        return parseMode(text)
+    except ValueError as e:
+        raise section.error("waf", str(e)) from None
 
 
 def _wafLevel(section: Section) -> int | None:
@@ -759,12 +679,9 @@ def _wafLevel(section: Section) -> int | None:
     if text is None:
         return None
     try:
-        level = integerValue(text, 1)
+        return parseLevel(text)
     except ValueError as e:
-        raise section.error("waf_level", f"{e} (expected 1 to 4)") from None
-    if level > 4:
-        raise section.error("waf_level", f"must be at most 4, got {level}")
-    return level
+        raise section.error("waf_level", str(e)) from None
 
 
 def _rate(section: Section, default: RateLimitConfig | None) -> RateLimitConfig | None:
@@ -834,7 +751,7 @@ def parseGatekeeperKeys(section: Section, default: GatekeeperConfig = Gatekeeper
         names: set[str] = set()
         for line in lines:
             try:
-                rule = parseWAFRule(line)
+                rule = parseRule(line)
             except ValueError as e:
                 raise section.error("waf_rule", str(e)) from None
             if rule.name in names:

@@ -45,7 +45,9 @@ from manualb.termination import (
     tolerateUnknownALPN,
     _splitDescription,
 )
+from manualb.ratelimit import MemoryStore, RateLimiter
 from manualb.urlmap import URLMap
+from manualb.waf import WAF
 from manualb.web import ProxyResource, ProxySite, listening, sslContextFactory
 
 # For each endpoint type that takes a backlog, how many positional arguments
@@ -297,20 +299,41 @@ class LoadBalancer:
 def gatekeeperEngines(
     config: Config, reactor
 ) -> tuple[
-    Callable[[WAFConfig], IRequestInspector | None] | None,
-    Callable[[RateLimitConfig, str | None], IRateLimiter | None] | None,
+    Callable[[WAFConfig], IRequestInspector | None],
+    Callable[[RateLimitConfig, str | None], IRateLimiter | None],
 ]:
     """
     The engines of the gatekeeper of C{config}, which the gatekeeper of
     every listener shares: what makes the WAF of a configuration
     (C{[gatekeeper]}'s, and each route's that differs), and what makes the
     rate limiter of a rate (C{[gatekeeper]}'s, with the route L{None}, or a
-    route's own, with its name); L{None} for either that this build does
-    not have.  Each is asked once per configuration or route by each
-    gatekeeper: what it makes must be shared (the same buckets and
-    counters for every listener).
+    route's own, with its name).  Each is asked once per configuration or
+    route by each gatekeeper, and gives the same object every time: the
+    same counters and the same buckets for every listener.
     """
-    return None, None
+    wafs: dict[WAFConfig, WAF] = {}
+    store = MemoryStore()
+    limiters: dict[tuple[RateLimitConfig, str | None], RateLimiter] = {}
+
+    def makeWAF(waf: WAFConfig) -> IRequestInspector | None:
+        if waf.mode == "off":
+            return None
+        made = wafs.get(waf)
+        if made is None:
+            made = wafs[waf] = WAF(waf)
+        return made
+
+    def makeLimiter(rate: RateLimitConfig, route: str | None) -> IRateLimiter | None:
+        if not rate.rate:
+            return None
+        made = limiters.get((rate, route))
+        if made is None:
+            # A route's buckets are its own, apart from the gatekeeper's.
+            zone = b"gatekeeper:" if route is None else b"route " + route.encode("utf-8") + b":"
+            made = limiters[rate, route] = RateLimiter(rate, store, reactor, zone=zone)
+        return made
+
+    return makeWAF, makeLimiter
 
 
 def _buildPool(config: UpstreamConfig, reactor) -> Pool:

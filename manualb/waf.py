@@ -20,20 +20,23 @@ inspected, and of a body what C{bodyLimit} says.
 
 from __future__ import annotations
 
-import html
 import itertools
 import re
-import unicodedata
 from typing import Callable, Iterator
 
 import attrs
-import libinjection
 from zope.interface import implementer
+
+try:
+    import libinjection
+except ImportError:  # The optional extra manualb[waf] is not installed.
+    libinjection = None
 
 from manualb.config import WAFConfig, WAFRule
 from manualb.interfaces import IRequestInspector
 from manualb.records import Finding
 from manualb.view import RequestView
+from manualb.wafdecode import VALUE_LIMIT, Value, decode, normalise
 
 __all__ = [
     "WAF", "Signature", "SIGNATURES", "MODES", "LEVELS", "FIELDS", "parseRule",
@@ -50,16 +53,11 @@ FIELDS = ("path", "query", "method", "uri", "remote_addr", "body")
 _NAMED_FIELDS = ("header", "cookie", "arg")
 _ACTIONS = ("block", "log", "allow")
 
-#: The most bytes of one value inspected.
-VALUE_LIMIT = 64 * 1024
 #: The most values (path, arguments, headers, cookies, body fields)
 #: inspected in one request head or body.
 VALUES_LIMIT = 1024
 #: The most bytes of values inspected in one request head.
 TOTAL_LIMIT = 256 * 1024
-#: How often a value is percent-decoded at most (double and triple
-#: encoding).
-_DECODINGS = 4
 #: The longest excerpt of a value kept in a finding.
 _EXCERPT = 64
 
@@ -75,138 +73,6 @@ _UNINSPECTED = frozenset(
         b"upgrade-insecure-requests", b"x-request-id",
     }
 )
-
-
-# Normalisation.
-
-_PERCENT = re.compile(rb"%(?:[uU]([0-9a-fA-F]{4})|([0-9a-fA-F]{2}))")
-_OVERLONG = re.compile(rb"[\xc0\xc1][\x80-\xbf]")
-_JS_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2}))")
-_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_SPACES = re.compile(r"\s+")
-
-
-def _unpercent(match: re.Match[bytes]) -> bytes:
-    wide, byte = match.groups()
-    if byte is not None:
-        return bytes((int(byte, 16),))
-    return chr(int(wide, 16)).encode("utf-8", "replace")
-
-
-def _unescapeJS(match: re.Match[str]) -> str:
-    code = int(match.group(1) or match.group(2), 16)
-    # A lone surrogate is no character (and libinjection cannot take one).
-    return "\ufffd" if 0xD800 <= code <= 0xDFFF else chr(code)
-
-
-def _overlong(match: re.Match[bytes]) -> bytes:
-    first, second = match.group()
-    return bytes((((first & 0x1F) << 6) | (second & 0x3F),))
-
-
-def decode(raw: bytes, plus: bool = False) -> str:
-    """
-    Decode a value as a server could: percent-decoded up to four times
-    (C{%uXXXX} too), C{+} as a space when C{plus} (queries and forms),
-    overlong UTF-8 forms of ASCII as ASCII, invalid UTF-8 replaced, HTML
-    entities and JavaScript escapes (C{\\u003c}) decoded, Unicode
-    compatibility forms (full-width C{＜}) folded.  Control characters are
-    kept.
-    """
-    value = raw[:VALUE_LIMIT]
-    if plus:
-        value = value.replace(b"+", b" ")
-    for _ in range(_DECODINGS):
-        if b"%" not in value:
-            break
-        decoded = _PERCENT.sub(_unpercent, value)
-        if decoded == value:
-            break
-        value = decoded
-    if b"\xc0" in value or b"\xc1" in value:
-        value = _OVERLONG.sub(_overlong, value)
-    text = value.decode("utf-8", "replace")
-    if "&" in text:
-        text = html.unescape(text)
-    if "\\" in text:
-        text = _JS_ESCAPE.sub(_unescapeJS, text)
-    if not text.isascii():
-        text = unicodedata.normalize("NFKC", text)
-    return text
-
-
-def _stripComments(text: str) -> str:
-    """
-    Replace SQL block comments with a space (C{union/**/select}); keep the
-    content of MySQL's executable comments (C{/*!50000union*/}).  Linear in
-    the length of C{text}.
-    """
-    parts = []
-    start = 0
-    while True:
-        opening = text.find("/*", start)
-        if opening == -1:
-            break
-        closing = text.find("*/", opening + 2)
-        if closing == -1:
-            break
-        parts.append(text[start:opening])
-        if text.startswith("/*!", opening):
-            inner = text[opening + 3 : closing].lstrip("0123456789")
-            parts.append(" " + inner + " ")
-        else:
-            parts.append(" ")
-        start = closing + 2
-    if not parts:
-        return text
-    parts.append(text[start:])
-    return "".join(parts)
-
-
-class _Value:
-    """
-    A value in its three forms.
-
-    @ivar decoded: As L{decode} gives it, control characters kept (for the
-        protocol signatures).
-    @ivar clean: Without control characters other than white space (for
-        libinjection).
-    @ivar folded: Lower case, SQL comments and runs of white space as one
-        space (for the other signatures).
-    """
-
-    __slots__ = ("decoded", "clean", "folded")
-
-    def __init__(self, decoded: str, clean: str, folded: str) -> None:
-        self.decoded = decoded
-        self.clean = clean
-        self.folded = folded
-
-
-#: Printable ASCII that needs no decoding (no "%", "+", "&", "\\").
-_PRINTABLE = re.compile(rb"[ !\"#$'()*,\-./0-9:;<=>?@A-Z\[\]^_`a-z{|}~]*")
-
-
-def normalise(raw: bytes, plus: bool = False) -> _Value:
-    """
-    Normalise a raw value (see L{decode}) into the forms the detectors
-    read.
-    """
-    if _PRINTABLE.fullmatch(raw) and len(raw) <= VALUE_LIMIT:
-        decoded = raw.decode("ascii")
-        folded = decoded.lower()
-        if "/*" in folded:
-            folded = _stripComments(folded)
-        if "  " in folded:
-            folded = _SPACES.sub(" ", folded)
-        return _Value(decoded, decoded, folded)
-    decoded = decode(raw, plus)
-    clean = _CONTROLS.sub("", decoded) if _CONTROLS.search(decoded) else decoded
-    folded = clean.lower()
-    if "/*" in folded:
-        folded = _stripComments(folded)
-    folded = _SPACES.sub(" ", folded)
-    return _Value(decoded, clean, folded)
 
 
 # Detection.
@@ -248,7 +114,7 @@ class Signature:
     detector: Callable[[str], bool] | None = None
     needles: tuple[str, ...] = ()
 
-    def match(self, value: _Value) -> tuple[str, int] | None:
+    def match(self, value: Value) -> tuple[str, int] | None:
         """
         Whether this signature matches C{value}: the form it read and where
         in it, or L{None}.
@@ -492,17 +358,27 @@ def _compileRule(rule: WAFRule) -> _Custom:
     )
 
 
+#: What C{waf = block} needs and is missing, in words.
+UNAVAILABLE = (
+    "needs the libinjection-python package, which is not installed: "
+    "pip install 'manualb[waf]'"
+)
+
+
 def parseMode(text: str) -> str:
     """
     Read a WAF mode (C{waf = block | detect | off}).
 
-    @raise ValueError: For anything else.
+    @raise ValueError: For anything else, or for C{block} and C{detect}
+        when libinjection is not installed.
     """
     mode = text.strip().lower()
     if mode not in MODES:
         raise ValueError(
             f"unknown WAF mode {text.strip()!r}: expected block, detect or off"
         )
+    if mode != "off" and libinjection is None:
+        raise ValueError(f"waf = {mode} {UNAVAILABLE}")
     return mode
 
 
@@ -747,6 +623,8 @@ class WAF:
     """
 
     def __init__(self, config: WAFConfig) -> None:
+        if config.mode != "off" and libinjection is None:
+            raise ValueError(f"waf = {config.mode} {UNAVAILABLE}")
         self.mode = config.mode
         self.level = config.level
         self.bodyLimit = config.body_limit if config.mode != "off" else 0

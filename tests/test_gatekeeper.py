@@ -27,7 +27,6 @@ from manualb.gatekeeper import (
     IPRules,
     TrustedProxies,
     parseNetworks,
-    parseWAFRule,
 )
 from manualb.interfaces import IRateLimiter, IRequestInspector, IStage
 from manualb.ratelimit import parseRate
@@ -36,6 +35,7 @@ from manualb.stages import requestView
 from manualb.testing import MemoryBalancer
 from manualb.urlmap import Route, URLMap
 from manualb.view import Passage
+from manualb.waf import parseLevel, parseMode, parseRule
 
 from .test_proxy import GET, OK, headOf
 
@@ -910,7 +910,7 @@ class ConfigTests(SynchronousTestCase):
                 3,
                 16 * 1024,
                 (
-                    WAFRule("scanners", "header:user-agent", None, ("sqlmap", "nikto"), "block"),
+                    WAFRule("scanners", "header:User-Agent", None, ("sqlmap", "nikto"), "block"),
                     WAFRule("admin", "path", "^/admin/ (x|y)", (), "log"),
                     WAFRule("uploads", "path", "^/upload/", (), "allow", ("sqli", "xss")),
                     WAFRule("health", "path", "^/health$", (), "allow"),
@@ -920,19 +920,27 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(self.parse("waf_body_limit = 0\n").gatekeeper.waf.body_limit, 0)
 
     def test_badWAF(self):
+        """
+        A bad WAF key is a configuration error naming it, with the message
+        of the WAF's own reader (L{manualb.waf}).
+        """
+
+        def message(parse, text):
+            try:
+                parse(text)
+            except ValueError as e:
+                return str(e)
+            self.fail(f"{text!r} was read")
+
         self.assertError(
-            "waf = on\n", "", "lb.ini: [gatekeeper] waf: expected block, detect or off, got 'on'"
+            "waf = on\n", "", "lb.ini: [gatekeeper] waf: " + message(parseMode, "on")
+        )
+        self.assertError("", "waf = yes\n", "lb.ini: [route r] waf: " + message(parseMode, "yes"))
+        self.assertError(
+            "waf_level = 5\n", "", "lb.ini: [gatekeeper] waf_level: " + message(parseLevel, "5")
         )
         self.assertError(
-            "", "waf = yes\n", "lb.ini: [route r] waf: expected block, detect or off, got 'yes'"
-        )
-        self.assertError(
-            "waf_level = 5\n", "", "lb.ini: [gatekeeper] waf_level: must be at most 4, got 5"
-        )
-        self.assertError(
-            "",
-            "waf_level = 0\n",
-            "lb.ini: [route r] waf_level: must be at least 1, got 0 (expected 1 to 4)",
+            "", "waf_level = 0\n", "lb.ini: [route r] waf_level: " + message(parseLevel, "0")
         )
         self.assertError(
             "waf_body_limit = lots\n",
@@ -940,28 +948,18 @@ class ConfigTests(SynchronousTestCase):
             "lb.ini: [gatekeeper] waf_body_limit: bad size 'lots': expected a whole "
             "number of bytes with an optional unit (k, m, g), like 512, 64k, 1m",
         )
-        for rule, message in [
-            ("a path", "bad rule 'a path' (expected NAME FIELD ~ REGEX ACTION, NAME FIELD "
-             "in VALUE,... ACTION or NAME FIELD ~ REGEX allow [RULE,...], with ACTION "
-             "block or log)"),
-            ("a path ~ x", "bad rule 'a path ~ x': no action at its end (expected NAME "
-             "FIELD ~ REGEX ACTION, NAME FIELD in VALUE,... ACTION or NAME FIELD ~ "
-             "REGEX allow [RULE,...], with ACTION block or log)"),
-            ("a path ~ ( block", "bad regular expression '(' in 'a path ~ ( block': "
-             "missing ), unterminated subpattern at position 0"),
-            ("a body = x block", "bad operator '=' in 'a body = x block' (expected ~ or in)"),
-            ("a/b path ~ x block", "bad rule name 'a/b' in 'a/b path ~ x block' "
-             "(letters, digits, '_', '.' and '-')"),
-            ("a nowhere ~ x block", "unknown field 'nowhere' in 'a nowhere ~ x block' "
-             "(known fields: path, query, uri, method, host, body, remote_addr, "
-             "header:NAME, cookie:NAME, arg:NAME)"),
-            ("a header: ~ x block", "unknown field 'header:' in 'a header: ~ x block' "
-             "(known fields: path, query, uri, method, host, body, remote_addr, "
-             "header:NAME, cookie:NAME, arg:NAME)"),
-            ("a path ~ x allow b/c", "bad rule name 'b/c' to except in 'a path ~ x allow b/c'"),
+        for rule in [
+            "a path",
+            "a path ~ x",
+            "a path ~ ( block",
+            "a body = x block",
+            "a nowhere ~ x block",
+            "a header: ~ x block",
         ]:
             self.assertError(
-                f"waf_rule = {rule}\n", "", f"lb.ini: [gatekeeper] waf_rule: {message}"
+                f"waf_rule = {rule}\n",
+                "",
+                "lb.ini: [gatekeeper] waf_rule: " + message(parseRule, rule),
             )
         self.assertError(
             "waf_rule =\n    a path ~ x block\n    a path ~ y block\n",
@@ -1045,13 +1043,13 @@ class ConfigTests(SynchronousTestCase):
 
     def test_ruleParser(self):
         """
-        L{parseWAFRule} reads a regex with spaces, tabs between words, and
-        values with spaces around commas.
+        The WAF's rule reader (L{parseRule}) reads a regex with spaces, tabs
+        between words, and values with spaces around commas.
         """
         self.assertEqual(
-            parseWAFRule("n\tcookie:sid\tin a , b\tlog"),
+            parseRule("n\tcookie:sid\tin a , b\tlog"),
             WAFRule("n", "cookie:sid", None, ("a", "b"), "log"),
         )
         self.assertEqual(
-            parseWAFRule("n query ~ a  b allow"), WAFRule("n", "query", "a  b", (), "allow")
+            parseRule("n query ~ a  b allow"), WAFRule("n", "query", "a  b", (), "allow")
         )

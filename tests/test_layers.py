@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
         "forwarding",
         "proxyprotocol",
     ),
-    ("rules", "accesslog", "tunnel", "responseparser", "bodies", "variables"),
+    ("rules", "accesslog", "tunnel", "responseparser", "bodies", "variables", "wafdecode"),
     (
         "handoff",
         "health",

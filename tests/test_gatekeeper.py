@@ -827,6 +827,109 @@ class EndToEndTests(SynchronousTestCase):
         self.assertEqual(len(lb.pendingConnections()), 1)
 
 
+class RealEnginesTests(SynchronousTestCase):
+    """
+    The gatekeeper with the real WAF and rate limiter, as the service builds
+    them from the configuration.
+    """
+
+    def balancer(self, text: str) -> MemoryBalancer:
+        return MemoryBalancer(parseConfig(text))
+
+    def send(self, lb, request, host="127.0.0.1"):
+        client = lb.client(host=host)
+        with capturedLogs() as events:
+            client.send(request)
+            lb.flush()
+        self.events = events
+        return client
+
+    def test_wafBlocksQuery(self):
+        """
+        An SQL injection in the query gets 403 with its request id, logged
+        with the rule that fired, and no backend is asked; an ordinary
+        search with SQL words goes on.
+        """
+        lb = self.balancer(config("waf = block\n"))
+        attack = b"GET /search?id=1%27%20OR%20%271%27=%271 HTTP/1.1\r\nHost: a\r\n\r\n"
+        client = self.send(lb, attack)
+        received = client.received()
+        line, headers = headOf(received)
+        self.assertEqual(line, b"HTTP/1.1 403 Forbidden")
+        [requestId] = headers[b"x-request-id"]
+        self.assertIn(requestId, received)
+        self.assertEqual(lb.pendingConnections(), [])
+        [logged] = [event for event in self.events if event.get("requestId")]
+        self.assertEqual(logged["requestId"], requestId.decode("ascii"))
+        self.assertIn("sqli", str(logged))
+        ordinary = b"GET /search?q=select%20a%20union%20rep HTTP/1.1\r\nHost: a\r\n\r\n"
+        self.send(lb, ordinary)
+        self.assertEqual(len(lb.pendingConnections()), 1)
+
+    def test_wafBlocksBody(self):
+        """
+        An attack in a form body is found before any of the body goes to a
+        backend; an ordinary body goes on whole.
+        """
+        lb = self.balancer(config("waf = block\n"))
+        form = (
+            b"POST /comment HTTP/1.1\r\nHost: a\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\n\r\n%s"
+        )
+        attack = b"text=%3Cscript%3Ealert(1)%3C/script%3E"
+        client = self.send(lb, form % (len(attack), attack))
+        self.assertEqual(headOf(client.received())[0], b"HTTP/1.1 403 Forbidden")
+        self.assertEqual(lb.pendingConnections(), [])
+        ordinary = b"text=I+selected+O%27Brien%27s+union+card"
+        self.send(lb, form % (len(ordinary), ordinary))
+        backend = lb.acceptConnection()
+        lb.flush()
+        self.assertTrue(backend.received().endswith(b"\r\n\r\n" + ordinary))
+
+    def test_wafDetectAndRouteOff(self):
+        """
+        In detect mode an attack is logged and goes on; a route can turn
+        the WAF off.
+        """
+        attack = b"GET %s?f=..%%2F..%%2Fetc%%2Fpasswd HTTP/1.1\r\nHost: a\r\n\r\n"
+        lb = self.balancer(config("waf = detect\n"))
+        self.send(lb, attack % (b"/",))
+        self.assertEqual(len(lb.pendingConnections()), 1)
+        lb = self.balancer(
+            config(
+                "waf = block\n",
+                "[route files]\npath = /files/\nupstream = u\nwaf = off\n"
+                "[route default]\npath = /\nupstream = u\n",
+            )
+        )
+        client = self.send(lb, attack % (b"/",))
+        self.assertEqual(headOf(client.received())[0], b"HTTP/1.1 403 Forbidden")
+        self.send(lb, attack % (b"/files/x",))
+        self.assertEqual(len(lb.pendingConnections()), 1)
+
+    def test_rateLimit(self):
+        """
+        Beyond the rate and its burst a client gets 429 with Retry-After;
+        once the bucket drains it goes on again; another client has its own
+        bucket.
+        """
+        lb = self.balancer(config("rate = 1r/s burst=1 nodelay\n"))
+        for _ in range(2):
+            self.send(lb, GET)
+        self.assertEqual(len(lb.pendingConnections()), 2)
+        client = self.send(lb, GET)
+        line, headers = headOf(client.received())
+        self.assertEqual(line, b"HTTP/1.1 429 Too Many Requests")
+        self.assertEqual(headers[b"retry-after"], [b"1"])
+        self.assertEqual(len(lb.pendingConnections()), 2)
+        self.send(lb, GET, host="198.51.100.1")
+        self.assertEqual(len(lb.pendingConnections()), 3)
+        lb.reactor.advance(1)
+        self.send(lb, GET)
+        self.assertEqual(len(lb.pendingConnections()), 4)
+
+
 # The configuration file.
 
 

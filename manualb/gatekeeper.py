@@ -59,6 +59,7 @@ from manualb.waf import parseLevel, parseMode, parseRule
 
 __all__ = [
     "Gatekeeper",
+    "frontEndBodyLimit",
     "IPRules",
     "TrustedProxies",
     "parseNetworks",
@@ -441,11 +442,15 @@ class Gatekeeper:
                 inspectors[wafConfig] = waf(wafConfig)
             return inspectors[wafConfig]
 
+        routes = () if urlMap is None else [route.config for route in urlMap.routes]
+        # When a route takes larger bodies than the gatekeeper, the front end
+        # reads up to the largest (frontEndBodyLimit), and every other
+        # request is held to the gatekeeper's limit here.
+        self._raised = frontEndBodyLimit(config, routes) != config.client_max_body_size
         self._global = self._policy(None, config, inspectorFor)
         # The routes whose requests are treated otherwise, or need their
         # route's name (for the rate limiter).
         self._byRoute: dict[str, _Policy] = {}
-        routes = () if urlMap is None else [route.config for route in urlMap.routes]
         for route in routes:
             overrides = (
                 route.allow,
@@ -468,7 +473,7 @@ class Gatekeeper:
         inspectorFor: Callable[[WAFConfig], IRequestInspector | None],
     ) -> _Policy:
         allow, deny, rate, wafConfig = config.allow, config.deny, config.rate, config.waf
-        bodyLimit = None
+        bodyLimit = config.client_max_body_size if self._raised else None
         name = None
         ownLists = ownRate = False
         if route is not None:
@@ -485,7 +490,8 @@ class Gatekeeper:
                 wafConfig = attrs.evolve(wafConfig, mode=route.waf)
             if route.waf_level is not None:
                 wafConfig = attrs.evolve(wafConfig, level=route.waf_level)
-            bodyLimit = route.client_max_body_size
+            if route.client_max_body_size is not None:
+                bodyLimit = route.client_max_body_size
         inspector = inspectorFor(wafConfig)
         ipRules = None
         if route is not None and not ownLists:
@@ -634,6 +640,21 @@ class Gatekeeper:
             sentence + b" Request id: " + requestId,
             ((b"X-Request-Id", requestId),) + headers,
         )
+
+
+def frontEndBodyLimit(config: GatekeeperConfig, routes: Iterable[RouteConfig]) -> int:
+    """
+    The largest request body the front end may let in, before the route is
+    known: the gatekeeper's C{client_max_body_size}, or a route's that is
+    larger (0, no limit, when either is 0).  The gatekeeper stage then holds
+    each request to its own route's limit.
+    """
+    limits = [config.client_max_body_size] + [
+        route.client_max_body_size
+        for route in routes
+        if route.client_max_body_size is not None
+    ]
+    return 0 if 0 in limits else max(limits)
 
 
 def _randomId() -> bytes:

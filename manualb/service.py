@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable
 
+import attrs
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
@@ -27,7 +28,7 @@ from manualb.config import (
     UpstreamConfig,
     WAFConfig,
 )
-from manualb.gatekeeper import Gatekeeper
+from manualb.gatekeeper import Gatekeeper, frontEndBodyLimit
 from manualb.handoff import ConnectionPool
 from manualb.health import HealthLog, HealthMonitor, ServerHealth
 from manualb.interfaces import IRateLimiter, IRequestInspector
@@ -164,7 +165,10 @@ class LoadBalancer:
             timeout=self.config.gatekeeper.keepalive_timeout,
             reactor=self.reactor,
             hsts=hstsHeader(self.config.tls),
-            gatekeeper=self.config.gatekeeper,
+            gatekeeper=attrs.evolve(
+                self.config.gatekeeper,
+                client_max_body_size=frontEndBodyLimit(self.config.gatekeeper, routes),
+            ),
             connections=self.connections,
         )
 

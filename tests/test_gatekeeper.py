@@ -1156,3 +1156,41 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(
             parseRule("n query ~ a  b allow"), WAFRule("n", "query", "a  b", (), "allow")
         )
+
+
+class RouteBodyLimitTests(SynchronousTestCase):
+    """
+    A route's C{client_max_body_size} may be larger or smaller than the
+    gatekeeper's; every other route keeps the gatekeeper's.
+    """
+
+    def post(self, lb, path: bytes, size: int):
+        client = lb.client()
+        client.send(
+            b"POST %s HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s"
+            % (path, size, b"x" * size)
+        )
+        lb.flush()
+        return client
+
+    def test_raisedAndLowered(self):
+        lb = MemoryBalancer(
+            parseConfig(
+                config(
+                    "client_max_body_size = 10\n",
+                    "[route upload]\npath = /upload\nupstream = u\nclient_max_body_size = 100\n"
+                    "[route small]\npath = /small\nupstream = u\nclient_max_body_size = 5\n"
+                    "[route default]\npath = /\nupstream = u\n",
+                )
+            )
+        )
+        self.post(lb, b"/upload", 50)
+        self.assertEqual(len(lb.pendingConnections()), 1)
+        client = self.post(lb, b"/upload", 101)
+        self.assertEqual(headOf(client.received())[0], b"HTTP/1.1 413 Content Too Large")
+        client = self.post(lb, b"/other", 50)
+        self.assertEqual(headOf(client.received())[0], b"HTTP/1.1 413 Content Too Large")
+        client = self.post(lb, b"/small", 8)
+        self.assertEqual(headOf(client.received())[0], b"HTTP/1.1 413 Content Too Large")
+        self.post(lb, b"/other", 10)
+        self.assertEqual(len(lb.pendingConnections()), 2)

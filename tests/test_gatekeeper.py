@@ -659,7 +659,9 @@ class GatekeeperStageTests(SynchronousTestCase):
 
     def test_bodyLimit(self):
         """
-        A route's C{client_max_body_size} is the passage's body limit.
+        A route's C{client_max_body_size} is the passage's body limit; when
+        one is larger than the gatekeeper's (which the front end then does
+        not hold requests to), the other routes get the gatekeeper's.
         """
         routes = [
             routeConfig("upload", "/upload", client_max_body_size=100 * 1024 * 1024),
@@ -669,6 +671,12 @@ class GatekeeperStageTests(SynchronousTestCase):
         request = passage(target=b"/upload/x")
         self.assertIsNone(gatekeeper.handle(request))
         self.assertEqual(request.bodyLimit, 100 * 1024 * 1024)
+        request = passage(target=b"/x")
+        self.assertIsNone(gatekeeper.handle(request))
+        self.assertEqual(request.bodyLimit, 1024 * 1024)
+        gatekeeper = self.gatekeeper(
+            [routeConfig("small", "/small", client_max_body_size=10), routeConfig("rest", "/")]
+        )
         request = passage(target=b"/x")
         self.assertIsNone(gatekeeper.handle(request))
         self.assertIsNone(request.bodyLimit)

@@ -274,10 +274,18 @@ def nginxProxyConfig(workdir: Path, port: int, backends: tuple[int, int]) -> str
 """
 
 
-def manualbConfig(port: int, backends: list[int], backlog: int | None = None) -> str:
+#: The gatekeeper of the "manualb+waf" run: the web application firewall
+#: blocking, at its default level.
+WAF_GATEKEEPER = "waf = block\n"
+
+
+def manualbConfig(
+    port: int, backends: list[int], backlog: int | None = None, gatekeeper: str = ""
+) -> str:
     """
     manualb configuration: listen on C{port} (with C{backlog=N} when
-    given), round robin over C{backends}.
+    given), round robin over C{backends}; C{gatekeeper} adds lines to its
+    C{[gatekeeper]} section.
     """
     servers = "".join(f"    127.0.0.1:{p}\n" for p in backends)
     listen = f"tcp:{port}:interface=127.0.0.1"
@@ -292,7 +300,7 @@ access_log = off
 ; The streaming run uploads far more than nginx's 1m default.
 client_max_body_size = 0
 max_connections = 4096
-
+{gatekeeper}
 [upstream backends]
 servers =
 {servers}keepalive = 64
@@ -335,12 +343,15 @@ def startManualb(
     name: str,
     backends: list[int],
     backlog: int | None = None,
+    gatekeeper: str = "",
 ):
     """
     Start manualb in front of C{backends}; return C{(process, port)}.
     """
     port = freePort()
-    conf = writeFile(procs.workdir / f"{name}.ini", manualbConfig(port, backends, backlog))
+    conf = writeFile(
+        procs.workdir / f"{name}.ini", manualbConfig(port, backends, backlog, gatekeeper)
+    )
     argv = [
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
         "-n", "--pidfile=", "manualb", "--config", str(conf),
@@ -712,6 +723,11 @@ def report(results: dict) -> str:
 # -- main -------------------------------------------------------------------
 
 
+#: What the load test measures, in order: manualb, manualb with its WAF
+#: blocking (what the gatekeeper costs), and the peers.
+PROXIES = ["manualb", "manualb+waf", "twisted.web.proxy", "nginx"]
+
+
 def parseArgs(argv: list[str]) -> argparse.Namespace:
     """
     Command-line options.
@@ -724,7 +740,7 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
                    help="MiB streamed through manualb each way (1024; 0 skips)")
     p.add_argument("--stream-timeout", type=float, default=120,
                    help="seconds allowed per streaming transfer (120)")
-    p.add_argument("--only", choices=["manualb", "twisted.web.proxy", "nginx"], action="append",
+    p.add_argument("--only", choices=PROXIES, action="append",
                    help="measure only this proxy (repeatable)")
     p.add_argument("--json", type=Path, default=BENCH / "results" / "latest.json",
                    help="where to write the JSON results")
@@ -738,15 +754,18 @@ def runLoad(procs, proxyPin, otherPin, backendPorts, args) -> dict:
     """
     Measure each proxy in turn in front of the two backends.
     """
-    proxies = ["manualb", "twisted.web.proxy", "nginx"]
     load: dict = {}
-    for name in proxies:
+    for name in PROXIES:
         if args.only and name not in args.only:
             continue
         process = None
         try:
             if name == "manualb":
                 process, port = startManualb(procs, proxyPin, "manualb", list(backendPorts))
+            elif name == "manualb+waf":
+                process, port = startManualb(
+                    procs, proxyPin, "manualb-waf", list(backendPorts), gatekeeper=WAF_GATEKEEPER
+                )
             elif name == "twisted.web.proxy":
                 port = freePort()
                 backends = [f"127.0.0.1:{p}" for p in backendPorts]

@@ -21,6 +21,7 @@ Whatever a client sends:
 
 from __future__ import annotations
 
+import ipaddress
 import string
 import struct
 
@@ -28,6 +29,7 @@ import hpack
 from hypothesis import example, given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from manualb.gatekeeper import TrustedProxies
 from tests.fuzzing import (
     SEEN,
     TOKEN,
@@ -1085,3 +1087,36 @@ class HTTP2FuzzTests(SynchronousTestCase):
         for name, number in abuses:
             wire += ABUSES[name](number)
         self.exchange(PLAIN, wire, positions, resetAfter)
+
+
+class TrustedProxiesFuzzTests(SynchronousTestCase):
+    """
+    Hostile X-Forwarded-For and Forwarded values from behind a trusted
+    proxy: the client address read from them is always an address (or the
+    peer's), never a piece of the header, and reading never raises.
+    """
+
+    @fuzzSettings(300)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from([b"X-Forwarded-For", b"Forwarded", b"x-forwarded-for"]),
+                st.binary(max_size=80)
+                | st.lists(
+                    st.sampled_from(
+                        [b"10.0.0.1", b"192.0.2.7", b"[2001:db8::1]:80", b"for=", b'"',
+                         b"unknown", b"_hidden", b",", b";", b" ", b"::ffff:1.2.3.4",
+                         b"999.1.1.1", b"\r\n", b"for=192.0.2.9", b"proto=https"]
+                    ),
+                    max_size=12,
+                ).map(b"".join),
+            ),
+            max_size=4,
+        )
+    )
+    def test_alwaysAnAddress(self, headers):
+        proxies = TrustedProxies(["10.0.0.0/8", "127.0.0.1"])
+        client = proxies.clientAddress("127.0.0.1", headers)
+        self.assertEqual(str(ipaddress.ip_address(client)), client)
+        # An untrusted peer is never moved by what it sends.
+        self.assertEqual(proxies.clientAddress("192.0.2.200", headers), "192.0.2.200")

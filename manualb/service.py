@@ -43,8 +43,8 @@ from manualb.termination import (
     isSNI,
     isTLS,
     sniEndpoint,
+    splitDescription,
     tolerateUnknownALPN,
-    _splitDescription,
 )
 from manualb.ratelimit import MemoryStore, RateLimiter
 from manualb.urlmap import URLMap
@@ -66,7 +66,7 @@ def withBacklog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
     connections as nginx's (511) rather than Twisted's default 50.  A string
     that gives C{backlog=N} keeps it; other types are left as they are.
     """
-    args, kwargs = _splitDescription(description)
+    args, kwargs = splitDescription(description)
     position = _BACKLOG_POSITION.get(args[0].strip().lower())
     if position is None or "backlog" in kwargs or len(args) - 1 > position:
         return description

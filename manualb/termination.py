@@ -67,6 +67,7 @@ __all__ = [
     "isSNI",
     "isTLS",
     "parseSNIDescription",
+    "splitDescription",
     "endpointFromArguments",
     "tlsConfigFromFile",
     "parseTLS",
@@ -651,7 +652,7 @@ def _endpoint(
     )
 
 
-def _splitDescription(description: str) -> tuple[list[str], dict[str, str]]:
+def splitDescription(description: str) -> tuple[list[str], dict[str, str]]:
     """
     Split an endpoint string as Twisted does: C{:} between parameters,
     C{name=value} for keywords, C{\\} escaping the next character (so
@@ -679,7 +680,7 @@ def sniEndpoint(
     @raise ValueError: the string is not an C{sni:} one, or is wrong.
     @raise TLSFileError: (given a L{TLSConfig}) see L{contextFactoryFor}.
     """
-    args, kwargs = _splitDescription(description)
+    args, kwargs = splitDescription(description)
     if not args or not isSNI(description):
         raise ValueError(f"not an sni: endpoint: {description!r}")
     return _endpoint(reactor, _twistedArguments(args[1:], kwargs), tls)

@@ -32,7 +32,7 @@ from manualb.termination import (
     SNIServerEndpoint,
     SNIArguments,
     TLSFileError,
-    _splitDescription,
+    splitDescription,
     alpnProtocols,
     contextFactoryFor,
     hstsHeader,
@@ -865,7 +865,7 @@ class EndpointStringTests(TerminationTestsMixin, TestCase):
 
     def test_splitDescription(self):
         self.assertEqual(
-            _splitDescription("sni:443:interface=\\:\\:1:tls=/a=b"),
+            splitDescription("sni:443:interface=\\:\\:1:tls=/a=b"),
             (["sni", "443"], {"interface": "::1", "tls": "/a=b"}),
         )
 

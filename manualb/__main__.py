@@ -8,36 +8,119 @@ C{python -m manualb backend NAME}: a test backend answering with its name.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from typing import Sequence, TextIO
 
-from manualb.config import ConfigError
-from manualb.configfile import loadConfig
+from manualb.config import Config, ConfigError
+from manualb.configfile import loadConfig, readConfigText, withLine
+
+#: What check cannot know, said after every good result.
+BIND_NOTE = (
+    "manualb: check binds no address: one that is in use, not local or not "
+    "allowed (a port below 1024 without privileges) stops only the start"
+)
 
 
 def check(path: str, out: TextIO, err: TextIO) -> int:
     """
     Validate the configuration file at C{path}: 0 when it is good, 1 with the
-    error on C{err} when not.
+    error on C{err} when not.  Whatever would stop C{twistd manualb} is an
+    error here too, except an address that cannot be bound, which only
+    binding it tells (L{BIND_NOTE}): the file is read as the start reads it,
+    the service built as the start builds it, and the files the start opens
+    (certificates and keys, the access log) are checked the same way, without
+    creating any.
     """
     try:
         config = loadConfig(path, requireListen=True)
-        if config.tls is not None:
-            from manualb.termination import contextFactoryFor
-
-            # As nginx -t does: the certificates and keys must load, too.
-            contextFactoryFor(config.tls, path)
+        _checkStart(config)
     except ConfigError as e:
         err.write("manualb: %s\n" % (e,))
         err.write("manualb: configuration file %s test failed\n" % (path,))
         return 1
-    endpoints = sum(len(listener.listen) for listener in config.listeners)
+    endpoints = [
+        description
+        for owner in (*config.listeners, *config.streams)
+        for description in owner.listen
+    ]
     out.write(
         "manualb: configuration file %s is ok: %d HTTP endpoint(s), %d stream(s), "
         "%d upstream(s), %d route(s)\n"
-        % (path, endpoints, len(config.streams), len(config.upstreams), len(config.routes))
+        % (
+            path,
+            sum(len(listener.listen) for listener in config.listeners),
+            len(config.streams),
+            len(config.upstreams),
+            len(config.routes),
+        )
     )
+    from manualb.endpoints import isSystemd
+
+    adopted = [description for description in endpoints if isSystemd(description)]
+    if adopted:
+        out.write(
+            "manualb: %s: taken from systemd at start (socket activation), "
+            "so only the syntax was checked\n"
+            % (", ".join(adopted),)
+        )
+    out.write(BIND_NOTE + "\n")
     return 0
+
+
+def _checkStart(config: Config) -> None:
+    """
+    Do what the start does after reading the file, short of binding and of
+    creating files: build the service, load the certificates and keys, and
+    check that the access log can be opened for appending.
+
+    @raise ConfigError: naming the line of the section and key at fault.
+    """
+    from twisted.internet import reactor
+
+    from manualb.service import makeService
+    from manualb.termination import TLSFileError, contextFactoryFor
+
+    path = config.source
+    makeService(config, reactor)
+    try:
+        if config.tls is not None:
+            # As nginx -t does: the certificates and keys must load, too.
+            try:
+                contextFactoryFor(config.tls, path)
+            except TLSFileError as e:
+                raise ConfigError(path, "tls", "certificates", str(e)) from None
+        problem = _accessLogProblem(config.access_log)
+        if problem is not None:
+            raise ConfigError(path, "manualb", "access_log", problem)
+    except ConfigError as e:
+        raise withLine(e, readConfigText(path)) from None
+
+
+def _accessLogProblem(target: str | None) -> str | None:
+    """
+    Why the start could not open the access log C{target} for appending (in
+    the words the start uses), or L{None} if it can; a missing file is
+    not created, its directory must let it be.
+    """
+    if target is None or target == "-":
+        return None
+    problem = None
+    if os.path.lexists(target):
+        try:
+            os.close(os.open(target, os.O_WRONLY | os.O_APPEND))
+        except OSError as e:
+            problem = e.errno
+    else:
+        directory = os.path.dirname(os.path.abspath(target))
+        if not os.path.isdir(directory):
+            problem = errno.ENOENT
+        elif not os.access(directory, os.W_OK | os.X_OK):
+            problem = errno.EACCES
+    if problem is None:
+        return None
+    return "cannot open %s: %s" % (target, os.strerror(problem))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -57,7 +57,6 @@ import re
 from collections.abc import Mapping
 
 import attrs
-from twisted.internet.endpoints import serverFromString
 
 from manualb import balancers, health, termination, urlmap
 from manualb.config import (
@@ -80,25 +79,25 @@ from manualb.gatekeeper import (
     parseRouteKeys,
     routeWithKeys,
 )
+from manualb.endpoints import endpointProblem, socketFileProblem
 from manualb.syntax import (
+    SECTION_HEADER,
+    IniLines,
     Section,
     canonicalHost,
+    closest,
     hostName,
     parseOptions,
     parseServerAddress,
     parseValue,
 )
 
-__all__ = ["KNOWN_KEYS", "parseConfig", "loadConfig"]
+__all__ = ["KNOWN_KEYS", "parseConfig", "loadConfig", "readConfigText", "withLine"]
 
 # configparser treats its default section specially (its keys leak into every
 # other section).  A header cannot contain a newline, so no file can name this
 # one and "[DEFAULT]" becomes an ordinary, unknown section.
 _NO_DEFAULT_SECTION = "\n"
-
-# Stricter than configparser's own pattern, which silently ignores anything
-# after the closing bracket ("[route a] b").  Comments are already removed.
-_SECTION_HEADER = re.compile(r"\[(?P<header>[^\]]+)\]$")
 
 _KNOWN_SECTIONS = (
     "[manualb], [gatekeeper], [upstream NAME], [route NAME], [listener NAME], "
@@ -129,7 +128,34 @@ def loadConfig(path: str, requireListen: bool = False) -> Config:
     @param requireListen: See L{parseConfig}.
 
     @raise ConfigError: if the file cannot be read (naming the file and the
-        operating system's reason) or its contents are wrong.
+        operating system's reason) or its contents are wrong, naming the
+        line of the section or key too (see L{withLine}).
+    """
+    text = readConfigText(path)
+    try:
+        return parseConfig(text, path, requireListen)
+    except ConfigError as e:
+        raise withLine(e, text) from None
+
+
+def withLine(error: ConfigError, text: str) -> ConfigError:
+    """
+    Give C{error} the line of its section or key in C{text}, the file's
+    contents, unless it has one or is not about a section.  The reader
+    raises errors with the section and the key: their line is found once
+    something is wrong, by L{IniLines}.
+    """
+    if error.line is None:
+        error.line = IniLines(text).locate(error.section, error.key, error.message)
+    return error
+
+
+def readConfigText(path: str) -> str:
+    """
+    The contents of the configuration file at C{path}.
+
+    @raise ConfigError: if it cannot be read, naming the file and the
+        operating system's reason.
     """
     try:
         # utf-8-sig: tolerate the byte order mark some Windows editors add.
@@ -142,7 +168,7 @@ def loadConfig(path: str, requireListen: bool = False) -> Config:
         raise ConfigError(
             path, None, None, f"not UTF-8 text (bad byte at offset {e.start})"
         ) from None
-    return parseConfig(text, path, requireListen)
+    return text
 
 
 def parseConfig(
@@ -300,7 +326,7 @@ def _readIni(text: str, source: str) -> configparser.RawConfigParser:
         empty_lines_in_values=False,
         default_section=_NO_DEFAULT_SECTION,
     )
-    parser.SECTCRE = _SECTION_HEADER
+    parser.SECTCRE = SECTION_HEADER
     try:
         parser.read_string(text, source=source)
     except configparser.Error as e:
@@ -445,14 +471,24 @@ class _Sections:
                 )
             named[name] = header
         else:
+            meant = closest(kind, KNOWN_KEYS)
+            suggestion = ""
+            if meant is not None:
+                suggestion = "; did you mean [%s]?" % " ".join([meant, *words[1:]])
             raise self.error(
-                header, None, f"unknown section (known sections: {_KNOWN_SECTIONS})"
+                header,
+                None,
+                f"unknown section (known sections: {_KNOWN_SECTIONS}){suggestion}",
             )
         assert known is not None
         for key in self.parser.options(header):
             if key not in known:
+                meant = closest(key, known)
+                suggestion = "" if meant is None else f"; did you mean {meant!r}?"
                 raise self.error(
-                    header, key, f"unknown key (known keys: {', '.join(known)})"
+                    header,
+                    key,
+                    f"unknown key (known keys: {', '.join(known)}){suggestion}",
                 )
 
     def _sectionName(self, header: str, words: list[str]) -> str:
@@ -535,9 +571,10 @@ def _parseEndpoints(
 ) -> tuple[str, ...] | None:
     """
     Return the endpoint strings of C{listen}, or L{None} if the optional key
-    is absent.  Each is checked by Twisted's own parser so that a typo is
-    reported now rather than when listening, except manualb's C{sni:}, which
-    is checked by L{termination.parseSNIDescription} and needs a C{[tls]}
+    is absent.  Each is checked as the start will use it, without binding
+    (L{endpointProblem}, L{socketFileProblem}), so that a typo is reported
+    now rather than when listening, except manualb's C{sni:}, which is
+    checked by L{termination.parseSNIDescription} and needs a C{[tls]}
     section.
 
     @param allowSNI: Whether C{sni:} endpoints may be given (HTTP listeners)
@@ -566,11 +603,14 @@ def _parseEndpoints(
                 )
             problem = _sniProblem(description)
         else:
-            problem = _endpointProblem(description)
+            problem = endpointProblem(description)
         if problem is not None:
             raise section.error(
                 "listen", f"cannot parse endpoint {description!r} ({problem})"
             )
+        problem = socketFileProblem(description)
+        if problem is not None:
+            raise section.error("listen", problem)
         if isSNI and sections.tls is None:
             raise section.error(
                 "listen",
@@ -589,23 +629,6 @@ def _sniProblem(description: str) -> str | None:
         termination.parseSNIDescription(description)
     except ValueError as e:
         return str(e)
-    return None
-
-
-def _endpointProblem(description: str) -> str | None:
-    """
-    Return why Twisted cannot parse the server endpoint string
-    C{description}, or L{None} if it can.
-    """
-    # Parsing stores the reactor without using it for the endpoint types we
-    # care about (tcp, tcp6, unix, ssl), so any object will do.
-    reactorPlaceholder = object()
-    try:
-        serverFromString(reactorPlaceholder, description)
-    # Endpoint parsers (including third-party plugins) raise all sorts of
-    # exceptions for bad arguments; any of them means "cannot parse".
-    except Exception as e:
-        return str(e) or type(e).__name__
     return None
 
 

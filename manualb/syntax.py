@@ -5,6 +5,8 @@ such as C{512}, C{64k} or C{1m}; whole numbers, C{on}/C{off} flags, host
 names, ports, server addresses and the C{name=value} options of a server
 line; the gatekeeper's networks (C{10.0.0.0/8 2001:db8::/32}) and request
 rates (C{10r/s burst=20 nodelay}); and L{Section}, one section's keys handed out as checked values.
+L{IniLines} finds the line of a section or key, which configparser does not
+keep, and L{closest} the known name a misspelt one was meant to be.
 
 Timeouts in the configuration file are written the way nginx writes them so
 that people moving a setup over from nginx can copy the values unchanged.
@@ -21,6 +23,7 @@ key).
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import os
@@ -46,6 +49,9 @@ __all__ = [
     "parseNetworks",
     "SimpleKey",
     "Section",
+    "SECTION_HEADER",
+    "IniLines",
+    "closest",
 ]
 
 #: Seconds per unit, from the most to the least significant unit.
@@ -477,13 +483,16 @@ def parseOptions(
     for word in words:
         name, equals, value = word.partition("=")
         if name not in known:
+            meant = closest(name, known)
+            suggestion = "" if meant is None else f"; did you mean {meant!r}?"
             if not equals and not hasFlags:
                 raise ValueError(
                     f"expected name=value, got {word!r} in {context!r} "
-                    f"(known names: {names})"
+                    f"(known names: {names}){suggestion}"
                 )
             raise ValueError(
                 f"unknown option {name!r} in {context!r} (known options: {names})"
+                f"{suggestion}"
             )
         if name in options:
             raise ValueError(f"option {name!r} given twice in {context!r}")
@@ -656,3 +665,75 @@ class Section:
             return readableFile(text, directory)
         except ValueError as e:
             raise self.error(key, str(e)) from None
+
+
+def closest(word: str, known: Iterable[str]) -> str | None:
+    """
+    The name of C{known} that C{word} most likely misspells (by
+    L{difflib.get_close_matches}), or L{None} when none is close, for the
+    "did you mean" of a message about an unknown name.
+    """
+    matches = difflib.get_close_matches(word.lower(), list(known), n=1)
+    return matches[0] if matches else None
+
+
+#: A section header as the file reader's configparser reads it, stricter
+#: than configparser's own pattern, which silently ignores anything after
+#: the closing bracket ("[route a] b").  Comments are already removed.
+SECTION_HEADER = re.compile(r"\[(?P<header>[^\]]+)\]$")
+
+_COMMENT = re.compile(r"^\s*[;#]|\s[;#]")
+
+
+class IniLines:
+    """
+    Where each section header and key of an INI text is, and each line of
+    a value spanning several: found by one scan that reads the text as the
+    file reader's configparser does (C{=} between key and value, C{;} and
+    C{#} comments, indented continuation lines that a blank or comment line
+    ends, keys in lower case), since configparser keeps no line numbers.
+    """
+
+    def __init__(self, text: str) -> None:
+        self._sections: dict[str, int] = {}
+        self._keys: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        section: str | None = None
+        lines: list[tuple[int, str]] | None = None
+        # configparser reads a StringIO, which splits on "\n" only.
+        for number, line in enumerate(text.split("\n"), 1):
+            comment = _COMMENT.search(line)
+            content = (line[: comment.start()] if comment else line).strip()
+            if not content:
+                lines = None
+            elif line[:1].isspace() and lines is not None:
+                lines.append((number, content))
+            elif header := SECTION_HEADER.match(content):
+                section = header.group("header")
+                self._sections.setdefault(section, number)
+                lines = None
+            elif section is not None and "=" in content:
+                key, _, value = content.partition("=")
+                lines = [(number, value.strip())]
+                self._keys.setdefault((section, key.strip().lower()), lines)
+            else:
+                lines = None
+
+    def locate(self, section: str | None, key: str | None, message: str = "") -> int | None:
+        """
+        The line of key C{key} of section C{[section]}, or of the section's
+        header when the key is L{None} or not in the file (a required key
+        that is missing), or L{None} when there is no such section.
+
+        @param message: The message about the key: when it quotes one line
+            of a value spanning several (C{'10.0.0.1:80 max_fail=3'}), that
+            line is the one meant.
+        """
+        if section is None:
+            return None
+        lines = self._keys.get((section, key.lower())) if key is not None else None
+        if not lines:
+            return self._sections.get(section)
+        for number, text in lines:
+            if text and repr(text) in message:
+                return number
+        return lines[0][0]

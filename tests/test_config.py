@@ -536,7 +536,7 @@ class SectionErrorTests(SynchronousTestCase):
             MAIN + "[upstreams pool]\n",
             "lb.ini: [upstreams pool]: unknown section "
             "(known sections: [manualb], [gatekeeper], [upstream NAME], [route NAME], "
-            "[listener NAME], [stream NAME], [tls])",
+            "[listener NAME], [stream NAME], [tls]); did you mean [upstream pool]?",
         )
 
     def test_defaultIsUnknown(self) -> None:
@@ -579,7 +579,8 @@ class SectionErrorTests(SynchronousTestCase):
         self.assertError(
             MAIN + "acces_log = -\n",
             "lb.ini: [manualb] acces_log: unknown key "
-            "(known keys: listen, access_log, client_timeout, redirect_https)",
+            "(known keys: listen, access_log, client_timeout, redirect_https); "
+            "did you mean 'access_log'?",
         )
 
     def test_unknownKeyInUpstream(self) -> None:
@@ -589,7 +590,7 @@ class SectionErrorTests(SynchronousTestCase):
             "balance, connect_timeout, read_timeout, send_timeout, keepalive, "
             "keepalive_timeout, keepalive_requests, passive_fail_on, tries, "
             "retry_timeout, retry_body_limit, health_check, tunnel_timeout, "
-            "tls_verify, tls_ca, tls_name)",
+            "tls_verify, tls_ca, tls_name); did you mean 'send_timeout'?",
         )
 
     def test_unknownKeyInRoute(self) -> None:
@@ -991,21 +992,24 @@ class ServerOptionTests(_UpstreamTestCase):
         self.assertServerError(
             "a:1 wieght=3",
             "unknown option 'wieght' in 'a:1 wieght=3' (known options: weight, "
-            "max_fails, fail_timeout, backup, down, slow_start, max_conns)",
+            "max_fails, fail_timeout, backup, down, slow_start, max_conns); "
+            "did you mean 'weight'?",
         )
 
     def test_unknownFlag(self) -> None:
         self.assertServerError(
             "a:1 bakup",
             "unknown option 'bakup' in 'a:1 bakup' (known options: weight, "
-            "max_fails, fail_timeout, backup, down, slow_start, max_conns)",
+            "max_fails, fail_timeout, backup, down, slow_start, max_conns); "
+            "did you mean 'backup'?",
         )
 
     def test_optionsAreCaseSensitive(self) -> None:
         self.assertServerError(
             "a:1 Weight=3",
             "unknown option 'Weight' in 'a:1 Weight=3' (known options: weight, "
-            "max_fails, fail_timeout, backup, down, slow_start, max_conns)",
+            "max_fails, fail_timeout, backup, down, slow_start, max_conns); "
+            "did you mean 'weight'?",
         )
 
     def test_twoServersOnOneLine(self) -> None:
@@ -1547,7 +1551,7 @@ class HealthCheckTests(_UpstreamTestCase):
         self.assertHealthError(
             "inter=2s",
             "unknown option 'inter' in 'inter=2s' (known options: path, interval, "
-            "timeout, rise, fall, expect, body, host, type)",
+            "timeout, rise, fall, expect, body, host, type); did you mean 'interval'?",
         )
 
     def test_missingEquals(self) -> None:
@@ -3033,7 +3037,7 @@ class StreamTests(SynchronousTestCase):
         self.assertKeyError(
             "upstream = pool\ntimeout = 1s\n",
             "timeout: unknown key (known keys: listen, upstream, proxy_protocol, "
-            "idle_timeout)",
+            "idle_timeout); did you mean 'idle_timeout'?",
         )
 
     def test_withoutName(self) -> None:
@@ -3383,7 +3387,7 @@ class LoadConfigTests(SynchronousTestCase):
             f.write(MAIN + "bogus = 1\n")
         error = self.assertRaises(ConfigError, loadConfig, path)
         self.assertEqual(error.source, path)
-        self.assertTrue(str(error).startswith(path + ": [manualb] bogus: "))
+        self.assertTrue(str(error).startswith(path + ", line 3: [manualb] bogus: "))
 
     def test_missingFile(self) -> None:
         path = self.mktemp()
@@ -3650,7 +3654,7 @@ class NoListenerTests(SynchronousTestCase):
         self.assertEqual(out.getvalue(), "")
         self.assertEqual(
             err.getvalue(),
-            f"manualb: {path}: [manualb] listen: nothing to listen on: give "
+            f"manualb: {path}, line 1: [manualb] listen: nothing to listen on: give "
             f"endpoints here, such as listen = tcp:8080, or add a [listener "
             f"NAME] or [stream NAME] section\n"
             f"manualb: configuration file {path} test failed\n",

@@ -74,7 +74,7 @@ class PluginTests(TestCase):
             f.write(BAD_CONFIG)
         result = run(TWISTD + ["-n", "--pidfile=", "manualb", "--config", path])
         self.assertNotEqual(result.returncode, 0)
-        self.assertIn("%s: [upstream pool] servers: " % (path,), result.stderr)
+        self.assertIn("%s, line 4: [upstream pool] servers: " % (path,), result.stderr)
         self.assertNotIn("Traceback", result.stderr + result.stdout)
 
     def test_check(self):
@@ -284,7 +284,7 @@ class NothingToListenOnTests(TestCase):
         with open(path, "w") as f:
             f.write("[upstream pool]\nservers = 127.0.0.1:8080\n[route default]\n")
             f.write("path = /\nupstream = pool\n[manualb]\naccess_log = -\n")
-        expected = "%s: [manualb] listen: nothing to listen on" % (path,)
+        expected = "%s, line 6: [manualb] listen: nothing to listen on" % (path,)
         result = run([sys.executable, "-m", "manualb", "check", path])
         self.assertEqual(result.returncode, 1)
         self.assertIn(expected, result.stderr)

@@ -744,6 +744,8 @@ class Config:
         a site of its own).
     @ivar access_log: C{"-"} for standard output, a file path, or L{None}
         when access logging is off.
+    @ivar log_format: The access log's line: C{combined}, C{json}, or a
+        format string of nginx variables (see C{manualb.accesslog}).
     @ivar upstreams: Upstreams by name, in file order.
     @ivar routes: Routes in file order; every one names an upstream in
         C{upstreams}.
@@ -764,6 +766,10 @@ class Config:
     )
     access_log: str | None = key(
         "-", nginx="access_log", doc="- for standard output, a file, or off"
+    )
+    log_format: str = key(
+        "combined", nginx="log_format",
+        doc="combined, json, or a line of $variables",
     )
     upstreams: Mapping[str, UpstreamConfig] = attrs.field(factory=dict)
     routes: tuple[RouteConfig, ...] = attrs.field(converter=tuple, default=())

@@ -46,7 +46,8 @@ routes (L{manualb.gatekeeper.parseGatekeeperKeys},
 L{manualb.gatekeeper.parseRouteKeys}), TLS
 termination C{[tls]} and C{sni:} endpoints (L{manualb.termination}), the
 balancers C{balance} (L{manualb.balancers.parseBalance}) and health
-checking C{health_check} (L{manualb.health.parseHealthCheck}).
+checking C{health_check} (L{manualb.health.parseHealthCheck}), the access
+log its C{log_format} (L{manualb.accesslog.compileFormat}).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from collections.abc import Mapping
 import attrs
 
 from manualb import balancers, health, termination, urlmap
+from manualb.accesslog import compileFormat
 from manualb.config import (
     Config,
     ConfigError,
@@ -198,6 +200,7 @@ def parseConfig(
     if sections.main is not None:
         main = _simpleKeys(sections.section(sections.main), Config, {"client_timeout": None})
         clientTimeout = main["client_timeout"]
+    logFormat = _parseLogFormat(sections)
     gatekeeper = _parseGatekeeper(sections, clientTimeout)
     tls = None
     if sections.tls is not None:
@@ -221,6 +224,7 @@ def parseConfig(
         source=source,
         listen=listen,
         access_log=accessLog,
+        log_format=logFormat,
         upstreams=upstreams,
         routes=routes,
         client_timeout=_default(Config, "client_timeout")
@@ -529,6 +533,24 @@ def _parseMain(
     redirect = _parseRedirect(section, listen)
     given = section.single("access_log") or accessLog
     return listen, (None if given.lower() == "off" else given), redirect
+
+
+def _parseLogFormat(sections: _Sections) -> str:
+    """
+    The C{log_format} of C{[manualb]}, checked (every variable known).
+    """
+    default = _default(Config, "log_format")
+    if sections.main is None:
+        return default
+    section = sections.section(sections.main)
+    text = section.single("log_format")
+    if text is None:
+        return default
+    try:
+        compileFormat(text)
+    except ValueError as e:
+        raise section.error("log_format", str(e)) from None
+    return text
 
 
 def _parseRedirect(section: Section, listen: tuple[str, ...]) -> int | None:

@@ -266,6 +266,7 @@ class Exchange:
             self.body.length,
             server.name.encode("ascii"),
             upgrade=self.upgrade,
+            requestId=self.passage.requestId,
         )
         self._connect(server.connections.acquire())
 
@@ -639,6 +640,7 @@ class Exchange:
                 self.attempts.serverNames() if self.attempts is not None else [],
                 self.attempts.times() if self.attempts is not None else [],
                 sent,
+                self.passage,
             )
 
 

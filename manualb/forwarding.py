@@ -42,6 +42,9 @@ _REWRITTEN = frozenset(
     ]
 )
 
+# The request id, which the proxy sends in place of the client's.
+_REQUEST_ID = frozenset([b"x-request-id"])
+
 # What a client's Connection header cannot make the proxy drop: the headers
 # the proxy must send.
 _PROTECTED = _REWRITTEN | frozenset([b"host"])
@@ -49,7 +52,7 @@ _PROTECTED = _REWRITTEN | frozenset([b"host"])
 # The headers whose names a client might spell with "_" to slip one past a
 # backend that folds "_" into "-" (as CGI, PHP and WSGI do): such a header
 # is dropped, as nginx drops every name with "_" (underscores_in_headers).
-_ALIASED = HOP_BY_HOP | _PROTECTED | frozenset([b"forwarded", b"x-real-ip"])
+_ALIASED = HOP_BY_HOP | _PROTECTED | frozenset([b"forwarded", b"x-real-ip", b"x-request-id"])
 
 # nginx's proxy_hide_header defaults: the proxy answers with its own.
 _HIDDEN_RESPONSE = frozenset([b"server", b"date"])
@@ -58,6 +61,10 @@ VIA_NAME = b"manualb"
 
 # What a protocol upgrade keeps of the hop-by-hop headers.
 _UPGRADE_HEADERS = frozenset([b"upgrade", b"connection"])
+
+# What the proxy drops of the client's headers; with the request id it sends.
+_DROPPED = HOP_BY_HOP | _REWRITTEN
+_DROPPED_ID = _DROPPED | _REQUEST_ID
 
 
 def connectionTokens(values: Iterable[bytes] | None) -> frozenset[bytes]:
@@ -81,6 +88,7 @@ def requestHead(
     bodyLength: int | None,
     defaultHost: bytes,
     upgrade: bool = False,
+    requestId: bytes = b"",
 ) -> bytes:
     """
     Serialise the request line and headers sent to the backend.
@@ -94,9 +102,15 @@ def requestHead(
     @param upgrade: The request asks for a protocol upgrade that the proxy
         passes on: its C{Upgrade} header is kept and C{Connection: upgrade}
         sent (every other hop-by-hop header is still removed).
+    @param requestId: The request's id, sent in C{X-Request-Id} in place of
+        any the client sent; when empty, the client's goes on.
     """
-    kept = _UPGRADE_HEADERS if upgrade else frozenset()
-    dropped = (HOP_BY_HOP | _REWRITTEN) - kept
+    dropped = _DROPPED_ID if requestId else _DROPPED
+    if upgrade:
+        kept = _UPGRADE_HEADERS
+        dropped = dropped - kept
+    else:
+        kept = frozenset()
     forwardedFor: list[bytes] = []
     via: list[bytes] = []
     connection: list[bytes] = []
@@ -132,6 +146,8 @@ def requestHead(
     lines.append(b"X-Forwarded-Proto: %s\r\n" % (b"https" if secure else b"http",))
     lines.append(b"X-Forwarded-Host: %s\r\n" % (host,))
     lines.append(b"Via: %s\r\n" % (b", ".join(via),))
+    if requestId:
+        lines.append(b"X-Request-Id: %s\r\n" % (requestId,))
     if bodyLength is None:
         lines.append(b"Transfer-Encoding: chunked\r\n")
     elif bodyLength or method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):

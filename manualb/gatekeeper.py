@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import secrets
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -51,6 +50,7 @@ from manualb.config import (
 from manualb.interfaces import IRateLimiter, IRequestInspector, IStage
 from manualb.ratelimit import parseRate
 from manualb.records import Finding, GatekeeperRecord
+from manualb.stages import newRequestId
 from manualb.syntax import Section, parseNetworks, parseSize
 from manualb.urlmap import URLMap
 from manualb.variables import parseKey
@@ -418,7 +418,8 @@ class Gatekeeper:
             requests of every route without a rate of its own, or of a
             route's own (with its name).  Called once for each, when this is
             made; L{None} for no limit.
-        @param newId: Makes a request id; random hex digits by default.
+        @param newId: Makes a request id for a chain that gave the request
+            none; L{newRequestId} by default.
         """
         self.config = config
         self._urlMap = urlMap
@@ -432,7 +433,7 @@ class Gatekeeper:
             return limiters[route]
 
         self._limiterFor = limiterFor
-        self._newId = newId or _randomId
+        self._newId = newId or newRequestId
         inspectors: dict[WAFConfig, IRequestInspector | None] = {}
 
         def inspectorFor(wafConfig: WAFConfig) -> IRequestInspector | None:
@@ -612,12 +613,17 @@ class Gatekeeper:
         headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> Answer:
         """
-        Refuse the request with C{code}, giving it a request id (in the
-        C{X-Request-Id} header, the page and the log line).
+        Refuse the request with C{code}, with its request id (in the
+        C{X-Request-Id} header, the page and the log line): the one the
+        chain gave it (C{manualb.stages.RequestId}), else a new one.
         """
         requestId = passage.requestId
-        if not requestId:
+        if requestId:
+            # The chain's id is in the passage's headers already.
+            idHeader: tuple[tuple[bytes, bytes], ...] = ()
+        else:
             requestId = passage.requestId = self._newId()
+            idHeader = ((b"X-Request-Id", requestId),)
         passage.decisions.append(record)
         view = passage.view
         log.warn(
@@ -638,7 +644,7 @@ class Gatekeeper:
             code,
             reason,
             sentence + b" Request id: " + requestId,
-            ((b"X-Request-Id", requestId),) + headers,
+            idHeader + headers,
         )
 
 
@@ -657,11 +663,6 @@ def frontEndBodyLimit(config: GatekeeperConfig, routes: Iterable[RouteConfig]) -
     return 0 if 0 in limits else max(limits)
 
 
-def _randomId() -> bytes:
-    """
-    A request id: 16 random hex digits.
-    """
-    return secrets.token_hex(8).encode("ascii")
 
 
 # The gatekeeper's keys in the configuration file.

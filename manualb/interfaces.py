@@ -295,7 +295,7 @@ class IDownstream(Interface):
         @raise Exception: The connection cannot be taken over.
         """
 
-    def logTo(accessLog, status, upstreams, times, sent=None):
+    def logTo(accessLog, status, upstreams, times, sent=None, passage=None):
         """
         Write the access log line of this request to C{accessLog}.
 
@@ -305,6 +305,8 @@ class IDownstream(Interface):
         @param times: How long each try took, in seconds.
         @param sent: The bytes sent to the client, when the front end did
             not count them (through a tunnel), else L{None}.
+        @param passage: The request's L{manualb.view.Passage} (its id, the
+            servers tried), for the log's variables.
         """
 
 

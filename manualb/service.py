@@ -130,7 +130,9 @@ class LoadBalancer:
         self._closeWaiters: list[Deferred[None]] | None = None
         self._hasClosed = False
         if accessLog is None and config.access_log is not None:
-            accessLog = AccessLog(clock=reactor.seconds, target=config.access_log)
+            accessLog = AccessLog(
+                clock=reactor.seconds, target=config.access_log, format=config.log_format
+            )
         self.accessLog = accessLog
         self.connections = ConnectionLimit(config.gatekeeper.max_connections)
         self.pools = {

@@ -3,12 +3,15 @@ The stage chain of an HTTP request (L{IStage}): the view every front end
 builds of a request (L{requestView}), the standard stages that answer
 what the proxy answers itself before the URL map routes the rest
 (L{defaultStages}), and the chain of a plain endpoint that redirects to
-https (L{redirectStages}).
+https (L{redirectStages}).  Both begin by giving the request its id
+(L{RequestId}).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import os
+import re
+from typing import Callable, Sequence
 
 from zope.interface import implementer
 
@@ -30,6 +33,8 @@ def requestView(
     target: bytes,
     headers: Sequence[tuple[bytes, bytes]],
     localHost: str = "",
+    trustedPeer: bool = False,
+    started: float = 0.0,
 ) -> RequestView:
     """
     The L{RequestView} of an HTTP request, as every front end builds it: the
@@ -41,6 +46,9 @@ def requestView(
     @param headers: The request's header lines, in order.
     @param localHost: The address the client connected to, as
         L{manualb.view.clientHost} gives it.
+    @param trustedPeer: Whether the socket peer is a trusted proxy.
+    @param started: When the request was received, by the front end's
+        clock.
     """
     path = normalizePath(target.partition(b"?")[0]) or b""
     host = None
@@ -68,10 +76,72 @@ def requestView(
         None if host is None else normalizeHost(host),
         headers,
         localHost,
+        trustedPeer,
+        started,
     )
 
 
 # The stages of the standard chain, before the URL map.
+
+_REQUEST_ID = b"X-Request-Id"
+#: A request id believed from a trusted proxy: a token, short enough to log.
+_SANE_ID = re.compile(rb"[A-Za-z0-9._~:+/=@-]{1,128}\Z")
+#: Random bytes for this many ids are read at once.
+_ID_BATCH = 256
+
+
+class _RequestIds:
+    """
+    Makes request ids, 16 random hex digits each, from random bytes read in
+    batches (one C{os.urandom} call every L{_ID_BATCH} ids).
+    """
+
+    def __init__(self) -> None:
+        self._digits = b""
+        self._next = 0
+
+    def __call__(self) -> bytes:
+        position = self._next
+        if position >= len(self._digits):
+            self._digits = os.urandom(8 * _ID_BATCH).hex().encode("ascii")
+            position = 0
+        self._next = position + 16
+        return self._digits[position : position + 16]
+
+
+#: Makes a new request id: 16 random hex digits.
+newRequestId: Callable[[], bytes] = _RequestIds()
+
+
+@implementer(IStage)
+class RequestId:
+    """
+    Gives the request its id (L{Passage.requestId}), which every response
+    carries in C{X-Request-Id}, the backend gets in C{X-Request-Id}, the
+    access log writes as C{$request_id} and the gatekeeper's refusals show:
+    the one a trusted proxy sent in C{X-Request-Id} when it is a sane token
+    (letters, digits and C{._~:+/=@-}, at most 128), else a new one.
+
+    @param newId: Makes a new id (L{newRequestId}).
+    """
+
+    def __init__(self, newId: Callable[[], bytes] = newRequestId):
+        self._newId = newId
+
+    def handle(self, passage: Passage) -> Answer | None:
+        view = passage.view
+        requestId = None
+        if view.trustedPeer:
+            for name, value in view.headers:
+                if name.lower() == b"x-request-id":
+                    if _SANE_ID.match(value) is not None:
+                        requestId = value
+                    break
+        if requestId is None:
+            requestId = self._newId()
+        passage.requestId = requestId
+        passage.headers.append((_REQUEST_ID, requestId))
+        return None
 
 
 @implementer(IStage)
@@ -154,13 +224,14 @@ class ValidPath:
 
 def defaultStages(urlMap: URLMap, gatekeeper: IStage | None = None) -> list[IStage]:
     """
-    The standard chain: the HSTS header, the front end's refusals,
+    The standard chain: the request id, the HSTS header, the front end's refusals,
     C{OPTIONS *}, refused methods, invalid paths, then the URL map, which
     chooses the route (or answers 404).  A stage that refuses clients (the
     gatekeeper, C{manualb.gatekeeper.Gatekeeper}) goes just before the URL
     map.
     """
     stages: list[IStage] = [
+        RequestId(),
         StrictTransport(),
         Refusal(),
         ServerOptions(),
@@ -222,7 +293,8 @@ def redirectStages(port: int = 443, gatekeeper: IStage | None = None) -> list[IS
     front end's refusals, then the redirect to C{port}, which answers every
     other request in the URL map's place.  A stage that refuses clients
     (the gatekeeper) goes just before the redirect, as before the URL map.
+    The request id comes first, as in L{defaultStages}.
     """
     if gatekeeper is None:
-        return [Refusal(), RedirectToHTTPS(port)]
-    return [Refusal(), gatekeeper, RedirectToHTTPS(port)]
+        return [RequestId(), Refusal(), RedirectToHTTPS(port)]
+    return [RequestId(), Refusal(), gatekeeper, RedirectToHTTPS(port)]

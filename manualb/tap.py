@@ -1,11 +1,16 @@
 """
 The C{twistd manualb} command: C{twistd -n manualb --config conf/lb.ini}.
+
+C{SIGUSR1} reopens the access log, after twistd's own handler (which
+rotates twistd's log file) has run.
 """
 
 from __future__ import annotations
 
 import gc
+import signal
 import sys
+from typing import Any, Callable
 
 from twisted.application.service import MultiService
 from twisted.internet.error import CannotListenError
@@ -37,13 +42,57 @@ def makeService(options: Options):
 
     try:
         service = _makeService(loadConfig(options["config"], requireListen=True), reactor)
+        if service.balancer.accessLog is not None:
+            service.balancer.accessLog.daemon = isDaemon(options)
         # Read the certificates and open the log now, while the message can
         # still reach the terminal (a daemon has none once it starts).
         service.balancer.load()
     except ConfigError as e:
         sys.stderr.write("manualb: %s\n" % (e,))
         raise SystemExit(1)
-    return _ExitIfCannotListen(service)
+    return _ExitIfCannotListen(service, reactor)
+
+
+def isDaemon(options: usage.Options) -> bool:
+    """
+    Whether twistd, whose subcommand C{options} are, runs as a daemon
+    (without C{-n}); not when there is no twistd (C{options} of their own).
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return False
+    try:
+        return not parent["nodaemon"]
+    except KeyError:
+        return False
+
+
+def reopenOnSignal(
+    reactor: Any, reopen: Callable[[], None], signals: Any = signal
+) -> Callable[[], None]:
+    """
+    Make C{SIGUSR1} call C{reopen} in the reactor's thread, after whatever
+    handler it had before (twistd's, which rotates its own log file).  The
+    handler itself only schedules the call (L{IReactorThreads.callFromThread}
+    is safe in a signal handler).
+
+    @param signals: The L{signal} module, or one like it.
+    @return: Puts the previous handler back.
+    """
+    previous = signals.getsignal(signals.SIGUSR1)
+
+    def handler(number, frame):
+        if callable(previous):
+            previous(number, frame)
+        reactor.callFromThread(reopen)
+
+    signals.signal(signals.SIGUSR1, handler)
+
+    def restore() -> None:
+        if signals.getsignal(signals.SIGUSR1) is handler:
+            signals.signal(signals.SIGUSR1, previous)
+
+    return restore
 
 
 class _ExitIfCannotListen(MultiService):
@@ -54,9 +103,11 @@ class _ExitIfCannotListen(MultiService):
     traceback.
     """
 
-    def __init__(self, service: BalancerService):
+    def __init__(self, service: BalancerService, reactor: Any = None):
         super().__init__()
         self.balancer = service.balancer
+        self.reactor = reactor
+        self._restoreSignal: Callable[[], None] | None = None
         service.setServiceParent(self)
 
     def privilegedStartService(self):
@@ -68,8 +119,19 @@ class _ExitIfCannotListen(MultiService):
 
     def startService(self):
         super().startService()
+        accessLog = getattr(self.balancer, "accessLog", None)
+        if accessLog is not None and self.reactor is not None and hasattr(signal, "SIGUSR1"):
+            # Now, after twistd installed its own handler (when it logs to
+            # a file), so that both run.
+            self._restoreSignal = reopenOnSignal(self.reactor, accessLog.reopen)
         # What start-up made (modules, configuration, pools) lives as long
         # as the process: kept out of the collector's reach, it is not
         # walked again by every full collection, whose pauses would
         # otherwise stall every request in flight for tens of milliseconds.
         gc.freeze()
+
+    def stopService(self):
+        if self._restoreSignal is not None:
+            self._restoreSignal()
+            self._restoreSignal = None
+        return super().stopService()

@@ -113,6 +113,10 @@ class RequestView:
     @ivar headers: The request's header lines, names as sent, in order.
     @ivar localHost: The address the client connected to, as L{clientHost}
         gives it: the host of a request that names none.
+    @ivar trustedPeer: Whether the socket peer is one of the trusted proxies
+        (whose C{X-Request-Id} is then believed).
+    @ivar started: When the front end received the request (by its clock),
+        for C{$request_time}; 0 when it did not say.
     """
 
     clientAddress: str
@@ -123,6 +127,8 @@ class RequestView:
     host: bytes | None = None
     headers: Sequence[tuple[bytes, bytes]] = ()
     localHost: str = ""
+    trustedPeer: bool = False
+    started: float = 0.0
 
     @property
     def query(self) -> bytes:

@@ -82,7 +82,7 @@ class MemoryDownstream:
     def takeOver(self, protocol):
         raise RuntimeError("no upgrades here")
 
-    def logTo(self, accessLog, status, upstreams, times, sent=None):
+    def logTo(self, accessLog, status, upstreams, times, sent=None, passage=None):
         self.events.append(("log", status, list(upstreams)))
 
 
@@ -289,7 +289,7 @@ class StageChainTests(SynchronousTestCase):
         urlMap = URLMap([])
         resource = ProxyResource(urlMap, self.lb.reactor, stages=[self.stage])
         self.assertEqual(resource.stages, [self.stage])
-        self.assertEqual(len(ProxyResource(urlMap, self.lb.reactor).stages), 6)
+        self.assertEqual(len(ProxyResource(urlMap, self.lb.reactor).stages), 7)
 
 
 class RequestViewTests(SynchronousTestCase):

@@ -327,7 +327,7 @@ class Ask:
     def check(self, prefix: bytes):
         self.checked.append(prefix)
         if self.refuse is not None and self.refuse in prefix:
-            return Answer(403, b"Forbidden", b"Not this body.", [(b"X-Request-Id", b"r1")])
+            return Answer(403, b"Forbidden", b"Not this body.", [(b"X-Refused-By", b"r1")])
         return None
 
 
@@ -468,7 +468,7 @@ class ExchangeHookTests(SynchronousTestCase):
         self.assertEqual(stage.checked, [b"0123456789evil-0"])
         line, headers = headOf(client.received())
         self.assertEqual(line, b"HTTP/1.1 403 Forbidden")
-        self.assertEqual(headers[b"x-request-id"], [b"r1"])
+        self.assertEqual(headers[b"x-refused-by"], [b"r1"])
         self.assertTrue(client.connected)
         self.assertEqual(self.lb.pendingConnections(), [])
         client.send(b"x" * (1000 - 31))

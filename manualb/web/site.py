@@ -369,7 +369,7 @@ class _RequestDownstream:
             for name, values in request.requestHeaders.getAllRawHeaders()
             for value in values
         ]
-        client = clientHost(request.getClientAddress())
+        client = peer = clientHost(request.getClientAddress())
         trusted = getattr(site, "trustedProxies", None)
         if trusted is not None:
             client = trusted.clientAddress(client, headers)
@@ -380,6 +380,8 @@ class _RequestDownstream:
             request.uri,
             headers,
             clientHost(request.getHost()),
+            trusted is not None and trusted.trusts(peer),
+            site.reactor.seconds() if site is not None else 0.0,
         )
         self.version = request.clientproto
         self.refusal = getattr(request, "refusal", None)
@@ -431,14 +433,14 @@ class _RequestDownstream:
     def takeOver(self, protocol: Protocol) -> tuple[ITransport, bytes]:
         return _takeOver(self.request, protocol)
 
-    def logTo(self, accessLog, status, upstreams, times, sent=None) -> None:
+    def logTo(self, accessLog, status, upstreams, times, sent=None, passage=None) -> None:
         request = self.request
         if not isinstance(getattr(request, "site", None), ProxySite):
             # Mounted in a Site of the application's, which logs it.
             return
         if sent is None:
             sent = request.sentLength
-        accessLog.record(self.view, self.version, status, sent, upstreams, times)
+        accessLog.record(self.view, self.version, status, sent, upstreams, times, passage)
 
 
 _upgradeHookMissing: list[bool] = []

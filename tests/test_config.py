@@ -579,7 +579,7 @@ class SectionErrorTests(SynchronousTestCase):
         self.assertError(
             MAIN + "acces_log = -\n",
             "lb.ini: [manualb] acces_log: unknown key "
-            "(known keys: listen, access_log, client_timeout, redirect_https)",
+            "(known keys: listen, access_log, client_timeout, shutdown_timeout, redirect_https)",
         )
 
     def test_unknownKeyInUpstream(self) -> None:

@@ -521,3 +521,65 @@ class TwistdStopTests(TestCase):
         self.assertTrue(re.search(rb"Stopped: the 1 requests in flight", process.output))
         with open(accessLog, "rb") as f:
             self.assertIn(b'"GET / HTTP/1.1" 200 2', f.read())
+
+
+class _Echo(Protocol):
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+
+class _Tunnel(Protocol):
+    def __init__(self):
+        self.echoed = Deferred()
+        self.lost = Deferred()
+
+    def connectionMade(self):
+        self.transport.write(b"ping")
+
+    def dataReceived(self, data):
+        echoed, self.echoed = self.echoed, Deferred()
+        echoed.callback(data)
+
+    def connectionLost(self, reason=None):
+        self.lost.callback(None)
+
+
+class StreamStopTests(TestCase):
+    @inlineCallbacks
+    def test_streamTunnelEnds(self):
+        """
+        An open TCP stream tunnel is left to end by itself: the stop waits
+        for it, and ends once the client closes it.
+        """
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+        from twisted.internet.protocol import Factory
+
+        echoPort = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(_Echo)
+        )
+        self.addCleanup(echoPort.stopListening)
+        config = parseConfig(
+            "[stream echo]\nlisten = tcp:interface=127.0.0.1:port=0\nupstream = echo\n"
+            f"[upstream echo]\nservers = {serverAddress(echoPort)}\n",
+            "<test>",
+        )
+        service = makeService(config, reactor)
+        service.startService()
+        self.addCleanup(service.balancer.close)
+        [listening] = [child for child in service if child.name]
+        ports = []
+        listening._waitingForPort.addCallback(lambda port: ports.append(port) or port)
+        tunnel = _Tunnel()
+        yield connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", ports[0].getHost().port), tunnel
+        )
+        self.assertEqual((yield tunnel.echoed), b"ping")
+        stopped = service.stopService()
+        # The tunnel still carries bytes both ways.
+        tunnel.transport.write(b"again")
+        self.assertEqual((yield tunnel.echoed), b"again")
+        self.assertNoResult(stopped)
+        self.assertFalse(tunnel.lost.called)
+        tunnel.transport.loseConnection()
+        yield stopped
+        self.assertEqual(service.balancer.streams["echo"].connections, 0)

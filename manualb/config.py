@@ -752,6 +752,9 @@ class Config:
     @ivar client_timeout: When given in C{[manualb]}, the default of
         C{[gatekeeper]}'s C{client_header_timeout}, C{client_body_timeout}
         and C{keepalive_timeout} (which C{gatekeeper} then holds).
+    @ivar shutdown_timeout: How long a graceful stop waits for the requests
+        in flight, the WebSocket and stream tunnels, before it closes what
+        is left.
     @ivar gatekeeper: The client limits of C{[gatekeeper]}.
     @ivar listeners: The HTTP listeners: C{"default"} from C{[manualb]
         listen} (with C{[manualb] redirect_https}) first if it has any
@@ -777,6 +780,10 @@ class Config:
         60.0, kind="duration",
         doc="the default of [gatekeeper]'s client_header_timeout, "
         "client_body_timeout and keepalive_timeout",
+    )
+    shutdown_timeout: float = key(
+        30.0, kind="duration", nginx="worker_shutdown_timeout",
+        doc="how long a stop waits for the requests in flight",
     )
     listeners: tuple[ListenerConfig, ...] = attrs.field(converter=tuple, default=())
     tls: TLSConfig | None = None

@@ -197,9 +197,11 @@ def parseConfig(
     directory = _configDirectory(source)
     listen, accessLog, redirect = _parseMain(sections, requireListen)
     clientTimeout = None
+    shutdownTimeout = _default(Config, "shutdown_timeout")
     if sections.main is not None:
         main = _simpleKeys(sections.section(sections.main), Config, {"client_timeout": None})
         clientTimeout = main["client_timeout"]
+        shutdownTimeout = main["shutdown_timeout"]
     logFormat = _parseLogFormat(sections)
     gatekeeper = _parseGatekeeper(sections, clientTimeout)
     tls = None
@@ -230,6 +232,7 @@ def parseConfig(
         client_timeout=_default(Config, "client_timeout")
         if clientTimeout is None
         else clientTimeout,
+        shutdown_timeout=shutdownTimeout,
         listeners=listeners,
         tls=tls,
         streams=streams,

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from manualb.accesslog import AccessLog
@@ -50,6 +51,8 @@ from manualb.ratelimit import MemoryStore, RateLimiter
 from manualb.urlmap import URLMap
 from manualb.waf import WAF
 from manualb.web import ProxyResource, ProxySite, listening, sslContextFactory
+
+log = Logger()
 
 # For each endpoint type that takes a backlog, how many positional arguments
 # come before it: a string with more gives its backlog positionally
@@ -97,8 +100,9 @@ class LoadBalancer:
 
     Building it touches neither files nor the network: L{start} reads the
     certificates of C{[tls]}, opens the access log and starts the health
-    probes; L{close} closes every connection and fires once they are all
-    closed.
+    probes; L{stop} lets the requests in flight finish, then closes every
+    connection; L{close} closes them all at once.  Each fires once every
+    connection is closed.
 
     @ivar pools: The upstream pools by name.
     @ivar resource: The proxy over every route, a L{ProxyResource} that can
@@ -129,6 +133,9 @@ class LoadBalancer:
         # Who waits for close, from its first call on.
         self._closeWaiters: list[Deferred[None]] | None = None
         self._hasClosed = False
+        # Who waits for stop, and what ends the wait, while it waits.
+        self._stopWaiters: list[Deferred[None]] = []
+        self._stopTimer = None
         if accessLog is None and config.access_log is not None:
             accessLog = AccessLog(
                 clock=reactor.seconds, target=config.access_log, format=config.log_format
@@ -246,6 +253,82 @@ class LoadBalancer:
         for pool in self.pools.values():
             pool.monitor.start()
 
+    def stop(self, timeout: float | None = None) -> Deferred[None]:
+        """
+        Stop gracefully, as nginx does on C{SIGQUIT}: idle client
+        connections close at once, busy ones right after the response in
+        hand (HTTP/2 ones after a GOAWAY, once their open streams are done);
+        WebSocket and stream tunnels stay until either side closes them.
+        Whatever is still open after C{timeout} seconds is closed then, as
+        L{close} does.  The caller stops accepting connections first (the
+        service of L{makeService} closes its listening ports before it
+        stops the balancer).
+
+        @param timeout: How long to wait, by default the configuration's
+            C{shutdown_timeout}.
+
+        @return: Fires once every connection is closed and every probe has
+            ended (see L{close}).
+        """
+        if self._hasClosed:
+            return succeed(None)
+        if self._closeWaiters is not None:
+            return self.close()
+        waiter: Deferred[None] = Deferred()
+        self._stopWaiters.append(waiter)
+        if self._stopTimer is None:
+            self._drain(self.config.shutdown_timeout if timeout is None else timeout)
+        return waiter
+
+    def _drain(self, timeout: float) -> None:
+        started = self.reactor.seconds()
+        requests = self.connections.drain()
+        streams = list(self.streams.values())
+        tunnels = sum(stream.connections for stream in streams)
+        log.info(
+            "Stopping: waiting up to {timeout}s (shutdown_timeout) for {requests} "
+            "requests in flight on {connections} client connections, and "
+            "{tunnels} stream connections",
+            timeout=timeout,
+            requests=requests,
+            connections=self.connections.open,
+            tunnels=tunnels,
+        )
+        self._stopTimer = self.reactor.callLater(timeout, self._stopTimedOut, timeout)
+
+        def drained(ignored):
+            if self._stopTimer is None or self._closeWaiters is not None:
+                # Timed out, or closed meanwhile.
+                return
+            self._stopTimer.cancel()
+            log.info(
+                "Stopped: the {requests} requests in flight and {tunnels} stream "
+                "connections ended within {seconds:.3f}s",
+                requests=requests,
+                tunnels=tunnels,
+                seconds=self.reactor.seconds() - started,
+            )
+            self.close()
+
+        d = gatherResults(
+            [self.connections.whenClosed()] + [stream.whenClosed() for stream in streams],
+            consumeErrors=True,
+        )
+        d.addCallback(drained)
+
+    def _stopTimedOut(self, timeout: float) -> None:
+        self._stopTimer = None
+        if self._closeWaiters is not None:
+            return
+        log.warn(
+            "Stopping: shutdown_timeout ({timeout}s) passed; aborting the {count} "
+            "connections still open",
+            timeout=timeout,
+            count=self.connections.open
+            + sum(stream.connections for stream in self.streams.values()),
+        )
+        self.close()
+
     def close(self) -> Deferred[None]:
         """
         Stop the probes and close every connection: the clients' (HTTP and
@@ -269,6 +352,8 @@ class LoadBalancer:
     def _closed(self, outcome: object) -> None:
         self._hasClosed = True
         waiters, self._closeWaiters = self._closeWaiters, []
+        waiters += self._stopWaiters
+        self._stopWaiters = []
         for waiter in waiters:
             if isinstance(outcome, Failure):
                 waiter.errback(outcome)
@@ -276,6 +361,8 @@ class LoadBalancer:
                 waiter.callback(None)
 
     def _close(self) -> Deferred:
+        if self._stopTimer is not None and self._stopTimer.active():
+            self._stopTimer.cancel()
         probes = [pool.monitor.stop() for pool in self.pools.values()]
         # The clients go first: an exchange whose client is gone lets go of
         # its backend connection rather than trying another server.
@@ -372,7 +459,8 @@ def _buildPool(config: UpstreamConfig, reactor) -> Pool:
 class _Lifecycle(Service):
     """
     Reads the balancer's files and starts its probes with the application,
-    and closes its connections and log when the application stops.
+    and stops it gracefully (L{LoadBalancer.stop}) when the application
+    stops.
     """
 
     def __init__(self, balancer: LoadBalancer):
@@ -390,14 +478,16 @@ class _Lifecycle(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        return self.balancer.close()
+        return self.balancer.stop()
 
 
 class BalancerService(MultiService):
     """
     The service of one L{LoadBalancer}: its lifecycle (files read and probes
-    started at start, every connection closed at stop) and a listening
-    service for each endpoint of each listener and stream.
+    started at start, a graceful stop) and a listening service for each
+    endpoint of each listener and stream.  Stopping it closes the listening
+    ports first (the lifecycle is its first child, so the last one
+    stopped), then waits for the balancer's graceful stop.
 
     @ivar balancer: The balancer it serves.
     """
@@ -417,8 +507,10 @@ def makeService(config: Config, reactor: IReactorCore | None = None) -> Balancer
 
     Add it to your own application (C{service.setServiceParent(parent)}) to
     embed manualb; C{service.balancer} is the L{LoadBalancer} it serves.
-    Stopping it closes every connection; the L{Deferred} of C{stopService}
-    fires once they are closed.
+    Stopping it closes the listening ports, then stops the balancer
+    gracefully (L{LoadBalancer.stop}): the requests in flight finish, within
+    C{shutdown_timeout}; the L{Deferred} of C{stopService} fires once every
+    connection is closed.
 
     @param reactor: The reactor to serve with; by default the global one.
     """

@@ -322,10 +322,19 @@ class StreamProxyFactory(ServerFactory):
 
         @return: Fires once every client and server connection is closed.
         """
+        d = self.whenClosed()
+        for session in list(self._sessions):
+            session.close()
+        return d
+
+    def whenClosed(self) -> Deferred[None]:
+        """
+        @return: Fires once the stream has no connection open: each one
+            ends when its client or its server closes it (a graceful stop
+            waits for that).
+        """
         if not self._sessions:
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._closing.append(d)
-        for session in list(self._sessions):
-            session.close()
         return d

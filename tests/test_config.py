@@ -579,8 +579,8 @@ class SectionErrorTests(SynchronousTestCase):
         self.assertError(
             MAIN + "acces_log = -\n",
             "lb.ini: [manualb] acces_log: unknown key "
-            "(known keys: listen, access_log, log_format, client_timeout, redirect_https); "
-            "did you mean 'access_log'?",
+            "(known keys: listen, access_log, log_format, client_timeout, shutdown_timeout, "
+            "redirect_https); did you mean 'access_log'?",
         )
 
     def test_unknownKeyInUpstream(self) -> None:

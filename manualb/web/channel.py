@@ -81,6 +81,7 @@ class ProxyChannel(HTTPChannel):
         self._headSize = 0
         self._headerCount = 0
         self._sendTimer: IDelayedCall | None = None
+        self._draining = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -210,10 +211,10 @@ class ProxyChannel(HTTPChannel):
         """
         Whether the connection stays open after this request: for HTTP/1.1
         unless C{close} is among the C{Connection} tokens (however they are
-        spaced), never for HTTP/1.0.
+        spaced), never for HTTP/1.0, nor while the proxy stops (L{drain}).
         """
         tokens = connectionTokens(request.requestHeaders.getRawHeaders(b"connection"))
-        if b"close" in tokens:
+        if b"close" in tokens or self._draining:
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
             return False
         return version == b"HTTP/1.1"
@@ -225,6 +226,28 @@ class ProxyChannel(HTTPChannel):
                 self._time(self.gatekeeper.keepalive_timeout)
         # Parses whatever the client pipelined meanwhile.
         super().requestDone(request)
+
+    def drain(self) -> int:
+        """
+        The proxy is stopping: close the connection at once when it is idle
+        between requests, else right after the response to the request in
+        hand (which says C{Connection: close} when it has not started yet).
+        A request whose head is arriving is read and answered first.
+
+        @return: How many requests the connection is busy with (0 or 1).
+        """
+        self._draining = True
+        if self.phase == _REFUSED:
+            return 0
+        if self.phase == _IDLE and not self.requests:
+            self.persistent = False
+            self.loseConnection()
+            return 0
+        self.persistent = False
+        for request in self.requests:
+            if not request.startedWriting:
+                request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        return 1
 
     def loseConnection(self) -> None:
         # What is still to be written goes first, but only as long as the
@@ -406,12 +429,28 @@ class ConnectionLimit:
 
         @return: Fires once all of them are closed.
         """
+        d = self.whenClosed()
+        for connection in list(self.connections):
+            connection.abortConnection()
+        return d
+
+    def drain(self) -> int:
+        """
+        Close every client connection once it has answered the requests it
+        is busy with: idle ones at once (see L{ChannelSwitch.drain}).
+
+        @return: How many requests the connections are busy with.
+        """
+        return sum(connection.drain() for connection in list(self.connections))
+
+    def whenClosed(self) -> Deferred[None]:
+        """
+        @return: Fires once no client connection is open.
+        """
         if not self.connections:
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._waiting.append(d)
-        for connection in list(self.connections):
-            connection.abortConnection()
         return d
 
 
@@ -468,6 +507,19 @@ class ChannelSwitch(_GenericHTTPChannelProtocol):
         transport = self._channel.transport
         if transport is not None:
             transport.abortConnection()
+
+    def drain(self) -> int:
+        """
+        Close the connection once the requests it is busy with are answered
+        (for HTTP/2, after a GOAWAY); at once when it is idle.
+
+        @return: How many requests it is busy with.
+        """
+        drain = getattr(self._channel, "drain", None)
+        if drain is None:
+            # Refused (Overloaded): closing already.
+            return 0
+        return drain()
 
     def makeConnection(self, transport) -> None:
         # Twisted's channels turn Nagle off only on a bare TCP transport.

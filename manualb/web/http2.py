@@ -65,6 +65,7 @@ import h2.exceptions
 import h2.settings
 import priority
 from hpack.exceptions import HPACKError
+from hyperframe.frame import GoAwayFrame
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IReactorTime
@@ -323,6 +324,8 @@ class ProxyH2Connection(H2Connection):
 
     _closing = False
     _clientGoingAway = False
+    # The last stream served, once the proxy sent GOAWAY to stop (drain).
+    _lastStream: int | None = None
 
     def __init__(self, reactor: IReactorTime, gatekeeper: GatekeeperConfig) -> None:
         super().__init__(reactor)
@@ -393,6 +396,15 @@ class ProxyH2Connection(H2Connection):
             )
 
     def _requestReceived(self, event) -> None:
+        if self._lastStream is not None and event.stream_id > self._lastStream:
+            # Sent before the client saw the GOAWAY: it may send it again,
+            # elsewhere (RFC 9113, 6.8).
+            try:
+                self.conn.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
+            except h2.exceptions.ProtocolError:
+                pass
+            self._tryToWriteControlData()
+            return
         # As Twisted's, but the stream is a ProxyH2Stream, and it is started
         # only once the connection knows it.
         stream = ProxyH2Stream(
@@ -488,6 +500,8 @@ class ProxyH2Connection(H2Connection):
                 pass
             self._acknowledge(unread, streamID)
         super()._requestDone(streamID)
+        if self._lastStream is not None and not self.streams:
+            self._closeDrained()
 
     def _acknowledge(self, length: int, streamID: int) -> None:
         if not length:
@@ -550,6 +564,44 @@ class ProxyH2Connection(H2Connection):
         return True
 
     # Ending.
+
+    def drain(self) -> int:
+        """
+        The proxy is stopping: tell the client with GOAWAY (no error, the
+        last stream it opened) that no new stream will be served, let the
+        open streams finish, then close.  Streams the client opens after
+        it are refused (C{REFUSED_STREAM}), so that it may send them again
+        elsewhere.
+
+        @return: How many streams are open.
+        """
+        if self._closing or not self._stillProducing:
+            return 0
+        if self._lastStream is None:
+            self._lastStream = self.conn.highest_inbound_stream_id
+            if self.streams:
+                # h2 would take a GOAWAY of its own as the end, refusing
+                # to send anything more on the open streams.
+                goaway = GoAwayFrame(0)
+                goaway.last_stream_id = self._lastStream
+                goaway.error_code = ErrorCodes.NO_ERROR
+                self.conn._data_to_send += goaway.serialize()
+                self._tryToWriteControlData()
+        if not self.streams:
+            self._closeDrained()
+        return len(self.streams)
+
+    def _closeDrained(self) -> None:
+        """
+        The last stream of a draining connection is done: GOAWAY, and close.
+        """
+        if self._closing or not self._stillProducing:
+            return
+        self._closing = True
+        self.conn.close_connection(last_stream_id=self._lastStream)
+        if self._tryToWriteControlData():
+            self._releaseTransport()
+            self.transport.loseConnection()
 
     def _abandon(self, errorCode: ErrorCodes, reason: str) -> None:
         """

@@ -1,8 +1,9 @@
 """
 The C{twistd manualb} command: C{twistd -n manualb --config conf/lb.ini}.
 
-C{SIGUSR1} reopens the access log, after twistd's own handler (which
-rotates twistd's log file) has run.
+C{SIGTERM} and C{SIGINT} stop gracefully, with exit status 0, as
+C{nginx -s quit} does; C{SIGUSR1} reopens the access log, after twistd's own
+handler (which rotates twistd's log file) has run.
 """
 
 from __future__ import annotations
@@ -95,6 +96,33 @@ def reopenOnSignal(
     return restore
 
 
+def stopOnSignals(
+    reactor: Any,
+    stop: Callable[[], None],
+    hurry: Callable[[], None],
+    signals: Any = signal,
+) -> None:
+    """
+    Make C{SIGTERM} and C{SIGINT} stop manualb as nginx's C{quit} does: the
+    first calls C{stop} (the graceful stop, ending in exit status 0); a
+    second, while it waits, calls C{hurry} (closing everything at once).
+    The reactor's own handlers would end the process with the signal's
+    status instead.  The handler itself only schedules the calls.
+
+    @param signals: The L{signal} module, or one like it.
+    """
+    received: list[int] = []
+
+    def handler(number, frame):
+        received.append(number)
+        reactor.callFromThread(stop if len(received) == 1 else hurry)
+
+    for name in ("SIGTERM", "SIGINT"):
+        number = getattr(signals, name, None)
+        if number is not None:
+            signals.signal(number, handler)
+
+
 class _ExitIfCannotListen(MultiService):
     """
     Wraps the balancer's service so that a port that cannot be bound (in
@@ -124,6 +152,12 @@ class _ExitIfCannotListen(MultiService):
             # Now, after twistd installed its own handler (when it logs to
             # a file), so that both run.
             self._restoreSignal = reopenOnSignal(self.reactor, accessLog.reopen)
+        if self.reactor is not None:
+            # Once running: the reactor installs its own handlers as it
+            # starts, which would replace these.
+            self.reactor.callWhenRunning(
+                stopOnSignals, self.reactor, self.reactor.stop, self.balancer.close
+            )
         # What start-up made (modules, configuration, pools) lives as long
         # as the process: kept out of the collector's reach, it is not
         # walked again by every full collection, whose pauses would

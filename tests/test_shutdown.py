@@ -25,6 +25,7 @@ from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, RstStreamFram
 
 from manualb.configfile import parseConfig
 from manualb.service import makeService
+from manualb.tap import stopOnSignals
 from manualb.testing import (
     MemoryBalancer,
     balancerConfig,
@@ -514,9 +515,8 @@ class TwistdStopTests(TestCase):
         self.assertTrue(data.startswith(b"HTTP/1.1 200 "), data)
         self.assertTrue(data.endswith(b"\r\n\r\nok"), data)
         status = yield process.ended
-        # twistd ends by re-raising the signal that stopped it, once shut
-        # down: a clean stop (systemd counts SIGTERM as success).
-        self.assertEqual(status, (None, signal.SIGTERM), process.output)
+        # A graceful stop ends with status 0, as nginx's quit does.
+        self.assertEqual(status, (0, None), process.output)
         self.assertIn(b"Server Shut Down.", process.output)
         self.assertTrue(re.search(rb"Stopped: the 1 requests in flight", process.output))
         with open(accessLog, "rb") as f:
@@ -583,3 +583,40 @@ class StreamStopTests(TestCase):
         tunnel.transport.loseConnection()
         yield stopped
         self.assertEqual(service.balancer.streams["echo"].connections, 0)
+
+
+class StopSignalTests(SynchronousTestCase):
+    """
+    L{manualb.tap.stopOnSignals}: the first SIGTERM or SIGINT stops
+    gracefully, a second closes everything at once; the handlers only
+    schedule the calls.
+    """
+
+    def test_firstStopsSecondHurries(self):
+        class Signals:
+            SIGTERM, SIGINT = 15, 2
+
+            def __init__(self):
+                self.handlers = {}
+
+            def signal(self, number, handler):
+                self.handlers[number] = handler
+
+        scheduled = []
+
+        class Reactor:
+            def callFromThread(self, f, *args):
+                scheduled.append(f)
+
+        calls = []
+        signals = Signals()
+        stopOnSignals(
+            Reactor(), lambda: calls.append("stop"), lambda: calls.append("hurry"), signals
+        )
+        self.assertEqual(sorted(signals.handlers), [2, 15])
+        signals.handlers[15](15, None)
+        self.assertEqual(calls, [])
+        signals.handlers[2](2, None)
+        for f in scheduled:
+            f()
+        self.assertEqual(calls, ["stop", "hurry"])

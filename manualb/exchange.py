@@ -363,15 +363,9 @@ class Exchange:
         own = self.passage.headers
         outgoing = own + [_SERVER]
         outgoing.extend(lease.affinityHeaders())
-        if own:
-            names = {name.lower() for name, value in own}
-            outgoing += [
-                (name, value)
-                for name, value in responseHeaders(headers)
-                if name.lower() not in names
-            ]
-        else:
-            outgoing += responseHeaders(headers)
+        outgoing += responseHeaders(
+            headers, replaced=frozenset([name.lower() for name, value in own])
+        )
         downstream = self.downstream
         downstream.startResponse(code, reason, outgoing)
         downstream.registerProducer(self.connection)

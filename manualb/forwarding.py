@@ -157,7 +157,9 @@ def requestHead(
 
 
 def responseHeaders(
-    headers: Iterable[tuple[bytes, bytes]], upgrade: bool = False
+    headers: Iterable[tuple[bytes, bytes]],
+    upgrade: bool = False,
+    replaced: frozenset[bytes] = frozenset(),
 ) -> list[tuple[bytes, bytes]]:
     """
     The backend's response headers that go on to the client, every repeated
@@ -165,12 +167,15 @@ def responseHeaders(
 
     @param upgrade: The response is a C{101 Switching Protocols}: its
         C{Upgrade} and C{Connection} headers go on too.
+    @param replaced: Lower-case names of headers the proxy sends itself in
+        place of the backend's (C{x-request-id}, say).
     """
     headers = list(headers)
     kept = _UPGRADE_HEADERS if upgrade else frozenset()
     dropped = (
         HOP_BY_HOP
         | _HIDDEN_RESPONSE
+        | replaced
         | connectionTokens(
             [value for name, value in headers if name.lower() == b"connection"]
         )

@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
         "handoff",
         "health",
         "selection",
+        "metrics",
         "balancers",
         "urlmap",
         "stages",

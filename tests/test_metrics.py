@@ -14,7 +14,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from manualb.metrics import BUCKETS, Metrics, MetricsResource
-from manualb.testing import MemoryBalancer, NamedBackend, balancerConfig
+from manualb.testing import MemoryBalancer, NamedBackend, balancerConfig, responseBody
 
 
 def scrape(metrics: Metrics) -> dict[str, dict[tuple, float]]:
@@ -343,3 +343,28 @@ class ResourceTests(SynchronousTestCase):
         Other methods are not allowed.
         """
         self.assertRaises(UnsupportedMethod, self.render, method=b"POST")
+
+    def test_overHTTP(self):
+        """
+        Served over HTTP, the scrape has the content type and the metrics,
+        read as they are while it is served: here by a backend of the
+        balancer it describes, which counts that very request in flight.
+        """
+        lb = MemoryBalancer(balancerConfig(["10.0.0.1:8001"]))
+        metrics = Metrics(lb.balancer.pools, lambda: lb.balancer.connections.open)
+        lb.addBackend("10.0.0.1:8001", MetricsResource(metrics.registry))
+        response = self.successResultOf(lb.agent().request(b"GET", b"http://lb/metrics"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(
+            response.headers.getRawHeaders(b"content-type"),
+            [b"text/plain; version=0.0.4; charset=utf-8"],
+        )
+        body = self.successResultOf(responseBody(response)).decode("utf-8")
+        samples = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(body)
+            for sample in family.samples
+        }
+        self.assertEqual(samples["manualb_server_requests_in_flight"], 1)
+        self.assertEqual(samples["manualb_server_up"], 1)
+        self.assertEqual(samples["manualb_client_connections"], 1)

@@ -354,6 +354,10 @@ class IPHash:
             return candidates[0]
         return self._hash.choose(candidates, clientAddress(view))
 
+    def serversChanged(self) -> None:
+        # A weight changed: the rings, which hold the points, are built anew.
+        self._hash = _ConsistentHash()
+
 
 @implementer(IBalancer)
 class Hash:
@@ -388,6 +392,10 @@ class Hash:
         if len(candidates) == 1:
             return candidates[0]
         return self._hash.choose(candidates, self._keyOf(view))
+
+    def serversChanged(self) -> None:
+        # A weight changed: the rings, which hold the points, are built anew.
+        self._hash = _ConsistentHash()
 
 
 # RFC 6265 cookie-name: an HTTP token.

@@ -756,6 +756,11 @@ class Config:
         in flight, the WebSocket and stream tunnels, before it closes what
         is left.
     @ivar gatekeeper: The client limits of C{[gatekeeper]}.
+    @ivar admin: The endpoint string of the admin listener (its JSON API,
+        see C{manualb.admin}), or L{None} for none.
+    @ivar admin_token_file: The absolute path of the file holding the
+        bearer token every admin request must carry, or L{None} for none
+        (allowed on a loopback bind only).
     @ivar listeners: The HTTP listeners: C{"default"} from C{[manualb]
         listen} (with C{[manualb] redirect_https}) first if it has any
         endpoint, then the C{[listener NAME]} sections.
@@ -784,6 +789,13 @@ class Config:
     shutdown_timeout: float = key(
         30.0, kind="duration", nginx="worker_shutdown_timeout",
         doc="how long a stop waits for the requests in flight",
+    )
+    admin: str | None = key(
+        None, example="tcp:9000:interface=127.0.0.1",
+        doc="the endpoint of the admin API; none if absent",
+    )
+    admin_token_file: str | None = key(
+        None, doc="a file holding the bearer token the admin API requires"
     )
     listeners: tuple[ListenerConfig, ...] = attrs.field(converter=tuple, default=())
     tls: TLSConfig | None = None

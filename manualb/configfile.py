@@ -60,6 +60,7 @@ from collections.abc import Mapping
 import attrs
 
 from manualb import balancers, health, termination, urlmap
+from manualb.admin import parseAdminKeys
 from manualb.accesslog import compileFormat
 from manualb.config import (
     Config,
@@ -203,6 +204,9 @@ def parseConfig(
         clientTimeout = main["client_timeout"]
         shutdownTimeout = main["shutdown_timeout"]
     logFormat = _parseLogFormat(sections)
+    admin = adminToken = None
+    if sections.main is not None:
+        admin, adminToken = parseAdminKeys(sections.section(sections.main), directory)
     gatekeeper = _parseGatekeeper(sections, clientTimeout)
     tls = None
     if sections.tls is not None:
@@ -233,6 +237,8 @@ def parseConfig(
         if clientTimeout is None
         else clientTimeout,
         shutdown_timeout=shutdownTimeout,
+        admin=admin,
+        admin_token_file=adminToken,
         listeners=listeners,
         tls=tls,
         streams=streams,

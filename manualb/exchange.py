@@ -114,6 +114,9 @@ class Exchange:
         connected.
     @ivar code: The status of the response started, once it is.
     @ivar tunnel: The byte tunnel, after a C{101}.
+    @ivar recent: Where each finished request's records go for whoever
+        explains them (C{manualb.admin.RecentRequests}), or L{None}.
+    @ivar listener: The listener that received the request, for them.
     """
 
     def __init__(
@@ -122,11 +125,15 @@ class Exchange:
         stages: Sequence[IStage],
         reactor: IReactorTime,
         accessLog: AccessLog | None = None,
+        recent=None,
+        listener: str = "",
     ):
         self.downstream = downstream
         self.stages = stages
         self.reactor = reactor
         self.accessLog = accessLog
+        self.recent = recent
+        self.listener = listener
         self.view = view = downstream.view
         self.passage = Passage(view, downstream.refusal, downstream.hsts)
         self.state = State.ROUTING
@@ -366,6 +373,8 @@ class Exchange:
         outgoing += responseHeaders(
             headers, replaced=frozenset([name.lower() for name, value in own])
         )
+        if self.recent is not None:
+            self.recent.explainHeader(self.passage, code, self.listener, outgoing)
         downstream = self.downstream
         downstream.startResponse(code, reason, outgoing)
         downstream.registerProducer(self.connection)
@@ -619,6 +628,8 @@ class Exchange:
         if body:
             outgoing.append(_HTML)
         outgoing.append((b"Content-Length", b"%d" % (len(body),)))
+        if self.recent is not None:
+            self.recent.explainHeader(self.passage, code, self.listener, outgoing)
         self.code = code
         downstream = self.downstream
         downstream.startResponse(code, title, outgoing)
@@ -627,6 +638,8 @@ class Exchange:
         self._log(code)
 
     def _log(self, status: int, sent: int | None = None) -> None:
+        if self.recent is not None:
+            self.recent.append((self.passage, status, self.reactor.seconds(), self.listener))
         if self.accessLog is not None:
             self.downstream.logTo(
                 self.accessLog,

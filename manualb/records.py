@@ -42,6 +42,8 @@ class SkipReason(Enum):
     DOWN = "down"
     #: Its health says it may not take a request now.
     UNHEALTHY = "unhealthy"
+    #: Set to drain by an operator: no new request, no new sticky client.
+    DRAINING = "draining"
     #: It has C{max_conns} requests in flight already.
     MAX_CONNS = "max_conns"
     #: It was tried already for this request.

@@ -19,6 +19,7 @@ why, is read back as L{manualb.records}.
 
 from __future__ import annotations
 
+from collections import deque
 from enum import Enum
 from typing import Collection, Sequence
 
@@ -43,6 +44,13 @@ from manualb.view import RequestView
 
 _UP = Phase.UP
 
+#: How many of its latest attempts' durations a server keeps, for the
+#: latency percentiles of the admin API.
+LATENCY_WINDOW = 1024
+
+#: The states an operator may set a server to (see L{Server.setState}).
+ADMIN_STATES = ("up", "down", "drain")
+
 __all__ = [
     "Attempts",
     "IBalancer",
@@ -64,6 +72,14 @@ class Server:
     @ivar active: Requests in flight to this server right now (leases
         held).
     @ivar name: C{host:port}, as logs and the access log show the server.
+    @ivar requests: Attempts that ended on this server.
+    @ivar failures: Those of them that failed (see L{Lease.failed}).
+    @ivar latencies: How long each of the latest L{LATENCY_WINDOW} attempts
+        held the server, in seconds, oldest first.
+    @ivar configured: Its configuration as the file gives it; C{config} is
+        that, as an operator changed it live (L{setState}, L{setWeight}).
+    @ivar adminState: The state an operator set (C{up}, C{down} or
+        C{drain}), or L{None} for the file's.
     """
 
     config: ServerConfig
@@ -71,10 +87,52 @@ class Server:
     connections: ConnectionPool | None
     active: int = 0
     name: str = attrs.field(init=False)
+    requests: int = 0
+    failures: int = 0
+    latencies: deque = attrs.field(factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    configured: ServerConfig = attrs.field(init=False)
+    adminState: str | None = None
 
     @name.default
     def _nameDefault(self) -> str:
         return self.config.address.name
+
+    @configured.default
+    def _configuredDefault(self) -> ServerConfig:
+        return self.config
+
+    @property
+    def state(self) -> str:
+        """
+        C{drain} or C{down} while no new request may go to the server (set
+        by an operator, or C{down} in the file), else C{backup} for a
+        backup server, else C{up}.  Its health is apart (L{health}).
+        """
+        if self.config.down:
+            return "drain" if self.adminState == "drain" else "down"
+        return "backup" if self.config.backup else "up"
+
+    def setState(self, state: str) -> None:
+        """
+        Set the server C{up}, C{down} or C{drain}, in place of the file's
+        C{down} flag.  A C{down} or draining server gets no new request, and
+        no strategy offers it to a new or returning sticky client (it is
+        never a candidate); requests in flight to it finish.  The two differ
+        only in what they say: C{drain} is the way out for a server about
+        to be stopped.
+
+        @raise ValueError: For another state.
+        """
+        if state not in ADMIN_STATES:
+            raise ValueError("state must be one of %s" % (", ".join(ADMIN_STATES),))
+        self.adminState = state
+        self.config = attrs.evolve(self.config, down=state != "up")
+
+    def setWeight(self, weight: int) -> None:
+        """
+        Set the server's weight in place of the file's.
+        """
+        self.config = attrs.evolve(self.config, weight=weight)
 
     @property
     def address(self) -> ServerAddress:
@@ -110,7 +168,7 @@ class Server:
         """
         config = self.config
         if config.down:
-            return SkipReason.DOWN
+            return SkipReason.DRAINING if self.adminState == "drain" else SkipReason.DOWN
         if config.max_conns and self.active >= config.max_conns:
             return SkipReason.MAX_CONNS
         return SkipReason.UNHEALTHY
@@ -129,6 +187,7 @@ class LeaseState(Enum):
 _HELD = LeaseState.HELD
 _RELEASED = LeaseState.RELEASED
 _SUCCEEDED = Outcome.SUCCEEDED
+_FAILED = Outcome.FAILED
 
 
 class Lease:
@@ -223,8 +282,13 @@ class Lease:
         self.state = _RELEASED
         if self.outcome is None:
             self.abandoned()
-        self.duration = self._pool.clock.seconds() - self.started
-        self.server.active -= 1
+        self.duration = duration = self._pool.clock.seconds() - self.started
+        server = self.server
+        server.active -= 1
+        server.requests += 1
+        if self.outcome is _FAILED:
+            server.failures += 1
+        server.latencies.append(duration)
         return True
 
     def affinityHeaders(self) -> Sequence[tuple[bytes, bytes]]:
@@ -417,6 +481,25 @@ class Pool:
         lease with L{Attempts.next}.
         """
         return Attempts(self, view, self.clock)
+
+    def server(self, name: str) -> Server | None:
+        """
+        The server named C{name} (C{host:port}), or L{None}.
+        """
+        for server in self.servers:
+            if server.name == name:
+                return server
+        return None
+
+    def serversChanged(self) -> None:
+        """
+        An operator changed a server's state or weight: a strategy that
+        keeps something of the servers' weights (the rings of the hashing
+        ones) forgets it.
+        """
+        forget = getattr(self.balancer, "serversChanged", None)
+        if forget is not None:
+            forget()
 
     def canPick(self, exclude: Collection[Server] = ()) -> bool:
         """

@@ -17,8 +17,10 @@ from twisted.internet.interfaces import IReactorCore, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 
 from manualb.accesslog import AccessLog
+from manualb.admin import AdminResource, RecentRequests, readToken
 from manualb.balancers import makeBalancer
 from manualb.web.channel import ConnectionLimit
 from manualb.config import (
@@ -122,6 +124,10 @@ class LoadBalancer:
         L{None} (see L{gatekeeperEngines}).
     @ivar rateLimiter: Makes the request rate limiter of a rate, or L{None}
         (see L{gatekeeperEngines}).
+    @ivar recent: The decision records of the latest requests, kept when
+        there is an admin listener (C{[manualb] admin}); else L{None}.
+    @ivar admin: The admin API (its token read by L{load}), when there is
+        an admin listener; else L{None}.
     """
 
     def __init__(
@@ -145,13 +151,22 @@ class LoadBalancer:
         self.pools = {
             name: _buildPool(upstream, reactor) for name, upstream in config.upstreams.items()
         }
+        self.recent = self.admin = None
+        if config.admin is not None:
+            self.recent = RecentRequests()
+            self.admin = AdminResource(self.pools, self.recent, reactor)
         self.waf, self.rateLimiter = gatekeeperEngines(config, reactor)
-        self.site = self._proxySite(None)
+        self.site = self._proxySite(
+            None,
+            listener=",".join(each.name for each in config.listeners if each.routes is None),
+        )
         self.resource = self.site.resource
         self.sites = {listener.name: self._siteFor(listener) for listener in config.listeners}
         self.redirects = {
             listener.name: self._proxySite(
-                (), redirectStages(listener.redirect_https, self._gatekeeper(None))
+                (),
+                redirectStages(listener.redirect_https, self._gatekeeper(None)),
+                listener.name,
             )
             for listener in config.listeners
             if listener.redirect_https is not None
@@ -161,14 +176,16 @@ class LoadBalancer:
             for stream in config.streams
         }
 
-    def _proxySite(self, routeNames, stages=None) -> ProxySite:
+    def _proxySite(self, routeNames, stages=None, listener: str = "") -> ProxySite:
         routes = self.config.routes
         if routeNames is not None:
             routes = [route for route in routes if route.name in routeNames]
         urlMap = URLMap.fromConfig(routes, self.pools)
         if stages is None:
             stages = defaultStages(urlMap, self._gatekeeper(urlMap))
-        resource = ProxyResource(urlMap, self.reactor, self.accessLog, stages)
+        resource = ProxyResource(
+            urlMap, self.reactor, self.accessLog, stages, self.recent, listener
+        )
         return ProxySite(
             resource,
             timeout=self.config.gatekeeper.keepalive_timeout,
@@ -192,12 +209,13 @@ class LoadBalancer:
     def _siteFor(self, listener: ListenerConfig) -> ProxySite:
         if listener.routes is None:
             return self.site
-        return self._proxySite(set(listener.routes))
+        return self._proxySite(set(listener.routes), listener=listener.name)
 
     def load(self) -> None:
         """
         Read what the configuration names on disk: the certificates of
-        C{[tls]}, once, and the access log, opened for appending.  L{start}
+        C{[tls]}, once, the admin API's token, and the access log, opened
+        for appending.  L{start}
         does this; a listening service does it first (see L{makeService}),
         so that a missing file stops start-up before any port is bound.
 
@@ -208,6 +226,8 @@ class LoadBalancer:
         config = self.config
         if self.tls is None and config.tls is not None:
             self.tls = contextFactoryFor(config.tls, config.source)
+        if self.admin is not None and config.admin_token_file is not None:
+            self.admin.token = readToken(config.source, config.admin_token_file)
         if self.accessLog is not None:
             try:
                 self.accessLog.start()
@@ -528,4 +548,9 @@ def makeService(config: Config, reactor: IReactorCore | None = None) -> Balancer
             makeEndpoint = partial(serverEndpoint, reactor, description)
             factory = balancer.streams[stream.name]
             listening(makeEndpoint, factory, description).setServiceParent(parent)
+    if config.admin is not None:
+        makeEndpoint = partial(serverEndpoint, reactor, config.admin)
+        listening(makeEndpoint, Site(balancer.admin), "admin " + config.admin).setServiceParent(
+            parent
+        )
     return parent

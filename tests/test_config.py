@@ -580,7 +580,7 @@ class SectionErrorTests(SynchronousTestCase):
             MAIN + "acces_log = -\n",
             "lb.ini: [manualb] acces_log: unknown key "
             "(known keys: listen, access_log, log_format, client_timeout, shutdown_timeout, "
-            "redirect_https); did you mean 'access_log'?",
+            "admin, admin_token_file, redirect_https); did you mean 'access_log'?",
         )
 
     def test_unknownKeyInUpstream(self) -> None:
@@ -1929,7 +1929,7 @@ class ShippedConfigTests(SynchronousTestCase):
         lines = self.text.splitlines(keepends=True)
         examples = [line[1:] for line in lines if line.startswith("#")]
         text = "".join(line[1:] if line.startswith("#") else line for line in lines)
-        files = re.findall(r"\S+\.(?:pem|key)\b", "".join(examples))
+        files = re.findall(r"\S+\.(?:pem|key|token)\b", "".join(examples))
         self.assertTrue(files)
         directory = makeFiles(self, *files)
         path = os.path.join(directory, "lb.ini")

@@ -322,6 +322,9 @@ class ProxyResource(Resource):
         another L{server.Site} logs its requests itself, in its own format.
     @param stages: The stage chain, in order (see L{IStage}); by default
         L{defaultStages} of C{urlMap}.
+    @param recent: Where each finished request's decision records go
+        (C{manualb.admin.RecentRequests}), or L{None}.
+    @param listener: The name of the listener it serves, for those records.
 
     @ivar stages: The stage chain each request passes; a stage may be added
         to it (see L{IStage}).
@@ -335,16 +338,25 @@ class ProxyResource(Resource):
         reactor: IReactorTime,
         accessLog: AccessLog | None = None,
         stages: Sequence[IStage] | None = None,
+        recent=None,
+        listener: str = "",
     ):
         super().__init__()
         self.urlMap = urlMap
         self.reactor = reactor
         self.accessLog = accessLog
         self.stages = list(defaultStages(urlMap) if stages is None else stages)
+        self.recent = recent
+        self.listener = listener
 
     def render(self, request: Request):
         Exchange(
-            _RequestDownstream(request), self.stages, self.reactor, self.accessLog
+            _RequestDownstream(request),
+            self.stages,
+            self.reactor,
+            self.accessLog,
+            self.recent,
+            self.listener,
         ).start()
         return server.NOT_DONE_YET
 

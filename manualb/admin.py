@@ -1,0 +1,485 @@
+"""
+The admin listener: a small JSON API over the running load balancer, served
+on its own endpoint (C{[manualb] admin = tcp:9000:interface=127.0.0.1}).
+
+  - C{GET /api/status}: every upstream and server: its state (C{up},
+    C{down}, C{drain}, C{backup}), health phase with the latest reason and
+    its recent changes, configured and current weight (and the effective
+    one, less during a C{slow_start}), requests in flight, attempts and
+    failures, and latency percentiles over its latest attempts.
+  - C{POST /api/upstreams/POOL/servers/HOST:PORT} with C{{"state": "drain"}}
+    (or C{"up"}, C{"down"}) or C{{"weight": N}}: changes the server live,
+    until the process restarts (the file's values come back then).
+  - C{GET /api/explain/REQUEST_ID}: why a recent request went where it
+    went, from its decision records (see L{RecentRequests}).
+
+When C{admin_token_file} is set, every request must carry C{Authorization:
+Bearer TOKEN}, with the token the file holds; a bind that is not on the
+loopback interface requires one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from hmac import compare_digest
+from typing import Mapping
+from urllib.parse import unquote
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from manualb.config import ConfigError
+from manualb.endpoints import endpointProblem
+from manualb.health import HealthEvent
+from manualb.selection import ADMIN_STATES, Pool, Server
+from manualb.syntax import Section, readableFile
+from manualb.termination import splitDescription
+from manualb.view import Passage, RequestView
+
+log = Logger()
+
+#: How many finished requests L{RecentRequests} keeps.
+RECENT_REQUESTS = 10000
+#: How many of a server's latest health changes the status shows.
+HISTORY_SHOWN = 10
+#: The longest C{X-Manualb-Explain} header value; a longer record is cut
+#: to what fits, and says so.
+EXPLAIN_HEADER_LIMIT = 4096
+_PERCENTILES = (50, 90, 99)
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+# The configuration keys.
+
+
+def _interface(description: str) -> str | None:
+    """
+    The interface a C{tcp:} or C{tcp6:} endpoint string binds, or L{None}
+    when it names none (every interface).
+    """
+    args, kwargs = splitDescription(description)
+    if "interface" in kwargs:
+        return kwargs["interface"]
+    return args[2] if len(args) > 2 and args[0] == "tcp" else None
+
+
+def isLoopback(description: str) -> bool:
+    """
+    Whether the endpoint string C{description} can only be reached from
+    this machine: a UNIX socket, or TCP on a loopback address.
+    """
+    kind = splitDescription(description)[0][0].strip().lower()
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6"):
+        return False
+    interface = _interface(description)
+    return interface is not None and (interface.startswith("127.") or interface in _LOOPBACK)
+
+
+def withLoopback(description: str) -> str:
+    """
+    C{description} bound to the loopback interface when it is C{tcp:} or
+    C{tcp6:} without an interface: the admin API is local unless its line
+    says otherwise.
+    """
+    args, kwargs = splitDescription(description)
+    kind = args[0].strip().lower()
+    if kind in ("tcp", "tcp6") and _interface(description) is None:
+        return description + (":interface=127.0.0.1" if kind == "tcp" else r":interface=\:\:1")
+    return description
+
+
+def parseAdminKeys(section: Section, directory: str) -> tuple[str | None, str | None]:
+    """
+    The C{admin} endpoint (with L{withLoopback}) and the absolute path of
+    C{admin_token_file} of C{[manualb]}.  An endpoint that others than this
+    machine can reach needs a token file.
+
+    @param directory: Where a relative C{admin_token_file} is.
+    """
+    description = section.single("admin")
+    tokenFile = section.single("admin_token_file")
+    if tokenFile is not None:
+        try:
+            tokenFile = readableFile(tokenFile, directory)
+        except ValueError as e:
+            raise section.error("admin_token_file", str(e)) from None
+    if description is None:
+        return None, tokenFile
+    problem = endpointProblem(description)
+    if problem is not None:
+        raise section.error("admin", f"cannot parse endpoint {description!r} ({problem})")
+    description = withLoopback(description)
+    if tokenFile is None and not isLoopback(description):
+        raise section.error(
+            "admin",
+            f"endpoint {description!r} is not on the loopback interface: set "
+            f"admin_token_file to a file holding the token its clients must send",
+        )
+    return description, tokenFile
+
+
+def readToken(source: str, path: str) -> bytes:
+    """
+    The bearer token in the file at C{path}: its first line, stripped.
+
+    @param source: The configuration file, for the error.
+    @raise ConfigError: When the file cannot be read or holds no token.
+    """
+    try:
+        with open(path, "rb") as tokenFile:
+            token = tokenFile.read().strip().split(b"\n", 1)[0].strip()
+    except OSError as e:
+        raise ConfigError(
+            source, "manualb", "admin_token_file", f"cannot read {path}: {e.strerror or e}"
+        ) from None
+    if not token:
+        raise ConfigError(source, "manualb", "admin_token_file", f"{path} holds no token")
+    return token
+
+
+# What each request decided.
+
+
+def _trusted(view: RequestView) -> bool:
+    host = view.clientAddress
+    return view.trustedPeer or host.startswith("127.") or host == "::1"
+
+
+class RecentRequests:
+    """
+    The decision records of the last L{RECENT_REQUESTS} finished requests,
+    in a bounded ring, for C{GET /api/explain/ID}.
+
+    The exchange appends C{(passage, status, finished, listener)} for each
+    request it logs: the L{Passage} as it is, nothing rendered; the JSON is
+    made only when someone asks.
+
+    @ivar entries: The ring, oldest first.
+    """
+
+    def __init__(self, size: int = RECENT_REQUESTS):
+        self.entries: deque[tuple[Passage, int, float, str]] = deque(maxlen=size)
+        self.append = self.entries.append
+
+    def find(self, requestId: bytes) -> dict | None:
+        """
+        The explanation of the latest request of id C{requestId}, or
+        L{None} when none of those kept has it.
+        """
+        for entry in reversed(self.entries):
+            if entry[0].requestId == requestId:
+                return explain(*entry)
+        return None
+
+    def explainHeader(
+        self, passage: Passage, status: int, listener: str, headers: list
+    ) -> None:
+        """
+        Add C{X-Manualb-Explain} to C{headers}, the response's, when the
+        request asks for it (C{X-Manualb-Explain: 1}) from a trusted
+        address (a trusted proxy, or loopback): its explanation so far,
+        compact JSON on one line, at most L{EXPLAIN_HEADER_LIMIT} bytes.
+        """
+        view = passage.view
+        if not _trusted(view):
+            return
+        for name, value in view.headers:
+            if len(name) == 17 and name.lower() == b"x-manualb-explain":
+                if value.strip() == b"1":
+                    break
+        else:
+            return
+        record = explain(passage, status, None, listener)
+        value = json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+        if len(value) > EXPLAIN_HEADER_LIMIT:
+            # Too long for a header: what identifies it, and where the whole
+            # of it is.
+            short = {
+                "requestId": record["requestId"],
+                "status": status,
+                "truncated": "GET /api/explain/ID on the admin listener",
+            }
+            value = json.dumps(short, separators=(",", ":")).encode("ascii")
+            value = value[:EXPLAIN_HEADER_LIMIT]
+        # ensure_ascii escapes every control character: no CR or LF.
+        headers.append((b"X-Manualb-Explain", value))
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "replace") if value is not None else None
+
+
+def _selection(selection) -> dict:
+    return {
+        "strategy": selection.strategy,
+        "key": selection.key,
+        "candidates": [
+            {
+                "server": c.server,
+                "weight": c.weight,
+                "effectiveWeight": c.effectiveWeight,
+                "health": c.health,
+            }
+            for c in selection.candidates
+        ],
+        "skipped": [{"server": s.server, "reason": s.reason.value} for s in selection.skipped],
+        "chosen": selection.chosen,
+    }
+
+
+def explain(passage: Passage, status: int, finished: float | None, listener: str) -> dict:
+    """
+    The explanation of one request, as JSON-ready data: the listener and
+    route (and the rule that chose it), the gatekeeper's decisions, and
+    each attempt with the pick that chose its server (the candidates and
+    their weights and health, the servers skipped and why, the key of the
+    strategy), its outcome, cause and duration.
+    """
+    view = passage.view
+    route = passage.route
+    record = {
+        "requestId": _text(passage.requestId),
+        "listener": listener,
+        "client": view.clientAddress,
+        "method": _text(view.method),
+        "target": _text(view.target),
+        "host": _text(view.host),
+        "status": status,
+        "started": view.started or None,
+        "finished": finished,
+        "route": None,
+        "gatekeeper": [
+            {"rule": d.rule, "action": d.action, "detail": d.detail, "status": d.status}
+            for d in passage.decisions
+        ],
+        "upstream": None,
+        "attempts": [],
+        "stopped": None,
+    }
+    if route is not None:
+        record["route"] = {
+            "name": route.route.config.name,
+            "path": route.route.config.path,
+            "rule": route.rule,
+            "hostGroup": _text(route.group),
+            "backendPath": _text(route.path),
+        }
+    if passage.selection is not None:
+        selection = passage.selection.record()
+        record["upstream"] = selection.pool
+        record["attempts"] = [
+            {
+                "server": attempt.server,
+                "outcome": attempt.outcome.value if attempt.outcome is not None else None,
+                "cause": attempt.cause,
+                "duration": attempt.duration,
+                "pick": _selection(attempt.selection),
+            }
+            for attempt in selection.attempts
+        ]
+        if selection.stopped is not None:
+            record["stopped"] = {
+                "reason": selection.stopped.value,
+                "pick": _selection(selection.refused) if selection.refused else None,
+            }
+    return record
+
+
+# What each server is doing.
+
+
+def percentiles(samples) -> dict:
+    """
+    The 50th, 90th and 99th percentiles and the largest of C{samples}, in
+    seconds (nearest rank), with their count.
+    """
+    ordered = sorted(samples)
+    result: dict = {"samples": len(ordered)}
+    for p in _PERCENTILES:
+        result["p%d" % (p,)] = (
+            ordered[max(0, -(-p * len(ordered) // 100) - 1)] if ordered else None
+        )
+    result["max"] = ordered[-1] if ordered else None
+    return result
+
+
+def _event(event: HealthEvent) -> dict:
+    return {"time": event.time, "state": event.state, "reason": event.reason}
+
+
+def serverStatus(server: Server, history: list[HealthEvent]) -> dict:
+    """
+    The status of C{server}; C{history} are its health changes, oldest
+    first.
+    """
+    return {
+        "server": server.name,
+        "state": server.state,
+        "setBy": "admin" if server.adminState is not None else "file",
+        "backup": server.config.backup,
+        "health": {
+            "phase": server.health.phase.value,
+            "reason": history[-1].reason if history else None,
+            "history": [_event(event) for event in history[-HISTORY_SHOWN:]],
+        },
+        "weight": {
+            "configured": server.configured.weight,
+            "current": server.config.weight,
+            "effective": server.weight,
+        },
+        "active": server.active,
+        "requests": server.requests,
+        "failures": server.failures,
+        "latency": percentiles(server.latencies),
+    }
+
+
+def poolStatus(pool: Pool) -> dict:
+    """
+    The status of C{pool} and each of its servers.
+    """
+    history: dict[str, list[HealthEvent]] = {}
+    for event in pool.monitor.history:
+        history.setdefault(event.server, []).append(event)
+    return {
+        "strategy": str(getattr(pool.balancer, "name", type(pool.balancer).__name__)),
+        "probing": pool.monitor.probing,
+        "servers": [serverStatus(server, history.get(server.name, [])) for server in pool.servers],
+    }
+
+
+# The API.
+
+
+class AdminResource(Resource):
+    """
+    The admin API, as a leaf resource: see the module's description.
+
+    @ivar pools: The upstream pools by name.
+    @ivar recent: The decision records of recent requests.
+    @ivar token: The bearer token every request must carry, or L{None}.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        pools: Mapping[str, Pool],
+        recent: RecentRequests,
+        reactor: IReactorTime,
+        token: bytes | None = None,
+    ):
+        super().__init__()
+        self.pools = pools
+        self.recent = recent
+        self.reactor = reactor
+        self.token = token
+
+    def render(self, request: Request) -> bytes:
+        if self.token is not None and not self._authorized(request):
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="manualb"')
+            return _json(request, 401, {"error": "a valid bearer token is required"})
+        segments = [unquote(part.decode("utf-8", "replace")) for part in request.postpath]
+        if segments and segments[-1] == "":
+            segments.pop()
+        method = request.method
+        if segments == ["api", "status"]:
+            if method not in (b"GET", b"HEAD"):
+                return _notAllowed(request, b"GET, HEAD")
+            return _json(request, 200, self.status())
+        if len(segments) == 3 and segments[:2] == ["api", "explain"]:
+            if method not in (b"GET", b"HEAD"):
+                return _notAllowed(request, b"GET, HEAD")
+            found = self.recent.find(segments[2].encode("utf-8"))
+            if found is None:
+                return _json(request, 404, {"error": "no recent request has this id"})
+            return _json(request, 200, found)
+        if len(segments) == 5 and segments[:2] == ["api", "upstreams"] and segments[3] == "servers":
+            if method != b"POST":
+                return _notAllowed(request, b"POST")
+            return self._change(request, segments[2], segments[4])
+        return _json(request, 404, {"error": "no such resource"})
+
+    def _authorized(self, request: Request) -> bool:
+        given = request.getHeader(b"authorization") or b""
+        scheme, _, token = given.partition(b" ")
+        return compare_digest(token.strip(), self.token) and scheme.lower() == b"bearer"
+
+    def status(self) -> dict:
+        """
+        The status of every pool, by name.
+        """
+        return {
+            "time": self.reactor.seconds(),
+            "upstreams": {name: poolStatus(pool) for name, pool in self.pools.items()},
+        }
+
+    def _change(self, request: Request, poolName: str, serverName: str) -> bytes:
+        pool = self.pools.get(poolName)
+        if pool is None:
+            return _json(request, 404, {"error": "no upstream %r" % (poolName,)})
+        server = pool.server(serverName)
+        if server is None:
+            return _json(
+                request, 404, {"error": "upstream %r has no server %r" % (poolName, serverName)}
+            )
+        try:
+            change = json.loads(request.content.read(65536).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return _json(request, 400, {"error": "the body must be a JSON object"})
+        problem = _changeProblem(change)
+        if problem is not None:
+            return _json(request, 400, {"error": problem})
+        if "state" in change:
+            server.setState(change["state"])
+        if "weight" in change:
+            server.setWeight(change["weight"])
+        pool.serversChanged()
+        log.info(
+            "admin: upstream {pool} server {server} changed by {client}: {change}; "
+            "now {state}, weight {weight} (until the process restarts)",
+            pool=poolName,
+            server=serverName,
+            client=request.getClientAddress().host if request.getClientAddress() else "-",
+            change=json.dumps(change, sort_keys=True),
+            state=server.state,
+            weight=server.config.weight,
+        )
+        history = [event for event in pool.monitor.history if event.server == server.name]
+        return _json(request, 200, serverStatus(server, history))
+
+
+def _changeProblem(change: object) -> str | None:
+    """
+    What is wrong with the body of a change, or L{None}.
+    """
+    if not isinstance(change, dict) or not change:
+        return 'expected a JSON object such as {"state": "drain"} or {"weight": 5}'
+    unknown = sorted(set(change) - {"state", "weight"})
+    if unknown:
+        return "unknown field %s: only state and weight can be changed" % (unknown[0],)
+    if "state" in change and change["state"] not in ADMIN_STATES:
+        return "state must be one of %s" % (", ".join(ADMIN_STATES),)
+    if "weight" in change:
+        weight = change["weight"]
+        if type(weight) is not int or not 1 <= weight <= 1000000:
+            return "weight must be a whole number from 1 to 1000000"
+    return None
+
+
+def _notAllowed(request: Request, allowed: bytes) -> bytes:
+    request.setHeader(b"Allow", allowed)
+    return _json(request, 405, {"error": "method not allowed"})
+
+
+def _json(request: Request, code: int, data: object) -> bytes:
+    body = json.dumps(data, indent=1, sort_keys=True).encode("utf-8") + b"\n"
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return body

@@ -363,6 +363,7 @@ class AdminResource(Resource):
     @ivar pools: The upstream pools by name.
     @ivar recent: The decision records of recent requests.
     @ivar token: The bearer token every request must carry, or L{None}.
+    @ivar metrics: Serves C{/metrics} (Prometheus), or L{None}.
     """
 
     isLeaf = True
@@ -373,12 +374,14 @@ class AdminResource(Resource):
         recent: RecentRequests,
         reactor: IReactorTime,
         token: bytes | None = None,
+        metrics: Resource | None = None,
     ):
         super().__init__()
         self.pools = pools
         self.recent = recent
         self.reactor = reactor
         self.token = token
+        self.metrics = metrics
 
     def render(self, request: Request) -> bytes:
         if self.token is not None and not self._authorized(request):
@@ -388,6 +391,8 @@ class AdminResource(Resource):
         if segments and segments[-1] == "":
             segments.pop()
         method = request.method
+        if segments == ["metrics"] and self.metrics is not None:
+            return self.metrics.render(request)
         if segments == ["api", "status"]:
             if method not in (b"GET", b"HEAD"):
                 return _notAllowed(request, b"GET, HEAD")

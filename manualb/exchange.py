@@ -117,6 +117,8 @@ class Exchange:
     @ivar recent: Where each finished request's records go for whoever
         explains them (C{manualb.admin.RecentRequests}), or L{None}.
     @ivar listener: The listener that received the request, for them.
+    @ivar metrics: Counts each finished request (C{manualb.metrics.Metrics}),
+        or L{None}.
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class Exchange:
         accessLog: AccessLog | None = None,
         recent=None,
         listener: str = "",
+        metrics=None,
     ):
         self.downstream = downstream
         self.stages = stages
@@ -134,6 +137,7 @@ class Exchange:
         self.accessLog = accessLog
         self.recent = recent
         self.listener = listener
+        self.metrics = metrics
         self.view = view = downstream.view
         self.passage = Passage(view, downstream.refusal, downstream.hsts)
         self.state = State.ROUTING
@@ -637,7 +641,33 @@ class Exchange:
         downstream.finish()
         self._log(code)
 
+    def _measure(self, status: int) -> None:
+        """
+        Count the finished request: its route, upstream, the server that
+        last had it, its status, its time on the servers and its tries, and
+        the gatekeeper's decisions.
+        """
+        passage = self.passage
+        metrics = self.metrics
+        route = passage.route.route.name if passage.route is not None else None
+        attempts = self.attempts
+        if attempts is None or not attempts.leases:
+            metrics.requestDone(route, None if self.pool is None else self.pool.name, None, status, None, 0)
+        else:
+            metrics.requestDone(
+                route,
+                self.pool.name,
+                attempts.leases[-1].server.name,
+                status,
+                sum(attempts.times()),
+                len(attempts.leases),
+            )
+        for record in passage.decisions:
+            metrics.gatekeeper(record.rule, record.action)
+
     def _log(self, status: int, sent: int | None = None) -> None:
+        if self.metrics is not None:
+            self._measure(status)
         if self.recent is not None:
             self.recent.append((self.passage, status, self.reactor.seconds(), self.listener))
         if self.accessLog is not None:

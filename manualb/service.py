@@ -21,6 +21,7 @@ from twisted.web.server import Site
 
 from manualb.accesslog import AccessLog
 from manualb.admin import AdminResource, RecentRequests, readToken
+from manualb.metrics import Metrics, MetricsResource
 from manualb.balancers import makeBalancer
 from manualb.web.channel import ConnectionLimit
 from manualb.config import (
@@ -151,10 +152,13 @@ class LoadBalancer:
         self.pools = {
             name: _buildPool(upstream, reactor) for name, upstream in config.upstreams.items()
         }
-        self.recent = self.admin = None
+        self.recent = self.admin = self.metrics = None
         if config.admin is not None:
             self.recent = RecentRequests()
-            self.admin = AdminResource(self.pools, self.recent, reactor)
+            self.metrics = Metrics(lambda: self.pools, lambda: self.connections.open)
+            self.admin = AdminResource(
+                self.pools, self.recent, reactor, metrics=MetricsResource(self.metrics.registry)
+            )
         self.waf, self.rateLimiter = gatekeeperEngines(config, reactor)
         self.site = self._proxySite(
             None,
@@ -184,7 +188,7 @@ class LoadBalancer:
         if stages is None:
             stages = defaultStages(urlMap, self._gatekeeper(urlMap))
         resource = ProxyResource(
-            urlMap, self.reactor, self.accessLog, stages, self.recent, listener
+            urlMap, self.reactor, self.accessLog, stages, self.recent, listener, self.metrics
         )
         return ProxySite(
             resource,

@@ -11,6 +11,7 @@ import os
 from io import BytesIO
 
 import attrs
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -213,6 +214,36 @@ class StatusTests(AdminTestCase):
         self.assertEqual(record["attempts"][0]["server"], self.serverNames[0])
         code, error = yield self.api(b"GET", "/api/explain/unknown")
         self.assertEqual((code, list(error)), (404, ["error"]))
+
+    @inlineCallbacks
+    def test_metrics(self):
+        """
+        C{GET /metrics} on the admin listener serves Prometheus text: the
+        requests by route, upstream, server and status class, and the live
+        health of each server.
+        """
+        yield self.serve()
+        for _ in range(2):
+            response, body = yield self.get("/page")
+        response = yield self.agent.request(
+            b"GET", b"http://127.0.0.1:%d/metrics" % (self.adminPort,)
+        )
+        text = (yield readBody(response)).decode("utf-8")
+        self.assertEqual(response.code, 200)
+        families = {family.name: family for family in text_string_to_metric_families(text)}
+        requests = [
+            sample
+            for sample in families["manualb_requests"].samples
+            if sample.name == "manualb_requests_total"
+        ]
+        self.assertEqual(sum(sample.value for sample in requests), 2)
+        self.assertEqual({sample.labels["status"] for sample in requests}, {"2xx"})
+        self.assertEqual({sample.labels["upstream"] for sample in requests}, {"web"})
+        up = {
+            sample.labels["server"]: sample.value
+            for sample in families["manualb_server_up"].samples
+        }
+        self.assertEqual(up, {name: 1.0 for name in self.serverNames})
 
     @inlineCallbacks
     def test_unknownPath(self):

@@ -5,6 +5,7 @@ live pools, and the resource that serves them to Prometheus.
 
 from __future__ import annotations
 
+import attrs
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
@@ -368,3 +369,35 @@ class ResourceTests(SynchronousTestCase):
         self.assertEqual(samples["manualb_server_requests_in_flight"], 1)
         self.assertEqual(samples["manualb_server_up"], 1)
         self.assertEqual(samples["manualb_client_connections"], 1)
+
+
+class WiredTests(SynchronousTestCase):
+    """
+    A balancer with an admin listener counts its requests and its
+    gatekeeper's decisions as they finish.
+    """
+
+    def test_requestsAndDecisions(self):
+        config = attrs.evolve(
+            balancerConfig(["10.0.0.1:8001"], gatekeeper={"deny": "192.0.2.0/24"}),
+            admin="tcp:0:interface=127.0.0.1",
+        )
+        lb = MemoryBalancer(config)
+        lb.addBackend("10.0.0.1:8001", NamedBackend("one"))
+        agent = lb.agent()
+        response = self.successResultOf(agent.request(b"GET", b"http://example.com/"))
+        self.assertEqual(self.successResultOf(responseBody(response)), b"one\n")
+        denied = lb.agent(clientHost="192.0.2.1")
+        response = self.successResultOf(denied.request(b"GET", b"http://example.com/"))
+        self.assertEqual(response.code, 403)
+        samples = scrape(lb.balancer.metrics)
+        requests = samples["manualb_requests_total"]
+        self.assertEqual(
+            requests[labels(route="default", upstream="backends", server="10.0.0.1:8001", status="2xx")],
+            1,
+        )
+        self.assertEqual(sum(requests.values()), 2)
+        self.assertEqual(
+            samples["manualb_gatekeeper_decisions_total"][labels(rule="deny", action="block")], 1
+        )
+        self.successResultOf(lb.close())

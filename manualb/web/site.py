@@ -325,6 +325,8 @@ class ProxyResource(Resource):
     @param recent: Where each finished request's decision records go
         (C{manualb.admin.RecentRequests}), or L{None}.
     @param listener: The name of the listener it serves, for those records.
+    @param metrics: Counts each finished request (C{manualb.metrics.Metrics}),
+        or L{None}.
 
     @ivar stages: The stage chain each request passes; a stage may be added
         to it (see L{IStage}).
@@ -340,6 +342,7 @@ class ProxyResource(Resource):
         stages: Sequence[IStage] | None = None,
         recent=None,
         listener: str = "",
+        metrics=None,
     ):
         super().__init__()
         self.urlMap = urlMap
@@ -348,6 +351,7 @@ class ProxyResource(Resource):
         self.stages = list(defaultStages(urlMap) if stages is None else stages)
         self.recent = recent
         self.listener = listener
+        self.metrics = metrics
 
     def render(self, request: Request):
         Exchange(
@@ -357,6 +361,7 @@ class ProxyResource(Resource):
             self.accessLog,
             self.recent,
             self.listener,
+            self.metrics,
         ).start()
         return server.NOT_DONE_YET
 

@@ -761,6 +761,8 @@ class Config:
     @ivar admin_token_file: The absolute path of the file holding the
         bearer token every admin request must carry, or L{None} for none
         (allowed on a loopback bind only).
+    @ivar explain_records: How many of the last requests the admin API
+        keeps the decision records of, for C{/api/explain}; 0 for none.
     @ivar listeners: The HTTP listeners: C{"default"} from C{[manualb]
         listen} (with C{[manualb] redirect_https}) first if it has any
         endpoint, then the C{[listener NAME]} sections.
@@ -796,6 +798,10 @@ class Config:
     )
     admin_token_file: str | None = key(
         None, doc="a file holding the bearer token the admin API requires"
+    )
+    explain_records: int = key(
+        10000, kind="integer", minimum=0,
+        doc="how many recent requests the admin API can explain",
     )
     listeners: tuple[ListenerConfig, ...] = attrs.field(converter=tuple, default=())
     tls: TLSConfig | None = None

@@ -199,10 +199,12 @@ def parseConfig(
     listen, accessLog, redirect = _parseMain(sections, requireListen)
     clientTimeout = None
     shutdownTimeout = _default(Config, "shutdown_timeout")
+    explainRecords = _default(Config, "explain_records")
     if sections.main is not None:
         main = _simpleKeys(sections.section(sections.main), Config, {"client_timeout": None})
         clientTimeout = main["client_timeout"]
         shutdownTimeout = main["shutdown_timeout"]
+        explainRecords = main["explain_records"]
     logFormat = _parseLogFormat(sections)
     admin = adminToken = None
     if sections.main is not None:
@@ -237,6 +239,7 @@ def parseConfig(
         if clientTimeout is None
         else clientTimeout,
         shutdown_timeout=shutdownTimeout,
+        explain_records=explainRecords,
         admin=admin,
         admin_token_file=adminToken,
         listeners=listeners,

@@ -154,7 +154,7 @@ class LoadBalancer:
         }
         self.recent = self.admin = self.metrics = None
         if config.admin is not None:
-            self.recent = RecentRequests()
+            self.recent = RecentRequests(config.explain_records)
             self.metrics = Metrics(lambda: self.pools, lambda: self.connections.open)
             self.admin = AdminResource(
                 self.pools, self.recent, reactor, metrics=MetricsResource(self.metrics.registry)

@@ -435,6 +435,16 @@ REST = "[upstream web]\nservers = 127.0.0.1:8001\n[route r]\npath = /\nupstream 
 
 
 class ConfigTests(SynchronousTestCase):
+    def test_explainRecords(self):
+        """
+        C{explain_records} bounds the ring of requests the API can explain
+        (10000 by default; 0 keeps none).
+        """
+        config = parseConfig(MAIN + "admin = tcp:9000\n" + REST)
+        self.assertEqual(MemoryBalancer(config).balancer.recent.entries.maxlen, 10000)
+        config = parseConfig(MAIN + "admin = tcp:9000\nexplain_records = 0\n" + REST)
+        self.assertEqual(MemoryBalancer(config).balancer.recent.entries.maxlen, 0)
+
     def test_absent(self):
         """
         Without C{admin} there is no admin listener, and no record is kept.

@@ -29,7 +29,7 @@ from urllib.parse import unquote
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import Request, Site
 
 from manualb.config import ConfigError
 from manualb.endpoints import endpointProblem
@@ -148,6 +148,46 @@ def readToken(source: str, path: str) -> bytes:
 def _trusted(view: RequestView) -> bool:
     host = view.clientAddress
     return view.trustedPeer or host.startswith("127.") or host == "::1"
+
+
+#: The largest request body the admin API reads (a change is a few bytes).
+MAX_BODY = 64 * 1024
+#: How long an idle admin connection stays open, and a request may take to
+#: arrive.
+ADMIN_TIMEOUT = 75.0
+
+
+class _AdminRequest(Request):
+    """
+    A request to the admin API, held to L{MAX_BODY}: a larger body, declared
+    or streamed, drops the connection before it is read (the API's bodies
+    are a few bytes of JSON).
+    """
+
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > MAX_BODY:
+            self.channel.transport.abortConnection()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > MAX_BODY:
+            self.channel.transport.abortConnection()
+            return
+        super().handleContentChunk(data)
+
+
+def adminSite(resource: Resource, reactor: IReactorTime) -> Site:
+    """
+    The site of the admin listener: C{resource} behind requests held to
+    L{MAX_BODY} and connections closed after L{ADMIN_TIMEOUT} idle.
+    """
+    site = Site(resource, timeout=ADMIN_TIMEOUT, reactor=reactor)
+    site.requestFactory = _AdminRequest
+    return site
 
 
 class RecentRequests:

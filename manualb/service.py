@@ -17,10 +17,9 @@ from twisted.internet.interfaces import IReactorCore, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 
 from manualb.accesslog import AccessLog
-from manualb.admin import AdminResource, RecentRequests, readToken
+from manualb.admin import AdminResource, RecentRequests, adminSite, readToken
 from manualb.metrics import Metrics, MetricsResource
 from manualb.balancers import makeBalancer
 from manualb.web.channel import ConnectionLimit
@@ -554,7 +553,6 @@ def makeService(config: Config, reactor: IReactorCore | None = None) -> Balancer
             listening(makeEndpoint, factory, description).setServiceParent(parent)
     if config.admin is not None:
         makeEndpoint = partial(serverEndpoint, reactor, config.admin)
-        listening(makeEndpoint, Site(balancer.admin), "admin " + config.admin).setServiceParent(
-            parent
-        )
+        site = adminSite(balancer.admin, reactor)
+        listening(makeEndpoint, site, "admin " + config.admin).setServiceParent(parent)
     return parent

@@ -14,6 +14,7 @@ import attrs
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
@@ -681,3 +682,45 @@ class ExplainTests(SynchronousTestCase):
         [value] = response.headers.getRawHeaders(b"x-manualb-explain")
         self.assertLessEqual(len(value), 200)
         self.assertTrue(json.loads(value)["truncated"])
+
+
+class AdminBoundsTests(SynchronousTestCase):
+    """
+    The admin listener holds what a client can make it keep: bodies past
+    L{adminModule.MAX_BODY} drop the connection before they are read, and
+    idle connections close.
+    """
+
+    def connect(self):
+        clock = MemoryReactorClock()
+        site = adminModule.adminSite(
+            adminModule.AdminResource({}, RecentRequests(), clock), clock
+        )
+        protocol = site.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return clock, protocol, transport
+
+    def test_declaredBodyTooLarge(self):
+        clock, protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"POST /api/upstreams/p/servers/a:1 HTTP/1.1\r\nHost: a\r\n"
+            b"Content-Length: %d\r\n\r\n" % (adminModule.MAX_BODY + 1,)
+        )
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+
+    def test_chunkedBodyTooLarge(self):
+        clock, protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"POST /api/upstreams/p/servers/a:1 HTTP/1.1\r\nHost: a\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"%x\r\n%s\r\n" % (4096, b"x" * 4096)
+        for _ in range(adminModule.MAX_BODY // 4096 + 1):
+            protocol.dataReceived(chunk)
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+
+    def test_idleClosed(self):
+        clock, protocol, transport = self.connect()
+        clock.advance(adminModule.ADMIN_TIMEOUT + 1)
+        self.assertTrue(transport.disconnecting or transport.disconnected)

@@ -12,6 +12,8 @@ on its own endpoint (C{[manualb] admin = tcp:9000:interface=127.0.0.1}).
     until the process restarts (the file's values come back then).
   - C{GET /api/explain/REQUEST_ID}: why a recent request went where it
     went, from its decision records (see L{RecentRequests}).
+  - C{GET /}: the live dashboard (L{manualb.dashboard}), served without
+    the token: it holds no data, and asks for the token the API needs.
 
 When C{admin_token_file} is set, every request must carry C{Authorization:
 Bearer TOKEN}, with the token the file holds; a bind that is not on the
@@ -32,6 +34,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from manualb.config import ConfigError
+from manualb.dashboard import renderDashboard
 from manualb.endpoints import endpointProblem
 from manualb.health import HealthEvent
 from manualb.selection import ADMIN_STATES, Pool, Server
@@ -424,13 +427,18 @@ class AdminResource(Resource):
         self.metrics = metrics
 
     def render(self, request: Request) -> bytes:
-        if self.token is not None and not self._authorized(request):
-            request.setHeader(b"WWW-Authenticate", b'Bearer realm="manualb"')
-            return _json(request, 401, {"error": "a valid bearer token is required"})
         segments = [unquote(part.decode("utf-8", "replace")) for part in request.postpath]
         if segments and segments[-1] == "":
             segments.pop()
         method = request.method
+        if not segments:
+            # The dashboard holds no data: it asks for the token itself.
+            if method not in (b"GET", b"HEAD"):
+                return _notAllowed(request, b"GET, HEAD")
+            return renderDashboard(request)
+        if self.token is not None and not self._authorized(request):
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="manualb"')
+            return _json(request, 401, {"error": "a valid bearer token is required"})
         if segments == ["metrics"] and self.metrics is not None:
             return self.metrics.render(request)
         if segments == ["api", "status"]:

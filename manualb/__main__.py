@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 from typing import Sequence, TextIO
 
@@ -123,11 +124,40 @@ def _accessLogProblem(target: str | None) -> str | None:
     return "cannot open %s: %s" % (target, os.strerror(problem))
 
 
+def reload(pidfile: str, err: TextIO) -> int:
+    """
+    Send C{SIGHUP} to the manualb whose pid C{pidfile} holds: it reads its
+    configuration file again (see C{manualb.service.LoadBalancer.reload}).
+    Its log says what changed, or why the file was refused.
+
+    @return: The exit status: 0 once the signal is sent, 1 when the pid
+        file cannot be read or the process cannot be signalled.
+    """
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError) as e:
+        err.write("manualb: cannot read the pid from %s: %s\n" % (pidfile, getattr(e, "strerror", None) or e))
+        return 1
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as e:
+        err.write("manualb: cannot signal process %d: %s\n" % (pid, e.strerror or e))
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m manualb")
     commands = parser.add_subparsers(dest="command", required=True)
     checking = commands.add_parser("check", help="validate a configuration file")
     checking.add_argument("file")
+    reloading = commands.add_parser(
+        "reload", help="make a running manualb read its file again (SIGHUP)"
+    )
+    reloading.add_argument(
+        "--pidfile", required=True, help="the pid file of twistd (its --pidfile)"
+    )
     demo = commands.add_parser("demo", help="run manualb in front of two demo backends")
     demo.add_argument("--port", type=int, default=8080, help="the port manualb listens on")
     backend = commands.add_parser(
@@ -141,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args.file, sys.stdout, sys.stderr)
+    if args.command == "reload":
+        return reload(args.pidfile, sys.stderr)
     if args.command == "backend":
         from manualb.testing import runBackend
 

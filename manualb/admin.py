@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from hmac import compare_digest
-from typing import Mapping
+from typing import Callable, Mapping
 from urllib.parse import unquote
 
 from twisted.internet.interfaces import IReactorTime
@@ -407,6 +407,9 @@ class AdminResource(Resource):
     @ivar recent: The decision records of recent requests.
     @ivar token: The bearer token every request must carry, or L{None}.
     @ivar metrics: Serves C{/metrics} (Prometheus), or L{None}.
+    @ivar reload: Reads the configuration file again and applies it, for
+        C{POST /api/reload}: returns whether it did, and its log line; or
+        L{None} when nothing reloads.
     """
 
     isLeaf = True
@@ -425,6 +428,7 @@ class AdminResource(Resource):
         self.reactor = reactor
         self.token = token
         self.metrics = metrics
+        self.reload: Callable[[], tuple[bool, str]] | None = None
 
     def render(self, request: Request) -> bytes:
         segments = [unquote(part.decode("utf-8", "replace")) for part in request.postpath]
@@ -452,6 +456,11 @@ class AdminResource(Resource):
             if found is None:
                 return _json(request, 404, {"error": "no recent request has this id"})
             return _json(request, 200, found)
+        if segments == ["api", "reload"] and self.reload is not None:
+            if method != b"POST":
+                return _notAllowed(request, b"POST")
+            applied, message = self.reload()
+            return _json(request, 200 if applied else 400, {"reloaded": applied, "message": message})
         if len(segments) == 5 and segments[:2] == ["api", "upstreams"] and segments[3] == "servers":
             if method != b"POST":
                 return _notAllowed(request, b"POST")

@@ -661,6 +661,8 @@ class ConnectionPool:
         # The connects in flight, which closeAll cancels and waits for.
         self._connecting: set[Deferred[UpstreamConnection]] = set()
         self._closing: list[Deferred[None]] = []
+        # Who waits for drain; once set, no connection is kept idle.
+        self._draining: list[Deferred[None]] | None = None
         self._closeWaiters: dict[UpstreamConnection, list[Deferred[None]]] = {}
 
     @property
@@ -717,7 +719,7 @@ class ConnectionPool:
         """
         Take back a connection whose exchange is complete.
         """
-        if len(self._idle) >= self.config.keepalive:
+        if self._draining is not None or len(self._idle) >= self.config.keepalive:
             connection.transport.loseConnection()
             return
         connection.idleTimeout.set(self.config.keepalive_timeout)
@@ -740,10 +742,33 @@ class ConnectionPool:
         """
         Fire the waiters of L{closeAll} once nothing is open or connecting.
         """
-        if self._closing and not self._open and not self._connecting:
+        if self._open or self._connecting:
+            return
+        if self._closing:
             closing, self._closing = self._closing, []
             for d in closing:
                 d.callback(None)
+        if self._draining:
+            draining, self._draining = self._draining, []
+            for d in draining:
+                d.callback(None)
+
+    def drain(self) -> Deferred[None]:
+        """
+        Let the server go gently, as a reload that removes it does: the idle
+        connections close now, busy ones once their exchange is done, and
+        none is kept for reuse from now on.
+
+        @return: Fires once no connection is open or connecting.
+        """
+        if self._draining is None:
+            self._draining = []
+        d: Deferred[None] = Deferred()
+        self._draining.append(d)
+        for connection in list(self._idle):
+            connection.transport.loseConnection()
+        self._checkClosed()
+        return d
 
     def whenClosed(self, connection: UpstreamConnection) -> Deferred[None]:
         """

@@ -28,10 +28,13 @@ from manualb.config import (
     ConfigError,
     ListenerConfig,
     RateLimitConfig,
+    ServerAddress,
+    ServerConfig,
     UpstreamConfig,
     WAFConfig,
 )
-from manualb.gatekeeper import Gatekeeper, frontEndBodyLimit
+from manualb.configfile import loadConfig
+from manualb.gatekeeper import Gatekeeper, TrustedProxies, frontEndBodyLimit
 from manualb.handoff import ConnectionPool
 from manualb.health import HealthLog, HealthMonitor, ServerHealth
 from manualb.interfaces import IRateLimiter, IRequestInspector
@@ -142,6 +145,11 @@ class LoadBalancer:
         # Who waits for stop, and what ends the wait, while it waits.
         self._stopWaiters: list[Deferred[None]] = []
         self._stopTimer = None
+        self._started = False
+        # What reloads let go of: the servers draining, and what ends once
+        # their old probes and connections are gone.
+        self._leaving: list[Server] = []
+        self._departures: list[Deferred] = []
         if accessLog is None and config.access_log is not None:
             accessLog = AccessLog(
                 clock=reactor.seconds, target=config.access_log, format=config.log_format
@@ -158,6 +166,7 @@ class LoadBalancer:
             self.admin = AdminResource(
                 self.pools, self.recent, reactor, metrics=MetricsResource(self.metrics.registry)
             )
+            self.admin.reload = self.reloadFile
         self.waf, self.rateLimiter = gatekeeperEngines(config, reactor)
         self.site = self._proxySite(
             None,
@@ -180,12 +189,7 @@ class LoadBalancer:
         }
 
     def _proxySite(self, routeNames, stages=None, listener: str = "") -> ProxySite:
-        routes = self.config.routes
-        if routeNames is not None:
-            routes = [route for route in routes if route.name in routeNames]
-        urlMap = URLMap.fromConfig(routes, self.pools)
-        if stages is None:
-            stages = defaultStages(urlMap, self._gatekeeper(urlMap))
+        urlMap, stages, gatekeeper = self._siteParts(routeNames, stages)
         resource = ProxyResource(
             urlMap, self.reactor, self.accessLog, stages, self.recent, listener, self.metrics
         )
@@ -194,12 +198,27 @@ class LoadBalancer:
             timeout=self.config.gatekeeper.keepalive_timeout,
             reactor=self.reactor,
             hsts=hstsHeader(self.config.tls),
-            gatekeeper=attrs.evolve(
-                self.config.gatekeeper,
-                client_max_body_size=frontEndBodyLimit(self.config.gatekeeper, routes),
-            ),
+            gatekeeper=gatekeeper,
             connections=self.connections,
         )
+
+    def _siteParts(self, routeNames, stages=None):
+        """
+        The URL map, the stage chain and the client limits of a site that
+        serves the routes named C{routeNames} (all when L{None}) of the
+        configuration, with the stage chain C{stages} if given.
+        """
+        routes = self.config.routes
+        if routeNames is not None:
+            routes = [route for route in routes if route.name in routeNames]
+        urlMap = URLMap.fromConfig(routes, self.pools)
+        if stages is None:
+            stages = defaultStages(urlMap, self._gatekeeper(urlMap))
+        gatekeeper = attrs.evolve(
+            self.config.gatekeeper,
+            client_max_body_size=frontEndBodyLimit(self.config.gatekeeper, routes),
+        )
+        return urlMap, stages, gatekeeper
 
     def _gatekeeper(self, urlMap: URLMap | None) -> Gatekeeper:
         """
@@ -273,8 +292,164 @@ class LoadBalancer:
         @raise ConfigError: See L{load}.
         """
         self.load()
+        self._started = True
         for pool in self.pools.values():
             pool.monitor.start()
+
+    def reloadFile(self) -> tuple[bool, str]:
+        """
+        Read the configuration file again and apply it (L{reload}), as
+        C{SIGHUP} and the admin API's C{POST /api/reload} do.  A file that
+        cannot be read or is wrong changes nothing: one error line names
+        the problem, and the old configuration keeps serving.
+
+        @return: Whether it was applied, and the line logged.
+        """
+        try:
+            config = loadConfig(self.config.source, requireListen=bool(self.config.listeners))
+            message = self.reload(config)
+        except ConfigError as e:
+            message = "Reload refused, the old configuration keeps serving: %s" % (e,)
+            log.error("{line}", line=message)
+            return False, message
+        return True, message
+
+    def reload(self, config: Config) -> str:
+        """
+        Serve C{config} from now on, without dropping anyone: new requests
+        take the new routes, pools, weights, strategies, health checks and
+        gatekeeper rules (keep-alive clients from their next request, since
+        each site's resource gets its new URL map and stage chain in
+        place); requests in flight finish where they are.  A server that
+        stays in its pool (same address, and for C{https} the same TLS
+        settings) is the same L{Server}: its health, slow start, admin
+        state and connections carry over.  A server that goes is drained:
+        its requests in flight finish, then its connections close.
+
+        What needs new sockets or files is not changed: the listen lines
+        and the listeners, C{[tls]}, the access log, the admin listener and
+        the C{[stream]} sections keep their old values, and the log line
+        says they need a restart.
+
+        @raise ConfigError: A C{[stream]} kept needs an upstream that
+            C{config} no longer has; nothing changed.
+
+        @return: The line logged: what changed.
+        """
+        old = self.config
+        for stream in old.streams:
+            if stream.upstream not in config.upstreams:
+                raise ConfigError(
+                    config.source,
+                    "stream " + stream.name,
+                    "upstream",
+                    "upstream %s is gone; the stream needs it until a restart"
+                    % (stream.upstream,),
+                )
+        restart = _restartNeeded(old, config)
+        config = attrs.evolve(
+            config,
+            listen=old.listen,
+            access_log=old.access_log,
+            log_format=old.log_format,
+            admin=old.admin,
+            admin_token_file=old.admin_token_file,
+            explain_records=old.explain_records,
+            tls=old.tls,
+            streams=old.streams,
+            listeners=[_keptListener(listener, config.listeners) for listener in old.listeners],
+        )
+        changes = _changes(old, config)
+        pools: dict[str, Pool] = {}
+        leaving: list[Server] = []
+        for name, upstream in config.upstreams.items():
+            pools[name] = _buildPool(upstream, self.reactor, self.pools.get(name), leaving)
+        for name, pool in self.pools.items():
+            if name not in pools:
+                leaving.extend(pool.servers)
+        for pool in self.pools.values():
+            self._departed(pool.monitor.stop())
+        self.config = config
+        self.pools.clear()
+        self.pools.update(pools)
+        if self._started:
+            for pool in pools.values():
+                pool.monitor.start()
+        self.connections.limit = config.gatekeeper.max_connections
+        for factory in self.streams.values():
+            factory.pool = pools[factory.config.upstream]
+        self._refreshSite(self.site, None)
+        for listener in config.listeners:
+            if listener.routes is not None:
+                self._refreshSite(self.sites[listener.name], set(listener.routes))
+            if listener.name in self.redirects:
+                self._refreshSite(
+                    self.redirects[listener.name],
+                    (),
+                    redirectStages(listener.redirect_https, self._gatekeeper(None)),
+                )
+        for server in leaving:
+            self._drainServer(server)
+        if leaving:
+            changes.append(
+                "%d servers leaving (their requests in flight finish): %s"
+                % (len(leaving), ", ".join(server.name for server in leaving))
+            )
+        message = "Reloaded %s: %s" % (config.source, "; ".join(changes) or "nothing changed")
+        if restart:
+            message += "; needs a restart to take effect, kept as it was: " + ", ".join(restart)
+        log.info("{line}", line=message)
+        return message
+
+    def _refreshSite(self, site: ProxySite, routeNames, stages=None) -> None:
+        """
+        Give C{site} the routes and stage chain of the configuration now in
+        place: its resource's, swapped in place so that open connections
+        take them from their next request.
+        """
+        urlMap, stages, gatekeeper = self._siteParts(routeNames, stages)
+        resource = site.resource
+        resource.urlMap = urlMap
+        resource.stages = list(stages)
+        site.gatekeeper = gatekeeper
+        site.trustedProxies = (
+            TrustedProxies(gatekeeper.trusted_proxies) if gatekeeper.trusted_proxies else None
+        )
+        site.timeOut = gatekeeper.keepalive_timeout
+
+    def _departed(self, ended: Deferred) -> None:
+        """
+        Keep C{ended}, which fires once something a reload let go of is
+        gone, until it fires: L{close} waits for it.
+        """
+        if ended.called:
+            return
+        self._departures.append(ended)
+
+        def gone(result):
+            if ended in self._departures:
+                self._departures.remove(ended)
+            return result
+
+        ended.addBoth(gone)
+
+    def _drainServer(self, server: Server) -> None:
+        """
+        Let a server removed by a reload go: no new request reaches it (no
+        pool of the new configuration has it); its connections close once
+        their exchanges are done.
+        """
+        self._leaving.append(server)
+        drained = server.connections.drain()
+
+        def gone(result):
+            if server in self._leaving:
+                self._leaving.remove(server)
+            log.info("Reload: server {server} drained", server=server.name)
+            return result
+
+        drained.addBoth(gone)
+        self._departed(drained)
 
     def stop(self, timeout: float | None = None) -> Deferred[None]:
         """
@@ -387,6 +562,7 @@ class LoadBalancer:
         if self._stopTimer is not None and self._stopTimer.active():
             self._stopTimer.cancel()
         probes = [pool.monitor.stop() for pool in self.pools.values()]
+        probes += list(self._departures)
         # The clients go first: an exchange whose client is gone lets go of
         # its backend connection rather than trying another server.
         clients = probes + [self.connections.closeAll()]
@@ -398,7 +574,8 @@ class LoadBalancer:
                     server.connections.closeAll()
                     for pool in self.pools.values()
                     for server in pool.servers
-                ],
+                ]
+                + [server.connections.closeAll() for server in list(self._leaving)],
                 consumeErrors=True,
             )
 
@@ -452,31 +629,146 @@ def gatekeeperEngines(
     return makeWAF, makeLimiter
 
 
-def _buildPool(config: UpstreamConfig, reactor) -> Pool:
+def _buildPool(
+    config: UpstreamConfig,
+    reactor,
+    previous: Pool | None = None,
+    leaving: list[Server] | None = None,
+) -> Pool:
     """
     A pool with its strategy, and its servers each whole: its health (which
     records its changes in the pool's health log) and its connection pool;
     and the health monitor that probes them.
+
+    @param previous: The pool of the same name that a reload replaces: its
+        health log, and each of its servers that stays (same address, and
+        the same TLS settings for an C{https} one), carry over.
+    @param leaving: Where the servers of C{previous} that do not stay go.
     """
-    healthLog = HealthLog(config.name, reactor)
+    healthLog = previous.monitor.log if previous is not None else HealthLog(config.name, reactor)
+    kept: dict[ServerAddress, Server] = {}
+    if previous is not None:
+        if _sameConnections(previous.config, config):
+            kept = {server.address: server for server in previous.servers}
+        else:
+            kept = {}
+            if leaving is not None:
+                leaving.extend(previous.servers)
     single = len(config.servers) == 1
-    servers = [
-        Server(
-            server,
-            ServerHealth(
+    servers = []
+    for server in config.servers:
+        made = kept.pop(server.address, None)
+        if made is None:
+            made = Server(
                 server,
-                reactor,
-                single=single,
-                probes=config.health_check,
-                onChange=healthLog.recorder(server.address.name),
-            ),
-            ConnectionPool(reactor, server.address, config),
-        )
-        for server in config.servers
-    ]
+                ServerHealth(
+                    server,
+                    reactor,
+                    single=single,
+                    probes=config.health_check,
+                    onChange=healthLog.recorder(server.address.name),
+                ),
+                ConnectionPool(reactor, server.address, config),
+            )
+        else:
+            _carryOver(made, server, config, single)
+        servers.append(made)
+    if leaving is not None:
+        leaving.extend(kept.values())
     monitor = HealthMonitor(healthLog, reactor, servers, config.health_check)
     balancer = makeBalancer(config.balance, config.balance_argument)
     return Pool(config, balancer, servers, monitor, reactor)
+
+
+def _sameConnections(old: UpstreamConfig, new: UpstreamConfig) -> bool:
+    """
+    Whether the connections made for C{old} may serve C{new}: the same TLS
+    settings towards C{https} servers.
+    """
+    return (old.tls_verify, old.tls_ca, old.tls_name) == (
+        new.tls_verify,
+        new.tls_ca,
+        new.tls_name,
+    )
+
+
+def _carryOver(server: Server, config: ServerConfig, upstream: UpstreamConfig, single: bool):
+    """
+    Give a server that stays across a reload its new line C{config} and
+    its upstream's new settings; what an operator set by the admin API (a
+    state, a weight) stays, as it would until a restart.
+    """
+    changedWeight = server.config.weight != server.configured.weight
+    current = config
+    if server.adminState is not None:
+        current = attrs.evolve(current, down=server.adminState != "up")
+    if changedWeight:
+        current = attrs.evolve(current, weight=server.config.weight)
+    server.configured = config
+    server.config = current
+    server.health.config = config
+    server.health.single = single
+    server.health.probes = upstream.health_check
+    server.connections.config = upstream
+
+
+def _keptListener(listener: ListenerConfig, new) -> ListenerConfig:
+    """
+    The listener C{listener} as a reload leaves it: its endpoints as they
+    are, its routes those of the listener of the same name in C{new}.
+    """
+    for each in new:
+        if each.name == listener.name:
+            return attrs.evolve(listener, routes=each.routes)
+    return listener
+
+
+def _restartNeeded(old: Config, new: Config) -> list[str]:
+    """
+    What differs between C{old} and C{new} that a reload does not change.
+    """
+    needed = []
+    oldListeners = {each.name: each for each in old.listeners}
+    newListeners = {each.name: each for each in new.listeners}
+    for name in sorted(set(oldListeners) | set(newListeners)):
+        before, after = oldListeners.get(name), newListeners.get(name)
+        if before is None:
+            needed.append("new listener %s" % (name,))
+        elif after is None:
+            needed.append("removed listener %s" % (name,))
+        elif (before.listen, before.redirect_https) != (after.listen, after.redirect_https):
+            needed.append("listen of listener %s" % (name,))
+    for key in ("tls", "access_log", "log_format", "admin", "admin_token_file", "explain_records"):
+        if getattr(old, key) != getattr(new, key):
+            needed.append(key)
+    if old.streams != new.streams:
+        needed.append("streams")
+    return needed
+
+
+def _changes(old: Config, new: Config) -> list[str]:
+    """
+    What a reload from C{old} to C{new} changes, in words.
+    """
+    changes = []
+    for what, before, after in (
+        ("routes", {r.name: r for r in old.routes}, {r.name: r for r in new.routes}),
+        ("upstreams", old.upstreams, new.upstreams),
+    ):
+        for verb, names in (
+            ("added", [name for name in after if name not in before]),
+            ("removed", [name for name in before if name not in after]),
+            ("changed", [n for n in after if n in before and before[n] != after[n]]),
+        ):
+            if names:
+                changes.append("%s %s: %s" % (what, verb, ", ".join(names)))
+    if old.gatekeeper != new.gatekeeper:
+        changes.append("gatekeeper changed")
+    if [r.name for r in old.routes] != [r.name for r in new.routes] and not any(
+        change.startswith("routes") for change in changes
+    ):
+        changes.append("routes reordered")
+    return changes
 
 
 class _Lifecycle(Service):

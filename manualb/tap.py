@@ -3,7 +3,8 @@ The C{twistd manualb} command: C{twistd -n manualb --config conf/lb.ini}.
 
 C{SIGTERM} and C{SIGINT} stop gracefully, with exit status 0, as
 C{nginx -s quit} does; C{SIGUSR1} reopens the access log, after twistd's own
-handler (which rotates twistd's log file) has run.
+handler (which rotates twistd's log file) has run; C{SIGHUP} reloads the
+configuration file (L{manualb.service.LoadBalancer.reloadFile}).
 """
 
 from __future__ import annotations
@@ -96,6 +97,26 @@ def reopenOnSignal(
     return restore
 
 
+def reloadOnSignal(
+    reactor: Any, reload: Callable[[], object], signals: Any = signal
+) -> None:
+    """
+    Make C{SIGHUP} call C{reload} in the reactor's thread, as nginx reloads
+    on it; the reactor's own handler would end the process instead.  The
+    handler itself only schedules the call.
+
+    @param signals: The L{signal} module, or one like it.
+    """
+    number = getattr(signals, "SIGHUP", None)
+    if number is None:
+        return
+
+    def handler(number, frame):
+        reactor.callFromThread(reload)
+
+    signals.signal(number, handler)
+
+
 def stopOnSignals(
     reactor: Any,
     stop: Callable[[], None],
@@ -158,6 +179,9 @@ class _ExitIfCannotListen(MultiService):
             self.reactor.callWhenRunning(
                 stopOnSignals, self.reactor, self.reactor.stop, self.balancer.close
             )
+            reloadFile = getattr(self.balancer, "reloadFile", None)
+            if reloadFile is not None:
+                self.reactor.callWhenRunning(reloadOnSignal, self.reactor, reloadFile)
         # What start-up made (modules, configuration, pools) lives as long
         # as the process: kept out of the collector's reach, it is not
         # walked again by every full collection, whose pauses would

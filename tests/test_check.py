@@ -358,7 +358,7 @@ class ContribTests(SynchronousTestCase):
     def test_filesExist(self) -> None:
         """
         The systemd unit, the socket-activation example and the operations
-        guide are there; the unit restarts on failure and sends no HUP.
+        guide are there; the unit restarts on failure and reloads by HUP.
         """
         for name in ["contrib/manualb.service", "contrib/manualb.socket",
                      "contrib/lb-systemd.ini", "docs/operations.rst"]:
@@ -367,7 +367,7 @@ class ContribTests(SynchronousTestCase):
             unit = f.read()
         self.assertIn("\nRestart=on-failure\n", unit)
         self.assertIn(" -n --pidfile= ", unit)
-        self.assertNotIn("\nExecReload", unit)
+        self.assertIn("\nExecReload=/bin/kill -HUP $MAINPID\n", unit)
         with open(os.path.join(ROOT, "README.rst")) as f:
             readme = f.read()
         self.assertIn("docs/operations.rst", readme)

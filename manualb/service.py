@@ -10,7 +10,7 @@ from functools import partial
 from typing import Callable
 
 import attrs
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore, IStreamServerEndpoint
@@ -53,6 +53,7 @@ from manualb.termination import (
     tolerateUnknownALPN,
 )
 from manualb.ratelimit import MemoryStore, RateLimiter
+from manualb.reloading import changes as describeChanges, listenersAfter, restartNeeded, servedBy
 from manualb.urlmap import URLMap
 from manualb.waf import WAF
 from manualb.web import ProxyResource, ProxySite, listening, sslContextFactory
@@ -150,6 +151,13 @@ class LoadBalancer:
         # their old probes and connections are gone.
         self._leaving: list[Server] = []
         self._departures: list[Deferred] = []
+        # The service that listening services belong to (see
+        # BalancerService), the listening service of each listen line by
+        # (listener name, line), and the timers that end the connections of
+        # the lines a reload closed.
+        self.parent: MultiService | None = None
+        self._listening: dict[tuple[str, str], IService] = {}
+        self._closingTimers: list = []
         if accessLog is None and config.access_log is not None:
             accessLog = AccessLog(
                 clock=reactor.seconds, target=config.access_log, format=config.log_format
@@ -284,6 +292,17 @@ class LoadBalancer:
             return self.redirects[listener.name]
         return self.sites[listener.name]
 
+    def listen(self, listener: ListenerConfig, description: str) -> IService:
+        """
+        The listening service of the line C{description} of C{listener},
+        which a reload keeps for as long as the line stays.
+        """
+        service = listening(
+            partial(self.endpoint, description), self.factoryFor(listener, description), description
+        )
+        self._listening[listener.name, description] = service
+        return service
+
     def start(self) -> None:
         """
         Read the files (L{load}) and start what runs in the background: the
@@ -326,13 +345,21 @@ class LoadBalancer:
         state and connections carry over.  A server that goes is drained:
         its requests in flight finish, then its connections close.
 
-        What needs new sockets or files is not changed: the listen lines
-        and the listeners, C{[tls]}, the access log, the admin listener and
-        the C{[stream]} sections keep their old values, and the log line
-        says they need a restart.
+        Listen lines (and C{[listener]} sections) that are new or changed
+        are bound first; then those that are gone stop accepting, and their
+        connections close as in a graceful stop (L{stop}), once their
+        requests are done, or after C{shutdown_timeout}.  Lines that stay
+        are not rebound.
+
+        What needs other new sockets or files is not changed: C{[tls]}, the
+        access log, the admin listener and the C{[stream]} sections keep
+        their old values, as does a listener that would change between
+        serving every route and some, or between redirecting to https and
+        not; the log line says they need a restart.
 
         @raise ConfigError: A C{[stream]} kept needs an upstream that
-            C{config} no longer has; nothing changed.
+            C{config} no longer has, or a new listen line cannot be bound;
+            nothing changed.
 
         @return: The line logged: what changed.
         """
@@ -346,10 +373,12 @@ class LoadBalancer:
                     "upstream %s is gone; the stream needs it until a restart"
                     % (stream.upstream,),
                 )
-        restart = _restartNeeded(old, config)
+        listeners, restart = listenersAfter(old.listeners, config.listeners)
+        restart += restartNeeded(old, config)
+        opened, closing = self._openListeners(config, listeners)
         config = attrs.evolve(
             config,
-            listen=old.listen,
+            listen=next((each.listen for each in listeners if each.name == "default"), ()),
             access_log=old.access_log,
             log_format=old.log_format,
             admin=old.admin,
@@ -357,9 +386,11 @@ class LoadBalancer:
             explain_records=old.explain_records,
             tls=old.tls,
             streams=old.streams,
-            listeners=[_keptListener(listener, config.listeners) for listener in old.listeners],
+            listeners=listeners,
         )
-        changes = _changes(old, config)
+        changes = describeChanges(old, config)
+        if opened:
+            changes.append("listening on " + ", ".join(opened))
         pools: dict[str, Pool] = {}
         leaving: list[Server] = []
         for name, upstream in config.upstreams.items():
@@ -390,6 +421,15 @@ class LoadBalancer:
                 )
         for server in leaving:
             self._drainServer(server)
+        if closing:
+            changes.append("closing " + ", ".join(description for name, description in closing))
+        for key in closing:
+            self._closeListener(self._listening.pop(key))
+        names = {listener.name for listener in listeners}
+        for name in list(self.sites):
+            if name not in names:
+                del self.sites[name]
+                self.redirects.pop(name, None)
         if leaving:
             changes.append(
                 "%d servers leaving (their requests in flight finish): %s"
@@ -400,6 +440,97 @@ class LoadBalancer:
             message += "; needs a restart to take effect, kept as it was: " + ", ".join(restart)
         log.info("{line}", line=message)
         return message
+
+    def _openListeners(
+        self, config: Config, listeners: list[ListenerConfig]
+    ) -> tuple[list[str], list[tuple[str, str]]]:
+        """
+        Bind the lines of C{listeners} that are not bound yet, with a site
+        for each new listener (given its routes once the reload is in
+        place).
+
+        @raise ConfigError: A line cannot be bound: the lines bound so far
+            are closed again, and the new sites forgotten.
+
+        @return: The lines bound, and the (listener name, line) of those
+            to close.
+        """
+        wanted = {
+            (listener.name, description): listener
+            for listener in listeners
+            for description in listener.listen
+        }
+        closing = [key for key in self._listening if key not in wanted]
+        if self.parent is None:
+            return [], closing
+        newSites = []
+        for listener in listeners:
+            if listener.name in self.sites:
+                continue
+            newSites.append(listener.name)
+            self.sites[listener.name] = (
+                self.site if listener.routes is None else self._proxySite((), None, listener.name)
+            )
+            if listener.redirect_https is not None:
+                self.redirects[listener.name] = self._proxySite(
+                    (), redirectStages(listener.redirect_https, self._gatekeeper(None)), listener.name
+                )
+        bound: list[tuple[tuple[str, str], IService]] = []
+        for key, listener in wanted.items():
+            if key in self._listening:
+                continue
+            service = listening(
+                partial(self.endpoint, key[1]), self.factoryFor(listener, key[1]), key[1]
+            )
+            try:
+                service.setServiceParent(self.parent)
+            except Exception as e:
+                if service in self.parent:
+                    service.disownServiceParent()
+                for each, made in bound:
+                    made.disownServiceParent()
+                for name in newSites:
+                    del self.sites[name]
+                    self.redirects.pop(name, None)
+                raise ConfigError(
+                    config.source,
+                    "manualb" if key[0] == "default" else "listener " + key[0],
+                    "listen",
+                    "cannot listen on %s: %s" % (key[1], e),
+                )
+            bound.append((key, service))
+        for key, service in bound:
+            self._listening[key] = service
+        return [key[1] for key, service in bound], closing
+
+    def _closeListener(self, service: IService) -> None:
+        """
+        Stop accepting on a listening service that a reload removed, and
+        let its connections go as in a graceful stop: each closes once its
+        requests are done, and what is left after C{shutdown_timeout} is
+        closed then.
+        """
+        port = getattr(service, "port", None)
+        if service.parent is not None:
+            stopped = service.disownServiceParent()
+            if stopped is not None:
+                self._departed(stopped)
+        if port is None:
+            return
+        served = [each for each in self.connections.connections if servedBy(port, each)]
+        for connection in served:
+            connection.drain()
+        if not served:
+            return
+
+        def timedOut():
+            self._closingTimers.remove(timer)
+            for connection in served:
+                if connection in self.connections.connections:
+                    connection.abortConnection()
+
+        timer = self.reactor.callLater(self.config.shutdown_timeout, timedOut)
+        self._closingTimers.append(timer)
 
     def _refreshSite(self, site: ProxySite, routeNames, stages=None) -> None:
         """
@@ -561,6 +692,9 @@ class LoadBalancer:
     def _close(self) -> Deferred:
         if self._stopTimer is not None and self._stopTimer.active():
             self._stopTimer.cancel()
+        for timer in self._closingTimers:
+            timer.cancel()
+        self._closingTimers = []
         probes = [pool.monitor.stop() for pool in self.pools.values()]
         probes += list(self._departures)
         # The clients go first: an exchange whose client is gone lets go of
@@ -712,65 +846,6 @@ def _carryOver(server: Server, config: ServerConfig, upstream: UpstreamConfig, s
     server.connections.config = upstream
 
 
-def _keptListener(listener: ListenerConfig, new) -> ListenerConfig:
-    """
-    The listener C{listener} as a reload leaves it: its endpoints as they
-    are, its routes those of the listener of the same name in C{new}.
-    """
-    for each in new:
-        if each.name == listener.name:
-            return attrs.evolve(listener, routes=each.routes)
-    return listener
-
-
-def _restartNeeded(old: Config, new: Config) -> list[str]:
-    """
-    What differs between C{old} and C{new} that a reload does not change.
-    """
-    needed = []
-    oldListeners = {each.name: each for each in old.listeners}
-    newListeners = {each.name: each for each in new.listeners}
-    for name in sorted(set(oldListeners) | set(newListeners)):
-        before, after = oldListeners.get(name), newListeners.get(name)
-        if before is None:
-            needed.append("new listener %s" % (name,))
-        elif after is None:
-            needed.append("removed listener %s" % (name,))
-        elif (before.listen, before.redirect_https) != (after.listen, after.redirect_https):
-            needed.append("listen of listener %s" % (name,))
-    for key in ("tls", "access_log", "log_format", "admin", "admin_token_file", "explain_records"):
-        if getattr(old, key) != getattr(new, key):
-            needed.append(key)
-    if old.streams != new.streams:
-        needed.append("streams")
-    return needed
-
-
-def _changes(old: Config, new: Config) -> list[str]:
-    """
-    What a reload from C{old} to C{new} changes, in words.
-    """
-    changes = []
-    for what, before, after in (
-        ("routes", {r.name: r for r in old.routes}, {r.name: r for r in new.routes}),
-        ("upstreams", old.upstreams, new.upstreams),
-    ):
-        for verb, names in (
-            ("added", [name for name in after if name not in before]),
-            ("removed", [name for name in before if name not in after]),
-            ("changed", [n for n in after if n in before and before[n] != after[n]]),
-        ):
-            if names:
-                changes.append("%s %s: %s" % (what, verb, ", ".join(names)))
-    if old.gatekeeper != new.gatekeeper:
-        changes.append("gatekeeper changed")
-    if [r.name for r in old.routes] != [r.name for r in new.routes] and not any(
-        change.startswith("routes") for change in changes
-    ):
-        changes.append("routes reordered")
-    return changes
-
-
 class _Lifecycle(Service):
     """
     Reads the balancer's files and starts its probes with the application,
@@ -810,6 +885,7 @@ class BalancerService(MultiService):
     def __init__(self, balancer: LoadBalancer):
         super().__init__()
         self.balancer = balancer
+        balancer.parent = self
         _Lifecycle(balancer).setServiceParent(self)
 
 
@@ -835,9 +911,7 @@ def makeService(config: Config, reactor: IReactorCore | None = None) -> Balancer
     parent = BalancerService(balancer)
     for listener in config.listeners:
         for description in listener.listen:
-            factory = balancer.factoryFor(listener, description)
-            makeEndpoint = partial(balancer.endpoint, description)
-            listening(makeEndpoint, factory, description).setServiceParent(parent)
+            balancer.listen(listener, description).setServiceParent(parent)
     for stream in config.streams:
         for description in stream.listen:
             makeEndpoint = partial(serverEndpoint, reactor, description)

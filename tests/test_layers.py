@@ -45,7 +45,7 @@ LAYERS: list[tuple[str, ...]] = [
     ),
     ("exchange", "streams", "endpoints", "dashboard", "admin", "configfile"),
     ("web.http2", "web.channel", "web.site", "web"),
-    ("service",),
+    ("reloading", "service"),
     ("tlstesting", "testing", "demo", "tap", "__main__", "__init__"),
 ]
 

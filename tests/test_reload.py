@@ -14,6 +14,7 @@ import sys
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -248,22 +249,146 @@ class ReloadTests(TestCase):
         code, body = yield self.get()
         self.assertEqual((code, body), (200, b"A\n"))
 
-    @inlineCallbacks
-    def test_restartNeeded(self):
+    def ports(self):
         """
-        A changed listen line is not applied: the listener stays where it
-        is, and the log line says a restart is needed for it.
+        The port of each listening service of the running service, by
+        its line.
+        """
+        return {child.name: child.port for child in self.service if getattr(child, "port", None)}
+
+    @inlineCallbacks
+    def getAt(self, port, path=b"/"):
+        response = yield self.agent.request(b"GET", b"http://127.0.0.1:%d%s" % (port, path))
+        body = yield responseBody(response)
+        return response.code, body
+
+    @inlineCallbacks
+    def test_listenLines(self):
+        """
+        A reload binds a new listen line, which serves from then on; a
+        removed one stops accepting, and its request in flight completes;
+        one that stays keeps its port, and a client kept alive on it stays
+        connected.
+        """
+        held = HeldBackend()
+        a = yield self.backend(held)
+        stays, goes, comes = (
+            "tcp:0:interface=127.0.0.1",
+            "tcp:0:interface=127.0.0.1:backlog=100",
+            "tcp:0:interface=127.0.0.1:backlog=200",
+        )
+        listen = "[manualb]\nlisten =\n    %s\n    %s"
+        self.start(_config({"pool": [a]}, listen=False).replace("[manualb]", listen % (stays, goes)))
+        before = self.ports()
+        self.assertEqual(sorted(before), sorted([stays, goes]))
+        client = _KeepAliveClient()
+        yield connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", before[stays].getHost().port), client
+        )
+        self.addCleanup(client.transport.loseConnection)
+        answer = client.get(b"/")
+        yield held.arrived()
+        held.release()
+        head, body = yield answer
+        self.assertEqual(body, b"ok")
+        inFlight = self.getAt(before[goes].getHost().port)
+        yield held.arrived()
+        message = self.reload(
+            _config({"pool": [a]}, listen=False).replace("[manualb]", listen % (stays, comes))
+        )
+        self.assertIn("listening on " + comes, message)
+        self.assertIn("closing " + goes, message)
+        self.assertNotIn("restart", message)
+        after = self.ports()
+        self.assertEqual(sorted(after), sorted([stays, comes]))
+        self.assertIs(after[stays], before[stays])
+        self.assertEqual(
+            self.balancer.config.listeners[0].listen, (stays, comes)
+        )
+        refused = connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", before[goes].getHost().port), Protocol()
+        )
+        yield self.assertFailure(refused, ConnectionRefusedError)
+        held.release()
+        code, body = yield inFlight
+        self.assertEqual((code, body), (200, b"ok"))
+        fresh = self.getAt(after[comes].getHost().port)
+        yield held.arrived()
+        held.release()
+        self.assertEqual((yield fresh), (200, b"ok"))
+        answer = client.get(b"/")
+        yield held.arrived()
+        held.release()
+        head, body = yield answer
+        self.assertEqual(body, b"ok")
+        self.assertFalse(client.lost.called)
+
+    @inlineCallbacks
+    def test_newListener(self):
+        """
+        A C{[listener NAME]} that a reload adds is bound, and serves its
+        own routes.
         """
         a = yield self.backend(NamedBackend("A"))
+        b = yield self.backend(NamedBackend("B"))
         self.start(_config({"pool": [a]}))
-        text = _config({"pool": [a]}, listen=False).replace(
-            "[manualb]", "[manualb]\nlisten = tcp:0:interface=127.0.0.2"
+        text = _config(
+            {"pool": [a], "other": [b]},
+            routes=[("default", "/", "pool"), ("api", "/api", "other")],
         )
+        text += "[listener api]\nlisten = tcp:0:interface=127.0.0.1:backlog=100\nroutes = api\n"
         message = self.reload(text)
-        self.assertIn("needs a restart to take effect, kept as it was: listen", message)
-        self.assertEqual(self.balancer.config.listeners[0].listen, ("tcp:0:interface=127.0.0.1",))
-        code, body = yield self.get()
-        self.assertEqual((code, body), (200, b"A\n"))
+        self.assertIn("listening on tcp:0:interface=127.0.0.1:backlog=100", message)
+        port = self.ports()["tcp:0:interface=127.0.0.1:backlog=100"].getHost().port
+        self.assertEqual((yield self.getAt(port, b"/api")), (200, b"B\n"))
+        self.assertEqual((yield self.getAt(port, b"/"))[0], 404)
+        self.assertEqual((yield self.get(b"/api")), (200, b"B\n"))
+        message = self.reload(_config({"pool": [a]}))
+        self.assertIn("closing tcp:0:interface=127.0.0.1:backlog=100", message)
+        self.assertNotIn("api", self.balancer.sites)
+
+    @inlineCallbacks
+    def test_listenerChangesKind(self):
+        """
+        A listener that would change from serving some routes to serving
+        every one keeps its routes, and the log line says it needs a
+        restart.
+        """
+        a = yield self.backend(NamedBackend("A"))
+        b = yield self.backend(NamedBackend("B"))
+        routes = [("default", "/", "pool"), ("api", "/api", "other")]
+        listener = "[listener api]\nlisten = tcp:0:interface=127.0.0.1:backlog=100\n"
+        self.start(_config({"pool": [a], "other": [b]}, routes) + listener + "routes = api\n")
+        message = self.reload(_config({"pool": [a], "other": [b]}, routes) + listener)
+        self.assertIn("kept as it was: listener api", message)
+        port = self.ports()["tcp:0:interface=127.0.0.1:backlog=100"].getHost().port
+        self.assertEqual((yield self.getAt(port, b"/"))[0], 404)
+        self.assertEqual((yield self.get(b"/")), (200, b"A\n"))
+
+    @inlineCallbacks
+    def test_listenFails(self):
+        """
+        A new listen line that cannot be bound refuses the whole reload,
+        with one line naming it; the old configuration keeps serving.
+        """
+        a = yield self.backend(NamedBackend("A"))
+        b = yield self.backend(NamedBackend("B"))
+        self.start(_config({"pool": [a]}))
+        taken = self.ports()["tcp:0:interface=127.0.0.1"].getHost().port
+        events = _capturedLog(self)
+        line = "tcp:%d:interface=127.0.0.1" % (taken,)
+        self.write(
+            _config({"pool": [b]}, listen=False).replace(
+                "[manualb]",
+                "[manualb]\nlisten =\n    tcp:0:interface=127.0.0.1:backlog=9\n    " + line,
+            )
+        )
+        applied, message = self.balancer.reloadFile()
+        self.assertFalse(applied)
+        self.assertIn("cannot listen on " + line, message)
+        self.assertEqual(_messages(events, "Reload refused"), [message])
+        self.assertEqual(list(self.ports()), ["tcp:0:interface=127.0.0.1"])
+        self.assertEqual((yield self.get()), (200, b"A\n"))
 
     @inlineCallbacks
     def test_reloadsUnderLoad(self):

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.interfaces import (
+    IListeningPort,
     IPushProducer,
     IReactorTime,
     IStreamServerEndpoint,
@@ -542,6 +543,8 @@ class _Listening(StreamServerEndpointService):
     """
     Listens on one endpoint, made when the service starts (reading any
     certificates it needs) or when first asked for.
+
+    @ivar port: The port it listens on, once bound; else L{None}.
     """
 
     def __init__(self, makeEndpoint: Callable[[], IStreamServerEndpoint], factory: Factory):
@@ -549,6 +552,16 @@ class _Listening(StreamServerEndpointService):
         self._makeEndpoint = makeEndpoint
         # As strports.service does: a port that cannot be bound stops start-up.
         self._raiseSynchronously = True
+        self.port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+
+        def bound(port):
+            self.port = port
+            return port
+
+        self._waitingForPort.addCallback(bound)
 
     @property
     def endpoint(self) -> IStreamServerEndpoint:

@@ -377,6 +377,29 @@ class AccessLog:
         if old is not None:
             _closeQuietly(old)
 
+    def change(self, target: str | None, format: str) -> None:
+        """
+        Write to C{target} (as the constructor takes it) in C{format} from
+        now on, as a reload does: when the log is open and the target
+        differs, the new one is opened first, then the old one closed.
+
+        @raise OSError: The new target cannot be opened; nothing changed.
+        """
+        compiled = compileFormat(format)
+        if target != self._target:
+            old, oldTarget = self._output, self._target
+            self._target = target
+            if self._open:
+                self._output = None
+                try:
+                    self.start()
+                except OSError:
+                    self._output, self._target = old, oldTarget
+                    raise
+                if old is not None:
+                    _closeQuietly(old)
+        self._format = compiled
+
     def _timestamp(self) -> bytes:
         now = int(self._clock())
         if now != self._second:

@@ -375,12 +375,18 @@ class LoadBalancer:
                 )
         listeners, restart = listenersAfter(old.listeners, config.listeners)
         restart += restartNeeded(old, config)
-        opened, closing = self._openListeners(config, listeners)
+        logChanged = (old.access_log, old.log_format) != (config.access_log, config.log_format)
+        if logChanged:
+            self._changeAccessLog(config, config.access_log, config.log_format)
+        try:
+            opened, closing = self._openListeners(config, listeners)
+        except ConfigError:
+            if logChanged:
+                self._changeAccessLog(old, old.access_log, old.log_format)
+            raise
         config = attrs.evolve(
             config,
             listen=next((each.listen for each in listeners if each.name == "default"), ()),
-            access_log=old.access_log,
-            log_format=old.log_format,
             admin=old.admin,
             admin_token_file=old.admin_token_file,
             explain_records=old.explain_records,
@@ -391,6 +397,8 @@ class LoadBalancer:
         changes = describeChanges(old, config)
         if opened:
             changes.append("listening on " + ", ".join(opened))
+        if logChanged:
+            changes.append("access log: %s, %s" % (config.access_log or "off", config.log_format))
         pools: dict[str, Pool] = {}
         leaving: list[Server] = []
         for name, upstream in config.upstreams.items():
@@ -440,6 +448,40 @@ class LoadBalancer:
             message += "; needs a restart to take effect, kept as it was: " + ", ".join(restart)
         log.info("{line}", line=message)
         return message
+
+    def _changeAccessLog(self, config: Config, target: str | None, format: str) -> None:
+        """
+        Write the access log to C{target} in C{format} from now on, the new
+        file opened (when the balancer has started) before the old one is
+        closed; every site's resource writes to it, or to none when
+        C{target} is L{None}.
+
+        @raise ConfigError: The new file cannot be opened; nothing changed.
+        """
+        accessLog = self.accessLog
+        try:
+            if target is None:
+                accessLog = None
+            elif accessLog is None:
+                accessLog = AccessLog(clock=self.reactor.seconds, target=target, format=format)
+                if self._started:
+                    accessLog.start()
+            else:
+                accessLog.change(target, format)
+        except OSError as e:
+            raise ConfigError(
+                config.source,
+                "manualb",
+                "access_log",
+                "cannot open %s: %s" % (target, e.strerror or e),
+            )
+        if accessLog is not self.accessLog:
+            if self.accessLog is not None:
+                self.accessLog.close()
+            self.accessLog = accessLog
+            sites = [self.site, *self.sites.values(), *self.redirects.values()]
+            for site in sites:
+                site.resource.accessLog = accessLog
 
     def _openListeners(
         self, config: Config, listeners: list[ListenerConfig]

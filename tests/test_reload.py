@@ -377,8 +377,11 @@ class ReloadTests(TestCase):
         taken = self.ports()["tcp:0:interface=127.0.0.1"].getHost().port
         events = _capturedLog(self)
         line = "tcp:%d:interface=127.0.0.1" % (taken,)
+        accessLog = os.path.abspath(self.mktemp())
         self.write(
-            _config({"pool": [b]}, listen=False).replace(
+            _config({"pool": [b]}, listen=False)
+            .replace("access_log = off", "access_log = " + accessLog)
+            .replace(
                 "[manualb]",
                 "[manualb]\nlisten =\n    tcp:0:interface=127.0.0.1:backlog=9\n    " + line,
             )
@@ -389,6 +392,69 @@ class ReloadTests(TestCase):
         self.assertEqual(_messages(events, "Reload refused"), [message])
         self.assertEqual(list(self.ports()), ["tcp:0:interface=127.0.0.1"])
         self.assertEqual((yield self.get()), (200, b"A\n"))
+        self.assertIsNone(self.balancer.accessLog)
+        self.assertIsNone(self.balancer.resource.accessLog)
+
+    @inlineCallbacks
+    def test_accessLog(self):
+        """
+        A reload that changes C{access_log} and C{log_format} opens the new
+        file and writes the new lines there; the old file gets no more.
+        """
+        a = yield self.backend(NamedBackend("A"))
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        first, second = os.path.join(directory, "a.log"), os.path.join(directory, "b.log")
+        text = _config({"pool": [a]})
+        self.start(text.replace("access_log = off", "access_log = " + first))
+        self.assertEqual((yield self.get(b"/one")), (200, b"A\n"))
+        message = self.reload(
+            text.replace("access_log = off", "access_log = %s\nlog_format = $request $status" % (second,))
+        )
+        self.assertIn("access log: %s, $request $status" % (second,), message)
+        self.assertNotIn("restart", message)
+        self.assertEqual((yield self.get(b"/two")), (200, b"A\n"))
+        with open(first, "rb") as f:
+            [line] = f.read().splitlines()
+        self.assertIn(b'"GET /one HTTP/1.1" 200', line)
+        with open(second, "rb") as f:
+            self.assertEqual(f.read(), b"GET /two HTTP/1.1 200\n")
+        self.reload(text)
+        self.assertIsNone(self.balancer.accessLog)
+        self.assertEqual((yield self.get(b"/three")), (200, b"A\n"))
+        with open(second, "rb") as f:
+            self.assertEqual(f.read(), b"GET /two HTTP/1.1 200\n")
+        self.reload(text.replace("access_log = off", "access_log = " + first))
+        self.assertEqual((yield self.get(b"/four")), (200, b"A\n"))
+        with open(first, "rb") as f:
+            self.assertIn(b'"GET /four HTTP/1.1" 200', f.read().splitlines()[-1])
+
+    @inlineCallbacks
+    def test_accessLogCannotBeOpened(self):
+        """
+        A new C{access_log} that cannot be opened refuses the reload with
+        one line; the lines keep going to the old file.
+        """
+        a = yield self.backend(NamedBackend("A"))
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        first = os.path.join(directory, "a.log")
+        missing = os.path.join(directory, "nothere", "b.log")
+        text = _config({"pool": [a]})
+        self.start(text.replace("access_log = off", "access_log = " + first))
+        events = _capturedLog(self)
+        self.write(
+            text.replace("access_log = off", "access_log = " + missing)
+            + "[listener more]\nlisten = tcp:0:interface=127.0.0.1:backlog=9\n"
+        )
+        applied, message = self.balancer.reloadFile()
+        self.assertFalse(applied)
+        self.assertIn("cannot open " + missing, message)
+        self.assertEqual(_messages(events, "Reload refused"), [message])
+        self.assertEqual(list(self.ports()), ["tcp:0:interface=127.0.0.1"])
+        self.assertEqual((yield self.get(b"/one")), (200, b"A\n"))
+        with open(first, "rb") as f:
+            self.assertIn(b'"GET /one HTTP/1.1" 200', f.read())
 
     @inlineCallbacks
     def test_reloadsUnderLoad(self):

@@ -351,15 +351,19 @@ class LoadBalancer:
         requests are done, or after C{shutdown_timeout}.  Lines that stay
         are not rebound.
 
-        What needs other new sockets or files is not changed: C{[tls]}, the
-        access log, the admin listener and the C{[stream]} sections keep
-        their old values, as does a listener that would change between
+        The access log moves to its new file and format (opened before the
+        old one closes), and the C{sni:} listeners serve the certificates of
+        a changed C{[tls]} to new connections (read and checked first).
+
+        What needs other new sockets is not changed: the admin listener and
+        the C{[stream]} sections keep their old values, as does a listener that would change between
         serving every route and some, or between redirecting to https and
         not; the log line says they need a restart.
 
         @raise ConfigError: A C{[stream]} kept needs an upstream that
-            C{config} no longer has, or a new listen line cannot be bound;
-            nothing changed.
+            C{config} no longer has, a new listen line cannot be bound, the
+            new access log cannot be opened, or a certificate or key of
+            C{[tls]} cannot be used; nothing changed.
 
         @return: The line logged: what changed.
         """
@@ -375,6 +379,13 @@ class LoadBalancer:
                 )
         listeners, restart = listenersAfter(old.listeners, config.listeners)
         restart += restartNeeded(old, config)
+        certificates = None
+        if config.tls != old.tls and config.tls is not None:
+            # Read and checked before anything changes.
+            certificates = contextFactoryFor(config.tls, config.source)
+            if self.tls is None:
+                # For the first sni: lines, bound below.
+                self.tls = certificates
         logChanged = (old.access_log, old.log_format) != (config.access_log, config.log_format)
         if logChanged:
             self._changeAccessLog(config, config.access_log, config.log_format)
@@ -390,13 +401,15 @@ class LoadBalancer:
             admin=old.admin,
             admin_token_file=old.admin_token_file,
             explain_records=old.explain_records,
-            tls=old.tls,
             streams=old.streams,
             listeners=listeners,
         )
         changes = describeChanges(old, config)
         if opened:
             changes.append("listening on " + ", ".join(opened))
+        if certificates is not None:
+            self.tls.update(certificates)
+            changes.append("certificates: " + ", ".join(certificates.names))
         if logChanged:
             changes.append("access log: %s, %s" % (config.access_log or "off", config.log_format))
         pools: dict[str, Pool] = {}
@@ -589,6 +602,7 @@ class LoadBalancer:
             TrustedProxies(gatekeeper.trusted_proxies) if gatekeeper.trusted_proxies else None
         )
         site.timeOut = gatekeeper.keepalive_timeout
+        site.hsts = hstsHeader(self.config.tls)
 
     def _departed(self, ended: Deferred) -> None:
         """

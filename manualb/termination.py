@@ -195,6 +195,16 @@ class SNIContextFactory:
                 self._exact.setdefault(normal, context)
         self.defaultContext.set_tlsext_servername_callback(self._serverNameReceived)
 
+    def update(self, other: "SNIContextFactory") -> None:
+        """
+        Serve the certificates of C{other} from now on, as a reload does:
+        new connections get them; those open keep theirs.
+        """
+        self.names = other.names
+        self._exact, self._wildcards = other._exact, other._wildcards
+        self.defaultContext = other.defaultContext
+        self.defaultContext.set_tlsext_servername_callback(self._serverNameReceived)
+
     def contextFor(self, serverName: str | bytes | None) -> SSL.Context:
         """
         The context that serves C{serverName}: the exact name's, else the

@@ -13,8 +13,9 @@ import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -24,6 +25,7 @@ from manualb.__main__ import main, reload as reloadCommand
 from manualb.configfile import loadConfig
 from manualb.service import makeService
 from manualb.testing import NamedBackend, listenBackend, responseBody, serverAddress
+from manualb.tlstesting import makeCA, writeCA, writeTLSFiles
 from tests.test_plugin import ROOT, TWISTD, Twistd
 from tests.test_shutdown import HeldBackend, _capturedLog, _messages
 
@@ -456,6 +458,89 @@ class ReloadTests(TestCase):
         with open(first, "rb") as f:
             self.assertIn(b'"GET /one HTTP/1.1" 200', f.read())
 
+    def subject(self, client):
+        """
+        The common name of the certificate C{client}'s server presented.
+        """
+        return client.transport.getPeerCertificate().get_subject().CN
+
+    def tlsText(self, backend, certificate, key, listen="sni:0:interface=127.0.0.1"):
+        return _config({"pool": [backend]}, listen=False).replace(
+            "[manualb]", "[manualb]\nlisten = " + listen
+        ) + "[tls]\ncertificates =\n    www.example.com %s %s\n" % (certificate, key)
+
+    @inlineCallbacks
+    def tlsClient(self, port, cafile):
+        """
+        A client kept alive over TLS to C{port}, trusting C{cafile}, once
+        it has had its first answer.
+        """
+        with open(cafile, "rb") as f:
+            trusted = Certificate.loadPEM(f.read())
+        endpoint = wrapClientTLS(
+            optionsForClientTLS("www.example.com", trustRoot=trusted),
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+        )
+        client = _KeepAliveClient()
+        yield connectProtocol(endpoint, client)
+        self.addCleanup(client.transport.loseConnection)
+        head, body = yield client.get(b"/")
+        self.assertEqual(body, b"A\n")
+        return client
+
+    @inlineCallbacks
+    def test_certificates(self):
+        """
+        A reload that changes C{[tls]} gives new connections the new
+        certificate, on the same port; a connection open before keeps
+        working.
+        """
+        a = yield self.backend(NamedBackend("A"))
+        directory = os.path.abspath(self.mktemp())
+        ca = makeCA("manualb test CA")
+        cafile = writeCA(directory, ca)
+        old = writeTLSFiles(directory, ca, ["old.example.com", "www.example.com"])
+        new = writeTLSFiles(directory, ca, ["new.example.com", "www.example.com"])
+        self.start(self.tlsText(a, *old))
+        [port] = self.ports().values()
+        before = yield self.tlsClient(port.getHost().port, cafile)
+        self.assertEqual(self.subject(before), "old.example.com")
+        message = self.reload(self.tlsText(a, *new))
+        self.assertIn("certificates: www.example.com", message)
+        self.assertNotIn("restart", message)
+        self.assertEqual(list(self.ports().values()), [port])
+        after = yield self.tlsClient(port.getHost().port, cafile)
+        self.assertEqual(self.subject(after), "new.example.com")
+        head, body = yield before.get(b"/")
+        self.assertEqual(body, b"A\n")
+        self.assertEqual(self.subject(before), "old.example.com")
+        self.assertFalse(before.lost.called)
+
+    @inlineCallbacks
+    def test_badCertificate(self):
+        """
+        A certificate that cannot be used refuses the reload with one
+        line naming the file; the old certificate keeps serving.
+        """
+        a = yield self.backend(NamedBackend("A"))
+        directory = os.path.abspath(self.mktemp())
+        ca = makeCA("manualb test CA")
+        cafile = writeCA(directory, ca)
+        old = writeTLSFiles(directory, ca, ["old.example.com", "www.example.com"])
+        self.start(self.tlsText(a, *old))
+        [port] = self.ports().values()
+        broken = os.path.join(directory, "broken.crt")
+        with open(broken, "w") as f:
+            f.write("not a certificate\n")
+        events = _capturedLog(self)
+        self.write(self.tlsText(a, broken, old[1]))
+        applied, message = self.balancer.reloadFile()
+        self.assertFalse(applied)
+        self.assertIn(broken, message)
+        self.assertEqual(_messages(events, "Reload refused"), [message])
+        client = yield self.tlsClient(port.getHost().port, cafile)
+        self.assertEqual(self.subject(client), "old.example.com")
+
     @inlineCallbacks
     def test_reloadsUnderLoad(self):
         """
@@ -589,6 +674,10 @@ class TwistdReloadTests(TestCase):
         try:
             port = yield process.ready
             agent = Agent(reactor)
+            # An answer means the reactor runs, so that its SIGHUP handler
+            # (installed when it starts) is in place.
+            response = yield agent.request(b"GET", b"http://127.0.0.1:%d/" % (port,))
+            self.assertEqual((yield responseBody(response)), b"A\n")
             with open(config, "w") as f:
                 f.write(
                     _config(

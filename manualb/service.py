@@ -355,8 +355,9 @@ class LoadBalancer:
         old one closes), and the C{sni:} listeners serve the certificates of
         a changed C{[tls]} to new connections (read and checked first).
 
-        What needs other new sockets is not changed: the admin listener and
-        the C{[stream]} sections keep their old values, as does a listener that would change between
+        What needs other new sockets is not changed: the admin listener
+        (its token and C{explain_records} too) and the C{[stream]} sections
+        keep their old values, as does a listener that would change between
         serving every route and some, or between redirecting to https and
         not; the log line says they need a restart.
 

@@ -35,9 +35,8 @@ def servedBy(port, connection) -> bool:
     its local address is the port's (any of the host's when the port
     listens on every interface).
     """
-    try:
-        local, listening = connection.transport.getHost(), port.getHost()
-    except Exception:
+    local, listening = connection.getHost(), port.getHost()
+    if local is None:
         return False
     if getattr(listening, "port", None) is None:
         return local == listening

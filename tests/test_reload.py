@@ -326,6 +326,28 @@ class ReloadTests(TestCase):
         self.assertFalse(client.lost.called)
 
     @inlineCallbacks
+    def test_removedLineTimesOut(self):
+        """
+        A connection of a removed listen line still busy after
+        C{shutdown_timeout} is closed then.
+        """
+        held = HeldBackend()
+        a = yield self.backend(held)
+        goes, stays = "tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1:backlog=100"
+        text = _config({"pool": [a]}, listen=False, extra="shutdown_timeout = 0.01")
+        self.start(text.replace("[manualb]", "[manualb]\nlisten = " + goes))
+        client = _KeepAliveClient()
+        yield connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", self.ports()[goes].getHost().port), client
+        )
+        client.get(b"/").addErrback(lambda failure: None)
+        yield held.arrived()
+        self.reload(text.replace("[manualb]", "[manualb]\nlisten = " + stays))
+        yield client.lost
+        self.assertEqual(self.balancer._closingTimers, [])
+        held.release()
+
+    @inlineCallbacks
     def test_newListener(self):
         """
         A C{[listener NAME]} that a reload adds is bound, and serves its

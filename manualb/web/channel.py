@@ -508,6 +508,14 @@ class ChannelSwitch(_GenericHTTPChannelProtocol):
         if transport is not None:
             transport.abortConnection()
 
+    def getHost(self):
+        """
+        The local address the client connected to, or L{None} once the
+        connection is gone.
+        """
+        transport = self._channel.transport
+        return None if transport is None else transport.getHost()
+
     def drain(self) -> int:
         """
         Close the connection once the requests it is busy with are answered

@@ -102,8 +102,8 @@ def reloadOnSignal(
 ) -> None:
     """
     Make C{SIGHUP} call C{reload} in the reactor's thread, as nginx reloads
-    on it; the reactor's own handler would end the process instead.  The
-    handler itself only schedules the call.
+    on it; by default the signal ends the process.  The handler itself only
+    schedules the call (which runs once the reactor does).
 
     @param signals: The L{signal} module, or one like it.
     """
@@ -160,6 +160,12 @@ class _ExitIfCannotListen(MultiService):
         service.setServiceParent(self)
 
     def privilegedStartService(self):
+        reloadFile = getattr(self.balancer, "reloadFile", None)
+        if self.reactor is not None and reloadFile is not None:
+            # Before the ports are bound: a SIGHUP sent once the port is
+            # seen open must reload, not end the process (its default, which
+            # neither twistd nor the reactor changes).
+            reloadOnSignal(self.reactor, reloadFile)
         try:
             super().privilegedStartService()
         except (CannotListenError, ConfigError) as e:
@@ -179,9 +185,6 @@ class _ExitIfCannotListen(MultiService):
             self.reactor.callWhenRunning(
                 stopOnSignals, self.reactor, self.reactor.stop, self.balancer.close
             )
-            reloadFile = getattr(self.balancer, "reloadFile", None)
-            if reloadFile is not None:
-                self.reactor.callWhenRunning(reloadOnSignal, self.reactor, reloadFile)
         # What start-up made (modules, configuration, pools) lives as long
         # as the process: kept out of the collector's reach, it is not
         # walked again by every full collection, whose pauses would

@@ -240,9 +240,8 @@ class Exchange:
             answer = self.passage.bodyCheck(prefix)
         except Exception:
             log.failure(
-                "checking the body of {method} {uri}",
-                method=self.view.method.decode("ascii", "replace"),
-                uri=self.view.target.decode("ascii", "replace"),
+                "checking the body of {request}",
+                request=self._requestText(),
             )
             answer = Answer(
                 500, b"Internal Server Error", b"The request could not be checked."
@@ -286,10 +285,9 @@ class Exchange:
             self._answerError(self._lastError)
             return
         log.warn(
-            "upstream {pool}: no server available for {method} {uri}",
+            "upstream {pool}: no server available for {request}",
             pool=self.pool.name,
-            method=self.view.method.decode("ascii", "replace"),
-            uri=self.view.target.decode("ascii", "replace"),
+            request=self._requestText(),
         )
         self._answer(
             503, b"Service Unavailable", b"No server of this service is available now."
@@ -516,6 +514,14 @@ class Exchange:
         if self.lease is not None:
             self.lease.release()
 
+    def _requestText(self) -> str:
+        """
+        The request's method and target, as the log lines about it show
+        them.
+        """
+        view = self.view
+        return (view.method + b" " + view.target).decode("ascii", "replace")
+
     def _localFailure(self, reason: UpstreamLocalError) -> None:
         """
         The proxy could not connect for want of its own resources: the
@@ -523,13 +529,12 @@ class Exchange:
         the client gets a 503 at once.
         """
         log.error(
-            "upstream {server} ({pool}): {reason} while proxying {method} {uri}; "
+            "upstream {server} ({pool}): {reason} while proxying {request}; "
             "answering 503 (the server is not marked as failed)",
             server=self.server.name,
             pool=self.pool.name,
             reason=str(reason),
-            method=self.view.method.decode("ascii", "replace"),
-            uri=self.view.target.decode("ascii", "replace"),
+            request=self._requestText(),
         )
         self.body.discard()
         self._answerError(reason)
@@ -537,12 +542,11 @@ class Exchange:
     def _logFailure(self, reason: UpstreamError, retrying: bool) -> None:
         log.warn(
             "upstream {server} ({pool}) failed: {reason} while proxying "
-            "{method} {uri}{next}",
+            "{request}{next}",
             server=self.server.name,
             pool=self.pool.name,
             reason=str(reason),
-            method=self.view.method.decode("ascii", "replace"),
-            uri=self.view.target.decode("ascii", "replace"),
+            request=self._requestText(),
             next="; trying another server" if retrying else "",
         )
 
@@ -575,9 +579,8 @@ class Exchange:
         if state in _FINAL:
             return
         log.info(
-            "request body of {method} {uri} is larger than client_max_body_size",
-            method=self.view.method.decode("ascii", "replace"),
-            uri=self.view.target.decode("ascii", "replace"),
+            "request body of {request} is larger than client_max_body_size",
+            request=self._requestText(),
         )
         # Done first: abandoning the attempt may fail it, which must not
         # answer in its turn.

@@ -640,6 +640,28 @@ class RequestIdTests(SynchronousTestCase):
             self.assertEqual(passage.requestId, expected)
             self.assertEqual(passage.headers, [(b"X-Request-Id", expected)])
 
+    def test_hostileId(self):
+        """
+        A trusted peer's id that holds CR, LF, NUL or a header of its own
+        (as a front end other than twisted.web might pass on) is replaced,
+        and the head sent to the backend has no line but its own.
+        """
+        for given in (b"ok\r\nX-Admin: 1", b"ok\nX", b"ok\x00", b"ok\r", b"ok "):
+            stage = RequestId(lambda: b"fresh")
+            passage = Passage(
+                RequestView("192.0.2.1", headers=[(b"X-Request-Id", given)], trustedPeer=True)
+            )
+            self.assertIsNone(stage.handle(passage))
+            self.assertEqual(passage.requestId, b"fresh")
+            head = requestHead(
+                b"GET", b"/", [(b"Host", b"a")], b"192.0.2.1", b"HTTP/1.1", False, 0, b"a",
+                requestId=passage.requestId,
+            )
+            lines = head.split(b"\r\n")
+            self.assertNotIn(b"\x00", head)
+            self.assertNotIn(b"X-Admin", head)
+            self.assertEqual([line for line in lines if b"\n" in line or b"\r" in line], [])
+
     def test_newIds(self):
         """
         New ids are 16 hex digits, different each time, across batches.

@@ -21,22 +21,16 @@ from twisted.python.failure import Failure
 from manualb.accesslog import AccessLog
 from manualb.admin import AdminResource, RecentRequests, adminSite, readToken
 from manualb.metrics import Metrics, MetricsResource
-from manualb.balancers import makeBalancer
 from manualb.web.channel import ConnectionLimit
 from manualb.config import (
     Config,
     ConfigError,
     ListenerConfig,
     RateLimitConfig,
-    ServerAddress,
-    ServerConfig,
-    UpstreamConfig,
     WAFConfig,
 )
 from manualb.configfile import loadConfig
 from manualb.gatekeeper import Gatekeeper, TrustedProxies, frontEndBodyLimit
-from manualb.handoff import ConnectionPool
-from manualb.health import HealthLog, HealthMonitor, ServerHealth
 from manualb.interfaces import IRateLimiter, IRequestInspector
 from manualb.selection import Pool, Server
 from manualb.stages import defaultStages, redirectStages
@@ -54,6 +48,7 @@ from manualb.termination import (
 )
 from manualb.ratelimit import MemoryStore, RateLimiter
 from manualb.reloading import changes as describeChanges, listenersAfter, restartNeeded, servedBy
+from manualb.pools import buildPool
 from manualb.urlmap import URLMap
 from manualb.waf import WAF
 from manualb.web import ProxyResource, ProxySite, listening, sslContextFactory
@@ -165,7 +160,7 @@ class LoadBalancer:
         self.accessLog = accessLog
         self.connections = ConnectionLimit(config.gatekeeper.max_connections)
         self.pools = {
-            name: _buildPool(upstream, reactor) for name, upstream in config.upstreams.items()
+            name: buildPool(upstream, reactor) for name, upstream in config.upstreams.items()
         }
         self.recent = self.admin = self.metrics = None
         if config.admin is not None:
@@ -416,7 +411,7 @@ class LoadBalancer:
         pools: dict[str, Pool] = {}
         leaving: list[Server] = []
         for name, upstream in config.upstreams.items():
-            pools[name] = _buildPool(upstream, self.reactor, self.pools.get(name), leaving)
+            pools[name] = buildPool(upstream, self.reactor, self.pools.get(name), leaving)
         for name, pool in self.pools.items():
             if name not in pools:
                 leaving.extend(pool.servers)
@@ -818,89 +813,6 @@ def gatekeeperEngines(
         return made
 
     return makeWAF, makeLimiter
-
-
-def _buildPool(
-    config: UpstreamConfig,
-    reactor,
-    previous: Pool | None = None,
-    leaving: list[Server] | None = None,
-) -> Pool:
-    """
-    A pool with its strategy, and its servers each whole: its health (which
-    records its changes in the pool's health log) and its connection pool;
-    and the health monitor that probes them.
-
-    @param previous: The pool of the same name that a reload replaces: its
-        health log, and each of its servers that stays (same address, and
-        the same TLS settings for an C{https} one), carry over.
-    @param leaving: Where the servers of C{previous} that do not stay go.
-    """
-    healthLog = previous.monitor.log if previous is not None else HealthLog(config.name, reactor)
-    kept: dict[ServerAddress, Server] = {}
-    if previous is not None:
-        if _sameConnections(previous.config, config):
-            kept = {server.address: server for server in previous.servers}
-        else:
-            kept = {}
-            if leaving is not None:
-                leaving.extend(previous.servers)
-    single = len(config.servers) == 1
-    servers = []
-    for server in config.servers:
-        made = kept.pop(server.address, None)
-        if made is None:
-            made = Server(
-                server,
-                ServerHealth(
-                    server,
-                    reactor,
-                    single=single,
-                    probes=config.health_check,
-                    onChange=healthLog.recorder(server.address.name),
-                ),
-                ConnectionPool(reactor, server.address, config),
-            )
-        else:
-            _carryOver(made, server, config, single)
-        servers.append(made)
-    if leaving is not None:
-        leaving.extend(kept.values())
-    monitor = HealthMonitor(healthLog, reactor, servers, config.health_check)
-    balancer = makeBalancer(config.balance, config.balance_argument)
-    return Pool(config, balancer, servers, monitor, reactor)
-
-
-def _sameConnections(old: UpstreamConfig, new: UpstreamConfig) -> bool:
-    """
-    Whether the connections made for C{old} may serve C{new}: the same TLS
-    settings towards C{https} servers.
-    """
-    return (old.tls_verify, old.tls_ca, old.tls_name) == (
-        new.tls_verify,
-        new.tls_ca,
-        new.tls_name,
-    )
-
-
-def _carryOver(server: Server, config: ServerConfig, upstream: UpstreamConfig, single: bool):
-    """
-    Give a server that stays across a reload its new line C{config} and
-    its upstream's new settings; what an operator set by the admin API (a
-    state, a weight) stays, as it would until a restart.
-    """
-    changedWeight = server.config.weight != server.configured.weight
-    current = config
-    if server.adminState is not None:
-        current = attrs.evolve(current, down=server.adminState != "up")
-    if changedWeight:
-        current = attrs.evolve(current, weight=server.config.weight)
-    server.configured = config
-    server.config = current
-    server.health.config = config
-    server.health.single = single
-    server.health.probes = upstream.health_check
-    server.connections.config = upstream
 
 
 class _Lifecycle(Service):

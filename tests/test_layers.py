@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, ...]] = [
         "ratelimit",
         "gatekeeper",
     ),
-    ("exchange", "streams", "endpoints", "dashboard", "admin", "configfile"),
+    ("pools", "exchange", "streams", "endpoints", "dashboard", "admin", "configfile"),
     ("web.http2", "web.channel", "web.site", "web"),
     ("reloading", "service"),
     ("tlstesting", "testing", "demo", "tap", "__main__", "__init__"),

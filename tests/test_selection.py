@@ -25,7 +25,7 @@ from manualb.handoff import (
 from manualb.health import DOWN, TRANSITIONS, UP, HealthLog, Phase, ServerHealth
 from manualb.records import Outcome, SkipReason, StopReason
 from manualb.selection import LeaseState, Server
-from manualb.service import _buildPool
+from manualb.pools import buildPool as _buildPool
 from manualb.testing import MemoryBalancer, balancerConfig
 from manualb.view import RequestView
 

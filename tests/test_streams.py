@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from manualb.config import HealthCheckConfig, ServerAddress, StreamConfig, UpstreamConfig
 from manualb.health import HTTPProbe, HealthLog, HealthMonitor, TCPProbe
 from manualb.proxyprotocol import SIGNATURE, v1Header, v2Header
-from manualb.service import _buildPool
+from manualb.pools import buildPool as _buildPool
 from manualb.records import Outcome, StopReason
 from manualb.streams import StreamProxyFactory, Tunnel
 

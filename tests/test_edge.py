@@ -404,17 +404,17 @@ class MakeServiceTests(TestCase):
         self.addCleanup(parent.balancer.close)
         services = {service.name: service for service in parent if service.name}
         self.assertIsInstance(services["sni:0"].endpoint, SNIServerEndpoint)
-        self.assertIs(services["sni:0"].factory, parent.balancer.sites["default"])
-        redirect = services["tcp:0"].factory
+        self.assertIs(services["sni:0"].serving, parent.balancer.sites["default"])
+        redirect = services["tcp:0"].serving
         self.assertIs(redirect, parent.balancer.redirects["default"])
         self.assertIsInstance(redirect, ProxySite)
         self.assertIsInstance(redirect.resource.stages[-1], RedirectToHTTPS)
         self.assertIs(redirect.connections, parent.balancer.connections)
         self.assertIsInstance(
-            services["tcp:0:interface=127.0.0.1"].factory, ProxySite
+            services["tcp:0:interface=127.0.0.1"].serving, ProxySite
         )
         self.assertIs(
-            services["tcp:0:interface=127.0.0.2"].factory, parent.balancer.streams["s"]
+            services["tcp:0:interface=127.0.0.2"].serving, parent.balancer.streams["s"]
         )
 
 

@@ -20,12 +20,13 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.interfaces import (
     IListeningPort,
+    IProtocolNegotiationFactory,
     IPushProducer,
     IReactorTime,
     IStreamServerEndpoint,
     ITransport,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -539,6 +540,52 @@ def _breakOff(request: Request) -> None:
         request.transport.abortConnection()
 
 
+@implementer(IProtocolNegotiationFactory)
+class _Entry(ServerFactory):
+    """
+    The factory a listening port serves with: it hands each connection to
+    the factory it serves now, which a reload may change without rebinding
+    the port.  Started and stopped with the port, it starts and stops the
+    factories it serves.
+    """
+
+    noisy = False
+
+    def __init__(self, target: Factory | None) -> None:
+        self.target = target
+
+    def serveWith(self, target: Factory) -> None:
+        if target is self.target:
+            return
+        old, self.target = self.target, target
+        if self.numPorts:
+            target.doStart()
+            if old is not None:
+                old.doStop()
+
+    def startFactory(self) -> None:
+        if self.target is not None:
+            self.target.doStart()
+
+    def stopFactory(self) -> None:
+        if self.target is not None:
+            self.target.doStop()
+
+    def buildProtocol(self, addr):
+        return self.target.buildProtocol(addr)
+
+    def logPrefix(self) -> str:
+        # The port's "... starting on PORT" line names what it serves.
+        target = self.target
+        if target is None:
+            return "-"
+        return getattr(target, "logPrefix", lambda: target.__class__.__name__)()
+
+    def acceptableProtocols(self) -> list[bytes]:
+        negotiation = IProtocolNegotiationFactory(self.target, None)
+        return [] if negotiation is None else negotiation.acceptableProtocols()
+
+
 class _Listening(StreamServerEndpointService):
     """
     Listens on one endpoint, made when the service starts (reading any
@@ -547,12 +594,29 @@ class _Listening(StreamServerEndpointService):
     @ivar port: The port it listens on, once bound; else L{None}.
     """
 
-    def __init__(self, makeEndpoint: Callable[[], IStreamServerEndpoint], factory: Factory):
-        super().__init__(None, factory)
+    def __init__(
+        self, makeEndpoint: Callable[[], IStreamServerEndpoint], factory: Factory | None
+    ):
+        self._entry = _Entry(factory)
+        super().__init__(None, self._entry)
         self._makeEndpoint = makeEndpoint
         # As strports.service does: a port that cannot be bound stops start-up.
         self._raiseSynchronously = True
         self.port: IListeningPort | None = None
+
+    @property
+    def serving(self) -> Factory | None:
+        """
+        The factory that new connections get.
+        """
+        return self._entry.target
+
+    def serveWith(self, factory: Factory) -> None:
+        """
+        Serve the connections accepted from now on with C{factory}; those
+        open keep theirs.
+        """
+        self._entry.serveWith(factory)
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -575,11 +639,14 @@ class _Listening(StreamServerEndpointService):
 
 
 def listening(
-    makeEndpoint: Callable[[], IStreamServerEndpoint], factory: Factory, name: str
+    makeEndpoint: Callable[[], IStreamServerEndpoint], factory: Factory | None, name: str
 ) -> IService:
     """
     A service named C{name} that listens with C{factory} on the endpoint
-    C{makeEndpoint} makes when the service starts.
+    C{makeEndpoint} makes when the service starts.  Its C{serveWith(factory)}
+    changes the factory that new connections get, without rebinding; a
+    service made with no factory must be given one before the reactor next
+    runs, when connections may arrive; C{serving} is the one it has.
     """
     service = _Listening(makeEndpoint, factory)
     service.setName(name)

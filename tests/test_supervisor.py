@@ -458,6 +458,19 @@ class FleetAdminTests(SupervisorTestCase):
         request = self.render(resource, target)
         self.assertEqual(b"".join(request.written), b'{"id": "abc"}')
 
+    def test_reload(self):
+        """
+        C{POST /api/reload} is the supervisor's reload: its workers are sent
+        C{SIGHUP}.
+        """
+        resource, supervisor, reactor = self.admin()
+        request = self.render(resource, b"/api/reload", b"POST")
+        self.assertEqual(request.responseCode, 200)
+        answer = json.loads(b"".join(request.written))
+        self.assertTrue(answer["reloaded"])
+        self.assertIn("each of the 2 workers reloads in place", answer["message"])
+        self.assertEqual([each[3].signals for each in reactor.spawned], [["HUP"], ["HUP"]])
+
     def test_token(self):
         resource, supervisor, reactor = self.admin()
         supervisor.adminToken = b"secret"
@@ -488,6 +501,14 @@ class ConfigTests(SynchronousTestCase):
                 "from 1, or auto, got %r" % (value,),
                 str(e).replace(path, "lb.ini"),
             )
+
+    def test_checkAccepts(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(CONFIG % {"workers": "auto", "extra": ""})
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(check(path, out, err), 0, err.getvalue())
+        self.assertIn("is ok", out.getvalue())
 
     def test_checkRefusesUnsharedLine(self):
         """

@@ -13,13 +13,15 @@ import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
 from manualb.testing import NamedBackend, listenBackend, serverAddress
+from manualb.tlstesting import makeCA, writeCA, writeTLSFiles
 from tests.test_plugin import ROOT, TWISTD
 from tests.test_shutdown import HeldBackend, RawClient
 
@@ -74,6 +76,9 @@ class Supervised(ProcessProtocol):
 
 
 class WorkersTestCase(TestCase):
+    #: More listen lines, each indented on a line of its own.
+    listen = ""
+
     @inlineCallbacks
     def start(self, servers: list[str], workers: int = 2, extra: str = ""):
         directory = os.path.abspath(self.mktemp())
@@ -100,11 +105,11 @@ class WorkersTestCase(TestCase):
     def writeConfig(self, servers: list[str], workers: int = 2, extra: str = "") -> None:
         with open(self.config, "w") as f:
             f.write(
-                "[manualb]\nlisten = tcp:0:interface=127.0.0.1\nworkers = %d\n"
+                "[manualb]\nlisten = tcp:0:interface=127.0.0.1\n%sworkers = %d\n"
                 "admin = tcp:0:interface=127.0.0.1\naccess_log = off\nshutdown_timeout = 20s\n%s"
                 "[upstream pool]\nservers = %s\n"
                 "[route default]\npath = /\nupstream = pool\n"
-                % (workers, extra, " ".join(servers))
+                % (self.listen, workers, extra, " ".join(servers))
             )
 
     @inlineCallbacks
@@ -286,3 +291,42 @@ class WorkersTests(WorkersTestCase):
         self.assertEqual(status, 0, self.process.output)
         self.assertEqual(self.process.endedPids(), self.process.pids())
         self.assertEqual(len(re.findall(rb"exited with status 0", self.process.output)), 2)
+
+
+class TLSWorkersTests(WorkersTestCase):
+    @inlineCallbacks
+    def test_sslAndSni(self):
+        """
+        The workers do the TLS of C{ssl:} and C{sni:} lines on the plain
+        sockets the supervisor bound, with the certificates of each.
+        """
+        a = yield listenBackend(reactor, NamedBackend("A"))
+        self.addCleanup(a.stopListening)
+        directory = os.path.abspath(self.mktemp())
+        ca = makeCA("manualb test CA")
+        cafile = writeCA(directory, ca)
+        certificate, key = writeTLSFiles(directory, ca, ["www.example.com"])
+        self.listen = (
+            "    sni:0:interface=127.0.0.1\n"
+            "    ssl:0:privateKey=%s:certKey=%s:interface=127.0.0.1\n" % (key, certificate)
+        )
+        yield self.start(
+            [serverAddress(a)],
+            extra="[tls]\ncertificates =\n    www.example.com %s %s\n" % (certificate, key),
+        )
+        ports = yield self.process.waitFor(rb"(?:sni|ssl):0:\S* listening at 127\.0\.0\.1:(\d+)", 2)
+        with open(cafile, "rb") as f:
+            trusted = Certificate.loadPEM(f.read())
+        for port in ports:
+            for _ in range(4):
+                client = RawClient(
+                    b"GET / HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n"
+                )
+                endpoint = wrapClientTLS(
+                    optionsForClientTLS("www.example.com", trustRoot=trusted),
+                    TCP4ClientEndpoint(reactor, "127.0.0.1", int(port)),
+                )
+                yield connectProtocol(endpoint, client)
+                data = yield client.lost.addTimeout(DEADLINE, reactor)
+                self.assertTrue(data.startswith(b"HTTP/1.1 200 "), data)
+                self.assertTrue(data.endswith(b"\r\n\r\nA\n"), data)

@@ -280,12 +280,16 @@ WAF_GATEKEEPER = "waf = block\n"
 
 
 def manualbConfig(
-    port: int, backends: list[int], backlog: int | None = None, gatekeeper: str = ""
+    port: int,
+    backends: list[int],
+    backlog: int | None = None,
+    gatekeeper: str = "",
+    workers: int = 1,
 ) -> str:
     """
     manualb configuration: listen on C{port} (with C{backlog=N} when
-    given), round robin over C{backends}; C{gatekeeper} adds lines to its
-    C{[gatekeeper]} section.
+    given), round robin over C{backends}, in C{workers} processes;
+    C{gatekeeper} adds lines to its C{[gatekeeper]} section.
     """
     servers = "".join(f"    127.0.0.1:{p}\n" for p in backends)
     listen = f"tcp:{port}:interface=127.0.0.1"
@@ -295,6 +299,7 @@ def manualbConfig(
 [manualb]
 listen = {listen}
 access_log = off
+workers = {workers}
 
 [gatekeeper]
 ; The streaming run uploads far more than nginx's 1m default.
@@ -344,13 +349,15 @@ def startManualb(
     backends: list[int],
     backlog: int | None = None,
     gatekeeper: str = "",
+    workers: int = 1,
 ):
     """
-    Start manualb in front of C{backends}; return C{(process, port)}.
+    Start manualb in front of C{backends}, in C{workers} processes; return
+    C{(process, port)}.
     """
     port = freePort()
     conf = writeFile(
-        procs.workdir / f"{name}.ini", manualbConfig(port, backends, backlog, gatekeeper)
+        procs.workdir / f"{name}.ini", manualbConfig(port, backends, backlog, gatekeeper, workers)
     )
     argv = [
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
@@ -724,8 +731,10 @@ def report(results: dict) -> str:
 
 
 #: What the load test measures, in order: manualb, manualb with its WAF
-#: blocking (what the gatekeeper costs), and the peers.
-PROXIES = ["manualb", "manualb+waf", "twisted.web.proxy", "nginx"]
+#: blocking (what the gatekeeper costs), manualb with C{workers = 2} (not
+#: pinned: its two workers may use both CPUs, which wrk and the backends
+#: share with them), and the peers.
+PROXIES = ["manualb", "manualb+waf", "manualb x2 workers", "twisted.web.proxy", "nginx"]
 
 
 def parseArgs(argv: list[str]) -> argparse.Namespace:
@@ -765,6 +774,10 @@ def runLoad(procs, proxyPin, otherPin, backendPorts, args) -> dict:
             elif name == "manualb+waf":
                 process, port = startManualb(
                     procs, proxyPin, "manualb-waf", list(backendPorts), gatekeeper=WAF_GATEKEEPER
+                )
+            elif name == "manualb x2 workers":
+                process, port = startManualb(
+                    procs, [], "manualb-2w", list(backendPorts), workers=2
                 )
             elif name == "twisted.web.proxy":
                 port = freePort()

@@ -3,6 +3,8 @@ C{python -m manualb check FILE}: validate a configuration, like C{nginx -t}.
 C{python -m manualb demo}: the built-in demo, manualb in front of two
 backends.
 C{python -m manualb backend NAME}: a test backend answering with its name.
+C{python -m manualb worker ...}: one worker process, which a supervisor
+(C{workers = N}) starts (see L{manualb.worker}).
 """
 
 from __future__ import annotations
@@ -86,6 +88,13 @@ def _checkStart(config: Config) -> None:
     path = config.source
     makeService(config, reactor)
     try:
+        if config.workers > 1:
+            from manualb.listensockets import lineProblem, listenLines
+
+            for line in listenLines(config):
+                problem = lineProblem(line)
+                if problem is not None:
+                    raise ConfigError(path, "manualb", "workers", "%s (%s)" % (problem, line))
         if config.tls is not None:
             # As nginx -t does: the certificates and keys must load, too.
             try:
@@ -168,7 +177,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     backend.add_argument(
         "--exit-on-eof", action="store_true", help="stop when standard input closes"
     )
+    worker = commands.add_parser("worker", help="one worker process (started by the supervisor)")
+    worker.add_argument("--config", required=True)
+    worker.add_argument("--sockets", required=True, help="JSON: [[line, fd, family], ...]")
+    worker.add_argument("--admin", default=None, help="the UNIX socket of its admin API")
+    worker.add_argument("--daemon", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "worker":
+        from manualb.worker import parseSockets, runWorker
+
+        return runWorker(args.config, parseSockets(args.sockets), args.admin, args.daemon)
     if args.command == "check":
         return check(args.file, sys.stdout, sys.stderr)
     if args.command == "reload":

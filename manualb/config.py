@@ -763,6 +763,10 @@ class Config:
         (allowed on a loopback bind only).
     @ivar explain_records: How many of the last requests the admin API
         keeps the decision records of, for C{/api/explain}; 0 for none.
+    @ivar workers: How many worker processes serve the listeners (C{auto}:
+        one a CPU); 1 is a single process that serves them itself, more a
+        supervisor that binds them once and passes them to its workers (see
+        C{manualb.supervisor}).
     @ivar listeners: The HTTP listeners: C{"default"} from C{[manualb]
         listen} (with C{[manualb] redirect_https}) first if it has any
         endpoint, then the C{[listener NAME]} sections.
@@ -802,6 +806,10 @@ class Config:
     explain_records: int = key(
         10000, kind="integer", minimum=0,
         doc="how many recent requests the admin API can explain",
+    )
+    workers: int = key(
+        1, kind="workers", nginx="worker_processes",
+        doc="how many processes serve the listeners: N, or auto (one a CPU)",
     )
     listeners: tuple[ListenerConfig, ...] = attrs.field(converter=tuple, default=())
     tls: TLSConfig | None = None

@@ -200,11 +200,13 @@ def parseConfig(
     clientTimeout = None
     shutdownTimeout = _default(Config, "shutdown_timeout")
     explainRecords = _default(Config, "explain_records")
+    workers = _default(Config, "workers")
     if sections.main is not None:
         main = _simpleKeys(sections.section(sections.main), Config, {"client_timeout": None})
         clientTimeout = main["client_timeout"]
         shutdownTimeout = main["shutdown_timeout"]
         explainRecords = main["explain_records"]
+        workers = main["workers"]
     logFormat = _parseLogFormat(sections)
     admin = adminToken = None
     if sections.main is not None:
@@ -240,6 +242,7 @@ def parseConfig(
         else clientTimeout,
         shutdown_timeout=shutdownTimeout,
         explain_records=explainRecords,
+        workers=workers,
         admin=admin,
         admin_token_file=adminToken,
         listeners=listeners,

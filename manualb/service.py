@@ -277,6 +277,12 @@ class LoadBalancer:
             return sniEndpoint(self.reactor, withBacklog(description), self.tls)
         return serverEndpoint(self.reactor, description)
 
+    def streamEndpoint(self, description: str) -> IStreamServerEndpoint:
+        """
+        The server endpoint for a C{listen} line of a C{[stream]} section.
+        """
+        return serverEndpoint(self.reactor, description)
+
     def factoryFor(self, listener: ListenerConfig, description: str) -> Factory:
         """
         What serves connections on one endpoint of C{listener}: its proxy,
@@ -858,7 +864,9 @@ class BalancerService(MultiService):
         _Lifecycle(balancer).setServiceParent(self)
 
 
-def makeService(config: Config, reactor: IReactorCore | None = None) -> BalancerService:
+def makeService(
+    config: Config, reactor: IReactorCore | None = None, balancer: LoadBalancer | None = None
+) -> BalancerService:
     """
     A service that runs the load balancer of C{config}: a listening service
     for each endpoint of each listener and stream.  Building it reads no file
@@ -873,17 +881,20 @@ def makeService(config: Config, reactor: IReactorCore | None = None) -> Balancer
     connection is closed.
 
     @param reactor: The reactor to serve with; by default the global one.
+    @param balancer: The balancer of C{config} to serve, by default a new
+        L{LoadBalancer}.
     """
     if reactor is None:
         from twisted.internet import reactor
-    balancer = LoadBalancer(config, reactor)
+    if balancer is None:
+        balancer = LoadBalancer(config, reactor)
     parent = BalancerService(balancer)
     for listener in config.listeners:
         for description in listener.listen:
             balancer.listen(listener, description).setServiceParent(parent)
     for stream in config.streams:
         for description in stream.listen:
-            makeEndpoint = partial(serverEndpoint, reactor, description)
+            makeEndpoint = partial(balancer.streamEndpoint, description)
             factory = balancer.streams[stream.name]
             listening(makeEndpoint, factory, description).setServiceParent(parent)
     if config.admin is not None:

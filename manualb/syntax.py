@@ -264,6 +264,20 @@ def integerValue(text: str, minimum: int) -> int:
     return value
 
 
+def workersValue(text: str) -> int:
+    """
+    Return the number of worker processes C{text} asks for: a whole number
+    from 1, or C{auto} (in any case) for one a CPU.
+
+    @raise ValueError: with a message quoting C{text}.
+    """
+    if text.lower() == "auto":
+        return os.cpu_count() or 1
+    if not _INTEGER.fullmatch(text) or int(text) < 1:
+        raise ValueError(f"expected a number of processes from 1, or auto, got {text!r}")
+    return int(text)
+
+
 def _flagValue(text: str) -> bool:
     """
     Return C{on} as C{True} and C{off} as C{False}, in any case.
@@ -281,7 +295,7 @@ def parseValue(text: str, kind: str, minimum: float | None = None) -> object:
     @param kind: C{"duration"} (seconds, more than zero unless C{minimum} is
         0), C{"integer"} (at least C{minimum}, 0 when L{None}), C{"size"}
         (bytes, more than zero when C{minimum} is 1), C{"flag"} (C{on} or
-        C{off}) or C{"text"} (as written).
+        C{off}), C{"text"} (as written) or C{"workers"} (L{workersValue}).
 
     @raise ValueError: with a message quoting C{text}.
     """
@@ -298,6 +312,8 @@ def parseValue(text: str, kind: str, minimum: float | None = None) -> object:
         return _flagValue(text)
     if kind == "text":
         return text
+    if kind == "workers":
+        return workersValue(text)
     raise ValueError(f"unknown kind of value {kind!r}")
 
 

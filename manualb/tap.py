@@ -21,6 +21,7 @@ from twisted.python import usage
 from manualb.config import ConfigError
 from manualb.configfile import loadConfig
 from manualb.service import BalancerService, makeService as _makeService
+from manualb.supervisor import supervisorService
 
 
 class Options(usage.Options):
@@ -43,7 +44,11 @@ def makeService(options: Options):
     from twisted.internet import reactor
 
     try:
-        service = _makeService(loadConfig(options["config"], requireListen=True), reactor)
+        config = loadConfig(options["config"], requireListen=True)
+        if config.workers > 1:
+            service = supervisorService(config, reactor)
+        else:
+            service = _makeService(config, reactor)
         if service.balancer.accessLog is not None:
             service.balancer.accessLog.daemon = isDaemon(options)
         # Read the certificates and open the log now, while the message can

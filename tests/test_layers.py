@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
         "transports",
         "forwarding",
         "proxyprotocol",
+        "merging",
     ),
     ("rules", "accesslog", "tunnel", "responseparser", "bodies", "variables", "wafdecode"),
     (
@@ -43,10 +44,20 @@ LAYERS: list[tuple[str, ...]] = [
         "ratelimit",
         "gatekeeper",
     ),
-    ("pools", "exchange", "streams", "endpoints", "dashboard", "admin", "configfile"),
+    (
+        "pools",
+        "exchange",
+        "streams",
+        "endpoints",
+        "listensockets",
+        "dashboard",
+        "admin",
+        "fleetadmin",
+        "configfile",
+    ),
     ("web.http2", "web.channel", "web.site", "web"),
     ("reloading", "service"),
-    ("tlstesting", "testing", "demo", "tap", "__main__", "__init__"),
+    ("supervisor", "tlstesting", "testing", "demo", "tap", "worker", "__main__", "__init__"),
 ]
 
 #: Twisted names private to twisted.web that manualb reaches, all in the

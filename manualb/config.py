@@ -763,6 +763,11 @@ class Config:
         (allowed on a loopback bind only).
     @ivar explain_records: How many of the last requests the admin API
         keeps the decision records of, for C{/api/explain}; 0 for none.
+    @ivar state: Where the state shared with other instances is
+        (C{redis://HOST:PORT/DB}, see C{manualb.state}), or L{None} to keep
+        it in the process.
+    @ivar instance: The name of this instance in the shared state, or
+        L{None} for C{HOSTNAME:PID}.
     @ivar listeners: The HTTP listeners: C{"default"} from C{[manualb]
         listen} (with C{[manualb] redirect_https}) first if it has any
         endpoint, then the C{[listener NAME]} sections.
@@ -802,6 +807,14 @@ class Config:
     explain_records: int = key(
         10000, kind="integer", minimum=0,
         doc="how many recent requests the admin API can explain",
+    )
+    state: str | None = key(
+        None, example="redis://127.0.0.1:6379/0",
+        doc="where the state shared with other instances is: redis://HOST:PORT/DB, "
+        "or memory (the default: in the process)",
+    )
+    instance: str | None = key(
+        None, doc="the name of this instance in the shared state; HOSTNAME:PID if absent"
     )
     listeners: tuple[ListenerConfig, ...] = attrs.field(converter=tuple, default=())
     tls: TLSConfig | None = None

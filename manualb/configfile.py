@@ -61,6 +61,7 @@ import attrs
 
 from manualb import balancers, health, termination, urlmap
 from manualb.admin import parseAdminKeys
+from manualb.state import parseStateKeys
 from manualb.accesslog import compileFormat
 from manualb.config import (
     Config,
@@ -206,9 +207,10 @@ def parseConfig(
         shutdownTimeout = main["shutdown_timeout"]
         explainRecords = main["explain_records"]
     logFormat = _parseLogFormat(sections)
-    admin = adminToken = None
+    admin = adminToken = state = instance = None
     if sections.main is not None:
         admin, adminToken = parseAdminKeys(sections.section(sections.main), directory)
+        state, instance = parseStateKeys(sections.section(sections.main))
     gatekeeper = _parseGatekeeper(sections, clientTimeout)
     tls = None
     if sections.tls is not None:
@@ -242,6 +244,8 @@ def parseConfig(
         explain_records=explainRecords,
         admin=admin,
         admin_token_file=adminToken,
+        state=state,
+        instance=instance,
         listeners=listeners,
         tls=tls,
         streams=streams,

@@ -42,6 +42,8 @@ LAYERS: list[tuple[str, ...]] = [
         "waf",
         "ratelimit",
         "gatekeeper",
+        "redisstate",
+        "state",
     ),
     ("pools", "exchange", "streams", "endpoints", "dashboard", "admin", "configfile"),
     ("web.http2", "web.channel", "web.site", "web"),

@@ -15,6 +15,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
 
@@ -33,7 +34,7 @@ from manualb.state import (
     bucketAfter,
     parseStateURL,
 )
-from manualb.testing import MemoryBalancer, NamedBackend
+from manualb.testing import MemoryBalancer, NamedBackend, responseBody
 
 from .test_ratelimit import view
 
@@ -487,3 +488,72 @@ class RateTests(SynchronousTestCase):
         lb = balancer(self.clock, self.store, "a", gatekeeper="rate = 1r/m\n")
         limiter = lb.balancer.rateLimiter(lb.balancer.config.gatekeeper.rate, None)
         self.assertIs(limiter.store, lb.balancer.shared.rates)
+
+
+class StickinessTests(SynchronousTestCase):
+    """
+    Stickiness needs no shared state: C{ip_hash}, C{hash} and C{cookie}
+    send a client to the same server from every instance that has the same
+    servers, whatever the order they are listed in.
+    """
+
+    servers = ["10.0.0.%d:80" % (i,) for i in range(1, 6)]
+
+    def instances(self, balance: str) -> list[MemoryBalancer]:
+        made = []
+        for order in (self.servers, list(reversed(self.servers)), self.servers[2:] + self.servers[:2]):
+            config = parseConfig(
+                "[manualb]\nlisten = tcp:8080\naccess_log = off\n"
+                "[upstream web]\nservers =\n"
+                + "".join("    %s\n" % (name,) for name in order)
+                + "balance = %s\n" % (balance,)
+                + "[route r]\npath = /\nupstream = web\n",
+                "<test>",
+            )
+            lb = MemoryBalancer(config)
+            for name in self.servers:
+                lb.addBackend(name, NamedBackend(name))
+            made.append(lb)
+        return made
+
+    def served(self, lb, path=b"/", clientHost="127.0.0.1", headers=None):
+        d = lb.agent(clientHost=clientHost).request(
+            b"GET", b"http://example.com" + path, Headers(headers or {})
+        )
+        lb.flush()
+        response = self.successResultOf(d)
+        body = responseBody(response)
+        lb.flush()
+        return self.successResultOf(body), response
+
+    def test_ipHash(self):
+        instances = self.instances("ip_hash")
+        answers = set()
+        for i in range(40):
+            client = "198.51.%d.%d" % (i, i * 7 % 250)
+            [answer] = {self.served(lb, clientHost=client)[0] for lb in instances}
+            answers.add(answer)
+        self.assertGreater(len(answers), 2)
+
+    def test_hash(self):
+        instances = self.instances("hash $request_uri")
+        servers = set()
+        for i in range(40):
+            path = b"/item/%d" % (i,)
+            [answer] = {self.served(lb, path)[0] for lb in instances}
+            servers.add(answer.split(b" ")[0])
+        self.assertGreater(len(servers), 2)
+
+    def test_cookie(self):
+        """
+        The cookie one instance sets sends the client to the same server
+        from the others.
+        """
+        first, *others = self.instances("cookie")
+        for i in range(10):
+            body, response = self.served(first, clientHost="198.51.100.%d" % (i,))
+            [cookie] = response.headers.getRawHeaders(b"set-cookie")
+            cookie = cookie.split(b";")[0]
+            for lb in others:
+                again, ignored = self.served(lb, headers={b"Cookie": [cookie]})
+                self.assertEqual(again, body)

@@ -669,6 +669,11 @@ class SharedState:
         self.connected = True
         self.since = self.clock.seconds()
         self._published = None
+        # The store may have lost everything meanwhile (a Redis restarted
+        # empty counts its versions from 1 again): what it holds now, and
+        # what it publishes from now on, is newer than anything known.
+        self.admin = {key: (0, value) for key, (version, value) in self.admin.items()}
+        self.views = {key: (0, view, at) for key, (version, view, at) in self.views.items()}
         admin = self.store.read("admin")
         admin.addCallback(self._readAdmin)
         admin.addErrback(self._readFailed, "admin changes")
@@ -711,9 +716,15 @@ class SharedState:
     def _readAdmin(self, stored: dict) -> None:
         for key, (version, value) in stored.items():
             self._adminChanged(key, value, version)
-        # What was changed here while the store was lost is newer.
+        # What was changed here while the store was lost is newer; what the
+        # store lost (a Redis restarted empty) is given back to it.
         unpublished, self._unpublished = self._unpublished, {}
-        for key, change in unpublished.items():
+        missing = {
+            key: value
+            for key, (version, value) in self.admin.items()
+            if key not in stored and key not in unpublished and not version
+        }
+        for key, change in {**missing, **unpublished}.items():
             self._publishChange(key, change)
 
     def _readViews(self, stored: dict) -> None:

@@ -279,6 +279,8 @@ class RedisGoneTests(RedisTestCase):
         """
         a = yield self.instance("a")
         b = yield self.instance("b")
+        yield b.api(b"POST", "/api/upstreams/web/servers/" + self.names[1], {"state": "down"})
+        yield waitFor(lambda: a.server(self.names[1]).state == "down", what="a change before")
         yield self.redis.stop()
         yield waitFor(lambda: not a.shared.connected and not b.shared.connected)
         for instance in (a, b):
@@ -304,9 +306,16 @@ class RedisGoneTests(RedisTestCase):
         self.assertEqual(len(self.logged("cannot be reached ({reason})")), 2)
         metrics = yield b.metrics()
         self.assertIn(b"manualb_shared_state_connected 1.0", metrics)
-        # And the news flow again.
+        # And the news flow again, though Redis counts its versions from 1
+        # again.
         yield b.api(b"POST", "/api/upstreams/web/servers/" + self.names[1], {"weight": 9})
         yield waitFor(lambda: a.server(self.names[1]).config.weight == 9, what="news")
+        # What Redis lost, the instances gave back: one started now sees
+        # the changes made before Redis stopped and while it was gone.
+        c = yield self.instance("c")
+        yield waitFor(lambda: c.server(self.names[0]).state == "drain", what="drain for c")
+        yield waitFor(lambda: c.server(self.names[1]).state == "down", what="down for c")
+        self.assertEqual(c.server(self.names[1]).config.weight, 9)
 
     @inlineCallbacks
     def test_frozen(self):

@@ -298,6 +298,26 @@ class AdminTests(SynchronousTestCase):
         self.assertEqual(serverOf(self.b, A).state, "drain")
         self.assertEqual(status(self.a)["sharedState"]["connected"], True)
 
+    def test_restartedEmpty(self):
+        """
+        A store that comes back empty (a Redis restarted without saving)
+        counts its versions from 1 again: its news are still applied, and
+        the balancers give it back the changes it lost.
+        """
+        change(self.a, A, {"state": "drain"})
+        for i in range(5):
+            change(self.a, B, {"weight": 2 + i})
+        self.store.lose()
+        data = self.store._data
+        data.topics = {topic: {} for topic in data.topics}
+        data.version = 0
+        self.store.restore()
+        change(self.b, B, {"weight": 42})
+        self.assertEqual(serverOf(self.a, B).config.weight, 42)
+        c = balancer(self.clock, self.store.another(), "c")
+        self.assertEqual(serverOf(c, A).state, "drain")
+        self.assertEqual(serverOf(c, B).config.weight, 42)
+
     def test_metric(self):
         """
         C{manualb_shared_state_connected} tells whether the store can be

@@ -61,11 +61,12 @@ seconds are at most::
 against C{r * D + (b + 1)} for one instance: at worst, when a client starts
 at every instance at once, each lets in a burst and T seconds of the rate
 before it hears of the others.  The excess is paid back: the shared level
-is then above the burst, and every instance refuses until it has drained.
-In a steady stream the local drain leaves to each instance only its share of
-the rate, so the excess stays about C{N * r * T} at most.  With C{b = 0}
-and 10r/s on 3 instances synchronised every 0.1 s, a client gets at most 2
-+ 2 requests above the limit in any window, and the limit on average.
+is then above the burst, and every instance refuses until it has drained,
+so the limit holds on average.  The first request an instance sees for a
+bucket it has not used yet is let in (it knows nothing of it), which the
+bound counts.  With C{b = 0} and 10r/s on 3 instances synchronised every
+0.1 s, a client gets at most 4 requests more than one instance would let
+through, in any window.
 
 While the store is lost, each instance limits on its own (a client can then
 multiply the limit by the number of instances it reaches), and the counts

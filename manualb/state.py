@@ -78,6 +78,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import uuid
 from collections import OrderedDict
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -591,6 +592,8 @@ class SharedState:
     @ivar pools: The balancer's pools, by name: the same mapping, whose
         contents a reload replaces.
     @ivar instance: This instance's name.
+    @ivar origin: This process's own mark on the changes it publishes: its
+        instance name, process id and a random part.
     @ivar rates: The rate limits' buckets.
     @ivar connected: Whether the store was reached (L{None} before the first
         answer).
@@ -612,6 +615,9 @@ class SharedState:
         self.pools = pools
         self.clock = clock
         self.instance = instance or defaultInstance()
+        # Who made a change, to tell this process's own news from others'
+        # even when several processes share one instance name.
+        self.origin = "%s %d %s" % (self.instance, os.getpid(), uuid.uuid4().hex[:12])
         self.rates = SharedRateStore(store, clock)
         self.connected: bool | None = None
         self.since = clock.seconds()
@@ -749,6 +755,7 @@ class SharedState:
         merged.update(self._unpublished.get(key, {}))
         merged.update(change)
         merged["by"] = self.instance
+        merged["origin"] = self.origin
         merged["time"] = self.clock.seconds()
         if not self.store.connected:
             self._unpublished[key] = merged
@@ -789,7 +796,7 @@ class SharedState:
             self.admin.pop(key, None)
             return
         self.admin[key] = (version, value)
-        if value.get("by") == self.instance or key in self._unpublished:
+        if value.get("origin") == self.origin or key in self._unpublished:
             return
         self._apply(key, value)
 

@@ -224,6 +224,15 @@ class AdminTests(SynchronousTestCase):
         [line] = logged.lines("changed by instance")
         self.assertEqual(line["by"], "a")
 
+    def test_sameName(self):
+        """
+        Two processes given the same instance name still apply each other's
+        changes: a change is told from the process's own by its origin.
+        """
+        twin = balancer(self.clock, self.store.another(), "a")
+        change(self.a, A, {"state": "drain"})
+        self.assertEqual(serverOf(twin, A).state, "drain")
+
     def test_weightKeepsState(self):
         """
         Each change published is the server's whole admin state: a weight

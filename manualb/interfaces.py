@@ -357,7 +357,7 @@ class IRateLimitStore(Interface):
     """
     Where the token buckets of rate limits live: in the process by default
     (C{manualb.ratelimit.MemoryStore}); shared between instances through an
-    L{IStateStore} by C{manualb.state.SharedRateStore}.
+    L{IStateStore} by C{manualb.sharedrates.SharedRateStore}.
     """
 
     def take(key, rate, burst, now):

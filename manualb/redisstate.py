@@ -70,7 +70,7 @@ redis.call('PUBLISH', ARGV[4], ARGV[1] .. ' ' .. version .. '\\n' .. ARGV[2] .. 
 return version
 """
 
-# The arithmetic of manualb.state.bucketAfter, by Redis's clock.
+# The arithmetic of manualb.sharedrates.bucketAfter, by Redis's clock.
 _SYNC = """
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local time = redis.call('TIME')

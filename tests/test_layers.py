@@ -43,6 +43,7 @@ LAYERS: list[tuple[str, ...]] = [
         "ratelimit",
         "gatekeeper",
         "redisstate",
+        "sharedrates",
         "state",
     ),
     ("pools", "exchange", "streams", "endpoints", "dashboard", "admin", "configfile"),

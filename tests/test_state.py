@@ -24,14 +24,12 @@ from manualb.config import ConfigError
 from manualb.configfile import loadConfig, parseConfig
 from manualb.interfaces import IRateLimitStore, IStateListener, IStateStore
 from manualb.ratelimit import MemoryStore, RateLimiter
+from manualb.sharedrates import SYNC_INTERVAL, SharedRateStore, bucketAfter
 from manualb.state import (
     HEALTH_INTERVAL,
     HEARTBEAT,
-    SYNC_INTERVAL,
     MemoryStateStore,
-    SharedRateStore,
     SharedState,
-    bucketAfter,
     parseStateURL,
 )
 from manualb.testing import MemoryBalancer, NamedBackend, responseBody
@@ -458,7 +456,7 @@ class RateTests(SynchronousTestCase):
         """
         Three instances each sent a request every 10 ms of the same client,
         for 20 seconds, with C{rate = 10r/s burst=5}: every second window
-        lets in no more than the bound of L{manualb.state}'s docstring, and
+        lets in no more than the bound of L{manualb.sharedrates}' docstring, and
         the total stays close to the rate.
         """
         rate, burst, n = 10.0, 5, 3

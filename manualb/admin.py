@@ -410,6 +410,9 @@ class AdminResource(Resource):
     @ivar reload: Reads the configuration file again and applies it, for
         C{POST /api/reload}: returns whether it did, and its log line; or
         L{None} when nothing reloads.
+    @ivar shared: The state shared with other instances
+        (L{manualb.state.SharedState}): it publishes the changes made here,
+        and the status shows it; or L{None}.
     """
 
     isLeaf = True
@@ -429,6 +432,7 @@ class AdminResource(Resource):
         self.token = token
         self.metrics = metrics
         self.reload: Callable[[], tuple[bool, str]] | None = None
+        self.shared = None
 
     def render(self, request: Request) -> bytes:
         segments = [unquote(part.decode("utf-8", "replace")) for part in request.postpath]
@@ -476,10 +480,13 @@ class AdminResource(Resource):
         """
         The status of every pool, by name.
         """
-        return {
+        status = {
             "time": self.reactor.seconds(),
             "upstreams": {name: poolStatus(pool) for name, pool in self.pools.items()},
         }
+        if self.shared is not None:
+            self.shared.addStatus(status)
+        return status
 
     def _change(self, request: Request, poolName: str, serverName: str) -> bytes:
         pool = self.pools.get(poolName)
@@ -502,6 +509,8 @@ class AdminResource(Resource):
         if "weight" in change:
             server.setWeight(change["weight"])
         pool.serversChanged()
+        if self.shared is not None:
+            self.shared.serverChanged(poolName, server.name, change)
         log.info(
             "admin: upstream {pool} server {server} changed by {client}: {change}; "
             "now {state}, weight {weight} (until the process restarts)",

@@ -767,6 +767,11 @@ class Config:
         one a CPU); 1 is a single process that serves them itself, more a
         supervisor that binds them once and passes them to its workers (see
         C{manualb.supervisor}).
+    @ivar state: Where the state shared with other instances is
+        (C{redis://HOST:PORT/DB}, see C{manualb.state}), or L{None} to keep
+        it in the process.
+    @ivar instance: The name of this instance in the shared state, or
+        L{None} for C{HOSTNAME:PID}.
     @ivar listeners: The HTTP listeners: C{"default"} from C{[manualb]
         listen} (with C{[manualb] redirect_https}) first if it has any
         endpoint, then the C{[listener NAME]} sections.
@@ -810,6 +815,14 @@ class Config:
     workers: int = key(
         1, kind="workers", nginx="worker_processes",
         doc="how many processes serve the listeners: N, or auto (one a CPU)",
+    )
+    state: str | None = key(
+        None, example="redis://127.0.0.1:6379/0",
+        doc="where the state shared with other instances is: redis://HOST:PORT/DB, "
+        "or memory (the default: in the process)",
+    )
+    instance: str | None = key(
+        None, doc="the name of this instance in the shared state; HOSTNAME:PID if absent"
     )
     listeners: tuple[ListenerConfig, ...] = attrs.field(converter=tuple, default=())
     tls: TLSConfig | None = None

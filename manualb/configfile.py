@@ -61,6 +61,7 @@ import attrs
 
 from manualb import balancers, health, termination, urlmap
 from manualb.admin import parseAdminKeys
+from manualb.state import parseStateKeys
 from manualb.accesslog import compileFormat
 from manualb.config import (
     Config,
@@ -208,9 +209,10 @@ def parseConfig(
         explainRecords = main["explain_records"]
         workers = main["workers"]
     logFormat = _parseLogFormat(sections)
-    admin = adminToken = None
+    admin = adminToken = state = instance = None
     if sections.main is not None:
         admin, adminToken = parseAdminKeys(sections.section(sections.main), directory)
+        state, instance = parseStateKeys(sections.section(sections.main))
     gatekeeper = _parseGatekeeper(sections, clientTimeout)
     tls = None
     if sections.tls is not None:
@@ -245,6 +247,8 @@ def parseConfig(
         workers=workers,
         admin=admin,
         admin_token_file=adminToken,
+        state=state,
+        instance=instance,
         listeners=listeners,
         tls=tls,
         streams=streams,

@@ -356,8 +356,8 @@ class IRateLimiter(Interface):
 class IRateLimitStore(Interface):
     """
     Where the token buckets of rate limits live: in the process by default
-    (C{manualb.ratelimit.MemoryStore}); shared between instances by the
-    scale-out of a later issue.
+    (C{manualb.ratelimit.MemoryStore}); shared between instances through an
+    L{IStateStore} by C{manualb.sharedrates.SharedRateStore}.
     """
 
     def take(key, rate, burst, now):
@@ -370,4 +370,98 @@ class IRateLimitStore(Interface):
             when one is there, at most C{burst / rate} when it is let in;
             more than C{burst / rate} when the bucket is over its burst
             (the request is refused and takes no token).
+        """
+
+
+class IStateListener(Interface):
+    """
+    What hears from an L{IStateStore}: the store's comings and goings, and
+    what every instance publishes (C{manualb.state.SharedState}).
+    """
+
+    def stateConnected():
+        """
+        The store can be reached: at start, or again after it was lost.
+        What it holds may have changed meanwhile: read it again
+        (L{IStateStore.read}).
+        """
+
+    def stateLost(reason):
+        """
+        The store cannot be reached any more (C{reason}, in words): keep
+        serving on the last state known.  The store tries again by itself,
+        and calls L{stateConnected} when it is back.
+        """
+
+    def stateChanged(topic, key, value, version):
+        """
+        An instance (this one included) published C{value}, a JSON-ready
+        dict, or L{None} when it was removed, under C{key} (text) of
+        C{topic} (text), as the store's C{version}-th change (an integer
+        that grows with every change): a value of a lower version than one
+        already seen for the same key is older and must be ignored.
+        """
+
+
+class IStateStore(Interface):
+    """
+    State that every instance of manualb naming the same store shares: the
+    admin API's changes, the health each instance sees, and the rate limits'
+    buckets.  C{manualb.state.MemoryStateStore} keeps it in the process (for
+    balancers in one process, and for tests); C{manualb.redisstate} keeps it
+    in Redis.
+
+    Every method answers with a L{Deferred} that fires within the store's
+    own timeout, and fails when the store cannot be reached: nothing of
+    the request path waits for one.
+    """
+
+    description = Attribute("Where the state is, in words, for the log and the status.")
+    connected = Attribute("Whether the store can be reached now.")
+
+    def start(listener):
+        """
+        Connect, in the background, and keep connecting: tell C{listener}
+        (an L{IStateListener}) each time the store is reached and lost, and
+        each change published.
+        """
+
+    def stop():
+        """
+        Disconnect and stop trying.
+
+        @return: A L{Deferred} that fires once the connections are closed.
+        """
+
+    def publish(topic, key, value):
+        """
+        Keep C{value} (a JSON-ready dict, or L{None} to remove it) under
+        C{key} of C{topic}, replacing the one there, and tell every
+        instance's listener (L{IStateListener.stateChanged}).
+
+        @return: A L{Deferred} that fires with the change's version.
+        """
+
+    def read(topic):
+        """
+        Everything kept under C{topic}.
+
+        @return: A L{Deferred} that fires with a dict of C{(version, value)}
+            by key.
+        """
+
+    def syncBuckets(counts):
+        """
+        Add to shared rate-limit buckets the requests an instance let in.
+
+        @param counts: C{(key, rate, admitted)} for each bucket: its key
+            (bytes), its rate (tokens a second) and how many requests the
+            instance let in since it last synchronised it (0 to just read
+            it).
+
+        @return: A L{Deferred} that fires with C{(level, total)} for each,
+            in order: the bucket's level (its C{excess}, as
+            C{manualb.ratelimit} counts, after those requests, drained at
+            C{rate} by the store's clock) and how many requests have been
+            added to it in all, by every instance, since it was made.
         """

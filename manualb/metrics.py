@@ -92,6 +92,9 @@ class Metrics:
         (and the pools of a new configuration, when a callable is given).
     @ivar connections: Returns the number of client connections open now,
         or L{None} when not known.
+    @ivar shared: The state shared with other instances
+        (L{manualb.state.SharedState}), whose store's reachability is a
+        gauge; or L{None}.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class Metrics:
         """
         self.pools = pools
         self.connections = connections
+        self.shared = None
         self.buckets = tuple(buckets)
         # (route, upstream, server, status // 100) -> requests.
         self._requests: dict[tuple, int] = {}
@@ -264,6 +268,14 @@ class Metrics:
                 "manualb_client_connections",
                 "Client connections open now, on every listener.",
                 value=self.connections(),
+            )
+
+        if self.shared is not None:
+            yield GaugeMetricFamily(
+                "manualb_shared_state_connected",
+                "Whether the store of the state shared with other instances can be "
+                "reached: 1 when it can, 0 while it is lost.",
+                value=1 if self.shared.store.connected else 0,
             )
 
 

@@ -52,7 +52,7 @@ def restartNeeded(old: Config, new: Config) -> list[str]:
     What differs between C{old} and C{new} that a reload does not change.
     """
     needed = []
-    for key in ("admin", "admin_token_file", "explain_records"):
+    for key in ("admin", "admin_token_file", "explain_records", "state", "instance"):
         if getattr(old, key) != getattr(new, key):
             needed.append(key)
     if old.streams != new.streams:

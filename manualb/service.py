@@ -31,7 +31,7 @@ from manualb.config import (
 )
 from manualb.configfile import loadConfig
 from manualb.gatekeeper import Gatekeeper, TrustedProxies, frontEndBodyLimit
-from manualb.interfaces import IRateLimiter, IRequestInspector
+from manualb.interfaces import IRateLimiter, IRateLimitStore, IRequestInspector
 from manualb.selection import Pool, Server
 from manualb.stages import defaultStages, redirectStages
 from manualb.streams import StreamProxyFactory
@@ -49,6 +49,7 @@ from manualb.termination import (
 from manualb.ratelimit import MemoryStore, RateLimiter
 from manualb.reloading import changes as describeChanges, listenersAfter, restartNeeded, servedBy
 from manualb.pools import buildPool
+from manualb.state import sharedState
 from manualb.urlmap import URLMap
 from manualb.waf import WAF
 from manualb.web import ProxyResource, ProxySite, listening, sslContextFactory
@@ -127,10 +128,17 @@ class LoadBalancer:
         there is an admin listener (C{[manualb] admin}); else L{None}.
     @ivar admin: The admin API (its token read by L{load}), when there is
         an admin listener; else L{None}.
+    @ivar shared: The state shared with other instances
+        (L{manualb.state.SharedState}), when C{[manualb] state} names a
+        store or C{stateStore} is given; else L{None}.
     """
 
     def __init__(
-        self, config: Config, reactor: IReactorCore, accessLog: AccessLog | None = None
+        self,
+        config: Config,
+        reactor: IReactorCore,
+        accessLog: AccessLog | None = None,
+        stateStore=None,
     ):
         self.config = config
         self.reactor = reactor
@@ -162,6 +170,7 @@ class LoadBalancer:
         self.pools = {
             name: buildPool(upstream, reactor) for name, upstream in config.upstreams.items()
         }
+        self.shared = sharedState(config.state, config.instance, self.pools, reactor, stateStore)
         self.recent = self.admin = self.metrics = None
         if config.admin is not None:
             self.recent = RecentRequests(config.explain_records)
@@ -170,7 +179,11 @@ class LoadBalancer:
                 self.pools, self.recent, reactor, metrics=MetricsResource(self.metrics.registry)
             )
             self.admin.reload = self.reloadFile
-        self.waf, self.rateLimiter = gatekeeperEngines(config, reactor)
+            self.admin.shared = self.metrics.shared = self.shared
+        if self.shared is None:
+            self.waf, self.rateLimiter = gatekeeperEngines(config, reactor)
+        else:
+            self.waf, self.rateLimiter = gatekeeperEngines(config, reactor, self.shared.rates)
         self.site = self._proxySite(
             None,
             listener=",".join(each.name for each in config.listeners if each.routes is None),
@@ -315,6 +328,8 @@ class LoadBalancer:
         self._started = True
         for pool in self.pools.values():
             pool.monitor.start()
+        if self.shared is not None:
+            self.shared.start()
 
     def reloadFile(self) -> tuple[bool, str]:
         """
@@ -403,6 +418,8 @@ class LoadBalancer:
             admin=old.admin,
             admin_token_file=old.admin_token_file,
             explain_records=old.explain_records,
+            state=old.state,
+            instance=old.instance,
             streams=old.streams,
             listeners=listeners,
         )
@@ -426,6 +443,8 @@ class LoadBalancer:
         self.config = config
         self.pools.clear()
         self.pools.update(pools)
+        if self.shared is not None:
+            self.shared.poolsChanged()
         if self._started:
             for pool in pools.values():
                 pool.monitor.start()
@@ -755,6 +774,8 @@ class LoadBalancer:
         self._closingTimers = []
         probes = [pool.monitor.stop() for pool in self.pools.values()]
         probes += list(self._departures)
+        if self.shared is not None:
+            probes.append(self.shared.stop())
         # The clients go first: an exchange whose client is gone lets go of
         # its backend connection rather than trying another server.
         clients = probes + [self.connections.closeAll()]
@@ -782,7 +803,7 @@ class LoadBalancer:
 
 
 def gatekeeperEngines(
-    config: Config, reactor
+    config: Config, reactor, store: IRateLimitStore | None = None
 ) -> tuple[
     Callable[[WAFConfig], IRequestInspector | None],
     Callable[[RateLimitConfig, str | None], IRateLimiter | None],
@@ -795,9 +816,12 @@ def gatekeeperEngines(
     route's own, with its name).  Each is asked once per configuration or
     route by each gatekeeper, and gives the same object every time: the
     same counters and the same buckets for every listener.
+
+    @param store: Where the buckets are, when not in the process.
     """
     wafs: dict[WAFConfig, WAF] = {}
-    store = MemoryStore()
+    if store is None:
+        store = MemoryStore()
     limiters: dict[tuple[RateLimitConfig, str | None], RateLimiter] = {}
 
     def makeWAF(waf: WAFConfig) -> IRequestInspector | None:

@@ -412,11 +412,21 @@ class MemoryBalancer:
     @ivar backends: The L{MemoryBackend}s, by address.
     """
 
-    def __init__(self, config: Config, reactor: MemoryReactorClock | None = None):
+    def __init__(
+        self, config: Config, reactor: MemoryReactorClock | None = None, stateStore=None
+    ):
+        """
+        @param stateStore: The L{manualb.interfaces.IStateStore} of the
+            state it shares with other balancers (a
+            L{manualb.state.MemoryStateStore}), or L{None}.
+        """
         self.reactor = MemoryReactorClock() if reactor is None else reactor
         self.accessLog = BytesIO()
         self.balancer = LoadBalancer(
-            config, self.reactor, AccessLog(self.accessLog, clock=self.reactor.seconds)
+            config,
+            self.reactor,
+            AccessLog(self.accessLog, clock=self.reactor.seconds),
+            stateStore=stateStore,
         )
         self.balancer.start()
         self.backends: dict[str, MemoryBackend] = {}

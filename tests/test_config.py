@@ -580,7 +580,7 @@ class SectionErrorTests(SynchronousTestCase):
             MAIN + "acces_log = -\n",
             "lb.ini: [manualb] acces_log: unknown key "
             "(known keys: listen, access_log, log_format, client_timeout, shutdown_timeout, "
-            "admin, admin_token_file, explain_records, workers, redirect_https); "
+            "admin, admin_token_file, explain_records, workers, state, instance, redirect_https); "
             "did you mean 'access_log'?",
         )
 

@@ -43,6 +43,9 @@ LAYERS: list[tuple[str, ...]] = [
         "waf",
         "ratelimit",
         "gatekeeper",
+        "redisstate",
+        "sharedrates",
+        "state",
     ),
     (
         "pools",

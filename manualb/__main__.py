@@ -182,11 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker.add_argument("--sockets", required=True, help="JSON: [[line, fd, family], ...]")
     worker.add_argument("--admin", default=None, help="the UNIX socket of its admin API")
     worker.add_argument("--daemon", action="store_true")
+    worker.add_argument("--number", type=int, default=None, help="its number among the workers")
     args = parser.parse_args(argv)
     if args.command == "worker":
         from manualb.worker import parseSockets, runWorker
 
-        return runWorker(args.config, parseSockets(args.sockets), args.admin, args.daemon)
+        return runWorker(
+            args.config, parseSockets(args.sockets), args.admin, args.daemon, number=args.number
+        )
     if args.command == "check":
         return check(args.file, sys.stdout, sys.stderr)
     if args.command == "reload":

@@ -209,6 +209,14 @@ class RecentRequests:
         self.entries: deque[tuple[Passage, int, float, str]] = deque(maxlen=size)
         self.append = self.entries.append
 
+    def resize(self, size: int) -> None:
+        """
+        Keep the last C{size} records from now on (the latest of those kept
+        so far among them).
+        """
+        self.entries = deque(self.entries, maxlen=size)
+        self.append = self.entries.append
+
     def find(self, requestId: bytes) -> dict | None:
         """
         The explanation of the latest request of id C{requestId}, or

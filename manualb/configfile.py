@@ -88,6 +88,7 @@ from manualb.syntax import (
     SECTION_HEADER,
     IniLines,
     Section,
+    anyPort,
     canonicalHost,
     closest,
     hostName,
@@ -788,7 +789,7 @@ def _checkEndpointsUnique(
     used: dict[str, str] = {}
     for header, endpoints in owners:
         for description in endpoints:
-            if _anyPort(description):
+            if anyPort(description):
                 # Port 0 asks for a free port: each such endpoint gets its own.
                 continue
             if description in used:
@@ -800,14 +801,6 @@ def _checkEndpointsUnique(
                 )
         for description in endpoints:
             used[description] = header
-
-
-def _anyPort(description: str) -> bool:
-    """
-    Whether a TCP-like endpoint string asks for port 0.
-    """
-    fields = description.split(":")
-    return len(fields) > 1 and fields[1].strip() == "0"
 
 
 def _parseUpstream(section: Section, name: str, directory: str) -> UpstreamConfig:

@@ -42,24 +42,26 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from manualb.config import (
+    Config,
     GatekeeperConfig,
     RateLimitConfig,
     RouteConfig,
     WAFConfig,
 )
-from manualb.interfaces import IRateLimiter, IRequestInspector, IStage
-from manualb.ratelimit import parseRate
+from manualb.interfaces import IRateLimiter, IRateLimitStore, IRequestInspector, IStage
+from manualb.ratelimit import MemoryStore, RateLimiter, parseRate
 from manualb.records import Finding, GatekeeperRecord
 from manualb.stages import newRequestId
 from manualb.syntax import Section, parseNetworks, parseSize
 from manualb.urlmap import URLMap
 from manualb.variables import parseKey
 from manualb.view import Answer, Passage, RequestView
-from manualb.waf import parseLevel, parseMode, parseRule
+from manualb.waf import WAF, parseLevel, parseMode, parseRule
 
 __all__ = [
     "Gatekeeper",
     "frontEndBodyLimit",
+    "gatekeeperEngines",
     "IPRules",
     "TrustedProxies",
     "parseNetworks",
@@ -827,3 +829,46 @@ def routeWithKeys(route: RouteConfig, values: Mapping[str, object]) -> RouteConf
     C{route} with the gatekeeper's keys of its section (L{parseRouteKeys}).
     """
     return attrs.evolve(route, **values) if values else route
+
+
+def gatekeeperEngines(
+    config: Config, reactor, store: IRateLimitStore | None = None
+) -> tuple[
+    Callable[[WAFConfig], IRequestInspector | None],
+    Callable[[RateLimitConfig, str | None], IRateLimiter | None],
+]:
+    """
+    The engines of the gatekeeper of C{config}, which the gatekeeper of
+    every listener shares: what makes the WAF of a configuration
+    (C{[gatekeeper]}'s, and each route's that differs), and what makes the
+    rate limiter of a rate (C{[gatekeeper]}'s, with the route L{None}, or a
+    route's own, with its name).  Each is asked once per configuration or
+    route by each gatekeeper, and gives the same object every time: the
+    same counters and the same buckets for every listener.
+
+    @param store: Where the buckets are, when not in the process.
+    """
+    wafs: dict[WAFConfig, WAF] = {}
+    if store is None:
+        store = MemoryStore()
+    limiters: dict[tuple[RateLimitConfig, str | None], RateLimiter] = {}
+
+    def makeWAF(waf: WAFConfig) -> IRequestInspector | None:
+        if waf.mode == "off":
+            return None
+        made = wafs.get(waf)
+        if made is None:
+            made = wafs[waf] = WAF(waf)
+        return made
+
+    def makeLimiter(rate: RateLimitConfig, route: str | None) -> IRateLimiter | None:
+        if not rate.rate:
+            return None
+        made = limiters.get((rate, route))
+        if made is None:
+            # A route's buckets are its own, apart from the gatekeeper's.
+            zone = b"gatekeeper:" if route is None else b"route " + route.encode("utf-8") + b":"
+            made = limiters[rate, route] = RateLimiter(rate, store, reactor, zone=zone)
+        return made
+
+    return makeWAF, makeLimiter

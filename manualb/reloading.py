@@ -5,28 +5,7 @@ new file it cannot apply and what it does, in words, for its log line.
 
 from __future__ import annotations
 
-from manualb.config import Config, ListenerConfig
-
-
-def listenersAfter(old, new) -> tuple[list[ListenerConfig], list[str]]:
-    """
-    The listeners a reload from C{old} to C{new} leaves: those of C{new},
-    but for one that would change between serving every route and some,
-    or between redirecting to https and not (its sites cannot change
-    kind), which stays as it was; and those kept, in words.
-    """
-    before = {each.name: each for each in old}
-    listeners, kept = [], []
-    for listener in new:
-        previous = before.get(listener.name)
-        if previous is not None and (
-            (previous.routes is None) != (listener.routes is None)
-            or (previous.redirect_https is None) != (listener.redirect_https is None)
-        ):
-            kept.append("listener %s" % (listener.name,))
-            listener = previous
-        listeners.append(listener)
-    return listeners, kept
+from manualb.config import Config
 
 
 def servedBy(port, connection) -> bool:
@@ -47,17 +26,35 @@ def servedBy(port, connection) -> bool:
     )
 
 
+def keepAddedStages(current: list, built: list) -> list:
+    """
+    The stage chain C{built} for the new configuration, with the stages
+    of C{current} (the chain a site runs now) that are of no class
+    C{built} has (an embedder added them) each put back before the stage
+    of C{built} of the same class as the one it stood before, or at the
+    end when it stood last or that class is gone.
+    """
+    ours = {type(stage) for stage in built}
+    chain = list(built)
+    waiting: list = []
+    for stage in current:
+        if type(stage) not in ours:
+            waiting.append(stage)
+            continue
+        if waiting:
+            at = next(
+                (i for i, each in enumerate(chain) if type(each) is type(stage)), len(chain)
+            )
+            chain[at:at] = waiting
+            waiting = []
+    return chain + waiting
+
+
 def restartNeeded(old: Config, new: Config) -> list[str]:
     """
     What differs between C{old} and C{new} that a reload does not change.
     """
-    needed = []
-    for key in ("admin", "admin_token_file", "explain_records", "state", "instance"):
-        if getattr(old, key) != getattr(new, key):
-            needed.append(key)
-    if old.streams != new.streams:
-        needed.append("streams")
-    return needed
+    return [key for key in ("state", "instance") if getattr(old, key) != getattr(new, key)]
 
 
 def changes(old: Config, new: Config) -> list[str]:
@@ -68,6 +65,12 @@ def changes(old: Config, new: Config) -> list[str]:
     for what, before, after in (
         ("routes", {r.name: r for r in old.routes}, {r.name: r for r in new.routes}),
         ("upstreams", old.upstreams, new.upstreams),
+        ("streams", {s.name: s for s in old.streams}, {s.name: s for s in new.streams}),
+        (
+            "listeners",
+            {each.name: each for each in old.listeners},
+            {each.name: each for each in new.listeners},
+        ),
     ):
         for verb, names in (
             ("added", [name for name in after if name not in before]),
@@ -78,6 +81,9 @@ def changes(old: Config, new: Config) -> list[str]:
                 changes.append("%s %s: %s" % (what, verb, ", ".join(names)))
     if old.gatekeeper != new.gatekeeper:
         changes.append("gatekeeper changed")
+    admin = ("admin", "admin_token_file", "explain_records")
+    if any(getattr(old, key) != getattr(new, key) for key in admin):
+        changes.append("admin API: %s" % (new.admin or "off",))
     if [r.name for r in old.routes] != [r.name for r in new.routes] and not any(
         change.startswith("routes") for change in changes
     ):

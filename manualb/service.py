@@ -7,12 +7,10 @@ and the listening services (stage 1, the entry).
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable
 
 import attrs
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -26,75 +24,34 @@ from manualb.config import (
     Config,
     ConfigError,
     ListenerConfig,
-    RateLimitConfig,
-    WAFConfig,
 )
 from manualb.configfile import loadConfig
-from manualb.gatekeeper import Gatekeeper, TrustedProxies, frontEndBodyLimit
-from manualb.interfaces import IRateLimiter, IRateLimitStore, IRequestInspector
+from manualb.gatekeeper import Gatekeeper, TrustedProxies, frontEndBodyLimit, gatekeeperEngines
 from manualb.selection import Pool, Server
 from manualb.stages import defaultStages, redirectStages
 from manualb.streams import StreamProxyFactory
 from manualb.termination import (
-    DEFAULT_BACKLOG,
     SNIContextFactory,
     contextFactoryFor,
     hstsHeader,
     isSNI,
     isTLS,
     sniEndpoint,
-    splitDescription,
-    tolerateUnknownALPN,
 )
-from manualb.ratelimit import MemoryStore, RateLimiter
-from manualb.reloading import changes as describeChanges, listenersAfter, restartNeeded, servedBy
+from manualb.reloading import (
+    changes as describeChanges,
+    keepAddedStages,
+    restartNeeded,
+    servedBy,
+)
+from manualb.entry import ownedLines, serverEndpoint, withBacklog
 from manualb.pools import buildPool
+from manualb.syntax import anyPort
 from manualb.state import sharedState
 from manualb.urlmap import URLMap
-from manualb.waf import WAF
-from manualb.web import ProxyResource, ProxySite, listening, sslContextFactory
+from manualb.web import ProxyResource, ProxySite, listening
 
 log = Logger()
-
-# For each endpoint type that takes a backlog, how many positional arguments
-# come before it: a string with more gives its backlog positionally
-# (tcp:PORT:INTERFACE:BACKLOG, tcp6:PORT:BACKLOG, unix:PATH:MODE:BACKLOG,
-# ssl:PORT:KEY:CERT:METHOD:INTERFACE:BACKLOG).
-_BACKLOG_POSITION = {"tcp": 2, "tcp6": 1, "unix": 2, "ssl": 5, "sni": 1}
-
-
-def withBacklog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
-    """
-    The endpoint string C{description} with C{backlog=BACKLOG} added when it
-    is of a type that takes a backlog (C{tcp}, C{tcp6}, C{unix}, C{ssl},
-    C{sni}) and gives none, so that every listener queues as many
-    connections as nginx's (511) rather than Twisted's default 50.  A string
-    that gives C{backlog=N} keeps it; other types are left as they are.
-    """
-    args, kwargs = splitDescription(description)
-    position = _BACKLOG_POSITION.get(args[0].strip().lower())
-    if position is None or "backlog" in kwargs or len(args) - 1 > position:
-        return description
-    trailing = len(description) - len(description.rstrip("\\"))
-    if trailing % 2:
-        # A lone final backslash would escape the colon added.
-        return description
-    return "%s:backlog=%d" % (description, backlog)
-
-
-def serverEndpoint(reactor, description: str) -> IStreamServerEndpoint:
-    """
-    Twisted's server endpoint for C{description}, with a backlog of
-    L{DEFAULT_BACKLOG} unless it gives one (see L{withBacklog}); for
-    C{ssl:}, a client offering by ALPN no protocol the factory speaks is
-    served without ALPN rather than refused (see L{tolerateUnknownALPN}).
-    """
-    description = withBacklog(description)
-    endpoint = serverFromString(reactor, description)
-    if isTLS(description):
-        tolerateUnknownALPN(sslContextFactory(endpoint))
-    return endpoint
-
 
 class LoadBalancer:
     """
@@ -155,12 +112,14 @@ class LoadBalancer:
         self._leaving: list[Server] = []
         self._departures: list[Deferred] = []
         # The service that listening services belong to (see
-        # BalancerService), the listening service of each listen line by
-        # (listener name, line), and the timers that end the connections of
-        # the lines a reload closed.
+        # BalancerService), the listening service of each line by its owner
+        # ("listener NAME", "stream NAME" or "admin") and the line, the
+        # timers that end the connections of the lines a reload closed, and
+        # the stream proxies a reload removed, until their tunnels end.
         self.parent: MultiService | None = None
         self._listening: dict[tuple[str, str], IService] = {}
         self._closingTimers: list = []
+        self._formerStreams: list[StreamProxyFactory] = []
         if accessLog is None and config.access_log is not None:
             accessLog = AccessLog(
                 clock=reactor.seconds, target=config.access_log, format=config.log_format
@@ -171,15 +130,9 @@ class LoadBalancer:
             name: buildPool(upstream, reactor) for name, upstream in config.upstreams.items()
         }
         self.shared = sharedState(config.state, config.instance, self.pools, reactor, stateStore)
-        self.recent = self.admin = self.metrics = None
+        self.recent = self.admin = self.metrics = self._adminSite = None
         if config.admin is not None:
-            self.recent = RecentRequests(config.explain_records)
-            self.metrics = Metrics(lambda: self.pools, lambda: self.connections.open)
-            self.admin = AdminResource(
-                self.pools, self.recent, reactor, metrics=MetricsResource(self.metrics.registry)
-            )
-            self.admin.reload = self.reloadFile
-            self.admin.shared = self.metrics.shared = self.shared
+            self._startAdmin(config.explain_records)
         if self.shared is None:
             self.waf, self.rateLimiter = gatekeeperEngines(config, reactor)
         else:
@@ -203,6 +156,21 @@ class LoadBalancer:
             stream.name: StreamProxyFactory(stream, self.pools[stream.upstream], reactor)
             for stream in config.streams
         }
+
+    def _startAdmin(self, records: int) -> None:
+        """
+        Make the admin API, the site of its listener, and what it shows:
+        the decision records of the last C{records} requests and the
+        metrics.
+        """
+        self.recent = RecentRequests(records)
+        self.metrics = Metrics(lambda: self.pools, lambda: self.connections.open)
+        self.admin = AdminResource(
+            self.pools, self.recent, self.reactor, metrics=MetricsResource(self.metrics.registry)
+        )
+        self.admin.reload = self.reloadFile
+        self.admin.shared = self.metrics.shared = self.shared
+        self._adminSite = adminSite(self.admin, self.reactor)
 
     def _proxySite(self, routeNames, stages=None, listener: str = "") -> ProxySite:
         urlMap, stages, gatekeeper = self._siteParts(routeNames, stages)
@@ -311,11 +279,49 @@ class LoadBalancer:
         The listening service of the line C{description} of C{listener},
         which a reload keeps for as long as the line stays.
         """
+        return self._listen(("listener " + listener.name, description))
+
+    def listeningServices(self) -> list[IService]:
+        """
+        A listening service for each line of the configuration: each
+        endpoint of each listener and stream, and the admin listener; a
+        reload keeps each for as long as its line stays.
+        """
+        return [self._listen(line) for line in ownedLines(self.config)]
+
+    def _listen(self, line: tuple[str, str], ready: bool = True) -> IService:
+        """
+        The listening service of C{line}, an owner and its line (see
+        L{_lines}); C{ready} when what it serves (L{_served}) is there.
+        """
+        owner, description = line
+        if owner == "admin":
+            makeEndpoint = partial(serverEndpoint, self.reactor, description)
+        elif owner.startswith("stream "):
+            makeEndpoint = partial(self.streamEndpoint, description)
+        else:
+            makeEndpoint = partial(self.endpoint, description)
         service = listening(
-            partial(self.endpoint, description), self.factoryFor(listener, description), description
+            makeEndpoint,
+            self._served(line) if ready else None,
+            "admin " + description if owner == "admin" else description,
         )
-        self._listening[listener.name, description] = service
+        self._listening[line] = service
         return service
+
+    def _served(self, line: tuple[str, str]) -> Factory:
+        """
+        What serves the connections of C{line} in the configuration now in
+        place.
+        """
+        owner, description = line
+        if owner == "admin":
+            return self._adminSite
+        kind, name = owner.split(" ", 1)
+        if kind == "stream":
+            return self.streams[name]
+        [listener] = [each for each in self.config.listeners if each.name == name]
+        return self.factoryFor(listener, description)
 
     def start(self) -> None:
         """
@@ -331,6 +337,14 @@ class LoadBalancer:
         if self.shared is not None:
             self.shared.start()
 
+    def fromFile(self, config: Config) -> Config:
+        """
+        The configuration to serve for C{config}, as read from the file by
+        L{reloadFile}: C{config} itself; a balancer that serves its file
+        its own way (a worker's admin API on a private socket) changes it.
+        """
+        return config
+
     def reloadFile(self) -> tuple[bool, str]:
         """
         Read the configuration file again and apply it (L{reload}), as
@@ -342,7 +356,7 @@ class LoadBalancer:
         """
         try:
             config = loadConfig(self.config.source, requireListen=bool(self.config.listeners))
-            message = self.reload(config)
+            message = self.reload(self.fromFile(config))
         except ConfigError as e:
             message = "Reload refused, the old configuration keeps serving: %s" % (e,)
             log.error("{line}", line=message)
@@ -361,41 +375,35 @@ class LoadBalancer:
         state and connections carry over.  A server that goes is drained:
         its requests in flight finish, then its connections close.
 
-        Listen lines (and C{[listener]} sections) that are new or changed
-        are bound first; then those that are gone stop accepting, and their
-        connections close as in a graceful stop (L{stop}), once their
-        requests are done, or after C{shutdown_timeout}.  Lines that stay
-        are not rebound.
+        Every line manualb listens on (of the listeners, the C{[stream]}
+        sections and the admin API) that is new is bound first; a line that
+        stays is never rebound, but serves what the new configuration says
+        from its next connection (a listener that changes between serving
+        every route and some, or between redirecting to https and not, also
+        lets its open connections go once their requests are done); then
+        the lines that went stop accepting, and their connections close as
+        in a graceful stop (L{stop}): once their requests are done, or after
+        C{shutdown_timeout} (a removed stream's tunnels too).
 
         The access log moves to its new file and format (opened before the
-        old one closes), and the C{sni:} listeners serve the certificates of
-        a changed C{[tls]} to new connections (read and checked first).
+        old one closes), the C{sni:} listeners serve the certificates of a
+        changed C{[tls]} to new connections (read and checked first), and
+        the admin API reads its token again and keeps as many decision
+        records as C{explain_records} says.  Only C{state} and C{instance}
+        (the shared state) keep their old values until a restart, which the
+        log line says.
 
-        What needs other new sockets is not changed: the admin listener
-        (its token and C{explain_records} too) and the C{[stream]} sections
-        keep their old values, as does a listener that would change between
-        serving every route and some, or between redirecting to https and
-        not; the log line says they need a restart.
+        Stages an embedder added to a site's chain (of classes the
+        configuration does not build) keep their place in the new chain.
 
-        @raise ConfigError: A C{[stream]} kept needs an upstream that
-            C{config} no longer has, a new listen line cannot be bound, the
-            new access log cannot be opened, or a certificate or key of
+        @raise ConfigError: A new line cannot be bound, the new access log
+            or the admin token cannot be read, or a certificate or key of
             C{[tls]} cannot be used; nothing changed.
 
         @return: The line logged: what changed.
         """
         old = self.config
-        for stream in old.streams:
-            if stream.upstream not in config.upstreams:
-                raise ConfigError(
-                    config.source,
-                    "stream " + stream.name,
-                    "upstream",
-                    "upstream %s is gone; the stream needs it until a restart"
-                    % (stream.upstream,),
-                )
-        listeners, restart = listenersAfter(old.listeners, config.listeners)
-        restart += restartNeeded(old, config)
+        restart = restartNeeded(old, config)
         certificates = None
         if config.tls != old.tls and config.tls is not None:
             # Read and checked before anything changes.
@@ -403,26 +411,19 @@ class LoadBalancer:
             if self.tls is None:
                 # For the first sni: lines, bound below.
                 self.tls = certificates
+        token = None
+        if config.admin is not None and config.admin_token_file is not None:
+            token = readToken(config.source, config.admin_token_file)
         logChanged = (old.access_log, old.log_format) != (config.access_log, config.log_format)
         if logChanged:
             self._changeAccessLog(config, config.access_log, config.log_format)
         try:
-            opened, closing = self._openListeners(config, listeners)
+            opened, closing = self._openLines(config)
         except ConfigError:
             if logChanged:
                 self._changeAccessLog(old, old.access_log, old.log_format)
             raise
-        config = attrs.evolve(
-            config,
-            listen=next((each.listen for each in listeners if each.name == "default"), ()),
-            admin=old.admin,
-            admin_token_file=old.admin_token_file,
-            explain_records=old.explain_records,
-            state=old.state,
-            instance=old.instance,
-            streams=old.streams,
-            listeners=listeners,
-        )
+        config = attrs.evolve(config, state=old.state, instance=old.instance)
         changes = describeChanges(old, config)
         if opened:
             changes.append("listening on " + ", ".join(opened))
@@ -449,29 +450,18 @@ class LoadBalancer:
             for pool in pools.values():
                 pool.monitor.start()
         self.connections.limit = config.gatekeeper.max_connections
-        for factory in self.streams.values():
-            factory.pool = pools[factory.config.upstream]
-        self._refreshSite(self.site, None)
-        for listener in config.listeners:
-            if listener.routes is not None:
-                self._refreshSite(self.sites[listener.name], set(listener.routes))
-            if listener.name in self.redirects:
-                self._refreshSite(
-                    self.redirects[listener.name],
-                    (),
-                    redirectStages(listener.redirect_https, self._gatekeeper(None)),
-                )
+        self._reloadStreams(config)
+        self._reloadAdmin(old, config, token)
+        self._reloadSites(old, config)
+        for line, service in self._listening.items():
+            if line not in closing:
+                self._serveWith(service, self._served(line))
         for server in leaving:
             self._drainServer(server)
         if closing:
-            changes.append("closing " + ", ".join(description for name, description in closing))
-        for key in closing:
-            self._closeListener(self._listening.pop(key))
-        names = {listener.name for listener in listeners}
-        for name in list(self.sites):
-            if name not in names:
-                del self.sites[name]
-                self.redirects.pop(name, None)
+            changes.append("closing " + ", ".join(description for owner, description in closing))
+        for line in closing:
+            self._closeListener(self._listening.pop(line))
         if leaving:
             changes.append(
                 "%d servers leaving (their requests in flight finish): %s"
@@ -482,6 +472,108 @@ class LoadBalancer:
             message += "; needs a restart to take effect, kept as it was: " + ", ".join(restart)
         log.info("{line}", line=message)
         return message
+
+    def _reloadStreams(self, config: Config) -> None:
+        """
+        Give each C{[stream]} of C{config} its proxy: the one it had, with
+        its new section and pool, or a new one; a stream that went lets its
+        tunnels run until they end, or until C{shutdown_timeout}.
+        """
+        names = set()
+        for stream in config.streams:
+            names.add(stream.name)
+            factory = self.streams.get(stream.name)
+            if factory is None:
+                self.streams[stream.name] = StreamProxyFactory(
+                    stream, self.pools[stream.upstream], self.reactor
+                )
+            else:
+                factory.config = stream
+                factory.pool = self.pools[stream.upstream]
+        for name in [name for name in self.streams if name not in names]:
+            factory = self.streams.pop(name)
+            self._formerStreams.append(factory)
+            self._closeLater(factory.closeAll)
+            ended = factory.whenClosed()
+            ended.addBoth(lambda result, factory=factory: self._formerStreams.remove(factory))
+            self._departed(ended)
+
+    def _reloadAdmin(self, old: Config, config: Config, token: str | None) -> None:
+        """
+        Start, change or end the admin API as C{config} says: its token,
+        how many decision records it keeps, and whether there is one.
+        """
+        if config.admin is None:
+            self.recent = self.admin = self.metrics = self._adminSite = None
+        elif self.admin is None:
+            self._startAdmin(config.explain_records)
+        elif config.explain_records != old.explain_records:
+            self.recent.resize(config.explain_records)
+        if self.admin is not None:
+            self.admin.token = token
+        for site in self._allSites():
+            site.resource.recent = self.recent
+            site.resource.metrics = self.metrics
+
+    def _reloadSites(self, old: Config, config: Config) -> None:
+        """
+        Give each listener of C{config} its sites (one that changes between
+        serving every route and some, or between redirecting to https and
+        not, a new one), and every site the routes and stage chain of
+        C{config}.
+        """
+        before = {listener.name: listener for listener in old.listeners}
+        names = set()
+        for listener in config.listeners:
+            names.add(listener.name)
+            previous = before.get(listener.name)
+            if previous is None or (previous.routes is None) != (listener.routes is None):
+                self.sites[listener.name] = self._siteFor(listener)
+            if listener.redirect_https is None:
+                self.redirects.pop(listener.name, None)
+            elif listener.name not in self.redirects:
+                self.redirects[listener.name] = self._proxySite((), (), listener.name)
+        for name in [name for name in self.sites if name not in names]:
+            del self.sites[name]
+            self.redirects.pop(name, None)
+        self.site.resource.listener = ",".join(
+            each.name for each in config.listeners if each.routes is None
+        )
+        self._refreshSite(self.site, None)
+        for listener in config.listeners:
+            if listener.routes is not None:
+                self._refreshSite(self.sites[listener.name], set(listener.routes))
+            if listener.name in self.redirects:
+                self._refreshSite(
+                    self.redirects[listener.name],
+                    (),
+                    redirectStages(listener.redirect_https, self._gatekeeper(None)),
+                )
+
+    def _allSites(self) -> list[ProxySite]:
+        """
+        Every site of the balancer, once each.
+        """
+        sites = {id(site): site for site in (self.site, *self.sites.values())}
+        sites.update((id(site), site) for site in self.redirects.values())
+        return list(sites.values())
+
+    def _serveWith(self, service: IService, factory: Factory) -> None:
+        """
+        Serve the next connections of C{service} with C{factory}; when that
+        is another kind of site, the connections it has close once their
+        requests are done, so that their clients come back to the new one.
+        """
+        previous = service.serving
+        if previous is factory:
+            return
+        service.serveWith(factory)
+        port = getattr(service, "port", None)
+        if previous is None or port is None:
+            return
+        for connection in self.connections.connections:
+            if servedBy(port, connection):
+                connection.drain()
 
     def _changeAccessLog(self, config: Config, target: str | None, format: str) -> None:
         """
@@ -517,47 +609,36 @@ class LoadBalancer:
             for site in sites:
                 site.resource.accessLog = accessLog
 
-    def _openListeners(
-        self, config: Config, listeners: list[ListenerConfig]
-    ) -> tuple[list[str], list[tuple[str, str]]]:
+    def _openLines(self, config: Config) -> tuple[list[str], list[tuple[str, str]]]:
         """
-        Bind the lines of C{listeners} that are not bound yet, with a site
-        for each new listener (given its routes once the reload is in
-        place).
+        Bind the lines of C{config} that are not bound yet (see L{_lines}),
+        with no factory yet: the reload gives each its own before the
+        reactor runs again.  A line that moves to another owner (a listen
+        line from one listener to another, on a fixed port) is not bound
+        again, but changes owner.
 
         @raise ConfigError: A line cannot be bound: the lines bound so far
-            are closed again, and the new sites forgotten.
+            are closed again.
 
-        @return: The lines bound, and the (listener name, line) of those
-            to close.
+        @return: The lines bound, and the (owner, line) of those to close.
         """
-        wanted = {
-            (listener.name, description): listener
-            for listener in listeners
-            for description in listener.listen
-        }
-        closing = [key for key in self._listening if key not in wanted]
+        wanted = ownedLines(config)
+        closing = [line for line in self._listening if line not in wanted]
         if self.parent is None:
             return [], closing
-        newSites = []
-        for listener in listeners:
-            if listener.name in self.sites:
-                continue
-            newSites.append(listener.name)
-            self.sites[listener.name] = (
-                self.site if listener.routes is None else self._proxySite((), None, listener.name)
-            )
-            if listener.redirect_https is not None:
-                self.redirects[listener.name] = self._proxySite(
-                    (), redirectStages(listener.redirect_https, self._gatekeeper(None)), listener.name
-                )
         bound: list[tuple[tuple[str, str], IService]] = []
-        for key, listener in wanted.items():
-            if key in self._listening:
+        moved: list[tuple[tuple[str, str], tuple[str, str]]] = []
+        for line in wanted:
+            if line in self._listening:
                 continue
-            service = listening(
-                partial(self.endpoint, key[1]), self.factoryFor(listener, key[1]), key[1]
-            )
+            moving = [each for each in closing if each[1] == line[1] and not anyPort(line[1])]
+            if moving:
+                closing.remove(moving[0])
+                self._listening[line] = self._listening.pop(moving[0])
+                moved.append((moving[0], line))
+                continue
+            service = self._listen(line, ready=False)
+            del self._listening[line]
             try:
                 service.setServiceParent(self.parent)
             except Exception as e:
@@ -565,19 +646,19 @@ class LoadBalancer:
                     service.disownServiceParent()
                 for each, made in bound:
                     made.disownServiceParent()
-                for name in newSites:
-                    del self.sites[name]
-                    self.redirects.pop(name, None)
+                    del self._listening[each]
+                for before, after in moved:
+                    self._listening[before] = self._listening.pop(after)
+                owner = line[0]
                 raise ConfigError(
                     config.source,
-                    "manualb" if key[0] == "default" else "listener " + key[0],
-                    "listen",
-                    "cannot listen on %s: %s" % (key[1], e),
+                    "manualb" if owner in ("listener default", "admin") else owner,
+                    "admin" if owner == "admin" else "listen",
+                    "cannot listen on %s: %s" % (line[1], e),
                 )
-            bound.append((key, service))
-        for key, service in bound:
-            self._listening[key] = service
-        return [key[1] for key, service in bound], closing
+            self._listening[line] = service
+            bound.append((line, service))
+        return [line[1] for line, service in bound], closing
 
     def _closeListener(self, service: IService) -> None:
         """
@@ -600,10 +681,21 @@ class LoadBalancer:
             return
 
         def timedOut():
-            self._closingTimers.remove(timer)
             for connection in served:
                 if connection in self.connections.connections:
                     connection.abortConnection()
+
+        self._closeLater(timedOut)
+
+    def _closeLater(self, close) -> None:
+        """
+        Call C{close} after C{shutdown_timeout}, unless L{close} comes
+        first.
+        """
+
+        def timedOut():
+            self._closingTimers.remove(timer)
+            close()
 
         timer = self.reactor.callLater(self.config.shutdown_timeout, timedOut)
         self._closingTimers.append(timer)
@@ -617,7 +709,7 @@ class LoadBalancer:
         urlMap, stages, gatekeeper = self._siteParts(routeNames, stages)
         resource = site.resource
         resource.urlMap = urlMap
-        resource.stages = list(stages)
+        resource.stages = keepAddedStages(resource.stages, list(stages))
         site.gatekeeper = gatekeeper
         site.trustedProxies = (
             TrustedProxies(gatekeeper.trusted_proxies) if gatekeeper.trusted_proxies else None
@@ -689,7 +781,7 @@ class LoadBalancer:
     def _drain(self, timeout: float) -> None:
         started = self.reactor.seconds()
         requests = self.connections.drain()
-        streams = list(self.streams.values())
+        streams = [*self.streams.values(), *self._formerStreams]
         tunnels = sum(stream.connections for stream in streams)
         log.info(
             "Stopping: waiting up to {timeout}s (shutdown_timeout) for {requests} "
@@ -779,7 +871,7 @@ class LoadBalancer:
         # The clients go first: an exchange whose client is gone lets go of
         # its backend connection rather than trying another server.
         clients = probes + [self.connections.closeAll()]
-        clients += [stream.closeAll() for stream in self.streams.values()]
+        clients += [stream.closeAll() for stream in (*self.streams.values(), *self._formerStreams)]
 
         def closeBackends(ignored):
             return gatherResults(
@@ -800,49 +892,6 @@ class LoadBalancer:
         d.addCallback(closeBackends)
         d.addCallback(closeLog)
         return d
-
-
-def gatekeeperEngines(
-    config: Config, reactor, store: IRateLimitStore | None = None
-) -> tuple[
-    Callable[[WAFConfig], IRequestInspector | None],
-    Callable[[RateLimitConfig, str | None], IRateLimiter | None],
-]:
-    """
-    The engines of the gatekeeper of C{config}, which the gatekeeper of
-    every listener shares: what makes the WAF of a configuration
-    (C{[gatekeeper]}'s, and each route's that differs), and what makes the
-    rate limiter of a rate (C{[gatekeeper]}'s, with the route L{None}, or a
-    route's own, with its name).  Each is asked once per configuration or
-    route by each gatekeeper, and gives the same object every time: the
-    same counters and the same buckets for every listener.
-
-    @param store: Where the buckets are, when not in the process.
-    """
-    wafs: dict[WAFConfig, WAF] = {}
-    if store is None:
-        store = MemoryStore()
-    limiters: dict[tuple[RateLimitConfig, str | None], RateLimiter] = {}
-
-    def makeWAF(waf: WAFConfig) -> IRequestInspector | None:
-        if waf.mode == "off":
-            return None
-        made = wafs.get(waf)
-        if made is None:
-            made = wafs[waf] = WAF(waf)
-        return made
-
-    def makeLimiter(rate: RateLimitConfig, route: str | None) -> IRateLimiter | None:
-        if not rate.rate:
-            return None
-        made = limiters.get((rate, route))
-        if made is None:
-            # A route's buckets are its own, apart from the gatekeeper's.
-            zone = b"gatekeeper:" if route is None else b"route " + route.encode("utf-8") + b":"
-            made = limiters[rate, route] = RateLimiter(rate, store, reactor, zone=zone)
-        return made
-
-    return makeWAF, makeLimiter
 
 
 class _Lifecycle(Service):
@@ -913,16 +962,6 @@ def makeService(
     if balancer is None:
         balancer = LoadBalancer(config, reactor)
     parent = BalancerService(balancer)
-    for listener in config.listeners:
-        for description in listener.listen:
-            balancer.listen(listener, description).setServiceParent(parent)
-    for stream in config.streams:
-        for description in stream.listen:
-            makeEndpoint = partial(balancer.streamEndpoint, description)
-            factory = balancer.streams[stream.name]
-            listening(makeEndpoint, factory, description).setServiceParent(parent)
-    if config.admin is not None:
-        makeEndpoint = partial(serverEndpoint, reactor, config.admin)
-        site = adminSite(balancer.admin, reactor)
-        listening(makeEndpoint, site, "admin " + config.admin).setServiceParent(parent)
+    for service in balancer.listeningServices():
+        service.setServiceParent(parent)
     return parent

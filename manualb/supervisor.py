@@ -53,7 +53,7 @@ from manualb.config import Config, ConfigError
 from manualb.configfile import loadConfig
 from manualb.fleetadmin import FleetAdmin
 from manualb.listensockets import ListenSockets, lineProblem, listenLines
-from manualb.service import serverEndpoint
+from manualb.entry import serverEndpoint
 from manualb.termination import contextFactoryFor
 from manualb.web import listening
 
@@ -315,6 +315,7 @@ class Supervisor:
             self.executable, "-m", "manualb", "worker",
             "--config", self.config.source,
             "--sockets", json.dumps(passed),
+            "--number", str(number),
         ]
         if adminPath is not None:
             argv += ["--admin", adminPath]

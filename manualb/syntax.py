@@ -753,3 +753,11 @@ class IniLines:
             if text and repr(text) in message:
                 return number
         return lines[0][0]
+
+
+def anyPort(description: str) -> bool:
+    """
+    Whether a TCP-like endpoint string asks for port 0.
+    """
+    fields = description.split(":")
+    return len(fields) > 1 and fields[1].strip() == "0"

@@ -50,11 +50,25 @@ class WorkerBalancer(LoadBalancer):
 
     @ivar sockets: For each listen line, the descriptor and address family
         of its socket.
+    @ivar adminPath: The UNIX socket of its private admin API, or L{None}.
+    @ivar number: Its number among the supervisor's workers, or L{None}.
     """
 
-    def __init__(self, config: Config, reactor, sockets: Mapping[str, tuple[int, int]]):
+    def __init__(
+        self,
+        config: Config,
+        reactor,
+        sockets: Mapping[str, tuple[int, int]],
+        adminPath: str | None = None,
+        number: int | None = None,
+    ):
         super().__init__(config, reactor)
         self.sockets = dict(sockets)
+        self.adminPath = adminPath
+        self.number = number
+
+    def fromFile(self, config: Config) -> Config:
+        return workerConfig(config, self.adminPath, self.number)
 
     def _adopted(self, description: str, made: IStreamServerEndpoint | None):
         if description not in self.sockets:
@@ -77,24 +91,32 @@ class WorkerBalancer(LoadBalancer):
         return self._adopted(description, None)
 
 
-def workerConfig(config: Config, adminPath: str | None) -> Config:
+def workerConfig(config: Config, adminPath: str | None, number: int | None = None) -> Config:
     """
     C{config} as a worker serves it: its admin API, if any, on the private
-    UNIX socket C{adminPath}, which needs no token.
+    UNIX socket C{adminPath}, which needs no token; and, when the file
+    names the instance, its own name in the shared state (C{NAME/wNUMBER}),
+    so that the workers' views of the servers' health stay apart.
     """
-    if adminPath is None:
-        return attrs.evolve(config, admin=None, admin_token_file=None)
-    return attrs.evolve(config, admin="unix:%s:mode=600" % (adminPath,), admin_token_file=None)
+    admin = None if adminPath is None else "unix:%s:mode=600" % (adminPath,)
+    instance = config.instance
+    if instance is not None and number is not None:
+        instance = "%s/w%d" % (instance, number)
+    return attrs.evolve(config, admin=admin, admin_token_file=None, instance=instance)
 
 
 def workerService(
-    config: Config, reactor, sockets: Mapping[str, tuple[int, int]], adminPath: str | None
+    config: Config,
+    reactor,
+    sockets: Mapping[str, tuple[int, int]],
+    adminPath: str | None,
+    number: int | None = None,
 ) -> BalancerService:
     """
     The service of a worker: L{makeService}'s, listening on C{sockets}.
     """
-    config = workerConfig(config, adminPath)
-    return makeService(config, reactor, WorkerBalancer(config, reactor, sockets))
+    config = workerConfig(config, adminPath, number)
+    return makeService(config, reactor, WorkerBalancer(config, reactor, sockets, adminPath, number))
 
 
 @implementer(IHalfCloseableProtocol)
@@ -134,6 +156,7 @@ def runWorker(
     adminPath: str | None,
     daemon: bool = False,
     reactor=None,
+    number: int | None = None,
 ) -> int:
     """
     Run a worker until it is told to stop; see the module's description.
@@ -152,7 +175,8 @@ def runWorker(
     )
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     try:
-        service = workerService(loadConfig(configPath, requireListen=True), reactor, sockets, adminPath)
+        config = loadConfig(configPath, requireListen=True)
+        service = workerService(config, reactor, sockets, adminPath, number)
         balancer = service.balancer
         if balancer.accessLog is not None:
             balancer.accessLog.daemon = daemon

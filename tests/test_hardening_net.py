@@ -387,7 +387,7 @@ class WithBacklogTests(SynchronousTestCase):
     """
 
     def test_added(self):
-        from manualb.service import withBacklog
+        from manualb.entry import withBacklog
 
         for description in [
             "tcp:8080",
@@ -402,7 +402,7 @@ class WithBacklogTests(SynchronousTestCase):
         self.assertEqual(withBacklog("tcp:80", 1024), "tcp:80:backlog=1024")
 
     def test_kept(self):
-        from manualb.service import withBacklog
+        from manualb.entry import withBacklog
 
         for description in [
             "tcp:8080:backlog=100",
@@ -715,7 +715,7 @@ class HTTP10OverTLSTests(TestCase):
         from twisted.internet.protocol import Factory
         from twisted.internet.threads import deferToThread
 
-        from manualb.service import serverEndpoint
+        from manualb.entry import serverEndpoint
 
         class Echo(Protocol):
             def dataReceived(self, data):

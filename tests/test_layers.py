@@ -59,7 +59,7 @@ LAYERS: list[tuple[str, ...]] = [
         "configfile",
     ),
     ("web.http2", "web.channel", "web.site", "web"),
-    ("reloading", "service"),
+    ("reloading", "entry", "service"),
     ("supervisor", "tlstesting", "testing", "demo", "tap", "worker", "__main__", "__init__"),
 ]
 

@@ -63,7 +63,7 @@ class Instance:
         for child in service:
             if child.name:
                 child._waitingForPort.addCallback(
-                    lambda port, child=child: ports.__setitem__(child.factory, port) or port
+                    lambda port, child=child: ports.__setitem__(child.serving, port) or port
                 )
         self.proxyPort = ports.pop(service.balancer.sites["default"]).getHost().port
         [adminPort] = ports.values()

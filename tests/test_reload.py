@@ -79,9 +79,10 @@ class _KeepAliveClient(Protocol):
         self.lost.callback(None)
 
 
-class ReloadTests(TestCase):
+class ServingFile:
     """
-    L{LoadBalancer.reloadFile} on a running service.
+    A running service of a configuration file, and requests to it; for
+    tests of reloading that file.
     """
 
     @inlineCallbacks
@@ -131,6 +132,25 @@ class ReloadTests(TestCase):
         )
         body = yield responseBody(response)
         return response.code, body
+
+    def ports(self):
+        """
+        The port of each listening service of the running service, by
+        its line.
+        """
+        return {child.name: child.port for child in self.service if getattr(child, "port", None)}
+
+    @inlineCallbacks
+    def getAt(self, port, path=b"/"):
+        response = yield self.agent.request(b"GET", b"http://127.0.0.1:%d%s" % (port, path))
+        body = yield responseBody(response)
+        return response.code, body
+
+
+class ReloadTests(ServingFile, TestCase):
+    """
+    L{LoadBalancer.reloadFile} on a running service.
+    """
 
     @inlineCallbacks
     def test_inFlightRequestCompletes(self):
@@ -251,19 +271,6 @@ class ReloadTests(TestCase):
         code, body = yield self.get()
         self.assertEqual((code, body), (200, b"A\n"))
 
-    def ports(self):
-        """
-        The port of each listening service of the running service, by
-        its line.
-        """
-        return {child.name: child.port for child in self.service if getattr(child, "port", None)}
-
-    @inlineCallbacks
-    def getAt(self, port, path=b"/"):
-        response = yield self.agent.request(b"GET", b"http://127.0.0.1:%d%s" % (port, path))
-        body = yield responseBody(response)
-        return response.code, body
-
     @inlineCallbacks
     def test_listenLines(self):
         """
@@ -374,19 +381,33 @@ class ReloadTests(TestCase):
     @inlineCallbacks
     def test_listenerChangesKind(self):
         """
-        A listener that would change from serving some routes to serving
-        every one keeps its routes, and the log line says it needs a
-        restart.
+        A listener that changes from serving some routes to serving every
+        one does so from its next connection, without being rebound; its
+        idle keep-alive connections close, so that their clients come back
+        to the new routes.  And back.
         """
         a = yield self.backend(NamedBackend("A"))
         b = yield self.backend(NamedBackend("B"))
         routes = [("default", "/", "pool"), ("api", "/api", "other")]
         listener = "[listener api]\nlisten = tcp:0:interface=127.0.0.1:backlog=100\n"
-        self.start(_config({"pool": [a], "other": [b]}, routes) + listener + "routes = api\n")
+        some = _config({"pool": [a], "other": [b]}, routes) + listener + "routes = api\n"
+        self.start(some)
+        port = self.ports()["tcp:0:interface=127.0.0.1:backlog=100"]
+        number = port.getHost().port
+        self.assertEqual((yield self.getAt(number, b"/"))[0], 404)
+        client = _KeepAliveClient()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", number), client)
+        head, body = yield client.get(b"/api")
+        self.assertEqual(body, b"B\n")
         message = self.reload(_config({"pool": [a], "other": [b]}, routes) + listener)
-        self.assertIn("kept as it was: listener api", message)
-        port = self.ports()["tcp:0:interface=127.0.0.1:backlog=100"].getHost().port
-        self.assertEqual((yield self.getAt(port, b"/"))[0], 404)
+        self.assertIn("listeners changed: api", message)
+        self.assertNotIn("restart", message)
+        yield client.lost
+        self.assertIs(self.ports()["tcp:0:interface=127.0.0.1:backlog=100"], port)
+        self.assertEqual((yield self.getAt(number, b"/")), (200, b"A\n"))
+        self.assertEqual((yield self.getAt(number, b"/api")), (200, b"B\n"))
+        self.reload(some)
+        self.assertEqual((yield self.getAt(number, b"/"))[0], 404)
         self.assertEqual((yield self.get(b"/")), (200, b"A\n"))
 
     @inlineCallbacks

@@ -360,13 +360,18 @@ def percentiles(samples) -> dict:
 
 
 def _event(event: HealthEvent) -> dict:
-    return {"time": event.time, "state": event.state, "reason": event.reason}
+    return {
+        "time": event.time,
+        "state": event.state,
+        "reason": event.reason,
+        "source": event.source,
+    }
 
 
 def serverStatus(server: Server, history: list[HealthEvent]) -> dict:
     """
-    The status of C{server}; C{history} are its health changes, oldest
-    first.
+    The status of C{server}; C{history} are its changes of state (its
+    health's, and an operator's), oldest first.
     """
     return {
         "server": server.name,
@@ -375,7 +380,9 @@ def serverStatus(server: Server, history: list[HealthEvent]) -> dict:
         "backup": server.config.backup,
         "health": {
             "phase": server.health.phase.value,
-            "reason": history[-1].reason if history else None,
+            "reason": next(
+                (event.reason for event in reversed(history) if event.source == "health"), None
+            ),
             "history": [_event(event) for event in history[-HISTORY_SHOWN:]],
         },
         "weight": {
@@ -519,6 +526,12 @@ class AdminResource(Resource):
         pool.serversChanged()
         if self.shared is not None:
             self.shared.serverChanged(poolName, server.name, change)
+        client = request.getClientAddress()
+        pool.monitor.log.note(
+            server.name,
+            server.state,
+            "admin API (%s): %s" % (getattr(client, "host", "-"), _described(change)),
+        )
         log.info(
             "admin: upstream {pool} server {server} changed by {client}: {change}; "
             "now {state}, weight {weight} (until the process restarts)",
@@ -531,6 +544,13 @@ class AdminResource(Resource):
         )
         history = [event for event in pool.monitor.history if event.server == server.name]
         return _json(request, 200, serverStatus(server, history))
+
+
+def _described(change: dict) -> str:
+    """
+    A change of the admin API, in words.
+    """
+    return ", ".join("%s %s" % (key, change[key]) for key in sorted(change))
 
 
 def _changeProblem(change: object) -> str | None:

@@ -257,7 +257,8 @@ function changes(status) {
     for (const server of upstream.servers) {
       for (const event of server.health.history) {
         all.push({time: event.time, pool: pool, server: server.server,
-                  what: "health " + event.state, reason: event.reason});
+                  what: (event.source === "admin" ? "set to " : "health ") + event.state,
+                  reason: event.reason});
       }
     }
   }

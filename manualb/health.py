@@ -97,8 +97,11 @@ class HealthEvent:
     @ivar time: When, in seconds since the epoch.
     @ivar pool: The pool's name.
     @ivar server: The server's C{host:port}.
-    @ivar state: L{UP} or L{DOWN}: the new state.
+    @ivar state: L{UP} or L{DOWN}: the new state; or, set by an operator,
+        the server's state then (C{up}, C{drain}, C{down}, C{backup}).
     @ivar reason: Why, in words.
+    @ivar source: Who changed it: C{"health"} (what was seen of the
+        server) or C{"admin"} (an operator).
     """
 
     time: float
@@ -106,6 +109,7 @@ class HealthEvent:
     server: str
     state: str
     reason: str
+    source: str = "health"
 
 
 class Phase(Enum):
@@ -613,6 +617,15 @@ class HealthLog:
             server=event.server,
             state=state,
             reason=reason,
+        )
+
+    def note(self, server: str, state: str, reason: str) -> None:
+        """
+        Keep a change of the state of C{server} that its maker logged
+        already (an operator's, through the admin API).
+        """
+        self.events.append(
+            HealthEvent(self.clock.seconds(), self.pool, server, state, reason, "admin")
         )
 
     def recorder(self, server: str) -> Callable[[str, str], None]:

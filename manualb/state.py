@@ -538,6 +538,11 @@ class SharedState:
             changed = True
         if changed:
             pool.serversChanged()
+            pool.monitor.log.note(
+                server.name,
+                server.state,
+                "admin API of instance %s: weight %d" % (value.get("by", "?"), server.config.weight),
+            )
             if not quiet:
                 log.info(
                     "Shared state: upstream {pool} server {server} changed by instance "

@@ -282,6 +282,11 @@ class ChangeTests(AdminTestCase):
         )
         self.assertEqual((code, server["state"], server["setBy"], server["active"]),
                          (200, "drain", "admin", 1))
+        last = server["health"]["history"][-1]
+        self.assertEqual(
+            (last["state"], last["reason"], last["source"]),
+            ("drain", "admin API (127.0.0.1): state drain", "admin"),
+        )
         for _ in range(3):
             response, body = yield self.get(headers={"Cookie": cookie})
             self.assertEqual(body, b"b\n")

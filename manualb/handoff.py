@@ -664,6 +664,7 @@ class ConnectionPool:
         # Who waits for drain; once set, no connection is kept idle.
         self._draining: list[Deferred[None]] | None = None
         self._closeWaiters: dict[UpstreamConnection, list[Deferred[None]]] = {}
+        self._keepIdle = True
 
     @property
     def idleCount(self) -> int:
@@ -715,11 +716,27 @@ class ConnectionPool:
             raise CancelledError()
         return connection
 
+    def keepIdle(self, keep: bool) -> None:
+        """
+        Keep idle connections for reuse (C{True}, as a new pool does), or
+        not: the idle ones close now, and busy ones once their exchange is
+        done, for a server that an operator set down or draining, which no
+        new request reaches.
+        """
+        self._keepIdle = keep
+        if not keep:
+            for connection in list(self._idle):
+                connection.transport.loseConnection()
+
     def release(self, connection: UpstreamConnection) -> None:
         """
         Take back a connection whose exchange is complete.
         """
-        if self._draining is not None or len(self._idle) >= self.config.keepalive:
+        if (
+            self._draining is not None
+            or not self._keepIdle
+            or len(self._idle) >= self.config.keepalive
+        ):
             connection.transport.loseConnection()
             return
         connection.idleTimeout.set(self.config.keepalive_timeout)

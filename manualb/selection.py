@@ -119,7 +119,8 @@ class Server:
         no strategy offers it to a new or returning sticky client (it is
         never a candidate); requests in flight to it finish.  The two differ
         only in what they say: C{drain} is the way out for a server about
-        to be stopped.
+        to be stopped.  Its idle connections close now, and busy ones once
+        their exchange is done.
 
         @raise ValueError: For another state.
         """
@@ -127,6 +128,8 @@ class Server:
             raise ValueError("state must be one of %s" % (", ".join(ADMIN_STATES),))
         self.adminState = state
         self.config = attrs.evolve(self.config, down=state != "up")
+        if self.connections is not None:
+            self.connections.keepIdle(state == "up")
 
     def setWeight(self, weight: int) -> None:
         """

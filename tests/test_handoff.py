@@ -134,6 +134,30 @@ class ConnectionTests(SynchronousTestCase):
             [(S.IDLE, S.SENDING), (S.SENDING, S.AWAITING), (S.AWAITING, S.RECEIVING), (S.RECEIVING, S.IDLE)],
         )
 
+    def test_notKeptIdle(self):
+        """
+        A pool told not to keep idle connections (its server set down or
+        draining) closes the idle ones at once and each busy one once its
+        exchange is done; told again to keep them, it does.
+        """
+        receiver, connection, transport = self.exchange(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        )
+        self.assertEqual(self.pool.idleCount, 1)
+        self.pool.keepIdle(False)
+        self.assertFalse(transport.connected)
+        receiver, connection, transport = self.exchange(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        )
+        self.assertTrue(receiver.done)
+        self.assertFalse(transport.connected)
+        self.pool.keepIdle(True)
+        receiver, connection, transport = self.exchange(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        )
+        self.assertTrue(transport.connected)
+        self.assertEqual(self.pool.idleCount, 1)
+
     def test_notReusedIsClosing(self):
         receiver, connection, transport = self.exchange(
             b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"

@@ -54,12 +54,11 @@ from __future__ import annotations
 
 import configparser
 import os
-import re
 from collections.abc import Mapping
 
 import attrs
 
-from manualb import balancers, health, termination, urlmap
+from manualb import termination, urlmap
 from manualb.admin import parseAdminKeys
 from manualb.state import parseStateKeys
 from manualb.accesslog import compileFormat
@@ -69,8 +68,6 @@ from manualb.config import (
     GatekeeperConfig,
     ListenerConfig,
     RouteConfig,
-    ServerAddress,
-    ServerConfig,
     StreamConfig,
     TLSConfig,
     UpstreamConfig,
@@ -84,17 +81,13 @@ from manualb.gatekeeper import (
     routeWithKeys,
 )
 from manualb.endpoints import endpointProblem, socketFileProblem
+from manualb.upstreamconfig import keyDefault, parseUpstream, readKeys
 from manualb.syntax import (
     SECTION_HEADER,
     IniLines,
     Section,
     anyPort,
-    canonicalHost,
     closest,
-    hostName,
-    parseOptions,
-    parseServerAddress,
-    parseValue,
 )
 
 __all__ = ["KNOWN_KEYS", "parseConfig", "loadConfig", "readConfigText", "withLine"]
@@ -123,7 +116,6 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 # The status codes passive_fail_on accepts.
-_FAILURE_STATUS = re.compile(r"5[0-9][0-9]")
 
 
 def loadConfig(path: str, requireListen: bool = False) -> Config:
@@ -200,11 +192,11 @@ def parseConfig(
     directory = _configDirectory(source)
     listen, accessLog, redirect = _parseMain(sections, requireListen)
     clientTimeout = None
-    shutdownTimeout = _default(Config, "shutdown_timeout")
-    explainRecords = _default(Config, "explain_records")
-    workers = _default(Config, "workers")
+    shutdownTimeout = keyDefault(Config, "shutdown_timeout")
+    explainRecords = keyDefault(Config, "explain_records")
+    workers = keyDefault(Config, "workers")
     if sections.main is not None:
-        main = _simpleKeys(sections.section(sections.main), Config, {"client_timeout": None})
+        main = readKeys(sections.section(sections.main), Config, {"client_timeout": None})
         clientTimeout = main["client_timeout"]
         shutdownTimeout = main["shutdown_timeout"]
         explainRecords = main["explain_records"]
@@ -219,7 +211,7 @@ def parseConfig(
     if sections.tls is not None:
         tls = termination.parseTLS(sections.section(sections.tls), directory)
     upstreams = {
-        name: _parseUpstream(sections.section(header), name, directory)
+        name: parseUpstream(sections.section(header), name, directory)
         for name, header in sections.upstreams.items()
     }
     routes = tuple(
@@ -240,7 +232,7 @@ def parseConfig(
         log_format=logFormat,
         upstreams=upstreams,
         routes=routes,
-        client_timeout=_default(Config, "client_timeout")
+        client_timeout=keyDefault(Config, "client_timeout")
         if clientTimeout is None
         else clientTimeout,
         shutdown_timeout=shutdownTimeout,
@@ -263,34 +255,6 @@ _NOTHING_TO_LISTEN_ON = (
 )
 
 
-def _default(cls: type, name: str) -> object:
-    """
-    The default of key C{name} of the attrs class C{cls}.
-    """
-    return keys(cls)[name].default
-
-
-def _simpleKeys(
-    section: Section, cls: type, defaults: Mapping[str, object] | None = None
-) -> dict[str, object]:
-    """
-    Read the simple keys of C{cls} (those whose L{manualb.config.Key} has a
-    kind) from C{section}, each as its declaration says.
-
-    @param defaults: The value of a key that is absent, by name, where it
-        is not the field's default.
-    """
-    values = {}
-    for name, spec in keys(cls).items():
-        if spec.kind is None:
-            continue
-        if defaults is not None and name in defaults:
-            values[name] = section.value(name, spec.kind, defaults[name], spec.minimum)
-        else:
-            values[name] = section.read(name, spec)  # type: ignore[arg-type]
-    return values
-
-
 def _parseGatekeeper(
     sections: "_Sections", clientTimeout: float | None
 ) -> GatekeeperConfig:
@@ -311,7 +275,7 @@ def _parseGatekeeper(
         return default
     section = sections.section(sections.gatekeeper)
     return GatekeeperConfig(
-        **_simpleKeys(section, GatekeeperConfig, attrs.asdict(default, recurse=False)),
+        **readKeys(section, GatekeeperConfig, attrs.asdict(default, recurse=False)),
         **parseGatekeeperKeys(section, default),
     )
 
@@ -540,7 +504,7 @@ def _parseMain(
     out (giving no endpoint), unless C{requireListen} and no C{[listener]}
     or C{[stream]} sections listen instead.
     """
-    accessLog = _default(Config, "access_log")
+    accessLog = keyDefault(Config, "access_log")
     assert isinstance(accessLog, str)
     if sections.main is None:
         return (), accessLog, None
@@ -559,7 +523,7 @@ def _parseLogFormat(sections: _Sections) -> str:
     """
     The C{log_format} of C{[manualb]}, checked (every variable known).
     """
-    default = _default(Config, "log_format")
+    default = keyDefault(Config, "log_format")
     if sections.main is None:
         return default
     section = sections.section(sections.main)
@@ -761,7 +725,7 @@ def _parseStream(
         listen=listen,
         upstream=upstream,
         proxy_protocol=proxyProtocol,
-        **_simpleKeys(section, StreamConfig),  # type: ignore[arg-type]
+        **readKeys(section, StreamConfig),  # type: ignore[arg-type]
     )
 
 
@@ -801,151 +765,6 @@ def _checkEndpointsUnique(
                 )
         for description in endpoints:
             used[description] = header
-
-
-def _parseUpstream(section: Section, name: str, directory: str) -> UpstreamConfig:
-    """
-    Build the L{UpstreamConfig} of section C{[upstream NAME]}; C{directory}
-    is where a relative C{tls_ca} is.
-    """
-    balance, balanceArgument = _parseBalance(section)
-    values = _simpleKeys(section, UpstreamConfig)
-    tlsCA = section.file("tls_ca", directory)
-    if tlsCA is not None and not values["tls_verify"]:
-        raise section.error(
-            "tls_ca",
-            "has no use with tls_verify = off, which trusts any certificate; "
-            "remove one of them",
-        )
-    tlsName = section.single("tls_name")
-    if tlsName is not None:
-        try:
-            tlsName = hostName(tlsName, wildcard=False)
-        except ValueError as e:
-            raise section.error("tls_name", str(e)) from None
-    return UpstreamConfig(
-        name=name,
-        servers=_parseServers(section),
-        balance=balance,
-        balance_argument=balanceArgument,
-        passive_fail_on=_parsePassiveFailOn(section),
-        health_check=health.parseHealthCheck(section),
-        tls_ca=tlsCA,
-        tls_name=tlsName,
-        **values,  # type: ignore[arg-type]
-    )
-
-
-def _parseBalance(section: Section) -> tuple[str, str | None]:
-    """
-    Return the method and the argument of C{balance}, as the balancers read
-    them (L{balancers.parseBalance}), or the default method.
-    """
-    text = section.single("balance")
-    if text is None:
-        return _default(UpstreamConfig, "balance"), None  # type: ignore[return-value]
-    try:
-        return balancers.parseBalance(text)
-    except ValueError as e:
-        raise section.error("balance", str(e)) from None
-
-
-def _serverOptions() -> dict[str, object]:
-    """
-    The options of a server line (L{parseOptions}), as L{ServerConfig}
-    declares them: a flag is bare, every other option is C{name=value}.
-    """
-    options: dict[str, object] = {}
-    for name, spec in keys(ServerConfig).items():
-        assert spec.kind is not None
-        if spec.kind == "flag":
-            options[name] = None
-        else:
-            options[name] = (
-                lambda text, spec=spec: parseValue(text, spec.kind, spec.minimum),
-                f"{name}={spec.example}",
-            )
-    return options
-
-
-_SERVER_OPTIONS = _serverOptions()
-
-
-def _parseServerLine(line: str) -> ServerConfig:
-    """
-    Parse one line of C{servers}: an address (L{parseServerAddress})
-    followed by options separated by spaces, as nginx's C{server}
-    parameters: C{10.0.0.1:80 weight=3 max_fails=2 fail_timeout=30s}.
-
-    @raise ValueError: with a message quoting the line (or the address), if
-        the address or an option is wrong.
-    """
-    text, *words = line.split()
-    address = ServerAddress(*parseServerAddress(text))
-    options = parseOptions(words, _SERVER_OPTIONS, line)  # type: ignore[arg-type]
-    return ServerConfig(address, **options)  # type: ignore[arg-type]
-
-
-def _parseServers(section: Section) -> tuple[ServerConfig, ...]:
-    """
-    Return the servers of an upstream section: at least one, no duplicate
-    addresses, not all of them backups.
-    """
-    lines = section.lines("servers")
-    if lines is None:
-        raise section.error("servers", "missing required key")
-    if not lines:
-        raise section.error("servers", "needs at least one server, such as 10.0.0.1:80")
-    servers: list[ServerConfig] = []
-    seen: dict[tuple[str, int], str] = {}
-    for line in lines:
-        try:
-            server = _parseServerLine(line)
-        except ValueError as e:
-            raise section.error("servers", str(e)) from None
-        address = server.address
-        written = line.split()[0]
-        # Not the scheme: one port does not speak both http and https, and
-        # logs, the access log and balancers know a server by host:port.
-        identity = (canonicalHost(address.host), address.port)
-        if identity in seen:
-            raise section.error(
-                "servers",
-                f"duplicate server {written!r} (same as {seen[identity]!r})",
-            )
-        seen[identity] = written
-        servers.append(server)
-    if all(server.backup for server in servers):
-        raise section.error(
-            "servers",
-            "every server is a backup; at least one must not be, since backup "
-            "servers take requests only when no other server can",
-        )
-    return tuple(servers)
-
-
-def _parsePassiveFailOn(section: Section) -> frozenset[int]:
-    """
-    Return the status codes of C{passive_fail_on = 502 503 504}: at least
-    one if the key is there, each from 500 to 599, none twice.
-    """
-    text = section.single("passive_fail_on")
-    if text is None:
-        return frozenset()
-    codes: set[int] = set()
-    for word in text.split():
-        if not _FAILURE_STATUS.fullmatch(word):
-            raise section.error(
-                "passive_fail_on",
-                f"bad status code {word!r} in {text!r} (expected codes from 500 "
-                f"to 599 separated by spaces, like 502 503 504)",
-            )
-        if int(word) in codes:
-            raise section.error(
-                "passive_fail_on", f"status code {word} given twice in {text!r}"
-            )
-        codes.add(int(word))
-    return frozenset(codes)
 
 
 def _checkRoutes(

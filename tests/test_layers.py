@@ -56,6 +56,7 @@ LAYERS: list[tuple[str, ...]] = [
         "dashboard",
         "admin",
         "fleetadmin",
+        "upstreamconfig",
         "configfile",
     ),
     ("web.http2", "web.channel", "web.site", "web"),

@@ -450,46 +450,33 @@ class AdminResource(Resource):
         self.shared = None
 
     def render(self, request: Request) -> bytes:
-        segments = [unquote(part.decode("utf-8", "replace")) for part in request.postpath]
-        if segments and segments[-1] == "":
-            segments.pop()
+        segments, answer = admitted(request, self.token)
+        if answer is not None:
+            return answer
         method = request.method
-        if not segments:
-            # The dashboard holds no data: it asks for the token itself.
-            if method not in (b"GET", b"HEAD"):
-                return _notAllowed(request, b"GET, HEAD")
-            return renderDashboard(request)
-        if self.token is not None and not self._authorized(request):
-            request.setHeader(b"WWW-Authenticate", b'Bearer realm="manualb"')
-            return _json(request, 401, {"error": "a valid bearer token is required"})
         if segments == ["metrics"] and self.metrics is not None:
             return self.metrics.render(request)
         if segments == ["api", "status"]:
             if method not in (b"GET", b"HEAD"):
-                return _notAllowed(request, b"GET, HEAD")
-            return _json(request, 200, self.status())
+                return notAllowed(request, b"GET, HEAD")
+            return jsonAnswer(request, 200, self.status())
         if len(segments) == 3 and segments[:2] == ["api", "explain"]:
             if method not in (b"GET", b"HEAD"):
-                return _notAllowed(request, b"GET, HEAD")
+                return notAllowed(request, b"GET, HEAD")
             found = self.recent.find(segments[2].encode("utf-8"))
             if found is None:
-                return _json(request, 404, {"error": "no recent request has this id"})
-            return _json(request, 200, found)
+                return jsonAnswer(request, 404, {"error": "no recent request has this id"})
+            return jsonAnswer(request, 200, found)
         if segments == ["api", "reload"] and self.reload is not None:
             if method != b"POST":
-                return _notAllowed(request, b"POST")
+                return notAllowed(request, b"POST")
             applied, message = self.reload()
-            return _json(request, 200 if applied else 400, {"reloaded": applied, "message": message})
+            return jsonAnswer(request, 200 if applied else 400, {"reloaded": applied, "message": message})
         if len(segments) == 5 and segments[:2] == ["api", "upstreams"] and segments[3] == "servers":
             if method != b"POST":
-                return _notAllowed(request, b"POST")
+                return notAllowed(request, b"POST")
             return self._change(request, segments[2], segments[4])
-        return _json(request, 404, {"error": "no such resource"})
-
-    def _authorized(self, request: Request) -> bool:
-        given = request.getHeader(b"authorization") or b""
-        scheme, _, token = given.partition(b" ")
-        return compare_digest(token.strip(), self.token) and scheme.lower() == b"bearer"
+        return jsonAnswer(request, 404, {"error": "no such resource"})
 
     def status(self) -> dict:
         """
@@ -506,19 +493,19 @@ class AdminResource(Resource):
     def _change(self, request: Request, poolName: str, serverName: str) -> bytes:
         pool = self.pools.get(poolName)
         if pool is None:
-            return _json(request, 404, {"error": "no upstream %r" % (poolName,)})
+            return jsonAnswer(request, 404, {"error": "no upstream %r" % (poolName,)})
         server = pool.server(serverName)
         if server is None:
-            return _json(
+            return jsonAnswer(
                 request, 404, {"error": "upstream %r has no server %r" % (poolName, serverName)}
             )
         try:
             change = json.loads(request.content.read(65536).decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
-            return _json(request, 400, {"error": "the body must be a JSON object"})
+            return jsonAnswer(request, 400, {"error": "the body must be a JSON object"})
         problem = _changeProblem(change)
         if problem is not None:
-            return _json(request, 400, {"error": problem})
+            return jsonAnswer(request, 400, {"error": problem})
         if "state" in change:
             server.setState(change["state"])
         if "weight" in change:
@@ -543,7 +530,7 @@ class AdminResource(Resource):
             weight=server.config.weight,
         )
         history = [event for event in pool.monitor.history if event.server == server.name]
-        return _json(request, 200, serverStatus(server, history))
+        return jsonAnswer(request, 200, serverStatus(server, history))
 
 
 def _described(change: dict) -> str:
@@ -551,6 +538,29 @@ def _described(change: dict) -> str:
     A change of the admin API, in words.
     """
     return ", ".join("%s %s" % (key, change[key]) for key in sorted(change))
+
+
+def admitted(request: Request, token: bytes | None) -> tuple[list[str], bytes | None]:
+    """
+    The path of a request to an admin API, in segments, and what it is
+    answered at once: the dashboard at C{/} (which holds no data, and asks
+    for the token itself), a 405 for another method there, or a 401 when
+    C{token} is set and the request does not carry it as a bearer token;
+    or L{None} when the API goes on.
+    """
+    segments = [unquote(part.decode("utf-8", "replace")) for part in request.postpath]
+    if segments and segments[-1] == "":
+        segments.pop()
+    if not segments:
+        if request.method not in (b"GET", b"HEAD"):
+            return segments, notAllowed(request, b"GET, HEAD")
+        return segments, renderDashboard(request)
+    if token is not None:
+        scheme, _, given = (request.getHeader(b"authorization") or b"").partition(b" ")
+        if not (compare_digest(given.strip(), token) and scheme.lower() == b"bearer"):
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="manualb"')
+            return segments, jsonAnswer(request, 401, {"error": "a valid bearer token is required"})
+    return segments, None
 
 
 def _changeProblem(change: object) -> str | None:
@@ -571,12 +581,18 @@ def _changeProblem(change: object) -> str | None:
     return None
 
 
-def _notAllowed(request: Request, allowed: bytes) -> bytes:
+def notAllowed(request: Request, allowed: bytes) -> bytes:
+    """
+    A 405 that says which methods are C{allowed}.
+    """
     request.setHeader(b"Allow", allowed)
-    return _json(request, 405, {"error": "method not allowed"})
+    return jsonAnswer(request, 405, {"error": "method not allowed"})
 
 
-def _json(request: Request, code: int, data: object) -> bytes:
+def jsonAnswer(request: Request, code: int, data: object) -> bytes:
+    """
+    The answer C{code} with C{data} as its JSON body, never cached.
+    """
     body = json.dumps(data, indent=1, sort_keys=True).encode("utf-8") + b"\n"
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", b"application/json")

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 from io import BytesIO
-from hmac import compare_digest
 from typing import Any, Callable
-from urllib.parse import unquote
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import UNIXClientEndpoint
@@ -33,7 +31,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from manualb.dashboard import renderDashboard
+from manualb.admin import admitted, jsonAnswer, notAllowed
 from manualb.merging import mergeMetrics, mergeStatus
 
 log = Logger()
@@ -76,14 +74,6 @@ def askWorker(
     d.addCallback(answered)
     d.addTimeout(ASK_TIMEOUT, reactor)
     return d
-
-
-def _json(request: Request, code: int, data: object) -> bytes:
-    body = json.dumps(data, indent=1, sort_keys=True).encode("utf-8") + b"\n"
-    request.setResponseCode(code)
-    request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Cache-Control", b"no-store")
-    return body
 
 
 class FleetAdmin(Resource):
@@ -146,45 +136,34 @@ class FleetAdmin(Resource):
         d.callback(None)
 
     def render(self, request: Request) -> Any:
-        segments = [unquote(part.decode("utf-8", "replace")) for part in request.postpath]
-        if segments and segments[-1] == "":
-            segments.pop()
+        segments, answer = admitted(request, self.supervisor.adminToken)
+        if answer is not None:
+            return answer
         method = request.method
-        if not segments:
-            if method not in (b"GET", b"HEAD"):
-                return _notAllowed(request, b"GET, HEAD")
-            return renderDashboard(request)
-        token = self.supervisor.adminToken
-        if token is not None:
-            given = request.getHeader(b"authorization") or b""
-            scheme, _, value = given.partition(b" ")
-            if not (compare_digest(value.strip(), token) and scheme.lower() == b"bearer"):
-                request.setHeader(b"WWW-Authenticate", b'Bearer realm="manualb"')
-                return _json(request, 401, {"error": "a valid bearer token is required"})
         reading = method in (b"GET", b"HEAD")
         if segments == ["metrics"]:
             if not reading:
-                return _notAllowed(request, b"GET, HEAD")
+                return notAllowed(request, b"GET, HEAD")
             return self._later(request, self._metrics(request))
         if segments == ["api", "status"]:
             if not reading:
-                return _notAllowed(request, b"GET, HEAD")
+                return notAllowed(request, b"GET, HEAD")
             return self._later(request, self._status(request))
         if len(segments) == 3 and segments[:2] == ["api", "explain"]:
             if not reading:
-                return _notAllowed(request, b"GET, HEAD")
+                return notAllowed(request, b"GET, HEAD")
             return self._later(request, self._explain(request, request.path))
         if segments == ["api", "reload"]:
             if method != b"POST":
-                return _notAllowed(request, b"POST")
+                return notAllowed(request, b"POST")
             applied, message = self.supervisor.reloadFile()
-            return _json(request, 200 if applied else 400, {"reloaded": applied, "message": message})
+            return jsonAnswer(request, 200 if applied else 400, {"reloaded": applied, "message": message})
         if len(segments) == 5 and segments[:2] == ["api", "upstreams"] and segments[3] == "servers":
             if method != b"POST":
-                return _notAllowed(request, b"POST")
+                return notAllowed(request, b"POST")
             body = request.content.read(65536)
             return self._later(request, self._change(request, request.path, body))
-        return _json(request, 404, {"error": "no such resource"})
+        return jsonAnswer(request, 404, {"error": "no such resource"})
 
     def _later(self, request: Request, answer: Deferred) -> object:
         """
@@ -203,7 +182,7 @@ class FleetAdmin(Resource):
         def failed(failure) -> None:
             log.failure("manualb supervisor: admin request failed", failure)
             if not gone:
-                request.write(_json(request, 502, {"error": "the workers did not answer"}))
+                request.write(jsonAnswer(request, 502, {"error": "the workers did not answer"}))
                 request.finish()
 
         answer.addCallback(write).addErrback(failed)
@@ -232,7 +211,7 @@ class FleetAdmin(Resource):
                     except ValueError:
                         status = None
                 parts.append((worker.summary(), status))
-            return _json(request, 200, mergeStatus(parts, self.reactor.seconds()))
+            return jsonAnswer(request, 200, mergeStatus(parts, self.reactor.seconds()))
 
         return self._gather(b"GET", b"/api/status").addCallback(merged)
 
@@ -243,7 +222,7 @@ class FleetAdmin(Resource):
                     request.setHeader(b"Content-Type", b"application/json")
                     request.setHeader(b"Cache-Control", b"no-store")
                     return answer[1]
-            return _json(request, 404, {"error": "no recent request has this id"})
+            return jsonAnswer(request, 404, {"error": "no recent request has this id"})
 
         return self._gather(b"GET", target).addCallback(found)
 
@@ -251,7 +230,7 @@ class FleetAdmin(Resource):
         def applied(answers):
             answered = [answer for worker, answer in answers if answer is not None]
             if not answered:
-                return _json(request, 502, {"error": "no worker answered"})
+                return jsonAnswer(request, 502, {"error": "no worker answered"})
             failed = [answer for answer in answered if answer[0] != 200]
             code, data = (failed or answered)[0]
             if not failed:
@@ -262,8 +241,3 @@ class FleetAdmin(Resource):
             return data
 
         return self._gather(b"POST", target, body).addCallback(applied)
-
-
-def _notAllowed(request: Request, allowed: bytes) -> bytes:
-    request.setHeader(b"Allow", allowed)
-    return _json(request, 405, {"error": "method not allowed"})

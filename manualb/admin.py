@@ -488,6 +488,8 @@ class AdminResource(Resource):
         }
         if self.shared is not None:
             self.shared.addStatus(status)
+        if getattr(self, "acme", None) is not None:
+            status["acme"] = self.acme.statusOf()
         return status
 
     def _change(self, request: Request, poolName: str, serverName: str) -> bytes:

@@ -24,6 +24,8 @@ from typing import Any
 import attrs
 
 __all__ = [
+    "AcmeConfig",
+    "LETS_ENCRYPT",
     "SCHEMES",
     "KEY",
     "Key",
@@ -548,6 +550,47 @@ class TLSConfig:
     min_version: str = key("TLSv1.2", nginx="ssl_protocols", doc="TLSv1.2 or TLSv1.3")
     ciphers: str | None = key(None, nginx="ssl_ciphers", doc="OpenSSL cipher string")
     hsts: str | None = key(None, doc="the Strict-Transport-Security value, or off")
+    #: The names of C{NAME acme} lines, whose certificates ACME obtains.
+    acme: tuple[str, ...] = attrs.field(converter=tuple, default=())
+
+
+#: Let's Encrypt's production directory, the default of C{[acme] directory}.
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+
+
+@attrs.frozen
+class AcmeConfig:
+    """
+    Automatic HTTPS, the C{[acme]} section: certificates obtained and
+    renewed from an ACME (RFC 8555) server (see C{manualb.autotls}).
+
+    @ivar hosts: The names to obtain certificates for: the C{hosts} key and
+        the C{NAME acme} lines of C{[tls] certificates}.
+    @ivar challenges: The challenge types the listeners can answer, in the
+        order tried: C{tls-alpn-01} (an C{sni:} line on C{tls_port}),
+        C{http-01} (a plain line on C{http_port}).
+    """
+
+    storage: str = key(doc="a directory for the account key, certificates and keys")
+    directory: str = key(LETS_ENCRYPT, kind="text", doc="the ACME server's directory URL")
+    email: str | None = key(None, kind="text", doc="the account's contact address")
+    accept_terms: bool = key(
+        False, doc="yes: agree to the ACME server's terms of service"
+    )
+    renew_before: float = key(
+        30 * 86400.0, kind="duration", doc="renew this long before a certificate expires"
+    )
+    hosts: tuple[str, ...] = key((), converter=tuple, doc="more names, one a line")
+    http_port: int = key(
+        80, kind="integer", minimum=1, doc="the port the server checks HTTP-01 on"
+    )
+    tls_port: int = key(
+        443, kind="integer", minimum=1, doc="the port the server checks TLS-ALPN-01 on"
+    )
+    directory_ca: str | None = key(
+        None, doc="a CA file trusted for the directory's HTTPS (a private ACME server)"
+    )
+    challenges: tuple[str, ...] = attrs.field(converter=tuple, default=())
 
 
 @attrs.frozen
@@ -777,6 +820,7 @@ class Config:
         endpoint, then the C{[listener NAME]} sections.
     @ivar tls: The C{[tls]} section, or L{None}.
     @ivar streams: The C{[stream NAME]} sections.
+    @ivar acme: The C{[acme]} section, or L{None}.
     """
 
     source: str
@@ -828,3 +872,4 @@ class Config:
     tls: TLSConfig | None = None
     streams: tuple[StreamConfig, ...] = attrs.field(converter=tuple, default=())
     gatekeeper: GatekeeperConfig = GatekeeperConfig()
+    acme: AcmeConfig | None = None

@@ -58,7 +58,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from manualb import termination, urlmap
+from manualb import autotls, termination, urlmap
 from manualb.admin import parseAdminKeys
 from manualb.state import parseStateKeys
 from manualb.accesslog import compileFormat
@@ -99,7 +99,7 @@ _NO_DEFAULT_SECTION = "\n"
 
 _KNOWN_SECTIONS = (
     "[manualb], [gatekeeper], [upstream NAME], [route NAME], [listener NAME], "
-    "[stream NAME], [tls]"
+    "[stream NAME], [tls], [acme]"
 )
 
 #: The keys each kind of section knows, as the data model declares them.
@@ -109,6 +109,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "manualb": (*keys(Config), "redirect_https"),
     "gatekeeper": (*keys(GatekeeperConfig), *GATEKEEPER_KEYS),
     "tls": tuple(keys(TLSConfig)),
+    "acme": autotls.ACME_KEYS,
     "upstream": tuple(keys(UpstreamConfig)),
     "route": (*keys(RouteConfig), *ROUTE_KEYS),
     "listener": tuple(keys(ListenerConfig)),
@@ -225,6 +226,12 @@ def parseConfig(
     )
     _checkRoutes(source, routes, upstreams, sections.routes, needed=bool(listeners))
     _checkEndpointsUnique(sections, listen, listeners, streams)
+    acme = None
+    if sections.acme is not None or (tls is not None and tls.acme):
+        acme, tls = autotls.parseAcme(
+            sections.section(sections.acme) if sections.acme else None,
+            sections.error, directory, tls, listeners,
+        )
     return Config(
         source=source,
         listen=listen,
@@ -246,6 +253,7 @@ def parseConfig(
         tls=tls,
         streams=streams,
         gatekeeper=gatekeeper,
+        acme=acme,
     )
 
 
@@ -396,6 +404,7 @@ class _Sections:
         self.main: str | None = None
         self.tls: str | None = None
         self.gatekeeper: str | None = None
+        self.acme: str | None = None
         self.upstreams: dict[str, str] = {}
         self.routes: dict[str, str] = {}
         self.listeners: dict[str, str] = {}
@@ -442,7 +451,7 @@ class _Sections:
         words = header.split()
         kind = words[0] if words else ""
         known = KNOWN_KEYS.get(kind)
-        if kind in ("manualb", "tls", "gatekeeper"):
+        if kind in ("manualb", "tls", "gatekeeper", "acme"):
             if len(words) > 1:
                 raise self.error(header, None, f"[{kind}] takes no name")
             attribute = "main" if kind == "manualb" else kind
@@ -617,7 +626,7 @@ def _parseEndpoints(
         problem = socketFileProblem(description)
         if problem is not None:
             raise section.error("listen", problem)
-        if isSNI and sections.tls is None:
+        if isSNI and sections.tls is None and sections.acme is None:
             raise section.error(
                 "listen",
                 f"endpoint {description!r} needs a [tls] section, whose "

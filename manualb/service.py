@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from manualb.accesslog import AccessLog
+from manualb.autotls import AutoTLS
 from manualb.admin import AdminResource, RecentRequests, adminSite, readToken
 from manualb.metrics import Metrics, MetricsResource
 from manualb.web.channel import ConnectionLimit
@@ -131,6 +132,9 @@ class LoadBalancer:
         }
         self.shared = sharedState(config.state, config.instance, self.pools, reactor, stateStore)
         self.recent = self.admin = self.metrics = self._adminSite = None
+        self.acme = None if config.acme is None else AutoTLS(
+            config.acme, reactor, self._certificatesChanged, lambda: self.tls
+        )
         if config.admin is not None:
             self._startAdmin(config.explain_records)
         if self.shared is None:
@@ -170,6 +174,7 @@ class LoadBalancer:
         )
         self.admin.reload = self.reloadFile
         self.admin.shared = self.metrics.shared = self.shared
+        self.admin.acme = self.acme
         self._adminSite = adminSite(self.admin, self.reactor)
 
     def _proxySite(self, routeNames, stages=None, listener: str = "") -> ProxySite:
@@ -198,6 +203,8 @@ class LoadBalancer:
         urlMap = URLMap.fromConfig(routes, self.pools)
         if stages is None:
             stages = defaultStages(urlMap, self._gatekeeper(urlMap))
+        if self.acme is not None:
+            stages = [self.acme.stage, *stages]
         gatekeeper = attrs.evolve(
             self.config.gatekeeper,
             client_max_body_size=frontEndBodyLimit(self.config.gatekeeper, routes),
@@ -231,7 +238,7 @@ class LoadBalancer:
         """
         config = self.config
         if self.tls is None and config.tls is not None:
-            self.tls = contextFactoryFor(config.tls, config.source)
+            self.tls = self._certificates(config)
         if self.admin is not None and config.admin_token_file is not None:
             self.admin.token = readToken(config.source, config.admin_token_file)
         if self.accessLog is not None:
@@ -245,6 +252,17 @@ class LoadBalancer:
                     "cannot open %s: %s" % (config.access_log, e.strerror or e),
                 )
 
+    def _certificates(self, config: Config) -> SNIContextFactory:
+        """
+        The certificates of C{config}'s C{[tls]}, and those of C{[acme]}.
+        """
+        extra = None if self.acme is None else self.acme.contexts
+        return contextFactoryFor(config.tls, config.source, extra=extra)
+
+    def _certificatesChanged(self) -> None:
+        if self.tls is not None:
+            self.tls.update(self._certificates(self.config))
+
     def endpoint(self, description: str) -> IStreamServerEndpoint:
         """
         The server endpoint for a C{listen} line: Twisted's own, or manualb's
@@ -254,7 +272,7 @@ class LoadBalancer:
         """
         if isSNI(description):
             if self.tls is None and self.config.tls is not None:
-                self.tls = contextFactoryFor(self.config.tls, self.config.source)
+                self.tls = self._certificates(self.config)
             return sniEndpoint(self.reactor, withBacklog(description), self.tls)
         return serverEndpoint(self.reactor, description)
 
@@ -336,6 +354,8 @@ class LoadBalancer:
             pool.monitor.start()
         if self.shared is not None:
             self.shared.start()
+        if self.acme is not None:
+            self.acme.start()
 
     def fromFile(self, config: Config) -> Config:
         """
@@ -407,7 +427,7 @@ class LoadBalancer:
         certificates = None
         if config.tls != old.tls and config.tls is not None:
             # Read and checked before anything changes.
-            certificates = contextFactoryFor(config.tls, config.source)
+            certificates = self._certificates(config)
             if self.tls is None:
                 # For the first sni: lines, bound below.
                 self.tls = certificates
@@ -868,6 +888,8 @@ class LoadBalancer:
         probes += list(self._departures)
         if self.shared is not None:
             probes.append(self.shared.stop())
+        if self.acme is not None:
+            probes.append(self.acme.stop())
         # The clients go first: an exchange whose client is gone lets go of
         # its backend connection rather than trying another server.
         clients = probes + [self.connections.closeAll()]

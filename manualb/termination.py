@@ -32,7 +32,8 @@ from __future__ import annotations
 import configparser
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import attrs
 from cryptography import x509
@@ -183,6 +184,9 @@ class SNIContextFactory:
             raise ValueError("at least one certificate is needed")
         self.names = [name for name, _ in contexts]
         self.defaultContext = contexts[0][1]
+        #: Contexts that answer an ACME TLS-ALPN-01 challenge, by name
+        #: (see L{manualb.autotls}); they come before every other.
+        self.challenges: dict[bytes, SSL.Context] = {}
         self._exact: dict[bytes, SSL.Context] = {}
         self._wildcards: dict[bytes, SSL.Context] = {}
         for name, context in contexts:
@@ -224,7 +228,8 @@ class SNIContextFactory:
         return self.defaultContext
 
     def _serverNameReceived(self, connection: SSL.Connection) -> None:
-        context = self.contextFor(connection.get_servername())
+        name = connection.get_servername()
+        context = self.challenges.get(normalizeHost(name) or b"") or self.contextFor(name)
         if context is not self.defaultContext:
             connection.set_context(context)
 
@@ -396,6 +401,7 @@ def contextFactoryFor(
     tls: TLSConfig,
     source: str = "<config>",
     protocols: Sequence[bytes] | None = None,
+    extra: Callable[..., Sequence[tuple[str, SSL.Context]]] | None = None,
 ) -> SNIContextFactory:
     """
     Read the certificates of C{tls} and build the connection creator that
@@ -407,11 +413,15 @@ def contextFactoryFor(
     @param protocols: The ALPN protocols, in order of preference; by default
         L{alpnProtocols}.  Only those the listener's protocol factory speaks
         are chosen (see L{_alpnSelector}), so a non-HTTP factory gets none.
+    @param extra: Called with C{makeContext(leaf, chain, key)}, gives more
+        C{(name, context)} pairs, after those of C{tls}: the certificates
+        obtained by ACME (L{manualb.autotls}).  Without it, a C{[tls]} of
+        such names only is checked, and L{None} returned.
     @raise TLSFileError: a certificate or key file cannot be read or used, or
         a key does not match its certificate.
     @raise ConfigError: C{min_version} or C{ciphers} is wrong.
     """
-    if not tls.certificates:
+    if not tls.certificates and extra is None and not tls.acme:
         raise ConfigError(source, "tls", "certificates", "at least one is needed")
     minimum = _MIN_VERSIONS.get(tls.min_version.strip().lower())
     if minimum is None:
@@ -448,7 +458,27 @@ def contextFactoryFor(
                 ) from None
             built[files].set_alpn_select_callback(_alpnSelector(protocols))
         contexts.append((certificate.name, built[files]))
+    if extra is not None:
+        contexts.extend(extra(partial(_keyPairContext, minimum, ciphers, protocols)))
+    elif not contexts:
+        # Only names obtained by ACME, whose server gives the contexts.
+        return None  # type: ignore[return-value]
     return SNIContextFactory(contexts)
+
+
+def _keyPairContext(minimum, ciphers, protocols, leaf, chain, key) -> SSL.Context:
+    context = _withOpenSSLObjects(
+        lambda convert: CertificateOptions(
+            privateKey=convert.key(key),
+            certificate=convert.certificate(leaf),
+            extraCertChain=[convert.certificate(each) for each in chain],
+            raiseMinimumTo=minimum,
+            acceptableCiphers=ciphers,
+            acceptableProtocols=protocols,
+        )
+    )
+    context.set_alpn_select_callback(_alpnSelector(protocols))
+    return context
 
 
 @implementer(IStreamServerEndpoint)
@@ -788,17 +818,21 @@ def parseTLS(section: Section, directory: str) -> TLSConfig:
     relative certificate and key files are.
     """
     return TLSConfig(
-        certificates=_parseCertificates(section, directory),
+        certificates=_parseCertificates(section, directory, acme := []),
+        acme=tuple(acme),
         min_version=_parseMinVersion(section),
         ciphers=_parseCiphers(section),
         hsts=_parseHSTS(section),
     )
 
 
-def _parseCertificates(section: Section, directory: str) -> tuple[CertificateConfig, ...]:
+def _parseCertificates(
+    section: Section, directory: str, acme: list[str]
+) -> tuple[CertificateConfig, ...]:
     """
     Return the certificates of C{certificates}, one a line:
-    C{NAME CERTFILE KEYFILE}, with readable files and no name twice.
+    C{NAME CERTFILE KEYFILE}, with readable files and no name twice; the
+    names of C{NAME acme} lines (obtained by ACME) go to C{acme}.
     """
     lines = section.lines("certificates")
     if lines is None:
@@ -813,6 +847,16 @@ def _parseCertificates(section: Section, directory: str) -> tuple[CertificateCon
     seen: set[str] = set()
     for line in lines:
         fields = line.split()
+        if len(fields) == 2 and fields[1].lower() == "acme":
+            try:
+                name = hostName(fields[0], wildcard=False)
+            except ValueError as e:
+                raise section.error("certificates", f"{e}, in {line!r}") from None
+            if name in seen:
+                raise section.error("certificates", f"duplicate name {name!r} in {line!r}")
+            seen.add(name)
+            acme.append(name)
+            continue
         if len(fields) != 3:
             raise section.error(
                 "certificates",

@@ -180,7 +180,7 @@ class CheckTests(SynchronousTestCase):
             4,
             "[upstrem app]: unknown section (known sections: [manualb], "
             "[gatekeeper], [upstream NAME], [route NAME], [listener NAME], "
-            "[stream NAME], [tls]); did you mean [upstream app]?",
+            "[stream NAME], [tls], [acme]); did you mean [upstream app]?",
         )
 
     def test_misspeltKey(self) -> None:

@@ -536,7 +536,7 @@ class SectionErrorTests(SynchronousTestCase):
             MAIN + "[upstreams pool]\n",
             "lb.ini: [upstreams pool]: unknown section "
             "(known sections: [manualb], [gatekeeper], [upstream NAME], [route NAME], "
-            "[listener NAME], [stream NAME], [tls]); did you mean [upstream pool]?",
+            "[listener NAME], [stream NAME], [tls], [acme]); did you mean [upstream pool]?",
         )
 
     def test_defaultIsUnknown(self) -> None:
@@ -547,7 +547,7 @@ class SectionErrorTests(SynchronousTestCase):
             "[DEFAULT]\nlisten = tcp:8080\n" + MAIN,
             "lb.ini: [DEFAULT]: unknown section "
             "(known sections: [manualb], [gatekeeper], [upstream NAME], [route NAME], "
-            "[listener NAME], [stream NAME], [tls])",
+            "[listener NAME], [stream NAME], [tls], [acme])",
         )
 
     def test_upstreamWithoutName(self) -> None:

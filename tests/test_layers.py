@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, ...]] = [
         "redisstate",
         "sharedrates",
         "state",
+        "autotls",
     ),
     (
         "pools",

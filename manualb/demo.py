@@ -182,7 +182,7 @@ class Demo:
                 "the OS packages; ./scripts/demo runs it, as root or with sudo)"
             )
             return None
-        for attempt in range(3):
+        for _ in range(3):
             redis = RedisProcess(self.reactor, self.redisServer)
             self.redis = redis
             try:

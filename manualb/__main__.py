@@ -2,7 +2,8 @@
 C{python -m manualb check FILE}: validate a configuration, like C{nginx -t}.
 C{python -m manualb demo}: the built-in demo, manualb in front of two
 backends.
-C{python -m manualb backend NAME}: a test backend answering with its name.
+C{python -m manualb backend NAME}: a test backend answering with its name,
+which also keeps shopping carts (C{--cart}).
 C{python -m manualb worker ...}: one worker process, which a supervisor
 (C{workers = N}) starts (see L{manualb.worker}).
 """
@@ -156,6 +157,19 @@ def reload(pidfile: str, err: TextIO) -> int:
     return 0
 
 
+def _cartOption(text: str) -> str:
+    """
+    The value of C{backend --cart}, checked.
+    """
+    from manualb.state import parseStateURL
+
+    try:
+        parseStateURL(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text.strip()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m manualb")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -177,6 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     backend.add_argument(
         "--exit-on-eof", action="store_true", help="stop when standard input closes"
     )
+    backend.add_argument(
+        "--cart",
+        default="memory",
+        type=_cartOption,
+        help="where it keeps the shopping carts of POST /cart/add?item=... and "
+        "GET /cart: memory (its own, the default) or redis://HOST:PORT/DB (shared)",
+    )
     worker = commands.add_parser("worker", help="one worker process (started by the supervisor)")
     worker.add_argument("--config", required=True)
     worker.add_argument("--sockets", required=True, help="JSON: [[line, fd, family], ...]")
@@ -197,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "backend":
         from manualb.testing import runBackend
 
-        runBackend(args.name, args.port, exitOnEOF=args.exit_on_eof)
+        runBackend(args.name, args.port, exitOnEOF=args.exit_on_eof, cart=args.cart)
         return 0
     from manualb.demo import runDemo
 

@@ -2,9 +2,11 @@
 The built-in demo: the experiments of the article manualb grew from ("The
 Manual Load Balancer"), replayed for real.  Two backends in two zones, each
 its own process, behind manualb; then round robin, the kill test, sticky
-sessions (C{ip_hash}, then a cookie) and a weighted canary, each printed as
-what is done, what happened and what it means.  Then manualb keeps running,
-round robin over both backends, for you to try with curl.
+sessions (C{ip_hash}, then a cookie), a weighted canary, and the article's
+last lesson, shopping carts in memory and in Redis (L{manualb.cartdemo}),
+each printed as what is done, what happened and what it means.  Then
+manualb keeps running, round robin over both backends, for you to try with
+curl.
 
 Each experiment is a function that makes its requests through manualb,
 prints through a C{say} callable and returns what happened, so that the
@@ -25,6 +27,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
 from manualb.accesslog import AccessLog
+from manualb.cartdemo import CartResult, RedisProcess, findRedisServer, shoppingCarts
 from manualb.health import HealthEvent
 from manualb.service import LoadBalancer
 from manualb.testing import BackendProcess, balancerConfig
@@ -123,16 +126,28 @@ class Client:
 class Demo:
     """
     What the demo runs: the two backend processes, the balancers in front of
-    them and the clients; L{stop} ends them all (on Ctrl-C too).
+    them, the clients, and a redis-server; L{stop} ends them all (on Ctrl-C
+    too).
 
     @ivar backendA: Backend A (zone A), a L{BackendProcess}.
     @ivar backendB: Backend B (zone B), a L{BackendProcess}.
+    @ivar redis: The demo's redis-server (a L{RedisProcess}) once
+        L{startRedis} has started it; L{None} when it could not.
+    @ivar redisProblem: Why there is no C{redis}.
     """
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, redisServer: str | None = ""):
+        """
+        @param redisServer: The path of redis-server; C{""} to look for it
+            (L{findRedisServer}), L{None} for none.
+        """
         self.reactor = reactor
         self.backendA = BackendProcess(reactor, NAME_A)
         self.backendB = BackendProcess(reactor, NAME_B)
+        self.redisServer = findRedisServer() if redisServer == "" else redisServer
+        self.redis: RedisProcess | None = None
+        self.redisProblem = "redis-server has not been started"
+        self._backends: list[BackendProcess] = []
         self._balancers: list[LoadBalancer] = []
         self._ports: list[IListeningPort] = []
         self._clients: list[Client] = []
@@ -144,6 +159,44 @@ class Demo:
         return gatherResults(
             [self.backendA.start(), self.backendB.start()], consumeErrors=True
         )
+
+    def backend(self, name: str, cart: str) -> BackendProcess:
+        """
+        One more backend process, not started, keeping its shopping carts in
+        C{cart} (C{memory} or C{redis://...}); L{stop} kills it.
+        """
+        backend = BackendProcess(self.reactor, name, cart=cart)
+        self._backends.append(backend)
+        return backend
+
+    @inlineCallbacks
+    def startRedis(self) -> Steps[RedisProcess | None]:
+        """
+        Start the demo's redis-server on a free loopback port; fires with
+        it as C{redis}, or with L{None}, C{redisProblem} saying why, when
+        it is not installed or does not start.
+        """
+        if self.redisServer is None:
+            self.redisProblem = (
+                "redis-server is not installed (scripts/redis installs it from "
+                "the OS packages; ./scripts/demo runs it, as root or with sudo)"
+            )
+            return None
+        for _ in range(3):
+            redis = RedisProcess(self.reactor, self.redisServer)
+            self.redis = redis
+            try:
+                yield redis.start()
+            except Exception as e:
+                self.redis = None
+                self.redisProblem = "redis-server (%s) did not start: %s" % (
+                    self.redisServer, e or type(e).__name__)
+                # Another program may have taken the free port first.
+                if "in use" not in str(e):
+                    return None
+            else:
+                return redis
+        return None
 
     @inlineCallbacks
     def startBalancer(
@@ -179,18 +232,23 @@ class Demo:
     @inlineCallbacks
     def stop(self) -> Steps[None]:
         """
-        Stop listening, close every connection and kill both backends; fires
-        once they are gone.  Safe to call more than once.
+        Stop listening, close every connection, kill every backend and stop
+        the redis-server; fires once they are gone.  Safe to call more than
+        once.
         """
         ports, self._ports = self._ports, []
         clients, self._clients = self._clients, []
         balancers, self._balancers = self._balancers, []
+        backends, self._backends = self._backends, []
+        redis, self.redis = self.redis, None
         yield gatherResults([port.stopListening() for port in ports], consumeErrors=True)
         for balancer in balancers:
             balancer.close()
         yield gatherResults([client.close() for client in clients], consumeErrors=True)
-        ends = [backend.kill() for backend in (self.backendA, self.backendB)]
+        ends = [backend.kill() for backend in (self.backendA, self.backendB, *backends)]
         yield gatherResults([end for end in ends if end is not None], consumeErrors=True)
+        if redis is not None:
+            yield redis.stop()
 
 
 # -- the experiments ---------------------------------------------------------
@@ -500,7 +558,7 @@ def cookieSessions(demo: Demo, servers: Sequence[str], say: Say) -> Steps[Cookie
     say("             the new clients went to:     %s" % (" ".join(map(_letter, others)),))
     say("   Meaning:  a cookie glues each client (a browser) to its server, and")
     say("             clients sharing an address still spread.  Better still, as the")
-    say("             article says: keep no state in the servers (a cart in Redis).")
+    say("             article says: keep no state in the servers (a cart in Redis, 5.).")
     return CookieResult(cookie, first.backend, sticky, others)
 
 
@@ -550,6 +608,7 @@ class Results:
     ipHash: list[str]
     cookie: CookieResult
     canary: CanaryResult
+    carts: CartResult | None
 
 
 @inlineCallbacks
@@ -557,15 +616,22 @@ def runExperiments(
     demo: Demo, port: int, say: Say, accessLog: AccessLog | None = None
 ) -> Steps[Results]:
     """
-    Start both backends and the main balancer on 127.0.0.1:C{port} (0: a
-    free port), round robin over them, with C{accessLog}; then run every
-    experiment.  Fires with the L{Results}; the main balancer and the
-    backends stay up (until C{demo.stop()}).
+    Start both backends, the demo's redis-server and the main balancer on
+    127.0.0.1:C{port} (0: a free port), round robin over them, with
+    C{accessLog}; then run every experiment.  Fires with the L{Results};
+    the main balancer and the backends stay up (until C{demo.stop()}).
     """
-    addresses = yield demo.startBackends()
+    addresses, redis = yield gatherResults(
+        [demo.startBackends(), demo.startRedis()], consumeErrors=True
+    )
     for backend in (demo.backendA, demo.backendB):
         say("%s: its own process (pid %d), listening on %s"
             % (backend.name, backend.transport.pid, backend.address))
+    if redis is None:
+        say("redis-server: none, so experiment 5 is skipped: %s" % (demo.redisProblem,))
+    else:
+        say("redis-server: its own process (pid %d), on 127.0.0.1:%d, saving nothing"
+            % (redis.pid, redis.port))
     main = [address + " fail_timeout=" + FAIL_TIMEOUT for address in addresses]
     balancer, url = yield demo.startBalancer(main, port, accessLog)
     say("manualb listens on %s, round robin over both, with fail_timeout=%s:"
@@ -583,7 +649,9 @@ def runExperiments(
     say("")
     weighted = yield canary(demo, addresses, say)
     say("")
-    return Results(url, picks, kill, sticky, cookie, weighted)
+    carts = yield shoppingCarts(demo, say)
+    say("")
+    return Results(url, picks, kill, sticky, cookie, weighted, carts)
 
 
 # -- running it ----------------------------------------------------------------

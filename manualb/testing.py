@@ -8,14 +8,17 @@ L{twisted.web.resource.IResource}s as its backends.
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import re
+import secrets
 import sys
 from io import BytesIO
 from typing import Mapping, Sequence
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import IListeningPort, ISSLTransport, IStreamClientEndpoint
 from twisted.internet.protocol import ProcessProtocol, Protocol
@@ -27,13 +30,14 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import directlyProvides, implementer
 
 from manualb.accesslog import AccessLog
 from manualb.config import Config
 from manualb.configfile import parseConfig
 from manualb.service import LoadBalancer
+from manualb.state import RedisURL, parseStateURL
 from manualb.termination import isTLS
 
 
@@ -61,6 +65,304 @@ class NamedBackend(Resource):
         return b"" if request.method == b"HEAD" else body
 
 
+# -- a backend that keeps shopping carts ---------------------------------------
+
+#: The name of the cookie a L{CartBackend} keeps its session in.
+CART_COOKIE = b"cart"
+#: At most this many items in a cart, and characters in an item.
+CART_MAX_ITEMS = 100
+CART_MAX_ITEM = 100
+#: At most this many carts a L{MemoryCarts} keeps: the oldest goes first.
+CART_MAX_SESSIONS = 10000
+#: How long, in seconds, a cart in Redis is kept after its last change.
+CART_EXPIRY = 3600
+#: How long, in seconds, a connection to Redis or a command may take.
+CART_TIMEOUT = 1.0
+
+
+class CartFull(Exception):
+    """
+    The cart holds L{CART_MAX_ITEMS} items already.
+    """
+
+
+class MemoryCarts:
+    """
+    Shopping carts in this process's memory: each backend process has its
+    own, and they die with it.
+    """
+
+    description = "memory"
+
+    def __init__(self) -> None:
+        self._carts: dict[str, list[str]] = {}
+
+    def add(self, session: str, item: str) -> Deferred[list[str]]:
+        """
+        Put C{item} in the cart of C{session}; fires with the cart.
+
+        @raise CartFull: (in the L{Deferred}) when it holds too many items.
+        """
+        cart = self._carts.pop(session, [])
+        self._carts[session] = cart
+        if len(cart) >= CART_MAX_ITEMS:
+            return fail(CartFull())
+        cart.append(item)
+        while len(self._carts) > CART_MAX_SESSIONS:
+            del self._carts[next(iter(self._carts))]
+        return succeed(list(cart))
+
+    def items(self, session: str) -> Deferred[list[str]]:
+        """
+        The cart of C{session}, empty when it has none.
+        """
+        return succeed(list(self._carts.get(session, [])))
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)
+
+
+_CART_ADD = """
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return false end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return redis.call('LRANGE', KEYS[1], 0, -1)
+"""
+
+
+class RedisCarts:
+    """
+    Shopping carts in a Redis, which every backend naming it shares: one
+    list under C{manualb:cart:SESSION} per cart, kept for L{CART_EXPIRY}
+    seconds after its last change.  One connection, made when first needed
+    and made again after it is lost; every command is bounded by
+    C{timeout}, after which the connection is dropped.
+
+    @ivar url: Where the Redis is (a L{manualb.state.RedisURL}).
+    """
+
+    prefix = "manualb:cart:"
+
+    def __init__(self, reactor, url: RedisURL, timeout: float = CART_TIMEOUT):
+        self.reactor = reactor
+        self.url = url
+        self.description = str(url)
+        self.timeout = timeout
+        self._protocol = None
+        self._connecting: list[Deferred] | None = None
+        self._attempt: Deferred | None = None
+        self._closed = False
+
+    def add(self, session: str, item: str) -> Deferred[list[str]]:
+        d = self._call("EVAL", _CART_ADD, 1, self.prefix + session, item, CART_MAX_ITEMS, CART_EXPIRY)
+
+        def added(cart):
+            if cart is None:
+                raise CartFull()
+            return list(cart)
+
+        return d.addCallback(added)
+
+    def items(self, session: str) -> Deferred[list[str]]:
+        return self._call("LRANGE", self.prefix + session, 0, -1).addCallback(list)
+
+    def close(self) -> Deferred[None]:
+        """
+        Drop the connection, and any being made; fires once it is closed.
+        Commands fail from then on.
+        """
+        self._closed = True
+        if self._attempt is not None:
+            self._attempt.cancel()
+        protocol, self._protocol = self._protocol, None
+        if protocol is None or protocol.transport is None:
+            return succeed(None)
+        lost = protocol.lost
+        protocol.transport.abortConnection()
+        return lost
+
+    def _connect(self) -> Deferred:
+        """
+        Fires with a connection to the Redis, ready for commands.
+        """
+        if self._closed:
+            return fail(ConnectionError("the carts in %s are closed" % (self.description,)))
+        if self._protocol is not None and self._protocol.transport is not None:
+            return succeed(self._protocol)
+        waiting: Deferred = Deferred()
+        if self._connecting is not None:
+            self._connecting.append(waiting)
+            return waiting
+        self._connecting = [waiting]
+        url = self.url
+        protocol = _cartConnection()(self)
+        endpoint = HostnameEndpoint(self.reactor, url.host, url.port, timeout=self.timeout)
+        d = connectProtocol(endpoint, protocol)
+        if url.password is not None:
+            d.addCallback(lambda ignored: protocol.auth(url.password, url.username))
+        if url.db:
+            d.addCallback(lambda ignored: protocol.select(url.db))
+        d.addTimeout(2 * self.timeout, self.reactor)
+        self._attempt = d
+
+        def done(result):
+            waiters, self._connecting, self._attempt = self._connecting or [], None, None
+            if self._closed and not isinstance(result, Failure):
+                result = Failure(ConnectionError("closed while connecting"))
+            if isinstance(result, Failure):
+                if protocol.transport is not None:
+                    protocol.transport.abortConnection()
+                for each in waiters:
+                    each.errback(result)
+            else:
+                self._protocol = protocol
+                for each in waiters:
+                    each.callback(protocol)
+
+        d.addBoth(done)
+        return waiting
+
+    def _call(self, *command) -> Deferred:
+        """
+        Run C{command} within the timeout: one that takes longer drops the
+        connection.
+        """
+
+        def run(protocol):
+            d = protocol.execute_command(*command)
+            d.addTimeout(self.timeout, self.reactor)
+
+            def failed(reason):
+                if protocol.transport is not None:
+                    protocol.transport.abortConnection()
+                return reason
+
+            return d.addErrback(failed)
+
+        return self._connect().addCallback(run)
+
+
+_connectionClass: list = []
+
+
+def _cartConnection():
+    """
+    The class of a L{RedisCarts}'s connection, a txredisapi protocol that
+    tells its carts when it is lost.  Made when first needed: importing
+    txredisapi imports the global reactor.
+    """
+    if not _connectionClass:
+        from txredisapi import RedisProtocol
+
+        class CartConnection(RedisProtocol):
+            def __init__(self, carts: RedisCarts):
+                super().__init__(charset="utf-8", convertNumbers=False)
+                self.carts = carts
+                self.callLater = carts.reactor.callLater
+                self.lost: Deferred[None] = Deferred()
+
+            def connectionLost(self, why):
+                super().connectionLost(why)
+                if self.carts._protocol is self:
+                    self.carts._protocol = None
+                if not self.lost.called:
+                    self.lost.callback(None)
+
+        _connectionClass.append(CartConnection)
+    return _connectionClass[0]
+
+
+def cartStore(reactor, cart: str) -> MemoryCarts | RedisCarts:
+    """
+    Where a L{CartBackend} keeps its carts, from the value of C{python -m
+    manualb backend --cart}: C{memory}, or C{redis://HOST:PORT/DB}.
+
+    @raise ValueError: When C{cart} is neither, saying why.
+    """
+    url = parseStateURL(cart)
+    return MemoryCarts() if url is None else RedisCarts(reactor, url)
+
+
+class CartBackend(NamedBackend):
+    """
+    A L{NamedBackend} that also keeps a shopping cart for each client:
+    C{POST /cart/add?item=ITEM} puts an item in it and C{GET /cart} shows
+    it, both answering with JSON, C{{"backend": NAME, "cart": [ITEM, ...]}}.
+    The cart is found by a session cookie (L{CART_COOKIE}), which the
+    backend sets when the request has none (or a malformed one); where the
+    carts are kept, in this process's memory or in a Redis that other
+    backends share, is its C{store}'s business.
+
+    @ivar store: A L{MemoryCarts} or a L{RedisCarts}.
+    """
+
+    def __init__(self, name: str, store: MemoryCarts | RedisCarts):
+        super().__init__(name)
+        self.store = store
+
+    def render(self, request):
+        path = request.path.rstrip(b"/")
+        if path == b"/cart/add":
+            allowed = b"POST"
+        elif path == b"/cart":
+            allowed = b"GET, HEAD"
+        else:
+            return super().render(request)
+        self.requests.append((request.method, request.uri, request.requestHeaders.copy()))
+        if request.method not in allowed.split(b", "):
+            request.setHeader(b"Allow", allowed)
+            return self._answer(request, 405, {"error": "use " + allowed.decode("ascii")})
+        session = self._session(request)
+        if path == b"/cart":
+            d = self.store.items(session)
+        else:
+            item = request.args.get(b"item", [b""])[0].decode("utf-8", "replace").strip()
+            if not item or len(item) > CART_MAX_ITEM:
+                error = "give the item to add as ?item=NAME, of 1 to %d characters"
+                return self._answer(request, 400, {"error": error % (CART_MAX_ITEM,)})
+            d = self.store.add(session, item)
+        gone: list = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def answered(cart):
+            return 200, {"cart": cart}
+
+        def failed(reason):
+            if reason.check(CartFull):
+                return 409, {"error": "the cart is full (%d items)" % (CART_MAX_ITEMS,)}
+            return 503, {"error": "the carts in %s cannot be reached: %s"
+                         % (self.store.description, reason.getErrorMessage() or
+                            reason.type.__name__)}
+
+        def respond(result):
+            if not gone:
+                request.write(self._answer(request, *result))
+                request.finish()
+
+        d.addCallbacks(answered, failed).addCallback(respond)
+        return NOT_DONE_YET
+
+    def _session(self, request) -> str:
+        """
+        The session of C{request}, from its cookie; a new one, set as its
+        cookie, when it has none.
+        """
+        session = request.getCookie(CART_COOKIE)
+        if session is not None and re.fullmatch(rb"[0-9a-f]{32}", session):
+            return session.decode("ascii")
+        session = secrets.token_hex(16)
+        request.addCookie(CART_COOKIE, session.encode("ascii"), path=b"/", httpOnly=True)
+        return session
+
+    def _answer(self, request, code: int, answer: dict) -> bytes:
+        request.setResponseCode(code)
+        body = json.dumps({"backend": self.name, **answer}).encode("utf-8") + b"\n"
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"X-Backend", self.name.encode("utf-8"))
+        request.setHeader(b"Content-Length", b"%d" % (len(body),))
+        return b"" if request.method == b"HEAD" else body
+
+
 def listenBackend(
     reactor, resource: Resource, interface: str = "127.0.0.1"
 ) -> Deferred[IListeningPort]:
@@ -71,13 +373,20 @@ def listenBackend(
 
 
 def runBackend(
-    name: str, port: int = 0, interface: str = "127.0.0.1", exitOnEOF: bool = False
+    name: str,
+    port: int = 0,
+    interface: str = "127.0.0.1",
+    exitOnEOF: bool = False,
+    cart: str = "memory",
 ) -> None:
     """
-    Run a L{NamedBackend} in this process until it is killed, after
+    Run a L{CartBackend} in this process until it is killed, after
     printing C{listening on HOST:PORT} (handy with C{port=0}).  This is what
     C{python -m manualb backend NAME} runs: a backend process to stop and
     start under a balancer.
+
+    @param cart: Where it keeps its shopping carts (see L{cartStore}):
+        C{memory} or C{redis://HOST:PORT/DB}.
 
     @param exitOnEOF: Also stop when standard input closes: a parent that
         runs the backend (L{BackendProcess}) takes it along when it goes, even
@@ -93,8 +402,10 @@ def runBackend(
         sys.stderr.write("backend %s: %s\n" % (name, reason.getErrorMessage()))
         reactor.stop()
 
+    store = cartStore(reactor, cart)
+    reactor.addSystemEventTrigger("before", "shutdown", store.close)
     endpoint = TCP4ServerEndpoint(reactor, port, interface=interface)
-    endpoint.listen(Site(NamedBackend(name))).addCallbacks(listening, failed)
+    endpoint.listen(Site(CartBackend(name, store))).addCallbacks(listening, failed)
     if exitOnEOF:
         StandardIO(_ExitOnEOF(reactor), stdout=os.open(os.devnull, os.O_WRONLY))
     reactor.run()
@@ -115,16 +426,18 @@ class _ExitOnEOF(Protocol):
 
 class BackendProcess(ProcessProtocol):
     """
-    A L{NamedBackend} in a child process (C{python -m manualb backend}),
+    A L{CartBackend} in a child process (C{python -m manualb backend}),
     for tests and demos that kill a backend for real and start it again.
 
     @ivar address: C{host:port} once started.
+    @ivar cart: Where it keeps its carts: C{memory} or C{redis://...}.
     """
 
-    def __init__(self, reactor, name: str, port: int = 0):
+    def __init__(self, reactor, name: str, port: int = 0, cart: str = "memory"):
         self.reactor = reactor
         self.name = name
         self.port = port
+        self.cart = cart
         self.address: str | None = None
         self._started: Deferred[str] | None = None
         self._ended: Deferred[None] | None = None
@@ -152,7 +465,7 @@ class BackendProcess(ProcessProtocol):
             sys.executable,
             [
                 sys.executable, "-m", "manualb", "backend", self.name,
-                "--port", str(self.port), "--exit-on-eof",
+                "--port", str(self.port), "--exit-on-eof", "--cart", self.cart,
             ],
             env=environment,
         )

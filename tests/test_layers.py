@@ -62,7 +62,17 @@ LAYERS: list[tuple[str, ...]] = [
     ),
     ("web.http2", "web.channel", "web.site", "web"),
     ("reloading", "entry", "service"),
-    ("supervisor", "tlstesting", "testing", "demo", "tap", "worker", "__main__", "__init__"),
+    (
+        "supervisor",
+        "tlstesting",
+        "testing",
+        "cartdemo",
+        "demo",
+        "tap",
+        "worker",
+        "__main__",
+        "__init__",
+    ),
 ]
 
 #: Twisted names private to twisted.web that manualb reaches, all in the

@@ -81,6 +81,8 @@ from manualb.gatekeeper import (
     routeWithKeys,
 )
 from manualb.endpoints import endpointProblem, socketFileProblem
+from manualb.errorpages import parseErrorPages
+from manualb.routecontrols import CONTROL_KEYS, parseRouteControls
 from manualb.upstreamconfig import keyDefault, parseUpstream, readKeys
 from manualb.syntax import (
     SECTION_HEADER,
@@ -110,7 +112,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "gatekeeper": (*keys(GatekeeperConfig), *GATEKEEPER_KEYS),
     "tls": tuple(keys(TLSConfig)),
     "upstream": tuple(keys(UpstreamConfig)),
-    "route": (*keys(RouteConfig), *ROUTE_KEYS),
+    "route": (*keys(RouteConfig), *ROUTE_KEYS, *CONTROL_KEYS),
     "listener": tuple(keys(ListenerConfig)),
     "stream": tuple(keys(StreamConfig)),
 }
@@ -215,10 +217,19 @@ def parseConfig(
         for name, header in sections.upstreams.items()
     }
     routes = tuple(
-        _parseRoute(sections.section(header), name, gatekeeper)
+        _parseRoute(sections.section(header), name, gatekeeper, directory)
         for name, header in sections.routes.items()
     )
-    listeners = _parseListeners(sections, listen, redirect)
+    listeners = tuple(
+        attrs.evolve(each, error_page=parseErrorPages(sections.section(sections.listeners[each.name]), directory))
+        if each.name in sections.listeners
+        else each
+        for each in _parseListeners(sections, listen, redirect)
+    )
+    pages = serverTokens = None
+    if sections.main is not None:
+        serverTokens = main["server_tokens"]
+        pages = parseErrorPages(sections.section(sections.main), directory)
     streams = tuple(
         _parseStream(sections, header, name, upstreams)
         for name, header in sections.streams.items()
@@ -246,6 +257,8 @@ def parseConfig(
         tls=tls,
         streams=streams,
         gatekeeper=gatekeeper,
+        server_tokens=keyDefault(Config, "server_tokens") if serverTokens is None else serverTokens,
+        error_page=pages or (),
     )
 
 
@@ -280,14 +293,17 @@ def _parseGatekeeper(
     )
 
 
-def _parseRoute(section: Section, name: str, gatekeeper: GatekeeperConfig) -> RouteConfig:
+def _parseRoute(
+    section: Section, name: str, gatekeeper: GatekeeperConfig, directory: str
+) -> RouteConfig:
     """
     The L{RouteConfig} of section C{[route NAME]}: what the URL map reads
-    of it (L{urlmap.parseRoute}) and what the gatekeeper does
-    (L{parseRouteKeys}).
+    of it (L{urlmap.parseRoute}), what the gatekeeper does
+    (L{parseRouteKeys}), and its controls (L{parseRouteControls}).
     """
     route = urlmap.parseRoute(section, name)
-    return routeWithKeys(route, parseRouteKeys(section, gatekeeper))
+    route = routeWithKeys(route, parseRouteKeys(section, gatekeeper))
+    return routeWithKeys(route, parseRouteControls(section, directory))
 
 
 def _configDirectory(source: str) -> str:
@@ -791,7 +807,7 @@ def _checkRoutes(
     paths: dict = {}
     for route in routes:
         header = headers[route.name]
-        if route.upstream not in upstreams:
+        if route.upstream is not None and route.upstream not in upstreams:
             defined = ", ".join(upstreams) or "none"
             raise ConfigError(
                 source,

@@ -391,10 +391,11 @@ class Exchange:
         own = passage.headers
         outgoing = own + [_SERVER if passage.local is None else passage.local.server]
         outgoing.extend(lease.affinityHeaders())
-        outgoing += responseHeaders(
-            headers, replaced=frozenset([name.lower() for name, value in own])
-        )
+        replaced = frozenset([name.lower() for name, value in own])
         controls = self.controls
+        if controls is not None and controls.headers is not None:
+            replaced |= controls.headers.hidden
+        outgoing += responseHeaders(headers, replaced=replaced)
         if controls is not None:
             outgoing = self._controlled(controls, code, outgoing, headers)
         if self.recent is not None:

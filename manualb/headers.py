@@ -216,17 +216,12 @@ class HeaderRules:
         backend: Sequence[tuple[bytes, bytes]],
     ) -> list[tuple[bytes, bytes]]:
         """
-        The headers of a proxied response, C{outgoing}, with the backend's
-        headers of C{hide_header} removed and those of C{pass_header} (its
-        own C{Server} or C{Date}) put in place of the proxy's.
+        The headers of a proxied response, C{outgoing}, with those of the
+        backend's, C{backend}, that C{pass_header} names (its own C{Server}
+        or C{Date}) in place of the proxy's.  (The backend's headers that
+        C{hide_header} names, L{hidden}, are left out of C{outgoing} as the
+        hop-by-hop headers are, by L{manualb.forwarding.responseHeaders}.)
         """
-        if self.hidden:
-            fromBackend = {id(header) for header in backend}
-            outgoing = [
-                header
-                for header in outgoing
-                if id(header) not in fromBackend or header[0].lower() not in self.hidden
-            ]
         if self.passed:
             extra = [header for header in backend if header[0].lower() in self.passed]
             names = {name.lower() for name, value in extra}

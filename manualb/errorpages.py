@@ -121,6 +121,8 @@ def parseReturn(section: Section) -> tuple[int, str] | None:
             "return", f"{first!r} is not a status code from 200 to 599 (expected CODE [TEXT or URL])"
         )
     code = int(first)
+    if code in (204, 304) and rest:
+        raise section.error("return", f"a {code} has no body; give no text after it")
     if code in _REDIRECTS and not rest:
         raise section.error("return", f"a {code} needs the URL to redirect to, such as return = {code} https://$host$request_uri")
     if rest:

@@ -295,7 +295,9 @@ class Exchange:
         )
         controls = self.controls
         if controls is not None and controls.headers is not None:
-            self.head = controls.headers.requestHead(self.head, view, controls.name)
+            self.head = controls.headers.requestHead(
+                self.head, view, controls.name, self.passage.requestId
+            )
         self._connect(server.connections.acquire())
 
     def _noServer(self) -> None:
@@ -413,7 +415,7 @@ class Exchange:
         view = self.view
         if rules is not None:
             outgoing = rules.responseHeaders(outgoing, headers)
-            outgoing += rules.addedHeaders(code, view, controls.name)
+            outgoing += rules.addedHeaders(code, view, controls.name, self.passage.requestId)
         if controls.gzip is not None:
             self._encoder = encoderFor(
                 controls.gzip, view.method, code, view.header(b"accept-encoding"), outgoing
@@ -691,7 +693,9 @@ class Exchange:
         if passage.route is not None:
             controls = passage.route.route.controls
             if controls is not None and controls.headers is not None:
-                outgoing += controls.headers.addedHeaders(code, self.view, controls.name)
+                outgoing += controls.headers.addedHeaders(
+                    code, self.view, controls.name, passage.requestId
+                )
         if body and not any(name.lower() == b"content-type" for name, _ in headers):
             outgoing.append(_HTML)
         outgoing.append((b"Content-Length", b"%d" % (len(body),)))

@@ -5,7 +5,10 @@ C{pass_header} (C{proxy_hide_header}, C{proxy_pass_header}) for the
 backend's response, and C{add_header} for the response to the client.
 
 A value is literal text and the C{$variables} of C{hash} and C{log_format}
-(L{manualb.variables.parseKey}, C{$route} included).  Names must be HTTP
+(L{manualb.variables.parseKey}, C{$route} included), and three of nginx's
+that only headers use: C{$scheme} (C{http} or C{https}), C{$request_id}
+and C{$proxy_add_x_forwarded_for} (the client's C{X-Forwarded-For} with
+the client's address added, what manualb sends by default).  Names must be HTTP
 tokens; values may hold no control character, and a value built from
 variables is checked again once computed: one that is not a valid header
 value is not sent (and logged), so no request can smuggle a header line
@@ -19,7 +22,7 @@ from typing import Callable, Sequence
 
 from twisted.logger import Logger
 
-from manualb.rules import CONTROL
+from manualb.rules import CONTROL, HOST
 from manualb.syntax import Section
 from manualb.variables import parseKey
 from manualb.view import RequestView
@@ -54,7 +57,28 @@ _NOT_ADDED = _FRAMING | frozenset(["content-encoding", "server", "date"])
 #: L{manualb.forwarding}): what C{pass_header} can let through.
 _PASSABLE = ("server", "date")
 
-Value = Callable[[RequestView, "str | None"], bytes]
+Value = Callable[[RequestView, "str | None", bytes], bytes]
+
+# The variables of header values that the other keys do not know.
+_OWN_VARIABLE = re.compile(
+    r"\$(?:\{(?P<braced>scheme|request_id|proxy_add_x_forwarded_for)\}"
+    r"|(?P<bare>scheme|request_id|proxy_add_x_forwarded_for)(?![A-Za-z0-9_]))"
+)
+
+
+def _scheme(view: RequestView, requestId: bytes) -> bytes:
+    return b"https" if view.secure else b"http"
+
+
+def _requestId(view: RequestView, requestId: bytes) -> bytes:
+    return requestId
+
+
+def _forwardedFor(view: RequestView, requestId: bytes) -> bytes:
+    return b", ".join([*view.header(b"x-forwarded-for"), view.clientAddress.encode("ascii")])
+
+
+_OWN = {"scheme": _scheme, "request_id": _requestId, "proxy_add_x_forwarded_for": _forwardedFor}
 
 
 def _name(section: Section, key: str, text: str, refused: frozenset[str]) -> str:
@@ -72,7 +96,7 @@ def _value(section: Section, key: str, line: str, text: str) -> str:
         raise section.error(key, f"{line!r}: a header value cannot hold control characters")
     if text:
         try:
-            parseKey(text)
+            compileValue(text)
         except ValueError as e:
             raise section.error(key, f"{line!r}: {e}") from None
     return text
@@ -99,6 +123,8 @@ def parseHeaderKeys(section: Section) -> dict[str, object]:
                 text = ""
             if not text and name.lower() == "host":
                 raise section.error("set_header", f"{line!r}: the backend needs a Host; give a value")
+            if name.lower() == "host" and "$" not in text and HOST.fullmatch(text.encode("utf-8")) is None:
+                raise section.error("set_header", f"{line!r}: {text!r} is not a host")
             if any(name.lower() == other.lower() for other, _ in setHeaders):
                 raise section.error("set_header", f"{line!r}: {name} is set twice")
             setHeaders.append((name, _value(section, "set_header", line, text)))
@@ -145,15 +171,45 @@ def compileValue(text: str) -> Value | None:
     """
     if not text:
         return None
-    return parseKey(text)
+    keys: list[Callable[[RequestView, str | None], bytes]] = []
+    own: list[Callable[[RequestView, bytes], bytes] | None] = []
+    position = 0
+    for match in _OWN_VARIABLE.finditer(text):
+        if match.start() > position:
+            keys.append(parseKey(text[position : match.start()]))
+            own.append(None)
+        keys.append(_noKey)
+        own.append(_OWN[match["braced"] or match["bare"]])
+        position = match.end()
+    if position < len(text):
+        keys.append(parseKey(text[position:]))
+        own.append(None)
+    if len(keys) == 1 and own[0] is None:
+        only = keys[0]
+        return lambda view, route, requestId: only(view, route)
+    parts = list(zip(keys, own))
+
+    def value(view: RequestView, route: str | None, requestId: bytes) -> bytes:
+        return b"".join(
+            key(view, route) if variable is None else variable(view, requestId)
+            for key, variable in parts
+        )
+
+    return value
 
 
-def headerValue(value: Value, view: RequestView, route: str | None, name: bytes) -> bytes | None:
+def _noKey(view: RequestView, route: str | None) -> bytes:
+    return b""
+
+
+def headerValue(
+    value: Value, view: RequestView, route: str | None, requestId: bytes, name: bytes
+) -> bytes | None:
     """
     Compute a header's value, or L{None} (logged) when what the variables
     gave is not a valid header value.
     """
-    computed = value(view, route)
+    computed = value(view, route, requestId)
     if CONTROL.search(computed) is not None:
         log.warn(
             "header {name} not sent: its value for {request} holds control characters",
@@ -186,7 +242,9 @@ class HeaderRules:
             (name.encode("ascii"), compileValue(text), always) for name, text, always in added
         ]
 
-    def requestHead(self, head: bytes, view: RequestView, route: str | None) -> bytes:
+    def requestHead(
+        self, head: bytes, view: RequestView, route: str | None, requestId: bytes = b""
+    ) -> bytes:
         """
         The request head C{head} (as L{manualb.forwarding.requestHead} made
         it) with the C{set_header} rules applied: each named header's lines
@@ -199,8 +257,10 @@ class HeaderRules:
         replaced = set()
         new = []
         for name, lower, value in self.setHeaders:
-            computed = None if value is None else headerValue(value, view, route, name)
-            if lower == b"host" and not computed:
+            computed = None if value is None else headerValue(value, view, route, requestId, name)
+            if lower == b"host" and (not computed or HOST.fullmatch(computed) is None):
+                # The backend gets the client's, rather than none or one
+                # that is no host.
                 continue
             replaced.add(lower)
             if computed:
@@ -231,7 +291,7 @@ class HeaderRules:
         return outgoing
 
     def addedHeaders(
-        self, code: int, view: RequestView, route: str | None
+        self, code: int, view: RequestView, route: str | None, requestId: bytes = b""
     ) -> list[tuple[bytes, bytes]]:
         """
         The C{add_header} headers of a response of status C{code}.
@@ -240,7 +300,7 @@ class HeaderRules:
         ordinary = code in ADD_HEADER_CODES
         for name, value, always in self.added:
             if (always or ordinary) and value is not None:
-                computed = headerValue(value, view, route, name)
+                computed = headerValue(value, view, route, requestId, name)
                 if computed:
                     added.append((name, computed))
         return added

@@ -28,7 +28,8 @@ from manualb.config import (
 from manualb.configfile import loadConfig
 from manualb.gatekeeper import Gatekeeper, TrustedProxies, frontEndBodyLimit, gatekeeperEngines
 from manualb.selection import Pool, Server
-from manualb.errorpages import LocalAnswers, sharesSite as _sharesSite, withSiteAnswers
+from manualb.errorpages import LocalAnswers, SiteAnswers, withSiteAnswers
+from manualb.errorpages import sharesSite as _sharesSite
 from manualb.stages import defaultStages, listenerRedirectStages
 from manualb.streams import StreamProxyFactory
 from manualb.termination import (
@@ -714,7 +715,8 @@ class LoadBalancer:
         urlMap, stages, gatekeeper = self._siteParts(routeNames, stages, listener)
         resource = site.resource
         resource.urlMap = urlMap
-        resource.stages = keepAddedStages(resource.stages, list(stages))
+        current = [stage for stage in resource.stages if not isinstance(stage, SiteAnswers)]
+        resource.stages = keepAddedStages(current, list(stages))
         site.gatekeeper = gatekeeper
         site.trustedProxies = (
             TrustedProxies(gatekeeper.trusted_proxies) if gatekeeper.trusted_proxies else None

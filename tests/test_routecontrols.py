@@ -112,6 +112,38 @@ class HeaderTests(MemoryTests):
         [seen] = self.backend.seen
         self.assertEqual(seen.getRawHeaders(b"x-forwarded-proto"), [b"https"])
 
+    def test_headerVariables(self):
+        """
+        Header values also know nginx's C{$scheme}, C{$request_id} and
+        C{$proxy_add_x_forwarded_for}.
+        """
+        lb = self.balancer(
+            routeWith(
+                "set_header =\n    X-Forwarded-For $proxy_add_x_forwarded_for\n"
+                "    X-Scheme ${scheme}://$host\n    X-Trace id=$request_id\n"
+                "add_header = X-Trace $request_id\n"
+            )
+        )
+        response, body = self.request(lb, headers={b"X-Forwarded-For": [b"192.0.2.1"]})
+        [seen] = self.backend.seen
+        [requestId] = response.headers.getRawHeaders(b"x-request-id")
+        self.assertEqual(seen.getRawHeaders(b"x-forwarded-for"), [b"192.0.2.1, 127.0.0.1"])
+        self.assertEqual(seen.getRawHeaders(b"x-scheme"), [b"http://example.com"])
+        self.assertEqual(seen.getRawHeaders(b"x-trace"), [b"id=" + requestId])
+        self.assertEqual(response.headers.getRawHeaders(b"x-trace"), [requestId])
+
+    def test_hostNotValid(self):
+        """
+        A Host whose variables give no host leaves the client's.
+        """
+        lb = self.balancer(routeWith("set_header = Host $http_x_host\n"))
+        self.request(lb, headers={b"X-Host": [b"a b"]})
+        self.request(lb, headers={b"X-Host": [b"good.example"]})
+        self.assertEqual(
+            [seen.getRawHeaders(b"host") for seen in self.backend.seen],
+            [[b"example.com"], [b"good.example"]],
+        )
+
     def test_hideAndPassHeader(self):
         """
         C{hide_header} removes the backend's headers; C{pass_header} passes
@@ -151,7 +183,9 @@ class HeaderTests(MemoryTests):
         """
         A value whose variables give a control character is not sent.
         """
-        rules = HeaderRules([("X-Agent", "$http_user_agent")], (), (), [("X-A", "$http_user_agent", True)])
+        rules = HeaderRules(
+            [("X-Agent", "$http_user_agent")], (), (), [("X-A", "$http_user_agent", True)]
+        )
         view = requestView("127.0.0.1", False, b"GET", b"/", [(b"Host", b"a"), (b"User-Agent", b"a\r\nX-Evil: 1")])
         head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Agent: old\r\n\r\n"
         self.assertEqual(rules.requestHead(head, view, None), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -202,7 +236,11 @@ class ReturnTests(MemoryTests):
         self.assertEqual(response.code, 405)
 
 
-class PageTests(MemoryTests):
+class PageFiles(MemoryTests):
+    """
+    Page files in a directory, and configurations there.
+    """
+
     def setUp(self):
         self.directory = self.mktemp()
         os.makedirs(self.directory)
@@ -216,6 +254,8 @@ class PageTests(MemoryTests):
             f.write(text)
         return loadConfig(path)
 
+
+class PageTests(PageFiles):
     def test_pages(self):
         """
         The route's page comes first, then [manualb]'s; C{server_tokens =
@@ -297,9 +337,59 @@ class ConfigErrorTests(SynchronousTestCase):
             ("upstream = pool\ngzip = on\ngzip_types = css\n", "is not a media type"),
             ("upstream = pool\ngzip = on\ngzip_min_length = lots\n", "gzip_min_length"),
             ("upstream = pool\ngzip = maybe\n", "[route default] gzip:"),
+            ("upstream = pool\nset_header = Host a/b\n", "'a/b' is not a host"),
+            ("return = 204 done\n", "a 204 has no body"),
         ]:
             self.assertRefused(route, expected)
         self.assertRefused("upstream = pool\n", "server_tokens", main="server_tokens = hidden\n")
+
+
+class CheckCommandTests(SynchronousTestCase):
+    def test_check(self):
+        """
+        C{python -m manualb check} refuses a misuse with one line naming the
+        file, the line and the key.
+        """
+        import sys
+        from io import StringIO
+
+        from manualb.__main__ import main
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "lb.ini")
+        with open(path, "w") as f:
+            f.write("[manualb]\nlisten = tcp:0\n\n" + configText("upstream = pool\nadd_header = X-A\n")[len("[manualb]\n"):])
+        out, err = StringIO(), StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        self.assertEqual(main(["check", path]), 1)
+        self.assertEqual(
+            err.getvalue().splitlines()[0],
+            f"manualb: {path}, line 12: [route default] add_header: 'X-A': expected NAME VALUE [always]",
+        )
+
+
+class ReloadTests(PageFiles):
+    def test_reload(self):
+        """
+        A reload reads the page files again, and takes server_tokens and
+        a listener's pages away as it gives them.
+        """
+        text = configText("upstream = pool\n", main="server_tokens = off\nerror_page = 404 404.html\n")
+        lb = MemoryBalancer(self.load(text + "[route x]\npath = /x\nreturn = 404\n"))
+        response, body = self.request(lb, b"/x")
+        self.assertEqual(body, b"<p>lost</p>")
+        self.assertEqual(response.headers.getRawHeaders(b"server"), [b"manualb"])
+        with open(os.path.join(self.directory, "404.html"), "wb") as f:
+            f.write(b"<p>still lost</p>")
+        lb.balancer.reload(self.load(text + "[route x]\npath = /x\nreturn = 404\n"))
+        response, body = self.request(lb, b"/x")
+        self.assertEqual(body, b"<p>still lost</p>")
+        lb.balancer.reload(self.load(configText("upstream = pool\n") + "[route x]\npath = /x\nreturn = 404\n"))
+        response, body = self.request(lb, b"/x")
+        self.assertIn(b"404 Not Found", body)
+        self.assertTrue(response.headers.getRawHeaders(b"server")[0].startswith(b"manualb/"))
 
 
 class GzipTests(MemoryTests):

@@ -59,7 +59,9 @@ def parseGzipKeys(section: Section) -> dict[str, object]:
         for word in typesText.split():
             kind = word.lower()
             if kind != "*" and (kind.count("/") != 1 or "" in kind.split("/")):
-                raise section.error("gzip_types", f"{word!r} is not a media type such as text/css, or *")
+                raise section.error(
+                    "gzip_types", f"{word!r} is not a media type such as text/css, or *"
+                )
             if kind not in types:
                 types.append(kind)
     length = section.read("gzip_min_length", keys(GzipConfig)["min_length"])

@@ -221,9 +221,7 @@ def parseConfig(
         for name, header in sections.routes.items()
     )
     listeners = tuple(
-        attrs.evolve(each, error_page=parseErrorPages(sections.section(sections.listeners[each.name]), directory))
-        if each.name in sections.listeners
-        else each
+        _withPages(sections, each, directory)
         for each in _parseListeners(sections, listen, redirect)
     )
     pages = serverTokens = None
@@ -257,7 +255,9 @@ def parseConfig(
         tls=tls,
         streams=streams,
         gatekeeper=gatekeeper,
-        server_tokens=keyDefault(Config, "server_tokens") if serverTokens is None else serverTokens,
+        server_tokens=keyDefault(Config, "server_tokens")
+        if serverTokens is None
+        else serverTokens,
         error_page=pages or (),
     )
 
@@ -304,6 +304,16 @@ def _parseRoute(
     route = urlmap.parseRoute(section, name)
     route = routeWithKeys(route, parseRouteKeys(section, gatekeeper))
     return routeWithKeys(route, parseRouteControls(section, directory))
+
+
+def _withPages(sections: _Sections, listener: ListenerConfig, directory: str) -> ListenerConfig:
+    """
+    C{listener} with the C{error_page} of its C{[listener NAME]}, if any.
+    """
+    header = sections.listeners.get(listener.name)
+    if header is None:
+        return listener
+    return attrs.evolve(listener, error_page=parseErrorPages(sections.section(header), directory))
 
 
 def _configDirectory(source: str) -> str:

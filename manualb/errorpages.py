@@ -79,11 +79,15 @@ def parseErrorPages(section: Section, directory: str) -> tuple[tuple[int, bytes]
     for line in lines:
         *codes, name = line.split()
         if not codes:
-            raise section.error("error_page", f"{line!r}: expected CODE... FILE, such as 502 503 /srv/50x.html")
+            raise section.error(
+                "error_page", f"{line!r}: expected CODE... FILE, such as 502 503 /srv/50x.html"
+            )
         page = _readPage(section, line, os.path.join(directory, name))
         for text in codes:
             if not text.isdigit() or not 400 <= int(text) <= 599:
-                raise section.error("error_page", f"{line!r}: {text!r} is not a status code from 400 to 599")
+                raise section.error(
+                    "error_page", f"{line!r}: {text!r} is not a status code from 400 to 599"
+                )
             if int(text) in pages:
                 raise section.error("error_page", f"{line!r}: {text} has a page already")
             pages[int(text)] = page
@@ -99,9 +103,7 @@ def _readPage(section: Section, line: str, path: str) -> bytes:
             "error_page", f"{line!r}: cannot read {path}: {e.strerror or e}"
         ) from None
     if len(page) > MAX_PAGE:
-        raise section.error(
-            "error_page", f"{line!r}: {path} is larger than {MAX_PAGE // 1024} KiB"
-        )
+        raise section.error("error_page", f"{line!r}: {path} is larger than {MAX_PAGE // 1024} KiB")
     return page
 
 
@@ -118,13 +120,17 @@ def parseReturn(section: Section) -> tuple[int, str] | None:
     rest = rest.strip()
     if not first.isdigit() or not 200 <= int(first) <= 599:
         raise section.error(
-            "return", f"{first!r} is not a status code from 200 to 599 (expected CODE [TEXT or URL])"
+            "return",
+            f"{first!r} is not a status code from 200 to 599 (expected CODE [TEXT or URL])",
         )
     code = int(first)
     if code in (204, 304) and rest:
         raise section.error("return", f"a {code} has no body; give no text after it")
     if code in _REDIRECTS and not rest:
-        raise section.error("return", f"a {code} needs the URL to redirect to, such as return = {code} https://$host$request_uri")
+        raise section.error(
+            "return",
+            f"a {code} needs the URL to redirect to, such as return = {code} https://$host$request_uri",
+        )
     if rest:
         if CONTROL.search(rest.encode("utf-8")) is not None:
             raise section.error("return", "the text cannot hold control characters")

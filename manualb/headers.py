@@ -83,7 +83,9 @@ _OWN = {"scheme": _scheme, "request_id": _requestId, "proxy_add_x_forwarded_for"
 
 def _name(section: Section, key: str, text: str, refused: frozenset[str]) -> str:
     if TOKEN.match(text) is None:
-        raise section.error(key, f"{text!r} is not a header name (letters, digits and !#$%&'*+.^_`|~-)")
+        raise section.error(
+            key, f"{text!r} is not a header name (letters, digits and !#$%&'*+.^_`|~-)"
+        )
     if text.lower() in refused:
         raise section.error(
             key, f"{text!r}: manualb writes this header itself; it cannot be given here"
@@ -122,8 +124,14 @@ def parseHeaderKeys(section: Section) -> dict[str, object]:
             if text in ('""', "''"):
                 text = ""
             if not text and name.lower() == "host":
-                raise section.error("set_header", f"{line!r}: the backend needs a Host; give a value")
-            if name.lower() == "host" and "$" not in text and HOST.fullmatch(text.encode("utf-8")) is None:
+                raise section.error(
+                    "set_header", f"{line!r}: the backend needs a Host; give a value"
+                )
+            if (
+                name.lower() == "host"
+                and "$" not in text
+                and HOST.fullmatch(text.encode("utf-8")) is None
+            ):
                 raise section.error("set_header", f"{line!r}: {text!r} is not a host")
             if any(name.lower() == other.lower() for other, _ in setHeaders):
                 raise section.error("set_header", f"{line!r}: {name} is set twice")
@@ -265,9 +273,7 @@ class HeaderRules:
             replaced.add(lower)
             if computed:
                 new.append(name + b": " + computed)
-        kept = [
-            line for line in lines[1:-2] if line.partition(b":")[0].lower() not in replaced
-        ]
+        kept = [line for line in lines[1:-2] if line.partition(b":")[0].lower() not in replaced]
         return b"\r\n".join([lines[0], *kept, *new, b"", b""])
 
     def responseHeaders(

@@ -25,7 +25,13 @@ from manualb.configfile import loadConfig, parseConfig
 from manualb.headers import HeaderRules
 from manualb.service import LoadBalancer
 from manualb.stages import requestView
-from manualb.testing import MemoryBalancer, balancerConfig, listenBackend, responseBody, serverAddress
+from manualb.testing import (
+    MemoryBalancer,
+    balancerConfig,
+    listenBackend,
+    responseBody,
+    serverAddress,
+)
 
 BACKEND = "10.0.0.1:8001"
 HTML = b"<html>" + b"hello world " * 100 + b"</html>"
@@ -90,7 +96,7 @@ class HeaderTests(MemoryTests):
         """
         lb = self.balancer(
             routeWith(
-                "set_header =\n    X-Real-IP $remote_addr\n    X-Debug \"\"\n"
+                'set_header =\n    X-Real-IP $remote_addr\n    X-Debug ""\n'
                 "    Host backend.internal\n    X-Route $route:$arg_a\n"
             )
         )
@@ -150,7 +156,9 @@ class HeaderTests(MemoryTests):
         its C{Server} in place of the proxy's; the proxy's own headers stay.
         """
         backend = Echo(headers=[(b"X-Powered-By", b"php"), (b"Server", b"apache")])
-        lb = self.balancer(routeWith("hide_header = X-Powered-By X-Request-Id\npass_header = Server\n"), backend)
+        lb = self.balancer(
+            routeWith("hide_header = X-Powered-By X-Request-Id\npass_header = Server\n"), backend
+        )
         response, body = self.request(lb)
         self.assertIsNone(response.headers.getRawHeaders(b"x-powered-by"))
         self.assertEqual(response.headers.getRawHeaders(b"server"), [b"apache"])
@@ -186,7 +194,9 @@ class HeaderTests(MemoryTests):
         rules = HeaderRules(
             [("X-Agent", "$http_user_agent")], (), (), [("X-A", "$http_user_agent", True)]
         )
-        view = requestView("127.0.0.1", False, b"GET", b"/", [(b"Host", b"a"), (b"User-Agent", b"a\r\nX-Evil: 1")])
+        view = requestView(
+            "127.0.0.1", False, b"GET", b"/", [(b"Host", b"a"), (b"User-Agent", b"a\r\nX-Evil: 1")]
+        )
         head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Agent: old\r\n\r\n"
         self.assertEqual(rules.requestHead(head, view, None), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         self.assertEqual(rules.addedHeaders(200, view, None), [])
@@ -206,14 +216,18 @@ class ReturnTests(MemoryTests):
         lb = self.balancer(configText("return = 200 ok $host\n"))
         response, body = self.request(lb, b"/healthz")
         self.assertEqual((response.code, body), (200, b"ok example.com"))
-        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"text/plain; charset=utf-8"])
+        self.assertEqual(
+            response.headers.getRawHeaders(b"content-type"), [b"text/plain; charset=utf-8"]
+        )
         self.assertEqual(self.backend.seen, [])
 
     def test_redirect(self):
         lb = self.balancer(configText("return = 301 https://$host$request_uri\n"))
         response, body = self.request(lb, b"/a?b=c")
         self.assertEqual(response.code, 301)
-        self.assertEqual(response.headers.getRawHeaders(b"location"), [b"https://example.com/a?b=c"])
+        self.assertEqual(
+            response.headers.getRawHeaders(b"location"), [b"https://example.com/a?b=c"]
+        )
 
     def test_redirectHTTPSOff(self):
         """
@@ -272,7 +286,9 @@ class PageTests(PageFiles):
         response, body = self.request(lb)
         self.assertEqual((response.code, body), (503, b"<p>later</p>"))
         self.assertEqual(response.headers.getRawHeaders(b"server"), [b"manualb"])
-        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"text/html; charset=utf-8"])
+        self.assertEqual(
+            response.headers.getRawHeaders(b"content-type"), [b"text/html; charset=utf-8"]
+        )
         lb.addBackend(BACKEND, Echo())
         response, body = self.request(lb, b"/other")
         self.assertEqual(response.headers.getRawHeaders(b"server"), [b"manualb"])
@@ -293,9 +309,13 @@ class PageTests(PageFiles):
         file and the line.
         """
         error = self.assertRaises(
-            ConfigError, self.load, configText("upstream = pool\nerror_page =\n    404 404.html\n    502 gone.html\n")
+            ConfigError,
+            self.load,
+            configText("upstream = pool\nerror_page =\n    404 404.html\n    502 gone.html\n"),
         )
-        self.assertIn(", line 12: [route default] error_page: '502 gone.html': cannot read ", str(error))
+        self.assertIn(
+            ", line 12: [route default] error_page: '502 gone.html': cannot read ", str(error)
+        )
         self.assertIn("gone.html: No such file or directory", str(error))
         self.assertNotIn("\n", str(error))
 
@@ -320,12 +340,18 @@ class ConfigErrorTests(SynchronousTestCase):
     def test_misuses(self):
         for route, expected in [
             ("upstream = pool\nset_header = X:Bad 1\n", "set_header: 'X:Bad' is not a header name"),
-            ("upstream = pool\nset_header = Content-Length 5\n", "manualb writes this header itself"),
-            ("upstream = pool\nset_header = Host \"\"\n", "the backend needs a Host"),
+            (
+                "upstream = pool\nset_header = Content-Length 5\n",
+                "manualb writes this header itself",
+            ),
+            ('upstream = pool\nset_header = Host ""\n', "the backend needs a Host"),
             ("upstream = pool\nset_header = X-A $nope\n", "unknown variable $nope"),
             ("upstream = pool\nset_header =\n    X-A 1\n    x-a 2\n", "x-a is set twice"),
             ("upstream = pool\nadd_header = X-A\n", "expected NAME VALUE [always]"),
-            ("upstream = pool\nadd_header = Transfer-Encoding chunked\n", "manualb writes this header itself"),
+            (
+                "upstream = pool\nadd_header = Transfer-Encoding chunked\n",
+                "manualb writes this header itself",
+            ),
             ("upstream = pool\npass_header = X-Powered-By\n", "is passed on already"),
             ("upstream = pool\nreturn = 200 ok\n", "remove one of them"),
             ("return = 301\n", "needs the URL to redirect to"),
@@ -359,7 +385,10 @@ class CheckCommandTests(SynchronousTestCase):
         os.makedirs(directory)
         path = os.path.join(directory, "lb.ini")
         with open(path, "w") as f:
-            f.write("[manualb]\nlisten = tcp:0\n\n" + configText("upstream = pool\nadd_header = X-A\n")[len("[manualb]\n"):])
+            f.write(
+                "[manualb]\nlisten = tcp:0\n\n"
+                + configText("upstream = pool\nadd_header = X-A\n")[len("[manualb]\n") :]
+            )
         out, err = StringIO(), StringIO()
         self.patch(sys, "stdout", out)
         self.patch(sys, "stderr", err)
@@ -376,7 +405,9 @@ class ReloadTests(PageFiles):
         A reload reads the page files again, and takes server_tokens and
         a listener's pages away as it gives them.
         """
-        text = configText("upstream = pool\n", main="server_tokens = off\nerror_page = 404 404.html\n")
+        text = configText(
+            "upstream = pool\n", main="server_tokens = off\nerror_page = 404 404.html\n"
+        )
         lb = MemoryBalancer(self.load(text + "[route x]\npath = /x\nreturn = 404\n"))
         response, body = self.request(lb, b"/x")
         self.assertEqual(body, b"<p>lost</p>")
@@ -386,7 +417,9 @@ class ReloadTests(PageFiles):
         lb.balancer.reload(self.load(text + "[route x]\npath = /x\nreturn = 404\n"))
         response, body = self.request(lb, b"/x")
         self.assertEqual(body, b"<p>still lost</p>")
-        lb.balancer.reload(self.load(configText("upstream = pool\n") + "[route x]\npath = /x\nreturn = 404\n"))
+        lb.balancer.reload(
+            self.load(configText("upstream = pool\n") + "[route x]\npath = /x\nreturn = 404\n")
+        )
         response, body = self.request(lb, b"/x")
         self.assertIn(b"404 Not Found", body)
         self.assertTrue(response.headers.getRawHeaders(b"server")[0].startswith(b"manualb/"))
@@ -426,7 +459,9 @@ class GzipTests(MemoryTests):
         self.assertIsNone(encoderFor(GzipConfig(), b"GET", 200, [b"gzip"], outgoing))
         outgoing = [(b"Content-Type", b"text/css")]
         self.assertIsNone(encoderFor(GzipConfig(), b"GET", 200, [b"gzip"], outgoing))
-        self.assertIsNone(encoderFor(GzipConfig(), b"GET", 304, [b"gzip"], [(b"Content-Type", b"text/html")]))
+        self.assertIsNone(
+            encoderFor(GzipConfig(), b"GET", 304, [b"gzip"], [(b"Content-Type", b"text/html")])
+        )
         self.assertIsNotNone(encoderFor(GzipConfig(("*",)), b"GET", 200, [b"gzip"], outgoing))
 
     def test_accepts(self):
@@ -449,7 +484,9 @@ class GzipTests(MemoryTests):
         decoder = zlib.decompressobj(31)
         self.assertEqual(decoder.decompress(encoder.compress(b"a" * 100)), b"a" * 100)
         self.assertEqual(encoder.compress(b""), b"")
-        self.assertEqual(decoder.decompress(encoder.compress(b"b" * 200) + encoder.finish()), b"b" * 200)
+        self.assertEqual(
+            decoder.decompress(encoder.compress(b"b" * 200) + encoder.finish()), b"b" * 200
+        )
         self.assertTrue(decoder.eof)
 
 
@@ -470,11 +507,15 @@ class RealSocketTests(TestCase):
             add_header=(("X-Frame-Options", "DENY", False),),
             set_header=(("X-Real-IP", "$remote_addr"),),
         )
-        health = attrs.evolve(config.routes[0], name="health", path="/healthz", upstream=None, answer=(200, "ok"))
+        health = attrs.evolve(
+            config.routes[0], name="health", path="/healthz", upstream=None, answer=(200, "ok")
+        )
         config = attrs.evolve(config, routes=(route, health))
         balancer = LoadBalancer(config, reactor)
         self.addCleanup(balancer.close)
-        listening = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(balancer.site)
+        listening = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            balancer.site
+        )
         self.addCleanup(listening.stopListening)
         url = b"http://127.0.0.1:%d" % (listening.getHost().port,)
         agent = Agent(reactor)

@@ -42,6 +42,7 @@ __all__ = [
     "REGEX",
     "REGEX_CASELESS",
     "RouteConfig",
+    "GzipConfig",
     "ListenerConfig",
     "CertificateConfig",
     "TLSConfig",
@@ -462,11 +463,29 @@ class RouteConfig:
         C{rate} of 0 for none); L{None} to keep the gatekeeper's.
     @ivar client_max_body_size: The route's largest request body; L{None}
         to keep the gatekeeper's.
+    @ivar set_header: C{(NAME, VALUE)} request headers to the backend, in
+        place of the client's of that name (an empty VALUE removes it); the
+        value may use C{$variables} (see C{manualb.headers}).
+    @ivar hide_header: Lower-case names of backend response headers not
+        passed to the client.
+    @ivar pass_header: Lower-case names of backend response headers passed
+        although the proxy replaces them by default (C{server}, C{date}).
+    @ivar add_header: C{(NAME, VALUE, always)} response headers added for
+        the client: on 2xx and 3xx responses, or on every one when
+        C{always}.
+    @ivar answer: C{(code, text)} of C{return}: the route answers itself,
+        without a backend (C{text} is a URL for a redirect); or L{None}.
+    @ivar redirect_https: Off: plain requests for this route are served
+        where the listener would redirect them to https.
+    @ivar error_page: C{(code, page)} pairs: the HTML the proxy answers
+        with in place of its own page of that code.
+    @ivar gzip: Whether and what to compress of the responses (see
+        C{manualb.compression}); L{None} for no compression.
     """
 
     name: str
     path: str = key(nginx="location", doc="the path: /prefix, ^~ /prefix, = /exact, ~ or ~* REGEX")
-    upstream: str = key(nginx="proxy_pass", doc="the upstream that serves it")
+    upstream: str | None = key(None, nginx="proxy_pass", doc="the upstream that serves it")
     match: str = PREFIX
     host: str | None = key(None, nginx="server_name", doc="the host it serves")
     strip_prefix: bool = key(
@@ -489,6 +508,41 @@ class RouteConfig:
     client_max_body_size: int | None = key(
         None, nginx="client_max_body_size", doc="the largest request body of this route"
     )
+    set_header: tuple[tuple[str, str], ...] = key(
+        (), nginx="proxy_set_header", doc="NAME VALUE lines sent to the backend"
+    )
+    hide_header: tuple[str, ...] = key(
+        (), nginx="proxy_hide_header", doc="backend response headers not passed on"
+    )
+    pass_header: tuple[str, ...] = key(
+        (), nginx="proxy_pass_header", doc="Server or Date of the backend, passed on"
+    )
+    add_header: tuple[tuple[str, str, bool], ...] = key(
+        (), nginx="add_header", doc="NAME VALUE [always] lines added to responses"
+    )
+    answer: tuple[int, str] | None = None
+    redirect_https: bool = key(
+        True, kind="flag", doc="off: not redirected to https by its listener"
+    )
+    error_page: tuple[tuple[int, bytes], ...] = key(
+        (), nginx="error_page", doc="CODE... FILE lines: the proxy's own pages"
+    )
+    gzip: GzipConfig | None = key(None, nginx="gzip", doc="on: compress responses")
+
+
+@attrs.frozen
+class GzipConfig:
+    """
+    What C{gzip = on} compresses: the responses of a type in C{types} and
+    of at least C{min_length} bytes when their length is known.
+    """
+
+    types: tuple[str, ...] = key(
+        ("text/html",), nginx="gzip_types", doc="media types compressed besides text/html"
+    )
+    min_length: int = key(
+        20, kind="size", nginx="gzip_min_length", doc="the smallest response compressed"
+    )
 
 
 @attrs.frozen
@@ -503,6 +557,8 @@ class ListenerConfig:
     @ivar redirect_https: When set, plain (not TLS) connections of this
         listener get a 301 to the https URL, at this port (443 is left out of
         the URL); L{None} for no redirect.
+    @ivar error_page: C{(code, page)} pairs: the HTML of the proxy's own
+        answers of that code on this listener.
     """
 
     name: str
@@ -512,6 +568,9 @@ class ListenerConfig:
     routes: tuple[str, ...] | None = key(None, doc="the routes it serves; all if absent")
     redirect_https: int | None = key(
         None, doc="off, on (port 443) or the https port to redirect to"
+    )
+    error_page: tuple[tuple[int, bytes], ...] = key(
+        (), nginx="error_page", doc="CODE... FILE lines: the proxy's own pages"
     )
 
 
@@ -821,6 +880,9 @@ class Config:
     @ivar tls: The C{[tls]} section, or L{None}.
     @ivar streams: The C{[stream NAME]} sections.
     @ivar acme: The C{[acme]} section, or L{None}.
+    @ivar server_tokens: Whether the C{Server} header names the version.
+    @ivar error_page: C{(code, page)} pairs of C{[manualb] error_page}: the
+        HTML of the proxy's own answers of that code, on every listener.
     """
 
     source: str
@@ -873,3 +935,10 @@ class Config:
     streams: tuple[StreamConfig, ...] = attrs.field(converter=tuple, default=())
     gatekeeper: GatekeeperConfig = GatekeeperConfig()
     acme: AcmeConfig | None = None
+    server_tokens: bool = key(
+        True, kind="flag", nginx="server_tokens",
+        doc="off: the Server header says manualb without its version",
+    )
+    error_page: tuple[tuple[int, bytes], ...] = key(
+        (), nginx="error_page", doc="CODE... FILE lines: the proxy's own pages"
+    )

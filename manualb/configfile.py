@@ -81,6 +81,8 @@ from manualb.gatekeeper import (
     routeWithKeys,
 )
 from manualb.endpoints import endpointProblem, socketFileProblem
+from manualb.errorpages import parseErrorPages
+from manualb.routecontrols import CONTROL_KEYS, parseRouteControls
 from manualb.upstreamconfig import keyDefault, parseUpstream, readKeys
 from manualb.syntax import (
     SECTION_HEADER,
@@ -111,7 +113,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "tls": tuple(keys(TLSConfig)),
     "acme": autotls.ACME_KEYS,
     "upstream": tuple(keys(UpstreamConfig)),
-    "route": (*keys(RouteConfig), *ROUTE_KEYS),
+    "route": (*keys(RouteConfig), *ROUTE_KEYS, *CONTROL_KEYS),
     "listener": tuple(keys(ListenerConfig)),
     "stream": tuple(keys(StreamConfig)),
 }
@@ -216,10 +218,17 @@ def parseConfig(
         for name, header in sections.upstreams.items()
     }
     routes = tuple(
-        _parseRoute(sections.section(header), name, gatekeeper)
+        _parseRoute(sections.section(header), name, gatekeeper, directory)
         for name, header in sections.routes.items()
     )
-    listeners = _parseListeners(sections, listen, redirect)
+    listeners = tuple(
+        _withPages(sections, each, directory)
+        for each in _parseListeners(sections, listen, redirect)
+    )
+    pages = serverTokens = None
+    if sections.main is not None:
+        serverTokens = main["server_tokens"]
+        pages = parseErrorPages(sections.section(sections.main), directory)
     streams = tuple(
         _parseStream(sections, header, name, upstreams)
         for name, header in sections.streams.items()
@@ -254,6 +263,10 @@ def parseConfig(
         streams=streams,
         gatekeeper=gatekeeper,
         acme=acme,
+        server_tokens=keyDefault(Config, "server_tokens")
+        if serverTokens is None
+        else serverTokens,
+        error_page=pages or (),
     )
 
 
@@ -288,14 +301,27 @@ def _parseGatekeeper(
     )
 
 
-def _parseRoute(section: Section, name: str, gatekeeper: GatekeeperConfig) -> RouteConfig:
+def _parseRoute(
+    section: Section, name: str, gatekeeper: GatekeeperConfig, directory: str
+) -> RouteConfig:
     """
     The L{RouteConfig} of section C{[route NAME]}: what the URL map reads
-    of it (L{urlmap.parseRoute}) and what the gatekeeper does
-    (L{parseRouteKeys}).
+    of it (L{urlmap.parseRoute}), what the gatekeeper does
+    (L{parseRouteKeys}), and its controls (L{parseRouteControls}).
     """
     route = urlmap.parseRoute(section, name)
-    return routeWithKeys(route, parseRouteKeys(section, gatekeeper))
+    route = routeWithKeys(route, parseRouteKeys(section, gatekeeper))
+    return routeWithKeys(route, parseRouteControls(section, directory))
+
+
+def _withPages(sections: _Sections, listener: ListenerConfig, directory: str) -> ListenerConfig:
+    """
+    C{listener} with the C{error_page} of its C{[listener NAME]}, if any.
+    """
+    header = sections.listeners.get(listener.name)
+    if header is None:
+        return listener
+    return attrs.evolve(listener, error_page=parseErrorPages(sections.section(header), directory))
 
 
 def _configDirectory(source: str) -> str:
@@ -800,7 +826,7 @@ def _checkRoutes(
     paths: dict = {}
     for route in routes:
         header = headers[route.name]
-        if route.upstream not in upstreams:
+        if route.upstream is not None and route.upstream not in upstreams:
             defined = ", ".join(upstreams) or "none"
             raise ConfigError(
                 source,

@@ -32,6 +32,8 @@ from twisted.web.http import RESPONSES
 from zope.interface import implementer
 
 from manualb.accesslog import AccessLog
+from manualb.compression import encoderFor
+from manualb.errorpages import GATEWAY_DETAILS, pageOf, serverHeader
 from manualb.forwarding import requestHead, responseHeaders
 from manualb.handoff import (
     IResponseReceiver,
@@ -158,6 +160,10 @@ class Exchange:
         # Whether the current try's connection was a kept-alive one.
         self._reused = False
         self._lastError: UpstreamError | None = None
+        # The route's controls (manualb.routecontrols), once routed to a
+        # route that has some; the response's compression, if any.
+        self.controls = None
+        self._encoder = None
 
     @property
     def server(self) -> Server | None:
@@ -192,6 +198,15 @@ class Exchange:
         if decision is None:
             self._answer(404, b"Not Found", b"No route matches this path.")
             return
+        controls = decision.route.controls
+        if controls is not None:
+            self.controls = controls
+            if controls.answer is not None:
+                answer = controls.answer.answer(self.view, controls.name)
+                self._answer(
+                    answer.code, answer.reason, answer.detail, answer.headers, answer.page
+                )
+                return
         self.pool = pool = decision.route.pool
         view = self.view
         self.attempts = passage.selection = pool.select(view)
@@ -278,6 +293,11 @@ class Exchange:
             upgrade=self.upgrade,
             requestId=self.passage.requestId,
         )
+        controls = self.controls
+        if controls is not None and controls.headers is not None:
+            self.head = controls.headers.requestHead(
+                self.head, view, controls.name, self.passage.requestId
+            )
         self._connect(server.connections.acquire())
 
     def _noServer(self) -> None:
@@ -369,21 +389,46 @@ class Exchange:
             lease.succeeded()
         self.state = State.STREAMING
         self.code = code
-        own = self.passage.headers
-        outgoing = own + [_SERVER]
+        passage = self.passage
+        own = passage.headers
+        outgoing = own + [_SERVER if passage.local is None else passage.local.server]
         outgoing.extend(lease.affinityHeaders())
-        outgoing += responseHeaders(
-            headers, replaced=frozenset([name.lower() for name, value in own])
-        )
+        replaced = frozenset([name.lower() for name, value in own])
+        controls = self.controls
+        if controls is not None and controls.headers is not None:
+            replaced |= controls.headers.hidden
+        outgoing += responseHeaders(headers, replaced=replaced)
+        if controls is not None:
+            outgoing = self._controlled(controls, code, outgoing, headers)
         if self.recent is not None:
             self.recent.explainHeader(self.passage, code, self.listener, outgoing)
         downstream = self.downstream
         downstream.startResponse(code, reason, outgoing)
         downstream.registerProducer(self.connection)
 
+    def _controlled(self, controls, code, outgoing, headers):
+        """
+        The headers of a proxied response as the route's controls make
+        them: its header rules, and its compression.
+        """
+        rules = controls.headers
+        view = self.view
+        if rules is not None:
+            outgoing = rules.responseHeaders(outgoing, headers)
+            outgoing += rules.addedHeaders(code, view, controls.name, self.passage.requestId)
+        if controls.gzip is not None:
+            self._encoder = encoderFor(
+                controls.gzip, view.method, code, view.header(b"accept-encoding"), outgoing
+            )
+        return outgoing
+
     def responseData(self, data: bytes) -> None:
         state = self.state
         if state is State.STREAMING:
+            if self._encoder is not None:
+                data = self._encoder.compress(data)
+                if not data:
+                    return
             self.downstream.write(data)
         elif state is State.TUNNEL and self.tunnel is not None:
             self.tunnel.fromServer(data)
@@ -400,6 +445,8 @@ class Exchange:
         self.downstream.unregisterProducer()
         self.body.discard()
         self.state = State.DONE
+        if self._encoder is not None:
+            self.downstream.write(self._encoder.finish())
         self.downstream.finish()
         self._log(self.code)
 
@@ -471,7 +518,7 @@ class Exchange:
             b"HTTP/1.1 101 ",
             reason or b"Switching Protocols",
             b"\r\nServer: ",
-            SERVER_NAME,
+            serverHeader(self.passage)[1],
             b"\r\n",
         ]
         for name, value in responseHeaders(headers, upgrade=True):
@@ -600,8 +647,11 @@ class Exchange:
             )
 
     def _answerError(self, reason: UpstreamError) -> None:
+        # What went wrong is in the log, not on the page (which shows the
+        # request id to find it there).
         title = _GATEWAY_ERRORS.get(reason.status) or RESPONSES.get(reason.status, b"Error")
-        self._answer(reason.status, title, str(reason).encode("utf-8"))
+        detail = GATEWAY_DETAILS.get(reason.status, b"The request could not be served.")
+        self._answer(reason.status, title, detail)
 
     def _answer(
         self,
@@ -626,13 +676,27 @@ class Exchange:
         headers: Sequence[tuple[bytes, bytes]] = (),
         page: bytes | None = None,
     ) -> None:
+        passage = self.passage
+        local = passage.local
+        if page is None and (local is not None or passage.route is not None):
+            page = pageOf(code, passage)
         if page is not None:
             body = page
+        elif detail:
+            if code in GATEWAY_DETAILS and passage.requestId:
+                detail += b"</p><p>Request id: " + passage.requestId
+            body = errorBody(code, title, detail)
         else:
-            body = errorBody(code, title, detail) if detail else b""
-        outgoing = self.passage.headers + list(headers)
-        outgoing.append(_SERVER)
-        if body:
+            body = b""
+        outgoing = passage.headers + list(headers)
+        outgoing.append(_SERVER if local is None else local.server)
+        if passage.route is not None:
+            controls = passage.route.route.controls
+            if controls is not None and controls.headers is not None:
+                outgoing += controls.headers.addedHeaders(
+                    code, self.view, controls.name, passage.requestId
+                )
+        if body and not any(name.lower() == b"content-type" for name, _ in headers):
             outgoing.append(_HTML)
         outgoing.append((b"Content-Length", b"%d" % (len(body),)))
         if self.recent is not None:

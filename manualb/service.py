@@ -29,7 +29,9 @@ from manualb.config import (
 from manualb.configfile import loadConfig
 from manualb.gatekeeper import Gatekeeper, TrustedProxies, frontEndBodyLimit, gatekeeperEngines
 from manualb.selection import Pool, Server
-from manualb.stages import defaultStages, redirectStages
+from manualb.errorpages import LocalAnswers, SiteAnswers, withSiteAnswers
+from manualb.errorpages import sharesSite as _sharesSite
+from manualb.stages import defaultStages, listenerRedirectStages
 from manualb.streams import StreamProxyFactory
 from manualb.termination import (
     SNIContextFactory,
@@ -143,16 +145,12 @@ class LoadBalancer:
             self.waf, self.rateLimiter = gatekeeperEngines(config, reactor, self.shared.rates)
         self.site = self._proxySite(
             None,
-            listener=",".join(each.name for each in config.listeners if each.routes is None),
+            listener=",".join(each.name for each in config.listeners if _sharesSite(each)),
         )
         self.resource = self.site.resource
         self.sites = {listener.name: self._siteFor(listener) for listener in config.listeners}
         self.redirects = {
-            listener.name: self._proxySite(
-                (),
-                redirectStages(listener.redirect_https, self._gatekeeper(None)),
-                listener.name,
-            )
+            listener.name: self._proxySite((), self._redirectStages(listener), listener.name)
             for listener in config.listeners
             if listener.redirect_https is not None
         }
@@ -178,7 +176,8 @@ class LoadBalancer:
         self._adminSite = adminSite(self.admin, self.reactor)
 
     def _proxySite(self, routeNames, stages=None, listener: str = "") -> ProxySite:
-        urlMap, stages, gatekeeper = self._siteParts(routeNames, stages)
+        named = [each for each in self.config.listeners if each.name == listener]
+        urlMap, stages, gatekeeper = self._siteParts(routeNames, stages, *named)
         resource = ProxyResource(
             urlMap, self.reactor, self.accessLog, stages, self.recent, listener, self.metrics
         )
@@ -191,7 +190,7 @@ class LoadBalancer:
             connections=self.connections,
         )
 
-    def _siteParts(self, routeNames, stages=None):
+    def _siteParts(self, routeNames, stages=None, listener: ListenerConfig | None = None):
         """
         The URL map, the stage chain and the client limits of a site that
         serves the routes named C{routeNames} (all when L{None}) of the
@@ -203,6 +202,10 @@ class LoadBalancer:
         urlMap = URLMap.fromConfig(routes, self.pools)
         if stages is None:
             stages = defaultStages(urlMap, self._gatekeeper(urlMap))
+        pages = () if listener is None else listener.error_page
+        stages = withSiteAnswers(
+            list(stages), LocalAnswers.of(self.config.server_tokens, self.config.error_page, pages)
+        )
         if self.acme is not None:
             stages = [self.acme.stage, *stages]
         gatekeeper = attrs.evolve(
@@ -220,9 +223,13 @@ class LoadBalancer:
         return Gatekeeper(self.config.gatekeeper, urlMap, self.waf, self.rateLimiter)
 
     def _siteFor(self, listener: ListenerConfig) -> ProxySite:
-        if listener.routes is None:
+        if _sharesSite(listener):
             return self.site
-        return self._proxySite(set(listener.routes), listener=listener.name)
+        routes = None if listener.routes is None else set(listener.routes)
+        return self._proxySite(routes, listener=listener.name)
+
+    def _redirectStages(self, listener: ListenerConfig) -> list:
+        return listenerRedirectStages(listener, self.config.routes, self.pools, self._gatekeeper)
 
     def load(self) -> None:
         """
@@ -547,7 +554,7 @@ class LoadBalancer:
         for listener in config.listeners:
             names.add(listener.name)
             previous = before.get(listener.name)
-            if previous is None or (previous.routes is None) != (listener.routes is None):
+            if previous is None or _sharesSite(previous) != _sharesSite(listener):
                 self.sites[listener.name] = self._siteFor(listener)
             if listener.redirect_https is None:
                 self.redirects.pop(listener.name, None)
@@ -557,17 +564,16 @@ class LoadBalancer:
             del self.sites[name]
             self.redirects.pop(name, None)
         self.site.resource.listener = ",".join(
-            each.name for each in config.listeners if each.routes is None
+            each.name for each in config.listeners if _sharesSite(each)
         )
         self._refreshSite(self.site, None)
         for listener in config.listeners:
-            if listener.routes is not None:
-                self._refreshSite(self.sites[listener.name], set(listener.routes))
+            if not _sharesSite(listener):
+                routes = None if listener.routes is None else set(listener.routes)
+                self._refreshSite(self.sites[listener.name], routes, listener=listener)
             if listener.name in self.redirects:
                 self._refreshSite(
-                    self.redirects[listener.name],
-                    (),
-                    redirectStages(listener.redirect_https, self._gatekeeper(None)),
+                    self.redirects[listener.name], (), self._redirectStages(listener), listener
                 )
 
     def _allSites(self) -> list[ProxySite]:
@@ -720,16 +726,17 @@ class LoadBalancer:
         timer = self.reactor.callLater(self.config.shutdown_timeout, timedOut)
         self._closingTimers.append(timer)
 
-    def _refreshSite(self, site: ProxySite, routeNames, stages=None) -> None:
+    def _refreshSite(self, site: ProxySite, routeNames, stages=None, listener=None) -> None:
         """
         Give C{site} the routes and stage chain of the configuration now in
         place: its resource's, swapped in place so that open connections
         take them from their next request.
         """
-        urlMap, stages, gatekeeper = self._siteParts(routeNames, stages)
+        urlMap, stages, gatekeeper = self._siteParts(routeNames, stages, listener)
         resource = site.resource
         resource.urlMap = urlMap
-        resource.stages = keepAddedStages(resource.stages, list(stages))
+        current = [stage for stage in resource.stages if not isinstance(stage, SiteAnswers)]
+        resource.stages = keepAddedStages(current, list(stages))
         site.gatekeeper = gatekeeper
         site.trustedProxies = (
             TrustedProxies(gatekeeper.trusted_proxies) if gatekeeper.trusted_proxies else None
@@ -987,3 +994,4 @@ def makeService(
     for service in balancer.listeningServices():
         service.setServiceParent(parent)
     return parent
+

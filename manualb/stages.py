@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from zope.interface import implementer
 
+from manualb.config import ListenerConfig, RouteConfig
 from manualb.interfaces import IStage
 from manualb.rules import ALLOWED_METHODS
 from manualb.urlmap import URLMap, normalizePath
@@ -259,14 +260,26 @@ class RedirectToHTTPS:
     host the request names (without its port), else the address it came to;
     the target's path and query.
 
+    A request for a route with C{redirect_https = off} (an ACME HTTP-01
+    path) is not redirected: it goes on, routed, to the URL map after.
+
     @ivar port: The https port; 443 is left out of the URL.
+    @ivar urlMap: The routes of the listener when some of them are not
+        redirected, else L{None}.
     """
 
-    def __init__(self, port: int = 443):
+    def __init__(self, port: int = 443, urlMap: URLMap | None = None):
         self.port = port
+        self.urlMap = urlMap
 
     def handle(self, passage: Passage) -> Answer | None:
         view = passage.view
+        urlMap = self.urlMap
+        if urlMap is not None:
+            decision = passage.route or urlMap.decide(view.host, view.path)
+            if decision is not None and not decision.route.config.redirect_https:
+                passage.route = decision
+                return None
         name = view.host
         if name is None:
             address = view.localHost
@@ -287,14 +300,47 @@ class RedirectToHTTPS:
         )
 
 
-def redirectStages(port: int = 443, gatekeeper: IStage | None = None) -> list[IStage]:
+def redirectStages(
+    port: int = 443, gatekeeper: IStage | None = None, urlMap: URLMap | None = None
+) -> list[IStage]:
     """
     The chain of a plain endpoint of a listener with C{redirect_https}: the
     front end's refusals, then the redirect to C{port}, which answers every
     other request in the URL map's place.  A stage that refuses clients
     (the gatekeeper) goes just before the redirect, as before the URL map.
     The request id comes first, as in L{defaultStages}.
+
+    @param urlMap: The routes of the listener, when some of them are not
+        redirected (C{redirect_https = off}): those are served, the URL map
+        after the redirect routing them.
     """
-    if gatekeeper is None:
-        return [RequestId(), Refusal(), RedirectToHTTPS(port)]
-    return [RequestId(), Refusal(), gatekeeper, RedirectToHTTPS(port)]
+    stages: list[IStage] = [RequestId(), Refusal(), RedirectToHTTPS(port, urlMap)]
+    if gatekeeper is not None:
+        stages.insert(2, gatekeeper)
+    if urlMap is not None:
+        stages += [RefusedMethods(), ValidPath(), urlMap]
+    return stages
+
+
+def listenerRedirectStages(
+    listener: ListenerConfig,
+    routes: Sequence[RouteConfig],
+    pools: Mapping[str, Any],
+    makeGatekeeper: Callable[[URLMap | None], IStage],
+) -> list[IStage]:
+    """
+    The chain of the plain endpoints of C{listener}, a listener with
+    C{redirect_https} (L{redirectStages}): with its routes, of C{routes},
+    when some of them are not redirected.
+
+    @param pools: The pools of the upstreams, by name.
+    @param makeGatekeeper: Makes the gatekeeper of a chain with a URL map.
+    """
+    served = [
+        route for route in routes if listener.routes is None or route.name in listener.routes
+    ]
+    urlMap = None
+    if not all(route.redirect_https for route in served):
+        urlMap = URLMap.fromConfig(served, pools)
+    assert listener.redirect_https is not None
+    return redirectStages(listener.redirect_https, makeGatekeeper(urlMap), urlMap)

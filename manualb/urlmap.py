@@ -87,6 +87,7 @@ from manualb.config import (
     keys,
 )
 from manualb.interfaces import IStage
+from manualb.routecontrols import RouteControls, compileControls
 from manualb.selection import Pool
 from manualb.syntax import Section, hostName
 from manualb.view import Answer, Passage, normalizeHost
@@ -202,6 +203,9 @@ class Route:
     @ivar path: C{config.path} encoded as UTF-8: the prefix, the exact path
         or the pattern of the regex.
     @ivar regex: The compiled pattern of a regex route, else L{None}.
+    @ivar controls: What the route controls besides where its requests go
+        (its headers, its own answer, pages, compression: a
+        L{manualb.routecontrols.RouteControls}), or L{None}.
 
     @raise ValueError: for an unknown C{match}, a bad host, C{strip_prefix}
         on a route that is not a prefix route, or a rewrite that uses more
@@ -217,6 +221,7 @@ class Route:
     _rewrite: tuple[re.Pattern[bytes], bytes] | None = attrs.field(
         init=False, repr=False, eq=False
     )
+    controls: RouteControls | None = attrs.field(init=False, repr=False, eq=False)
 
     @host.default
     def _hostDefault(self) -> bytes | None:
@@ -247,6 +252,10 @@ class Route:
     @_rewrite.default
     def _rewriteDefault(self) -> tuple[re.Pattern[bytes], bytes] | None:
         return _compileRewrite(self.config.rewrite)
+
+    @controls.default
+    def _controlsDefault(self) -> RouteControls | None:
+        return compileControls(self.config)
 
     @property
     def name(self) -> str:
@@ -404,7 +413,10 @@ class URLMap:
         Build the map from configured routes, in file order, and the pools
         built for their upstreams, by name.
         """
-        return cls(Route(route, pools[route.upstream]) for route in routes)
+        return cls(
+            Route(route, None if route.upstream is None else pools[route.upstream])
+            for route in routes
+        )
 
     def _group(self, name: bytes | None) -> _Group | None:
         """
@@ -487,8 +499,8 @@ def parseRoute(section: Section, name: str) -> RouteConfig:
     """
     match, path = _parseRoutePath(section)
     host = _parseRouteHost(section)
-    upstream = section.single("upstream", required=True)
-    assert upstream is not None
+    # A route that answers itself (return) needs none.
+    upstream = section.single("upstream", required=section.lines("return") is None)
     stripPrefix = section.read("strip_prefix", keys(RouteConfig)["strip_prefix"])
     assert isinstance(stripPrefix, bool)
     try:

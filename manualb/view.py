@@ -210,6 +210,9 @@ class Passage:
         to a backend; returns an L{Answer} to refuse the request, or
         L{None} to let it go on.  L{None} when no stage inspects the body.
     @ivar bodyCheckSize: How much of the body C{bodyCheck} wants.
+    @ivar local: How the proxy answers by itself on the listener (its
+        C{Server} header and pages, a C{manualb.errorpages.LocalAnswers}),
+        or L{None} for the defaults.
     """
 
     view: RequestView
@@ -224,3 +227,4 @@ class Passage:
     bodyLimit: int | None = None
     bodyCheck: Callable[[bytes], Answer | None] | None = None
     bodyCheckSize: int = 0
+    local: Any = None

@@ -580,7 +580,8 @@ class SectionErrorTests(SynchronousTestCase):
             MAIN + "acces_log = -\n",
             "lb.ini: [manualb] acces_log: unknown key "
             "(known keys: listen, access_log, log_format, client_timeout, shutdown_timeout, "
-            "admin, admin_token_file, explain_records, workers, state, instance, redirect_https); "
+            "admin, admin_token_file, explain_records, workers, state, instance, server_tokens, "
+            "error_page, redirect_https); "
             "did you mean 'access_log'?",
         )
 
@@ -599,7 +600,9 @@ class SectionErrorTests(SynchronousTestCase):
             MAIN + UPSTREAM + ROUTE + "backend = pool\n",
             "lb.ini: [route default] backend: unknown key "
             "(known keys: path, upstream, host, strip_prefix, rewrite, allow, "
-            "deny, waf, waf_level, rate, client_max_body_size, rate_key)",
+            "deny, waf, waf_level, rate, client_max_body_size, set_header, "
+            "hide_header, pass_header, add_header, redirect_https, error_page, gzip, "
+            "rate_key, return, gzip_types, gzip_min_length)",
         )
 
     def test_missingMain(self) -> None:
@@ -1930,7 +1933,7 @@ class ShippedConfigTests(SynchronousTestCase):
         lines = self.text.splitlines(keepends=True)
         examples = [line[1:] for line in lines if line.startswith("#")]
         text = "".join(line[1:] if line.startswith("#") else line for line in lines)
-        files = re.findall(r"\S+\.(?:pem|key|token)\b", "".join(examples))
+        files = re.findall(r"\S+\.(?:pem|key|token|html)\b", "".join(examples))
         self.assertTrue(files)
         directory = makeFiles(self, *files)
         path = os.path.join(directory, "lb.ini")
@@ -1952,8 +1955,13 @@ class ShippedConfigTests(SynchronousTestCase):
         self.assertEqual(
             [(route.match, route.host is not None) for route in config.routes],
             [(PREFIX, False), (PREFIX_NO_REGEX, True), (EXACT, False),
-             (REGEX_CASELESS, True)],
+             (REGEX_CASELESS, True), (EXACT, False), (PREFIX_NO_REGEX, False)],
         )
+        self.assertEqual(config.routes[4].answer, (200, "ok"))
+        self.assertFalse(config.routes[5].redirect_https)
+        self.assertTrue(config.routes[0].gzip)
+        self.assertFalse(config.server_tokens)
+        self.assertEqual(len(config.listeners[1].error_page), 3)
         self.assertIsNotNone(config.routes[0].rewrite)
         self.assertTrue(config.routes[1].strip_prefix)
         self.assertEqual(
@@ -2558,7 +2566,7 @@ class ListenTests(SynchronousTestCase):
         self.assertError(
             MAIN + "[listener web]\nlisten = tcp:81\nport = 81\n",
             "lb.ini: [listener web] port: unknown key "
-            "(known keys: listen, routes, redirect_https)",
+            "(known keys: listen, routes, redirect_https, error_page)",
         )
 
     def test_missingListen(self) -> None:
@@ -3739,7 +3747,10 @@ class KeyDeclarationTests(SynchronousTestCase):
                 "rate_key",
             ),
         )
-        self.assertEqual(KNOWN_KEYS["route"], (*declaredKeys(RouteConfig), "rate_key"))
+        self.assertEqual(
+            KNOWN_KEYS["route"],
+            (*declaredKeys(RouteConfig), "rate_key", "return", "gzip_types", "gzip_min_length"),
+        )
         self.assertEqual(KNOWN_KEYS["manualb"], (*declaredKeys(Config), "redirect_https"))
 
     def test_defaults(self) -> None:

@@ -212,6 +212,8 @@ class ServerConfig:
         weight 0 to its full weight; 0 for no ramp.
     @ivar max_conns: Requests in flight to the server at most; 0 for no
         limit.
+    @ivar route: What the sticky cookie of C{balance = cookie} holds for
+        this server, or L{None} for a hash of its address.
     """
 
     address: ServerAddress
@@ -239,6 +241,10 @@ class ServerConfig:
     max_conns: int = key(
         0, kind="integer", minimum=0, nginx="max_conns", example="100",
         doc="requests in flight to it at most; 0 for no limit",
+    )
+    route: str | None = key(
+        None, kind="text", nginx="route", example="s1",
+        doc="the sticky cookie's value for it (HAProxy cookie), with balance = cookie",
     )
 
     @property

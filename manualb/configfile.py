@@ -81,6 +81,7 @@ from manualb.gatekeeper import (
     routeWithKeys,
 )
 from manualb.endpoints import endpointProblem, socketFileProblem
+from manualb.includes import INCLUDE, compose
 from manualb.upstreamconfig import keyDefault, parseUpstream, readKeys
 from manualb.syntax import (
     SECTION_HEADER,
@@ -90,7 +91,9 @@ from manualb.syntax import (
     closest,
 )
 
-__all__ = ["KNOWN_KEYS", "parseConfig", "loadConfig", "readConfigText", "withLine"]
+__all__ = [
+    "KNOWN_KEYS", "parseConfig", "loadConfig", "placeError", "readConfigText", "withLine"
+]
 
 # configparser treats its default section specially (its keys leak into every
 # other section).  A header cannot contain a newline, so no file can name this
@@ -106,7 +109,7 @@ _KNOWN_SECTIONS = (
 #: The listen lines of C{[manualb]} are the listener C{"default"}, whose
 #: C{redirect_https} is given there too.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
-    "manualb": (*keys(Config), "redirect_https"),
+    "manualb": (*keys(Config), "redirect_https", INCLUDE),
     "gatekeeper": (*keys(GatekeeperConfig), *GATEKEEPER_KEYS),
     "tls": tuple(keys(TLSConfig)),
     "upstream": tuple(keys(UpstreamConfig)),
@@ -128,11 +131,20 @@ def loadConfig(path: str, requireListen: bool = False) -> Config:
         operating system's reason) or its contents are wrong, naming the
         line of the section or key too (see L{withLine}).
     """
-    text = readConfigText(path)
+    composed = compose(path)
     try:
-        return parseConfig(text, path, requireListen)
+        return parseConfig(composed.text, path, requireListen)
     except ConfigError as e:
-        raise withLine(e, text) from None
+        raise composed.place(withLine(e, composed.text)) from None
+
+
+def placeError(error: ConfigError, path: str) -> ConfigError:
+    """
+    Give C{error}, about the configuration file at C{path} as L{loadConfig}
+    reads it (its includes too), the file and line of its section or key.
+    """
+    composed = compose(path)
+    return composed.place(withLine(error, composed.text))
 
 
 def withLine(error: ConfigError, text: str) -> ConfigError:
@@ -509,6 +521,8 @@ def _parseMain(
     if sections.main is None:
         return (), accessLog, None
     section = sections.section(sections.main)
+    if section.lines(INCLUDE) is not None:
+        raise section.error(INCLUDE, "includes are read from a file only (loadConfig)")
     listen = _parseEndpoints(sections, section, required=False)
     if listen is None:
         if requireListen and not sections.listeners and not sections.streams:

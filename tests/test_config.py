@@ -580,7 +580,7 @@ class SectionErrorTests(SynchronousTestCase):
             MAIN + "acces_log = -\n",
             "lb.ini: [manualb] acces_log: unknown key "
             "(known keys: listen, access_log, log_format, client_timeout, shutdown_timeout, "
-            "admin, admin_token_file, explain_records, workers, state, instance, redirect_https); "
+            "admin, admin_token_file, explain_records, workers, state, instance, redirect_https, include); "
             "did you mean 'access_log'?",
         )
 
@@ -993,7 +993,7 @@ class ServerOptionTests(_UpstreamTestCase):
         self.assertServerError(
             "a:1 wieght=3",
             "unknown option 'wieght' in 'a:1 wieght=3' (known options: weight, "
-            "max_fails, fail_timeout, backup, down, slow_start, max_conns); "
+            "max_fails, fail_timeout, backup, down, slow_start, max_conns, route); "
             "did you mean 'weight'?",
         )
 
@@ -1001,7 +1001,7 @@ class ServerOptionTests(_UpstreamTestCase):
         self.assertServerError(
             "a:1 bakup",
             "unknown option 'bakup' in 'a:1 bakup' (known options: weight, "
-            "max_fails, fail_timeout, backup, down, slow_start, max_conns); "
+            "max_fails, fail_timeout, backup, down, slow_start, max_conns, route); "
             "did you mean 'backup'?",
         )
 
@@ -1009,7 +1009,7 @@ class ServerOptionTests(_UpstreamTestCase):
         self.assertServerError(
             "a:1 Weight=3",
             "unknown option 'Weight' in 'a:1 Weight=3' (known options: weight, "
-            "max_fails, fail_timeout, backup, down, slow_start, max_conns); "
+            "max_fails, fail_timeout, backup, down, slow_start, max_conns, route); "
             "did you mean 'weight'?",
         )
 
@@ -1020,7 +1020,7 @@ class ServerOptionTests(_UpstreamTestCase):
         self.assertServerError(
             "a:1 b:1",
             "unknown option 'b:1' in 'a:1 b:1' (known options: weight, "
-            "max_fails, fail_timeout, backup, down, slow_start, max_conns)",
+            "max_fails, fail_timeout, backup, down, slow_start, max_conns, route)",
         )
 
     def test_optionTwice(self) -> None:
@@ -3740,7 +3740,7 @@ class KeyDeclarationTests(SynchronousTestCase):
             ),
         )
         self.assertEqual(KNOWN_KEYS["route"], (*declaredKeys(RouteConfig), "rate_key"))
-        self.assertEqual(KNOWN_KEYS["manualb"], (*declaredKeys(Config), "redirect_https"))
+        self.assertEqual(KNOWN_KEYS["manualb"], (*declaredKeys(Config), "redirect_https", "include"))
 
     def test_defaults(self) -> None:
         """

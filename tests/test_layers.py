@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
         "proxyprotocol",
         "merging",
     ),
-    ("rules", "accesslog", "tunnel", "responseparser", "bodies", "variables", "wafdecode"),
+    ("rules", "accesslog", "tunnel", "responseparser", "bodies", "variables", "wafdecode", "includes", "stickycookie"),
     (
         "handoff",
         "health",

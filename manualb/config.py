@@ -466,6 +466,9 @@ class RouteConfig:
         C{rate} of 0 for none); L{None} to keep the gatekeeper's.
     @ivar client_max_body_size: The route's largest request body; L{None}
         to keep the gatekeeper's.
+    @ivar connect_timeout: The route's in place of its upstream's, or
+        L{None} (so are C{read_timeout}, C{send_timeout} and C{tries}; see
+        L{manualb.routelimits}).
     """
 
     name: str
@@ -492,6 +495,18 @@ class RouteConfig:
     )
     client_max_body_size: int | None = key(
         None, nginx="client_max_body_size", doc="the largest request body of this route"
+    )
+    connect_timeout: float | None = key(
+        None, nginx="proxy_connect_timeout", doc="the upstream's, for this route"
+    )
+    read_timeout: float | None = key(
+        None, nginx="proxy_read_timeout", doc="the upstream's, for this route"
+    )
+    send_timeout: float | None = key(
+        None, nginx="proxy_send_timeout", doc="the upstream's, for this route"
+    )
+    tries: int | None = key(
+        None, nginx="proxy_next_upstream_tries", doc="the upstream's, for this route"
     )
 
 

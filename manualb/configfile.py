@@ -82,6 +82,7 @@ from manualb.gatekeeper import (
 )
 from manualb.endpoints import endpointProblem, socketFileProblem
 from manualb.includes import INCLUDE, compose
+from manualb.routelimits import parseRouteLimits
 from manualb.upstreamconfig import keyDefault, parseUpstream, readKeys
 from manualb.syntax import (
     SECTION_HEADER,
@@ -299,6 +300,7 @@ def _parseRoute(section: Section, name: str, gatekeeper: GatekeeperConfig) -> Ro
     (L{parseRouteKeys}).
     """
     route = urlmap.parseRoute(section, name)
+    route = attrs.evolve(route, **parseRouteLimits(section))
     return routeWithKeys(route, parseRouteKeys(section, gatekeeper))
 
 

@@ -278,7 +278,7 @@ class Exchange:
             upgrade=self.upgrade,
             requestId=self.passage.requestId,
         )
-        self._connect(server.connections.acquire())
+        self._connect(server.connections.acquire(self.pool.config))
 
     def _noServer(self) -> None:
         if self._lastError is not None:
@@ -312,6 +312,7 @@ class Exchange:
             self,
             chunked=self.body.length is None,
             upgrade=self.upgrade,
+            config=self.pool.config,
         )
         if self.body.length == 0:
             connection.finishBody()

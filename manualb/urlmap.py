@@ -87,6 +87,7 @@ from manualb.config import (
     keys,
 )
 from manualb.interfaces import IStage
+from manualb.routelimits import poolFor
 from manualb.selection import Pool
 from manualb.syntax import Section, hostName
 from manualb.view import Answer, Passage, normalizeHost
@@ -402,9 +403,10 @@ class URLMap:
     def fromConfig(cls, routes: Sequence[RouteConfig], pools: Mapping[str, Pool]) -> "URLMap":
         """
         Build the map from configured routes, in file order, and the pools
-        built for their upstreams, by name.
+        built for their upstreams, by name (each route's seen through its
+        own timeouts and tries, L{poolFor}).
         """
-        return cls(Route(route, pools[route.upstream]) for route in routes)
+        return cls(Route(route, poolFor(route, pools[route.upstream])) for route in routes)
 
     def _group(self, name: bytes | None) -> _Group | None:
         """

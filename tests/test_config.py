@@ -599,7 +599,8 @@ class SectionErrorTests(SynchronousTestCase):
             MAIN + UPSTREAM + ROUTE + "backend = pool\n",
             "lb.ini: [route default] backend: unknown key "
             "(known keys: path, upstream, host, strip_prefix, rewrite, allow, "
-            "deny, waf, waf_level, rate, client_max_body_size, rate_key)",
+            "deny, waf, waf_level, rate, client_max_body_size, connect_timeout, "
+            "read_timeout, send_timeout, tries, rate_key)",
         )
 
     def test_missingMain(self) -> None:

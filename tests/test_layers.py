@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, ...]] = [
         "selection",
         "metrics",
         "balancers",
+        "routelimits",
         "urlmap",
         "stages",
         "termination",

@@ -469,6 +469,8 @@ class RouteConfig:
     @ivar connect_timeout: The route's in place of its upstream's, or
         L{None} (so are C{read_timeout}, C{send_timeout} and C{tries}; see
         L{manualb.routelimits}).
+    @ivar hsts: The C{Strict-Transport-Security} of its TLS answers, or
+        C{"off"}; L{None} for its certificate's or listener's.
     """
 
     name: str
@@ -508,6 +510,9 @@ class RouteConfig:
     tries: int | None = key(
         None, nginx="proxy_next_upstream_tries", doc="the upstream's, for this route"
     )
+    hsts: str | None = key(
+        None, doc="the Strict-Transport-Security of its TLS answers, or off"
+    )
 
 
 @attrs.frozen
@@ -522,6 +527,8 @@ class ListenerConfig:
     @ivar redirect_https: When set, plain (not TLS) connections of this
         listener get a 301 to the https URL, at this port (443 is left out of
         the URL); L{None} for no redirect.
+    @ivar hsts: The C{Strict-Transport-Security} of its TLS answers in
+        place of C{[tls]}'s, or C{"off"}; L{None} for C{[tls]}'s.
     """
 
     name: str
@@ -531,6 +538,9 @@ class ListenerConfig:
     routes: tuple[str, ...] | None = key(None, doc="the routes it serves; all if absent")
     redirect_https: int | None = key(
         None, doc="off, on (port 443) or the https port to redirect to"
+    )
+    hsts: str | None = key(
+        None, doc="the Strict-Transport-Security of its TLS answers, or off"
     )
 
 
@@ -542,11 +552,14 @@ class CertificateConfig:
     @ivar name: The server name it serves: exact or C{*.wildcard}; lower case.
     @ivar certificate: Path of the PEM certificate (followed by its chain).
     @ivar key: Path of the PEM private key.
+    @ivar hsts: The C{Strict-Transport-Security} of the answers for its
+        names, or C{"off"}; L{None} for the listener's.
     """
 
     name: str
     certificate: str
     key: str
+    hsts: str | None = None
 
 
 @attrs.frozen

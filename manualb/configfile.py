@@ -81,6 +81,7 @@ from manualb.gatekeeper import (
     routeWithKeys,
 )
 from manualb.endpoints import endpointProblem, socketFileProblem
+from manualb.hsts import parseListenerHSTS, parseRouteHSTS
 from manualb.includes import INCLUDE, compose
 from manualb.routelimits import parseRouteLimits
 from manualb.upstreamconfig import keyDefault, parseUpstream, readKeys
@@ -300,7 +301,7 @@ def _parseRoute(section: Section, name: str, gatekeeper: GatekeeperConfig) -> Ro
     (L{parseRouteKeys}).
     """
     route = urlmap.parseRoute(section, name)
-    route = attrs.evolve(route, **parseRouteLimits(section))
+    route = attrs.evolve(route, **parseRouteLimits(section), **parseRouteHSTS(section))
     return routeWithKeys(route, parseRouteKeys(section, gatekeeper))
 
 
@@ -681,6 +682,10 @@ def _parseListeners(
                 endpoints,
                 _parseListenerRoutes(sections, section),
                 _parseRedirect(section, endpoints),
+                parseListenerHSTS(
+                    section,
+                    any(termination.isSNI(each) or each.startswith("ssl:") for each in endpoints),
+                ),
             )
         )
     return tuple(listeners)

@@ -26,6 +26,7 @@ from manualb.config import (
     ListenerConfig,
 )
 from manualb.configfile import loadConfig
+from manualb.hsts import HostStrictTransport, hostStage, listenerHSTS, ownSite
 from manualb.gatekeeper import Gatekeeper, TrustedProxies, frontEndBodyLimit, gatekeeperEngines
 from manualb.selection import Pool, Server
 from manualb.stages import defaultStages, redirectStages
@@ -33,7 +34,6 @@ from manualb.streams import StreamProxyFactory
 from manualb.termination import (
     SNIContextFactory,
     contextFactoryFor,
-    hstsHeader,
     isSNI,
     isTLS,
     sniEndpoint,
@@ -181,7 +181,7 @@ class LoadBalancer:
             resource,
             timeout=self.config.gatekeeper.keepalive_timeout,
             reactor=self.reactor,
-            hsts=hstsHeader(self.config.tls),
+            hsts=listenerHSTS(self.config, listener),
             gatekeeper=gatekeeper,
             connections=self.connections,
         )
@@ -198,6 +198,7 @@ class LoadBalancer:
         urlMap = URLMap.fromConfig(routes, self.pools)
         if stages is None:
             stages = defaultStages(urlMap, self._gatekeeper(urlMap))
+            stages += filter(None, [hostStage(self.config, routes)])
         gatekeeper = attrs.evolve(
             self.config.gatekeeper,
             client_max_body_size=frontEndBodyLimit(self.config.gatekeeper, routes),
@@ -214,7 +215,9 @@ class LoadBalancer:
 
     def _siteFor(self, listener: ListenerConfig) -> ProxySite:
         if listener.routes is None:
-            return self.site
+            if not ownSite(listener):
+                return self.site
+            return self._proxySite(None, listener=listener.name)
         return self._proxySite(set(listener.routes), listener=listener.name)
 
     def load(self) -> None:
@@ -527,7 +530,7 @@ class LoadBalancer:
         for listener in config.listeners:
             names.add(listener.name)
             previous = before.get(listener.name)
-            if previous is None or (previous.routes is None) != (listener.routes is None):
+            if previous is None or (previous.routes, previous.hsts) != (listener.routes, listener.hsts):
                 self.sites[listener.name] = self._siteFor(listener)
             if listener.redirect_https is None:
                 self.redirects.pop(listener.name, None)
@@ -541,8 +544,9 @@ class LoadBalancer:
         )
         self._refreshSite(self.site, None)
         for listener in config.listeners:
-            if listener.routes is not None:
-                self._refreshSite(self.sites[listener.name], set(listener.routes))
+            if self.sites[listener.name] is not self.site:
+                routes = listener.routes
+                self._refreshSite(self.sites[listener.name], None if routes is None else set(routes))
             if listener.name in self.redirects:
                 self._refreshSite(
                     self.redirects[listener.name],
@@ -709,13 +713,14 @@ class LoadBalancer:
         urlMap, stages, gatekeeper = self._siteParts(routeNames, stages)
         resource = site.resource
         resource.urlMap = urlMap
-        resource.stages = keepAddedStages(resource.stages, list(stages))
+        current = [stage for stage in resource.stages if not isinstance(stage, HostStrictTransport)]
+        resource.stages = keepAddedStages(current, list(stages))
         site.gatekeeper = gatekeeper
         site.trustedProxies = (
             TrustedProxies(gatekeeper.trusted_proxies) if gatekeeper.trusted_proxies else None
         )
         site.timeOut = gatekeeper.keepalive_timeout
-        site.hsts = hstsHeader(self.config.tls)
+        site.hsts = listenerHSTS(self.config, resource.listener)
 
     def _departed(self, ended: Deferred) -> None:
         """

@@ -600,7 +600,7 @@ class SectionErrorTests(SynchronousTestCase):
             "lb.ini: [route default] backend: unknown key "
             "(known keys: path, upstream, host, strip_prefix, rewrite, allow, "
             "deny, waf, waf_level, rate, client_max_body_size, connect_timeout, "
-            "read_timeout, send_timeout, tries, rate_key)",
+            "read_timeout, send_timeout, tries, hsts, rate_key)",
         )
 
     def test_missingMain(self) -> None:
@@ -2559,7 +2559,7 @@ class ListenTests(SynchronousTestCase):
         self.assertError(
             MAIN + "[listener web]\nlisten = tcp:81\nport = 81\n",
             "lb.ini: [listener web] port: unknown key "
-            "(known keys: listen, routes, redirect_https)",
+            "(known keys: listen, routes, redirect_https, hsts)",
         )
 
     def test_missingListen(self) -> None:

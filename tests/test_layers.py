@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, ...]] = [
         "routelimits",
         "urlmap",
         "stages",
+        "hsts",
         "termination",
         "waf",
         "ratelimit",

@@ -31,7 +31,7 @@ import attrs
 
 from manualb.syntax import closest, hostName, parseDuration
 
-__all__ = ["CookieSettings", "parseCookieArgument", "checkRoutes", "DEFAULT_NAME"]
+__all__ = ["CookieSettings", "RouteError", "parseCookieArgument", "checkRoutes", "DEFAULT_NAME"]
 
 #: The cookie's name when C{balance = cookie} gives none.
 DEFAULT_NAME = "manualb_server"
@@ -135,22 +135,37 @@ def checkRoutes(routes: Sequence[str | None], cookie: bool) -> None:
     for a server without one): each a valid cookie value, none twice, and
     only where C{balance = cookie} (C{cookie}) gives them a use.
 
-    @raise ValueError: with the message to show.
+    @raise RouteError: with the message to show and the index of the
+        server at fault.
     """
     seen: set[str] = set()
-    for route in routes:
+    for index, route in enumerate(routes):
         if route is None:
             continue
         if not cookie:
-            raise ValueError(
+            raise RouteError(
                 f"route={route} is the value of the sticky cookie, which only "
-                f"balance = cookie sets"
+                f"balance = cookie sets",
+                index,
             )
         if not _COOKIE_VALUE.fullmatch(route):
-            raise ValueError(
+            raise RouteError(
                 f"route={route!r} cannot be a cookie value (printable ASCII "
-                f"without spaces, quotes, commas, semicolons or backslashes)"
+                f"without spaces, quotes, commas, semicolons or backslashes)",
+                index,
             )
         if route in seen:
-            raise ValueError(f"route={route} given to two servers")
+            raise RouteError(f"route={route} given to two servers", index)
         seen.add(route)
+
+
+class RouteError(ValueError):
+    """
+    A server's C{route=} is wrong.
+
+    @ivar index: The index of the server among the upstream's.
+    """
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index

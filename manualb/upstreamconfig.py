@@ -68,8 +68,9 @@ def parseUpstream(section: Section, name: str, directory: str) -> UpstreamConfig
     servers = _parseServers(section)
     try:
         stickycookie.checkRoutes([server.route for server in servers], balance == "cookie")
-    except ValueError as e:
-        raise section.error("servers", str(e)) from None
+    except stickycookie.RouteError as e:
+        line = (section.lines("servers") or [])[e.index]
+        raise section.error("servers", f"{e}, in {line!r}") from None
     return UpstreamConfig(
         name=name,
         servers=servers,

@@ -139,21 +139,23 @@ class ConfigTests(SynchronousTestCase):
         self.assertError(
             MAIN + "[upstream app]\nservers = 127.0.0.1:9 route=s1\n" + ROUTE,
             "lb.ini: [upstream app] servers: route=s1 is the value of the sticky "
-            "cookie, which only balance = cookie sets",
+            "cookie, which only balance = cookie sets, in '127.0.0.1:9 route=s1'",
         )
 
     def test_routeTwice(self) -> None:
         self.assertError(
             MAIN + "[upstream app]\nservers =\n    127.0.0.1:9 route=s\n    127.0.0.1:10 route=s\n"
             "balance = cookie\n" + ROUTE,
-            "lb.ini: [upstream app] servers: route=s given to two servers",
+            "lb.ini: [upstream app] servers: route=s given to two servers, in "
+            "'127.0.0.1:10 route=s'",
         )
 
     def test_routeNotACookieValue(self) -> None:
         self.assertError(
             MAIN + "[upstream app]\nservers = 127.0.0.1:9 route=a;b\nbalance = cookie\n" + ROUTE,
             "lb.ini: [upstream app] servers: route='a;b' cannot be a cookie value "
-            "(printable ASCII without spaces, quotes, commas, semicolons or backslashes)",
+            "(printable ASCII without spaces, quotes, commas, semicolons or backslashes), "
+            "in '127.0.0.1:9 route=a;b'",
         )
 
     def test_misspeltRoute(self) -> None:

@@ -18,7 +18,7 @@ import sys
 from typing import Sequence, TextIO
 
 from manualb.config import Config, ConfigError
-from manualb.configfile import loadConfig, readConfigText, withLine
+from manualb.configfile import loadConfig, placeError
 
 #: What check cannot know, said after every good result.
 BIND_NOTE = (
@@ -106,7 +106,7 @@ def _checkStart(config: Config) -> None:
         if problem is not None:
             raise ConfigError(path, "manualb", "access_log", problem)
     except ConfigError as e:
-        raise withLine(e, readConfigText(path)) from None
+        raise placeError(e, path) from None
 
 
 def _accessLogProblem(target: str | None) -> str | None:

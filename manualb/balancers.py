@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from bisect import bisect_left
 from collections import OrderedDict
 from typing import Callable, Sequence
@@ -64,6 +63,7 @@ from zope.interface import implementer
 
 from manualb.interfaces import IAffinity, IBalancer
 from manualb.selection import Server
+from manualb.stickycookie import parseCookieArgument
 from manualb.variables import clientAddress, parseHashKey
 from manualb.view import RequestView
 
@@ -398,16 +398,16 @@ class Hash:
         self._hash = _ConsistentHash()
 
 
-# RFC 6265 cookie-name: an HTTP token.
-_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
-
 def serverID(server: Server) -> bytes:
     """
-    The opaque, stable id of C{server} that a L{Cookie} cookie holds: the
-    first 16 hex digits of the SHA-256 of its name.  It tells clients
-    nothing of the address and survives restarts and reordering.
+    The id of C{server} that a L{Cookie} cookie holds: its C{route=} value
+    when it has one, else an opaque, stable one, the first 16 hex digits
+    of the SHA-256 of its name.  It tells clients nothing of the address
+    and survives restarts and reordering.
     """
+    route = server.config.route
+    if route is not None:
+        return route.encode("ascii")
     return hashlib.sha256(server.name.encode("utf-8")).hexdigest()[:16].encode("ascii")
 
 
@@ -421,7 +421,9 @@ class Cookie:
     A request without the cookie, or whose cookie names a server that cannot
     take it (down, or gone from the configuration), is balanced by smooth
     weighted round robin and the response sets the cookie, C{NAME=ID; Path=/;
-    HttpOnly}, with the server's L{serverID}.  Unlike L{IPHash}, many clients
+    HttpOnly}, with the server's L{serverID}; the options after the name
+    (C{secure samesite=Lax max_age=1d}...) set its attributes
+    (L{manualb.stickycookie}).  Unlike L{IPHash}, many clients
     behind one address spread over the servers.
 
     The cookie goes on the response of the server that answers (see
@@ -431,15 +433,11 @@ class Cookie:
     name = "cookie"
 
     def __init__(self, argument: str | None = None) -> None:
-        cookieName = (argument or "").strip() or "manualb_server"
-        if not _COOKIE_NAME.fullmatch(cookieName):
-            raise ValueError(
-                f"cookie name {cookieName!r} is not a valid cookie name"
-                " (letters, digits and !#$%&'*+-.^_`|~ only)"
-            )
-        self.cookieName = cookieName
+        settings = parseCookieArgument(argument)
+        self.cookieName = cookieName = settings.name
         self.key = "cookie " + cookieName
         self._name = cookieName.encode("ascii")
+        self._attributes = settings.attributes.encode("ascii")
         self._ids: dict[Server, bytes] = {}
         self._rotation = _SmoothWeighted()
 
@@ -469,7 +467,7 @@ class Cookie:
         id = self._idOf(server)
         if view.cookie(self._name) == id:
             return ()
-        return ((b"Set-Cookie", self._name + b"=" + id + b"; Path=/; HttpOnly"),)
+        return ((b"Set-Cookie", self._name + b"=" + id + self._attributes),)
 
 
 #: The built-in strategies by name, each a factory taking the argument text

@@ -215,6 +215,8 @@ class ServerConfig:
         weight 0 to its full weight; 0 for no ramp.
     @ivar max_conns: Requests in flight to the server at most; 0 for no
         limit.
+    @ivar route: What the sticky cookie of C{balance = cookie} holds for
+        this server, or L{None} for a hash of its address.
     """
 
     address: ServerAddress
@@ -242,6 +244,10 @@ class ServerConfig:
     max_conns: int = key(
         0, kind="integer", minimum=0, nginx="max_conns", example="100",
         doc="requests in flight to it at most; 0 for no limit",
+    )
+    route: str | None = key(
+        None, kind="text", nginx="route", example="s1",
+        doc="the sticky cookie's value for it (HAProxy cookie), with balance = cookie",
     )
 
     @property
@@ -481,6 +487,11 @@ class RouteConfig:
         with in place of its own page of that code.
     @ivar gzip: Whether and what to compress of the responses (see
         C{manualb.compression}); L{None} for no compression.
+    @ivar connect_timeout: The route's in place of its upstream's, or
+        L{None} (so are C{read_timeout}, C{send_timeout} and C{tries}; see
+        L{manualb.routelimits}).
+    @ivar hsts: The C{Strict-Transport-Security} of its TLS answers, or
+        C{"off"}; L{None} for its certificate's or listener's.
     """
 
     name: str
@@ -528,6 +539,21 @@ class RouteConfig:
         (), nginx="error_page", doc="CODE... FILE lines: the proxy's own pages"
     )
     gzip: GzipConfig | None = key(None, nginx="gzip", doc="on: compress responses")
+    connect_timeout: float | None = key(
+        None, nginx="proxy_connect_timeout", doc="the upstream's, for this route"
+    )
+    read_timeout: float | None = key(
+        None, nginx="proxy_read_timeout", doc="the upstream's, for this route"
+    )
+    send_timeout: float | None = key(
+        None, nginx="proxy_send_timeout", doc="the upstream's, for this route"
+    )
+    tries: int | None = key(
+        None, nginx="proxy_next_upstream_tries", doc="the upstream's, for this route"
+    )
+    hsts: str | None = key(
+        None, doc="the Strict-Transport-Security of its TLS answers, or off"
+    )
 
 
 @attrs.frozen
@@ -559,6 +585,8 @@ class ListenerConfig:
         the URL); L{None} for no redirect.
     @ivar error_page: C{(code, page)} pairs: the HTML of the proxy's own
         answers of that code on this listener.
+    @ivar hsts: The C{Strict-Transport-Security} of its TLS answers in
+        place of C{[tls]}'s, or C{"off"}; L{None} for C{[tls]}'s.
     """
 
     name: str
@@ -572,6 +600,9 @@ class ListenerConfig:
     error_page: tuple[tuple[int, bytes], ...] = key(
         (), nginx="error_page", doc="CODE... FILE lines: the proxy's own pages"
     )
+    hsts: str | None = key(
+        None, doc="the Strict-Transport-Security of its TLS answers, or off"
+    )
 
 
 @attrs.frozen
@@ -582,11 +613,14 @@ class CertificateConfig:
     @ivar name: The server name it serves: exact or C{*.wildcard}; lower case.
     @ivar certificate: Path of the PEM certificate (followed by its chain).
     @ivar key: Path of the PEM private key.
+    @ivar hsts: The C{Strict-Transport-Security} of the answers for its
+        names, or C{"off"}; L{None} for the listener's.
     """
 
     name: str
     certificate: str
     key: str
+    hsts: str | None = None
 
 
 @attrs.frozen

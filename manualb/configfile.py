@@ -83,6 +83,9 @@ from manualb.gatekeeper import (
 from manualb.endpoints import endpointProblem, socketFileProblem
 from manualb.errorpages import parseErrorPages
 from manualb.routecontrols import CONTROL_KEYS, parseRouteControls
+from manualb.hsts import parseListenerHSTS, parseRouteHSTS
+from manualb.includes import INCLUDE, compose
+from manualb.routelimits import parseRouteLimits
 from manualb.upstreamconfig import keyDefault, parseUpstream, readKeys
 from manualb.syntax import (
     SECTION_HEADER,
@@ -92,7 +95,9 @@ from manualb.syntax import (
     closest,
 )
 
-__all__ = ["KNOWN_KEYS", "parseConfig", "loadConfig", "readConfigText", "withLine"]
+__all__ = [
+    "KNOWN_KEYS", "parseConfig", "loadConfig", "placeError", "readConfigText", "withLine"
+]
 
 # configparser treats its default section specially (its keys leak into every
 # other section).  A header cannot contain a newline, so no file can name this
@@ -108,7 +113,7 @@ _KNOWN_SECTIONS = (
 #: The listen lines of C{[manualb]} are the listener C{"default"}, whose
 #: C{redirect_https} is given there too.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
-    "manualb": (*keys(Config), "redirect_https"),
+    "manualb": (*keys(Config), "redirect_https", INCLUDE),
     "gatekeeper": (*keys(GatekeeperConfig), *GATEKEEPER_KEYS),
     "tls": tuple(keys(TLSConfig)),
     "acme": autotls.ACME_KEYS,
@@ -131,11 +136,20 @@ def loadConfig(path: str, requireListen: bool = False) -> Config:
         operating system's reason) or its contents are wrong, naming the
         line of the section or key too (see L{withLine}).
     """
-    text = readConfigText(path)
+    composed = compose(path)
     try:
-        return parseConfig(text, path, requireListen)
+        return parseConfig(composed.text, path, requireListen)
     except ConfigError as e:
-        raise withLine(e, text) from None
+        raise composed.place(withLine(e, composed.text)) from None
+
+
+def placeError(error: ConfigError, path: str) -> ConfigError:
+    """
+    Give C{error}, about the configuration file at C{path} as L{loadConfig}
+    reads it (its includes too), the file and line of its section or key.
+    """
+    composed = compose(path)
+    return composed.place(withLine(error, composed.text))
 
 
 def withLine(error: ConfigError, text: str) -> ConfigError:
@@ -310,6 +324,7 @@ def _parseRoute(
     (L{parseRouteKeys}), and its controls (L{parseRouteControls}).
     """
     route = urlmap.parseRoute(section, name)
+    route = attrs.evolve(route, **parseRouteLimits(section), **parseRouteHSTS(section))
     route = routeWithKeys(route, parseRouteKeys(section, gatekeeper))
     return routeWithKeys(route, parseRouteControls(section, directory))
 
@@ -544,6 +559,8 @@ def _parseMain(
     if sections.main is None:
         return (), accessLog, None
     section = sections.section(sections.main)
+    if section.lines(INCLUDE) is not None:
+        raise section.error(INCLUDE, "includes are read from a file only (loadConfig)")
     listen = _parseEndpoints(sections, section, required=False)
     if listen is None:
         if requireListen and not sections.listeners and not sections.streams:
@@ -700,6 +717,10 @@ def _parseListeners(
                 endpoints,
                 _parseListenerRoutes(sections, section),
                 _parseRedirect(section, endpoints),
+                hsts=parseListenerHSTS(
+                    section,
+                    any(termination.isSNI(each) or each.startswith("ssl:") for each in endpoints),
+                ),
             )
         )
     return tuple(listeners)

@@ -244,9 +244,9 @@ class SiteAnswers:
 def sharesSite(listener: ListenerConfig) -> bool:
     """
     Whether C{listener} is served by the one site that the listeners
-    without routes or pages of their own share.
+    without routes, pages or HSTS of their own share.
     """
-    return listener.routes is None and not listener.error_page
+    return listener.routes is None and not listener.error_page and listener.hsts is None
 
 
 def withSiteAnswers(stages: list, local: LocalAnswers | None) -> list:

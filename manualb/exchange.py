@@ -298,7 +298,7 @@ class Exchange:
             self.head = controls.headers.requestHead(
                 self.head, view, controls.name, self.passage.requestId
             )
-        self._connect(server.connections.acquire())
+        self._connect(server.connections.acquire(self.pool.config))
 
     def _noServer(self) -> None:
         if self._lastError is not None:
@@ -332,6 +332,7 @@ class Exchange:
             self,
             chunked=self.body.length is None,
             upgrade=self.upgrade,
+            config=self.pool.config,
         )
         if self.body.length == 0:
             connection.finishBody()

@@ -369,6 +369,7 @@ class UpstreamConnection(Protocol):
         chunked: bool,
         reuse: bool = True,
         upgrade: bool = False,
+        config: UpstreamConfig | None = None,
     ) -> None:
         """
         Start an exchange: write the request line and headers.  The body, if
@@ -380,7 +381,13 @@ class UpstreamConnection(Protocol):
         @param upgrade: The request asks for a protocol upgrade: a C{101}
             answer turns the connection into a tunnel (see L{tunnelling}).
             Whatever the answer, the connection is not reused.
+        @param config: The settings of this exchange (a route's timeouts in
+            place of the upstream's); the pool's when L{None}.
         """
+        if config is not None:
+            self.config = config
+        elif self.pool is not None:
+            self.config = self.pool.config
         if self._state is not _CLOSED:
             self._state = _SENDING
         # (A connection aborted while idle, whose loss is yet to come, fails
@@ -673,27 +680,31 @@ class ConnectionPool:
         """
         return len(self._idle)
 
-    def acquire(self) -> Deferred[UpstreamConnection]:
+    def acquire(self, config: UpstreamConfig | None = None) -> Deferred[UpstreamConnection]:
         """
         A connection ready for an exchange: the most recently used idle one,
         or a new one.  Fails with L{UpstreamConnectFailed} or
         L{UpstreamTimeout}.
+
+        @param config: Whose C{connect_timeout} bounds a new connection (a
+            route's); the pool's when L{None}.
         """
         if self._idle:
             connection = self._idle.pop()
             connection.idleTimeout.clear()
             return succeed(connection)
-        return self.connect()
+        return self.connect(config)
 
-    def connect(self) -> Deferred[UpstreamConnection]:
+    def connect(self, config: UpstreamConfig | None = None) -> Deferred[UpstreamConnection]:
         """
-        A new connection, bounded by C{connect_timeout}.
+        A new connection, bounded by C{connect_timeout} of C{config}, or of
+        the pool's settings when L{None}.
         """
         d = connectWithTimeout(
             self.reactor,
             self.endpoint,
             OneConnection(UpstreamConnection(self)),
-            self.config.connect_timeout,
+            (self.config if config is None else config).connect_timeout,
             "connect to backend",
         )
         self._connecting.add(d)

@@ -27,6 +27,7 @@ from manualb.config import (
     ListenerConfig,
 )
 from manualb.configfile import loadConfig
+from manualb.hsts import HostStrictTransport, hostStage, listenerHSTS
 from manualb.gatekeeper import Gatekeeper, TrustedProxies, frontEndBodyLimit, gatekeeperEngines
 from manualb.selection import Pool, Server
 from manualb.errorpages import LocalAnswers, SiteAnswers, withSiteAnswers
@@ -36,7 +37,6 @@ from manualb.streams import StreamProxyFactory
 from manualb.termination import (
     SNIContextFactory,
     contextFactoryFor,
-    hstsHeader,
     isSNI,
     isTLS,
     sniEndpoint,
@@ -185,7 +185,7 @@ class LoadBalancer:
             resource,
             timeout=self.config.gatekeeper.keepalive_timeout,
             reactor=self.reactor,
-            hsts=hstsHeader(self.config.tls),
+            hsts=listenerHSTS(self.config, listener),
             gatekeeper=gatekeeper,
             connections=self.connections,
         )
@@ -202,6 +202,7 @@ class LoadBalancer:
         urlMap = URLMap.fromConfig(routes, self.pools)
         if stages is None:
             stages = defaultStages(urlMap, self._gatekeeper(urlMap))
+            stages += filter(None, [hostStage(self.config, routes)])
         pages = () if listener is None else listener.error_page
         stages = withSiteAnswers(
             list(stages), LocalAnswers.of(self.config.server_tokens, self.config.error_page, pages)
@@ -735,14 +736,18 @@ class LoadBalancer:
         urlMap, stages, gatekeeper = self._siteParts(routeNames, stages, listener)
         resource = site.resource
         resource.urlMap = urlMap
-        current = [stage for stage in resource.stages if not isinstance(stage, SiteAnswers)]
+        current = [
+            stage
+            for stage in resource.stages
+            if not isinstance(stage, (SiteAnswers, HostStrictTransport))
+        ]
         resource.stages = keepAddedStages(current, list(stages))
         site.gatekeeper = gatekeeper
         site.trustedProxies = (
             TrustedProxies(gatekeeper.trusted_proxies) if gatekeeper.trusted_proxies else None
         )
         site.timeOut = gatekeeper.keepalive_timeout
-        site.hsts = hstsHeader(self.config.tls)
+        site.hsts = listenerHSTS(self.config, resource.listener)
 
     def _departed(self, ended: Deferred) -> None:
         """

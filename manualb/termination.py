@@ -51,6 +51,7 @@ from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersi
 from zope.interface import implementer
 
 from manualb.config import CertificateConfig, ConfigError, TLSConfig
+from manualb.hsts import hstsValue, parseCertificateHSTS
 from manualb.syntax import Section, hostName, readableFile
 from manualb.view import normalizeHost
 
@@ -857,7 +858,7 @@ def _parseCertificates(
             seen.add(name)
             acme.append(name)
             continue
-        if len(fields) != 3:
+        if len(fields) != 3 and not (len(fields) == 4 and fields[3].lower().startswith("hsts=")):
             raise section.error(
                 "certificates",
                 f"expected NAME CERTFILE KEYFILE separated by spaces, such as "
@@ -867,6 +868,7 @@ def _parseCertificates(
             name = hostName(fields[0], wildcard=True)
             certificate = readableFile(fields[1], directory)
             key = readableFile(fields[2], directory)
+            hsts = parseCertificateHSTS(fields[3]) if len(fields) == 4 else None
         except ValueError as e:
             raise section.error("certificates", f"{e}, in {line!r}") from None
         if name in seen:
@@ -876,7 +878,7 @@ def _parseCertificates(
                 f"certificate)",
             )
         seen.add(name)
-        certificates.append(CertificateConfig(name, certificate, key))
+        certificates.append(CertificateConfig(name, certificate, key, hsts))
     return tuple(certificates)
 
 
@@ -931,36 +933,15 @@ def _parseCiphers(section: Section) -> str | None:
     return text
 
 
-_HSTS_MAX_AGE = re.compile(r"max-age=[0-9]+", re.IGNORECASE)
-_HSTS_FLAGS = ("includeSubDomains", "preload")
-
-
 def _parseHSTS(section: Section) -> str | None:
     """
-    Return C{hsts}, a C{Strict-Transport-Security} value: C{max-age=SECONDS}
-    and then, separated by C{;}, C{includeSubDomains} and C{preload}, each
-    at most once; L{None} if absent or C{off}.
+    Return C{hsts}, a C{Strict-Transport-Security} value (L{hstsValue});
+    L{None} if absent or C{off}.
     """
     text = section.single("hsts")
     if text is None or text.lower() == "off":
         return None
-    first, *rest = [part.strip() for part in text.split(";")]
-    if not _HSTS_MAX_AGE.fullmatch(first):
-        raise section.error(
-            "hsts",
-            f"must start with max-age= and a number of seconds, such as "
-            f"max-age=31536000; includeSubDomains, got {text!r}",
-        )
-    seen: set[str] = set()
-    for part in rest:
-        known = [flag for flag in _HSTS_FLAGS if flag.lower() == part.lower()]
-        if not known:
-            raise section.error(
-                "hsts",
-                f"unknown directive {part!r} in {text!r} (after max-age, "
-                f"expected {' or '.join(_HSTS_FLAGS)}, separated by ';')",
-            )
-        if known[0] in seen:
-            raise section.error("hsts", f"{known[0]} given twice in {text!r}")
-        seen.add(known[0])
-    return text
+    try:
+        return hstsValue(text)
+    except ValueError as e:
+        raise section.error("hsts", str(e)) from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from manualb import balancers, health
+from manualb import balancers, health, stickycookie
 from manualb.config import ServerAddress, ServerConfig, UpstreamConfig, keys
 from manualb.syntax import Section, canonicalHost, hostName, parseOptions, parseServerAddress, parseValue
 
@@ -65,9 +65,15 @@ def parseUpstream(section: Section, name: str, directory: str) -> UpstreamConfig
             tlsName = hostName(tlsName, wildcard=False)
         except ValueError as e:
             raise section.error("tls_name", str(e)) from None
+    servers = _parseServers(section)
+    try:
+        stickycookie.checkRoutes([server.route for server in servers], balance == "cookie")
+    except stickycookie.RouteError as e:
+        line = (section.lines("servers") or [])[e.index]
+        raise section.error("servers", f"{e}, in {line!r}") from None
     return UpstreamConfig(
         name=name,
-        servers=_parseServers(section),
+        servers=servers,
         balance=balance,
         balance_argument=balanceArgument,
         passive_fail_on=_parsePassiveFailOn(section),

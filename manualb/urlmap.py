@@ -88,6 +88,7 @@ from manualb.config import (
 )
 from manualb.interfaces import IStage
 from manualb.routecontrols import RouteControls, compileControls
+from manualb.routelimits import poolFor
 from manualb.selection import Pool
 from manualb.syntax import Section, hostName
 from manualb.view import Answer, Passage, normalizeHost
@@ -411,10 +412,11 @@ class URLMap:
     def fromConfig(cls, routes: Sequence[RouteConfig], pools: Mapping[str, Pool]) -> "URLMap":
         """
         Build the map from configured routes, in file order, and the pools
-        built for their upstreams, by name.
+        built for their upstreams, by name (each route's seen through its
+        own timeouts and tries, L{poolFor}).
         """
         return cls(
-            Route(route, None if route.upstream is None else pools[route.upstream])
+            Route(route, None if route.upstream is None else poolFor(route, pools[route.upstream]))
             for route in routes
         )
 

@@ -205,7 +205,7 @@ class CheckTests(SynchronousTestCase):
             6,
             "[upstream app] servers: unknown option 'max_fail' in "
             "'127.0.0.1:8002 max_fail=3' (known options: weight, max_fails, "
-            "fail_timeout, backup, down, slow_start, max_conns); did you mean "
+            "fail_timeout, backup, down, slow_start, max_conns, route); did you mean "
             "'max_fails'?",
         )
 

@@ -581,7 +581,7 @@ class SectionErrorTests(SynchronousTestCase):
             "lb.ini: [manualb] acces_log: unknown key "
             "(known keys: listen, access_log, log_format, client_timeout, shutdown_timeout, "
             "admin, admin_token_file, explain_records, workers, state, instance, server_tokens, "
-            "error_page, redirect_https); "
+            "error_page, redirect_https, include); "
             "did you mean 'access_log'?",
         )
 
@@ -602,6 +602,7 @@ class SectionErrorTests(SynchronousTestCase):
             "(known keys: path, upstream, host, strip_prefix, rewrite, allow, "
             "deny, waf, waf_level, rate, client_max_body_size, set_header, "
             "hide_header, pass_header, add_header, redirect_https, error_page, gzip, "
+            "connect_timeout, read_timeout, send_timeout, tries, hsts, "
             "rate_key, return, gzip_types, gzip_min_length)",
         )
 
@@ -996,7 +997,7 @@ class ServerOptionTests(_UpstreamTestCase):
         self.assertServerError(
             "a:1 wieght=3",
             "unknown option 'wieght' in 'a:1 wieght=3' (known options: weight, "
-            "max_fails, fail_timeout, backup, down, slow_start, max_conns); "
+            "max_fails, fail_timeout, backup, down, slow_start, max_conns, route); "
             "did you mean 'weight'?",
         )
 
@@ -1004,7 +1005,7 @@ class ServerOptionTests(_UpstreamTestCase):
         self.assertServerError(
             "a:1 bakup",
             "unknown option 'bakup' in 'a:1 bakup' (known options: weight, "
-            "max_fails, fail_timeout, backup, down, slow_start, max_conns); "
+            "max_fails, fail_timeout, backup, down, slow_start, max_conns, route); "
             "did you mean 'backup'?",
         )
 
@@ -1012,7 +1013,7 @@ class ServerOptionTests(_UpstreamTestCase):
         self.assertServerError(
             "a:1 Weight=3",
             "unknown option 'Weight' in 'a:1 Weight=3' (known options: weight, "
-            "max_fails, fail_timeout, backup, down, slow_start, max_conns); "
+            "max_fails, fail_timeout, backup, down, slow_start, max_conns, route); "
             "did you mean 'weight'?",
         )
 
@@ -1023,7 +1024,7 @@ class ServerOptionTests(_UpstreamTestCase):
         self.assertServerError(
             "a:1 b:1",
             "unknown option 'b:1' in 'a:1 b:1' (known options: weight, "
-            "max_fails, fail_timeout, backup, down, slow_start, max_conns)",
+            "max_fails, fail_timeout, backup, down, slow_start, max_conns, route)",
         )
 
     def test_optionTwice(self) -> None:
@@ -2566,7 +2567,7 @@ class ListenTests(SynchronousTestCase):
         self.assertError(
             MAIN + "[listener web]\nlisten = tcp:81\nport = 81\n",
             "lb.ini: [listener web] port: unknown key "
-            "(known keys: listen, routes, redirect_https, error_page)",
+            "(known keys: listen, routes, redirect_https, error_page, hsts)",
         )
 
     def test_missingListen(self) -> None:
@@ -3751,7 +3752,9 @@ class KeyDeclarationTests(SynchronousTestCase):
             KNOWN_KEYS["route"],
             (*declaredKeys(RouteConfig), "rate_key", "return", "gzip_types", "gzip_min_length"),
         )
-        self.assertEqual(KNOWN_KEYS["manualb"], (*declaredKeys(Config), "redirect_https"))
+        self.assertEqual(
+            KNOWN_KEYS["manualb"], (*declaredKeys(Config), "redirect_https", "include")
+        )
 
     def test_defaults(self) -> None:
         """

@@ -501,6 +501,8 @@ class ListenerConfig:
     @ivar redirect_https: When set, plain (not TLS) connections of this
         listener get a 301 to the https URL, at this port (443 is left out of
         the URL); L{None} for no redirect.
+    @ivar front_end: What serves its HTTP/1.1 connections, C{"lean"} or
+        C{"twisted"}; L{None} for C{[manualb]}'s choice.
     """
 
     name: str
@@ -510,6 +512,9 @@ class ListenerConfig:
     routes: tuple[str, ...] | None = key(None, doc="the routes it serves; all if absent")
     redirect_https: int | None = key(
         None, doc="off, on (port 443) or the https port to redirect to"
+    )
+    front_end: str | None = key(
+        None, kind="front_end", doc="lean or twisted: what serves HTTP/1.1; [manualb]'s if absent"
     )
 
 
@@ -772,6 +777,9 @@ class Config:
         it in the process.
     @ivar instance: The name of this instance in the shared state, or
         L{None} for C{HOSTNAME:PID}.
+    @ivar front_end: What serves the listeners' HTTP/1.1 connections
+        (C{"lean"} or C{"twisted"}) where a listener does not choose; L{None}
+        for L{manualb.front.DEFAULT_FRONT_END}.
     @ivar listeners: The HTTP listeners: C{"default"} from C{[manualb]
         listen} (with C{[manualb] redirect_https}) first if it has any
         endpoint, then the C{[listener NAME]} sections.
@@ -823,6 +831,10 @@ class Config:
     )
     instance: str | None = key(
         None, doc="the name of this instance in the shared state; HOSTNAME:PID if absent"
+    )
+    front_end: str | None = key(
+        None, kind="front_end", example="lean",
+        doc="what serves HTTP/1.1: lean (httptools, the default) or twisted (twisted.web)",
     )
     listeners: tuple[ListenerConfig, ...] = attrs.field(converter=tuple, default=())
     tls: TLSConfig | None = None

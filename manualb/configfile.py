@@ -202,12 +202,14 @@ def parseConfig(
     shutdownTimeout = _default(Config, "shutdown_timeout")
     explainRecords = _default(Config, "explain_records")
     workers = _default(Config, "workers")
+    frontEnd = None
     if sections.main is not None:
         main = _simpleKeys(sections.section(sections.main), Config, {"client_timeout": None})
         clientTimeout = main["client_timeout"]
         shutdownTimeout = main["shutdown_timeout"]
         explainRecords = main["explain_records"]
         workers = main["workers"]
+        frontEnd = main["front_end"]
     logFormat = _parseLogFormat(sections)
     admin = adminToken = state = instance = None
     if sections.main is not None:
@@ -249,6 +251,7 @@ def parseConfig(
         admin_token_file=adminToken,
         state=state,
         instance=instance,
+        front_end=frontEnd,
         listeners=listeners,
         tls=tls,
         streams=streams,
@@ -700,6 +703,7 @@ def _parseListeners(
                 endpoints,
                 _parseListenerRoutes(sections, section),
                 _parseRedirect(section, endpoints),
+                section.read("front_end", keys(ListenerConfig)["front_end"]),
             )
         )
     return tuple(listeners)

@@ -580,7 +580,7 @@ class SectionErrorTests(SynchronousTestCase):
             MAIN + "acces_log = -\n",
             "lb.ini: [manualb] acces_log: unknown key "
             "(known keys: listen, access_log, log_format, client_timeout, shutdown_timeout, "
-            "admin, admin_token_file, explain_records, workers, state, instance, redirect_https); "
+            "admin, admin_token_file, explain_records, workers, state, instance, front_end, redirect_https); "
             "did you mean 'access_log'?",
         )
 
@@ -2558,7 +2558,7 @@ class ListenTests(SynchronousTestCase):
         self.assertError(
             MAIN + "[listener web]\nlisten = tcp:81\nport = 81\n",
             "lb.ini: [listener web] port: unknown key "
-            "(known keys: listen, routes, redirect_https)",
+            "(known keys: listen, routes, redirect_https, front_end)",
         )
 
     def test_missingListen(self) -> None:
@@ -3713,7 +3713,7 @@ class KeyDeclarationTests(SynchronousTestCase):
                 self.assertTrue(declared.doc, (model, name))
                 self.assertIn(
                     declared.kind,
-                    (None, "duration", "integer", "size", "flag", "text", "workers"),
+                    (None, "duration", "integer", "size", "flag", "text", "workers", "front_end"),
                     (model, name),
                 )
 

@@ -58,7 +58,7 @@ LAYERS: list[tuple[str, ...]] = [
         "fleetadmin",
         "configfile",
     ),
-    ("web.http2", "web.channel", "web.site", "web"),
+    ("web.http2", "web.channel", "web.site", "web", "front.request", "front.http1", "front"),
     ("reloading", "service"),
     ("supervisor", "tlstesting", "testing", "demo", "tap", "worker", "__main__", "__init__"),
 ]

@@ -285,11 +285,13 @@ def manualbConfig(
     backlog: int | None = None,
     gatekeeper: str = "",
     workers: int = 1,
+    frontEnd: str = "lean",
 ) -> str:
     """
     manualb configuration: listen on C{port} (with C{backlog=N} when
-    given), round robin over C{backends}, in C{workers} processes;
-    C{gatekeeper} adds lines to its C{[gatekeeper]} section.
+    given), round robin over C{backends}, in C{workers} processes, served
+    by the HTTP/1.1 front end C{frontEnd}; C{gatekeeper} adds lines to its
+    C{[gatekeeper]} section.
     """
     servers = "".join(f"    127.0.0.1:{p}\n" for p in backends)
     listen = f"tcp:{port}:interface=127.0.0.1"
@@ -300,6 +302,7 @@ def manualbConfig(
 listen = {listen}
 access_log = off
 workers = {workers}
+front_end = {frontEnd}
 
 [gatekeeper]
 ; The streaming run uploads far more than nginx's 1m default.
@@ -350,14 +353,16 @@ def startManualb(
     backlog: int | None = None,
     gatekeeper: str = "",
     workers: int = 1,
+    frontEnd: str = "lean",
 ):
     """
-    Start manualb in front of C{backends}, in C{workers} processes; return
-    C{(process, port)}.
+    Start manualb in front of C{backends}, in C{workers} processes, with the
+    HTTP/1.1 front end C{frontEnd}; return C{(process, port)}.
     """
     port = freePort()
     conf = writeFile(
-        procs.workdir / f"{name}.ini", manualbConfig(port, backends, backlog, gatekeeper, workers)
+        procs.workdir / f"{name}.ini",
+        manualbConfig(port, backends, backlog, gatekeeper, workers, frontEnd),
     )
     argv = [
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
@@ -712,6 +717,9 @@ def report(results: dict) -> str:
     m, b = load.get("manualb", {}), load.get("twisted.web.proxy", {})
     if "rps" in m and "rps" in b and b["rps"]:
         out.append(f"manualb / baseline: {m['rps'] / b['rps']:.1f}x")
+    t = load.get("manualb twisted.web front", {})
+    if "rps" in t and "rps" in b and b["rps"]:
+        out.append(f"manualb (twisted.web front end) / baseline: {t['rps'] / b['rps']:.1f}x")
     n = load.get("nginx", {})
     if "rps" in m and "rps" in n and n["rps"]:
         out.append(f"manualb / nginx: {m['rps'] / n['rps']:.2f}x")
@@ -730,11 +738,12 @@ def report(results: dict) -> str:
 # -- main -------------------------------------------------------------------
 
 
-#: What the load test measures, in order: manualb, manualb with its WAF
+#: What the load test measures, in order: manualb (its lean HTTP/1.1 front
+#: end, the default), manualb on twisted.web's front end, manualb with its WAF
 #: blocking (what the gatekeeper costs), manualb with C{workers = 2} (not
 #: pinned: its two workers may use both CPUs, which wrk and the backends
 #: share with them), and the peers.
-PROXIES = ["manualb", "manualb+waf", "manualb x2 workers", "twisted.web.proxy", "nginx"]
+PROXIES = ["manualb", "manualb twisted.web front", "manualb+waf", "manualb x2 workers", "twisted.web.proxy", "nginx"]
 
 
 def parseArgs(argv: list[str]) -> argparse.Namespace:
@@ -771,6 +780,10 @@ def runLoad(procs, proxyPin, otherPin, backendPorts, args) -> dict:
         try:
             if name == "manualb":
                 process, port = startManualb(procs, proxyPin, "manualb", list(backendPorts))
+            elif name == "manualb twisted.web front":
+                process, port = startManualb(
+                    procs, proxyPin, "manualb-twisted", list(backendPorts), frontEnd="twisted"
+                )
             elif name == "manualb+waf":
                 process, port = startManualb(
                     procs, proxyPin, "manualb-waf", list(backendPorts), gatekeeper=WAF_GATEKEEPER

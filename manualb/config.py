@@ -587,6 +587,8 @@ class ListenerConfig:
         answers of that code on this listener.
     @ivar hsts: The C{Strict-Transport-Security} of its TLS answers in
         place of C{[tls]}'s, or C{"off"}; L{None} for C{[tls]}'s.
+    @ivar front_end: What serves its HTTP/1.1 connections, C{"lean"} or
+        C{"twisted"}; L{None} for C{[manualb]}'s choice.
     """
 
     name: str
@@ -602,6 +604,9 @@ class ListenerConfig:
     )
     hsts: str | None = key(
         None, doc="the Strict-Transport-Security of its TLS answers, or off"
+    )
+    front_end: str | None = key(
+        None, kind="front_end", doc="lean or twisted: what serves HTTP/1.1; [manualb]'s if absent"
     )
 
 
@@ -908,6 +913,9 @@ class Config:
         it in the process.
     @ivar instance: The name of this instance in the shared state, or
         L{None} for C{HOSTNAME:PID}.
+    @ivar front_end: What serves the listeners' HTTP/1.1 connections
+        (C{"lean"} or C{"twisted"}) where a listener does not choose; L{None}
+        for L{manualb.front.DEFAULT_FRONT_END}.
     @ivar listeners: The HTTP listeners: C{"default"} from C{[manualb]
         listen} (with C{[manualb] redirect_https}) first if it has any
         endpoint, then the C{[listener NAME]} sections.
@@ -963,6 +971,10 @@ class Config:
     )
     instance: str | None = key(
         None, doc="the name of this instance in the shared state; HOSTNAME:PID if absent"
+    )
+    front_end: str | None = key(
+        None, kind="front_end", example="lean",
+        doc="what serves HTTP/1.1: lean (httptools, the default) or twisted (twisted.web)",
     )
     listeners: tuple[ListenerConfig, ...] = attrs.field(converter=tuple, default=())
     tls: TLSConfig | None = None

@@ -212,12 +212,14 @@ def parseConfig(
     shutdownTimeout = keyDefault(Config, "shutdown_timeout")
     explainRecords = keyDefault(Config, "explain_records")
     workers = keyDefault(Config, "workers")
+    frontEnd = None
     if sections.main is not None:
         main = readKeys(sections.section(sections.main), Config, {"client_timeout": None})
         clientTimeout = main["client_timeout"]
         shutdownTimeout = main["shutdown_timeout"]
         explainRecords = main["explain_records"]
         workers = main["workers"]
+        frontEnd = main["front_end"]
     logFormat = _parseLogFormat(sections)
     admin = adminToken = state = instance = None
     if sections.main is not None:
@@ -272,6 +274,7 @@ def parseConfig(
         admin_token_file=adminToken,
         state=state,
         instance=instance,
+        front_end=frontEnd,
         listeners=listeners,
         tls=tls,
         streams=streams,
@@ -721,6 +724,7 @@ def _parseListeners(
                     section,
                     any(termination.isSNI(each) or each.startswith("ssl:") for each in endpoints),
                 ),
+                front_end=section.read("front_end", keys(ListenerConfig)["front_end"]),
             )
         )
     return tuple(listeners)

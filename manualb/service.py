@@ -53,6 +53,7 @@ from manualb.syntax import anyPort
 from manualb.state import sharedState
 from manualb.urlmap import URLMap
 from manualb.web import ProxyResource, ProxySite, listening
+from manualb.front import serving
 
 log = Logger()
 
@@ -296,9 +297,10 @@ class LoadBalancer:
         or, on a plain endpoint of a listener with C{redirect_https}, its
         site that redirects to the https URL (L{redirects}).
         """
+        frontEnd = listener.front_end or self.config.front_end
         if listener.redirect_https is not None and not isTLS(description):
-            return self.redirects[listener.name]
-        return self.sites[listener.name]
+            return serving(self.redirects[listener.name], frontEnd)
+        return serving(self.sites[listener.name], frontEnd)
 
     def listen(self, listener: ListenerConfig, description: str) -> IService:
         """

@@ -295,7 +295,8 @@ def parseValue(text: str, kind: str, minimum: float | None = None) -> object:
     @param kind: C{"duration"} (seconds, more than zero unless C{minimum} is
         0), C{"integer"} (at least C{minimum}, 0 when L{None}), C{"size"}
         (bytes, more than zero when C{minimum} is 1), C{"flag"} (C{on} or
-        C{off}), C{"text"} (as written) or C{"workers"} (L{workersValue}).
+        C{off}), C{"text"} (as written), C{"workers"} (L{workersValue}) or
+        C{"front_end"} (C{lean} or C{twisted}).
 
     @raise ValueError: with a message quoting C{text}.
     """
@@ -314,6 +315,10 @@ def parseValue(text: str, kind: str, minimum: float | None = None) -> object:
         return text
     if kind == "workers":
         return workersValue(text)
+    if kind == "front_end":
+        if text.lower() not in ("lean", "twisted"):
+            raise ValueError(f"expected lean or twisted, got {text!r}")
+        return text.lower()
     raise ValueError(f"unknown kind of value {kind!r}")
 
 

@@ -33,6 +33,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import directlyProvides, implementer
 
+from manualb.front import serving
 from manualb.accesslog import AccessLog
 from manualb.config import Config
 from manualb.configfile import parseConfig
@@ -810,13 +811,13 @@ class MemoryBalancer:
         config = self.balancer.config
         if listener is None:
             if not config.listeners:
-                return self.balancer.site
+                return serving(self.balancer.site, config.front_end)
             listener = config.listeners[0].name
         [chosen] = [each for each in config.listeners if each.name == listener]
         for description in chosen.listen:
             if isTLS(description) == tls:
                 return self.balancer.factoryFor(chosen, description)
-        return self.balancer.sites[chosen.name]
+        return serving(self.balancer.sites[chosen.name], chosen.front_end or config.front_end)
 
     def _wire(self, server, client, serverAddress, clientAddress, tls=False) -> iosim.IOPump:
         serverIO = iosim.FakeTransport(

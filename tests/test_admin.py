@@ -21,6 +21,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET
 
 from manualb import admin as adminModule
+from manualb.front import siteOf
 from manualb.admin import RecentRequests, isLoopback, withLoopback
 from manualb.config import ConfigError
 from manualb.configfile import loadConfig, parseConfig
@@ -98,7 +99,7 @@ class AdminTestCase(TestCase):
         for child in service:
             if child.name:
                 child._waitingForPort.addCallback(
-                    lambda port, child=child: ports.__setitem__(child.serving, port) or port
+                    lambda port, child=child: ports.__setitem__(siteOf(child.serving), port) or port
                 )
         self.proxyPort = ports.pop(service.balancer.sites["default"]).getHost().port
         [adminPort] = ports.values()

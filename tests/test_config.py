@@ -580,8 +580,8 @@ class SectionErrorTests(SynchronousTestCase):
             MAIN + "acces_log = -\n",
             "lb.ini: [manualb] acces_log: unknown key "
             "(known keys: listen, access_log, log_format, client_timeout, shutdown_timeout, "
-            "admin, admin_token_file, explain_records, workers, state, instance, server_tokens, "
-            "error_page, redirect_https, include); "
+            "admin, admin_token_file, explain_records, workers, state, instance, front_end, "
+            "server_tokens, error_page, redirect_https, include); "
             "did you mean 'access_log'?",
         )
 
@@ -2567,7 +2567,7 @@ class ListenTests(SynchronousTestCase):
         self.assertError(
             MAIN + "[listener web]\nlisten = tcp:81\nport = 81\n",
             "lb.ini: [listener web] port: unknown key "
-            "(known keys: listen, routes, redirect_https, error_page, hsts)",
+            "(known keys: listen, routes, redirect_https, error_page, hsts, front_end)",
         )
 
     def test_missingListen(self) -> None:
@@ -3722,7 +3722,7 @@ class KeyDeclarationTests(SynchronousTestCase):
                 self.assertTrue(declared.doc, (model, name))
                 self.assertIn(
                     declared.kind,
-                    (None, "duration", "integer", "size", "flag", "text", "workers"),
+                    (None, "duration", "integer", "size", "flag", "text", "workers", "front_end"),
                     (model, name),
                 )
 

@@ -21,6 +21,7 @@ from twisted.web.server import Site
 
 from zope.interface import implementer
 
+from manualb.front import siteOf
 from manualb.accesslog import AccessLog
 from manualb.configfile import parseConfig
 from manualb.view import Passage
@@ -404,14 +405,14 @@ class MakeServiceTests(TestCase):
         self.addCleanup(parent.balancer.close)
         services = {service.name: service for service in parent if service.name}
         self.assertIsInstance(services["sni:0"].endpoint, SNIServerEndpoint)
-        self.assertIs(services["sni:0"].serving, parent.balancer.sites["default"])
-        redirect = services["tcp:0"].serving
+        self.assertIs(siteOf(services["sni:0"].serving), parent.balancer.sites["default"])
+        redirect = siteOf(services["tcp:0"].serving)
         self.assertIs(redirect, parent.balancer.redirects["default"])
         self.assertIsInstance(redirect, ProxySite)
         self.assertIsInstance(redirect.resource.stages[-1], RedirectToHTTPS)
         self.assertIs(redirect.connections, parent.balancer.connections)
         self.assertIsInstance(
-            services["tcp:0:interface=127.0.0.1"].serving, ProxySite
+            siteOf(services["tcp:0:interface=127.0.0.1"].serving), ProxySite
         )
         self.assertIs(
             services["tcp:0:interface=127.0.0.2"].serving, parent.balancer.streams["s"]

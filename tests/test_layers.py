@@ -76,7 +76,7 @@ LAYERS: list[tuple[str, ...]] = [
         "upstreamconfig",
         "configfile",
     ),
-    ("web.http2", "web.channel", "web.site", "web"),
+    ("web.http2", "web.channel", "web.site", "web", "front.request", "front.http1", "front"),
     ("reloading", "entry", "service"),
     (
         "supervisor",

@@ -22,6 +22,7 @@ from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 from zope.interface.verify import verifyObject
 
+from manualb.front import siteOf
 from manualb.configfile import parseConfig
 from manualb.interfaces import IStateStore
 from manualb.redisstate import RedisStateStore
@@ -63,7 +64,7 @@ class Instance:
         for child in service:
             if child.name:
                 child._waitingForPort.addCallback(
-                    lambda port, child=child: ports.__setitem__(child.serving, port) or port
+                    lambda port, child=child: ports.__setitem__(siteOf(child.serving), port) or port
                 )
         self.proxyPort = ports.pop(service.balancer.sites["default"]).getHost().port
         [adminPort] = ports.values()

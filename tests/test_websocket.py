@@ -4,6 +4,8 @@ over real sockets with a real WebSocket echo backend.
 """
 
 import base64
+
+import attrs
 import hashlib
 import os
 import struct
@@ -23,6 +25,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http import HTTPChannel
 
+from manualb.front import HTTP1Connection
 from manualb.service import LoadBalancer
 from manualb.testing import MemoryBalancer, balancerConfig
 
@@ -338,6 +341,9 @@ class MemoryUpgradeTests(SynchronousTestCase):
         its Upgrade.
         """
         self.patch(HTTPChannel, "_protocolUpgradeForWebsockets", None)
+        self.lb = MemoryBalancer(
+            attrs.evolve(balancerConfig(["10.0.0.1:8001"]), front_end="twisted")
+        )
         client = self.lb.client()
         client.send(UPGRADE)
         backend = self.lb.acceptConnection()
@@ -357,6 +363,7 @@ class MemoryUpgradeTests(SynchronousTestCase):
             raise RuntimeError("no")
 
         self.patch(HTTPChannel, "_protocolUpgradeForWebsockets", broken)
+        self.patch(HTTP1Connection, "_takeOver", lambda self, request, protocol: broken(self, protocol))
         client = self.lb.client()
         client.send(UPGRADE)
         backend = self.lb.acceptConnection()

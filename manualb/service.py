@@ -1,6 +1,6 @@
 """
-Building the load balancer from a configuration: the pools, the URL maps,
-the proxy resources and the sites that serve them, the TCP stream proxies,
+Building the load balancer from a configuration: the pools, the sites
+(L{manualb.sites}), the TCP stream proxies, the admin API,
 and the listening services (stage 1, the entry).
 """
 
@@ -27,12 +27,8 @@ from manualb.config import (
     ListenerConfig,
 )
 from manualb.configfile import loadConfig
-from manualb.hsts import HostStrictTransport, hostStage, listenerHSTS
-from manualb.gatekeeper import Gatekeeper, TrustedProxies, frontEndBodyLimit, gatekeeperEngines
+from manualb.gatekeeper import gatekeeperEngines
 from manualb.selection import Pool, Server
-from manualb.errorpages import LocalAnswers, SiteAnswers, withSiteAnswers
-from manualb.errorpages import sharesSite as _sharesSite
-from manualb.stages import defaultStages, listenerRedirectStages
 from manualb.streams import StreamProxyFactory
 from manualb.termination import (
     SNIContextFactory,
@@ -43,16 +39,15 @@ from manualb.termination import (
 )
 from manualb.reloading import (
     changes as describeChanges,
-    keepAddedStages,
     restartNeeded,
     servedBy,
 )
 from manualb.entry import ownedLines, serverEndpoint, withBacklog
 from manualb.pools import buildPool
+from manualb.sites import Sites
 from manualb.syntax import anyPort
 from manualb.state import sharedState
-from manualb.urlmap import URLMap
-from manualb.web import ProxyResource, ProxySite, listening
+from manualb.web import listening
 from manualb.front import serving
 
 log = Logger()
@@ -144,17 +139,23 @@ class LoadBalancer:
             self.waf, self.rateLimiter = gatekeeperEngines(config, reactor)
         else:
             self.waf, self.rateLimiter = gatekeeperEngines(config, reactor, self.shared.rates)
-        self.site = self._proxySite(
-            None,
-            listener=",".join(each.name for each in config.listeners if _sharesSite(each)),
+        self._sites = Sites(
+            config,
+            self.pools,
+            reactor,
+            self.connections,
+            (self.waf, self.rateLimiter),
+            None if self.acme is None else self.acme.stage,
+            accessLog,
+            self.recent,
+            self.metrics,
+        )
+        self.site, self.sites, self.redirects = (
+            self._sites.site,
+            self._sites.sites,
+            self._sites.redirects,
         )
         self.resource = self.site.resource
-        self.sites = {listener.name: self._siteFor(listener) for listener in config.listeners}
-        self.redirects = {
-            listener.name: self._proxySite((), self._redirectStages(listener), listener.name)
-            for listener in config.listeners
-            if listener.redirect_https is not None
-        }
         self.streams = {
             stream.name: StreamProxyFactory(stream, self.pools[stream.upstream], reactor)
             for stream in config.streams
@@ -175,63 +176,6 @@ class LoadBalancer:
         self.admin.shared = self.metrics.shared = self.shared
         self.admin.acme = self.acme
         self._adminSite = adminSite(self.admin, self.reactor)
-
-    def _proxySite(self, routeNames, stages=None, listener: str = "") -> ProxySite:
-        named = [each for each in self.config.listeners if each.name == listener]
-        urlMap, stages, gatekeeper = self._siteParts(routeNames, stages, *named)
-        resource = ProxyResource(
-            urlMap, self.reactor, self.accessLog, stages, self.recent, listener, self.metrics
-        )
-        return ProxySite(
-            resource,
-            timeout=self.config.gatekeeper.keepalive_timeout,
-            reactor=self.reactor,
-            hsts=listenerHSTS(self.config, listener),
-            gatekeeper=gatekeeper,
-            connections=self.connections,
-        )
-
-    def _siteParts(self, routeNames, stages=None, listener: ListenerConfig | None = None):
-        """
-        The URL map, the stage chain and the client limits of a site that
-        serves the routes named C{routeNames} (all when L{None}) of the
-        configuration, with the stage chain C{stages} if given.
-        """
-        routes = self.config.routes
-        if routeNames is not None:
-            routes = [route for route in routes if route.name in routeNames]
-        urlMap = URLMap.fromConfig(routes, self.pools)
-        if stages is None:
-            stages = defaultStages(urlMap, self._gatekeeper(urlMap))
-            stages += filter(None, [hostStage(self.config, routes)])
-        pages = () if listener is None else listener.error_page
-        stages = withSiteAnswers(
-            list(stages), LocalAnswers.of(self.config.server_tokens, self.config.error_page, pages)
-        )
-        if self.acme is not None:
-            stages = [self.acme.stage, *stages]
-        gatekeeper = attrs.evolve(
-            self.config.gatekeeper,
-            client_max_body_size=frontEndBodyLimit(self.config.gatekeeper, routes),
-        )
-        return urlMap, stages, gatekeeper
-
-    def _gatekeeper(self, urlMap: URLMap | None) -> Gatekeeper:
-        """
-        The gatekeeper stage of a chain with the routes of C{urlMap} (none
-        for a chain that redirects to https); every chain's shares the WAF
-        and the rate limiter.
-        """
-        return Gatekeeper(self.config.gatekeeper, urlMap, self.waf, self.rateLimiter)
-
-    def _siteFor(self, listener: ListenerConfig) -> ProxySite:
-        if _sharesSite(listener):
-            return self.site
-        routes = None if listener.routes is None else set(listener.routes)
-        return self._proxySite(routes, listener=listener.name)
-
-    def _redirectStages(self, listener: ListenerConfig) -> list:
-        return listenerRedirectStages(listener, self.config.routes, self.pools, self._gatekeeper)
 
     def load(self) -> None:
         """
@@ -482,7 +426,7 @@ class LoadBalancer:
         self.connections.limit = config.gatekeeper.max_connections
         self._reloadStreams(config)
         self._reloadAdmin(old, config, token)
-        self._reloadSites(old, config)
+        self._sites.reload(config)
         for line, service in self._listening.items():
             if line not in closing:
                 self._serveWith(service, self._served(line))
@@ -541,51 +485,7 @@ class LoadBalancer:
             self.recent.resize(config.explain_records)
         if self.admin is not None:
             self.admin.token = token
-        for site in self._allSites():
-            site.resource.recent = self.recent
-            site.resource.metrics = self.metrics
-
-    def _reloadSites(self, old: Config, config: Config) -> None:
-        """
-        Give each listener of C{config} its sites (one that changes between
-        serving every route and some, or between redirecting to https and
-        not, a new one), and every site the routes and stage chain of
-        C{config}.
-        """
-        before = {listener.name: listener for listener in old.listeners}
-        names = set()
-        for listener in config.listeners:
-            names.add(listener.name)
-            previous = before.get(listener.name)
-            if previous is None or _sharesSite(previous) != _sharesSite(listener):
-                self.sites[listener.name] = self._siteFor(listener)
-            if listener.redirect_https is None:
-                self.redirects.pop(listener.name, None)
-            elif listener.name not in self.redirects:
-                self.redirects[listener.name] = self._proxySite((), (), listener.name)
-        for name in [name for name in self.sites if name not in names]:
-            del self.sites[name]
-            self.redirects.pop(name, None)
-        self.site.resource.listener = ",".join(
-            each.name for each in config.listeners if _sharesSite(each)
-        )
-        self._refreshSite(self.site, None)
-        for listener in config.listeners:
-            if not _sharesSite(listener):
-                routes = None if listener.routes is None else set(listener.routes)
-                self._refreshSite(self.sites[listener.name], routes, listener=listener)
-            if listener.name in self.redirects:
-                self._refreshSite(
-                    self.redirects[listener.name], (), self._redirectStages(listener), listener
-                )
-
-    def _allSites(self) -> list[ProxySite]:
-        """
-        Every site of the balancer, once each.
-        """
-        sites = {id(site): site for site in (self.site, *self.sites.values())}
-        sites.update((id(site), site) for site in self.redirects.values())
-        return list(sites.values())
+        self._sites.useAdmin(self.recent, self.metrics)
 
     def _serveWith(self, service: IService, factory: Factory) -> None:
         """
@@ -634,9 +534,7 @@ class LoadBalancer:
             if self.accessLog is not None:
                 self.accessLog.close()
             self.accessLog = accessLog
-            sites = [self.site, *self.sites.values(), *self.redirects.values()]
-            for site in sites:
-                site.resource.accessLog = accessLog
+            self._sites.useAccessLog(accessLog)
 
     def _openLines(self, config: Config) -> tuple[list[str], list[tuple[str, str]]]:
         """
@@ -728,28 +626,6 @@ class LoadBalancer:
 
         timer = self.reactor.callLater(self.config.shutdown_timeout, timedOut)
         self._closingTimers.append(timer)
-
-    def _refreshSite(self, site: ProxySite, routeNames, stages=None, listener=None) -> None:
-        """
-        Give C{site} the routes and stage chain of the configuration now in
-        place: its resource's, swapped in place so that open connections
-        take them from their next request.
-        """
-        urlMap, stages, gatekeeper = self._siteParts(routeNames, stages, listener)
-        resource = site.resource
-        resource.urlMap = urlMap
-        current = [
-            stage
-            for stage in resource.stages
-            if not isinstance(stage, (SiteAnswers, HostStrictTransport))
-        ]
-        resource.stages = keepAddedStages(current, list(stages))
-        site.gatekeeper = gatekeeper
-        site.trustedProxies = (
-            TrustedProxies(gatekeeper.trusted_proxies) if gatekeeper.trusted_proxies else None
-        )
-        site.timeOut = gatekeeper.keepalive_timeout
-        site.hsts = listenerHSTS(self.config, resource.listener)
 
     def _departed(self, ended: Deferred) -> None:
         """

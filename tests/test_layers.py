@@ -77,7 +77,7 @@ LAYERS: list[tuple[str, ...]] = [
         "configfile",
     ),
     ("web.http2", "web.channel", "web.site", "web", "front.request", "front.http1", "front"),
-    ("reloading", "entry", "service"),
+    ("reloading", "entry", "sites", "service"),
     (
         "supervisor",
         "tlstesting",

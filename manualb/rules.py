@@ -58,18 +58,30 @@ def errorBody(code: int, title: bytes, detail: bytes) -> bytes:
     )
 
 
-def errorResponse(code: int, detail: bytes) -> bytes:
+#: The C{Server} of C{server_tokens = off}: no version.
+SERVER_NAME_ONLY = b"manualb"
+
+
+def serverNameOf(site: object) -> bytes:
+    """
+    The C{Server} that C{site} answers with (its C{serverName}), or
+    L{SERVER_NAME}.
+    """
+    return getattr(site, "serverName", SERVER_NAME)
+
+
+def errorResponse(code: int, detail: bytes, server: bytes = SERVER_NAME) -> bytes:
     """
     A whole HTTP/1.1 error response, page included, after which the
     connection closes: for a request that could not be read, or a
-    connection that cannot be served.
+    connection that cannot be served; C{server} is its C{Server}.
     """
     title = REASONS[code]
     body = errorBody(code, title, detail)
     return (
         b"HTTP/1.1 %d %s\r\nServer: %s\r\nContent-Type: text/html; charset=utf-8"
         b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-        % (code, title, SERVER_NAME, len(body), body)
+        % (code, title, server, len(body), body)
     )
 
 

@@ -18,6 +18,7 @@ from manualb.gatekeeper import Gatekeeper, TrustedProxies, frontEndBodyLimit
 from manualb.hsts import HostStrictTransport, hostStage, listenerHSTS
 from manualb.interfaces import IStage
 from manualb.reloading import keepAddedStages
+from manualb.rules import SERVER_NAME, SERVER_NAME_ONLY
 from manualb.selection import Pool
 from manualb.stages import defaultStages, listenerRedirectStages
 from manualb.urlmap import URLMap
@@ -151,7 +152,7 @@ class Sites:
         resource = ProxyResource(
             urlMap, self.reactor, self.accessLog, stages, self.recent, listener, self.metrics
         )
-        return ProxySite(
+        site = ProxySite(
             resource,
             timeout=self.config.gatekeeper.keepalive_timeout,
             reactor=self.reactor,
@@ -159,6 +160,11 @@ class Sites:
             gatekeeper=gatekeeper,
             connections=self.connections,
         )
+        site.serverName = self._serverName()
+        return site
+
+    def _serverName(self) -> bytes:
+        return SERVER_NAME if self.config.server_tokens else SERVER_NAME_ONLY
 
     def _parts(self, routeNames, stages=None, listener: ListenerConfig | None = None):
         """
@@ -221,3 +227,4 @@ class Sites:
         )
         site.timeOut = gatekeeper.keepalive_timeout
         site.hsts = listenerHSTS(self.config, resource.listener)
+        site.serverName = self._serverName()

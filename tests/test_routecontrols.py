@@ -528,3 +528,52 @@ class RealSocketTests(TestCase):
         body = yield readBody(response)
         self.assertEqual((response.code, body), (200, b"ok"))
         self.assertEqual(len(backend.seen), 1)
+
+    @inlineCallbacks
+    def test_serverTokensOnRefusals(self):
+        """
+        With C{server_tokens = off}, the answers the front end makes itself
+        (a request it cannot read, a connection over C{max_connections})
+        say C{Server: manualb} without the version too, on either front
+        end.
+        """
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        from twisted.internet.protocol import Protocol
+        from twisted.internet.defer import Deferred
+
+        from manualb.front import serving
+
+        class Collect(Protocol):
+            def __init__(self):
+                self.data = b""
+                self.done = Deferred()
+
+            def connectionMade(self):
+                self.transport.write(b"GET / HTTP/1.1\r\n\r\n")
+
+            def dataReceived(self, data):
+                self.data += data
+
+            def connectionLost(self, reason=None):
+                self.done.callback(self.data)
+
+        config = attrs.evolve(balancerConfig(["127.0.0.1:1"]), server_tokens=False)
+        balancer = LoadBalancer(config, reactor)
+        self.addCleanup(balancer.close)
+        most = balancer.connections.limit
+        for frontEnd in ("lean", "twisted"):
+            listening = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+                serving(balancer.site, frontEnd)
+            )
+            self.addCleanup(listening.stopListening)
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", listening.getHost().port)
+            client = yield connectProtocol(endpoint, Collect())
+            answer = yield client.done
+            self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), (frontEnd, answer))
+            self.assertIn(b"\r\nServer: manualb\r\n", answer, frontEnd)
+            balancer.connections.limit = 0
+            client = yield connectProtocol(endpoint, Collect())
+            answer = yield client.done
+            balancer.connections.limit = most
+            self.assertTrue(answer.startswith(b"HTTP/1.1 503 "), (frontEnd, answer))
+            self.assertIn(b"\r\nServer: manualb\r\n", answer, frontEnd)

@@ -36,7 +36,7 @@ from manualb.config import GatekeeperConfig
 from manualb.exchange import Exchange
 from manualb.forwarding import connectionTokens
 from manualb.front.request import BodyReader, HeaderLines, LeanRequest
-from manualb.rules import errorResponse, requestProblem
+from manualb.rules import errorResponse, requestProblem, serverNameOf
 from manualb.stages import requestView
 from manualb.transports import Deadline, cancelCall, setNoDelay
 from manualb.view import clientHost
@@ -548,7 +548,7 @@ class HTTP1Connection(Protocol):
         self._close()
 
     def _writeError(self, code: int, detail: bytes) -> None:
-        answer = errorResponse(code, detail)
+        answer = errorResponse(code, detail, serverNameOf(self.site))
         transport = self.transport
         if transport is None:
             return
@@ -743,12 +743,15 @@ class LeanFactory(ServerFactory):
         site = self.site
         connections = site.connections
         if connections.full:
-            return Overloaded()
+            refusal = Overloaded()
+            refusal.server = serverNameOf(site)
+            return refusal
         most = site.gatekeeper.limit_conn
         connection = HTTP1Connection(site)
         if most and not connections.admit(connection, clientHost(addr), most):
             refusal = Overloaded()
             refusal.limit = "limit_conn"
+            refusal.server = serverNameOf(site)
             return refusal
         connections.opened(connection)
         return connection

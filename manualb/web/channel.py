@@ -34,7 +34,7 @@ from twisted.web.http import HTTPChannel, Request, _GenericHTTPChannelProtocol
 from manualb.config import GatekeeperConfig
 from manualb.forwarding import connectionTokens
 from manualb.web.http2 import ProxyH2Connection
-from manualb.rules import CONTROL, errorResponse, requestProblem
+from manualb.rules import CONTROL, SERVER_NAME, errorResponse, requestProblem, serverNameOf
 from manualb.transports import Deadline, cancelCall, setNoDelay
 from manualb.view import clientHost
 
@@ -304,7 +304,7 @@ class ProxyChannel(HTTPChannel):
         """
         Answer a request that could not be read, and log it.
         """
-        answer = errorResponse(code, detail)
+        answer = errorResponse(code, detail, serverNameOf(self.site))
         self.transport.write(answer)
         accessLog = getattr(self.site, "accessLog", None)
         if accessLog is not None:
@@ -464,6 +464,7 @@ class Overloaded(Protocol):
     """
 
     limit = "max_connections"
+    server = SERVER_NAME
 
     def connectionMade(self) -> None:
         log.warn(
@@ -472,7 +473,7 @@ class Overloaded(Protocol):
             limit=self.limit,
         )
         self.transport.write(
-            errorResponse(503, b"Too many connections; try again later.")
+            errorResponse(503, b"Too many connections; try again later.", self.server)
         )
         self.transport.loseConnection()
 
@@ -538,6 +539,7 @@ class ChannelSwitch(_GenericHTTPChannelProtocol):
             if most and not limit.admit(self, clientHost(transport.getPeer()), most):
                 refusal = Overloaded()
                 refusal.limit = "limit_conn"
+                refusal.server = serverNameOf(self._site)
                 self._channel = refusal
                 # Served as it is, whatever ALPN chose.
                 self._negotiatedProtocol = b"http/1.1"

@@ -80,9 +80,9 @@ from manualb.rules import (
     MAX_CONTENT_LENGTH,
     METHOD,
     REASONS,
-    SERVER_NAME,
     TARGET,
     errorBody,
+    serverNameOf,
 )
 from manualb.transports import cancelCall, setNoDelay
 
@@ -549,7 +549,7 @@ class ProxyH2Connection(H2Connection):
             body = b""
         headers = [
             (b":status", b"%d" % (status,)),
-            (b"server", SERVER_NAME),
+            (b"server", serverNameOf(self.site)),
             (b"content-type", b"text/html; charset=utf-8"),
             (b"content-length", b"%d" % (len(body),)),
         ]

@@ -240,6 +240,8 @@ class ProxySite(server.Site):
     """
 
     trustedProxies: TrustedProxies | None = None
+    #: The C{Server} of the answers the front end makes itself.
+    serverName = SERVER_NAME
 
     requestFactory = StreamingRequest
     protocol = buildChannel
@@ -267,7 +269,9 @@ class ProxySite(server.Site):
     def buildProtocol(self, addr):
         connections = self.connections
         if connections.full:
-            return Overloaded()
+            refusal = Overloaded()
+            refusal.server = self.serverName
+            return refusal
         protocol = super().buildProtocol(addr)
         connections.opened(protocol)
         return protocol

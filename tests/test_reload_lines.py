@@ -316,3 +316,23 @@ class ReloadLinesTests(ServingFile, TestCase):
         self.assertEqual(list(self.ports()), ["tcp:0:interface=127.0.0.1"])
         self.assertIsNone(self.balancer.admin)
         self.assertEqual((yield self.get()), (200, b"A\n"))
+
+    @inlineCallbacks
+    def test_frontEnd(self):
+        """
+        A reload that changes C{front_end} serves the next connections of
+        the same socket with the new front end.
+        """
+        from manualb.front import LeanFactory
+        from manualb.web import ProxySite
+
+        a = yield self.backend(NamedBackend("A"))
+        self.start(_config({"pool": [a]}, extra="front_end = twisted"))
+        [service] = [child for child in self.service if child.name == "tcp:0:interface=127.0.0.1"]
+        self.assertIsInstance(service.serving, ProxySite)
+        self.assertEqual((yield self.get()), (200, b"A\n"))
+        self.reload(_config({"pool": [a]}, extra="front_end = lean"))
+        self.assertIsInstance(service.serving, LeanFactory)
+        self.assertEqual((yield self.get()), (200, b"A\n"))
+        self.reload(_config({"pool": [a]}, extra="front_end = lean\n[gatekeeper]\nmax_headers = 50"))
+        self.assertIsInstance(service.serving, LeanFactory)

@@ -30,7 +30,16 @@ LAYERS: list[tuple[str, ...]] = [
         "proxyprotocol",
         "merging",
     ),
-    ("rules", "accesslog", "tunnel", "responseparser", "bodies", "variables", "wafdecode"),
+    (
+        "rules",
+        "accesslog",
+        "tunnel",
+        "responseparser",
+        "bodies",
+        "variables",
+        "wafdecode",
+        "acmeclient",
+    ),
     (
         "handoff",
         "health",

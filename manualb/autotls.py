@@ -28,38 +28,57 @@ served a self-signed placeholder; the new one is swapped in live
 (L{manualb.termination.SNIContextFactory.update}: new connections get it,
 open ones keep theirs).  Renewal comes C{renew_before} ahead of expiry, with
 some jitter; a failure is logged once with its reason, shown in the admin
-API's status, and retried with back-off.  Instances (and workers) that
-share C{storage} take a lock before they order: one obtains, the others
-find the certificate in C{storage} and load it.
+API's status, and retried with back-off (or, for a rate limit, when the
+server's C{Retry-After} says).  Instances (and workers) take a lock before
+they order, so that one obtains and the others load it: a file lock in
+C{storage} for those that share it (which look for changed files every
+L{STORAGE_POLL} seconds), and with a shared state (C{[manualb] state}) a
+lock in it too, with the certificate and its key published there for every
+instance, whether or not they share C{storage}.
+
+The stateless pieces (certificates, the blocking ACME client) are in
+L{manualb.acmeclient}.
 """
 
 from __future__ import annotations
 
-import datetime
 import errno
 import fcntl
-import hashlib
 import importlib.util
 import os
 import random
-import tempfile
+import uuid
 from collections.abc import Callable, Sequence
 
 import attrs
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from manualb.acmeclient import (
+    ACMEClient,
+    Stored,
+    alpnChallengeCertificate,
+    fromPEM,
+    keyPEM,
+    newKey,
+    newer,
+    pemOf,
+    placeholderCertificate,
+    readStored,
+    reasonOf,
+    retryAfterOf,
+    retryAfterSeconds,
+    writePrivate,
+)
 from manualb.config import AcmeConfig, ListenerConfig, TLSConfig, keys
-from manualb.interfaces import IStage
+from manualb.interfaces import IStage, IStateListener
 from manualb.syntax import Section, hostName
 from manualb.termination import isTLS, splitDescription
 from manualb.view import Answer, Passage, normalizeHost
@@ -68,9 +87,11 @@ __all__ = [
     "ACME_KEYS",
     "AutoTLS",
     "ChallengeStage",
+    "StoreUnreachable",
     "alpnChallengeCertificate",
     "parseAcme",
     "placeholderCertificate",
+    "retryAfterSeconds",
 ]
 
 log = Logger()
@@ -80,8 +101,6 @@ ACME_KEYS: tuple[str, ...] = tuple(keys(AcmeConfig))
 
 #: The ALPN protocol of TLS-ALPN-01 (RFC 8737).
 ACME_TLS_ALPN = b"acme-tls/1"
-#: The certificate extension that carries the key authorization's digest.
-_ACME_IDENTIFIER = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")
 _CHALLENGE_PATH = b"/.well-known/acme-challenge/"
 
 #: Back-off after a failure: the first delay, doubled up to the last.
@@ -89,8 +108,14 @@ FIRST_RETRY = 60.0
 LAST_RETRY = 86400.0
 #: How long before trying again when another instance holds the lock.
 LOCK_WAIT = 10.0
-#: How long an order may take, from the first request to the certificate.
-ORDER_TIMEOUT = 90
+#: How long the lock in the shared state lasts unless renewed (its holder
+#: renews it every third of this while it orders).
+LOCK_TTL = 60.0
+#: How often, in seconds, the storage is looked at for certificates that
+#: another process sharing it obtained.
+STORAGE_POLL = 30.0
+#: The longest wait a C{Retry-After} of the ACME server is followed for.
+MAX_RETRY_AFTER = 7 * 86400.0
 
 
 # The configuration.
@@ -196,118 +221,6 @@ def parseAcme(
     return acme, attrs.evolve(tls, acme=tuple(hosts))
 
 
-# Certificates.
-
-
-def _newKey() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _selfSigned(name: str, key, extensions=()) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-    )
-    for extension, critical in extensions:
-        builder = builder.add_extension(extension, critical=critical)
-    return builder.sign(key, hashes.SHA256())
-
-
-def placeholderCertificate(name: str):
-    """
-    A self-signed certificate for C{name} and its key, served until the
-    real one arrives.
-    """
-    key = _newKey()
-    return _selfSigned(name, key), key
-
-
-def alpnChallengeCertificate(name: str, keyAuthorization: str):
-    """
-    The certificate of a TLS-ALPN-01 challenge (RFC 8737, section 3) and its
-    key: self-signed for C{name}, with the critical C{acmeIdentifier}
-    extension holding the SHA-256 digest of the key authorization as a DER
-    OCTET STRING.
-    """
-    digest = hashlib.sha256(keyAuthorization.encode("ascii")).digest()
-    value = b"\x04\x20" + digest
-    key = _newKey()
-    extension = x509.UnrecognizedExtension(_ACME_IDENTIFIER, value)
-    return _selfSigned(name, key, [(extension, True)]), key
-
-
-def _pem(certificates: Sequence[x509.Certificate]) -> bytes:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
-
-
-def _keyPEM(key) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def writePrivate(path: str, data: bytes) -> None:
-    """
-    Write C{data} to C{path} atomically (a reader finds the old file or the
-    new one, whole), readable and writable by the owner only.
-    """
-    directory = os.path.dirname(path)
-    fd, temporary = tempfile.mkstemp(prefix=".", dir=directory)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-
-
-@attrs.frozen
-class Stored:
-    """
-    A certificate of the storage: the leaf, its chain and its key.
-    """
-
-    leaf: x509.Certificate
-    chain: tuple[x509.Certificate, ...]
-    key: object
-
-    @property
-    def notAfter(self) -> float:
-        return self.leaf.not_valid_after_utc.timestamp()
-
-
-def _readStored(storage: str, name: str) -> Stored | None:
-    """
-    The certificate of C{name} in C{storage}, or L{None} when there is none
-    (or it cannot be read: it is then obtained again).
-    """
-    try:
-        with open(os.path.join(storage, name + ".crt"), "rb") as f:
-            certificates = x509.load_pem_x509_certificates(f.read())
-        with open(os.path.join(storage, name + ".key"), "rb") as f:
-            key = serialization.load_pem_private_key(f.read(), None)
-    except (OSError, ValueError, TypeError):
-        return None
-    return Stored(certificates[0], tuple(certificates[1:]), key)
-
-
 # HTTP-01.
 
 
@@ -336,121 +249,6 @@ class ChallengeStage:
         return Answer(200, b"OK", headers=((b"Content-Type", b"text/plain"),), page=answer)
 
 
-# The ACME client.
-
-
-def _register() -> type:
-    """
-    The TLS-ALPN-01 challenge as the C{acme} package's messages know
-    challenges (it has none of its own), registered once.
-    """
-    from acme import challenges
-
-    known = challenges.Challenge.TYPES.get("tls-alpn-01")
-    if known is not None and issubclass(known, challenges.KeyAuthorizationChallenge):
-        return known
-
-    @challenges.ChallengeResponse.register
-    class TLSALPN01Response(challenges.KeyAuthorizationChallengeResponse):
-        typ = "tls-alpn-01"
-
-    @challenges.Challenge.register
-    class TLSALPN01(challenges.KeyAuthorizationChallenge):
-        response_cls = TLSALPN01Response
-        typ = response_cls.typ
-
-        def validation(self, account_key, **unused):
-            return None
-
-    return TLSALPN01
-
-
-class _Client:
-    """
-    The blocking side: an account on the ACME server and its orders, run
-    in the thread pool.
-    """
-
-    def __init__(self, config: AcmeConfig):
-        self.config = config
-        self._client = None
-
-    def _accountKey(self):
-        import josepy
-        from cryptography.hazmat.primitives.asymmetric import rsa
-
-        path = os.path.join(self.config.storage, "account.key")
-        try:
-            with open(path, "rb") as f:
-                key = serialization.load_pem_private_key(f.read(), None)
-        except FileNotFoundError:
-            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            writePrivate(path, _keyPEM(key))
-        return josepy.JWKRSA(key=key)
-
-    def client(self):
-        """
-        The ACME client, its account registered (or found again by its
-        key) on first use.
-        """
-        if self._client is not None:
-            return self._client
-        from acme import client, errors, messages
-
-        _register()
-        net = client.ClientNetwork(
-            self._accountKey(),
-            verify_ssl=self.config.directory_ca or True,
-            user_agent="manualb",
-            timeout=30,
-        )
-        directory = client.ClientV2.get_directory(self.config.directory, net)
-        acme = client.ClientV2(directory, net)
-        registration = messages.NewRegistration.from_data(
-            email=self.config.email, terms_of_service_agreed=True
-        )
-        try:
-            net.account = acme.new_account(registration)
-        except errors.ConflictError as e:
-            net.account = messages.RegistrationResource(
-                uri=e.location, body=messages.Registration()
-            )
-        self._client = acme
-        return acme
-
-    def order(self, name: str, key):
-        from acme import crypto_util
-
-        csr = crypto_util.make_csr(_keyPEM(key), [name])
-        return self.client().new_order(csr)
-
-    def answer(self, challenge, response) -> None:
-        self.client().answer_challenge(challenge, response)
-
-    def finish(self, order):
-        deadline = datetime.datetime.now() + datetime.timedelta(seconds=ORDER_TIMEOUT)
-        return self.client().poll_and_finalize(order, deadline)
-
-
-def _reason(failure) -> str:
-    """
-    One line on why an order failed, as the ACME server says it.
-    """
-    error = failure.value
-    from acme import errors, messages
-
-    if isinstance(error, errors.ValidationError):
-        problems = []
-        for authorization in error.failed_authzrs:
-            for challenge in authorization.body.challenges:
-                if challenge.error is not None:
-                    problems.append(str(challenge.error))
-        return "validation failed: " + ("; ".join(problems) or "no reason given")
-    if isinstance(error, messages.Error):
-        return str(error)
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
-
-
 @attrs.define
 class HostStatus:
     """
@@ -476,14 +274,36 @@ class HostStatus:
         }
 
 
+class _Busy:
+    """
+    What an attempt to renew gives when another instance holds the lock.
+    """
+
+
+class StoreUnreachable(Exception):
+    """
+    The shared state cannot be reached, to take the lock.
+    """
+
+
+@implementer(IStateListener)
 class AutoTLS:
     """
     Obtains and renews the certificates of C{[acme]}, and gives them to the
     C{sni:} listeners.
 
+    With a shared state (L{manualb.state.SharedState}), the instances take
+    its lock of a name before they order its certificate, and the one that
+    obtains it publishes it, with its key, under the topic C{acme}: every
+    instance serves it (and keeps it in its own C{storage}), whether or not
+    they share C{storage}.  Those that share C{storage} also take a file
+    lock in it, and look every L{STORAGE_POLL} seconds whether a
+    certificate there changed.
+
     @ivar config: The C{[acme]} section.
     @ivar stage: Answers the HTTP-01 challenges (see L{ChallengeStage}).
     @ivar status: The L{HostStatus} of each name.
+    @ivar shared: The shared state, or L{None}.
     """
 
     def __init__(
@@ -492,20 +312,24 @@ class AutoTLS:
         reactor,
         rebuild: Callable[[], object],
         serving: Callable[[], object],
+        shared=None,
     ):
         """
         @param rebuild: Makes the listeners' certificates again, with the
             names' current ones (through L{contexts}), and serves them.
         @param serving: The L{manualb.termination.SNIContextFactory} the
             C{sni:} listeners serve with, or L{None} when there is none.
+        @param shared: The L{manualb.state.SharedState} of the balancer,
+            or L{None}.
         """
         self.config = config
         self.reactor = reactor
         self.rebuild = rebuild
         self.serving = serving
+        self.shared = shared
         self.stage = ChallengeStage()
         self.status = {name: HostStatus() for name in config.hosts}
-        self._client = _Client(config)
+        self._client = ACMEClient(config)
         self._served: dict[str, Stored] = {}
         self._placeholders: dict[str, Stored] = {}
         self._timers: dict[str, object] = {}
@@ -513,18 +337,28 @@ class AutoTLS:
         self._listeners: list[Callable[[str, str, str | None], None]] = []
         self._pool: ThreadPool | None = None
         self._running = False
+        self._locks: dict[str, int] = {}
+        self._held: dict[str, LoopingCall] = {}
+        self._token = uuid.uuid4().hex
+        self._waitingStore: set[str] = set()
+        self._mtimes: dict[str, int | None] = {}
+        self._poll: LoopingCall | None = None
+        if shared is not None:
+            shared.listeners.append(self)
 
     # What the listeners serve.
 
-    def contexts(self, makeContext) -> list[tuple[str, SSL.Context]]:
+    def contexts(self, makeContext, config: AcmeConfig | None = None):
         """
-        The C{(name, context)} of each name, with its certificate from the
-        storage, or a placeholder (see
+        The C{(name, context)} of each name of C{config} (by default the
+        current one), with its certificate: the one served, else the
+        storage's, else a placeholder (see
         L{manualb.termination.contextFactoryFor}'s C{extra}).
         """
+        config = self.config if config is None else config
         pairs = []
-        for name in self.config.hosts:
-            stored = self._served.get(name) or self._load(name)
+        for name in config.hosts:
+            stored = self._served.get(name) or self._load(name, config.storage)
             if stored is None:
                 stored = self._placeholders.get(name)
                 if stored is None:
@@ -533,19 +367,29 @@ class AutoTLS:
             pairs.append((name, makeContext(stored.leaf, list(stored.chain), stored.key)))
         return pairs
 
-    def _load(self, name: str) -> Stored | None:
-        stored = _readStored(self.config.storage, name)
+    def contextsOf(self, config: AcmeConfig | None):
+        """
+        What L{manualb.termination.contextFactoryFor} calls for the names
+        of C{config}: the certificates a reload to it serves.
+        """
+        return lambda makeContext: self.contexts(makeContext, config)
+
+    def _load(self, name: str, storage: str) -> Stored | None:
+        stored = readStored(storage, name)
         if stored is not None:
             self._served[name] = stored
-            self.status[name].state = "valid"
-            self.status[name].notAfter = stored.notAfter
+            status = self.status.get(name)
+            if status is not None:
+                status.state = "valid"
+                status.notAfter = stored.notAfter
         return stored
 
     # Running.
 
     def start(self) -> None:
         """
-        Start the thread pool and check every name now.
+        Start the thread pool and check every name now (or once the shared
+        state is reached).
         """
         if self._running:
             return
@@ -553,8 +397,14 @@ class AutoTLS:
         os.makedirs(self.config.storage, mode=0o700, exist_ok=True)
         self._pool = ThreadPool(minthreads=0, maxthreads=2, name="manualb-acme")
         self._pool.start()
+        self._poll = LoopingCall(self._pollStorage)
+        self._poll.clock = self.reactor
+        self._poll.start(STORAGE_POLL, now=False)
+        connected = self.shared is None or self.shared.store.connected
         for name in self.config.hosts:
-            self._schedule(name, 0)
+            if not connected:
+                self._waitingStore.add(name)
+            self._schedule(name, 0 if connected else LOCK_WAIT)
 
     def stop(self) -> Deferred[None]:
         """
@@ -566,6 +416,11 @@ class AutoTLS:
             if timer.active():
                 timer.cancel()
         self._timers.clear()
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
+        self._poll = None
+        if self.shared is not None and self in self.shared.listeners:
+            self.shared.listeners.remove(self)
         pool, self._pool = self._pool, None
         working = list(self._working.values())
         d = Deferred()
@@ -585,11 +440,46 @@ class AutoTLS:
             each.addBoth(lambda result: ended())
         return d
 
+    def reconfigure(self, config: AcmeConfig) -> None:
+        """
+        Take the C{[acme]} of a reload: new names are obtained, names gone
+        are no longer renewed (an order under way for one ends unserved),
+        and changed settings take effect from the next order; with changed
+        settings every name is checked again now.
+        """
+        old, self.config = self.config, config
+        if config == old:
+            return
+        if attrs.evolve(old, hosts=config.hosts) != config:
+            self._client = ACMEClient(config)
+            if self._running:
+                os.makedirs(config.storage, mode=0o700, exist_ok=True)
+            again = list(config.hosts)
+        else:
+            again = [name for name in config.hosts if name not in old.hosts]
+        for name in old.hosts:
+            if name not in config.hosts:
+                timer = self._timers.pop(name, None)
+                if timer is not None and timer.active():
+                    timer.cancel()
+                self.status.pop(name, None)
+                self._served.pop(name, None)
+                self._placeholders.pop(name, None)
+                self._waitingStore.discard(name)
+        for name in config.hosts:
+            if name not in self.status:
+                status = self.status[name] = HostStatus()
+                served = self._served.get(name)
+                if served is not None:
+                    status.state, status.notAfter = "valid", served.notAfter
+        for name in again:
+            self._schedule(name, 0)
+
     def whenChanged(self, listener: Callable[[str, str, str | None], None]) -> None:
         """
         Call C{listener(name, event, reason)} on every change: C{obtained}
-        (a new certificate served), C{loaded} (found in the storage),
-        C{failed} (with the reason).
+        (a new certificate served), C{loaded} (found in the storage or the
+        shared state), C{failed} (with the reason).
         """
         self._listeners.append(listener)
 
@@ -598,7 +488,7 @@ class AutoTLS:
             listener(name, event, reason)
 
     def _schedule(self, name: str, delay: float) -> None:
-        if not self._running:
+        if not self._running or name not in self.status:
             return
         timer = self._timers.get(name)
         if timer is not None and timer.active():
@@ -617,31 +507,84 @@ class AutoTLS:
             return 0
         return stored.notAfter - self.config.renew_before - self.reactor.seconds()
 
+    def _loadNewer(self, name: str) -> None:
+        """
+        Serve the storage's certificate of C{name} if it is newer than the
+        one served.
+        """
+        path = os.path.join(self.config.storage, name + ".crt")
+        try:
+            self._mtimes[name] = os.stat(path).st_mtime_ns
+        except OSError:
+            self._mtimes[name] = None
+        stored = readStored(self.config.storage, name)
+        if stored is not None and newer(stored, self._served.get(name)):
+            self._serve(name, stored, "loaded")
+
+    def _pollStorage(self) -> None:
+        """
+        Load the certificates whose file in the storage changed: another
+        process sharing it obtained them.
+        """
+        for name in self.config.hosts:
+            if name in self._working:
+                continue
+            try:
+                mtime = os.stat(os.path.join(self.config.storage, name + ".crt")).st_mtime_ns
+            except OSError:
+                mtime = None
+            if mtime != self._mtimes.get(name):
+                self._loadNewer(name)
+
     def _check(self, name: str) -> None:
         """
         Load the storage's certificate of C{name} if it is newer than the one
         served; then renew it if it is due, or wait until it is.
         """
         self._timers.pop(name, None)
-        if not self._running or name in self._working:
+        if not self._running or name in self._working or name not in self.status:
             return
-        stored = _readStored(self.config.storage, name)
-        served = self._served.get(name)
-        if stored is not None and (served is None or stored.leaf != served.leaf):
-            if served is None or stored.notAfter >= served.notAfter:
-                self._serve(name, stored, "loaded")
+        self._loadNewer(name)
         due = self._due(self._served.get(name))
         if due > 0:
             # Jitter: up to a tenth of the time left, at most an hour.
             self._schedule(name, due + random.uniform(0, min(3600.0, due / 10)))
             return
-        if not self._lock(name):
-            self._schedule(name, LOCK_WAIT * random.uniform(1, 1.5))
-            return
-        d = self._working[name] = self._obtain(name)
+        d = self._working[name] = self._renew(name)
         d.addBoth(self._ended, name)
 
-    def _lock(self, name: str) -> bool:
+    @inlineCallbacks
+    def _renew(self, name: str):
+        """
+        Take the locks of C{name}, then obtain its certificate unless
+        another instance did meanwhile.
+
+        @return: A L{Deferred} that fires with L{_Busy} when another holds
+            a lock.
+        """
+        if not self._lockFile(name):
+            return _Busy
+        try:
+            if self.shared is not None:
+                held = yield self._lockShared(name)
+                if not held:
+                    return _Busy
+            try:
+                # Another instance may have obtained it while this one waited.
+                self._loadNewer(name)
+                if self.shared is not None:
+                    stored = yield self.shared.store.read("acme")
+                    self._readShared(stored)
+                if self._due(self._served.get(name)) > 0:
+                    return None
+                yield self._obtain(name)
+            finally:
+                if self.shared is not None:
+                    self._unlockShared(name)
+        finally:
+            self._unlockFile(name)
+
+    def _lockFile(self, name: str) -> bool:
         """
         Take the lock of C{name} in the storage (a file lock every process
         sharing it sees), unless another holds it.
@@ -655,67 +598,220 @@ class AutoTLS:
             if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 return False
             raise
-        self._locks = getattr(self, "_locks", {})
         self._locks[name] = fd
         return True
 
-    def _unlock(self, name: str) -> None:
-        fd = getattr(self, "_locks", {}).pop(name, None)
+    def _unlockFile(self, name: str) -> None:
+        fd = self._locks.pop(name, None)
         if fd is not None:
             os.close(fd)
 
+    @inlineCallbacks
+    def _lockShared(self, name: str):
+        """
+        Take the lock of C{name} in the shared state, and keep it (renewed
+        every third of L{LOCK_TTL}) until L{_unlockShared}.
+
+        @raise StoreUnreachable: The shared state cannot be reached.
+        """
+        store = self.shared.store
+        if not store.connected:
+            raise StoreUnreachable(f"the shared state {store.description} cannot be reached")
+        try:
+            held = yield store.lock("acme:" + name, self._token, LOCK_TTL)
+        except Exception as e:
+            raise StoreUnreachable(
+                f"the shared state {store.description} cannot be reached ({e})"
+            ) from None
+        if held:
+            renewal = self._held[name] = LoopingCall(self._renewLock, name)
+            renewal.clock = self.reactor
+            renewal.start(LOCK_TTL / 3, now=False)
+        return held
+
+    def _renewLock(self, name: str) -> None:
+        d = self.shared.store.renewLock("acme:" + name, self._token, LOCK_TTL)
+
+        def renewed(held):
+            if not held and name in self._held:
+                log.warn(
+                    "ACME: the lock of {name} in the shared state was lost; another "
+                    "instance may order it too",
+                    name=name,
+                )
+
+        d.addCallbacks(renewed, lambda reason: None)
+
+    def _unlockShared(self, name: str) -> None:
+        renewal = self._held.pop(name, None)
+        if renewal is not None and renewal.running:
+            renewal.stop()
+        # When the store cannot be reached, the lock expires by itself.
+        self.shared.store.unlock("acme:" + name, self._token).addErrback(lambda reason: None)
+
     def _ended(self, result, name: str) -> None:
         del self._working[name]
-        self._unlock(name)
-        status = self.status[name]
-        if isinstance(result, Failure):
-            reason = _reason(result)
+        status = self.status.get(name)
+        if status is None:
+            # Gone with a reload meanwhile.
+            return None
+        status.state = "valid" if name in self._served else "placeholder"
+        if result is _Busy:
+            self._schedule(name, LOCK_WAIT * random.uniform(1, 1.5))
+            return None
+        if isinstance(result, Failure) and result.check(StoreUnreachable):
+            reason = str(result.value)
             if status.error != reason:
-                log.error(
-                    "ACME: no certificate for {name}: {reason}; the current one keeps serving",
+                log.warn(
+                    "ACME: {name} waits for the shared state to take its lock: {reason}",
                     name=name, reason=reason,
                 )
             status.error = reason
+            self._waitingStore.add(name)
+            self._schedule(name, LOCK_WAIT * random.uniform(1, 1.5))
+            return None
+        if isinstance(result, Failure):
+            reason = reasonOf(result)
             status.failures += 1
-            status.state = "valid" if name in self._served else "placeholder"
-            delay = min(LAST_RETRY, FIRST_RETRY * 2 ** (status.failures - 1))
+            retryAfter = retryAfterOf(result)
+            if retryAfter is not None:
+                delay = min(MAX_RETRY_AFTER, max(1.0, retryAfter))
+            else:
+                delay = min(LAST_RETRY, FIRST_RETRY * 2 ** (status.failures - 1))
+                delay *= random.uniform(1, 1.25)
+            if status.error != reason:
+                log.error(
+                    "ACME: no certificate for {name}: {reason}; the current one keeps "
+                    "serving; trying again in {delay:.0f}s{asked}",
+                    name=name, reason=reason, delay=delay,
+                    asked=" (the server's Retry-After)" if retryAfter is not None else "",
+                )
+            status.error = reason
             self._tell(name, "failed", reason)
-            self._schedule(name, delay * random.uniform(1, 1.25))
+            self._schedule(name, delay)
             return None
         status.error = None
         status.failures = 0
         self._schedule(name, 0)
         return None
 
+    # The shared state's news.
+
+    def stateConnected(self) -> None:
+        """
+        Load the certificates the shared state holds, and check the names
+        that waited for it.
+        """
+        d = self.shared.store.read("acme")
+        d.addCallback(self._readShared)
+        d.addErrback(lambda reason: None)
+        waiting, self._waitingStore = self._waitingStore, set()
+        for name in waiting:
+            if name not in self._working:
+                self._schedule(name, 0)
+
+    def stateLost(self, reason: str) -> None:
+        pass
+
+    def stateChanged(self, topic: str, key: str, value, version: int) -> None:
+        if topic == "acme":
+            self._fromShared(key, value)
+
+    def _readShared(self, stored: dict) -> None:
+        for name, (version, value) in stored.items():
+            self._fromShared(name, value)
+
+    def _fromShared(self, name: str, value) -> None:
+        """
+        Serve the certificate of C{name} another instance published, if it
+        is newer than the one served, and keep it in the storage.
+        """
+        if name not in self.status or not isinstance(value, dict):
+            return
+        try:
+            stored = fromPEM(
+                value["certificate"].encode("ascii"), value["key"].encode("ascii")
+            )
+        except (KeyError, AttributeError, TypeError, ValueError, UnicodeError) as e:
+            log.warn(
+                "ACME: the certificate of {name} in the shared state cannot be read: {e}",
+                name=name, e=e,
+            )
+            return
+        if not newer(stored, self._served.get(name)):
+            return
+        found = readStored(self.config.storage, name)
+        if found is None or newer(stored, found):
+            try:
+                self._write(name, stored)
+            except OSError as e:
+                log.warn(
+                    "ACME: the certificate of {name} cannot be stored: {e}", name=name, e=e
+                )
+        self._serve(name, stored, "loaded")
+
+    # Obtaining.
+
+    def _write(self, name: str, stored: Stored) -> None:
+        storage = self.config.storage
+        os.makedirs(storage, mode=0o700, exist_ok=True)
+        writePrivate(os.path.join(storage, name + ".key"), keyPEM(stored.key))
+        writePrivate(os.path.join(storage, name + ".crt"), pemOf([stored.leaf, *stored.chain]))
+
     @inlineCallbacks
     def _obtain(self, name: str):
         """
-        Order a certificate for C{name}, answer its challenges, and serve it.
+        Order a certificate for C{name}, store it, publish it in the shared
+        state, and serve it.
         """
         self.status[name].state = "obtaining"
-        key = _newKey()
-        order = yield self._inThread(self._client.order, name, key)
-        client = self._client.client()
-        accountKey = client.net.key
-        pending = []
-        try:
-            for authorization in order.authorizations:
-                challenge, response = self._answer(name, authorization, accountKey, pending)
-                yield self._inThread(self._client.answer, challenge, response)
-            order = yield self._inThread(self._client.finish, order)
-        finally:
-            for undo in pending:
-                undo()
-        certificates = x509.load_pem_x509_certificates(order.fullchain_pem.encode("ascii"))
-        stored = Stored(certificates[0], tuple(certificates[1:]), key)
-        storage = self.config.storage
-        writePrivate(os.path.join(storage, name + ".key"), _keyPEM(key))
-        writePrivate(os.path.join(storage, name + ".crt"), _pem(certificates))
+        stored = yield self._order(name)
+        if name not in self.status:
+            return
+        self._write(name, stored)
+        if self.shared is not None:
+            value = {
+                "certificate": pemOf([stored.leaf, *stored.chain]).decode("ascii"),
+                "key": keyPEM(stored.key).decode("ascii"),
+            }
+            try:
+                yield self.shared.store.publish("acme", name, value)
+            except Exception as e:
+                log.warn(
+                    "ACME: the certificate of {name} could not be published in the "
+                    "shared state ({e}); the other instances sharing the storage find "
+                    "it there",
+                    name=name, e=e,
+                )
         log.info(
             "ACME: new certificate for {name}, valid until {until}",
             name=name, until=stored.leaf.not_valid_after_utc.isoformat(),
         )
         self._serve(name, stored, "obtained")
+
+    @inlineCallbacks
+    def _order(self, name: str):
+        """
+        Order a certificate for C{name} from the ACME server and answer its
+        challenges.
+
+        @return: A L{Deferred} that fires with the L{Stored} certificate.
+        """
+        client = self._client
+        key = newKey()
+        order = yield self._inThread(client.order, name, key)
+        accountKey = client.client().net.key
+        pending = []
+        try:
+            for authorization in order.authorizations:
+                challenge, response = self._answer(name, authorization, accountKey, pending)
+                yield self._inThread(client.answer, challenge, response)
+            order = yield self._inThread(client.finish, order)
+        finally:
+            for undo in pending:
+                undo()
+        certificates = x509.load_pem_x509_certificates(order.fullchain_pem.encode("ascii"))
+        return Stored(certificates[0], tuple(certificates[1:]), key)
 
     def _answer(self, name, authorization, accountKey, pending):
         """
@@ -765,8 +861,10 @@ class AutoTLS:
         pending.append(lambda: sni.challenges.pop(host, None))
 
     def _serve(self, name: str, stored: Stored, event: str) -> None:
+        status = self.status.get(name)
+        if status is None:
+            return
         self._served[name] = stored
-        status = self.status[name]
         status.state = "valid"
         status.notAfter = stored.notAfter
         self.rebuild()

@@ -406,8 +406,9 @@ class IStateListener(Interface):
 class IStateStore(Interface):
     """
     State that every instance of manualb naming the same store shares: the
-    admin API's changes, the health each instance sees, and the rate limits'
-    buckets.  C{manualb.state.MemoryStateStore} keeps it in the process (for
+    admin API's changes, the health each instance sees, the rate limits'
+    buckets, the certificates obtained by ACME and the locks taken to
+    obtain them.  C{manualb.state.MemoryStateStore} keeps it in the process (for
     balancers in one process, and for tests); C{manualb.redisstate} keeps it
     in Redis.
 
@@ -464,4 +465,29 @@ class IStateStore(Interface):
             C{manualb.ratelimit} counts, after those requests, drained at
             C{rate} by the store's clock) and how many requests have been
             added to it in all, by every instance, since it was made.
+        """
+
+    def lock(name, token, ttl):
+        """
+        Take the lock C{name} for C{token} (its holder's own random mark)
+        for C{ttl} seconds, unless another holds it: a holder that dies
+        without releasing it blocks the others for C{ttl} at most.
+
+        @return: A L{Deferred} that fires with whether C{token} took it.
+        """
+
+    def renewLock(name, token, ttl):
+        """
+        Keep the lock C{name} for C{ttl} seconds more, if C{token} still
+        holds it.
+
+        @return: A L{Deferred} that fires with whether C{token} holds it.
+        """
+
+    def unlock(name, token):
+        """
+        Release the lock C{name} if C{token} holds it (not when it expired
+        and another took it since).
+
+        @return: A L{Deferred} that fires with whether it was released.
         """

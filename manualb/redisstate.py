@@ -27,6 +27,9 @@ In Redis, under a prefix (C{manualb:}):
   - C{manualb:rate:KEY}, a hash for each rate limit bucket: its level
     C{x}, when it was last counted C{t} (by Redis's clock), and its total
     C{n}; it expires once it would have drained.
+  - C{manualb:lock:NAME}, a string for each lock held: its holder's
+    token, taken with C{SET NX PX} (so that it expires when its holder
+    dies), renewed and released by scripts that check the token first.
 
 A change is kept and published by one Lua script, so that the version kept
 and the one published agree.
@@ -101,6 +104,22 @@ for i, key in ipairs(KEYS) do
   out[i] = {string.format('%.9f', level), string.format('%d', total)}
 end
 return out
+"""
+
+
+# Renew, or release, a lock only if the token given still holds it.
+_RENEW_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 """
 
 
@@ -363,6 +382,18 @@ class RedisStateStore:
         d = self._script(_SYNC, keys, args)
         return d.addCallback(lambda reply: [(float(x), int(n)) for x, n in reply])
 
+    def lock(self, name: str, token: str, ttl: float) -> Deferred[bool]:
+        d = self._call("SET", self.prefix + "lock:" + name, token, "NX", "PX", _milliseconds(ttl))
+        return d.addCallback(lambda reply: reply is not None)
+
+    def renewLock(self, name: str, token: str, ttl: float) -> Deferred[bool]:
+        d = self._script(_RENEW_LOCK, [self.prefix + "lock:" + name], [token, _milliseconds(ttl)])
+        return d.addCallback(lambda reply: bool(int(reply)))
+
+    def unlock(self, name: str, token: str) -> Deferred[bool]:
+        d = self._script(_UNLOCK, [self.prefix + "lock:" + name], [token])
+        return d.addCallback(lambda reply: bool(int(reply)))
+
     # News.
 
     def _message(self, message) -> None:
@@ -381,6 +412,10 @@ class RedisStateStore:
             return
         if self._listener is not None:
             self._listener.stateChanged(topic, key, value, version)
+
+
+def _milliseconds(seconds: float) -> str:
+    return str(max(1, int(seconds * 1000)))
 
 
 def _ended(protocol) -> None:

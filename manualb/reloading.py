@@ -5,6 +5,8 @@ new file it cannot apply and what it does, in words, for its log line.
 
 from __future__ import annotations
 
+import attrs
+
 from manualb.config import Config
 
 
@@ -52,9 +54,32 @@ def keepAddedStages(current: list, built: list) -> list:
 
 def restartNeeded(old: Config, new: Config) -> list[str]:
     """
-    What differs between C{old} and C{new} that a reload does not change.
+    What differs between C{old} and C{new} that a reload does not change:
+    the shared state, and whether there is an C{[acme]} section (a change
+    within it is applied).
     """
-    return [key for key in ("state", "instance") if getattr(old, key) != getattr(new, key)]
+    needed = [key for key in ("state", "instance") if getattr(old, key) != getattr(new, key)]
+    if (old.acme is None) != (new.acme is None):
+        needed.append("acme")
+    return needed
+
+
+def keptAsItWas(old: Config, new: Config) -> Config:
+    """
+    C{new} with what a reload does not change (see L{restartNeeded}) as it
+    is in C{old}: the shared state, and C{[acme]} with the names of
+    C{[tls]} it obtains when the section comes or goes.
+    """
+    kept = attrs.evolve(new, state=old.state, instance=old.instance)
+    if (old.acme is None) == (new.acme is None):
+        return kept
+    names = () if old.tls is None else old.tls.acme
+    tls = new.tls
+    if tls is None or not (tls.certificates or names):
+        tls = old.tls
+    else:
+        tls = attrs.evolve(tls, acme=names)
+    return attrs.evolve(kept, acme=old.acme, tls=tls)
 
 
 def changes(old: Config, new: Config) -> list[str]:
@@ -79,6 +104,17 @@ def changes(old: Config, new: Config) -> list[str]:
         ):
             if names:
                 changes.append("%s %s: %s" % (what, verb, ", ".join(names)))
+    if old.acme is not None and new.acme is not None and old.acme != new.acme:
+        added = [name for name in new.acme.hosts if name not in old.acme.hosts]
+        gone = [name for name in old.acme.hosts if name not in new.acme.hosts]
+        words = [
+            "%s %s" % (verb, ", ".join(names))
+            for verb, names in (("added", added), ("removed", gone))
+            if names
+        ]
+        if attrs.evolve(old.acme, hosts=new.acme.hosts) != new.acme:
+            words.append("settings changed")
+        changes.append("acme: " + "; ".join(words))
     if old.gatekeeper != new.gatekeeper:
         changes.append("gatekeeper changed")
     admin = ("admin", "admin_token_file", "explain_records")

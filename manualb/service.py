@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import attrs
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorCore, IStreamServerEndpoint
@@ -39,6 +38,7 @@ from manualb.termination import (
 )
 from manualb.reloading import (
     changes as describeChanges,
+    keptAsItWas,
     restartNeeded,
     servedBy,
 )
@@ -131,7 +131,7 @@ class LoadBalancer:
         self.shared = sharedState(config.state, config.instance, self.pools, reactor, stateStore)
         self.recent = self.admin = self.metrics = self._adminSite = None
         self.acme = None if config.acme is None else AutoTLS(
-            config.acme, reactor, self._certificatesChanged, lambda: self.tls
+            config.acme, reactor, self._certificatesChanged, lambda: self.tls, self.shared
         )
         if config.admin is not None:
             self._startAdmin(config.explain_records)
@@ -209,7 +209,7 @@ class LoadBalancer:
         """
         The certificates of C{config}'s C{[tls]}, and those of C{[acme]}.
         """
-        extra = None if self.acme is None else self.acme.contexts
+        extra = None if self.acme is None else self.acme.contextsOf(config.acme)
         return contextFactoryFor(config.tls, config.source, extra=extra)
 
     def _certificatesChanged(self) -> None:
@@ -363,9 +363,9 @@ class LoadBalancer:
         old one closes), the C{sni:} listeners serve the certificates of a
         changed C{[tls]} to new connections (read and checked first), and
         the admin API reads its token again and keeps as many decision
-        records as C{explain_records} says.  Only C{state} and C{instance}
-        (the shared state) keep their old values until a restart, which the
-        log line says.
+        records as C{explain_records} says; C{[acme]} takes its new names and
+        settings.  Only C{state}, C{instance} (the shared state) and adding or
+        removing C{[acme]} wait for a restart, which the log line says.
 
         Stages an embedder added to a site's chain (of classes the
         configuration does not build) keep their place in the new chain.
@@ -377,7 +377,7 @@ class LoadBalancer:
         @return: The line logged: what changed.
         """
         old = self.config
-        restart = restartNeeded(old, config)
+        restart, config = restartNeeded(old, config), keptAsItWas(old, config)
         certificates = None
         if config.tls != old.tls and config.tls is not None:
             # Read and checked before anything changes.
@@ -397,8 +397,9 @@ class LoadBalancer:
             if logChanged:
                 self._changeAccessLog(old, old.access_log, old.log_format)
             raise
-        config = attrs.evolve(config, state=old.state, instance=old.instance)
         changes = describeChanges(old, config)
+        if self.acme is not None and config.acme != old.acme:
+            self.acme.reconfigure(config.acme)
         if opened:
             changes.append("listening on " + ", ".join(opened))
         if certificates is not None:

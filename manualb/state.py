@@ -12,7 +12,10 @@ L{manualb.redisstate}) shares
     its view of every server (when it changes, and every
     L{HEARTBEAT} seconds), with its name, so that the C{/api/status} of any
     instance shows what each instance sees;
-  - the rate limits' buckets (L{manualb.sharedrates.SharedRateStore}).
+  - the rate limits' buckets (L{manualb.sharedrates.SharedRateStore});
+  - the certificates (and their keys) obtained by ACME, under the topic
+    C{acme}, and the lock that lets one instance at a time obtain a name's
+    (see L{manualb.autotls}).
 
 Without C{state}, all of it stays in the process, as it always has.
 
@@ -70,7 +73,7 @@ HEARTBEAT = 10.0
 STALE = 3 * HEARTBEAT
 
 
-_TOPICS = ("admin", "health")
+_TOPICS = ("admin", "health", "acme")
 
 
 # The configuration keys.
@@ -189,6 +192,7 @@ class _MemoryData:
         self.stores: list[MemoryStateStore] = []
         self.topics: dict[str, dict[str, tuple[int, dict]]] = {t: {} for t in _TOPICS}
         self.buckets: dict[bytes, list[float]] = {}
+        self.locks: dict[str, tuple[str, float]] = {}
         self.version = 0
 
 
@@ -288,6 +292,46 @@ class MemoryStateStore:
         return succeed(results)
 
 
+    def _held(self, name: str) -> str | None:
+        """
+        The token that holds the lock C{name} now, if any.
+        """
+        held = self._data.locks.get(name)
+        if held is None or held[1] <= self._data.clock.seconds():
+            return None
+        return held[0]
+
+    def lock(self, name: str, token: str, ttl: float) -> Deferred[bool]:
+        try:
+            self._check()
+        except ConnectionError as e:
+            return _failed(e)
+        if self._held(name) is not None:
+            return succeed(False)
+        self._data.locks[name] = (token, self._data.clock.seconds() + ttl)
+        return succeed(True)
+
+    def renewLock(self, name: str, token: str, ttl: float) -> Deferred[bool]:
+        try:
+            self._check()
+        except ConnectionError as e:
+            return _failed(e)
+        if self._held(name) != token:
+            return succeed(False)
+        self._data.locks[name] = (token, self._data.clock.seconds() + ttl)
+        return succeed(True)
+
+    def unlock(self, name: str, token: str) -> Deferred[bool]:
+        try:
+            self._check()
+        except ConnectionError as e:
+            return _failed(e)
+        if self._held(name) != token:
+            return succeed(False)
+        del self._data.locks[name]
+        return succeed(True)
+
+
 def _failed(error: Exception) -> Deferred:
     d: Deferred = Deferred()
     d.errback(error)
@@ -317,6 +361,9 @@ class SharedState:
         as C{(version, change)}.
     @ivar views: The health view of each instance, as C{(version, view,
         received)}.
+    @ivar listeners: More L{IStateListener}s, told all the store says (the
+        certificates of L{manualb.autotls.AutoTLS}, under the topic
+        C{acme}).
     """
 
     def __init__(
@@ -341,6 +388,7 @@ class SharedState:
         self._unpublished: dict[str, dict] = {}
         self._published: tuple[dict, float] | None = None
         self._loop: LoopingCall | None = None
+        self.listeners: list[IStateListener] = []
 
     def start(self) -> None:
         """
@@ -402,8 +450,12 @@ class SharedState:
         views = self.store.read("health")
         views.addCallback(self._readViews)
         views.addErrback(self._readFailed, "health views")
+        for listener in list(self.listeners):
+            listener.stateConnected()
 
     def stateLost(self, reason: str) -> None:
+        for listener in list(self.listeners):
+            listener.stateLost(reason)
         if self.connected is False:
             return
         self.connected = False
@@ -416,6 +468,8 @@ class SharedState:
         )
 
     def stateChanged(self, topic: str, key: str, value: dict | None, version: int) -> None:
+        for listener in list(self.listeners):
+            listener.stateChanged(topic, key, value, version)
         if topic == "admin":
             self._adminChanged(key, value, version)
         elif topic == "health":

@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, ...]] = [
         "routecontrols",
         "includes",
         "stickycookie",
+        "acmeclient",
     ),
     (
         "handoff",

@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, ...]] = [
         "includes",
         "stickycookie",
         "acmeclient",
+        "acmechallenges",
     ),
     (
         "handoff",

@@ -14,9 +14,10 @@ import stat
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from OpenSSL import SSL
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.testing import MemoryReactorClock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
 from twisted.web.resource import NoResource
 
@@ -28,6 +29,7 @@ from manualb.configfile import parseConfig
 from manualb.state import MemoryStateStore
 from manualb.testing import MemoryBalancer, responseBody
 from manualb.view import Passage, RequestView
+from tests.redisserver import RedisServer, requireRedis
 from tests.test_autotls_shared import certificate
 
 NAME = "www.example.com"
@@ -501,3 +503,80 @@ class HostileTokenTests(SynchronousTestCase):
             os.path.join(self.storage, "challenges", "http-01.link"),
         )
         self.assertIsNone(challenges.keyAuthorization(b"link"))
+
+
+class RedisChallengeTests(TestCase):
+    """
+    Challenges shared through a real Redis.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_shared(self):
+        """
+        A challenge one instance shares is heard of by another (with its
+        own storage) within a round trip, read by one that connects later,
+        and gone from both once withdrawn.
+        """
+        requireRedis()
+        from manualb.redisstate import RedisStateStore
+        from manualb.state import parseStateURL
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        server = RedisServer(reactor, directory)
+        yield server.start()
+        self.addCleanup(server.stop)
+        pending = []
+        for each in range(2):
+            store = RedisStateStore(reactor, parseStateURL(server.url))
+            challenges = PendingChallenges(
+                reactor, os.path.join(directory, str(each)), [NAME], lambda host: None, store
+            )
+            connected = Deferred()
+            store.start(_Listener(challenges, connected))
+            self.addCleanup(store.stop)
+            yield connected
+            pending.append(challenges)
+        one, two = pending
+        heard = two.heard = Deferred()
+        yield one.share("http-01", "tok", "tok.thumb")
+        yield heard
+        self.assertEqual(two.keyAuthorization(b"tok"), b"tok.thumb")
+        late = PendingChallenges(
+            reactor, os.path.join(directory, "late"), [NAME], lambda host: None,
+            RedisStateStore(reactor, parseStateURL(server.url)),
+        )
+        connected = Deferred()
+        late.store.start(_Listener(late, connected))
+        self.addCleanup(late.store.stop)
+        yield connected
+        stored = yield late.store.read(acmechallenges.TOPIC)
+        late._stored(stored)
+        self.assertEqual(late.keyAuthorization(b"tok"), b"tok.thumb")
+        heard = two.heard = Deferred()
+        one.withdraw("http-01", "tok")
+        yield heard
+        self.assertIsNone(two.keyAuthorization(b"tok"))
+
+
+class _Listener:
+    def __init__(self, challenges: PendingChallenges, connected: Deferred):
+        self.challenges = challenges
+        self.connected = connected
+        challenges.heard = None
+
+    def stateConnected(self):
+        if not self.connected.called:
+            self.connected.callback(None)
+
+    def stateLost(self, reason):
+        pass
+
+    def stateChanged(self, topic, key, value, version):
+        if topic == acmechallenges.TOPIC:
+            self.challenges.changed(key, value, version)
+            heard, self.challenges.heard = self.challenges.heard, None
+            if heard is not None:
+                heard.callback(None)

@@ -16,6 +16,11 @@ results.  The challenges are answered by manualb's listeners:
     pending: it selects the ALPN protocol C{acme-tls/1}, and any other
     client goes on with the context it would have had.
 
+The challenges pending are shared with the other processes that listen on
+the same address (the workers, other instances): through C{storage} and
+the shared state, see L{manualb.acmechallenges}.  Any of them answers the
+ACME server's validation, whichever the connection lands on.
+
 The rule that decides which can work: TLS-ALPN-01 when an C{sni:} line
 listens on C{tls_port} (443), HTTP-01 when a plain line (not TLS) listens on
 C{http_port} (80); the ACME server connects to those ports.  A configuration
@@ -52,7 +57,6 @@ from collections.abc import Callable, Sequence
 
 import attrs
 from cryptography import x509
-from OpenSSL import SSL
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -61,6 +65,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from manualb.acmechallenges import TOPIC, PendingChallenges, challengeContext, validToken
 from manualb.acmeclient import (
     ACMEClient,
     Stored,
@@ -99,8 +104,6 @@ log = Logger()
 #: The keys of C{[acme]}.
 ACME_KEYS: tuple[str, ...] = tuple(keys(AcmeConfig))
 
-#: The ALPN protocol of TLS-ALPN-01 (RFC 8737).
-ACME_TLS_ALPN = b"acme-tls/1"
 _CHALLENGE_PATH = b"/.well-known/acme-challenge/"
 
 #: Back-off after a failure: the first delay, doubled up to the last.
@@ -231,21 +234,28 @@ class ChallengeStage:
     /.well-known/acme-challenge/TOKEN} gets the key authorization of
     C{TOKEN}; every other request goes on down the chain.
 
-    @ivar tokens: The key authorization of each pending token.
+    @ivar tokens: The key authorization of each token this process's own
+        orders wait on.
+    @ivar lookup: Gives the key authorization of a token another process
+        shares (see L{PendingChallenges.keyAuthorization}), or L{None}.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, lookup: Callable[[bytes], bytes | None] | None = None) -> None:
         self.tokens: dict[bytes, bytes] = {}
+        self.lookup = lookup
 
     def handle(self, passage: Passage) -> Answer | None:
-        if not self.tokens:
-            return None
         path = passage.view.path
         if not path.startswith(_CHALLENGE_PATH):
             return None
-        answer = self.tokens.get(path[len(_CHALLENGE_PATH) :])
+        token = path[len(_CHALLENGE_PATH) :]
+        answer = self.tokens.get(token)
         if answer is None:
-            return None
+            if self.lookup is None or not validToken(token):
+                return None
+            answer = self.lookup(token)
+            if answer is None:
+                return None
         return Answer(200, b"OK", headers=((b"Content-Type", b"text/plain"),), page=answer)
 
 
@@ -302,6 +312,9 @@ class AutoTLS:
 
     @ivar config: The C{[acme]} section.
     @ivar stage: Answers the HTTP-01 challenges (see L{ChallengeStage}).
+    @ivar challenges: The challenges pending, this process's and those
+        shared by others (see L{manualb.acmechallenges}); the C{sni:}
+        listeners ask it for TLS-ALPN-01.
     @ivar status: The L{HostStatus} of each name.
     @ivar shared: The shared state, or L{None}.
     """
@@ -327,7 +340,14 @@ class AutoTLS:
         self.rebuild = rebuild
         self.serving = serving
         self.shared = shared
-        self.stage = ChallengeStage()
+        self.challenges = PendingChallenges(
+            reactor,
+            config.storage,
+            config.hosts,
+            self._fallback,
+            None if shared is None else shared.store,
+        )
+        self.stage = ChallengeStage(self.challenges.keyAuthorization)
         self.status = {name: HostStatus() for name in config.hosts}
         self._client = ACMEClient(config)
         self._served: dict[str, Stored] = {}
@@ -397,6 +417,7 @@ class AutoTLS:
         os.makedirs(self.config.storage, mode=0o700, exist_ok=True)
         self._pool = ThreadPool(minthreads=0, maxthreads=2, name="manualb-acme")
         self._pool.start()
+        self._sni()
         self._poll = LoopingCall(self._pollStorage)
         self._poll.clock = self.reactor
         self._poll.start(STORAGE_POLL, now=False)
@@ -450,6 +471,8 @@ class AutoTLS:
         old, self.config = self.config, config
         if config == old:
             return
+        self.challenges.configure(config.storage, config.hosts)
+        self._sni()
         if attrs.evolve(old, hosts=config.hosts) != config:
             self._client = ACMEClient(config)
             if self._running:
@@ -705,6 +728,7 @@ class AutoTLS:
         d = self.shared.store.read("acme")
         d.addCallback(self._readShared)
         d.addErrback(lambda reason: None)
+        self.challenges.read()
         waiting, self._waitingStore = self._waitingStore, set()
         for name in waiting:
             if name not in self._working:
@@ -716,6 +740,8 @@ class AutoTLS:
     def stateChanged(self, topic: str, key: str, value, version: int) -> None:
         if topic == "acme":
             self._fromShared(key, value)
+        elif topic == TOPIC:
+            self.challenges.changed(key, value, version)
 
     def _readShared(self, stored: dict) -> None:
         for name, (version, value) in stored.items():
@@ -804,7 +830,9 @@ class AutoTLS:
         pending = []
         try:
             for authorization in order.authorizations:
-                challenge, response = self._answer(name, authorization, accountKey, pending)
+                challenge, response = yield self._answer(
+                    name, authorization, accountKey, pending
+                )
                 yield self._inThread(client.answer, challenge, response)
             order = yield self._inThread(client.finish, order)
         finally:
@@ -813,10 +841,16 @@ class AutoTLS:
         certificates = x509.load_pem_x509_certificates(order.fullchain_pem.encode("ascii"))
         return Stored(certificates[0], tuple(certificates[1:]), key)
 
+    @inlineCallbacks
     def _answer(self, name, authorization, accountKey, pending):
         """
         Make the challenge of C{authorization} that the listeners can
-        answer ready to be answered, and say how to undo it in C{pending}.
+        answer ready to be answered, here and in every process that shares
+        the storage or the shared state, and say how to undo it in
+        C{pending}.
+
+        @return: A L{Deferred} that fires with the challenge and its
+            response once it is shared.
         """
         offered = {c.chall.typ: c for c in authorization.body.challenges}
         for kind in self.config.challenges:
@@ -825,11 +859,15 @@ class AutoTLS:
                 continue
             keyAuthorization = challenge.chall.key_authorization(accountKey)
             if kind == "http-01":
-                token = challenge.chall.encode("token").encode("ascii")
-                self.stage.tokens[token] = keyAuthorization.encode("ascii")
-                pending.append(lambda: self.stage.tokens.pop(token, None))
+                token = challenge.chall.encode("token")
+                self.stage.tokens[token.encode("ascii")] = keyAuthorization.encode("ascii")
+                pending.append(lambda: self.stage.tokens.pop(token.encode("ascii"), None))
+                key = token
             else:
                 self._alpnChallenge(name, keyAuthorization, pending)
+                key = normalizeHost(name).decode("ascii")
+            pending.append(lambda: self.challenges.withdraw(kind, key))
+            yield self.challenges.share(kind, key, keyAuthorization)
             return challenge, challenge.chall.response(accountKey)
         raise RuntimeError(
             "the ACME server offers no challenge the listeners can answer "
@@ -838,27 +876,28 @@ class AutoTLS:
         )
 
     def _alpnChallenge(self, name: str, keyAuthorization: str, pending) -> None:
-        leaf, key = alpnChallengeCertificate(name, keyAuthorization)
-        context = SSL.Context(SSL.TLS_METHOD)
-        context.use_certificate(leaf)
-        context.use_privatekey(key)
-        sni = self.serving()
+        sni = self._sni()
         if sni is None:
             raise RuntimeError("no sni: listener serves TLS-ALPN-01")
-
-        def select(connection, offered):
-            if ACME_TLS_ALPN in offered:
-                return ACME_TLS_ALPN
-            # Not the ACME server: the certificate the name has otherwise.
-            connection.set_context(sni.contextFor(name))
-            if b"http/1.1" in offered:
-                return b"http/1.1"
-            return SSL.NO_OVERLAPPING_PROTOCOLS
-
-        context.set_alpn_select_callback(select)
         host = normalizeHost(name)
-        sni.challenges[host] = context
-        pending.append(lambda: sni.challenges.pop(host, None))
+        context = challengeContext(name, keyAuthorization, lambda: sni.contextFor(name))
+        self.challenges.contexts[host] = context
+        pending.append(lambda: self.challenges.contexts.pop(host, None))
+
+    def _sni(self):
+        """
+        The C{sni:} listeners' L{manualb.termination.SNIContextFactory}
+        (or L{None}), made to ask L{challenges} for TLS-ALPN-01.
+        """
+        sni = self.serving()
+        if sni is not None and sni.challenges is not self.challenges:
+            self.challenges.contexts.update(sni.challenges)
+            sni.challenges = self.challenges
+        return sni
+
+    def _fallback(self, host: bytes):
+        sni = self.serving()
+        return None if sni is None else sni.contextFor(host)
 
     def _serve(self, name: str, stored: Stored, event: str) -> None:
         status = self.status.get(name)

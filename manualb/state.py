@@ -73,7 +73,7 @@ HEARTBEAT = 10.0
 STALE = 3 * HEARTBEAT
 
 
-_TOPICS = ("admin", "health", "acme")
+_TOPICS = ("admin", "health", "acme", "acme-challenges")
 
 
 # The configuration keys.

@@ -186,7 +186,9 @@ class SNIContextFactory:
         self.names = [name for name, _ in contexts]
         self.defaultContext = contexts[0][1]
         #: Contexts that answer an ACME TLS-ALPN-01 challenge, by name
-        #: (see L{manualb.autotls}); they come before every other.
+        #: (see L{manualb.autotls}); they come before every other.  Anything
+        #: with a C{get}: automatic HTTPS puts its own, which also finds the
+        #: challenges that other processes share.
         self.challenges: dict[bytes, SSL.Context] = {}
         self._exact: dict[bytes, SSL.Context] = {}
         self._wildcards: dict[bytes, SSL.Context] = {}

@@ -62,13 +62,13 @@ def config(storage: str, names=(NAME,), main: str = "", more: str = ""):
     )
 
 
-def certificate(name: str = NAME) -> Stored:
+def certificate(name: str = NAME, leafKey=None) -> Stored:
     """
-    A certificate for C{name} as an ACME server would give: signed by a CA
-    (its own), not self-signed.
+    A certificate for C{name} (and C{leafKey}, by default a new one) as an
+    ACME server would give: signed by a CA (its own), not self-signed.
     """
     caLeaf, caKey = placeholderCertificate("Test CA")
-    leafKey = newKey()
+    leafKey = newKey() if leafKey is None else leafKey
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import NameOID

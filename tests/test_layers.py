@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, ...]] = [
         "includes",
         "stickycookie",
         "acmeclient",
+        "acmechallenges",
     ),
     (
         "handoff",

@@ -286,24 +286,27 @@ def manualbConfig(
     gatekeeper: str = "",
     workers: int = 1,
     frontEnd: str = "lean",
+    admin: int | None = None,
 ) -> str:
     """
     manualb configuration: listen on C{port} (with C{backlog=N} when
     given), round robin over C{backends}, in C{workers} processes, served
     by the HTTP/1.1 front end C{frontEnd}; C{gatekeeper} adds lines to its
-    C{[gatekeeper]} section.
+    C{[gatekeeper]} section; C{admin} is the port of an admin listener, or
+    L{None} for none.
     """
     servers = "".join(f"    127.0.0.1:{p}\n" for p in backends)
     listen = f"tcp:{port}:interface=127.0.0.1"
     if backlog is not None:
         listen += f":backlog={backlog}"
+    adminLine = f"admin = tcp:{admin}:interface=127.0.0.1\n" if admin is not None else ""
     return f"""\
 [manualb]
 listen = {listen}
 access_log = off
 workers = {workers}
 front_end = {frontEnd}
-
+{adminLine}
 [gatekeeper]
 ; The streaming run uploads far more than nginx's 1m default.
 client_max_body_size = 0
@@ -354,15 +357,20 @@ def startManualb(
     gatekeeper: str = "",
     workers: int = 1,
     frontEnd: str = "lean",
+    admin: bool = False,
 ):
     """
     Start manualb in front of C{backends}, in C{workers} processes, with the
-    HTTP/1.1 front end C{frontEnd}; return C{(process, port)}.
+    HTTP/1.1 front end C{frontEnd} (and an admin listener when C{admin});
+    return C{(process, port)}.
     """
     port = freePort()
     conf = writeFile(
         procs.workdir / f"{name}.ini",
-        manualbConfig(port, backends, backlog, gatekeeper, workers, frontEnd),
+        manualbConfig(
+            port, backends, backlog, gatekeeper, workers, frontEnd,
+            freePort() if admin else None,
+        ),
     )
     argv = [
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
@@ -743,7 +751,7 @@ def report(results: dict) -> str:
 #: blocking (what the gatekeeper costs), manualb with C{workers = 2} (not
 #: pinned: its two workers may use both CPUs, which wrk and the backends
 #: share with them), and the peers.
-PROXIES = ["manualb", "manualb twisted.web front", "manualb+waf", "manualb x2 workers", "twisted.web.proxy", "nginx"]
+PROXIES = ["manualb", "manualb twisted.web front", "manualb+admin", "manualb+waf", "manualb x2 workers", "twisted.web.proxy", "nginx"]
 
 
 def parseArgs(argv: list[str]) -> argparse.Namespace:
@@ -783,6 +791,10 @@ def runLoad(procs, proxyPin, otherPin, backendPorts, args) -> dict:
             elif name == "manualb twisted.web front":
                 process, port = startManualb(
                     procs, proxyPin, "manualb-twisted", list(backendPorts), frontEnd="twisted"
+                )
+            elif name == "manualb+admin":
+                process, port = startManualb(
+                    procs, proxyPin, "manualb-admin", list(backendPorts), admin=True
                 )
             elif name == "manualb+waf":
                 process, port = startManualb(

@@ -37,7 +37,7 @@ from manualb.config import ConfigError
 from manualb.dashboard import renderDashboard
 from manualb.endpoints import endpointProblem
 from manualb.health import HealthEvent
-from manualb.selection import ADMIN_STATES, Pool, Server
+from manualb.selection import ADMIN_STATES, Pool, Server, traceRecord
 from manualb.syntax import Section, readableFile
 from manualb.termination import splitDescription
 from manualb.view import Passage, RequestView
@@ -198,16 +198,25 @@ class RecentRequests:
     The decision records of the last L{RECENT_REQUESTS} finished requests,
     in a bounded ring, for C{GET /api/explain/ID}.
 
-    The exchange appends C{(passage, status, finished, listener)} for each
-    request it logs: the L{Passage} as it is, nothing rendered; the JSON is
-    made only when someone asks.
+    The exchange hands over (L{keep}) each request it logs, of which the
+    ring keeps only what L{explain} reads (L{flatten}): nothing rendered,
+    the JSON is made only when someone asks, and neither the request nor
+    its headers stay alive for it: a few tuples each, which cost the
+    garbage collector little.
 
-    @ivar entries: The ring, oldest first.
+    @ivar entries: The ring, oldest first, of L{flatten}'s records.
     """
 
     def __init__(self, size: int = RECENT_REQUESTS):
-        self.entries: deque[tuple[Passage, int, float, str]] = deque(maxlen=size)
-        self.append = self.entries.append
+        self.entries: deque[tuple] = deque(maxlen=size)
+        self._append = self.entries.append
+
+    def keep(self, passage: Passage, status: int, finished: float, listener: str) -> None:
+        """
+        Keep the records of a finished request, C{passage}, answered with
+        C{status} at C{finished} on C{listener}.
+        """
+        self._append(flatten(passage, status, finished, listener))
 
     def resize(self, size: int) -> None:
         """
@@ -215,7 +224,7 @@ class RecentRequests:
         so far among them).
         """
         self.entries = deque(self.entries, maxlen=size)
-        self.append = self.entries.append
+        self._append = self.entries.append
 
     def find(self, requestId: bytes) -> dict | None:
         """
@@ -223,8 +232,8 @@ class RecentRequests:
         L{None} when none of those kept has it.
         """
         for entry in reversed(self.entries):
-            if entry[0].requestId == requestId:
-                return explain(*entry)
+            if entry[0] == requestId:
+                return explain(entry)
         return None
 
     def explainHeader(
@@ -245,7 +254,7 @@ class RecentRequests:
                     break
         else:
             return
-        record = explain(passage, status, None, listener)
+        record = explain(flatten(passage, status, None, listener))
         value = json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode("ascii")
         if len(value) > EXPLAIN_HEADER_LIMIT:
             # Too long for a header: what identifies it, and where the whole
@@ -283,45 +292,89 @@ def _selection(selection) -> dict:
     }
 
 
-def explain(passage: Passage, status: int, finished: float | None, listener: str) -> dict:
+def flatten(passage: Passage, status: int, finished: float | None, listener: str) -> tuple:
     """
-    The explanation of one request, as JSON-ready data: the listener and
-    route (and the rule that chose it), the gatekeeper's decisions, and
-    each attempt with the pick that chose its server (the candidates and
-    their weights and health, the servers skipped and why, the key of the
-    strategy), its outcome, cause and duration.
+    What L{explain} needs of a request, C{passage}, answered with
+    C{status} at C{finished} (or L{None} while it is answered) on
+    C{listener}: plain values in tuples, with the pool's choices as the
+    pool's L{manualb.selection.Attempts.trace}.
     """
     view = passage.view
     route = passage.route
+    if route is not None:
+        config = route.route.config
+        route = (config.name, config.path, route.rule, route.group, route.path)
+    decisions = passage.decisions
+    selection = passage.selection
+    return (
+        passage.requestId,
+        listener,
+        view.clientAddress,
+        view.method,
+        view.target,
+        view.host,
+        view.started,
+        status,
+        finished,
+        route,
+        tuple([(d.rule, d.action, d.detail, d.status) for d in decisions]) if decisions else (),
+        None if selection is None else selection.trace(),
+    )
+
+
+def explain(entry: tuple) -> dict:
+    """
+    The explanation of one request, from its L{flatten}ed records, as
+    JSON-ready data: the listener and route (and the rule that chose it),
+    the gatekeeper's decisions, and each attempt with the pick that chose
+    its server (the candidates and their weights and health, the servers
+    skipped and why, the key of the strategy), its outcome, cause and
+    duration.
+    """
+    (
+        requestId,
+        listener,
+        client,
+        method,
+        target,
+        host,
+        started,
+        status,
+        finished,
+        route,
+        decisions,
+        trace,
+    ) = entry
     record = {
-        "requestId": _text(passage.requestId),
+        "requestId": _text(requestId),
         "listener": listener,
-        "client": view.clientAddress,
-        "method": _text(view.method),
-        "target": _text(view.target),
-        "host": _text(view.host),
+        "client": client,
+        "method": _text(method),
+        "target": _text(target),
+        "host": _text(host),
         "status": status,
-        "started": view.started or None,
+        "started": started or None,
         "finished": finished,
         "route": None,
         "gatekeeper": [
-            {"rule": d.rule, "action": d.action, "detail": d.detail, "status": d.status}
-            for d in passage.decisions
+            {"rule": rule, "action": action, "detail": detail, "status": code}
+            for rule, action, detail, code in decisions
         ],
         "upstream": None,
         "attempts": [],
         "stopped": None,
     }
     if route is not None:
+        name, path, rule, group, backendPath = route
         record["route"] = {
-            "name": route.route.config.name,
-            "path": route.route.config.path,
-            "rule": route.rule,
-            "hostGroup": _text(route.group),
-            "backendPath": _text(route.path),
+            "name": name,
+            "path": path,
+            "rule": rule,
+            "hostGroup": _text(group),
+            "backendPath": _text(backendPath),
         }
-    if passage.selection is not None:
-        selection = passage.selection.record()
+    if trace is not None:
+        selection = traceRecord(trace)
         record["upstream"] = selection.pool
         record["attempts"] = [
             {

@@ -737,7 +737,7 @@ class Exchange:
         if self.metrics is not None:
             self._measure(status)
         if self.recent is not None:
-            self.recent.append((self.passage, status, self.reactor.seconds(), self.listener))
+            self.recent.keep(self.passage, status, self.reactor.seconds(), self.listener)
         if self.accessLog is not None:
             self.downstream.logTo(
                 self.accessLog,

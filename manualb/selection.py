@@ -43,6 +43,8 @@ from manualb.records import (
 from manualb.view import RequestView
 
 _UP = Phase.UP
+_UP_NAME = _UP.value
+_BACKUP_NOT_NEEDED = SkipReason.BACKUP_NOT_NEEDED.value
 
 #: How many of its latest attempts' durations a server keeps, for the
 #: latency percentiles of the admin API.
@@ -421,13 +423,75 @@ class Attempts:
         """
         The decision record of the request's attempts so far.
         """
+        return traceRecord(self.trace())
+
+    def trace(self) -> tuple:
+        """
+        What L{record} needs, taken now for L{traceRecord} to make the
+        record later: plain values in tuples (names, weights, the values of
+        the enumerations), nothing of the request, its leases or the
+        servers, so that many of them kept cost little to keep and nothing
+        to the garbage collector.
+        """
         pool = self.pool
-        return SelectionRecord(
+        balancer = pool.balancer
+        key = getattr(balancer, "key", None)
+        refused = self._refused
+        stopped = self.stopped
+        return (
             pool.name,
-            tuple(lease.record() for lease in self.leases),
-            self.stopped,
-            pool._selection(*self._refused) if self._refused is not None else None,
+            str(getattr(balancer, "name", type(balancer).__name__)),
+            str(key) if key is not None else None,
+            tuple(
+                [
+                    (
+                        pool._flatPick(*lease._pick),
+                        lease.outcome.value if lease.outcome is not None else None,
+                        lease.cause,
+                        lease.duration,
+                    )
+                    for lease in self.leases
+                ]
+            ),
+            stopped.value if stopped is not None else None,
+            pool._flatPick(*refused) if refused is not None else None,
         )
+
+
+def traceRecord(trace: tuple) -> SelectionRecord:
+    """
+    The decision record of the attempts of which C{trace} is the
+    L{Attempts.trace}.
+    """
+    pool, strategy, key, attempts, stopped, refused = trace
+
+    def selection(pick: tuple) -> Selection:
+        candidates, skipped, chosen = pick
+        return Selection(
+            pool,
+            strategy,
+            key,
+            tuple([Candidate(*candidate) for candidate in candidates]),
+            tuple([Skipped(server, SkipReason(reason)) for server, reason in skipped]),
+            chosen,
+        )
+
+    return SelectionRecord(
+        pool,
+        tuple(
+            [
+                Attempt(
+                    selection(pick),
+                    Outcome(outcome) if outcome is not None else None,
+                    cause,
+                    duration,
+                )
+                for pick, outcome, cause, duration in attempts
+            ]
+        ),
+        StopReason(stopped) if stopped is not None else None,
+        selection(refused) if refused is not None else None,
+    )
 
 
 class Pool:
@@ -557,28 +621,34 @@ class Pool:
         """
         The decision record of a pick, from what L{_pick} returned.
         """
-        left = [Skipped(server.name, reason) for server, reason in skipped or ()]
-        if tier == 0:
-            left += [
-                Skipped(server.name, SkipReason.BACKUP_NOT_NEEDED) for server in self._tiers[1]
-            ]
-        candidates = []
-        for entry in offered:
-            if isinstance(entry, Server):
-                weight = entry.config.weight
-                candidates.append(Candidate(entry.name, weight, float(weight), _UP.value))
-            else:
-                server, effective, phase = entry
-                candidates.append(
-                    Candidate(server.name, server.config.weight, effective, phase.value)
-                )
+        candidates, left, chosen = self._flatPick(tier, offered, skipped, chosen)
         balancer = self.balancer
         key = getattr(balancer, "key", None)
         return Selection(
             self.name,
             str(getattr(balancer, "name", type(balancer).__name__)),
             str(key) if key is not None else None,
-            tuple(candidates),
-            tuple(left),
-            chosen.name if chosen is not None else None,
+            tuple([Candidate(*candidate) for candidate in candidates]),
+            tuple([Skipped(server, SkipReason(reason)) for server, reason in left]),
+            chosen,
         )
+
+    def _flatPick(self, tier: int, offered, skipped: list | None, chosen) -> tuple:
+        """
+        What the decision record of a pick says, from what L{_pick}
+        returned, in plain values: the candidates as C{(server, weight,
+        effective weight, health)}, the servers left out as C{(server,
+        reason)} and the name of the server chosen (or L{None}).
+        """
+        left = [(server.name, reason.value) for server, reason in skipped or ()]
+        if tier == 0:
+            left += [(server.name, _BACKUP_NOT_NEEDED) for server in self._tiers[1]]
+        candidates = []
+        for entry in offered:
+            if isinstance(entry, Server):
+                weight = entry.config.weight
+                candidates.append((entry.name, weight, float(weight), _UP_NAME))
+            else:
+                server, effective, phase = entry
+                candidates.append((server.name, server.config.weight, effective, phase.value))
+        return tuple(candidates), tuple(left), chosen.name if chosen is not None else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from io import BytesIO
 
 import attrs
@@ -641,12 +642,30 @@ class ExplainTests(SynchronousTestCase):
         recent = RecentRequests(size=3)
         for number in range(5):
             passage = Passage(RequestView("127.0.0.1"), requestId=b"%d" % (number,))
-            recent.append((passage, 200, 0.0, "default"))
+            recent.keep(passage, 200, 0.0, "default")
         self.assertEqual(len(recent.entries), 3)
         self.assertIsNone(recent.find(b"1"))
         self.assertEqual(recent.find(b"4")["requestId"], "4")
         lb = memoryBalancer()
         self.assertEqual(lb.balancer.recent.entries.maxlen, 10000)
+
+    def test_ringKeepsNotTheRequest(self):
+        """
+        The ring keeps what an explanation needs, not the request itself
+        (its view, headers and the pool's leases): ten thousand of those
+        would weigh on memory and on every garbage collection.
+        """
+        recent = RecentRequests(size=3)
+        view = RequestView("127.0.0.1", method=b"GET", target=b"/a", headers=[(b"a", b"b")])
+        gone = weakref.ref(view)
+        recent.keep(Passage(view, requestId=b"1"), 200, 5.0, "default")
+        del view
+        self.assertIsNone(gone())
+        record = recent.find(b"1")
+        self.assertEqual(
+            (record["client"], record["method"], record["target"], record["finished"]),
+            ("127.0.0.1", "GET", "/a", 5.0),
+        )
 
     def test_header(self):
         """

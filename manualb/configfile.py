@@ -84,7 +84,7 @@ from manualb.endpoints import endpointProblem, socketFileProblem
 from manualb.errorpages import parseErrorPages
 from manualb.routecontrols import CONTROL_KEYS, parseRouteControls
 from manualb.hsts import parseListenerHSTS, parseRouteHSTS
-from manualb.includes import INCLUDE, compose
+from manualb.includes import INCLUDE, compose, readText as readConfigText
 from manualb.routelimits import parseRouteLimits
 from manualb.upstreamconfig import keyDefault, parseUpstream, readKeys
 from manualb.syntax import (
@@ -162,27 +162,6 @@ def withLine(error: ConfigError, text: str) -> ConfigError:
     if error.line is None:
         error.line = IniLines(text).locate(error.section, error.key, error.message)
     return error
-
-
-def readConfigText(path: str) -> str:
-    """
-    The contents of the configuration file at C{path}.
-
-    @raise ConfigError: if it cannot be read, naming the file and the
-        operating system's reason.
-    """
-    try:
-        # utf-8-sig: tolerate the byte order mark some Windows editors add.
-        with open(path, encoding="utf-8-sig") as configFile:
-            text = configFile.read()
-    except OSError as e:
-        reason = e.strerror or str(e)
-        raise ConfigError(path, None, None, f"cannot read file: {reason}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(
-            path, None, None, f"not UTF-8 text (bad byte at offset {e.start})"
-        ) from None
-    return text
 
 
 def parseConfig(

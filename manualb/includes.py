@@ -117,7 +117,7 @@ def _read(
     headers: dict[str, tuple[str, int]],
     reading: list[str],
 ) -> None:
-    text = _fileText(path)
+    text = readText(path)
     included = bool(reading)
     lines = substitute(text, path, environ).split("\n")
     includes: list[tuple[int, str]] = []
@@ -198,7 +198,13 @@ def _matches(path: str, number: int, directory: str, pattern: str) -> list[str]:
     return sorted(name for name in glob.glob(full) if os.path.isfile(name))
 
 
-def _fileText(path: str) -> str:
+def readText(path: str) -> str:
+    """
+    The text of the configuration file at C{path}.
+
+    @raise ConfigError: It cannot be read, or is not UTF-8, naming the file
+        and the reason.
+    """
     try:
         # utf-8-sig: tolerate the byte order mark some Windows editors add.
         with open(path, encoding="utf-8-sig") as configFile:

@@ -320,16 +320,7 @@ def _certificateOptions(
             f"the private key does not match the certificate in "
             f"{certificate.certificate} (the first one of the file)",
         )
-    return _withOpenSSLObjects(
-        lambda convert: CertificateOptions(
-            privateKey=convert.key(key),
-            certificate=convert.certificate(leaf),
-            extraCertChain=[convert.certificate(each) for each in chain],
-            raiseMinimumTo=minimum,
-            acceptableCiphers=ciphers,
-            acceptableProtocols=protocols,
-        )
-    )
+    return _keyPairContext(minimum, ciphers, protocols, leaf, chain, key)
 
 
 class _AsCryptography:
@@ -459,7 +450,6 @@ def contextFactoryFor(
                 raise TLSFileError(
                     certificate.certificate, f"OpenSSL cannot use it: {e}"
                 ) from None
-            built[files].set_alpn_select_callback(_alpnSelector(protocols))
         contexts.append((certificate.name, built[files]))
     if extra is not None:
         contexts.extend(extra(partial(_keyPairContext, minimum, ciphers, protocols)))
@@ -470,6 +460,10 @@ def contextFactoryFor(
 
 
 def _keyPairContext(minimum, ciphers, protocols, leaf, chain, key) -> SSL.Context:
+    """
+    The context of a certificate, its chain and its key, offering by ALPN
+    what C{protocols} and the listener's factory both speak.
+    """
     context = _withOpenSSLObjects(
         lambda convert: CertificateOptions(
             privateKey=convert.key(key),

@@ -62,6 +62,9 @@ VIA_NAME = b"manualb"
 # What a protocol upgrade keeps of the hop-by-hop headers.
 _UPGRADE_HEADERS = frozenset([b"upgrade", b"connection"])
 
+# What the proxy drops of every backend response's headers.
+_DROPPED_RESPONSE = HOP_BY_HOP | _HIDDEN_RESPONSE
+
 # What the proxy drops of the client's headers; with the request id it sends.
 _DROPPED = HOP_BY_HOP | _REWRITTEN
 _DROPPED_ID = _DROPPED | _REQUEST_ID
@@ -171,15 +174,12 @@ def responseHeaders(
         place of the backend's (C{x-request-id}, say).
     """
     headers = list(headers)
-    kept = _UPGRADE_HEADERS if upgrade else frozenset()
-    dropped = (
-        HOP_BY_HOP
-        | _HIDDEN_RESPONSE
-        | replaced
-        | connectionTokens(
-            [value for name, value in headers if name.lower() == b"connection"]
-        )
-    ) - kept
+    dropped = _DROPPED_RESPONSE | replaced if replaced else _DROPPED_RESPONSE
+    connection = [value for name, value in headers if name.lower() == b"connection"]
+    if connection:
+        dropped = dropped | connectionTokens(connection)
+    if upgrade:
+        dropped = dropped - _UPGRADE_HEADERS
     return [(name, value) for name, value in headers if name.lower() not in dropped]
 
 

@@ -55,6 +55,40 @@ class ForwardingTests(SynchronousTestCase):
             [(b"Set-Cookie", b"a"), (b"Set-Cookie", b"b")],
         )
 
+    def test_responseHeadersHostile(self):
+        """
+        A backend cannot keep a hop-by-hop header, or one the proxy sends
+        itself, by naming it in mixed case, in several Connection headers,
+        or with stray spaces; an upgrade keeps only Upgrade and Connection
+        of the hop-by-hop headers, never one that Connection names.
+        """
+        headers = [
+            (b"CONNECTION", b" Keep-Alive ,x-Secret"),
+            (b"connection", b"X-Other"),
+            (b"X-SECRET", b"1"),
+            (b"x-other", b"2"),
+            (b"keep-alive", b"timeout=5"),
+            (b"Proxy-Connection", b"keep-alive"),
+            (b"X-Request-Id", b"forged"),
+            (b"DATE", b"then"),
+            (b"Upgrade", b"websocket"),
+            (b"X-Kept", b"3"),
+        ]
+        self.assertEqual(
+            responseHeaders(headers, replaced=frozenset([b"x-request-id"])),
+            [(b"X-Kept", b"3")],
+        )
+        self.assertEqual(
+            responseHeaders(headers, upgrade=True),
+            [
+                (b"CONNECTION", b" Keep-Alive ,x-Secret"),
+                (b"connection", b"X-Other"),
+                (b"X-Request-Id", b"forged"),
+                (b"Upgrade", b"websocket"),
+                (b"X-Kept", b"3"),
+            ],
+        )
+
 
 class AccessLogTests(SynchronousTestCase):
     def test_hostileValuesEscaped(self):

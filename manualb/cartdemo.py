@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import textwrap
@@ -76,27 +77,31 @@ def _freePort() -> int:
 #: shell ends when redis-server does.
 _WRAPPER = (
     'exec 3<&0; "$0" "$@" 3<&- & pid=$!; echo "pid $pid"; '
-    "(cat <&3 >/dev/null; kill $pid 2>/dev/null) >/dev/null 2>&1 & wait $pid"
+    "(cat <&3 >/dev/null; kill -CONT $pid; kill $pid) >/dev/null 2>&1 & wait $pid"
 )
 
 
 class RedisProcess(ProcessProtocol):
     """
-    The demo's redis-server: on a free port of 127.0.0.1, in a temporary
-    directory that L{stop} removes, saving nothing (C{--save ''
-    --appendonly no}).
+    A redis-server of its own (the demo's, and the tests'): on a port of
+    127.0.0.1 (a free one unless given), which it keeps if started again,
+    in a directory (a temporary one that L{stop} removes unless given),
+    saving nothing (C{--save '' --appendonly no}).
 
     @ivar executable: The path of redis-server.
     @ivar port: Its port, once L{start} is called.
     @ivar pid: The process id of redis-server itself, once it runs.
     """
 
-    def __init__(self, reactor, executable: str):
+    def __init__(
+        self, reactor, executable: str, directory: str | None = None, port: int | None = None
+    ):
         self.reactor = reactor
         self.executable = executable
-        self.port: int | None = None
+        self.port = port
         self.pid: int | None = None
-        self.directory: str | None = None
+        self.directory = directory
+        self._ownDirectory = directory is None
         self._output = b""
         self._ready: Deferred[None] | None = None
         self._running = False
@@ -115,8 +120,10 @@ class RedisProcess(ProcessProtocol):
         Start it; fires once it accepts connections, or fails with what it
         said (within L{REDIS_START_TIMEOUT}).
         """
-        self.port = _freePort()
-        self.directory = tempfile.mkdtemp(prefix="manualb-demo-redis-")
+        if self.port is None:
+            self.port = _freePort()
+        if self._ownDirectory:
+            self.directory = tempfile.mkdtemp(prefix="manualb-demo-redis-")
         self._output = b""
         self._ready = Deferred()
         self._running = True
@@ -159,8 +166,21 @@ class RedisProcess(ProcessProtocol):
             self.transport.closeStdin()
         return stopped
 
+    def pause(self) -> None:
+        """
+        Freeze it (C{SIGSTOP}): it keeps its connections and answers
+        nothing, as a Redis that hangs.
+        """
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """
+        Let it go on after L{pause}.
+        """
+        os.kill(self.pid, signal.SIGCONT)
+
     def _removeDirectory(self) -> None:
-        if self.directory is not None:
+        if self._ownDirectory and self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
 

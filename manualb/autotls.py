@@ -829,7 +829,7 @@ class AutoTLS:
         accountKey = client.client().net.key
         pending = []
         try:
-            for authorization in order.authorizations:
+            for authorization in toAnswer(order.authorizations):
                 challenge, response = yield self._answer(
                     name, authorization, accountKey, pending
                 )
@@ -918,3 +918,11 @@ class AutoTLS:
             "hosts": {name: status.asDict() for name, status in self.status.items()},
         }
 
+
+def toAnswer(authorizations: Sequence) -> list:
+    """
+    The authorizations of an order whose challenges need an answer: not
+    those the server holds valid already (it may reuse a recent one, RFC
+    8555 section 7.1.4), whose challenges it refuses to take again.
+    """
+    return [each for each in authorizations if getattr(each.body.status, "name", None) != "valid"]

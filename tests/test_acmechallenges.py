@@ -66,6 +66,10 @@ class _Thing:
         self.__dict__.update(attributes)
 
 
+#: The status of an authorization the server has not validated yet.
+_PENDING = _Thing(name="pending")
+
+
 class FakeACME:
     """
     The blocking ACME client of L{manualb.acmeclient}, played by the test:
@@ -99,9 +103,8 @@ class FakeACME:
         self.orders.append(name)
         chall = self.types[self.kind](token=os.urandom(32))
         body = _Thing(chall=chall)
-        return _Thing(
-            name=name, key=key, authorizations=[_Thing(body=_Thing(challenges=[body]))]
-        )
+        authorization = _Thing(body=_Thing(challenges=[body], status=_PENDING))
+        return _Thing(name=name, key=key, authorizations=[authorization])
 
     def answer(self, challenge, response) -> Deferred:
         d = Deferred()

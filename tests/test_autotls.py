@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from manualb.autotls import ChallengeStage, alpnChallengeCertificate, writePrivate
+from manualb.autotls import ChallengeStage, alpnChallengeCertificate, toAnswer, writePrivate
 from manualb.config import ConfigError
 from manualb.configfile import parseConfig
 from manualb.service import makeService
@@ -181,6 +181,26 @@ def _served(port: int, name: str) -> Deferred[x509.Certificate]:
 
 def _selfSigned(certificate: x509.Certificate) -> bool:
     return certificate.issuer == certificate.subject
+
+
+class AuthorizationTests(SynchronousTestCase):
+    def test_validNotAnswered(self):
+        """
+        An order may hold an authorization the server validated already (a
+        recent one it reuses): its challenges are not answered again, which
+        the server would refuse (pebble: "Cannot update challenge with
+        status valid"); pending ones are.
+        """
+        from acme import messages
+
+        def authorization(status):
+            return messages.AuthorizationResource(
+                body=messages.Authorization(status=status, challenges=[]), uri="u"
+            )
+
+        valid, pending = authorization(messages.STATUS_VALID), authorization(messages.STATUS_PENDING)
+        self.assertEqual(toAnswer([valid, pending, valid]), [pending])
+        self.assertEqual(toAnswer([valid]), [])
 
 
 class PebbleTests(TestCase):

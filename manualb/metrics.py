@@ -23,21 +23,15 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from manualb.health import UP
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
+
     from manualb.selection import Pool
 
 __all__ = ["BUCKETS", "Metrics", "MetricsResource"]
@@ -119,8 +113,21 @@ class Metrics:
         self._retries: dict[str, int] = {}
         # (rule, action) -> decisions.
         self._decisions: dict[tuple[str, str], int] = {}
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_Collector(self))
+        self._registry: CollectorRegistry | None = None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """
+        The Prometheus registry that serves these metrics, made when first
+        asked for: prometheus_client is imported only by a process that
+        serves C{/metrics}.
+        """
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+
+            self._registry = CollectorRegistry(auto_describe=True)
+            self._registry.register(_Collector(self))
+        return self._registry
 
     def requestDone(
         self,
@@ -191,6 +198,12 @@ class Metrics:
         has its latency and retries series, at zero before its first
         request, so that a rate over them starts from the start.
         """
+        from prometheus_client.metrics_core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
         pools = list(self._pools())
         upstreams = [pool.name for pool in pools]
         requests = CounterMetricFamily(
@@ -295,7 +308,7 @@ def _bound(bound: float) -> str:
     return repr(float(bound))
 
 
-class _Collector(Collector):
+class _Collector:
     """
     Hands a L{Metrics}' families to its registry at each scrape.
     """
@@ -321,6 +334,8 @@ class MetricsResource(Resource):
         self.registry = registry
 
     def render_GET(self, request: Request) -> bytes:
+        from prometheus_client.exposition import choose_encoder
+
         accept = request.getHeader(b"accept")
         encoder, contentType = choose_encoder(accept.decode("latin-1") if accept else "")
         request.setHeader(b"content-type", contentType.encode("ascii"))

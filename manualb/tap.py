@@ -21,7 +21,6 @@ from twisted.python import usage
 from manualb.config import ConfigError
 from manualb.configfile import loadConfig
 from manualb.service import BalancerService, makeService as _makeService
-from manualb.supervisor import supervisorService
 
 
 class Options(usage.Options):
@@ -46,6 +45,8 @@ def makeService(options: Options):
     try:
         config = loadConfig(options["config"], requireListen=True)
         if config.workers > 1:
+            from manualb.supervisor import supervisorService
+
             service = supervisorService(config, reactor)
         else:
             service = _makeService(config, reactor)

@@ -55,7 +55,7 @@ from manualb.config import ServerAddress, UpstreamConfig
 from manualb.syntax import formatDuration
 from manualb.interfaces import IResponseReceiver  # also imported from here
 from manualb.responseparser import IResponseEvents, ResponseParseError, ResponseParser
-from manualb.transports import Deadline, cancelCall, setNoDelay
+from manualb.transports import Deadline, cancelCall, sendNow, setNoDelay
 
 
 class UpstreamError(Exception):
@@ -400,7 +400,7 @@ class UpstreamConnection(Protocol):
             upgrade or not reuse or self.exchanges >= self.config.keepalive_requests
         )
         self._parser.expect(method, upgrade)
-        self.transport.write(head)
+        sendNow(self.transport, head)
 
     def attachBody(self, source: IPushProducer) -> None:
         """
@@ -416,9 +416,8 @@ class UpstreamConnection(Protocol):
         if not data or (self._state is not _SENDING and self._state is not _EARLY):
             return
         if self._chunkedBody:
-            self.transport.writeSequence([b"%x\r\n" % (len(data),), data, b"\r\n"])
-        else:
-            self.transport.write(data)
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        sendNow(self.transport, data)
 
     def finishBody(self) -> None:
         """
@@ -434,7 +433,7 @@ class UpstreamConnection(Protocol):
             return
         self._detachBody()
         if self._chunkedBody:
-            self.transport.write(b"0\r\n\r\n")
+            sendNow(self.transport, b"0\r\n\r\n")
         self._armReadTimer()
 
     @property

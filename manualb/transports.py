@@ -1,13 +1,15 @@
 """
 What every connection of the proxy shares: Nagle's algorithm off on each
-TCP connection it accepts or opens, its timers cancelled alike, and
-L{Deadline}s for the timeouts that move with every request.
+TCP connection it accepts or opens, writes sent at once when the socket has
+room (L{sendNow}), its timers cancelled alike, and L{Deadline}s for the
+timeouts that move with every request.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport, ITransport
 
 
@@ -114,3 +116,44 @@ class Deadline:
             return
         self._when = None
         self._expired()
+
+
+
+#: The transports of plain TCP connections, which L{sendNow} may write to
+#: directly.
+_PLAIN_TCP = (tcp.Server, tcp.Client)
+
+
+def sendNow(transport: ITransport, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}, sending it at once when nothing is queued
+    before it.
+
+    A plain C{transport.write} queues the bytes and asks the reactor to say
+    when the socket can take them: a turn of the event loop and two
+    C{epoll_ctl} calls for every response head, though the socket's buffer
+    is nearly always empty.  So on a plain TCP connection (no TLS) with
+    nothing waiting in its buffer, the bytes go to the socket's C{send}
+    straight away, and only what it does not take is queued, in order.
+    This is the one place that reads the insides of Twisted's
+    L{twisted.internet.abstract.FileDescriptor} (its two write buffers); any
+    other transport, or one that is closing, gets a plain C{write}.
+    """
+    if (
+        type(transport) in _PLAIN_TCP
+        and not transport._tempDataBuffer
+        and len(transport.dataBuffer) == transport.offset
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport.TLS
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            # Full, or broken: the reactor's own write finds out which.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)

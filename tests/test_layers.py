@@ -103,6 +103,11 @@ _PRIVATE = re.compile(
 )
 _ADAPTER = "web"
 
+#: The write buffers of Twisted's connections, private to
+#: twisted.internet, which one function reads: L{manualb.transports.sendNow}.
+_BUFFERS = re.compile(r"\._(?:tempDataBuffer|tempDataLen|writeDisconnected)\b")
+_SENDER = "transports"
+
 _PACKAGE = os.path.dirname(manualb.__file__)
 
 
@@ -228,5 +233,17 @@ class LayerTests(SynchronousTestCase):
             with open(path, encoding="utf-8") as source:
                 inAdapter = name == _ADAPTER or name.startswith(_ADAPTER + ".")
                 if not inAdapter and _PRIVATE.search(source.read()):
+                    users.append(name)
+        self.assertEqual(users, [])
+
+    def test_writeBuffersInOneModule(self) -> None:
+        """
+        The write buffers of Twisted's connections are read in
+        L{manualb.transports} only.
+        """
+        users = []
+        for name, path in _modules().items():
+            with open(path, encoding="utf-8") as source:
+                if name != _SENDER and _BUFFERS.search(source.read()):
                     users.append(name)
         self.assertEqual(users, [])

@@ -10,9 +10,9 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from manualb.interfaces import IDownstream, IRequestBody
+from manualb.transports import sendNow
 
 _NO_BODY_CODES = frozenset([204, 304])
-_CHUNK_END = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -213,23 +213,17 @@ class LeanRequest:
         if self.bodyless:
             if head is not None:
                 self.head = None
-                self.connection.transport.write(head)
+                sendNow(self.connection.transport, head)
             return
         if not data:
             return
         self.sent += len(data)
-        transport = self.connection.transport
         if self.chunked:
-            if head is not None:
-                self.head = None
-                transport.writeSequence([head, b"%x\r\n" % (len(data),), data, _CHUNK_END])
-            else:
-                transport.writeSequence([b"%x\r\n" % (len(data),), data, _CHUNK_END])
-        elif head is not None:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        if head is not None:
             self.head = None
-            transport.writeSequence([head, data])
-        else:
-            transport.write(data)
+            data = head + data
+        sendNow(self.connection.transport, data)
 
     def finish(self) -> None:
         if self.finished:
@@ -241,12 +235,9 @@ class LeanRequest:
             head = self.head
             if head is not None:
                 self.head = None
-                if self.chunked:
-                    transport.writeSequence([head, _LAST_CHUNK])
-                else:
-                    transport.write(head)
+                sendNow(transport, head + _LAST_CHUNK if self.chunked else head)
             elif self.chunked:
-                transport.write(_LAST_CHUNK)
+                sendNow(transport, _LAST_CHUNK)
         connection._responseDone(self)
 
     def breakOff(self) -> None:

@@ -195,6 +195,33 @@ def runH2load(
     return parseH2load(output, log), output
 
 
+def runHandshakes(prefix: list[str], port: int, duration: int, clients: int) -> dict:
+    """
+    Full TLS handshakes per second on 127.0.0.1:C{port}: h2load (HTTP/1.1
+    over TLS) run again and again for C{duration} seconds, each time with
+    C{clients} new clients making one request each.  Each client is a new
+    connection with a session of its own, so every handshake is a full
+    one; wrk, and a single h2load client that reconnects, would offer the
+    session they got before and be resumed.
+    """
+    argv = prefix + ["h2load", "--h1", "-t1", f"-c{clients}", f"-n{clients}",
+                     f"https://127.0.0.1:{port}/"]
+    started = time.monotonic()
+    deadline = started + duration
+    succeeded = failed = runs = 0
+    while time.monotonic() < deadline and runs < 100_000:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        runs += 1
+        counts = re.search(r"(\d+) succeeded, (\d+) failed", done.stdout)
+        if counts is None:
+            raise BenchError(f"h2load failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+        succeeded += int(counts.group(1))
+        failed += int(counts.group(2))
+    elapsed = time.monotonic() - started
+    return {"rps": succeeded / elapsed, "handshakes": succeeded, "failed": failed,
+            "runs": runs, "seconds": elapsed}
+
+
 # -- TLS session resumption -------------------------------------------------
 
 

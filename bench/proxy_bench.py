@@ -42,7 +42,7 @@ from benchproc import (
     runBench,
     waitForPort,
 )
-from loads import Usage, checkResponse, indent, resumption, runH2load, runWrk
+from loads import Usage, checkResponse, indent, resumption, runH2load, runHandshakes, runWrk
 from peers import HAPROXY, PEER_PACKAGES, PEERS, PROTOCOLS, Peer, Rig, peerNames, peersVenv
 from servers import backendConfig, makeCertificate, startNginx
 from streaming import MiB, runStreaming
@@ -161,8 +161,7 @@ def measure(rig: Rig, otherPin: list[str], peer: Peer, protocol: str, args, resu
         if protocol == "https":
             try:
                 usage.begin()
-                hs, _ = runWrk(otherPin, port, args.short, args.connections, tls=True,
-                               headers=("Connection: close",))
+                hs = runHandshakes(otherPin, port, args.short, args.connections)
                 result["handshake_usage"] = usage.end()
                 result["handshakes_per_s"] = hs["rps"]
                 result["handshakes"] = hs
@@ -236,6 +235,8 @@ def bench(args: argparse.Namespace, workdir: Path, missingTools: list[str]) -> d
             "warmup_s": args.warmup, "short_s": args.short, "stream_mib": args.size,
             "pinning": note, "proxy_cpu": proxyCpu, "cpus": os.cpu_count(),
             "missing_tools": missingTools,
+            # Other work on the machine shows in the figures: say how much.
+            "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         },
     }
     try:

@@ -18,7 +18,7 @@ PYTHON_PEERS = ("aiohttp", "proxy.py", "mitmdump", BASELINE)
 COLUMNS = [
     ("proxy", "<27"), ("proto", "<6"), ("req/s", ">8"), ("hs/s", ">6"),
     ("p50 ms", ">7"), ("p99 ms", ">7"), ("1MiB MiB/s", ">11"), ("x nginx", ">8"),
-    ("x twisted", ">10"), ("resumed 1.2 1.3", ">16"), ("CPU proxy / other", ">19"),
+    ("x twisted", ">10"), ("resumed 1.2 1.3", ">16"), ("proxy% | CPUs%", ">15"),
     ("RSS MiB", ">8"), ("", "<0"),
 ]
 
@@ -52,15 +52,17 @@ def resumed(row: dict) -> str:
 
 def cpuCell(row: dict, proxyCpu: int | None) -> str:
     """
-    The proxy's CPU time over the run (100% is a whole CPU) and the busiest
-    other CPU's, such as C{"proxy 99% / other 60%"}.
+    The proxy's CPU time over the requests/s run (100% is a whole CPU), then
+    how busy each CPU was, the proxy's first: such as C{"99% | 100 61"}.  A
+    proxy near 100% is the bottleneck; a CPU near 100% with the proxy well
+    below is saturated by the rest (wrk, the backends, or other work of
+    the machine).
     """
     usage = row.get("usage")
     if not usage:
         return "-"
-    others = [b for cpu, b in usage["cpu_busy_pct"].items() if int(cpu) != proxyCpu]
-    other = max(others) if others else 0.0
-    return f"proxy {usage['proxy_cpu_pct']:.0f}% / other {other:.0f}%"
+    busy = sorted(usage["cpu_busy_pct"].items(), key=lambda item: int(item[0]) != proxyCpu)
+    return f"{usage['proxy_cpu_pct']:.0f}% | " + " ".join(f"{b:.0f}" for _, b in busy)
 
 
 def formatTable(rows: list[dict], proxyCpu: int | None) -> str:
@@ -151,12 +153,17 @@ def report(results: dict) -> str:
             if key in s:
                 out.append("  " + formatStream(f"{key}:", s[key]))
     out.append("")
-    out.append(
-        f"({settings['pinning']}; wrk -t1 -c{settings['connections']} -d{settings['duration_s']}s "
-        f"after {settings['warmup_s']}s of warm-up; h2load -c10 -m10 over the same time; "
-        f"1 MiB bodies: 8 clients for {settings['short_s']}s; handshakes: wrk -c{settings['connections']} "
-        f"with Connection: close over TLS (a full handshake and one request per connection) "
-        f"for {settings['short_s']}s; resumed: of 5 openssl s_client connections offering the session of the one before; CPU over the "
-        f"req/s run; RSS: peak of the proxy's processes; total run {results.get('elapsed_s', 0):.0f}s)"
-    )
+    out += [
+        f"{settings['pinning']}; load average {settings.get('load_average', '?')} at the start; "
+        f"whole run {results.get('elapsed_s', 0):.0f}s.",
+        f"req/s, p50, p99: wrk -t1 -c{settings['connections']} -d{settings['duration_s']}s after "
+        f"{settings['warmup_s']}s of warm-up; h2: h2load -c10 -m10 (latency per stream).",
+        f"hs/s: full TLS handshakes/s, h2load --h1 -c{settings['connections']} "
+        f"-n{settings['connections']} again and again for {settings['short_s']}s (new clients: no "
+        "session to resume; one request per connection).",
+        f"1MiB MiB/s: 8 clients fetching a 1 MiB file for {settings['short_s']}s.  resumed: "
+        "of 5 openssl s_client connections offering the session of the one before, TLS 1.2 and 1.3.",
+        "proxy% | CPUs%: the proxy's CPU time over the req/s run (100 is one CPU), then each "
+        "CPU's busy share, the proxy's CPU first.  RSS: peak of the sum over the proxy's processes.",
+    ]
     return "\n".join(out)

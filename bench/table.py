@@ -148,6 +148,7 @@ def report(results: dict) -> str:
         out += [f"{name}: {note}" for name, note in notes.items()]
     s = results.get("streaming", {})
     if s:
+        out.append("")
         out.append(f"streaming {settings['stream_mib']:g} MiB through manualb:")
         for key in ("download", "upload"):
             if key in s:

@@ -18,19 +18,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from proxy_bench import (
-    BENCH,
-    BenchError,
-    Processes,
-    backendConfig,
-    checkResponse,
-    pinning,
-    runBench,
-    runWrk,
-    startManualb,
-    startNginx,
-    waitForPort,
-)
+from benchproc import BENCH, BenchError, Processes, pinning, runBench, waitForPort
+from loads import checkResponse, runWrk
+from servers import backendConfig, startManualb, startNginx
 from benchlib import freePort
 
 RESULTS = BENCH / "results"

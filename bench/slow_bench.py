@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from benchlib import freePort, publish
-from proxy_bench import Processes, nginxMain, runBench, startNginx, writeFile
+from benchproc import Processes, runBench, writeFile
+from servers import nginxMain, startNginx
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent

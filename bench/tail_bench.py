@@ -48,21 +48,9 @@ import time
 from pathlib import Path
 
 from benchlib import freePort, publish
-from proxy_bench import (
-    BenchError,
-    Processes,
-    backendConfig,
-    checkResponse,
-    manualbConfig,
-    parseWrk,
-    pinning,
-    runBench,
-    startManualb,
-    startNginx,
-    toMs,
-    waitForPort,
-    writeFile,
-)
+from benchproc import BenchError, Processes, pinning, runBench, waitForPort, writeFile
+from loads import checkResponse, parseWrk, toMs
+from servers import backendConfig, manualbConfig, startManualb, startNginx
 
 BENCH = Path(__file__).resolve().parent
 

@@ -31,11 +31,11 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import publish
-from proxy_bench import (
-    BenchError, Processes, backendConfig, manualbConfig, pinning, rssKiB,
-    runBench, runWrk, startNginx, waitForPort, freePort,
-)
+from benchlib import freePort, publish
+from benchproc import BenchError, Processes, pinning, runBench, waitForPort
+from loads import runWrk
+from servers import backendConfig, manualbConfig, startNginx
+from streaming import rssKiB
 
 BENCH = Path(__file__).resolve().parent
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"

@@ -428,3 +428,85 @@ class SessionKeysTests(SynchronousTestCase):
         )
 
 
+
+
+class _Answer(Protocol):
+    """
+    Answers each request as a proxy does: a head in two parts, then the body
+    in ten small chunks and C{extra} bytes more.
+    """
+
+    extra = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.writeSequence([b"HTTP/1.1 200 OK\r\n", b"Content-Length: 100\r\n\r\n"])
+        for _ in range(10):
+            self.transport.write(b"x" * 10)
+        if self.extra:
+            self.transport.write(b"y" * self.extra)
+
+
+class RecordTests(SynchronousTestCase):
+    """
+    A TLS listener's writes of one reactor turn become as few TLS records as
+    can be: Twisted's buffering TLS transport (which the listeners use)
+    gathers them, then cuts them into records of 16 KiB.
+    """
+
+    def records(self, extra: int) -> list[int]:
+        """
+        The payload sizes of the TLS records of one answer.
+        """
+        from OpenSSL import SSL
+        from twisted.internet.testing import StringTransport
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        contexts = contextFactoryFor(
+            makeTLSConfig(self.mktemp(), makeCA("manualb test CA"), [["a.example"]])
+        )
+        clock = Clock()
+        answer = type("Answer", (_Answer,), {"extra": extra})
+        server = TLSMemoryBIOFactory(
+            contexts, False, Factory.forProtocol(answer), clock
+        ).buildProtocol(None)
+        transport = StringTransport()
+        server.makeConnection(transport)
+        client = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+        client.set_connect_state()
+        for _ in range(10):
+            try:
+                client.do_handshake()
+            except SSL.WantReadError:
+                pass
+            try:
+                server.dataReceived(client.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+            clock.advance(0)
+            if transport.value():
+                client.bio_write(transport.value())
+                transport.clear()
+        client.send(b"GET / HTTP/1.1\r\n\r\n")
+        server.dataReceived(client.bio_read(65536))
+        clock.advance(0)
+        out, sizes = transport.value(), []
+        while out:
+            size = int.from_bytes(out[3:5], "big")
+            sizes.append(size)
+            out = out[5 + size :]
+        return sizes
+
+    def test_smallAnswer(self) -> None:
+        """
+        A head and a short body written in twelve parts go out as one record.
+        """
+        self.assertEqual(len(self.records(0)), 1)
+
+    def test_bigAnswer(self) -> None:
+        """
+        A 200 kB body goes out in full records (16 KiB of data each, plus
+        the AEAD's overhead), the last one excepted.
+        """
+        sizes = self.records(200000)
+        self.assertEqual(len(sizes), 13)
+        self.assertEqual(set(sizes[:-1]), {16384 + 17})

@@ -528,6 +528,11 @@ class TLSConfig:
         manualb's modern default.
     @ivar hsts: The value of C{Strict-Transport-Security} sent on TLS
         connections (e.g. C{max-age=31536000}), or L{None}.
+    @ivar ssl_session_cache: Keep sessions to resume them by id (see
+        L{manualb.tlscontexts}).
+    @ivar ssl_session_timeout: Seconds a session (and a ticket) resumes.
+    @ivar ssl_session_tickets: Resume by session tickets.
+    @ivar ssl_session_ticket_key_rotation: Seconds between two ticket keys.
     """
 
     certificates: tuple[CertificateConfig, ...] = key(
@@ -536,6 +541,18 @@ class TLSConfig:
     min_version: str = key("TLSv1.2", nginx="ssl_protocols", doc="TLSv1.2 or TLSv1.3")
     ciphers: str | None = key(None, nginx="ssl_ciphers", doc="OpenSSL cipher string")
     hsts: str | None = key(None, doc="the Strict-Transport-Security value, or off")
+    ssl_session_cache: bool = key(
+        True, nginx="ssl_session_cache", doc="on or off: resume sessions by id"
+    )
+    ssl_session_timeout: float = key(
+        300.0, kind="duration", nginx="ssl_session_timeout", doc="how long a session resumes"
+    )
+    ssl_session_tickets: bool = key(
+        True, kind="flag", nginx="ssl_session_tickets", doc="on or off: resume by tickets"
+    )
+    ssl_session_ticket_key_rotation: float = key(
+        3600.0, kind="duration", doc="how often the ticket key changes"
+    )
     #: The names of C{NAME acme} lines, whose certificates ACME obtains.
     acme: tuple[str, ...] = attrs.field(converter=tuple, default=())
 

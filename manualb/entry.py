@@ -9,7 +9,7 @@ from __future__ import annotations
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
 
-from manualb.config import Config
+from manualb.config import Config, TLSConfig
 from manualb.termination import DEFAULT_BACKLOG, isTLS, splitDescription, tolerateUnknownALPN
 from manualb.web import sslContextFactory
 
@@ -39,17 +39,20 @@ def withBacklog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
     return "%s:backlog=%d" % (description, backlog)
 
 
-def serverEndpoint(reactor, description: str) -> IStreamServerEndpoint:
+def serverEndpoint(
+    reactor, description: str, tls: TLSConfig | None = None
+) -> IStreamServerEndpoint:
     """
     Twisted's server endpoint for C{description}, with a backlog of
     L{DEFAULT_BACKLOG} unless it gives one (see L{withBacklog}); for
     C{ssl:}, a client offering by ALPN no protocol the factory speaks is
-    served without ALPN rather than refused (see L{tolerateUnknownALPN}).
+    served without ALPN rather than refused, and sessions resume from the
+    cache as C{tls} says (see L{tolerateUnknownALPN}).
     """
     description = withBacklog(description)
     endpoint = serverFromString(reactor, description)
     if isTLS(description):
-        tolerateUnknownALPN(sslContextFactory(endpoint))
+        tolerateUnknownALPN(sslContextFactory(endpoint), tls)
     return endpoint
 
 

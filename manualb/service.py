@@ -227,13 +227,13 @@ class LoadBalancer:
             if self.tls is None and self.config.tls is not None:
                 self.tls = self._certificates(self.config)
             return sniEndpoint(self.reactor, withBacklog(description), self.tls)
-        return serverEndpoint(self.reactor, description)
+        return serverEndpoint(self.reactor, description, self.config.tls)
 
     def streamEndpoint(self, description: str) -> IStreamServerEndpoint:
         """
         The server endpoint for a C{listen} line of a C{[stream]} section.
         """
-        return serverEndpoint(self.reactor, description)
+        return serverEndpoint(self.reactor, description, self.config.tls)
 
     def factoryFor(self, listener: ListenerConfig, description: str) -> Factory:
         """

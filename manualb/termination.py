@@ -40,7 +40,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from OpenSSL import SSL
-from OpenSSL.crypto import X509, PKey
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
@@ -53,6 +52,12 @@ from zope.interface import implementer
 from manualb.config import CertificateConfig, ConfigError, TLSConfig
 from manualb.hsts import hstsValue, parseCertificateHSTS
 from manualb.syntax import Section, hostName, readableFile
+from manualb.tlscontexts import (
+    TicketRotation,
+    configureSessions,
+    parseSessionKeys,
+    withOpenSSLObjects,
+)
 from manualb.view import normalizeHost
 
 __all__ = [
@@ -141,7 +146,7 @@ def alpnProtocols() -> list[bytes]:
     return [b"h2"] + http1 if H2_ENABLED else http1
 
 
-def tolerateUnknownALPN(contextFactory) -> None:
+def tolerateUnknownALPN(contextFactory, tls: TLSConfig | None = None) -> None:
     """
     Make the TLS server connections of C{contextFactory}, a Twisted
     L{CertificateOptions} (what C{ssl:} endpoint strings build), choose their
@@ -149,12 +154,17 @@ def tolerateUnknownALPN(contextFactory) -> None:
     the client offers and the site speaks, else none, with the handshake
     going on without ALPN.  Twisted's own selection instead fails the
     handshake with an internal error alert when nothing overlaps (a client
-    offering only C{spdy/3}, say).  Anything else is left as it is.
+    offering only C{spdy/3}, say).  Sessions resume from the cache as
+    C{tls} (else L{TLSConfig}'s defaults) says; not by tickets, which
+    Twisted's C{ssl:} parser turns off for good (L{manualb.tlscontexts}).
+    Anything else is left as it is.
     """
     if isinstance(contextFactory, CertificateOptions):
         # The context is made once and kept: every connection uses this one.
         context = contextFactory.getContext()
         context.set_alpn_select_callback(_alpnSelector(alpnProtocols()))
+        tls = tls or TLSConfig(())
+        configureSessions(context, tls.ssl_session_cache, tls.ssl_session_timeout)
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -173,18 +183,32 @@ class SNIContextFactory:
     @ivar defaultContext: The context of the first certificate, for unknown
         names and clients that send none.
     @ivar names: The names, as given, in order.
+
+    Connections start on the default context, which so holds the session
+    cache and ticket keys of all (L{manualb.tlscontexts}); L{rotate} makes
+    a new one.
     """
 
-    def __init__(self, contexts: Sequence[tuple[str, SSL.Context]]) -> None:
+    def __init__(
+        self,
+        contexts: Sequence[tuple[str, SSL.Context]],
+        remake: Callable[[], SSL.Context] | None = None,
+        rotation: float | None = None,
+    ) -> None:
         """
         @param contexts: C{(name, context)} pairs, the first the default.  A
             name is exact (C{www.example.com}) or a wildcard
             (C{*.example.com}); the first of two equal names wins.
+        @param remake: Makes a new context like the default one.
+        @param rotation: Seconds between two L{rotate}s, or L{None}.
         """
         if not contexts:
             raise ValueError("at least one certificate is needed")
         self.names = [name for name, _ in contexts]
         self.defaultContext = contexts[0][1]
+        self._remake = remake if rotation else None
+        self._interval = rotation
+        self._rotation: TicketRotation | None = None
         #: Contexts that answer an ACME TLS-ALPN-01 challenge, by name
         #: (see L{manualb.autotls}); they come before every other.  Anything
         #: with a C{get}: automatic HTTPS puts its own, which also finds the
@@ -211,6 +235,33 @@ class SNIContextFactory:
         self._exact, self._wildcards = other._exact, other._wildcards
         self.defaultContext = other.defaultContext
         self.defaultContext.set_tlsext_servername_callback(self._serverNameReceived)
+        self._remake, self._interval = other._remake, other._interval
+        if self._rotation is not None:
+            clock, self._rotation = self._rotation.clock, None
+            self.rotateWith(clock)
+
+    def rotateWith(self, clock) -> None:
+        """
+        L{rotate} every rotation interval of C{clock} (the reactor), as
+        connections come; the first call counts.
+        """
+        if self._rotation is None and self._remake is not None and self._interval:
+            self._rotation = TicketRotation(clock, self._interval)
+
+    def rotate(self) -> None:
+        """
+        Serve new connections from a new default context: new ticket keys,
+        an empty session cache.  Those open keep theirs.
+        """
+        if self._remake is None:
+            return
+        old, new = self.defaultContext, self._remake()
+        new.set_tlsext_servername_callback(self._serverNameReceived)
+        for table in (self._exact, self._wildcards):
+            for name, context in table.items():
+                if context is old:
+                    table[name] = new
+        self.defaultContext = new
 
     def contextFor(self, serverName: str | bytes | None) -> SSL.Context:
         """
@@ -239,8 +290,10 @@ class SNIContextFactory:
     def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
         """
         A new server connection, on the default context until the client's
-        server name is known.
+        server name is known (after a rotation, if one is due).
         """
+        if self._rotation is not None and self._rotation.due():
+            self.rotate()
         return SSL.Connection(self.defaultContext, None)
 
 
@@ -303,14 +356,10 @@ def _publicKeyBytes(publicKey) -> bytes:
     )
 
 
-def _certificateOptions(
-    certificate: CertificateConfig,
-    minimum: TLSVersion,
-    ciphers: AcceptableCiphers,
-    protocols: list[bytes],
-) -> SSL.Context:
+def _certificateOptions(certificate: CertificateConfig, makeContext) -> SSL.Context:
     """
-    The context of one certificate, its files read and checked.
+    The context of one certificate, its files read and checked, made by
+    C{makeContext(leaf, chain, key)}.
     """
     leaf, *chain = _loadCertificates(certificate.certificate)
     key = _loadKey(certificate.key)
@@ -320,47 +369,7 @@ def _certificateOptions(
             f"the private key does not match the certificate in "
             f"{certificate.certificate} (the first one of the file)",
         )
-    return _keyPairContext(minimum, ciphers, protocols, leaf, chain, key)
-
-
-class _AsCryptography:
-    """
-    Certificates and keys as L{cryptography} objects, which pyOpenSSL takes
-    since 24.3 (and warns about its own older types).
-    """
-
-    @staticmethod
-    def certificate(certificate: x509.Certificate):
-        return certificate
-
-    @staticmethod
-    def key(key):
-        return key
-
-
-class _AsPyOpenSSL:
-    """
-    Certificates and keys as pyOpenSSL's own types, for older pyOpenSSL.
-    """
-
-    @staticmethod
-    def certificate(certificate: x509.Certificate):
-        return X509.from_cryptography(certificate)
-
-    @staticmethod
-    def key(key):
-        return PKey.from_cryptography_key(key)
-
-
-def _withOpenSSLObjects(makeOptions) -> SSL.Context:
-    """
-    The context of C{makeOptions(convert)}, with C{convert} the types the
-    installed pyOpenSSL takes.
-    """
-    try:
-        return makeOptions(_AsCryptography).getContext()
-    except TypeError:
-        return makeOptions(_AsPyOpenSSL).getContext()
+    return makeContext(leaf, chain, key)
 
 
 def _alpnSelector(protocols: Sequence[bytes]):
@@ -430,15 +439,21 @@ def contextFactoryFor(
     if protocols is None:
         protocols = alpnProtocols()
     protocols = list(protocols)
+    remakes: dict[int, Callable[[], SSL.Context]] = {}
+
+    def makeContext(leaf, chain, key) -> SSL.Context:
+        remake = partial(_keyPairContext, minimum, ciphers, protocols, tls, leaf, chain, key)
+        context = remake()
+        remakes[id(context)] = remake
+        return context
+
     contexts: list[tuple[str, SSL.Context]] = []
     built: dict[tuple[str, str], SSL.Context] = {}
     for certificate in tls.certificates:
         files = (certificate.certificate, certificate.key)
         if files not in built:
             try:
-                built[files] = _certificateOptions(
-                    certificate, minimum, ciphers, protocols
-                )
+                built[files] = _certificateOptions(certificate, makeContext)
             except TLSFileError:
                 raise
             except ValueError as e:
@@ -452,19 +467,21 @@ def contextFactoryFor(
                 ) from None
         contexts.append((certificate.name, built[files]))
     if extra is not None:
-        contexts.extend(extra(partial(_keyPairContext, minimum, ciphers, protocols)))
+        contexts.extend(extra(makeContext))
     elif not contexts:
         # Only names obtained by ACME, whose server gives the contexts.
         return None  # type: ignore[return-value]
-    return SNIContextFactory(contexts)
+    rotation = tls.ssl_session_ticket_key_rotation if tls.ssl_session_tickets else None
+    return SNIContextFactory(contexts, remakes.get(id(contexts[0][1])), rotation)
 
 
-def _keyPairContext(minimum, ciphers, protocols, leaf, chain, key) -> SSL.Context:
+def _keyPairContext(minimum, ciphers, protocols, tls, leaf, chain, key) -> SSL.Context:
     """
     The context of a certificate, its chain and its key, offering by ALPN
-    what C{protocols} and the listener's factory both speak.
+    what C{protocols} and the listener's factory both speak, and resuming
+    sessions as C{tls} says.
     """
-    context = _withOpenSSLObjects(
+    context = withOpenSSLObjects(
         lambda convert: CertificateOptions(
             privateKey=convert.key(key),
             certificate=convert.certificate(leaf),
@@ -472,9 +489,11 @@ def _keyPairContext(minimum, ciphers, protocols, leaf, chain, key) -> SSL.Contex
             raiseMinimumTo=minimum,
             acceptableCiphers=ciphers,
             acceptableProtocols=protocols,
+            enableSessionTickets=tls.ssl_session_tickets,
         )
     )
     context.set_alpn_select_callback(_alpnSelector(protocols))
+    configureSessions(context, tls.ssl_session_cache, tls.ssl_session_timeout)
     return context
 
 
@@ -503,6 +522,7 @@ class SNIServerEndpoint(SSL4ServerEndpoint):
     ) -> None:
         super().__init__(reactor, port, contextFactory, backlog, interface)
         self.contextFactory = contextFactory
+        contextFactory.rotateWith(reactor)
         self.port = port
         self.interface = interface
 
@@ -820,6 +840,7 @@ def parseTLS(section: Section, directory: str) -> TLSConfig:
         min_version=_parseMinVersion(section),
         ciphers=_parseCiphers(section),
         hsts=_parseHSTS(section),
+        **parseSessionKeys(section),  # type: ignore[arg-type]
     )
 
 

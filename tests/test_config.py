@@ -3353,7 +3353,8 @@ class TLSTests(_TLSTestCase):
         self.assertError(
             self.keys("protocols = TLSv1.3\n"),
             "protocols: unknown key (known keys: certificates, min_version, "
-            "ciphers, hsts)",
+            "ciphers, hsts, ssl_session_cache, ssl_session_timeout, "
+            "ssl_session_tickets, ssl_session_ticket_key_rotation)",
         )
 
     def test_takesNoName(self) -> None:

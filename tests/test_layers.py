@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, ...]] = [
         "stickycookie",
         "acmeclient",
         "acmechallenges",
+        "tlscontexts",
     ),
     (
         "handoff",

@@ -406,6 +406,9 @@ class Exchange:
         downstream = self.downstream
         downstream.startResponse(code, reason, outgoing)
         downstream.registerProducer(self.connection)
+        if self._encoder is None:
+            # The body goes on as it came: the front end may move it itself.
+            self.connection.bodyTaker = getattr(downstream, "takeBody", None)
 
     def _controlled(self, controls, code, outgoing, headers):
         """

@@ -338,6 +338,14 @@ class UpstreamConnection(Protocol):
     _paused = False
     _chunkedBody = False
     _closeAfter = False
+    #: Who may take the rest of the response body when its length is known,
+    #: to move it from socket to socket (L{manualb.web.splicing}): set by the
+    #: receiver for one response, called with the connection and the bytes
+    #: left after each read; it returns C{True} once it took them, or never
+    #: will.  What it took ends with L{bodyPassed}.
+    bodyTaker = None
+    #: The splice moving the body now, cancelled if the connection ends.
+    splice = None
 
     def __init__(self, pool: "ConnectionPool"):
         self.pool = pool
@@ -515,6 +523,11 @@ class UpstreamConnection(Protocol):
         except ResponseParseError as e:
             self.fail(UpstreamBadResponse(str(e)))
             return
+        taker = self.bodyTaker
+        if taker is not None and self._state is _RECEIVING:
+            left = self._parser.lengthLeft
+            if not left or taker(self, left):
+                self.bodyTaker = None
         if self._state is _TUNNEL and self._parser.trailing:
             # The first bytes of the protocol the backend switched to.
             rest, self._parser.trailing = self._parser.trailing, b""
@@ -539,9 +552,17 @@ class UpstreamConnection(Protocol):
     def bodyReceived(self, data: bytes) -> None:
         self._receiver.responseData(data)
 
+    def bodyPassed(self, size: int) -> None:
+        """
+        The last C{size} bytes of the body went to the client without
+        passing through here (see L{bodyTaker}): the response is complete.
+        """
+        self._parser.bodyPassed(size)
+
     def messageEnded(self, reusable: bool) -> None:
         receiver = self._receiver
         self._receiver = None
+        self.bodyTaker = None
         self._cancelReadTimer()
         self._paused = False
         self.reused = True
@@ -580,6 +601,8 @@ class UpstreamConnection(Protocol):
         receiver still hears of the close (L{ConnectionPool.closeAll} at
         shutdown must end the tunnel's client side too).
         """
+        if self.splice is not None:
+            self.splice.cancel()
         if self._state is not _TUNNEL:
             self._receiver = None
         self._stopTimers()
@@ -592,6 +615,8 @@ class UpstreamConnection(Protocol):
             self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:
+        if self.splice is not None:
+            self.splice.cancel()
         state = self._state
         if state is not _CLOSED:
             self._state = _CLOSED

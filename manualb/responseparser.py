@@ -147,6 +147,17 @@ class IResponseParser(Interface):
             response is incomplete (or none was expected).
         """
 
+    lengthLeft = Attribute(
+        "How many bytes of a body of known length are still to come; 0 for "
+        "any other body, or none."
+    )
+
+    def bodyPassed(size):
+        """
+        C{size} bytes of a body of known length went on without being fed:
+        count them, and end the message with the last.
+        """
+
     def stop():
         """
         Give up the current response: nothing more is passed on, also from
@@ -231,6 +242,24 @@ class ResponseParser:
         self.state = _IDLE
         self._buffer = b""
         self._scanned = 0
+
+    @property
+    def lengthLeft(self) -> int:
+        """
+        How many bytes of a body of known length (C{Content-Length}) are
+        still to come; 0 for any other body, or none.
+        """
+        return self._remaining if self.state is _LENGTH else 0
+
+    def bodyPassed(self, size: int) -> None:
+        """
+        C{size} more bytes of a body of known length went on without passing
+        through the parser (moved from socket to socket by the kernel): count
+        them, and end the message with the last.
+        """
+        self._remaining -= size
+        if self._remaining <= 0 and self.state is _LENGTH:
+            self._end(b"")
 
     def feedEOF(self) -> bool:
         if self.state is not _UNTIL_CLOSE:

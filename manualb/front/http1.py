@@ -707,6 +707,13 @@ class HTTP1Connection(Protocol):
     def stopProducing(self) -> None:
         pass
 
+    def quiet(self) -> bool:
+        """
+        Whether nothing is read from the client now (the requests in hand are
+        in whole), so that its reading may stop a while: a splice stops it.
+        """
+        return self.phase == _WAITING and self._next is None
+
     def _armSendTimer(self) -> None:
         if self._sendTimer is None and self.transport is not None:
             self._sendTimer = self.clock.callLater(

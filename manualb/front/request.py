@@ -11,6 +11,7 @@ from zope.interface import implementer
 
 from manualb.interfaces import IDownstream, IRequestBody
 from manualb.transports import sendNow
+from manualb.web.splicing import takeBody
 
 _NO_BODY_CODES = frozenset([204, 304])
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -268,6 +269,14 @@ class LeanRequest:
 
     def unregisterProducer(self) -> None:
         self.producer = None
+
+    def takeBody(self, upstream, left: int) -> bool:
+        """
+        Offered the rest of a body of known length that C{upstream} reads:
+        spliced from socket to socket when it can be
+        (L{manualb.web.splicing.takeBody}).
+        """
+        return takeBody(self, upstream, left)
 
     def takeOver(self, protocol):
         return self.connection._takeOver(self, protocol)

@@ -298,7 +298,13 @@ class Exchange:
             self.head = controls.headers.requestHead(
                 self.head, view, controls.name, self.passage.requestId
             )
-        self._connect(server.connections.acquire(self.pool.config))
+        connections = server.connections
+        idle = connections.takeIdle()
+        if idle is not None:
+            self.connection = None
+            self._connected(idle)
+        else:
+            self._connect(connections.connect(self.pool.config))
 
     def _noServer(self) -> None:
         if self._lastError is not None:

@@ -713,11 +713,22 @@ class ConnectionPool:
         @param config: Whose C{connect_timeout} bounds a new connection (a
             route's); the pool's when L{None}.
         """
+        connection = self.takeIdle()
+        if connection is not None:
+            return succeed(connection)
+        return self.connect(config)
+
+    def takeIdle(self) -> UpstreamConnection | None:
+        """
+        The most recently used idle connection, taken out of the idle ones,
+        or L{None} when there is none: for a caller that goes on at once
+        with it, without the L{Deferred} of L{acquire}.
+        """
         if self._idle:
             connection = self._idle.pop()
             connection.idleTimeout.clear()
-            return succeed(connection)
-        return self.connect(config)
+            return connection
+        return None
 
     def connect(self, config: UpstreamConfig | None = None) -> Deferred[UpstreamConnection]:
         """

@@ -260,7 +260,7 @@ def _mitmdump(rig: Rig, tls: bool):
 #: What the bench measures, in order.  manualb (its lean HTTP/1.1 front end,
 #: the default), on twisted.web's front end, with the admin listener (the
 #: decision records it keeps), with the WAF blocking (what the gatekeeper
-#: costs), with C{workers = 2} (not pinned: its two workers may use both
+#: costs), with every everyday feature on at once, with C{workers = 2} (not pinned: its two workers may use both
 #: CPUs, which wrk and the backends share with them); then the peers.
 PEERS = [
     Peer("manualb", _manualb(), ("http", "https", "h2")),
@@ -268,6 +268,9 @@ PEERS = [
          note="h2: the same HTTP/2 stack as manualb's"),
     Peer("manualb+admin", _manualb(admin=True)),
     Peer("manualb+waf", _manualb(gatekeeper="waf = block\n")),
+    Peer("manualb everyday", _manualb(everyday=True, gatekeeper="waf = block\n"),
+         note="access log to a file, active health checks, metrics and the "
+              "decision records of the admin listener, the WAF blocking"),
     Peer("manualb x2 workers", _manualb(workers=2), note="not pinned: both CPUs"),
     Peer("twisted.web.proxy", _baseline,
          note="a new HTTP/1.0 backend connection per request"),

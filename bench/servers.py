@@ -130,6 +130,10 @@ def nginxProxyConfig(
 WAF_GATEKEEPER = "waf = block\n"
 
 
+#: The active health checks of the "manualb everyday" run.
+EVERYDAY_HEALTH_CHECK = "health_check = path=/ interval=1s timeout=500ms rise=2 fall=3\n"
+
+
 def manualbConfig(
     port: int,
     backends: list[int],
@@ -139,14 +143,18 @@ def manualbConfig(
     frontEnd: str = "lean",
     admin: int | None = None,
     tls: Certificate | None = None,
+    accessLog: str = "off",
+    upstream: str = "",
 ) -> str:
     """
     manualb configuration: listen on C{port} (with C{backlog=N} when
     given), round robin over C{backends}, in C{workers} processes, served
     by the HTTP/1.1 front end C{frontEnd}; C{gatekeeper} adds lines to its
-    C{[gatekeeper]} section; C{admin} is the port of an admin listener, or
-    L{None} for none.  With C{tls}, the listener is an C{sni:} one serving
-    that certificate (HTTP/1.1 and HTTP/2 by ALPN).
+    C{[gatekeeper]} section, C{upstream} to its C{[upstream]} one;
+    C{admin} is the port of an admin listener, or L{None} for none;
+    C{accessLog} the access log's file, or C{off}.  With C{tls}, the
+    listener is an C{sni:} one serving that certificate (HTTP/1.1 and
+    HTTP/2 by ALPN).
     """
     servers = "".join(f"    127.0.0.1:{p}\n" for p in backends)
     scheme = "tcp" if tls is None else "sni"
@@ -157,7 +165,7 @@ def manualbConfig(
     return f"""\
 [manualb]
 listen = {listen}
-access_log = off
+access_log = {accessLog}
 workers = {workers}
 front_end = {frontEnd}
 {adminLine}
@@ -169,7 +177,7 @@ max_connections = 4096
 [upstream backends]
 servers =
 {servers}keepalive = 64
-
+{upstream}
 [route default]
 path = /
 upstream = backends
@@ -209,18 +217,27 @@ def startManualb(
     frontEnd: str = "lean",
     admin: bool = False,
     tls: Certificate | None = None,
+    everyday: bool = False,
 ):
     """
     Start manualb in front of C{backends}, in C{workers} processes, with the
     HTTP/1.1 front end C{frontEnd} (and an admin listener when C{admin}),
-    over TLS with C{tls}; return C{(process, port)}.
+    over TLS with C{tls}; return C{(process, port)}.  With C{everyday}, the
+    features a site runs with are on besides: the access log (to a file),
+    active health checks, and the admin listener (metrics, decision
+    records).
     """
     port = freePort()
+    accessLog, upstream = "off", ""
+    if everyday:
+        admin = True
+        accessLog = str(procs.workdir / f"{name}-access.log")
+        upstream = EVERYDAY_HEALTH_CHECK
     conf = writeFile(
         procs.workdir / f"{name}.ini",
         manualbConfig(
             port, backends, backlog, gatekeeper, workers, frontEnd,
-            freePort() if admin else None, tls,
+            freePort() if admin else None, tls, accessLog, upstream,
         ),
     )
     argv = [

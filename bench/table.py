@@ -118,6 +118,9 @@ def headlines(rows: list[dict]) -> list[str]:
     x = ratio(m or {}, byName.get(NGINX), "mib_per_s")
     if x is not None:
         out.append(f"manualb / nginx, 1 MiB bodies: {x:.2f}x MiB/s")
+    x = ratio(byName.get("manualb everyday") or {}, m)
+    if x is not None:
+        out.append(f"manualb everyday / manualb: {x:.2f}x requests/s")
     https, h2 = byName.get("manualb https"), byName.get("manualb h2")
     x = ratio(https or {}, byName.get(f"{NGINX} https"))
     if x is not None:

@@ -43,6 +43,7 @@ from manualb.view import clientHost
 from manualb.web import LINGERING_TIME
 from manualb.web.channel import Overloaded
 from manualb.web.http2 import ProxyH2Connection
+from manualb.web.uploadsplicing import SPLICE_MIN, SplicingBody
 
 log = Logger()
 
@@ -235,6 +236,10 @@ class HTTP1Connection(Protocol):
             self._deadline.set(self.gatekeeper.client_body_timeout)
         self._begun = False
         self._feed(data)
+        if self.phase == _BODY and self._bodyOf is None:
+            reading = self._reading
+            if reading is not None and type(reading.body) is SplicingBody and self._requests[0] is reading:
+                reading.body.offer()
         if self.phase == _HEAD and self._early is None and self.transport is not None:
             self._headOverflows(data)
 
@@ -419,9 +424,14 @@ class HTTP1Connection(Protocol):
             and headers.getRawHeaders(b"upgrade") is not None
         )
         if chunked or length:
-            request.body = StreamingBody(
-                None if chunked else length, BodyReader(self), gatekeeper.client_max_body_size
-            )
+            if not chunked and length >= SPLICE_MIN:
+                request.body = SplicingBody(
+                    length, BodyReader(self), gatekeeper.client_max_body_size, request
+                )
+            else:
+                request.body = StreamingBody(
+                    None if chunked else length, BodyReader(self), gatekeeper.client_max_body_size
+                )
             request.expectContinue = expect and version == b"HTTP/1.1"
             self.phase = _BODY
             self._deadline.set(gatekeeper.client_body_timeout)
@@ -492,6 +502,18 @@ class HTTP1Connection(Protocol):
         self._upgrading = self._last
         if self._last is None or self._last.finished:
             self._resumeAfterUpgrade()
+
+    def _spliced(self, request: LeanRequest, left: int) -> None:
+        """
+        The body of C{request} went past the parser (spliced) but for its
+        last C{left} bytes: they, and whatever follows them, are parsed
+        again.
+        """
+        if self._reading is not request:
+            return
+        self._parser = httptools.HttpRequestParser(self)
+        self._bodyOf = request
+        self._feed(b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (left,))
 
     def _resumeAfterUpgrade(self) -> None:
         """

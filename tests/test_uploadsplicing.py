@@ -87,13 +87,18 @@ class Sink(Protocol):
                 head, data = self.buffer[:end], self.buffer[end + 4 :]
                 self.buffer = b""
                 length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-                if length is None:
+                if length is not None:
+                    self.left = int(length.group(1))
+                elif re.search(rb"(?i)\r\ntransfer-encoding: *chunked", head):
                     self.chunks = b""
                     self.dataReceived(data)
                     return
-                self.left = int(length.group(1))
+                else:
+                    self.left = 0
                 self.got = 0
                 self.hash = hashlib.sha256()
+                if not self.left:
+                    self.answer()
                 continue
             piece = data[: self.left]
             data = data[len(piece) :]
@@ -117,11 +122,17 @@ class Sink(Protocol):
                 self.buffer, data = data, b""
                 return
             if not self.left:
-                self.left = None
-                answer = b"%d %s" % (self.got, self.hash.hexdigest().encode("ascii"))
-                self.transport.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer)
-                )
+                self.answer()
+
+    def answer(self):
+        """
+        Answer the body just read with its length and SHA-256.
+        """
+        self.left = None
+        answer = b"%d %s" % (self.got, self.hash.hexdigest().encode("ascii"))
+        self.transport.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer)
+        )
 
     def resume(self):
         """
@@ -175,7 +186,9 @@ class Uploader(Protocol):
 
     def __init__(self):
         self.closed = Deferred()
-        self.waiting = None
+        self.waiting = []
+        self.buffer = b""
+        self.after = []
         self.sending = b""
         self.offset = 0
         self.paused = False
@@ -190,8 +203,8 @@ class Uploader(Protocol):
         Send a request with a body of C{size} bytes; fires with the
         response's status, head and body.
         """
-        self.waiting = Deferred()
-        self.buffer = b""
+        waiting = Deferred()
+        self.waiting.append(waiting)
         self.offset = 0
         if chunked:
             body = pattern(size)
@@ -206,7 +219,21 @@ class Uploader(Protocol):
         self.transport.write(b"%s /up HTTP/1.1\r\nHost: t\r\n%s\r\n%s\r\n" % (method, framing, headers))
         if b"100-continue" not in headers:
             self.resumeProducing()
-        return self.waiting
+        return waiting
+
+    def get(self, path: bytes) -> Deferred:
+        """
+        Send a C{GET} for C{path}, pipelined after what was sent before.
+        """
+        waiting = Deferred()
+        self.waiting.append(waiting)
+        request = b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % (path,)
+        if self.offset < len(self.sending):
+            # After the body being sent.
+            self.after.append(request)
+        else:
+            self.transport.write(request)
+        return waiting
 
     def resumeProducing(self):
         self.paused = False
@@ -223,6 +250,9 @@ class Uploader(Protocol):
                 self.stopAfter = None
             self.sent += len(piece)
             self.transport.write(bytes(piece))
+        if self.offset >= len(self.sending) and self.after:
+            after, self.after = self.after, []
+            self.transport.write(b"".join(after))
 
     def pauseProducing(self):
         self.paused = True
@@ -246,16 +276,14 @@ class Uploader(Protocol):
                 return
             body = self.buffer[end + 4 : end + 4 + length]
             self.buffer = self.buffer[end + 4 + length :]
-            waiting, self.waiting = self.waiting, None
-            if waiting is not None:
-                waiting.callback((int(head.split(b" ")[1]), head, body))
-            return
+            if self.waiting:
+                self.waiting.pop(0).callback((int(head.split(b" ")[1]), head, body))
 
     def connectionLost(self, reason):
         self.transport.unregisterProducer()
-        if self.waiting is not None:
-            waiting, self.waiting = self.waiting, None
-            waiting.errback(reason)
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            d.errback(reason)
         self.closed.callback(None)
 
 
@@ -500,6 +528,50 @@ class UploadSplicingTests(TestCase):
         self.assertEqual(len(self.splices), 1)
         self.assertPipesClosed()
         self.flushLoggedErrors()
+
+    @inlineCallbacks
+    def test_pipelined(self):
+        """
+        A body pipelined behind another request is not spliced while that
+        request is answered; all arrive intact, in order.
+        """
+        yield self.serve()
+        depth = []
+        start = uploadsplicing.UploadSplice.start
+
+        def recordingStart(splice):
+            depth.append(len(splice.connection._requests))
+            start(splice)
+
+        self.patch(uploadsplicing.UploadSplice, "start", recordingStart)
+        client = yield self.connect()
+        empty = b"0 " + hashlib.sha256().hexdigest().encode("ascii")
+        first = client.get(b"/first")
+        second = client.send(8 * MiB)
+        third = client.get(b"/third")
+        self.assertEqual((yield first)[2], empty)
+        self.assertEqual((yield second)[2], b"%d %s" % (8 * MiB, digest(8 * MiB).encode("ascii")))
+        self.assertEqual((yield third)[2], empty)
+        self.assertEqual(self.sink.opened, 1)
+        self.assertEqual(depth, [1])
+        yield self.close(client)
+
+    @inlineCallbacks
+    def test_accessLog(self):
+        """
+        The access log has its line for a spliced upload, with the bytes of
+        the answer.
+        """
+        path = os.path.abspath(self.mktemp())
+        yield self.serve(accessLog=path)
+        client = yield self.connect()
+        yield self.assertIntact(client, 3 * MiB)
+        self.assertEqual(len(self.splices), 1)
+        yield self.close(client)
+        yield self.balancer.close()
+        with open(path) as log:
+            line = log.read().splitlines()[-1]
+        self.assertIn('"POST /up HTTP/1.1" 200 72 ', line)
 
     @inlineCallbacks
     def test_chunkedCopied(self):

@@ -237,9 +237,10 @@ class HTTP1Connection(Protocol):
         self._begun = False
         self._feed(data)
         if self.phase == _BODY and self._bodyOf is None:
-            reading = self._reading
-            if reading is not None and type(reading.body) is SplicingBody and self._requests[0] is reading:
-                reading.body.offer()
+            # All that came is parsed: the rest of a body may be spliced.
+            body = getattr(self._reading, "body", None)
+            if type(body) is SplicingBody and self._requests[0] is self._reading:
+                body.offer()
         if self.phase == _HEAD and self._early is None and self.transport is not None:
             self._headOverflows(data)
 

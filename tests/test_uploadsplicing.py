@@ -115,6 +115,9 @@ class Sink(Protocol):
             if factory.answerAfter is not None and self.got >= factory.answerAfter and self.left:
                 factory.answerAfter = None
                 self.transport.write(b"HTTP/1.1 413 Too Large\r\nContent-Length: 4\r\n\r\nbig!")
+                if factory.closeAfterAnswer:
+                    self.transport.loseConnection()
+                    return
             if factory.stallAfter is not None and self.got >= factory.stallAfter and self.left:
                 factory.stallAfter = None
                 self.transport.pauseProducing()
@@ -160,6 +163,7 @@ class SinkFactory(Factory):
         self.connections = []
         self.waiting = []
         self.stallAfter = self.answerAfter = self.abortAfter = self.reachAfter = None
+        self.closeAfterAnswer = False
         self.stalled = Deferred()
         self.reached = Deferred()
 
@@ -512,6 +516,25 @@ class UploadSplicingTests(TestCase):
         yield sink.allClosed()
         self.assertEqual(len(self.splices), 1)
         self.assertPipesClosed()
+
+    @inlineCallbacks
+    def test_backendAnswersEarlyAndCloses(self):
+        """
+        A backend that answers before it has the whole body, then closes,
+        gets its answer to the client when it came before the close was
+        seen (a 502 otherwise); the client's connection closes.
+        """
+        sink = yield self.serve()
+        sink.answerAfter = MiB
+        sink.closeAfterAnswer = True
+        client = yield self.connect()
+        code, head, body = yield client.send(16 * MiB)
+        self.assertIn(code, (413, 502))
+        yield client.closed
+        yield sink.allClosed()
+        self.assertEqual(len(self.splices), 1)
+        self.assertPipesClosed()
+        self.flushLoggedErrors()
 
     @inlineCallbacks
     def test_backendCloses(self):

@@ -56,21 +56,17 @@ C{[gatekeeper]} limits as an HTTP/1.1 one, and to a few of HTTP/2's own:
 
 from __future__ import annotations
 
-from collections import deque
-
 import h2.config
 import h2.connection
 import h2.errors
 import h2.exceptions
 import h2.settings
-import priority
 from hpack.exceptions import HPACKError
 from hyperframe.frame import GoAwayFrame
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection, H2Stream
+from twisted.web._http2 import _END_STREAM_SENTINEL
 
 from manualb.config import GatekeeperConfig
 from manualb.rules import (
@@ -85,6 +81,7 @@ from manualb.rules import (
     serverNameOf,
 )
 from manualb.transports import cancelCall, setNoDelay
+from manualb.web.h2output import BatchingH2Connection, BatchingH2Stream
 
 ErrorCodes = h2.errors.ErrorCodes
 
@@ -311,7 +308,7 @@ class _FrameWatch:
             )
 
 
-class ProxyH2Connection(H2Connection):
+class ProxyH2Connection(BatchingH2Connection):
     """
     An HTTP/2 client connection of the proxy.
 
@@ -326,6 +323,8 @@ class ProxyH2Connection(H2Connection):
     _clientGoingAway = False
     # The last stream served, once the proxy sent GOAWAY to stop (drain).
     _lastStream: int | None = None
+    # The payloads of the GOAWAY frames of the read being handled.
+    _goaways: list[bytes] = []
 
     def __init__(self, reactor: IReactorTime, gatekeeper: GatekeeperConfig) -> None:
         super().__init__(reactor)
@@ -366,13 +365,19 @@ class ProxyH2Connection(H2Connection):
         except _ConnectionError as e:
             self._abandon(e.code, str(e))
             return
+        self._goaways = goaways
         if forH2:
             super().dataReceived(forH2)
-        if self._closing or not self._stillProducing:
-            return
+        else:
+            self._afterEvents()
+            self._flush()
+
+    def _afterEvents(self) -> None:
+        goaways, self._goaways = self._goaways, []
         for payload in goaways:
+            if self._closing or not self._stillProducing:
+                return
             self._goawayReceived(payload)
-        self._wakeStreams()
 
     def _goawayReceived(self, payload: bytes) -> None:
         """
@@ -410,16 +415,7 @@ class ProxyH2Connection(H2Connection):
         stream = ProxyH2Stream(
             event.stream_id, self, event.headers, self.requestFactory, self.site, self.factory
         )
-        self.streams[event.stream_id] = stream
-        self._streamCleanupCallbacks[event.stream_id] = Deferred()
-        self._outboundStreamQueues[event.stream_id] = deque()
-        try:
-            self.priority.insert_stream(event.stream_id)
-        except priority.DuplicateStreamError:
-            # Already there from an earlier PRIORITY frame.
-            pass
-        else:
-            self.priority.block(event.stream_id)
+        self._newStream(stream)
         stream.start(ended=event.stream_ended is not None)
 
     def _requestDataReceived(self, event) -> None:
@@ -437,50 +433,7 @@ class ProxyH2Connection(H2Connection):
         if event.stream_id in self.streams:
             super()._requestAborted(event)
 
-    def _handlePriorityUpdate(self, event) -> None:
-        try:
-            super()._handlePriorityUpdate(event)
-        except priority.TooManyStreamsError:
-            self._abandon(ErrorCodes.ENHANCE_YOUR_CALM, "too many prioritised streams")
-
     # Sending.
-
-    def _sendPrioritisedData(self, *args) -> None:
-        # Twisted's loop sends a stream's data as soon as it is unblocked,
-        # even when a SETTINGS change made its window negative: h2 then
-        # raises FlowControlError.  Keep such streams blocked; _wakeStreams
-        # unblocks them once their window opens.
-        for streamID, queue in self._outboundStreamQueues.items():
-            if queue and queue[0] is not _END_STREAM_SENTINEL:
-                if self._window(streamID) <= 0:
-                    self.priority.block(streamID)
-        super()._sendPrioritisedData(*args)
-
-    def _window(self, streamID: int) -> int:
-        try:
-            return self.conn.local_flow_control_window(streamID)
-        except h2.exceptions.ProtocolError:
-            return 0
-
-    def _wakeStreams(self) -> None:
-        """
-        After the client's frames are handled: unblock the streams with data
-        to send whose window is open (a WINDOW_UPDATE or a SETTINGS change
-        may have opened it), and restart the sending loop if it waits.
-        """
-        woken = False
-        for streamID, queue in self._outboundStreamQueues.items():
-            if queue and (queue[0] is _END_STREAM_SENTINEL or self._window(streamID) > 0):
-                self.priority.unblock(streamID)
-                woken = True
-        for stream in list(self.streams.values()):
-            try:
-                stream.windowUpdated()
-            except h2.exceptions.ProtocolError:
-                pass
-        if woken and self._sendingDeferred is not None:
-            sending, self._sendingDeferred = self._sendingDeferred, None
-            sending.callback(None)
 
     def _requestDone(self, streamID: int) -> None:
         stream = self.streams.get(streamID)
@@ -599,9 +552,9 @@ class ProxyH2Connection(H2Connection):
             return
         self._closing = True
         self.conn.close_connection(last_stream_id=self._lastStream)
-        if self._tryToWriteControlData():
-            self._releaseTransport()
-            self.transport.loseConnection()
+        self._writeNow()
+        self._releaseTransport()
+        self.transport.loseConnection()
 
     def _abandon(self, errorCode: ErrorCodes, reason: str) -> None:
         """
@@ -634,11 +587,7 @@ class ProxyH2Connection(H2Connection):
             client=self.transport.getPeer(),
             reason=error,
         )
-        pending = b"".join(self._bufferedControlFrames) + self.conn.data_to_send()
-        self._bufferedControlFrames.clear()
-        self._bufferedControlFrameBytes = 0
-        if pending:
-            self.transport.write(pending)
+        self._writeNow()
         self._releaseTransport()
         self.transport.loseConnection()
         if self.abortTimeout is not None and self._abortingCall is None:
@@ -663,7 +612,7 @@ class ProxyH2Connection(H2Connection):
             pass
 
 
-class ProxyH2Stream(H2Stream):
+class ProxyH2Stream(BatchingH2Stream):
     """
     One request of a L{ProxyH2Connection}: validated and held to the
     C{[gatekeeper]} limits before it goes to the site, with its body

@@ -79,7 +79,7 @@ LAYERS: list[tuple[str, ...]] = [
         "upstreamconfig",
         "configfile",
     ),
-    ("web.h2output", "web.http2", "web.channel", "web.site", "web", "front.request", "front.http1", "front"),
+    ("web.h2output", "web.h2request", "web.http2", "web.channel", "web.site", "web", "front.request", "front.http1", "front"),
     ("reloading", "entry", "sites", "service"),
     (
         "supervisor",

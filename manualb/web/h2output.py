@@ -34,6 +34,9 @@ from collections import deque
 import h2.events
 import h2.exceptions
 import h2.settings
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hpack.table import HeaderTable
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection, H2Stream
@@ -74,6 +77,18 @@ class BatchingH2Connection(H2Connection):
         if self._host is None:
             self._host = self.transport.getHost()
         return self._host
+
+    def writeFields(self, streamID: int, fields: list) -> None:
+        """
+        Send the HEADERS of a response: C{fields}, its C{:status} first, with
+        lower-case names and no connection-specific ones.
+        """
+        try:
+            self.conn.send_headers(streamID, fields)
+        except h2.exceptions.StreamClosedError:
+            # The client reset the stream meanwhile.
+            return
+        self._scheduleFlush()
 
     # Reading.
 
@@ -384,6 +399,105 @@ class BatchingH2Stream(H2Stream):
             return
         self._producerProducing = True
         self.producer.resumeProducing()
+
+
+def _integer(value: int, prefixBits: int, flags: int) -> bytes:
+    """
+    An HPACK integer (RFC 7541, section 5.1) of C{prefixBits} bits in its
+    first byte, with C{flags} in that byte's other bits.
+    """
+    limit = (1 << prefixBits) - 1
+    if value < limit:
+        return bytes([flags | value])
+    out = bytearray([flags | limit])
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
+
+
+def _string(value: bytes) -> bytes:
+    # Huffman-coded when that is shorter (made once: the fields are cached).
+    coded = _HUFFMAN.encode(value)
+    if len(coded) < len(value):
+        return _integer(len(coded), 7, 0x80) + coded
+    return _integer(len(value), 7, 0) + value
+
+
+_STATIC: dict[bytes, tuple[int, dict[bytes, int]]] = {}
+for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, 1):
+    _STATIC.setdefault(_name, (_index, {}))[1].setdefault(_value, _index)
+del _index, _name, _value
+
+
+class LiteralEncoder:
+    """
+    An HPACK encoder (RFC 7541) that keeps no dynamic table: a field is the
+    index of the static table's entry when it has one, else a literal
+    (with the static table's index of its name, if any) that is not
+    indexed (never indexed, for the fields h2 marks sensitive).  The
+    decoder's dynamic table is set to size 0 in the first block, and again
+    after every change of the client's C{SETTINGS_HEADER_TABLE_SIZE}.
+
+    Encoding then costs a dictionary look-up per field, with the encoded
+    fields cached (up to L{CACHE_SIZE} of them), where h2's encoder
+    searches its dynamic table for every field and reorganises it.
+    """
+
+    CACHE_SIZE = 4096
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, bytes] = {}
+        self._sizeUpdate = True
+        self._tableSize = 4096
+
+    @property
+    def header_table_size(self) -> int:
+        return self._tableSize
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self._tableSize = value
+        self._sizeUpdate = True
+
+    def encode(self, headers, huffman: bool = True) -> bytes:
+        parts = []
+        if self._sizeUpdate:
+            self._sizeUpdate = False
+            # A dynamic table size update, to 0.
+            parts.append(b"\x20")
+        cache = self._cache
+        for header in headers:
+            name, value = header[0], header[1]
+            key = (name, value, getattr(header, "indexable", True))
+            block = cache.get(key)
+            if block is None:
+                block = _field(*key)
+                if len(cache) >= self.CACHE_SIZE:
+                    cache.clear()
+                cache[key] = block
+            parts.append(block)
+        return b"".join(parts)
+
+
+def _field(name, value, indexable: bool) -> bytes:
+    if isinstance(name, str):
+        name = name.encode("utf-8")
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    flags = 0x00 if indexable else 0x10
+    entry = _STATIC.get(name)
+    if entry is None:
+        return bytes([flags]) + _string(name) + _string(value)
+    index = entry[1].get(value)
+    if index is not None and indexable:
+        return _integer(index, 7, 0x80)
+    return _integer(entry[0], 4, flags) + _string(value)
 
 
 #: The method of the connection that handles each kind of h2 event.

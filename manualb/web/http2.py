@@ -56,6 +56,8 @@ C{[gatekeeper]} limits as an HTTP/1.1 one, and to a few of HTTP/2's own:
 
 from __future__ import annotations
 
+from collections import deque
+
 import h2.config
 import h2.connection
 import h2.errors
@@ -80,8 +82,11 @@ from manualb.rules import (
     errorBody,
     serverNameOf,
 )
+from manualb.stages import requestView
 from manualb.transports import cancelCall, setNoDelay
-from manualb.web.h2output import BatchingH2Connection, BatchingH2Stream
+from manualb.view import clientHost
+from manualb.web.h2output import BatchingH2Connection, BatchingH2Stream, LiteralEncoder
+from manualb.web.h2request import StreamDownstream
 
 ErrorCodes = h2.errors.ErrorCodes
 
@@ -345,6 +350,7 @@ class ProxyH2Connection(BatchingH2Connection):
         # h2 applies the setting to its decoder once the client acknowledges
         # it; a client may not wait for that.
         self.conn.decoder.max_header_list_size = listSize
+        self.conn.encoder = LiteralEncoder()
         self._frames = _FrameWatch(
             lambda: self.conn.max_inbound_frame_size,
             2 * listSize,
@@ -354,6 +360,36 @@ class ProxyH2Connection(BatchingH2Connection):
     def connectionMade(self) -> None:
         setNoDelay(self.transport)
         super().connectionMade()
+
+    # What every request of the connection shares.
+
+    _client: str | None = None
+    _local: str | None = None
+    _secure: bool | None = None
+
+    def clientAddress(self) -> str:
+        """
+        The client's address (L{clientHost}).
+        """
+        if self._client is None:
+            self._client = clientHost(self.transport.getPeer())
+        return self._client
+
+    def localAddress(self) -> str:
+        """
+        The address the client connected to (L{clientHost}).
+        """
+        if self._local is None:
+            self._local = clientHost(self.getHost())
+        return self._local
+
+    def secure(self) -> bool:
+        """
+        Whether the connection is over TLS.
+        """
+        if self._secure is None:
+            self._secure = self._isSecure()
+        return self._secure
 
     # Reading.
 
@@ -622,11 +658,23 @@ class ProxyH2Stream(BatchingH2Stream):
     """
 
     _bodyReceived = 0
-    _headers: list = []
 
-    def _convertHeaders(self, headers) -> None:
-        # Called by H2Stream.__init__, before the connection knows this
-        # stream; start() converts them then.
+    def __init__(self, streamID, connection, headers, requestFactory, site, factory):
+        # As H2Stream's, but the request is made by start(), once the
+        # connection knows this stream: a twisted.web one only when the
+        # site's resource is not the proxy's own.
+        self.streamID = streamID
+        self.site = site
+        self.factory = factory
+        self.producing = True
+        self.command = None
+        self.path = None
+        self.producer = None
+        self._producerProducing = False
+        self._inboundDataBuffer = deque()
+        self._conn = connection
+        self._requestFactory = requestFactory
+        self._request = None
         self._headers = headers
 
     @property
@@ -642,6 +690,16 @@ class ProxyH2Stream(BatchingH2Stream):
         Whether the response's headers have been written.
         """
         return bool(getattr(self._request, "startedWriting", False))
+
+    def _stages(self, path: bytes):
+        """
+        The stage chain of the site's resource when it is the proxy's own
+        (and the target is a path), else L{None}.
+        """
+        site = self.site
+        if path[:1] != b"/" or getattr(site, "trustedProxies", False) is False:
+            return None
+        return getattr(site.resource, "stages", None)
 
     def start(self, ended: bool) -> None:
         """
@@ -679,7 +737,11 @@ class ProxyH2Stream(BatchingH2Stream):
         self.command = self._command = method
         self.path = self._path = path
         self._version = b"HTTP/2"
-        request = self._request
+        stages = self._stages(path)
+        if stages is not None:
+            self._startExchange(stages, pseudo, fields, method, path, length)
+            return
+        request = self._request = self._requestFactory(self, queued=False)
         headers = request.requestHeaders
         for name, value in fields:
             headers.addRawHeader(name, value)
@@ -690,6 +752,54 @@ class ProxyH2Stream(BatchingH2Stream):
             self._send100Continue()
         request.parseCookies()
         request.gotLength(length)
+
+    def _startExchange(self, stages, pseudo, fields, method, path, length) -> None:
+        """
+        Hand the request to the proxy's exchange, with a
+        L{StreamDownstream} for its client.
+        """
+        conn = self._conn
+        site = self.site
+        resource = site.resource
+        authority = pseudo.get(b":authority")
+        if authority is not None and not any(name == b"host" for name, _ in fields):
+            fields.append((b"host", authority))
+        client = peer = conn.clientAddress()
+        trusted = site.trustedProxies
+        if trusted is not None:
+            client = trusted.clientAddress(client, fields)
+        view = requestView(
+            client,
+            conn.secure(),
+            method,
+            path,
+            fields,
+            conn.localAddress(),
+            trusted is not None and trusted.trusts(peer),
+            site.reactor.seconds(),
+        )
+        downstream = self._request = StreamDownstream(
+            self,
+            view,
+            method,
+            length,
+            conn.gatekeeper.client_max_body_size,
+            site.hsts,
+            site.date,
+        )
+        if length != 0:
+            for name, value in fields:
+                if name == b"expect" and value.lower() == b"100-continue":
+                    self._send100Continue()
+                    break
+        downstream.start(
+            stages,
+            resource.reactor,
+            resource.accessLog,
+            resource.recent,
+            resource.listener,
+            resource.metrics,
+        )
 
     def _refuse(self, status: int | None, errorCode: ErrorCodes, reason: str) -> None:
         self._conn._log.info(
@@ -727,7 +837,8 @@ class ProxyH2Stream(BatchingH2Stream):
 
     def connectionLost(self, reason) -> None:
         self._sendTimer = cancelCall(self._sendTimer)
-        super().connectionLost(reason)
+        if self._request is not None:
+            super().connectionLost(reason)
 
     def receiveDataChunk(self, data: bytes, flowControlledLength: int) -> None:
         self._bodyReceived += len(data)

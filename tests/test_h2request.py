@@ -246,3 +246,44 @@ class LiteralEncoderTests(SynchronousTestCase):
             self.assertEqual(client.status(stream), 200)
         blocks = [frame.data for frame in client.frames() if isinstance(frame, HeadersFrame)]
         self.assertEqual(blocks[0][:1], b"\x20")
+
+
+class Unfit(Resource):
+    """
+    Answers with fields HTTP/2 forbids or would refuse as they are.
+    """
+
+    isLeaf = True
+
+    def render(self, request):
+        request.setHeader(b"X-Mixed-Case", b" padded\t")
+        request.setHeader(b"Connection", b"keep-alive")
+        request.setHeader(b"Keep-Alive", b"timeout=5")
+        request.setHeader(b"Transfer-Encoding", b"chunked")
+        request.setHeader(b"Upgrade", b"h2c")
+        return b"ok"
+
+
+class TwistedRequestTests(SynchronousTestCase):
+    """
+    A twisted.web request's response over HTTP/2 (another resource than
+    the proxy's).
+    """
+
+    def test_fieldsMadeFit(self):
+        """
+        Its field names are lower-cased, its values stripped, and the
+        connection-specific fields dropped, as a client requires.
+        """
+        client = MemoryClient()
+        client.server.site.resource = Unfit()
+        stream = client.request()
+        self.assertEqual(client.status(stream), 200)
+        [response] = client.ofType(h2.events.ResponseReceived, stream)
+        fields = dict(response.headers)
+        for name in fields:
+            self.assertEqual(name, name.lower())
+        self.assertEqual(fields[b"x-mixed-case"], b"padded")
+        for name in [b"connection", b"keep-alive", b"transfer-encoding", b"upgrade"]:
+            self.assertNotIn(name, fields)
+        self.assertEqual(client.body(stream), b"ok")

@@ -41,6 +41,10 @@ from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection, H2Stream
 
+#: Response fields that HTTP/2 forbids (RFC 9113, section 8.2.2).
+CONNECTION_FIELDS = frozenset(
+    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"]
+)
 #: The most response data (bytes) one pass sends, before the reactor gets to
 #: write it and to read.
 FLUSH_BUDGET = 256 * 1024
@@ -156,13 +160,14 @@ class BatchingH2Connection(H2Connection):
     # Writing.
 
     def writeHeaders(self, version, code, reason, headers, streamID) -> None:
-        headers.insert(0, (b":status", code))
-        try:
-            self.conn.send_headers(streamID, headers)
-        except h2.exceptions.StreamClosedError:
-            # The client reset the stream meanwhile.
-            return
-        self._scheduleFlush()
+        # A twisted.web request's: made fit for HTTP/2 here, as h2 would
+        # (its own normalisation and checks of outbound fields are off).
+        fields = [(b":status", code)]
+        for name, value in headers:
+            name = name.lower()
+            if name not in CONNECTION_FIELDS:
+                fields.append((name, value.strip()))
+        self.writeFields(streamID, fields)
 
     def writeDataToStream(self, streamID: int, data: bytes) -> None:
         queue = self._outboundStreamQueues.get(streamID)
@@ -421,11 +426,11 @@ def _integer(value: int, prefixBits: int, flags: int) -> bytes:
 _HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
 
 
-def _string(value: bytes) -> bytes:
-    # Huffman-coded when that is shorter (made once: the fields are cached).
-    coded = _HUFFMAN.encode(value)
-    if len(coded) < len(value):
-        return _integer(len(coded), 7, 0x80) + coded
+def _string(value: bytes, huffman: bool = False) -> bytes:
+    if huffman:
+        coded = _HUFFMAN.encode(value)
+        if len(coded) < len(value):
+            return _integer(len(coded), 7, 0x80) + coded
     return _integer(len(value), 7, 0) + value
 
 
@@ -446,13 +451,16 @@ class LiteralEncoder:
 
     Encoding then costs a dictionary look-up per field, with the encoded
     fields cached (up to L{CACHE_SIZE} of them), where h2's encoder
-    searches its dynamic table for every field and reorganises it.
+    searches its dynamic table for every field and reorganises it.  Names
+    are Huffman-coded (once each); values, which may differ in every
+    response (C{x-request-id}), are not.
     """
 
     CACHE_SIZE = 4096
 
     def __init__(self) -> None:
         self._cache: dict[tuple, bytes] = {}
+        self._names: dict[tuple, bytes] = {}
         self._sizeUpdate = True
         self._tableSize = 4096
 
@@ -477,27 +485,35 @@ class LiteralEncoder:
             key = (name, value, getattr(header, "indexable", True))
             block = cache.get(key)
             if block is None:
-                block = _field(*key)
+                block = self._field(*key)
                 if len(cache) >= self.CACHE_SIZE:
                     cache.clear()
                 cache[key] = block
             parts.append(block)
         return b"".join(parts)
 
-
-def _field(name, value, indexable: bool) -> bytes:
-    if isinstance(name, str):
-        name = name.encode("utf-8")
-    if isinstance(value, str):
-        value = value.encode("utf-8")
-    flags = 0x00 if indexable else 0x10
-    entry = _STATIC.get(name)
-    if entry is None:
-        return bytes([flags]) + _string(name) + _string(value)
-    index = entry[1].get(value)
-    if index is not None and indexable:
-        return _integer(index, 7, 0x80)
-    return _integer(entry[0], 4, flags) + _string(value)
+    def _field(self, name, value, indexable: bool) -> bytes:
+        if isinstance(name, str):
+            name = name.encode("utf-8")
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        entry = _STATIC.get(name)
+        if entry is not None and indexable:
+            index = entry[1].get(value)
+            if index is not None:
+                return _integer(index, 7, 0x80)
+        names = self._names
+        prefix = names.get((name, indexable))
+        if prefix is None:
+            flags = 0x00 if indexable else 0x10
+            if entry is None:
+                prefix = bytes([flags]) + _string(name, huffman=True)
+            else:
+                prefix = _integer(entry[0], 4, flags)
+            if len(names) >= self.CACHE_SIZE:
+                names.clear()
+            names[(name, indexable)] = prefix
+        return prefix + _string(value)
 
 
 #: The method of the connection that handles each kind of h2 event.

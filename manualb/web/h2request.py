@@ -20,12 +20,9 @@ from zope.interface import implementer
 from manualb.bodies import FileBody, StreamingBody
 from manualb.exchange import Exchange
 from manualb.interfaces import IDownstream
+from manualb.web.h2output import CONNECTION_FIELDS
 
 _NO_BODY_CODES = frozenset([204, 304])
-#: Response fields that HTTP/2 forbids (RFC 9113, section 8.2.2).
-_CONNECTION_FIELDS = frozenset(
-    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"]
-)
 
 
 @implementer(IPushProducer)
@@ -139,7 +136,7 @@ class StreamDownstream:
         append = fields.append
         for name, value in headers:
             name = name.lower()
-            if name not in _CONNECTION_FIELDS:
+            if name not in CONNECTION_FIELDS:
                 append((name, value))
         self.head = fields
         self.bodyless = self.method == b"HEAD" or code in _NO_BODY_CODES

@@ -56,6 +56,7 @@ C{[gatekeeper]} limits as an HTTP/1.1 one, and to a few of HTTP/2's own:
 
 from __future__ import annotations
 
+import re
 from collections import deque
 
 import h2.config
@@ -119,6 +120,8 @@ _TCHAR = frozenset(
     b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
 _NAME_CHARS = frozenset(c for c in _TCHAR if not 0x41 <= c <= 0x5A)
+#: A field name of L{_NAME_CHARS} only (a lower-case token).
+_NAME = re.compile(b"[" + re.escape(bytes(sorted(_NAME_CHARS))) + b"]+")
 _SCHEME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
 _PSEUDO_HEADERS = frozenset([b":method", b":scheme", b":path", b":authority"])
 _CONNECTION_HEADERS = frozenset(
@@ -335,9 +338,15 @@ class ProxyH2Connection(BatchingH2Connection):
         super().__init__(reactor)
         self.gatekeeper = gatekeeper
         listSize = headerListSize(gatekeeper)
-        # Requests are validated by ProxyH2Stream, as stream errors.
+        # Requests are validated by ProxyH2Stream, as stream errors; the
+        # response fields are made fit for HTTP/2 by the connection
+        # (writeHeaders) and StreamDownstream.
         config = h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=False
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=False,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         self.conn = _H2Protocol(config=config)
         self.conn.local_settings = h2.settings.Settings(
@@ -875,7 +884,7 @@ def _malformed(headers) -> str | None:
             pseudo[name] = value
             continue
         regular = True
-        if not set(name) <= _NAME_CHARS:
+        if _NAME.fullmatch(name) is None:
             return f"bad field name {name!r}"
         if name in _CONNECTION_HEADERS:
             return f"connection-specific field {name!r}"

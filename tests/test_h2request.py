@@ -287,3 +287,45 @@ class TwistedRequestTests(SynchronousTestCase):
         for name in [b"connection", b"keep-alive", b"transfer-encoding", b"upgrade"]:
             self.assertNotIn(name, fields)
         self.assertEqual(client.body(stream), b"ok")
+
+
+class SendTimerTests(SynchronousTestCase):
+    """
+    C{send_timeout} of a stream of the proxy's own resource.
+    """
+
+    def test_cancelledWhenDone(self):
+        """
+        A response that used up its stream's window arms the stream's send
+        timeout; once the response ends, nothing is left scheduled.
+        """
+        lb = MemoryBalancer(parseConfig(CONFIG))
+        held = []
+
+        class Window(Resource):
+            isLeaf = True
+
+            def render(self, request):
+                request.write(b"b" * 65535)
+                held.append(request)
+                return NOT_DONE_YET
+
+        lb.addBackend(BACKEND, Window())
+        client = MemoryClient(lb.balancer.config.gatekeeper)
+        client.server.site = lb.balancer.site
+
+        def roundTrip():
+            for _ in range(5):
+                lb.flush()
+                client.pump()
+                client.exchange()
+
+        stream = client.request()
+        roundTrip()
+        self.assertEqual(len(client.body(stream)), 65535)
+        self.assertEqual(len(client.reactor.getDelayedCalls()), 1)
+        held[0].finish()
+        roundTrip()
+        self.assertTrue(client.ofType(h2.events.StreamEnded, stream))
+        self.assertEqual(client.server.streams, {})
+        self.assertEqual(client.reactor.getDelayedCalls(), [])

@@ -482,6 +482,9 @@ class ProxyH2Connection(BatchingH2Connection):
 
     def _requestDone(self, streamID: int) -> None:
         stream = self.streams.get(streamID)
+        if stream is not None:
+            # Its response is all sent (or dropped): no send_timeout.
+            stream._sendTimer = cancelCall(stream._sendTimer)
         if stream is not None and self._stillProducing and not self._closing:
             # The client may still be sending a body that will not be read:
             # give its window back, and ask it to stop (RFC 9113, 8.1).

@@ -80,7 +80,7 @@ LAYERS: list[tuple[str, ...]] = [
         "upstreamconfig",
         "configfile",
     ),
-    ("web.splicing", "web.http2", "web.channel", "web.site", "web", "front.request", "front.http1", "front"),
+    ("web.splicing", "web.tls", "web.http2", "web.channel", "web.site", "web", "front.request", "front.http1", "front"),
     ("reloading", "entry", "sites", "service"),
     (
         "supervisor",

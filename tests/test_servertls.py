@@ -287,6 +287,44 @@ class MemoryTests(SynchronousTestCase):
         self.assertEqual(self.received(), b"")
         self.assertTrue(self.closeNotified)
 
+    def test_recordsInPieces(self) -> None:
+        """
+        Records that come a byte at a time, or several in one piece, or
+        split in their header, are all read, each as soon as it is whole.
+        """
+        self.handshake()
+        self.client.send(b"first")
+        data = self.client.bio_read(1 << 20)
+        for index in range(len(data)):
+            self.server.dataReceived(data[index : index + 1])
+            whole = [b"first"] if index == len(data) - 1 else []
+            self.assertEqual(self.served.received, whole)
+        self.client.send(b"second")
+        self.client.send(b"third")
+        self.client.send(b"fourth")
+        data = self.client.bio_read(1 << 20)
+        self.server.dataReceived(data)
+        self.assertEqual(self.served.received, [b"first", b"second", b"third", b"fourth"])
+        self.client.send(b"fifth")
+        self.client.send(b"sixth")
+        data = self.client.bio_read(1 << 20)
+        [(_, length), _] = _records(data)
+        # The first record and three bytes of the second's header.
+        self.server.dataReceived(data[: 5 + length + 3])
+        self.assertEqual(self.served.received[-1], b"fifth")
+        self.server.dataReceived(data[5 + length + 3 :])
+        self.assertEqual(self.served.received[-2:], [b"fifth", b"sixth"])
+
+    def test_notARecordAfterHandshake(self) -> None:
+        """
+        Bytes that cannot be a TLS record close the connection at once,
+        with an alert.
+        """
+        self.handshake()
+        self.server.dataReceived(b"\x17\x03\x03\xff\xff" + b"\x00" * 32)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertNotEqual(self.transport.value(), b"")
+
     def test_garbageAfterHandshake(self) -> None:
         """
         A corrupt record closes the connection, with an alert.

@@ -19,7 +19,9 @@ which fail with an exception.  L{ServerTLS} instead:
     loop, as Twisted does, so that small writes still make one record;
   - does not ask OpenSSL for bytes to send after a read that gave
     application data: such a read makes none but for the rare
-    post-handshake message (a key update), which the next write carries.
+    post-handshake message (a key update), which the next write carries;
+  - counts the whole records received, so as to stop reading when all are
+    read rather than when OpenSSL fails to read one more.
 
 Everything else (the handshake, SNI and ALPN, shutdown and abort,
 producers, writes held while OpenSSL waits for the peer) is Twisted's.
@@ -47,6 +49,10 @@ _READ = 2**16
 #: records a write makes.
 _RECORD_OVERHEAD = 128
 
+#: The longest record TLS allows (TLS 1.2's: 16 KiB and 2 KiB of
+#: expansion).
+_LONGEST = 2**14 + 2048
+
 #: Bytes held before they are written out without waiting for the turn of
 #: the event loop (Twisted's own limit).
 _HOLD = 64_000
@@ -65,6 +71,11 @@ class ServerTLS(TLSMemoryBIOProtocol):
 
     _receiving = False
     _call: IDelayedCall | None = None
+    # The framing of the records received (see _frame).
+    _framed = True
+    _recordLeft = 0
+    _partialHeader = b""
+    _unread = 0
 
     def __init__(self, factory, wrappedProtocol, _connectWrapped=True):
         super().__init__(factory, wrappedProtocol, _connectWrapped)
@@ -193,14 +204,53 @@ class ServerTLS(TLSMemoryBIOProtocol):
     def dataReceived(self, data: bytes) -> None:
         self._receiving = True
         try:
+            if self._framed:
+                self._frame(data)
             if self._handshakeDone:
                 self._receive(data)
             else:
                 super().dataReceived(data)
+                # Read until OpenSSL wanted more: no whole record is left.
+                self._unread = 0
         finally:
             self._receiving = False
         if self._held and not self._lostTLSConnection:
             self._release()
+
+    def _frame(self, data: bytes) -> None:
+        """
+        Count the records that C{data} completes into L{_unread}, from the
+        5-byte header of each (type, version, length), so that reading
+        stops when every whole record was read, without one more call into
+        OpenSSL to learn that it wants more.  Each read that gives
+        application data takes at least one record, so the count is never
+        short.  Bytes that are not TLS records stop the counting for the
+        connection: reads go on until OpenSSL wants more, as before.
+        """
+        if self._partialHeader:
+            data = self._partialHeader + data
+            self._partialHeader = b""
+        size = len(data)
+        at = self._recordLeft
+        if at > size:
+            self._recordLeft = at - size
+            return
+        unread = self._unread + (1 if at else 0)
+        while at + 5 <= size:
+            length = (data[at + 3] << 8) | data[at + 4]
+            if not 20 <= data[at] <= 24 or data[at + 1] != 3 or length > _LONGEST:
+                self._framed = False
+                return
+            end = at + 5 + length
+            if end > size:
+                self._recordLeft = end - size
+                self._unread = unread
+                return
+            unread += 1
+            at = end
+        self._recordLeft = 0
+        self._partialHeader = data[at:]
+        self._unread = unread
 
     def _receive(self, data: bytes) -> None:
         """
@@ -211,12 +261,18 @@ class ServerTLS(TLSMemoryBIOProtocol):
         connection.bio_write(data)
         if self._appSendBuffer:
             self._unbufferPendingWrites()
-        delivered = False
+        # None: no record to read; False: none gave application data.
+        delivered: bool | None = None
         deliver = self.wrappedProtocol.dataReceived
         while not self._lostTLSConnection:
+            if self._unread <= 0 and self._framed:
+                break
+            if delivered is None:
+                delivered = False
             try:
                 received = connection.recv(_READ)
             except WantReadError:
+                self._unread = 0
                 break
             except ZeroReturnError:
                 # The client's close_notify: TLS is shut down.
@@ -226,9 +282,10 @@ class ServerTLS(TLSMemoryBIOProtocol):
                 self._tlsShutdownFinished(Failure())
             else:
                 delivered = True
+                self._unread -= 1
                 if not self._aborted:
                     deliver(received)
-        if not delivered and not self._lostTLSConnection:
+        if delivered is False and not self._lostTLSConnection:
             # A handshake message (a key update) may want an answer.
             self._flushSendBIO()
 

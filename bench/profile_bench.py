@@ -20,7 +20,7 @@ from pathlib import Path
 
 from benchproc import BENCH, BenchError, Processes, pinning, runBench, waitForPort
 from loads import checkResponse, runWrk
-from servers import backendConfig, startManualb, startNginx
+from servers import backendConfig, makeCertificate, startManualb, startNginx
 from benchlib import freePort
 
 RESULTS = BENCH / "results"
@@ -75,13 +75,13 @@ def profile(args: argparse.Namespace, workdir: Path) -> dict:
         waitForPort(backendPorts[1], procs.running[-1][1], "backends")
         process, port = startManualb(
             procs, proxyPin, "manualb", list(backendPorts), frontEnd=args.front_end,
-            admin=args.admin,
+            admin=args.admin, tls=makeCertificate(workdir) if args.tls else None,
         )
-        checkResponse(port)
+        checkResponse(port, args.tls)
         print(f"warm-up {args.warmup}s, then {args.duration}s under wrk -c{args.connections} "
               f"with py-spy at {args.rate} Hz ...", flush=True)
         if args.warmup:
-            runWrk(otherPin, port, args.warmup, args.connections)
+            runWrk(otherPin, port, args.warmup, args.connections, tls=args.tls)
         RESULTS.mkdir(exist_ok=True)
         svg, folded = RESULTS / "profile.svg", RESULTS / "profile.txt"
         # py-spy samples on the other CPU, so that manualb keeps its own.
@@ -94,7 +94,7 @@ def profile(args: argparse.Namespace, workdir: Path) -> dict:
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             for fmt, path in (("flamegraph", svg), ("raw", folded))
         ]
-        load, _ = runWrk(otherPin, port, args.duration, args.connections)
+        load, _ = runWrk(otherPin, port, args.duration, args.connections, tls=args.tls)
         for spy_ in spies:
             _, err = spy_.communicate(timeout=args.duration + 60)
             if spy_.returncode != 0:
@@ -112,6 +112,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rate", type=int, default=200, help="py-spy samples a second (200)")
     p.add_argument("--front-end", choices=("lean", "twisted"), default="lean")
     p.add_argument("--admin", action="store_true", help="with the admin listener on")
+    p.add_argument("--tls", action="store_true", help="over HTTPS (HTTP/1.1 over TLS)")
     args = p.parse_args(argv)
     results = runBench("profile", profile, args)
     if isinstance(results, int):

@@ -219,7 +219,11 @@ class AdoptedEndpoint:
     @ivar family: Its address family.
     @ivar contextFactory: The TLS context factory, or L{None} for plain
         connections.
+    @ivar tlsFactory: What wraps the factory listened with in TLS, called
+        as L{TLSMemoryBIOFactory} is.
     """
+
+    tlsFactory = TLSMemoryBIOFactory
 
     def __init__(self, reactor, fileno: int, family: int, contextFactory=None) -> None:
         self.reactor = reactor
@@ -229,5 +233,5 @@ class AdoptedEndpoint:
 
     def listen(self, factory):
         if self.contextFactory is not None:
-            factory = TLSMemoryBIOFactory(self.contextFactory, False, factory)
+            factory = self.tlsFactory(self.contextFactory, False, factory, self.reactor)
         return execute(self.reactor.adoptStreamPort, self.fileno, self.family, factory)

@@ -48,6 +48,7 @@ from manualb.sites import Sites
 from manualb.syntax import anyPort
 from manualb.state import sharedState
 from manualb.web import listening
+from manualb.web.tls import ServerTLSFactory
 from manualb.front import serving
 
 log = Logger()
@@ -226,7 +227,9 @@ class LoadBalancer:
         if isSNI(description):
             if self.tls is None and self.config.tls is not None:
                 self.tls = self._certificates(self.config)
-            return sniEndpoint(self.reactor, withBacklog(description), self.tls)
+            endpoint = sniEndpoint(self.reactor, withBacklog(description), self.tls)
+            endpoint.tlsFactory = ServerTLSFactory
+            return endpoint
         return serverEndpoint(self.reactor, description, self.config.tls)
 
     def streamEndpoint(self, description: str) -> IStreamServerEndpoint:

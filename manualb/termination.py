@@ -40,13 +40,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from OpenSSL import SSL
+from twisted.internet.defer import execute
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
     IProtocolNegotiationFactory,
     IStreamServerEndpoint,
 )
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from manualb.config import CertificateConfig, ConfigError, TLSConfig
@@ -510,7 +513,11 @@ class SNIServerEndpoint(SSL4ServerEndpoint):
     @ivar port: The port.
     @ivar interface: The address listened on; C{""} for every IPv4 one, C{"::"}
         for every one.
+    @ivar tlsFactory: What wraps the factory listened with in TLS, called
+        as L{TLSMemoryBIOFactory} is (Twisted's, unless set to another).
     """
+
+    tlsFactory: Callable[..., IProtocolFactory] = TLSMemoryBIOFactory
 
     def __init__(
         self,
@@ -523,8 +530,23 @@ class SNIServerEndpoint(SSL4ServerEndpoint):
         super().__init__(reactor, port, contextFactory, backlog, interface)
         self.contextFactory = contextFactory
         contextFactory.rotateWith(reactor)
+        self.reactor = reactor
         self.port = port
         self.interface = interface
+        self.backlog = backlog
+
+    def listen(self, protocolFactory: IProtocolFactory):
+        """
+        Listen on TCP, each connection in TLS by L{tlsFactory}.
+        """
+        wrapped = self.tlsFactory(self.contextFactory, False, protocolFactory, self.reactor)
+        return execute(
+            self.reactor.listenTCP,
+            self.port,
+            wrapped,
+            backlog=self.backlog,
+            interface=self.interface,
+        )
 
     def __repr__(self) -> str:
         return (

@@ -136,8 +136,10 @@ def sendNow(transport: ITransport, data: bytes) -> None:
     nothing waiting in its buffer, the bytes go to the socket's C{send}
     straight away, and only what it does not take is queued, in order.
     This is the one place that reads the insides of Twisted's
-    L{twisted.internet.abstract.FileDescriptor} (its two write buffers); any
-    other transport, or one that is closing, gets a plain C{write}.
+    L{twisted.internet.abstract.FileDescriptor} (its two write buffers).
+    A transport with a C{sendNow} method of its own (TLS, whose records go
+    the same way: L{manualb.web.tls}) is given the bytes by it; any other
+    transport, or one that is closing, gets a plain C{write}.
     """
     if (
         type(transport) in _PLAIN_TCP
@@ -156,4 +158,9 @@ def sendNow(transport: ITransport, data: bytes) -> None:
         if sent == len(data):
             return
         data = data[sent:]
+    else:
+        send = getattr(transport, "sendNow", None)
+        if send is not None:
+            send(data)
+            return
     transport.write(data)

@@ -79,7 +79,10 @@ class WorkerBalancer(LoadBalancer):
             contextFactory = made.contextFactory  # type: ignore[union-attr]
         elif isTLS(description):
             contextFactory = sslContextFactory(made)
-        return AdoptedEndpoint(self.reactor, fileno, family, contextFactory)
+        adopted = AdoptedEndpoint(self.reactor, fileno, family, contextFactory)
+        if isSNI(description):
+            adopted.tlsFactory = made.tlsFactory  # type: ignore[union-attr]
+        return adopted
 
     def endpoint(self, description: str) -> IStreamServerEndpoint:
         # Made as a single process makes it (reading the certificates and

@@ -425,15 +425,14 @@ class FlowControlTests(SynchronousTestCase):
         client.h2.increment_flow_control_window(10 * size)
         stream = client.h2.get_next_available_stream_id()
         client.h2.send_headers(stream, REQUEST, end_stream=True)
-        # The response's first frame goes at once, the rest on the next
-        # reactor turns.
+        # The response fills the stream's window at once.
         client.send(client.h2.data_to_send(), pump=False)
         client.receive()
-        self.assertEqual(len(client.body(stream)), 16384)
+        self.assertEqual(len(client.body(stream)), 65535)
         client.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000})
         client.h2.increment_flow_control_window(1000, stream)
         client.exchange()
-        self.assertEqual(len(client.body(stream)), 16384)
+        self.assertEqual(len(client.body(stream)), 65535)
         client.h2.increment_flow_control_window(2 * size, stream)
         client.exchange()
         self.assertEqual(len(client.body(stream)), size)

@@ -56,6 +56,7 @@ C{[gatekeeper]} limits as an HTTP/1.1 one, and to a few of HTTP/2's own:
 
 from __future__ import annotations
 
+import re
 from collections import deque
 
 import h2.config
@@ -63,14 +64,12 @@ import h2.connection
 import h2.errors
 import h2.exceptions
 import h2.settings
-import priority
 from hpack.exceptions import HPACKError
 from hyperframe.frame import GoAwayFrame
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection, H2Stream
+from twisted.web._http2 import _END_STREAM_SENTINEL
 
 from manualb.config import GatekeeperConfig
 from manualb.rules import (
@@ -84,7 +83,11 @@ from manualb.rules import (
     errorBody,
     serverNameOf,
 )
+from manualb.stages import requestView
 from manualb.transports import cancelCall, setNoDelay
+from manualb.view import clientHost
+from manualb.web.h2output import BatchingH2Connection, BatchingH2Stream, LiteralEncoder
+from manualb.web.h2request import StreamDownstream
 
 ErrorCodes = h2.errors.ErrorCodes
 
@@ -117,6 +120,8 @@ _TCHAR = frozenset(
     b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
 _NAME_CHARS = frozenset(c for c in _TCHAR if not 0x41 <= c <= 0x5A)
+#: A field name of L{_NAME_CHARS} only (a lower-case token).
+_NAME = re.compile(b"[" + re.escape(bytes(sorted(_NAME_CHARS))) + b"]+")
 _SCHEME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
 _PSEUDO_HEADERS = frozenset([b":method", b":scheme", b":path", b":authority"])
 _CONNECTION_HEADERS = frozenset(
@@ -311,7 +316,7 @@ class _FrameWatch:
             )
 
 
-class ProxyH2Connection(H2Connection):
+class ProxyH2Connection(BatchingH2Connection):
     """
     An HTTP/2 client connection of the proxy.
 
@@ -326,14 +331,22 @@ class ProxyH2Connection(H2Connection):
     _clientGoingAway = False
     # The last stream served, once the proxy sent GOAWAY to stop (drain).
     _lastStream: int | None = None
+    # The payloads of the GOAWAY frames of the read being handled.
+    _goaways: list[bytes] = []
 
     def __init__(self, reactor: IReactorTime, gatekeeper: GatekeeperConfig) -> None:
         super().__init__(reactor)
         self.gatekeeper = gatekeeper
         listSize = headerListSize(gatekeeper)
-        # Requests are validated by ProxyH2Stream, as stream errors.
+        # Requests are validated by ProxyH2Stream, as stream errors; the
+        # response fields are made fit for HTTP/2 by the connection
+        # (writeHeaders) and StreamDownstream.
         config = h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=False
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=False,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         self.conn = _H2Protocol(config=config)
         self.conn.local_settings = h2.settings.Settings(
@@ -346,6 +359,7 @@ class ProxyH2Connection(H2Connection):
         # h2 applies the setting to its decoder once the client acknowledges
         # it; a client may not wait for that.
         self.conn.decoder.max_header_list_size = listSize
+        self.conn.encoder = LiteralEncoder()
         self._frames = _FrameWatch(
             lambda: self.conn.max_inbound_frame_size,
             2 * listSize,
@@ -355,6 +369,36 @@ class ProxyH2Connection(H2Connection):
     def connectionMade(self) -> None:
         setNoDelay(self.transport)
         super().connectionMade()
+
+    # What every request of the connection shares.
+
+    _client: str | None = None
+    _local: str | None = None
+    _secure: bool | None = None
+
+    def clientAddress(self) -> str:
+        """
+        The client's address (L{clientHost}).
+        """
+        if self._client is None:
+            self._client = clientHost(self.transport.getPeer())
+        return self._client
+
+    def localAddress(self) -> str:
+        """
+        The address the client connected to (L{clientHost}).
+        """
+        if self._local is None:
+            self._local = clientHost(self.getHost())
+        return self._local
+
+    def secure(self) -> bool:
+        """
+        Whether the connection is over TLS.
+        """
+        if self._secure is None:
+            self._secure = self._isSecure()
+        return self._secure
 
     # Reading.
 
@@ -366,13 +410,19 @@ class ProxyH2Connection(H2Connection):
         except _ConnectionError as e:
             self._abandon(e.code, str(e))
             return
+        self._goaways = goaways
         if forH2:
             super().dataReceived(forH2)
-        if self._closing or not self._stillProducing:
-            return
+        else:
+            self._afterEvents()
+            self._flush()
+
+    def _afterEvents(self) -> None:
+        goaways, self._goaways = self._goaways, []
         for payload in goaways:
+            if self._closing or not self._stillProducing:
+                return
             self._goawayReceived(payload)
-        self._wakeStreams()
 
     def _goawayReceived(self, payload: bytes) -> None:
         """
@@ -410,16 +460,7 @@ class ProxyH2Connection(H2Connection):
         stream = ProxyH2Stream(
             event.stream_id, self, event.headers, self.requestFactory, self.site, self.factory
         )
-        self.streams[event.stream_id] = stream
-        self._streamCleanupCallbacks[event.stream_id] = Deferred()
-        self._outboundStreamQueues[event.stream_id] = deque()
-        try:
-            self.priority.insert_stream(event.stream_id)
-        except priority.DuplicateStreamError:
-            # Already there from an earlier PRIORITY frame.
-            pass
-        else:
-            self.priority.block(event.stream_id)
+        self._newStream(stream)
         stream.start(ended=event.stream_ended is not None)
 
     def _requestDataReceived(self, event) -> None:
@@ -437,53 +478,13 @@ class ProxyH2Connection(H2Connection):
         if event.stream_id in self.streams:
             super()._requestAborted(event)
 
-    def _handlePriorityUpdate(self, event) -> None:
-        try:
-            super()._handlePriorityUpdate(event)
-        except priority.TooManyStreamsError:
-            self._abandon(ErrorCodes.ENHANCE_YOUR_CALM, "too many prioritised streams")
-
     # Sending.
-
-    def _sendPrioritisedData(self, *args) -> None:
-        # Twisted's loop sends a stream's data as soon as it is unblocked,
-        # even when a SETTINGS change made its window negative: h2 then
-        # raises FlowControlError.  Keep such streams blocked; _wakeStreams
-        # unblocks them once their window opens.
-        for streamID, queue in self._outboundStreamQueues.items():
-            if queue and queue[0] is not _END_STREAM_SENTINEL:
-                if self._window(streamID) <= 0:
-                    self.priority.block(streamID)
-        super()._sendPrioritisedData(*args)
-
-    def _window(self, streamID: int) -> int:
-        try:
-            return self.conn.local_flow_control_window(streamID)
-        except h2.exceptions.ProtocolError:
-            return 0
-
-    def _wakeStreams(self) -> None:
-        """
-        After the client's frames are handled: unblock the streams with data
-        to send whose window is open (a WINDOW_UPDATE or a SETTINGS change
-        may have opened it), and restart the sending loop if it waits.
-        """
-        woken = False
-        for streamID, queue in self._outboundStreamQueues.items():
-            if queue and (queue[0] is _END_STREAM_SENTINEL or self._window(streamID) > 0):
-                self.priority.unblock(streamID)
-                woken = True
-        for stream in list(self.streams.values()):
-            try:
-                stream.windowUpdated()
-            except h2.exceptions.ProtocolError:
-                pass
-        if woken and self._sendingDeferred is not None:
-            sending, self._sendingDeferred = self._sendingDeferred, None
-            sending.callback(None)
 
     def _requestDone(self, streamID: int) -> None:
         stream = self.streams.get(streamID)
+        if stream is not None:
+            # Its response is all sent (or dropped): no send_timeout.
+            stream._sendTimer = cancelCall(stream._sendTimer)
         if stream is not None and self._stillProducing and not self._closing:
             # The client may still be sending a body that will not be read:
             # give its window back, and ask it to stop (RFC 9113, 8.1).
@@ -599,9 +600,9 @@ class ProxyH2Connection(H2Connection):
             return
         self._closing = True
         self.conn.close_connection(last_stream_id=self._lastStream)
-        if self._tryToWriteControlData():
-            self._releaseTransport()
-            self.transport.loseConnection()
+        self._writeNow()
+        self._releaseTransport()
+        self.transport.loseConnection()
 
     def _abandon(self, errorCode: ErrorCodes, reason: str) -> None:
         """
@@ -634,11 +635,7 @@ class ProxyH2Connection(H2Connection):
             client=self.transport.getPeer(),
             reason=error,
         )
-        pending = b"".join(self._bufferedControlFrames) + self.conn.data_to_send()
-        self._bufferedControlFrames.clear()
-        self._bufferedControlFrameBytes = 0
-        if pending:
-            self.transport.write(pending)
+        self._writeNow()
         self._releaseTransport()
         self.transport.loseConnection()
         if self.abortTimeout is not None and self._abortingCall is None:
@@ -663,7 +660,7 @@ class ProxyH2Connection(H2Connection):
             pass
 
 
-class ProxyH2Stream(H2Stream):
+class ProxyH2Stream(BatchingH2Stream):
     """
     One request of a L{ProxyH2Connection}: validated and held to the
     C{[gatekeeper]} limits before it goes to the site, with its body
@@ -673,11 +670,23 @@ class ProxyH2Stream(H2Stream):
     """
 
     _bodyReceived = 0
-    _headers: list = []
 
-    def _convertHeaders(self, headers) -> None:
-        # Called by H2Stream.__init__, before the connection knows this
-        # stream; start() converts them then.
+    def __init__(self, streamID, connection, headers, requestFactory, site, factory):
+        # As H2Stream's, but the request is made by start(), once the
+        # connection knows this stream: a twisted.web one only when the
+        # site's resource is not the proxy's own.
+        self.streamID = streamID
+        self.site = site
+        self.factory = factory
+        self.producing = True
+        self.command = None
+        self.path = None
+        self.producer = None
+        self._producerProducing = False
+        self._inboundDataBuffer = deque()
+        self._conn = connection
+        self._requestFactory = requestFactory
+        self._request = None
         self._headers = headers
 
     @property
@@ -693,6 +702,16 @@ class ProxyH2Stream(H2Stream):
         Whether the response's headers have been written.
         """
         return bool(getattr(self._request, "startedWriting", False))
+
+    def _stages(self, path: bytes):
+        """
+        The stage chain of the site's resource when it is the proxy's own
+        (and the target is a path), else L{None}.
+        """
+        site = self.site
+        if path[:1] != b"/" or getattr(site, "trustedProxies", False) is False:
+            return None
+        return getattr(site.resource, "stages", None)
 
     def start(self, ended: bool) -> None:
         """
@@ -730,7 +749,11 @@ class ProxyH2Stream(H2Stream):
         self.command = self._command = method
         self.path = self._path = path
         self._version = b"HTTP/2"
-        request = self._request
+        stages = self._stages(path)
+        if stages is not None:
+            self._startExchange(stages, pseudo, fields, method, path, length)
+            return
+        request = self._request = self._requestFactory(self, queued=False)
         headers = request.requestHeaders
         for name, value in fields:
             headers.addRawHeader(name, value)
@@ -741,6 +764,54 @@ class ProxyH2Stream(H2Stream):
             self._send100Continue()
         request.parseCookies()
         request.gotLength(length)
+
+    def _startExchange(self, stages, pseudo, fields, method, path, length) -> None:
+        """
+        Hand the request to the proxy's exchange, with a
+        L{StreamDownstream} for its client.
+        """
+        conn = self._conn
+        site = self.site
+        resource = site.resource
+        authority = pseudo.get(b":authority")
+        if authority is not None and not any(name == b"host" for name, _ in fields):
+            fields.append((b"host", authority))
+        client = peer = conn.clientAddress()
+        trusted = site.trustedProxies
+        if trusted is not None:
+            client = trusted.clientAddress(client, fields)
+        view = requestView(
+            client,
+            conn.secure(),
+            method,
+            path,
+            fields,
+            conn.localAddress(),
+            trusted is not None and trusted.trusts(peer),
+            site.reactor.seconds(),
+        )
+        downstream = self._request = StreamDownstream(
+            self,
+            view,
+            method,
+            length,
+            conn.gatekeeper.client_max_body_size,
+            site.hsts,
+            site.date,
+        )
+        if length != 0:
+            for name, value in fields:
+                if name == b"expect" and value.lower() == b"100-continue":
+                    self._send100Continue()
+                    break
+        downstream.start(
+            stages,
+            resource.reactor,
+            resource.accessLog,
+            resource.recent,
+            resource.listener,
+            resource.metrics,
+        )
 
     def _refuse(self, status: int | None, errorCode: ErrorCodes, reason: str) -> None:
         self._conn._log.info(
@@ -778,7 +849,8 @@ class ProxyH2Stream(H2Stream):
 
     def connectionLost(self, reason) -> None:
         self._sendTimer = cancelCall(self._sendTimer)
-        super().connectionLost(reason)
+        if self._request is not None:
+            super().connectionLost(reason)
 
     def receiveDataChunk(self, data: bytes, flowControlledLength: int) -> None:
         self._bodyReceived += len(data)
@@ -815,7 +887,7 @@ def _malformed(headers) -> str | None:
             pseudo[name] = value
             continue
         regular = True
-        if not set(name) <= _NAME_CHARS:
+        if _NAME.fullmatch(name) is None:
             return f"bad field name {name!r}"
         if name in _CONNECTION_HEADERS:
             return f"connection-specific field {name!r}"

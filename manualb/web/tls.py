@@ -1,0 +1,319 @@
+"""
+The TLS of manualb's listeners: Twisted's memory BIO TLS protocol
+(L{twisted.protocols.tls}) with the costs of its hot path taken out.
+
+Twisted's buffering TLS transport (C{BufferingTLSTransport}) holds every
+write for a turn of the event loop (a C{callLater(0)} per response), then
+encrypts it and hands the records to the TCP transport, which waits
+another turn for the socket to be writable (two C{epoll_ctl} calls) before
+it sends them; each received record costs three calls into OpenSSL, two of
+which fail with an exception.  L{ServerTLS} instead:
+
+  - sends a write at once when it is a whole response (L{ServerTLS.sendNow},
+    which L{manualb.transports.sendNow} calls): encrypted in one go, the
+    records read out of OpenSSL in one call and sent to the socket
+    straight away when nothing is queued before them
+    (L{manualb.transports.sendNow});
+  - holds other writes (those of HTTP/2, of twisted.web) until the end of
+    the received data that made them, or else for one turn of the event
+    loop, as Twisted does, so that small writes still make one record;
+  - does not ask OpenSSL for bytes to send after a read that gave
+    application data: such a read makes none but for the rare
+    post-handshake message (a key update), which the next write carries;
+  - counts the whole records received, so as to stop reading when all are
+    read rather than when OpenSSL fails to read one more.
+
+Everything else (the handshake, SNI and ALPN, shutdown and abort,
+producers, writes held while OpenSSL waits for the peer) is Twisted's.
+"""
+
+from __future__ import annotations
+
+from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from twisted.internet.interfaces import IDelayedCall
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+
+from manualb.transports import sendNow
+
+__all__ = ["ServerTLS", "ServerTLSFactory"]
+
+#: The most plaintext one record carries.
+_RECORD = 2**14
+
+#: How many received plaintext bytes one call into OpenSSL gives at most.
+_READ = 2**16
+
+#: Bytes a record adds to its plaintext at most (header, explicit IV,
+#: padding and MAC of the worst cipher suite), for sizing the read of the
+#: records a write makes.
+_RECORD_OVERHEAD = 128
+
+#: The longest record TLS allows (TLS 1.2's: 16 KiB and 2 KiB of
+#: expansion).
+_LONGEST = 2**14 + 2048
+
+#: Bytes held before they are written out without waiting for the turn of
+#: the event loop (Twisted's own limit).
+_HOLD = 64_000
+
+
+class ServerTLS(TLSMemoryBIOProtocol):
+    """
+    A server's TLS connection that writes straight through.
+
+    @ivar _held: Writes not yet encrypted, waiting for the end of the
+        received data (while L{_receiving}) or for L{_call}.
+    @ivar _heldSize: Their length.
+    @ivar _call: The turn of the event loop that writes them, if any.
+    @ivar _receiving: Whether received data is being handed on.
+    """
+
+    _receiving = False
+    _call: IDelayedCall | None = None
+    # The framing of the records received (see _frame).
+    _framed = True
+    _recordLeft = 0
+    _partialHeader = b""
+    _unread = 0
+
+    def __init__(self, factory, wrappedProtocol, _connectWrapped=True):
+        super().__init__(factory, wrappedProtocol, _connectWrapped)
+        self._held: list[bytes] = []
+        self._heldSize = 0
+
+    # Writing.
+
+    def write(self, data: bytes) -> None:
+        """
+        Hold C{data} with the writes before it until the received data is
+        handed on, or for one turn of the event loop, or until enough is
+        held.
+        """
+        if self.disconnecting and self._producer is None:
+            return
+        # A copy of anything but bytes, which the writer may change; and
+        # a TypeError now for what is not bytes at all.
+        self._hold(data + b"")
+        if self._call is None and self._held and not self._receiving:
+            self._call = self.factory._clock.callLater(0, self._due)
+
+    def writeSequence(self, iovec) -> None:
+        self.write(b"".join(iovec))
+
+    def sendNow(self, data: bytes) -> None:
+        """
+        Send C{data}, a whole response or a part of its body that should
+        not wait, at once, after any writes held before it (or with the
+        answers to the received data being handed on).
+        """
+        if self.disconnecting and self._producer is None:
+            return
+        if self._receiving:
+            self._hold(data)
+        elif self._held:
+            self._held.append(data)
+            self._release()
+        else:
+            self._write(data)
+
+    def _hold(self, data: bytes) -> None:
+        self._held.append(data)
+        self._heldSize += len(data)
+        if self._heldSize > _HOLD:
+            self._release()
+
+    def _due(self) -> None:
+        self._call = None
+        self._release()
+
+    def _release(self) -> None:
+        """
+        Encrypt and send the held writes.
+        """
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+        held = self._held
+        if not held:
+            return
+        data = held[0] if len(held) == 1 else b"".join(held)
+        self._held = []
+        self._heldSize = 0
+        self._write(data)
+
+    def _drop(self) -> None:
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+        self._held = []
+        self._heldSize = 0
+
+    def _write(self, data: bytes) -> None:
+        if self._lostTLSConnection:
+            return
+        if self._appSendBuffer or not self._handshakeDone:
+            # OpenSSL waits for the peer; Twisted holds the writes until
+            # it has spoken, in order.
+            if self._appSendBuffer:
+                self._bufferedWrite(data)
+            else:
+                super()._write(data)
+            return
+        connection = self._tlsConnection
+        size = len(data)
+        sent = 0
+        try:
+            if size <= _RECORD:
+                sent = connection.send(data)
+            if sent < size:
+                view = memoryview(data)
+                while sent < size:
+                    sent += connection.send(view[sent : sent + _RECORD])
+        except WantReadError:
+            self._bufferedWrite(data[sent:])
+            return
+        except Error:
+            self._tlsShutdownFinished(Failure())
+            return
+        self._flushSendBIO(size + (size // _RECORD + 1) * _RECORD_OVERHEAD)
+
+    def _flushSendBIO(self, expected: int = _READ) -> None:
+        """
+        Send what OpenSSL has to send, read out in one call when it is no
+        more than C{expected} bytes, straight to the socket when nothing
+        is queued before it.
+        """
+        connection = self._tlsConnection
+        try:
+            records = connection.bio_read(expected)
+        except WantReadError:
+            return
+        if len(records) == expected:
+            more = [records]
+            while True:
+                try:
+                    more.append(connection.bio_read(_READ))
+                except WantReadError:
+                    break
+            records = b"".join(more)
+        sendNow(self.transport, records)
+
+    # Reading.
+
+    def dataReceived(self, data: bytes) -> None:
+        self._receiving = True
+        try:
+            if self._framed:
+                self._frame(data)
+            if self._handshakeDone:
+                self._receive(data)
+            else:
+                super().dataReceived(data)
+                # Read until OpenSSL wanted more: no whole record is left.
+                self._unread = 0
+        finally:
+            self._receiving = False
+        if self._held and not self._lostTLSConnection:
+            self._release()
+
+    def _frame(self, data: bytes) -> None:
+        """
+        Count the records that C{data} completes into L{_unread}, from the
+        5-byte header of each (type, version, length), so that reading
+        stops when every whole record was read, without one more call into
+        OpenSSL to learn that it wants more.  Each read that gives
+        application data takes at least one record, so the count is never
+        short.  Bytes that are not TLS records stop the counting for the
+        connection: reads go on until OpenSSL wants more, as before.
+        """
+        if self._partialHeader:
+            data = self._partialHeader + data
+            self._partialHeader = b""
+        size = len(data)
+        at = self._recordLeft
+        if at > size:
+            self._recordLeft = at - size
+            return
+        unread = self._unread + (1 if at else 0)
+        while at + 5 <= size:
+            length = (data[at + 3] << 8) | data[at + 4]
+            if not 20 <= data[at] <= 24 or data[at + 1] != 3 or length > _LONGEST:
+                self._framed = False
+                return
+            end = at + 5 + length
+            if end > size:
+                self._recordLeft = end - size
+                self._unread = unread
+                return
+            unread += 1
+            at = end
+        self._recordLeft = 0
+        self._partialHeader = data[at:]
+        self._unread = unread
+
+    def _receive(self, data: bytes) -> None:
+        """
+        Hand on the application data in C{data}, once the handshake is
+        done.
+        """
+        connection = self._tlsConnection
+        connection.bio_write(data)
+        if self._appSendBuffer:
+            self._unbufferPendingWrites()
+        # None: no record to read; False: none gave application data.
+        delivered: bool | None = None
+        deliver = self.wrappedProtocol.dataReceived
+        while not self._lostTLSConnection:
+            if self._unread <= 0 and self._framed:
+                break
+            if delivered is None:
+                delivered = False
+            try:
+                received = connection.recv(_READ)
+            except WantReadError:
+                self._unread = 0
+                break
+            except ZeroReturnError:
+                # The client's close_notify: TLS is shut down.
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except Error:
+                self._tlsShutdownFinished(Failure())
+            else:
+                delivered = True
+                self._unread -= 1
+                if not self._aborted:
+                    deliver(received)
+        if delivered is False and not self._lostTLSConnection:
+            # A handshake message (a key update) may want an answer.
+            self._flushSendBIO()
+
+    # Closing.
+
+    def loseConnection(self) -> None:
+        if self._held and not self.disconnecting:
+            self._release()
+        super().loseConnection()
+
+    def unregisterProducer(self) -> None:
+        if self._held and self._producer is not None:
+            self._release()
+        super().unregisterProducer()
+
+    def abortConnection(self) -> None:
+        self._drop()
+        super().abortConnection()
+
+    def connectionLost(self, reason) -> None:
+        self._drop()
+        super().connectionLost(reason)
+
+
+class ServerTLSFactory(TLSMemoryBIOFactory):
+    """
+    Wraps the protocols of a TLS listener in L{ServerTLS}; made as
+    L{TLSMemoryBIOFactory} is.
+    """
+
+    protocol = ServerTLS

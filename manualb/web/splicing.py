@@ -103,21 +103,12 @@ def takeBody(request, upstream, left: int) -> bool:
         return False
     pending = _unsent(client, request.head)
     try:
-        readEnd, writeEnd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        pipe = openPipe(pending)
     except OSError:
-        return True
-    try:
-        try:
-            fcntl.fcntl(writeEnd, _SETPIPE, PIPE_SIZE)
-        except OSError:
-            pass
-        capacity = fcntl.fcntl(writeEnd, _GETPIPE)
-        if len(pending) > capacity or (pending and os.write(writeEnd, pending) != len(pending)):
-            raise BlockingIOError()
-    except OSError:
-        os.close(readEnd)
-        os.close(writeEnd)
         return False
+    if pipe is None:
+        return True
+    readEnd, writeEnd, capacity = pipe
     request.head = None
     _forget(client)
     splice = Splice(request, upstream, left, readEnd, writeEnd, capacity, len(pending))
@@ -143,6 +134,51 @@ def _unsent(transport: tcp.Connection, head: bytes | None) -> bytes:
     if head is not None:
         parts.append(head)
     return b"".join(parts)
+
+
+def openPipe(pending: bytes) -> tuple[int, int, int] | None:
+    """
+    A pipe for a splice, non-blocking, of L{PIPE_SIZE} or what the system
+    gives, holding C{pending} already: its read end, write end and
+    capacity; L{None} when the system gives no pipe.
+
+    @raise OSError: The pipe cannot hold C{pending} (closed again): a later
+        try may do.
+    """
+    try:
+        readEnd, writeEnd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.fcntl(writeEnd, _SETPIPE, PIPE_SIZE)
+        except OSError:
+            pass
+        capacity = fcntl.fcntl(writeEnd, _GETPIPE)
+        if len(pending) > capacity or (pending and os.write(writeEnd, pending) != len(pending)):
+            raise BlockingIOError()
+    except OSError:
+        os.close(readEnd)
+        os.close(writeEnd)
+        raise
+    return readEnd, writeEnd, capacity
+
+
+def restoreWriting(transport: tcp.Connection, doWrite) -> None:
+    """
+    Give C{transport} its own C{doWrite} back, if a splice's C{doWrite}
+    stands in for it, and have the reactor watch it for writing as its own
+    buffers say: anything written meanwhile (an error page, a close) is the
+    transport's own again.
+    """
+    if transport.__dict__.get("doWrite") != doWrite:
+        return
+    del transport.doWrite
+    if transport.connected:
+        if transport._tempDataBuffer or transport.disconnecting:
+            transport.startWriting()
+        else:
+            transport.stopWriting()
 
 
 def _forget(transport: tcp.Connection) -> None:
@@ -308,15 +344,7 @@ class Splice:
         backend, client = self.backend, self.client
         if backend.__dict__.get("doRead") == self._backendReadable:
             del backend.doRead
-        if client.__dict__.get("doWrite") == self._clientWritable:
-            del client.doWrite
-            if client.connected:
-                # Anything written meanwhile (an error page, a close) is the
-                # transport's own again.
-                if client._tempDataBuffer or client.disconnecting:
-                    client.startWriting()
-                else:
-                    client.stopWriting()
+        restoreWriting(client, self._clientWritable)
         os.close(self._readEnd)
         os.close(self._writeEnd)
         self._readEnd = self._writeEnd = -1

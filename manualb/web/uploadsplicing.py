@@ -41,7 +41,7 @@ import os
 from manualb.bodies import StreamingBody
 from manualb.handoff import ConnectionState, UpstreamConnection
 import manualb.web.splicing as splicing
-from manualb.web.splicing import SPLICE_MIN, _forget, _plainTCP, _unsent
+from manualb.web.splicing import SPLICE_MIN, _forget, _plainTCP, _unsent, openPipe, restoreWriting
 
 __all__ = ["SPLICE_MIN", "SplicingBody", "UploadSplice"]
 
@@ -109,21 +109,12 @@ class SplicingBody(StreamingBody):
             return
         pending = _unsent(backend, None)
         try:
-            readEnd, writeEnd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            pipe = openPipe(pending)
         except OSError:
             return
-        try:
-            try:
-                splicing.fcntl.fcntl(writeEnd, splicing._SETPIPE, splicing.PIPE_SIZE)
-            except OSError:
-                pass
-            capacity = splicing.fcntl.fcntl(writeEnd, splicing._GETPIPE)
-            if len(pending) > capacity or (pending and os.write(writeEnd, pending) != len(pending)):
-                raise BlockingIOError()
-        except OSError:
-            os.close(readEnd)
-            os.close(writeEnd)
+        if pipe is None:
             return
+        readEnd, writeEnd, capacity = pipe
         _forget(backend)
         self.spliced = True
         # Not kept, and delivered: the exchange cannot send it again.
@@ -293,13 +284,7 @@ class UploadSplice:
         client, backend = self.client, self.backend
         if client.__dict__.get("doRead") == self._clientReadable:
             del client.doRead
-        if backend.__dict__.get("doWrite") == self._backendWritable:
-            del backend.doWrite
-            if backend.connected:
-                if backend._tempDataBuffer or backend.disconnecting:
-                    backend.startWriting()
-                else:
-                    backend.stopWriting()
+        restoreWriting(backend, self._backendWritable)
         os.close(self._readEnd)
         os.close(self._writeEnd)
         self._readEnd = self._writeEnd = -1

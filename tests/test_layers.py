@@ -82,6 +82,7 @@ LAYERS: list[tuple[str, ...]] = [
     ),
     (
         "web.splicing",
+        "web.h2input",
         "web.h2output",
         "web.h2request",
         "web.http2",

@@ -64,6 +64,7 @@ import h2.connection
 import h2.errors
 import h2.exceptions
 import h2.settings
+from h2.events import RequestReceived
 from hpack.exceptions import HPACKError
 from hyperframe.frame import GoAwayFrame
 from twisted.internet.error import ConnectionLost
@@ -86,6 +87,7 @@ from manualb.rules import (
 from manualb.stages import requestView
 from manualb.transports import cancelCall, setNoDelay
 from manualb.view import clientHost
+from manualb.web.h2input import BlockDecoder, DecodedBlock
 from manualb.web.h2output import BatchingH2Connection, BatchingH2Stream, LiteralEncoder
 from manualb.web.h2request import StreamDownstream
 
@@ -149,8 +151,10 @@ class _H2Protocol(h2.connection.H2Connection):
     """
 
     def _receive_headers_frame(self, frame):
+        decoder = self.decoder
+        decoder.last = None
         try:
-            return super()._receive_headers_frame(frame)
+            frames, events = super()._receive_headers_frame(frame)
         except h2.exceptions.ProtocolError as e:
             # By then the header block is decoded and the stream open: only
             # the stream is broken.
@@ -158,6 +162,14 @@ class _H2Protocol(h2.connection.H2Connection):
                 raise
             self.reset_stream(frame.stream_id, ErrorCodes.PROTOCOL_ERROR)
             return [], []
+        block = decoder.last
+        if block is not None:
+            # The request carries the cached list, and with it what the
+            # proxy made of it before.
+            for event in events:
+                if type(event) is RequestReceived:
+                    event.headers = block
+        return frames, events
 
 
 class _ConnectionError(Exception):
@@ -358,7 +370,7 @@ class ProxyH2Connection(BatchingH2Connection):
         )
         # h2 applies the setting to its decoder once the client acknowledges
         # it; a client may not wait for that.
-        self.conn.decoder.max_header_list_size = listSize
+        self.conn.decoder = BlockDecoder(listSize)
         self.conn.encoder = LiteralEncoder()
         self._frames = _FrameWatch(
             lambda: self.conn.max_inbound_frame_size,
@@ -721,29 +733,17 @@ class ProxyH2Stream(BatchingH2Stream):
             no body).
         """
         gatekeeper = self._conn.gatekeeper
-        problem = _malformed(self._headers)
-        if problem is not None:
-            self._refuse(None, ErrorCodes.PROTOCOL_ERROR, "malformed request: " + problem)
+        headers = self._headers
+        head = getattr(headers, "request", None)
+        if head is None or head.gatekeeper is not gatekeeper:
+            head = _RequestHead(headers, gatekeeper)
+            if isinstance(headers, DecodedBlock):
+                headers.request = head
+        if head.refusal is not None:
+            self._refuse(*head.refusal)
             return
-        pseudo = {name: value for name, value in self._headers if name[:1] == b":"}
-        fields = [(name, value) for name, value in self._headers if name[:1] != b":"]
-        method, path = pseudo[b":method"], pseudo.get(b":path", b"")
-        if len(method) + len(path) + 10 > gatekeeper.max_request_line:
-            self._refuse(414, ErrorCodes.REFUSED_STREAM, "request line too long")
-            return
-        headerBytes = sum(len(name) + len(value) + 4 for name, value in fields)
-        if len(fields) > gatekeeper.max_headers or headerBytes > gatekeeper.max_header_size:
-            self._refuse(431, ErrorCodes.REFUSED_STREAM, "header fields too large")
-            return
-        if method == b"CONNECT":
-            self._refuse(405, ErrorCodes.REFUSED_STREAM, "CONNECT")
-            return
-        lengths = {value for name, value in fields if name == b"content-length"}
-        length = int(lengths.pop()) if lengths else None
-        limit = gatekeeper.client_max_body_size
-        if limit and length is not None and length > limit:
-            self._refuse(413, ErrorCodes.CANCEL, "declared body too large")
-            return
+        pseudo, method, path, length = head.pseudo, head.method, head.path, head.length
+        fields = list(head.fields)
         if ended:
             length = 0
         self.command = self._command = method
@@ -861,6 +861,51 @@ class ProxyH2Stream(BatchingH2Stream):
             return
         super().receiveDataChunk(data, flowControlledLength)
 
+
+class _RequestHead:
+    """
+    What a request's header list means to the proxy: the checks' verdict
+    and, for a request that passes them, its parts.  It depends on the
+    list and the C{[gatekeeper]} limits only, so a cached header block
+    (L{DecodedBlock}) keeps it for the next request that sends the same.
+
+    @ivar refusal: L{None}, or the arguments of L{ProxyH2Stream._refuse}
+        for a request that may not go on.
+    @ivar fields: The regular fields, as a tuple.
+    @ivar length: The declared length of the body, or L{None}.
+    """
+
+    __slots__ = ("gatekeeper", "refusal", "pseudo", "fields", "method", "path", "length")
+
+    def __init__(self, headers, gatekeeper: GatekeeperConfig) -> None:
+        self.gatekeeper = gatekeeper
+        self.refusal = None
+        self.pseudo = pseudo = {name: value for name, value in headers if name[:1] == b":"}
+        self.fields = fields = tuple(
+            (name, value) for name, value in headers if name[:1] != b":"
+        )
+        self.method = method = pseudo.get(b":method", b"")
+        self.path = path = pseudo.get(b":path", b"")
+        self.length = None
+        problem = _malformed(headers)
+        if problem is not None:
+            self.refusal = (None, ErrorCodes.PROTOCOL_ERROR, "malformed request: " + problem)
+            return
+        if len(method) + len(path) + 10 > gatekeeper.max_request_line:
+            self.refusal = (414, ErrorCodes.REFUSED_STREAM, "request line too long")
+            return
+        headerBytes = sum(len(name) + len(value) + 4 for name, value in fields)
+        if len(fields) > gatekeeper.max_headers or headerBytes > gatekeeper.max_header_size:
+            self.refusal = (431, ErrorCodes.REFUSED_STREAM, "header fields too large")
+            return
+        if method == b"CONNECT":
+            self.refusal = (405, ErrorCodes.REFUSED_STREAM, "CONNECT")
+            return
+        lengths = {value for name, value in fields if name == b"content-length"}
+        length = self.length = int(lengths.pop()) if lengths else None
+        limit = gatekeeper.client_max_body_size
+        if limit and length is not None and length > limit:
+            self.refusal = (413, ErrorCodes.CANCEL, "declared body too large")
 
 
 def _malformed(headers) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import h2.errors
 from hpack import Decoder
 from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
-from hyperframe.frame import HeadersFrame, RstStreamFrame
+from hyperframe.frame import DataFrame, HeadersFrame, RstStreamFrame
 from twisted.trial.unittest import SynchronousTestCase
 
 from manualb.config import GatekeeperConfig
@@ -331,3 +331,64 @@ def _status(frame: HeadersFrame) -> int:
     no dynamic table).
     """
     return int(dict(Decoder().decode(frame.data, raw=True))[b":status"])
+
+
+class FrameReceiverTests(SynchronousTestCase):
+    """
+    Frames on streams that are gone are handled as h2 handles them.
+    """
+
+    def test_afterReset(self):
+        """
+        DATA on a stream the client reset: RST_STREAM (STREAM_CLOSED) for
+        it, and the connection goes on.
+        """
+        client = MemoryClient()
+        client.resource.hold = True
+        # A request with a body to come.
+        frame = HeadersFrame(1)
+        frame.data = GET + HTTPS + SLASH + authority(b"a.example")
+        frame.flags.add("END_HEADERS")
+        client.send(frame.serialize())
+        reset = RstStreamFrame(1)
+        reset.error_code = ErrorCodes.CANCEL
+        client.send(reset.serialize())
+        data = DataFrame(1)
+        data.data = b"late"
+        client.send(data.serialize())
+        statuses, resets = _sent(client)
+        self.assertEqual(resets, {1: ErrorCodes.STREAM_CLOSED})
+        self.assertIsNone(client.goaway())
+        client.resource.hold = False
+        client.send(headersFrame(3, GET + HTTPS + SLASH + DYNAMIC62))
+        statuses, resets = _sent(client)
+        self.assertEqual(list(statuses), [3])
+
+    def test_afterEnd(self):
+        """
+        DATA on a stream that is over (the client ended it, the response is
+        sent): RST_STREAM (STREAM_CLOSED) for it, and the connection goes
+        on.
+        """
+        client = MemoryClient()
+        client.send(headersFrame(1, GET + HTTPS + SLASH + authority(b"a.example")))
+        self.assertEqual(len(client.resource.requests), 1)
+        data = DataFrame(1)
+        data.data = b"late"
+        client.send(data.serialize())
+        statuses, resets = _sent(client)
+        self.assertEqual(resets, {1: ErrorCodes.STREAM_CLOSED})
+        self.assertIsNone(client.goaway())
+        self.assertFalse(client.closed)
+
+    def test_implicitlyClosed(self):
+        """
+        HEADERS on a stream below one the client already opened: a
+        connection error, PROTOCOL_ERROR.
+        """
+        client = MemoryClient()
+        client.send(headersFrame(5, GET + HTTPS + SLASH + authority(b"a.example")))
+        client.send(headersFrame(3, GET + HTTPS + SLASH + DYNAMIC62))
+        self.assertEqual(client.goaway().error_code, ErrorCodes.PROTOCOL_ERROR)
+        self.assertTrue(client.closed)
+        self.assertEqual(len(client.resource.requests), 1)

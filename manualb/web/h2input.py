@@ -14,12 +14,39 @@ fields) with it.
 A block with anything but indexed fields (a literal, which may add to the
 table, or a table size update) empties the cache before it is decoded, so
 that no list decoded against an older table is ever handed out again.
+
+L{RequestHead} is what the proxy makes of a request's header list: the
+checks of RFC 9113 and of the C{[gatekeeper]} limits, once for each list.
+L{FrameReceiver} is h2's connection with a cheaper handling of each frame.
 """
 
 from __future__ import annotations
 
+import re
+
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.exceptions import StreamClosedError, StreamIDTooLowError
 from hpack import Decoder
 from hpack.exceptions import InvalidTableSizeError, OversizedHeaderListError
+from hyperframe.frame import RstStreamFrame
+
+from manualb.config import GatekeeperConfig
+from manualb.rules import CONTROL, HOST, MAX_CONTENT_LENGTH, METHOD, TARGET
+
+_TCHAR = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789"
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+_NAME_CHARS = frozenset(c for c in _TCHAR if not 0x41 <= c <= 0x5A)
+#: A field name of L{_NAME_CHARS} only (a lower-case token).
+_NAME = re.compile(b"[" + re.escape(bytes(sorted(_NAME_CHARS))) + b"]+")
+_SCHEME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
+#: The pseudo-header fields of a request (RFC 9113, section 8.3.1).
+PSEUDO_HEADERS = frozenset([b":method", b":scheme", b":path", b":authority"])
+_CONNECTION_HEADERS = frozenset(
+    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"]
+)
 
 
 class DecodedBlock(tuple):
@@ -115,3 +142,174 @@ class BlockDecoder(Decoder):
             blocks.clear()
         blocks[data] = self.last = block
         return block
+
+
+class FrameReceiver(H2Connection):
+    """
+    h2's connection, handling each frame it reads as h2 does but without
+    first making the frame's description for a trace log that is off.
+    """
+
+    def _receive_frame(self, frame):
+        try:
+            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+        except StreamClosedError as e:
+            # Closed by RST_STREAM: a stream error; else a connection error.
+            if self._stream_is_closed_by_reset(e.stream_id):
+                reset = RstStreamFrame(e.stream_id)
+                reset.error_code = e.error_code
+                self._prepare_for_sending([reset])
+                events = e._events
+            else:
+                raise
+        except StreamIDTooLowError as e:
+            # A stream that is gone: closed by RST_STREAM, a stream error;
+            # by END_STREAM, a connection error (STREAM_CLOSED); implicitly,
+            # a connection error (PROTOCOL_ERROR).
+            if self._stream_is_closed_by_reset(e.stream_id):
+                reset = RstStreamFrame(e.stream_id)
+                reset.error_code = ErrorCodes.STREAM_CLOSED
+                self._prepare_for_sending([reset])
+                events = []
+            elif self._stream_is_closed_by_end(e.stream_id):
+                raise StreamClosedError(e.stream_id) from e
+            else:
+                raise
+        else:
+            self._prepare_for_sending(frames)
+        return events
+
+
+class RequestHead:
+    """
+    What a request's header list means to the proxy: the checks' verdict
+    and, for a request that passes them, its parts.  It depends on the
+    list and the C{[gatekeeper]} limits only, so a cached header block
+    (L{DecodedBlock}) keeps it for the next request that sends the same.
+
+    @ivar refusal: L{None}, or the arguments of C{ProxyH2Stream._refuse} (L{manualb.web.http2})
+        for a request that may not go on.
+    @ivar fields: The regular fields, as a tuple.
+    @ivar proxyFields: The regular fields with C{host} from C{:authority}
+        when there is none, as the proxy's exchange sees them.
+    @ivar expectsContinue: Whether the request has C{Expect: 100-continue}.
+    @ivar length: The declared length of the body, or L{None}.
+    """
+
+    __slots__ = (
+        "gatekeeper",
+        "refusal",
+        "pseudo",
+        "fields",
+        "proxyFields",
+        "expectsContinue",
+        "method",
+        "path",
+        "length",
+    )
+
+    def __init__(self, headers, gatekeeper: GatekeeperConfig) -> None:
+        self.gatekeeper = gatekeeper
+        self.refusal = None
+        self.pseudo = pseudo = {name: value for name, value in headers if name[:1] == b":"}
+        self.fields = fields = tuple(
+            (name, value) for name, value in headers if name[:1] != b":"
+        )
+        self.method = method = pseudo.get(b":method", b"")
+        self.path = path = pseudo.get(b":path", b"")
+        self.length = None
+        self.proxyFields = fields
+        self.expectsContinue = False
+        problem = malformed(headers)
+        if problem is not None:
+            self.refusal = (None, ErrorCodes.PROTOCOL_ERROR, "malformed request: " + problem)
+            return
+        if len(method) + len(path) + 10 > gatekeeper.max_request_line:
+            self.refusal = (414, ErrorCodes.REFUSED_STREAM, "request line too long")
+            return
+        headerBytes = sum(len(name) + len(value) + 4 for name, value in fields)
+        if len(fields) > gatekeeper.max_headers or headerBytes > gatekeeper.max_header_size:
+            self.refusal = (431, ErrorCodes.REFUSED_STREAM, "header fields too large")
+            return
+        if method == b"CONNECT":
+            self.refusal = (405, ErrorCodes.REFUSED_STREAM, "CONNECT")
+            return
+        lengths = {value for name, value in fields if name == b"content-length"}
+        length = self.length = int(lengths.pop()) if lengths else None
+        limit = gatekeeper.client_max_body_size
+        if limit and length is not None and length > limit:
+            self.refusal = (413, ErrorCodes.CANCEL, "declared body too large")
+            return
+        authority = pseudo.get(b":authority")
+        if authority is not None and not any(name == b"host" for name, _ in fields):
+            self.proxyFields = fields + ((b"host", authority),)
+        self.expectsContinue = any(
+            name == b"expect" and value.lower() == b"100-continue" for name, value in fields
+        )
+
+
+def malformed(headers) -> str | None:
+    """
+    What makes a request's header list malformed (RFC 9113, sections 8.1.1,
+    8.2 and 8.3), or L{None}.
+    """
+    pseudo: dict[bytes, bytes] = {}
+    regular = False
+    for name, value in headers:
+        if not name:
+            return "empty field name"
+        if value and (
+            value[0] in b" \t" or value[-1] in b" \t" or CONTROL.search(value)
+        ):
+            return f"bad value of {name!r}"
+        if name[:1] == b":":
+            if regular:
+                return f"{name!r} after regular fields"
+            if name not in PSEUDO_HEADERS:
+                return f"unknown pseudo-header {name!r}"
+            if name in pseudo:
+                return f"repeated {name!r}"
+            pseudo[name] = value
+            continue
+        regular = True
+        if _NAME.fullmatch(name) is None:
+            return f"bad field name {name!r}"
+        if name in _CONNECTION_HEADERS:
+            return f"connection-specific field {name!r}"
+        if name == b"te" and value.lower() != b"trailers":
+            return "te other than trailers"
+    method = pseudo.get(b":method")
+    if not method or METHOD.fullmatch(method) is None:
+        return "bad or missing :method"
+    authority = pseudo.get(b":authority")
+    hosts = [value for name, value in headers if name == b"host"]
+    if len(hosts) > 1:
+        return "more than one host"
+    if authority is not None and hosts and hosts[0] != authority:
+        return ":authority and host differ"
+    host = authority if authority is not None else (hosts[0] if hosts else None)
+    if host is None:
+        return "no :authority or host"
+    if not host or HOST.fullmatch(host) is None:
+        return "bad :authority"
+    if method == b"CONNECT":
+        if b":scheme" in pseudo or b":path" in pseudo:
+            return ":scheme or :path in CONNECT"
+        return None
+    scheme = pseudo.get(b":scheme")
+    if not scheme or not set(scheme) <= _SCHEME_CHARS:
+        return "bad or missing :scheme"
+    path = pseudo.get(b":path")
+    if not path:
+        return "empty or missing :path"
+    if path == b"*":
+        if method != b"OPTIONS":
+            return ":path * for another method than OPTIONS"
+    elif path[:1] != b"/" or TARGET.fullmatch(path) is None:
+        return "bad :path"
+    for name, value in headers:
+        if name == b"content-length" and not (
+            value.isdigit() and int(value) <= MAX_CONTENT_LENGTH
+        ):
+            return "bad content-length"
+    return None

@@ -34,6 +34,8 @@ from collections import deque
 import h2.events
 import h2.exceptions
 import h2.settings
+from h2.connection import ConnectionInputs
+from h2.stream import StreamInputs
 from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.table import HeaderTable
@@ -86,7 +88,31 @@ class BatchingH2Connection(H2Connection):
         """
         Send the HEADERS of a response: C{fields}, its C{:status} first, with
         lower-case names and no connection-specific ones.
+
+        The frames are made here rather than by h2 (which would build them
+        as objects, check and normalise the fields again and then serialise
+        them): h2's state machines still move as they would.
         """
+        conn = self.conn
+        stream = conn.streams.get(streamID)
+        if stream is None or fields[0][1][:1] == b"1":
+            # Unknown to h2, or informational: h2 knows what to do.
+            self._sendHeadersByH2(streamID, fields)
+            return
+        try:
+            conn.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+            stream.state_machine.process_input(StreamInputs.SEND_HEADERS)
+        except h2.exceptions.StreamClosedError:
+            # The client reset the stream meanwhile.
+            return
+        if stream.state_machine.trailers_sent:
+            raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set.")
+        stream.request_method = None
+        block = conn.encoder.encode(fields)
+        conn._data_to_send += headerFrames(streamID, block, conn.max_outbound_frame_size)
+        self._scheduleFlush()
+
+    def _sendHeadersByH2(self, streamID: int, fields: list) -> None:
         try:
             self.conn.send_headers(streamID, fields)
         except h2.exceptions.StreamClosedError:
@@ -404,6 +430,33 @@ class BatchingH2Stream(H2Stream):
             return
         self._producerProducing = True
         self.producer.resumeProducing()
+
+
+_HEADERS, _CONTINUATION, _END_HEADERS = 0x1, 0x9, 0x4
+
+
+def headerFrames(streamID: int, block: bytes, maxFrameSize: int) -> bytes:
+    """
+    The HEADERS frame of header block C{block} on stream C{streamID},
+    followed by CONTINUATION frames for what does not fit in
+    C{maxFrameSize} bytes (RFC 9113, sections 6.2 and 6.10).
+    """
+    stream = streamID.to_bytes(4, "big")
+    if len(block) <= maxFrameSize:
+        return len(block).to_bytes(3, "big") + bytes([_HEADERS, _END_HEADERS]) + stream + block
+    frames = []
+    kind = _HEADERS
+    for start in range(0, len(block), maxFrameSize):
+        chunk = block[start : start + maxFrameSize]
+        last = start + maxFrameSize >= len(block)
+        frames.append(
+            len(chunk).to_bytes(3, "big")
+            + bytes([kind, _END_HEADERS if last else 0])
+            + stream
+            + chunk
+        )
+        kind = _CONTINUATION
+    return b"".join(frames)
 
 
 def _integer(value: int, prefixBits: int, flags: int) -> bytes:

@@ -56,11 +56,9 @@ C{[gatekeeper]} limits as an HTTP/1.1 one, and to a few of HTTP/2's own:
 
 from __future__ import annotations
 
-import re
 from collections import deque
 
 import h2.config
-import h2.connection
 import h2.errors
 import h2.exceptions
 import h2.settings
@@ -73,21 +71,17 @@ from twisted.python.failure import Failure
 from twisted.web._http2 import _END_STREAM_SENTINEL
 
 from manualb.config import GatekeeperConfig
-from manualb.rules import (
-    ALLOWED_METHODS,
-    CONTROL,
-    HOST,
-    MAX_CONTENT_LENGTH,
-    METHOD,
-    REASONS,
-    TARGET,
-    errorBody,
-    serverNameOf,
-)
+from manualb.rules import ALLOWED_METHODS, REASONS, errorBody, serverNameOf
 from manualb.stages import requestView
 from manualb.transports import cancelCall, setNoDelay
 from manualb.view import clientHost
-from manualb.web.h2input import BlockDecoder, DecodedBlock
+from manualb.web.h2input import (
+    PSEUDO_HEADERS,
+    BlockDecoder,
+    DecodedBlock,
+    FrameReceiver,
+    RequestHead,
+)
 from manualb.web.h2output import BatchingH2Connection, BatchingH2Stream, LiteralEncoder
 from manualb.web.h2request import StreamDownstream
 
@@ -117,18 +111,6 @@ _HEADERS, _PRIORITY, _SETTINGS, _PUSH_PROMISE, _PING, _GOAWAY, _CONTINUATION = (
 _ACK = 0x1
 _END_HEADERS = 0x4
 
-_TCHAR = frozenset(
-    b"!#$%&'*+-.^_`|~0123456789"
-    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
-_NAME_CHARS = frozenset(c for c in _TCHAR if not 0x41 <= c <= 0x5A)
-#: A field name of L{_NAME_CHARS} only (a lower-case token).
-_NAME = re.compile(b"[" + re.escape(bytes(sorted(_NAME_CHARS))) + b"]+")
-_SCHEME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
-_PSEUDO_HEADERS = frozenset([b":method", b":scheme", b":path", b":authority"])
-_CONNECTION_HEADERS = frozenset(
-    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"]
-)
 def headerListSize(gatekeeper: GatekeeperConfig) -> int:
     """
     The C{SETTINGS_MAX_HEADER_LIST_SIZE} advertised to clients: room for
@@ -138,11 +120,11 @@ def headerListSize(gatekeeper: GatekeeperConfig) -> int:
     return (
         gatekeeper.max_header_size
         + gatekeeper.max_request_line
-        + 32 * (gatekeeper.max_headers + len(_PSEUDO_HEADERS))
+        + 32 * (gatekeeper.max_headers + len(PSEUDO_HEADERS))
     )
 
 
-class _H2Protocol(h2.connection.H2Connection):
+class _H2Protocol(FrameReceiver):
     """
     h2's connection state, with one malformed request that h2 itself rejects
     as a connection error made a stream error, as RFC 9113 (8.1.1) has it:
@@ -736,26 +718,25 @@ class ProxyH2Stream(BatchingH2Stream):
         headers = self._headers
         head = getattr(headers, "request", None)
         if head is None or head.gatekeeper is not gatekeeper:
-            head = _RequestHead(headers, gatekeeper)
+            head = RequestHead(headers, gatekeeper)
             if isinstance(headers, DecodedBlock):
                 headers.request = head
         if head.refusal is not None:
             self._refuse(*head.refusal)
             return
-        pseudo, method, path, length = head.pseudo, head.method, head.path, head.length
-        fields = list(head.fields)
-        if ended:
-            length = 0
+        method, path = head.method, head.path
+        length = 0 if ended else head.length
         self.command = self._command = method
         self.path = self._path = path
         self._version = b"HTTP/2"
         stages = self._stages(path)
         if stages is not None:
-            self._startExchange(stages, pseudo, fields, method, path, length)
+            self._startExchange(stages, head, length)
             return
+        pseudo = head.pseudo
         request = self._request = self._requestFactory(self, queued=False)
         headers = request.requestHeaders
-        for name, value in fields:
+        for name, value in head.fields:
             headers.addRawHeader(name, value)
         if b":authority" in pseudo and not headers.hasHeader(b"host"):
             headers.setRawHeaders(b"host", [pseudo[b":authority"]])
@@ -765,7 +746,7 @@ class ProxyH2Stream(BatchingH2Stream):
         request.parseCookies()
         request.gotLength(length)
 
-    def _startExchange(self, stages, pseudo, fields, method, path, length) -> None:
+    def _startExchange(self, stages, head: RequestHead, length: int | None) -> None:
         """
         Hand the request to the proxy's exchange, with a
         L{StreamDownstream} for its client.
@@ -773,9 +754,8 @@ class ProxyH2Stream(BatchingH2Stream):
         conn = self._conn
         site = self.site
         resource = site.resource
-        authority = pseudo.get(b":authority")
-        if authority is not None and not any(name == b"host" for name, _ in fields):
-            fields.append((b"host", authority))
+        method, path = head.method, head.path
+        fields = list(head.proxyFields)
         client = peer = conn.clientAddress()
         trusted = site.trustedProxies
         if trusted is not None:
@@ -799,11 +779,8 @@ class ProxyH2Stream(BatchingH2Stream):
             site.hsts,
             site.date,
         )
-        if length != 0:
-            for name, value in fields:
-                if name == b"expect" and value.lower() == b"100-continue":
-                    self._send100Continue()
-                    break
+        if length != 0 and head.expectsContinue:
+            self._send100Continue()
         downstream.start(
             stages,
             resource.reactor,
@@ -860,116 +837,3 @@ class ProxyH2Stream(BatchingH2Stream):
             self._conn._acknowledge(flowControlledLength, self.streamID)
             return
         super().receiveDataChunk(data, flowControlledLength)
-
-
-class _RequestHead:
-    """
-    What a request's header list means to the proxy: the checks' verdict
-    and, for a request that passes them, its parts.  It depends on the
-    list and the C{[gatekeeper]} limits only, so a cached header block
-    (L{DecodedBlock}) keeps it for the next request that sends the same.
-
-    @ivar refusal: L{None}, or the arguments of L{ProxyH2Stream._refuse}
-        for a request that may not go on.
-    @ivar fields: The regular fields, as a tuple.
-    @ivar length: The declared length of the body, or L{None}.
-    """
-
-    __slots__ = ("gatekeeper", "refusal", "pseudo", "fields", "method", "path", "length")
-
-    def __init__(self, headers, gatekeeper: GatekeeperConfig) -> None:
-        self.gatekeeper = gatekeeper
-        self.refusal = None
-        self.pseudo = pseudo = {name: value for name, value in headers if name[:1] == b":"}
-        self.fields = fields = tuple(
-            (name, value) for name, value in headers if name[:1] != b":"
-        )
-        self.method = method = pseudo.get(b":method", b"")
-        self.path = path = pseudo.get(b":path", b"")
-        self.length = None
-        problem = _malformed(headers)
-        if problem is not None:
-            self.refusal = (None, ErrorCodes.PROTOCOL_ERROR, "malformed request: " + problem)
-            return
-        if len(method) + len(path) + 10 > gatekeeper.max_request_line:
-            self.refusal = (414, ErrorCodes.REFUSED_STREAM, "request line too long")
-            return
-        headerBytes = sum(len(name) + len(value) + 4 for name, value in fields)
-        if len(fields) > gatekeeper.max_headers or headerBytes > gatekeeper.max_header_size:
-            self.refusal = (431, ErrorCodes.REFUSED_STREAM, "header fields too large")
-            return
-        if method == b"CONNECT":
-            self.refusal = (405, ErrorCodes.REFUSED_STREAM, "CONNECT")
-            return
-        lengths = {value for name, value in fields if name == b"content-length"}
-        length = self.length = int(lengths.pop()) if lengths else None
-        limit = gatekeeper.client_max_body_size
-        if limit and length is not None and length > limit:
-            self.refusal = (413, ErrorCodes.CANCEL, "declared body too large")
-
-
-def _malformed(headers) -> str | None:
-    """
-    What makes a request's header list malformed (RFC 9113, sections 8.1.1,
-    8.2 and 8.3), or L{None}.
-    """
-    pseudo: dict[bytes, bytes] = {}
-    regular = False
-    for name, value in headers:
-        if not name:
-            return "empty field name"
-        if value and (
-            value[0] in b" \t" or value[-1] in b" \t" or CONTROL.search(value)
-        ):
-            return f"bad value of {name!r}"
-        if name[:1] == b":":
-            if regular:
-                return f"{name!r} after regular fields"
-            if name not in _PSEUDO_HEADERS:
-                return f"unknown pseudo-header {name!r}"
-            if name in pseudo:
-                return f"repeated {name!r}"
-            pseudo[name] = value
-            continue
-        regular = True
-        if _NAME.fullmatch(name) is None:
-            return f"bad field name {name!r}"
-        if name in _CONNECTION_HEADERS:
-            return f"connection-specific field {name!r}"
-        if name == b"te" and value.lower() != b"trailers":
-            return "te other than trailers"
-    method = pseudo.get(b":method")
-    if not method or METHOD.fullmatch(method) is None:
-        return "bad or missing :method"
-    authority = pseudo.get(b":authority")
-    hosts = [value for name, value in headers if name == b"host"]
-    if len(hosts) > 1:
-        return "more than one host"
-    if authority is not None and hosts and hosts[0] != authority:
-        return ":authority and host differ"
-    host = authority if authority is not None else (hosts[0] if hosts else None)
-    if host is None:
-        return "no :authority or host"
-    if not host or HOST.fullmatch(host) is None:
-        return "bad :authority"
-    if method == b"CONNECT":
-        if b":scheme" in pseudo or b":path" in pseudo:
-            return ":scheme or :path in CONNECT"
-        return None
-    scheme = pseudo.get(b":scheme")
-    if not scheme or not set(scheme) <= _SCHEME_CHARS:
-        return "bad or missing :scheme"
-    path = pseudo.get(b":path")
-    if not path:
-        return "empty or missing :path"
-    if path == b"*":
-        if method != b"OPTIONS":
-            return ":path * for another method than OPTIONS"
-    elif path[:1] != b"/" or TARGET.fullmatch(path) is None:
-        return "bad :path"
-    for name, value in headers:
-        if name == b"content-length" and not (
-            value.isdigit() and int(value) <= MAX_CONTENT_LENGTH
-        ):
-            return "bad content-length"
-    return None

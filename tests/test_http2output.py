@@ -454,3 +454,38 @@ class HeaderFramesTests(SynchronousTestCase):
         )
         machine = server.conn.streams[stream].state_machine
         self.assertTrue(machine.headers_sent)
+
+    def test_dataKeepsH2State(self):
+        """
+        DATA frames made by the connection move h2's flow control windows
+        and stream states as h2's own would: the client's count agrees, and
+        the stream is closed once its last frame is sent.
+        """
+        client, held = heldClient()
+        first, second = openStreams(client, 2)
+        client.flush()
+        (request, producer), (other, otherProducer) = held.requests
+        request.write(b"a" * 1000)
+        request.write(b"b" * 500)
+        other.write(b"c" * 300)
+        client.pump()
+        server = client.server.conn
+        client.receive()
+        for stream, sent in ((first, 1500), (second, 300)):
+            self.assertEqual(server.streams[stream].outbound_flow_control_window, 65535 - sent)
+            self.assertEqual(client.h2.streams[stream].inbound_flow_control_window, 65535 - sent)
+        self.assertEqual(server.outbound_flow_control_window, 65535 - 1800)
+        self.assertEqual(server.local_flow_control_window(first), 65535 - 1800)
+        self.assertEqual(client.body(first), b"a" * 1000 + b"b" * 500)
+        finish(request)
+        client.pump()
+        client.receive()
+        self.assertTrue(client.ofType(h2.events.StreamEnded, first))
+        self.assertTrue(first not in server.streams or server.streams[first].closed)
+        self.assertFalse(client.ofType(h2.events.StreamEnded, second))
+        finish(other)
+        client.pump()
+        client.receive()
+        self.assertEqual(client.body(second), b"c" * 300)
+        self.assertTrue(client.ofType(h2.events.StreamEnded, second))
+        self.assertFalse(client.closed)

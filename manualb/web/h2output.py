@@ -364,7 +364,7 @@ class BatchingH2Connection(H2Connection):
                     if queue and queue[0] is _END_STREAM_SENTINEL:
                         queue.popleft()
                         end = True
-                conn.send_data(streamID, chunk, end_stream=end)
+                self._sendData(streamID, chunk, end)
             except h2.exceptions.ProtocolError:
                 queue.clear()
                 ready.pop(streamID, None)
@@ -381,6 +381,31 @@ class BatchingH2Connection(H2Connection):
             else:
                 del ready[streamID]
         return more, budget
+
+    def _sendData(self, streamID: int, chunk: bytes, end: bool) -> None:
+        """
+        Send C{chunk} in one DATA frame (ending the stream if C{end}), as
+        h2's C{send_data} would, with the frame made here: the caller made
+        sure that it fits the flow control windows and the frame size.
+        """
+        conn = self.conn
+        stream = conn.streams.get(streamID)
+        if stream is None:
+            conn.send_data(streamID, chunk, end_stream=end)
+            return
+        conn.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        machine = stream.state_machine
+        machine.process_input(StreamInputs.SEND_DATA)
+        if end:
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+        length = len(chunk)
+        stream.outbound_flow_control_window -= length
+        conn.outbound_flow_control_window -= length
+        out = conn._data_to_send
+        out += length.to_bytes(3, "big")
+        out += _DATA_END if end else _DATA
+        out += streamID.to_bytes(4, "big")
+        out += chunk
 
     def _requestDone(self, streamID: int) -> None:
         self._outboundStreamQueues.pop(streamID, None)
@@ -433,6 +458,8 @@ class BatchingH2Stream(H2Stream):
 
 
 _HEADERS, _CONTINUATION, _END_HEADERS = 0x1, 0x9, 0x4
+# The type and flags bytes of a DATA frame, without and with END_STREAM.
+_DATA, _DATA_END = b"\x00\x00", b"\x00\x01"
 
 
 def headerFrames(streamID: int, block: bytes, maxFrameSize: int) -> bytes:

@@ -562,7 +562,11 @@ class LiteralEncoder:
         cache = self._cache
         for header in headers:
             name, value = header[0], header[1]
-            key = (name, value, getattr(header, "indexable", True))
+            if type(header) is tuple:
+                # Looking for an attribute that a tuple lacks costs more.
+                key = (name, value, True)
+            else:
+                key = (name, value, getattr(header, "indexable", True))
             block = cache.get(key)
             if block is None:
                 block = self._field(*key)

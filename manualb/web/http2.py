@@ -488,11 +488,14 @@ class ProxyH2Connection(BatchingH2Connection):
                 if chunk is not _END_STREAM_SENTINEL
             )
             stream._inboundDataBuffer.clear()
-            try:
-                # h2 refuses (sending nothing) once both sides have ended.
-                self.conn.reset_stream(streamID, ErrorCodes.NO_ERROR)
-            except h2.exceptions.ProtocolError:
-                pass
+            state = self.conn.streams.get(streamID)
+            # Once both sides have ended (as they mostly have), h2 would
+            # refuse, and send nothing.
+            if state is not None and not state.closed:
+                try:
+                    self.conn.reset_stream(streamID, ErrorCodes.NO_ERROR)
+                except h2.exceptions.ProtocolError:
+                    pass
             self._acknowledge(unread, streamID)
         super()._requestDone(streamID)
         if self._lastStream is not None and not self.streams:

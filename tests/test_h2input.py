@@ -215,6 +215,24 @@ class CachedRequestTests(SynchronousTestCase):
         )
         self.assertFalse(client.closed)
 
+    def test_splitCookies(self):
+        """
+        Cookie fields split in two are joined (RFC 9113, 8.2.3) in a request
+        whose block is cached as in one whose block is not.
+        """
+        client = MemoryClient()
+        setup = GET + HTTPS + SLASH + authority(b"a.example")
+        setup += indexing(32, b"a=1") + indexing(32, b"b=2")
+        client.send(headersFrame(1, setup))
+        # 62 is b=2, 63 a=1, 64 :authority.
+        block = GET + HTTPS + SLASH + b"\xc0" + DYNAMIC63 + DYNAMIC62
+        client.send(headersFrame(3, block))
+        client.send(headersFrame(5, block))
+        self.assertEqual(
+            [headers.getRawHeaders(b"cookie") for method, uri, headers in client.resource.requests],
+            [[b"a=1; b=2"]] * 3,
+        )
+
     def test_poisonedPath(self):
         """
         A valid cached block whose indices a malformed request then moves

@@ -54,12 +54,15 @@ class DecodedBlock(tuple):
     The header list of one cached header block (a tuple of C{(name, value)}
     pairs), shared by the requests that sent it.
 
-    @ivar request: What the proxy made of the list (see
+    @ivar received: The list as h2 hands a request's fields over (cookie
+        fields joined into one, at the end), once made; L{None} before.
+    @ivar request: Of that list: what the proxy made of it (see
         L{manualb.web.http2.ProxyH2Stream}), once it has; L{None} before.
     @ivar size: The list's size as RFC 7541 counts it (32 bytes more for
         each field).
     """
 
+    received = None
     request = None
     size = 0
 

@@ -146,11 +146,15 @@ class _H2Protocol(FrameReceiver):
             return [], []
         block = decoder.last
         if block is not None:
-            # The request carries the cached list, and with it what the
-            # proxy made of it before.
+            # The request carries the cached list as h2 hands it over (its
+            # cookie fields joined), and with it what the proxy made of it
+            # before.
             for event in events:
                 if type(event) is RequestReceived:
-                    event.headers = block
+                    received = block.received
+                    if received is None:
+                        received = block.received = DecodedBlock(event.headers)
+                    event.headers = received
         return frames, events
 
 

@@ -11,6 +11,7 @@ from hpack import Decoder
 from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
 from hyperframe.frame import DataFrame, HeadersFrame, RstStreamFrame
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import NOT_DONE_YET
 
 from manualb.config import GatekeeperConfig
 from manualb.web.h2input import BlockDecoder, DecodedBlock, indexedOnly
@@ -410,3 +411,52 @@ class FrameReceiverTests(SynchronousTestCase):
         self.assertEqual(client.goaway().error_code, ErrorCodes.PROTOCOL_ERROR)
         self.assertTrue(client.closed)
         self.assertEqual(len(client.resource.requests), 1)
+
+
+class OpenStreamsTests(SynchronousTestCase):
+    """
+    h2 lets go of streams the proxy is done with at once, and still counts
+    the open ones against SETTINGS_MAX_CONCURRENT_STREAMS.
+    """
+
+    def test_forgotten(self):
+        """
+        Once answered, a stream is no longer among the streams h2 keeps, and
+        h2 remembers how it was closed.
+        """
+        client = MemoryClient()
+        for _ in range(3):
+            client.request()
+        conn = client.server.conn
+        self.assertEqual(conn.streams, {})
+        self.assertEqual(sorted(conn._closed_streams), [1, 3, 5])
+        self.assertEqual([client.status(stream) for stream in (1, 3, 5)], [200] * 3)
+
+    def test_concurrencyLimit(self):
+        """
+        100 streams may be open at once: the 101st is an error; once some
+        are answered, as many new ones may open.
+        """
+        client = MemoryClient()
+        held = []
+        client.resource.render = lambda request: (held.append(request), NOT_DONE_YET)[1]
+        frames = b"".join(
+            headersFrame(stream, GET + HTTPS + SLASH + b"\x01" + _string(b"a.example"))
+            for stream in range(1, 201, 2)
+        )
+        client.send(frames)
+        self.assertEqual(len(held), 100)
+        for request in held[:50]:
+            request.finish()
+        client.pump()
+        frames = b"".join(
+            headersFrame(stream, GET + HTTPS + SLASH + b"\x01" + _string(b"a.example"))
+            for stream in range(201, 301, 2)
+        )
+        client.send(frames)
+        self.assertEqual(len(held), 150)
+        self.assertFalse(client.closed)
+        self.assertEqual(client.server.conn.open_inbound_streams, 100)
+        client.send(headersFrame(301, GET + HTTPS + SLASH + b"\x01" + _string(b"a.example")))
+        self.assertEqual(len(held), 150)
+        self.assertIsNotNone(client.goaway())

@@ -115,8 +115,9 @@ class BatchingH2Connection(H2Connection):
     def _sendHeadersByH2(self, streamID: int, fields: list) -> None:
         try:
             self.conn.send_headers(streamID, fields)
-        except h2.exceptions.StreamClosedError:
-            # The client reset the stream meanwhile.
+        except (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError):
+            # The client reset the stream meanwhile (and h2 may have let go
+            # of it since).
             return
         self._scheduleFlush()
 

@@ -501,6 +501,7 @@ class ProxyH2Connection(BatchingH2Connection):
                 except h2.exceptions.ProtocolError:
                     pass
             self._acknowledge(unread, streamID)
+            self.conn.forgetClosed(streamID)
         super()._requestDone(streamID)
         if self._lastStream is not None and not self.streams:
             self._closeDrained()

@@ -17,6 +17,10 @@ backends) goes out in one write when that batch is done:
   - the pass runs at the end of L{dataReceived}, or in a call scheduled
     for the next reactor iteration when the frames come from elsewhere.
 
+The HEADERS and DATA frames of responses are made here rather than by h2
+(which builds them as objects and checks the fields again), with h2's
+state machines and flow control windows moved as h2 would move them.
+
 Priority signals are ignored (RFC 9113, section 5.3.2, lets a server do
 so, and deprecates them): the streams are served in turn.
 

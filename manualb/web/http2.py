@@ -336,7 +336,7 @@ class ProxyH2Connection(BatchingH2Connection):
         super().__init__(reactor)
         self.gatekeeper = gatekeeper
         listSize = headerListSize(gatekeeper)
-        # Requests are validated by ProxyH2Stream, as stream errors; the
+        # Requests are validated once (RequestHead), as stream errors; the
         # response fields are made fit for HTTP/2 by the connection
         # (writeHeaders) and StreamDownstream.
         config = h2.config.H2Configuration(

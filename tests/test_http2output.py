@@ -8,15 +8,22 @@ waits, whatever window the client grants.
 from __future__ import annotations
 
 import h2.events
+import h2.exceptions
 import h2.settings
-from hyperframe.frame import DataFrame, HeadersFrame, PriorityFrame, RstStreamFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    HeadersFrame,
+    PriorityFrame,
+    RstStreamFrame,
+)
 from twisted.internet.interfaces import IPushProducer
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from manualb.web.h2output import FLUSH_BUDGET, STREAM_HIGH_WATER
+from manualb.web.h2output import FLUSH_BUDGET, STREAM_HIGH_WATER, headerFrames
 from tests.test_http2 import REQUEST, ErrorCodes, MemoryClient, parseFrames
 
 BIG_WINDOW = 2**31 - 1
@@ -362,3 +369,123 @@ class HostileTests(SynchronousTestCase):
             [call.getTime() - client.reactor.seconds() for call in client.reactor.getDelayedCalls()],
             [60.0],
         )
+
+
+class HeaderFramesTests(SynchronousTestCase):
+    """
+    The HEADERS of a response are framed by the connection itself
+    (L{headerFrames}), with h2's state kept as h2 would keep it.
+    """
+
+    def test_frames(self):
+        """
+        A block that fits is one HEADERS frame with END_HEADERS; a longer one
+        is split into CONTINUATION frames, END_HEADERS on the last only.
+        """
+        [frame] = parseFrames(headerFrames(3, b"abc", 16384))
+        self.assertIsInstance(frame, HeadersFrame)
+        self.assertEqual((frame.stream_id, frame.data), (3, b"abc"))
+        self.assertEqual(set(frame.flags), {"END_HEADERS"})
+        frames = parseFrames(headerFrames(5, b"x" * 25, 10))
+        self.assertEqual(
+            [type(frame) for frame in frames], [HeadersFrame, ContinuationFrame, ContinuationFrame]
+        )
+        self.assertEqual(b"".join(frame.data for frame in frames), b"x" * 25)
+        self.assertEqual([set(frame.flags) for frame in frames], [set(), set(), {"END_HEADERS"}])
+        self.assertEqual({frame.stream_id for frame in frames}, {5})
+
+    def test_bigResponseHeaders(self):
+        """
+        Response fields beyond the client's SETTINGS_MAX_FRAME_SIZE go out in
+        CONTINUATION frames, and the client reads them as any response.
+        """
+        client, held = heldClient()
+        [stream] = openStreams(client, 1)
+        client.flush()
+        [(request, producer)] = held.requests
+        request.setHeader(b"x-big", b"b" * 40000)
+        request.write(b"body")
+        finish(request)
+        client.pump()
+        frames = client.frames()
+        kinds = [type(frame) for frame in frames if frame.stream_id == stream]
+        self.assertEqual(kinds[:4], [HeadersFrame, ContinuationFrame, ContinuationFrame, DataFrame])
+        client.receive()
+        self.assertEqual(client.status(stream), 200)
+        [response] = client.ofType(h2.events.ResponseReceived, stream)
+        self.assertEqual(dict(response.headers)[b"x-big"], b"b" * 40000)
+        self.assertEqual(client.body(stream), b"body")
+        self.assertFalse(client.closed)
+
+    def test_resetBeforeHeaders(self):
+        """
+        A stream the client reset before its response started gets no
+        HEADERS, and the connection goes on.
+        """
+        client, held = heldClient()
+        first, second = openStreams(client, 2)
+        client.flush()
+        client.h2.reset_stream(first)
+        client.flush()
+        # As a response that comes in just after the reset would.
+        client.server.writeFields(first, [(b":status", b"200")])
+        request, producer = held.requests[1]
+        finish(request)
+        client.pump()
+        self.assertEqual(
+            [frame.stream_id for frame in client.frames() if isinstance(frame, HeadersFrame)],
+            [second],
+        )
+        self.assertEqual(client.status(second), 200)
+        self.assertFalse(client.closed)
+
+    def test_headersTwice(self):
+        """
+        A second HEADERS without END_STREAM on one stream is refused, as h2
+        refuses trailers without it, and the state is h2's own afterwards.
+        """
+        client, held = heldClient()
+        [stream] = openStreams(client, 1)
+        client.flush()
+        server = client.server
+        server.writeFields(stream, [(b":status", b"200")])
+        self.assertRaises(
+            h2.exceptions.ProtocolError, server.writeFields, stream, [(b":status", b"200")]
+        )
+        machine = server.conn.streams[stream].state_machine
+        self.assertTrue(machine.headers_sent)
+
+    def test_dataKeepsH2State(self):
+        """
+        DATA frames made by the connection move h2's flow control windows
+        and stream states as h2's own would: the client's count agrees, and
+        the stream is closed once its last frame is sent.
+        """
+        client, held = heldClient()
+        first, second = openStreams(client, 2)
+        client.flush()
+        (request, producer), (other, otherProducer) = held.requests
+        request.write(b"a" * 1000)
+        request.write(b"b" * 500)
+        other.write(b"c" * 300)
+        client.pump()
+        server = client.server.conn
+        client.receive()
+        for stream, sent in ((first, 1500), (second, 300)):
+            self.assertEqual(server.streams[stream].outbound_flow_control_window, 65535 - sent)
+            self.assertEqual(client.h2.streams[stream].inbound_flow_control_window, 65535 - sent)
+        self.assertEqual(server.outbound_flow_control_window, 65535 - 1800)
+        self.assertEqual(server.local_flow_control_window(first), 65535 - 1800)
+        self.assertEqual(client.body(first), b"a" * 1000 + b"b" * 500)
+        finish(request)
+        client.pump()
+        client.receive()
+        self.assertTrue(client.ofType(h2.events.StreamEnded, first))
+        self.assertTrue(first not in server.streams or server.streams[first].closed)
+        self.assertFalse(client.ofType(h2.events.StreamEnded, second))
+        finish(other)
+        client.pump()
+        client.receive()
+        self.assertEqual(client.body(second), b"c" * 300)
+        self.assertTrue(client.ofType(h2.events.StreamEnded, second))
+        self.assertFalse(client.closed)

@@ -84,6 +84,7 @@ LAYERS: list[tuple[str, ...]] = [
         "web.splicing",
         "web.uploadsplicing",
         "web.tls",
+        "web.h2input",
         "web.h2output",
         "web.h2request",
         "web.http2",

@@ -17,6 +17,10 @@ backends) goes out in one write when that batch is done:
   - the pass runs at the end of L{dataReceived}, or in a call scheduled
     for the next reactor iteration when the frames come from elsewhere.
 
+The HEADERS and DATA frames of responses are made here rather than by h2
+(which builds them as objects and checks the fields again), with h2's
+state machines and flow control windows moved as h2 would move them.
+
 Priority signals are ignored (RFC 9113, section 5.3.2, lets a server do
 so, and deprecates them): the streams are served in turn.
 
@@ -34,6 +38,8 @@ from collections import deque
 import h2.events
 import h2.exceptions
 import h2.settings
+from h2.connection import ConnectionInputs
+from h2.stream import StreamInputs
 from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.table import HeaderTable
@@ -86,11 +92,36 @@ class BatchingH2Connection(H2Connection):
         """
         Send the HEADERS of a response: C{fields}, its C{:status} first, with
         lower-case names and no connection-specific ones.
+
+        The frames are made here rather than by h2 (which would build them
+        as objects, check and normalise the fields again and then serialise
+        them): h2's state machines still move as they would.
         """
+        conn = self.conn
+        stream = conn.streams.get(streamID)
+        if stream is None or fields[0][1][:1] == b"1":
+            # Unknown to h2, or informational: h2 knows what to do.
+            self._sendHeadersByH2(streamID, fields)
+            return
         try:
-            self.conn.send_headers(streamID, fields)
+            conn.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+            stream.state_machine.process_input(StreamInputs.SEND_HEADERS)
         except h2.exceptions.StreamClosedError:
             # The client reset the stream meanwhile.
+            return
+        if stream.state_machine.trailers_sent:
+            raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set.")
+        stream.request_method = None
+        block = conn.encoder.encode(fields)
+        conn._data_to_send += headerFrames(streamID, block, conn.max_outbound_frame_size)
+        self._scheduleFlush()
+
+    def _sendHeadersByH2(self, streamID: int, fields: list) -> None:
+        try:
+            self.conn.send_headers(streamID, fields)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError):
+            # The client reset the stream meanwhile (and h2 may have let go
+            # of it since).
             return
         self._scheduleFlush()
 
@@ -338,7 +369,7 @@ class BatchingH2Connection(H2Connection):
                     if queue and queue[0] is _END_STREAM_SENTINEL:
                         queue.popleft()
                         end = True
-                conn.send_data(streamID, chunk, end_stream=end)
+                self._sendData(streamID, chunk, end)
             except h2.exceptions.ProtocolError:
                 queue.clear()
                 ready.pop(streamID, None)
@@ -355,6 +386,31 @@ class BatchingH2Connection(H2Connection):
             else:
                 del ready[streamID]
         return more, budget
+
+    def _sendData(self, streamID: int, chunk: bytes, end: bool) -> None:
+        """
+        Send C{chunk} in one DATA frame (ending the stream if C{end}), as
+        h2's C{send_data} would, with the frame made here: the caller made
+        sure that it fits the flow control windows and the frame size.
+        """
+        conn = self.conn
+        stream = conn.streams.get(streamID)
+        if stream is None:
+            conn.send_data(streamID, chunk, end_stream=end)
+            return
+        conn.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        machine = stream.state_machine
+        machine.process_input(StreamInputs.SEND_DATA)
+        if end:
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+        length = len(chunk)
+        stream.outbound_flow_control_window -= length
+        conn.outbound_flow_control_window -= length
+        out = conn._data_to_send
+        out += length.to_bytes(3, "big")
+        out += _DATA_END if end else _DATA
+        out += streamID.to_bytes(4, "big")
+        out += chunk
 
     def _requestDone(self, streamID: int) -> None:
         self._outboundStreamQueues.pop(streamID, None)
@@ -404,6 +460,35 @@ class BatchingH2Stream(H2Stream):
             return
         self._producerProducing = True
         self.producer.resumeProducing()
+
+
+_HEADERS, _CONTINUATION, _END_HEADERS = 0x1, 0x9, 0x4
+# The type and flags bytes of a DATA frame, without and with END_STREAM.
+_DATA, _DATA_END = b"\x00\x00", b"\x00\x01"
+
+
+def headerFrames(streamID: int, block: bytes, maxFrameSize: int) -> bytes:
+    """
+    The HEADERS frame of header block C{block} on stream C{streamID},
+    followed by CONTINUATION frames for what does not fit in
+    C{maxFrameSize} bytes (RFC 9113, sections 6.2 and 6.10).
+    """
+    stream = streamID.to_bytes(4, "big")
+    if len(block) <= maxFrameSize:
+        return len(block).to_bytes(3, "big") + bytes([_HEADERS, _END_HEADERS]) + stream + block
+    frames = []
+    kind = _HEADERS
+    for start in range(0, len(block), maxFrameSize):
+        chunk = block[start : start + maxFrameSize]
+        last = start + maxFrameSize >= len(block)
+        frames.append(
+            len(chunk).to_bytes(3, "big")
+            + bytes([kind, _END_HEADERS if last else 0])
+            + stream
+            + chunk
+        )
+        kind = _CONTINUATION
+    return b"".join(frames)
 
 
 def _integer(value: int, prefixBits: int, flags: int) -> bytes:
@@ -482,7 +567,11 @@ class LiteralEncoder:
         cache = self._cache
         for header in headers:
             name, value = header[0], header[1]
-            key = (name, value, getattr(header, "indexable", True))
+            if type(header) is tuple:
+                # Looking for an attribute that a tuple lacks costs more.
+                key = (name, value, True)
+            else:
+                key = (name, value, getattr(header, "indexable", True))
             block = cache.get(key)
             if block is None:
                 block = self._field(*key)

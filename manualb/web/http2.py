@@ -56,14 +56,13 @@ C{[gatekeeper]} limits as an HTTP/1.1 one, and to a few of HTTP/2's own:
 
 from __future__ import annotations
 
-import re
 from collections import deque
 
 import h2.config
-import h2.connection
 import h2.errors
 import h2.exceptions
 import h2.settings
+from h2.events import RequestReceived
 from hpack.exceptions import HPACKError
 from hyperframe.frame import GoAwayFrame
 from twisted.internet.error import ConnectionLost
@@ -72,20 +71,17 @@ from twisted.python.failure import Failure
 from twisted.web._http2 import _END_STREAM_SENTINEL
 
 from manualb.config import GatekeeperConfig
-from manualb.rules import (
-    ALLOWED_METHODS,
-    CONTROL,
-    HOST,
-    MAX_CONTENT_LENGTH,
-    METHOD,
-    REASONS,
-    TARGET,
-    errorBody,
-    serverNameOf,
-)
+from manualb.rules import ALLOWED_METHODS, REASONS, errorBody, serverNameOf
 from manualb.stages import requestView
 from manualb.transports import cancelCall, setNoDelay
 from manualb.view import clientHost
+from manualb.web.h2input import (
+    PSEUDO_HEADERS,
+    BlockDecoder,
+    DecodedBlock,
+    FrameReceiver,
+    RequestHead,
+)
 from manualb.web.h2output import BatchingH2Connection, BatchingH2Stream, LiteralEncoder
 from manualb.web.h2request import StreamDownstream
 
@@ -115,18 +111,6 @@ _HEADERS, _PRIORITY, _SETTINGS, _PUSH_PROMISE, _PING, _GOAWAY, _CONTINUATION = (
 _ACK = 0x1
 _END_HEADERS = 0x4
 
-_TCHAR = frozenset(
-    b"!#$%&'*+-.^_`|~0123456789"
-    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
-_NAME_CHARS = frozenset(c for c in _TCHAR if not 0x41 <= c <= 0x5A)
-#: A field name of L{_NAME_CHARS} only (a lower-case token).
-_NAME = re.compile(b"[" + re.escape(bytes(sorted(_NAME_CHARS))) + b"]+")
-_SCHEME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
-_PSEUDO_HEADERS = frozenset([b":method", b":scheme", b":path", b":authority"])
-_CONNECTION_HEADERS = frozenset(
-    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"]
-)
 def headerListSize(gatekeeper: GatekeeperConfig) -> int:
     """
     The C{SETTINGS_MAX_HEADER_LIST_SIZE} advertised to clients: room for
@@ -136,11 +120,11 @@ def headerListSize(gatekeeper: GatekeeperConfig) -> int:
     return (
         gatekeeper.max_header_size
         + gatekeeper.max_request_line
-        + 32 * (gatekeeper.max_headers + len(_PSEUDO_HEADERS))
+        + 32 * (gatekeeper.max_headers + len(PSEUDO_HEADERS))
     )
 
 
-class _H2Protocol(h2.connection.H2Connection):
+class _H2Protocol(FrameReceiver):
     """
     h2's connection state, with one malformed request that h2 itself rejects
     as a connection error made a stream error, as RFC 9113 (8.1.1) has it:
@@ -149,8 +133,10 @@ class _H2Protocol(h2.connection.H2Connection):
     """
 
     def _receive_headers_frame(self, frame):
+        decoder = self.decoder
+        decoder.last = None
         try:
-            return super()._receive_headers_frame(frame)
+            frames, events = super()._receive_headers_frame(frame)
         except h2.exceptions.ProtocolError as e:
             # By then the header block is decoded and the stream open: only
             # the stream is broken.
@@ -158,6 +144,18 @@ class _H2Protocol(h2.connection.H2Connection):
                 raise
             self.reset_stream(frame.stream_id, ErrorCodes.PROTOCOL_ERROR)
             return [], []
+        block = decoder.last
+        if block is not None:
+            # The request carries the cached list as h2 hands it over (its
+            # cookie fields joined), and with it what the proxy made of it
+            # before.
+            for event in events:
+                if type(event) is RequestReceived:
+                    received = block.received
+                    if received is None:
+                        received = block.received = DecodedBlock(event.headers)
+                    event.headers = received
+        return frames, events
 
 
 class _ConnectionError(Exception):
@@ -338,7 +336,7 @@ class ProxyH2Connection(BatchingH2Connection):
         super().__init__(reactor)
         self.gatekeeper = gatekeeper
         listSize = headerListSize(gatekeeper)
-        # Requests are validated by ProxyH2Stream, as stream errors; the
+        # Requests are validated once (RequestHead), as stream errors; the
         # response fields are made fit for HTTP/2 by the connection
         # (writeHeaders) and StreamDownstream.
         config = h2.config.H2Configuration(
@@ -358,7 +356,7 @@ class ProxyH2Connection(BatchingH2Connection):
         )
         # h2 applies the setting to its decoder once the client acknowledges
         # it; a client may not wait for that.
-        self.conn.decoder.max_header_list_size = listSize
+        self.conn.decoder = BlockDecoder(listSize)
         self.conn.encoder = LiteralEncoder()
         self._frames = _FrameWatch(
             lambda: self.conn.max_inbound_frame_size,
@@ -494,12 +492,16 @@ class ProxyH2Connection(BatchingH2Connection):
                 if chunk is not _END_STREAM_SENTINEL
             )
             stream._inboundDataBuffer.clear()
-            try:
-                # h2 refuses (sending nothing) once both sides have ended.
-                self.conn.reset_stream(streamID, ErrorCodes.NO_ERROR)
-            except h2.exceptions.ProtocolError:
-                pass
+            state = self.conn.streams.get(streamID)
+            # Once both sides have ended (as they mostly have), h2 would
+            # refuse, and send nothing.
+            if state is not None and not state.closed:
+                try:
+                    self.conn.reset_stream(streamID, ErrorCodes.NO_ERROR)
+                except h2.exceptions.ProtocolError:
+                    pass
             self._acknowledge(unread, streamID)
+            self.conn.forgetClosed(streamID)
         super()._requestDone(streamID)
         if self._lastStream is not None and not self.streams:
             self._closeDrained()
@@ -721,41 +723,28 @@ class ProxyH2Stream(BatchingH2Stream):
             no body).
         """
         gatekeeper = self._conn.gatekeeper
-        problem = _malformed(self._headers)
-        if problem is not None:
-            self._refuse(None, ErrorCodes.PROTOCOL_ERROR, "malformed request: " + problem)
+        headers = self._headers
+        head = getattr(headers, "request", None)
+        if head is None or head.gatekeeper is not gatekeeper:
+            head = RequestHead(headers, gatekeeper)
+            if isinstance(headers, DecodedBlock):
+                headers.request = head
+        if head.refusal is not None:
+            self._refuse(*head.refusal)
             return
-        pseudo = {name: value for name, value in self._headers if name[:1] == b":"}
-        fields = [(name, value) for name, value in self._headers if name[:1] != b":"]
-        method, path = pseudo[b":method"], pseudo.get(b":path", b"")
-        if len(method) + len(path) + 10 > gatekeeper.max_request_line:
-            self._refuse(414, ErrorCodes.REFUSED_STREAM, "request line too long")
-            return
-        headerBytes = sum(len(name) + len(value) + 4 for name, value in fields)
-        if len(fields) > gatekeeper.max_headers or headerBytes > gatekeeper.max_header_size:
-            self._refuse(431, ErrorCodes.REFUSED_STREAM, "header fields too large")
-            return
-        if method == b"CONNECT":
-            self._refuse(405, ErrorCodes.REFUSED_STREAM, "CONNECT")
-            return
-        lengths = {value for name, value in fields if name == b"content-length"}
-        length = int(lengths.pop()) if lengths else None
-        limit = gatekeeper.client_max_body_size
-        if limit and length is not None and length > limit:
-            self._refuse(413, ErrorCodes.CANCEL, "declared body too large")
-            return
-        if ended:
-            length = 0
+        method, path = head.method, head.path
+        length = 0 if ended else head.length
         self.command = self._command = method
         self.path = self._path = path
         self._version = b"HTTP/2"
         stages = self._stages(path)
         if stages is not None:
-            self._startExchange(stages, pseudo, fields, method, path, length)
+            self._startExchange(stages, head, length)
             return
+        pseudo = head.pseudo
         request = self._request = self._requestFactory(self, queued=False)
         headers = request.requestHeaders
-        for name, value in fields:
+        for name, value in head.fields:
             headers.addRawHeader(name, value)
         if b":authority" in pseudo and not headers.hasHeader(b"host"):
             headers.setRawHeaders(b"host", [pseudo[b":authority"]])
@@ -765,7 +754,7 @@ class ProxyH2Stream(BatchingH2Stream):
         request.parseCookies()
         request.gotLength(length)
 
-    def _startExchange(self, stages, pseudo, fields, method, path, length) -> None:
+    def _startExchange(self, stages, head: RequestHead, length: int | None) -> None:
         """
         Hand the request to the proxy's exchange, with a
         L{StreamDownstream} for its client.
@@ -773,9 +762,8 @@ class ProxyH2Stream(BatchingH2Stream):
         conn = self._conn
         site = self.site
         resource = site.resource
-        authority = pseudo.get(b":authority")
-        if authority is not None and not any(name == b"host" for name, _ in fields):
-            fields.append((b"host", authority))
+        method, path = head.method, head.path
+        fields = list(head.proxyFields)
         client = peer = conn.clientAddress()
         trusted = site.trustedProxies
         if trusted is not None:
@@ -799,11 +787,8 @@ class ProxyH2Stream(BatchingH2Stream):
             site.hsts,
             site.date,
         )
-        if length != 0:
-            for name, value in fields:
-                if name == b"expect" and value.lower() == b"100-continue":
-                    self._send100Continue()
-                    break
+        if length != 0 and head.expectsContinue:
+            self._send100Continue()
         downstream.start(
             stages,
             resource.reactor,
@@ -860,71 +845,3 @@ class ProxyH2Stream(BatchingH2Stream):
             self._conn._acknowledge(flowControlledLength, self.streamID)
             return
         super().receiveDataChunk(data, flowControlledLength)
-
-
-
-def _malformed(headers) -> str | None:
-    """
-    What makes a request's header list malformed (RFC 9113, sections 8.1.1,
-    8.2 and 8.3), or L{None}.
-    """
-    pseudo: dict[bytes, bytes] = {}
-    regular = False
-    for name, value in headers:
-        if not name:
-            return "empty field name"
-        if value and (
-            value[0] in b" \t" or value[-1] in b" \t" or CONTROL.search(value)
-        ):
-            return f"bad value of {name!r}"
-        if name[:1] == b":":
-            if regular:
-                return f"{name!r} after regular fields"
-            if name not in _PSEUDO_HEADERS:
-                return f"unknown pseudo-header {name!r}"
-            if name in pseudo:
-                return f"repeated {name!r}"
-            pseudo[name] = value
-            continue
-        regular = True
-        if _NAME.fullmatch(name) is None:
-            return f"bad field name {name!r}"
-        if name in _CONNECTION_HEADERS:
-            return f"connection-specific field {name!r}"
-        if name == b"te" and value.lower() != b"trailers":
-            return "te other than trailers"
-    method = pseudo.get(b":method")
-    if not method or METHOD.fullmatch(method) is None:
-        return "bad or missing :method"
-    authority = pseudo.get(b":authority")
-    hosts = [value for name, value in headers if name == b"host"]
-    if len(hosts) > 1:
-        return "more than one host"
-    if authority is not None and hosts and hosts[0] != authority:
-        return ":authority and host differ"
-    host = authority if authority is not None else (hosts[0] if hosts else None)
-    if host is None:
-        return "no :authority or host"
-    if not host or HOST.fullmatch(host) is None:
-        return "bad :authority"
-    if method == b"CONNECT":
-        if b":scheme" in pseudo or b":path" in pseudo:
-            return ":scheme or :path in CONNECT"
-        return None
-    scheme = pseudo.get(b":scheme")
-    if not scheme or not set(scheme) <= _SCHEME_CHARS:
-        return "bad or missing :scheme"
-    path = pseudo.get(b":path")
-    if not path:
-        return "empty or missing :path"
-    if path == b"*":
-        if method != b"OPTIONS":
-            return ":path * for another method than OPTIONS"
-    elif path[:1] != b"/" or TARGET.fullmatch(path) is None:
-        return "bad :path"
-    for name, value in headers:
-        if name == b"content-length" and not (
-            value.isdigit() and int(value) <= MAX_CONTENT_LENGTH
-        ):
-            return "bad content-length"
-    return None

@@ -75,7 +75,8 @@ def profile(args: argparse.Namespace, workdir: Path) -> dict:
         waitForPort(backendPorts[1], procs.running[-1][1], "backends")
         process, port = startManualb(
             procs, proxyPin, "manualb", list(backendPorts), frontEnd=args.front_end,
-            admin=args.admin, tls=makeCertificate(workdir) if args.tls else None,
+            admin=args.admin, everyday=args.everyday,
+            gatekeeper="waf = block\n" if args.everyday else "", tls=makeCertificate(workdir) if args.tls else None,
         )
         checkResponse(port, args.tls)
         print(f"warm-up {args.warmup}s, then {args.duration}s under wrk -c{args.connections} "
@@ -112,6 +113,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rate", type=int, default=200, help="py-spy samples a second (200)")
     p.add_argument("--front-end", choices=("lean", "twisted"), default="lean")
     p.add_argument("--admin", action="store_true", help="with the admin listener on")
+    p.add_argument("--everyday", action="store_true",
+                   help="as bench/run's 'manualb everyday': the access log, health "
+                        "checks, the admin listener and the WAF on")
     p.add_argument("--tls", action="store_true", help="over HTTPS (HTTP/1.1 over TLS)")
     args = p.parse_args(argv)
     results = runBench("profile", profile, args)

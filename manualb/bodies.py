@@ -1,7 +1,7 @@
 """
 Request bodies as the exchange sends them to a backend (L{IRequestBody}):
-one that streams in from the client while it is proxied, and one already
-read whole into a file.
+none at all (L{NO_BODY}), one that streams in from the client while it is
+proxied, and one already read whole into a file.
 
 A backend connection (C{manualb.handoff.UpstreamConnection}) takes them
 through C{attachBody}, C{writeBody} and C{finishBody}.
@@ -18,6 +18,69 @@ from manualb.interfaces import IRequestBody
 
 _BUFFER_LIMIT = 64 * 1024
 _READ_SIZE = 64 * 1024
+
+
+@implementer(IPushProducer)
+class Still:
+    """
+    A producer with nothing to pause, resume or stop: the reader of a body
+    whose client has left, or of no body at all.  One serves them all
+    (L{STILL}).
+    """
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+STILL = Still()
+
+
+@implementer(IPushProducer, IRequestBody)
+class NoBody(Still):
+    """
+    The body of a request that has none: nothing to send, nothing to keep.
+    One serves every such request.
+    """
+
+    length = 0
+    replayable = True
+    complete = True
+
+    def keepForRetry(self, limit: int) -> None:
+        pass
+
+    def limitTo(self, limit: int) -> bool:
+        return True
+
+    def hold(self, size: int, callback) -> None:
+        callback(b"")
+
+    def whenTooLarge(self, callback) -> None:
+        pass
+
+    def deliverTo(self, connection) -> None:
+        connection.finishBody()
+
+    def detach(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def allReceived(self) -> None:
+        pass
+
+
+NO_BODY = NoBody()
 
 
 @implementer(IPushProducer, IRequestBody)

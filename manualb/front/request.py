@@ -9,7 +9,8 @@ from __future__ import annotations
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from manualb.interfaces import IDownstream, IRequestBody
+from manualb.bodies import NO_BODY
+from manualb.interfaces import IDownstream
 from manualb.transports import sendNow
 from manualb.web.splicing import takeBody
 
@@ -17,55 +18,6 @@ _NO_BODY_CODES = frozenset([204, 304])
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
-@implementer(IPushProducer, IRequestBody)
-class NoBody:
-    """
-    The body of a request that has none: nothing to send, nothing to keep.
-    One serves every such request.
-    """
-
-    length = 0
-    replayable = True
-    complete = True
-
-    def keepForRetry(self, limit: int) -> None:
-        pass
-
-    def limitTo(self, limit: int) -> bool:
-        return True
-
-    def hold(self, size: int, callback) -> None:
-        callback(b"")
-
-    def whenTooLarge(self, callback) -> None:
-        pass
-
-    def deliverTo(self, connection) -> None:
-        connection.finishBody()
-
-    def detach(self) -> None:
-        pass
-
-    def discard(self) -> None:
-        pass
-
-    def dataReceived(self, data: bytes) -> None:
-        pass
-
-    def allReceived(self) -> None:
-        pass
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
-NO_BODY = NoBody()
 
 
 class HeaderLines:

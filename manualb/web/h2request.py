@@ -12,12 +12,11 @@ C{connectionLost}, C{startedWriting}).
 
 from __future__ import annotations
 
-from io import BytesIO
 
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from manualb.bodies import FileBody, StreamingBody
+from manualb.bodies import NO_BODY, STILL, StreamingBody
 from manualb.exchange import Exchange
 from manualb.interfaces import IDownstream
 from manualb.web.h2output import CONNECTION_FIELDS
@@ -25,23 +24,6 @@ from manualb.web.h2output import CONNECTION_FIELDS
 _NO_BODY_CODES = frozenset([204, 304])
 
 
-@implementer(IPushProducer)
-class _Gone:
-    """
-    What reads a body whose stream is over: nothing to pause.
-    """
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
-_GONE = _Gone()
 
 
 @implementer(IDownstream)
@@ -87,7 +69,7 @@ class StreamDownstream:
         self.method = method
         self.date = date
         if length == 0:
-            self.body = FileBody(BytesIO())
+            self.body = NO_BODY
         else:
             self.body = StreamingBody(length, self._reader, limit)
         self.head = None
@@ -104,7 +86,7 @@ class StreamDownstream:
         Exchange(self, stages, reactor, accessLog, recent, listener, metrics).start()
 
     def _reader(self) -> IPushProducer:
-        return _GONE if self.finished else self.stream
+        return STILL if self.finished else self.stream
 
     # As the stream sees it.
 

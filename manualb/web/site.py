@@ -35,7 +35,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from manualb.accesslog import AccessLog
-from manualb.bodies import FileBody, StreamingBody
+from manualb.bodies import STILL, FileBody, StreamingBody
 from manualb.web.channel import ConnectionLimit, Overloaded, buildChannel
 from manualb.config import GatekeeperConfig
 from manualb.exchange import Exchange
@@ -72,23 +72,6 @@ def errorPage(request: Request, code: int, title: bytes, detail: bytes) -> None:
     request.finish()
 
 
-@implementer(IPushProducer)
-class _Gone:
-    """
-    The reader of a body whose client has left: nothing to pause or resume.
-    """
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
-_GONE = _Gone()
 
 
 class StreamingRequest(server.Request):
@@ -154,7 +137,7 @@ class StreamingRequest(server.Request):
         """
         channel = self.channel
         if channel is None:
-            return _GONE
+            return STILL
         return channel.transport or channel
 
     def _handleStar(self) -> None:

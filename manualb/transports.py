@@ -148,6 +148,7 @@ def sendNow(transport: ITransport, data: bytes) -> None:
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnected
+        and not transport._aborting
         and not transport.TLS
     ):
         try:

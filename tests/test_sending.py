@@ -133,3 +133,16 @@ class PlainTCPTests(TestCase):
         self.assertEqual(
             (digest, length), (hashlib.sha256(b"sent queued").hexdigest(), 11)
         )
+
+    @inlineCallbacks
+    def test_aborted(self) -> None:
+        """
+        Nothing goes to the socket of an aborted connection, as with a plain
+        C{write}, whose bytes an abort drops.
+        """
+        writer, reader = yield self.connect()
+        transport = writer.transport
+        transport.abortConnection()
+        sendNow(transport, b"dropped")
+        digest, length = yield reader.done
+        self.assertEqual(length, 0)

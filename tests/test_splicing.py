@@ -242,27 +242,67 @@ class Client(Protocol):
         self.closed.callback(None)
 
 
-class SplicingTests(TestCase):
+class RecordsSplices:
     """
-    The lean front end in front of a real backend, both over plain TCP.
+    A test case through the lean front end that records the splices of
+    C{spliceClass} it makes (C{splices}) and the pipes they open (C{pipes}),
+    and can connect a client over TLS (L{connectOverTLS}).  Its C{serve()}
+    starts a backend and manualb and sets C{port}, using L{listen}.
     """
 
     frontEnd = "lean"
+    spliceClass = splicing.Splice
 
     def setUp(self):
         if not splicing.enabled:
             raise SkipTest("os.splice is not available here")
         self.splices = []
-        start = splicing.Splice.start
-
         self.pipes = set()
+        start = self.spliceClass.start
 
         def recordingStart(splice):
             self.splices.append(splice)
             self.pipes.add(os.readlink("/proc/self/fd/%d" % (splice._readEnd,)))
             start(splice)
 
-        self.patch(splicing.Splice, "start", recordingStart)
+        self.patch(self.spliceClass, "start", recordingStart)
+
+    def listen(self, factory):
+        return TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+
+    def assertPipesClosed(self):
+        """
+        The pipes of the splices so far are closed.
+        """
+        self.assertTrue(self.splices)
+        self.assertEqual(self.pipes & set(openFiles()), set())
+        self.assertEqual([splice for splice in self.splices if splice._readEnd != -1], [])
+
+    @inlineCallbacks
+    def connectOverTLS(self, protocol: Protocol):
+        """
+        Serve on an C{sni:} listener with a certificate of a new authority,
+        and connect C{protocol} to it over TLS, trusting that authority.
+        """
+        directory = self.mktemp()
+        ca = makeCA("splice test CA")
+        cafile = writeCA(directory, ca)
+        tls = makeTLSConfig(directory, ca, [["default.example.com"]])
+        self.listen = lambda factory: sniEndpoint(reactor, "sni:0:interface=127.0.0.1", tls).listen(factory)
+        yield self.serve()
+        with open(cafile, "rb") as f:
+            trust = Certificate.loadPEM(f.read())
+        endpoint = wrapClientTLS(
+            optionsForClientTLS("default.example.com", trustRoot=trust),
+            TCP4ClientEndpoint(reactor, "127.0.0.1", self.port),
+        )
+        return (yield connectProtocol(endpoint, protocol))
+
+
+class SplicingTests(RecordsSplices, TestCase):
+    """
+    The lean front end in front of a real backend, both over plain TCP.
+    """
 
     @inlineCallbacks
     def serve(self, text: str | None = None, backendTLS=None, **options):
@@ -293,9 +333,6 @@ class SplicingTests(TestCase):
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
         return self.backend
-
-    def listen(self, factory):
-        return TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
 
     def connect(self) -> Deferred:
         return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), Client())
@@ -335,14 +372,6 @@ class SplicingTests(TestCase):
         self.assertPipesClosed()
         client.transport.loseConnection()
         yield client.closed
-
-    def assertPipesClosed(self):
-        """
-        The pipes of the splices so far are closed.
-        """
-        self.assertTrue(self.splices)
-        self.assertEqual(self.pipes & set(openFiles()), set())
-        self.assertEqual([splice for splice in self.splices if splice._readEnd != -1], [])
 
     @inlineCallbacks
     def test_accessLogCounts(self):
@@ -582,19 +611,7 @@ class SplicingTests(TestCase):
         """
         A client over TLS gets the body the copying way.
         """
-        directory = self.mktemp()
-        ca = makeCA("splice test CA")
-        cafile = writeCA(directory, ca)
-        tls = makeTLSConfig(directory, ca, [["default.example.com"]])
-        self.listen = lambda factory: sniEndpoint(reactor, "sni:0:interface=127.0.0.1", tls).listen(factory)
-        yield self.serve()
-        with open(cafile, "rb") as f:
-            trust = Certificate.loadPEM(f.read())
-        endpoint = wrapClientTLS(
-            optionsForClientTLS("default.example.com", trustRoot=trust),
-            TCP4ClientEndpoint(reactor, "127.0.0.1", self.port),
-        )
-        client = yield connectProtocol(endpoint, Client())
+        client = yield self.connectOverTLS(Client())
         yield self.assertIntact(client, 2 * MiB)
         self.assertEqual(self.splices, [])
         client.transport.loseConnection()

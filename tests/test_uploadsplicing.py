@@ -12,15 +12,9 @@ import re
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import (
-    TCP4ClientEndpoint,
-    TCP4ServerEndpoint,
-    connectProtocol,
-    wrapClientTLS,
-)
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
@@ -28,11 +22,9 @@ from zope.interface import implementer
 from manualb import handoff, waf
 from manualb.front import serving
 from manualb.service import LoadBalancer
-from manualb.termination import sniEndpoint
 from manualb.testing import balancerConfig, serverAddress
-from manualb.tlstesting import makeCA, makeTLSConfig, writeCA
-from manualb.web import splicing, uploadsplicing
-from tests.test_splicing import openFiles
+from manualb.web import uploadsplicing
+from tests.test_splicing import RecordsSplices, openFiles
 
 MiB = 1024 * 1024
 THRESHOLD = uploadsplicing.SPLICE_MIN
@@ -291,27 +283,13 @@ class Uploader(Protocol):
         self.closed.callback(None)
 
 
-class UploadSplicingTests(TestCase):
+class UploadSplicingTests(RecordsSplices, TestCase):
     """
     The lean front end in front of a real backend, both over plain TCP,
     with request bodies of known length.
     """
 
-    frontEnd = "lean"
-
-    def setUp(self):
-        if not splicing.enabled:
-            raise SkipTest("os.splice is not available here")
-        self.splices = []
-        self.pipes = set()
-        start = uploadsplicing.UploadSplice.start
-
-        def recordingStart(splice):
-            self.splices.append(splice)
-            self.pipes.add(os.readlink("/proc/self/fd/%d" % (splice._readEnd,)))
-            start(splice)
-
-        self.patch(uploadsplicing.UploadSplice, "start", recordingStart)
+    spliceClass = uploadsplicing.UploadSplice
 
     @inlineCallbacks
     def serve(self, **options):
@@ -333,9 +311,6 @@ class UploadSplicingTests(TestCase):
         self.port = port.getHost().port
         return self.sink
 
-    def listen(self, factory):
-        return TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
-
     def connect(self) -> Deferred:
         return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), Uploader())
 
@@ -344,14 +319,6 @@ class UploadSplicingTests(TestCase):
         code, head, body = yield client.send(size, **kwargs)
         self.assertEqual(code, 200, head)
         self.assertEqual(body, b"%d %s" % (size, digest(size).encode("ascii")))
-
-    def assertPipesClosed(self):
-        """
-        The pipes of the splices so far are closed.
-        """
-        self.assertTrue(self.splices)
-        self.assertEqual(self.pipes & set(openFiles()), set())
-        self.assertEqual([splice for splice in self.splices if splice._readEnd != -1], [])
 
     @inlineCallbacks
     def close(self, client):
@@ -627,19 +594,7 @@ class UploadSplicingTests(TestCase):
         """
         A client over TLS sends its body the copying way.
         """
-        directory = self.mktemp()
-        ca = makeCA("splice test CA")
-        cafile = writeCA(directory, ca)
-        tls = makeTLSConfig(directory, ca, [["default.example.com"]])
-        self.listen = lambda factory: sniEndpoint(reactor, "sni:0:interface=127.0.0.1", tls).listen(factory)
-        yield self.serve()
-        with open(cafile, "rb") as f:
-            trust = Certificate.loadPEM(f.read())
-        endpoint = wrapClientTLS(
-            optionsForClientTLS("default.example.com", trustRoot=trust),
-            TCP4ClientEndpoint(reactor, "127.0.0.1", self.port),
-        )
-        client = yield connectProtocol(endpoint, Uploader())
+        client = yield self.connectOverTLS(Uploader())
         yield self.assertIntact(client, 2 * MiB)
         self.assertEqual(self.splices, [])
         yield self.close(client)

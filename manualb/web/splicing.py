@@ -193,15 +193,17 @@ def _forget(transport: tcp.Connection) -> None:
     transport.stopWriting()
 
 
-class Splice:
+class PipedBody:
     """
-    One body on its way from a backend socket to a client socket through a
-    pipe.
+    What a body on its way through a pipe, either way, keeps: the request
+    and its client connection, the backend connection, both transports and
+    their descriptors, the pipe's ends and capacity, and the count of bytes.
 
-    @ivar left: Bytes still to read from the backend.
-    @ivar piped: Bytes in the pipe, not yet taken by the client.
-    @ivar paused: Whether the backend is paused because the client takes
-        nothing (through the front end, which counts C{send_timeout}).
+    @ivar total: The bytes of the body the splice moves.
+    @ivar left: Bytes still to read from the side that sends.
+    @ivar piped: Bytes in the pipe, not yet taken by the side that receives.
+    @ivar paused: Whether the side that sends is not read because the other
+        takes nothing.
     """
 
     def __init__(
@@ -221,6 +223,20 @@ class Splice:
         self._writeEnd = writeEnd
         self._clientFd = self.client.fileno()
         self._backendFd = self.backend.fileno()
+
+    def _closePipe(self) -> None:
+        os.close(self._readEnd)
+        os.close(self._writeEnd)
+        self._readEnd = self._writeEnd = -1
+
+
+class Splice(PipedBody):
+    """
+    One response body on its way from a backend socket to a client socket
+    through a pipe: C{left} is read from the backend, C{paused} while the
+    client takes nothing (through the front end, which counts
+    C{send_timeout}).
+    """
 
     def start(self) -> None:
         """
@@ -345,7 +361,5 @@ class Splice:
         if backend.__dict__.get("doRead") == self._backendReadable:
             del backend.doRead
         restoreWriting(client, self._clientWritable)
-        os.close(self._readEnd)
-        os.close(self._writeEnd)
-        self._readEnd = self._writeEnd = -1
+        self._closePipe()
         self.connection._resumeReading(self)

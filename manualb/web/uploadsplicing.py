@@ -36,12 +36,19 @@ The pipe is closed whatever way the splice ends (L{UploadSplice.cancel}).
 
 from __future__ import annotations
 
-import os
 
 from manualb.bodies import StreamingBody
 from manualb.handoff import ConnectionState, UpstreamConnection
 import manualb.web.splicing as splicing
-from manualb.web.splicing import SPLICE_MIN, _forget, _plainTCP, _unsent, openPipe, restoreWriting
+from manualb.web.splicing import (
+    SPLICE_MIN,
+    PipedBody,
+    _forget,
+    _plainTCP,
+    _unsent,
+    openPipe,
+    restoreWriting,
+)
 
 __all__ = ["SPLICE_MIN", "SplicingBody", "UploadSplice"]
 
@@ -123,15 +130,14 @@ class SplicingBody(StreamingBody):
         UploadSplice(self, upstream, left, readEnd, writeEnd, capacity, len(pending)).start()
 
 
-class UploadSplice:
+class UploadSplice(PipedBody):
     """
     The rest of one request body on its way from a client socket to a
     backend socket through a pipe.
 
-    @ivar left: Bytes still to read from the client.
-    @ivar piped: Bytes in the pipe, not yet taken by the backend.
-    @ivar paused: Whether the client is not read because the backend takes
-        nothing (through the body's producer, which counts C{send_timeout}).
+    C{left} is read from the client, which is not read (C{paused}) while
+    the backend takes nothing (through the body's producer, which counts
+    C{send_timeout}).
     """
 
     def __init__(
@@ -144,21 +150,8 @@ class UploadSplice:
         capacity: int,
         piped: int,
     ) -> None:
+        super().__init__(body.request, upstream, left, readEnd, writeEnd, capacity, piped)
         self.body = body
-        self.request = body.request
-        self.connection = body.request.connection
-        self.upstream = upstream
-        self.client = self.connection.transport
-        self.backend = upstream.transport
-        self.total = left
-        self.left = left
-        self.piped = piped
-        self.capacity = capacity
-        self.paused = False
-        self._readEnd = readEnd
-        self._writeEnd = writeEnd
-        self._clientFd = self.client.fileno()
-        self._backendFd = self.backend.fileno()
 
     def start(self) -> None:
         """
@@ -285,9 +278,7 @@ class UploadSplice:
         if client.__dict__.get("doRead") == self._clientReadable:
             del client.doRead
         restoreWriting(backend, self._backendWritable)
-        os.close(self._readEnd)
-        os.close(self._writeEnd)
-        self._readEnd = self._writeEnd = -1
+        self._closePipe()
         self.body._received += self.total - self.left
         connection = self.connection
         if connection.transport is not None:

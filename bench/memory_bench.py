@@ -31,10 +31,10 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import freePort, publish
-from benchproc import BenchError, Processes, pinning, runBench, waitForPort
+from benchlib import publish
+from benchproc import BenchError, Processes, pinning, runBench
 from loads import runWrk
-from servers import backendConfig, manualbConfig, startNginx
+from servers import backendDirectory, startBackends, startManualb
 from streaming import rssKiB
 
 BENCH = Path(__file__).resolve().parent
@@ -139,23 +139,6 @@ def idleClients(pid: int, port: int, args) -> dict:
     }
 
 
-def startManualb(procs: Processes, prefix: list[str], backends: list[int], clients: int):
-    """
-    Start manualb in front of C{backends}, admitting C{clients} connections
-    and more; return C{(process, port)}.
-    """
-    port = freePort()
-    config = manualbConfig(port, backends).replace(
-        "max_connections = 4096", f"max_connections = {clients + 1000}")
-    conf = procs.workdir / "manualb.ini"
-    conf.write_text(config)
-    argv = [
-        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-        "-n", "--pidfile=", "manualb", "--config", str(conf),
-    ]
-    return procs.start("manualb", prefix + argv, port), port
-
-
 def bench(args: argparse.Namespace, workdir: Path) -> dict:
     """
     Run the memory benchmark with its files in C{workdir}.
@@ -163,18 +146,15 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict:
     proxyPin, otherPin, note = pinning()
     print(note, flush=True)
     procs = Processes(workdir)
-    workdir.chmod(0o755)
-    bigdir = workdir / "www"
-    bigdir.mkdir(mode=0o755)
+    directory = backendDirectory(workdir)
     results: dict = {"settings": {
         "requests": args.requests, "idle_clients": args.idle, "pinning": note,
     }}
     try:
-        backendPorts = (freePort(), freePort())
-        startNginx(procs, otherPin, "backends",
-                   backendConfig(workdir, backendPorts, bigdir), backendPorts[0])
-        waitForPort(backendPorts[1], procs.running[-1][1], "backends")
-        process, port = startManualb(procs, proxyPin, list(backendPorts), args.idle)
+        backendPorts = startBackends(procs, otherPin, directory)
+        process, port = startManualb(
+            procs, proxyPin, "manualb", list(backendPorts), maxConnections=args.idle + 1000
+        )
         results["idle_kib"] = settle(process.pid, 2.0)
         runWrk(otherPin, port, 1, 1)
         results["after_first_requests_kib"] = settle(process.pid)

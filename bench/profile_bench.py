@@ -18,10 +18,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from benchproc import BENCH, BenchError, Processes, pinning, runBench, waitForPort
+from benchproc import BENCH, BenchError, Processes, pinning, runBench
 from loads import checkResponse, runWrk
-from servers import backendConfig, makeCertificate, startManualb, startNginx
-from benchlib import freePort
+from servers import backendDirectory, makeCertificate, startBackends, startManualb
 
 RESULTS = BENCH / "results"
 
@@ -65,14 +64,9 @@ def profile(args: argparse.Namespace, workdir: Path) -> dict:
     proxyPin, otherPin, note = pinning()
     print(note, flush=True)
     procs = Processes(workdir)
-    workdir.chmod(0o755)
-    bigdir = workdir / "www"
-    bigdir.mkdir(mode=0o755)
+    directory = backendDirectory(workdir)
     try:
-        backendPorts = (freePort(), freePort())
-        startNginx(procs, otherPin, "backends", backendConfig(workdir, backendPorts, bigdir),
-                   backendPorts[0])
-        waitForPort(backendPorts[1], procs.running[-1][1], "backends")
+        backendPorts = startBackends(procs, otherPin, directory)
         process, port = startManualb(
             procs, proxyPin, "manualb", list(backendPorts), frontEnd=args.front_end,
             admin=args.admin, everyday=args.everyday,

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import freePort, publish
+from benchlib import publish
 from benchproc import (
     BENCH,
     TOOLS,
@@ -40,11 +40,10 @@ from benchproc import (
     ensureTools,
     pinning,
     runBench,
-    waitForPort,
 )
 from loads import Usage, checkResponse, indent, resumption, runH2load, runHandshakes, runWrk
 from peers import HAPROXY, PEER_PACKAGES, PEERS, PROTOCOLS, Peer, Rig, peerNames, peersVenv
-from servers import backendConfig, makeCertificate, startNginx
+from servers import backendDirectory, makeCertificate, startBackends
 from streaming import MiB, runStreaming
 from table import BASELINE, NGINX, report
 
@@ -218,9 +217,7 @@ def bench(args: argparse.Namespace, workdir: Path, missingTools: list[str]) -> d
     procs = Processes(workdir)
     # nginx workers run as an unprivileged user when started as root: they
     # must be able to read the files and use the temp directories.
-    workdir.chmod(0o755)
-    bigdir = workdir / "www"
-    bigdir.mkdir(mode=0o755)
+    bigdir = backendDirectory(workdir)
     bigdir.chmod(0o755)
     bigfile = bigdir / "big"
     size = int(args.size * MiB)
@@ -244,10 +241,7 @@ def bench(args: argparse.Namespace, workdir: Path, missingTools: list[str]) -> d
         if any(peer.needs in PEER_PACKAGES for peer, _ in selectedRows(args)):
             rig.peersPython = peersVenv(rig.unavailable)
         results["settings"]["unavailable"] = rig.unavailable
-        rig.backendPorts = backendPorts = (freePort(), freePort())
-        startNginx(procs, otherPin, "backends",
-                   backendConfig(workdir, backendPorts, bigdir), backendPorts[0])
-        waitForPort(backendPorts[1], procs.running[-1][1], "backends")
+        rig.backendPorts = backendPorts = startBackends(procs, otherPin, bigdir)
         print("load test:", flush=True)
         results["rows"] = runRows(rig, otherPin, args, missingTools)
         if size:

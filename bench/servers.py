@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchlib import freePort
-from benchproc import BENCH, NGINX, BenchError, Processes, writeFile
+from benchproc import BENCH, NGINX, BenchError, Processes, waitForPort, writeFile
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,7 @@ def manualbConfig(
     tls: Certificate | None = None,
     accessLog: str = "off",
     upstream: str = "",
+    maxConnections: int = 4096,
 ) -> str:
     """
     manualb configuration: listen on C{port} (with C{backlog=N} when
@@ -152,7 +153,8 @@ def manualbConfig(
     by the HTTP/1.1 front end C{frontEnd}; C{gatekeeper} adds lines to its
     C{[gatekeeper]} section, C{upstream} to its C{[upstream]} one;
     C{admin} is the port of an admin listener, or L{None} for none;
-    C{accessLog} the access log's file, or C{off}.  With C{tls}, the
+    C{accessLog} the access log's file, or C{off}; C{maxConnections} the
+    gatekeeper's C{max_connections}.  With C{tls}, the
     listener is an C{sni:} one serving that certificate (HTTP/1.1 and
     HTTP/2 by ALPN).
     """
@@ -172,7 +174,7 @@ front_end = {frontEnd}
 [gatekeeper]
 ; The streaming run uploads far more than nginx's 1m default.
 client_max_body_size = 0
-max_connections = 4096
+max_connections = {maxConnections}
 {gatekeeper}
 [upstream backends]
 servers =
@@ -189,6 +191,29 @@ certificates =
 
 
 # -- starting servers -------------------------------------------------------
+
+
+def backendDirectory(workdir: Path) -> Path:
+    """
+    Make the directory of the backends' files in C{workdir}, both readable
+    by nginx's workers (an unprivileged user when started as root).
+    """
+    workdir.chmod(0o755)
+    directory = workdir / "www"
+    directory.mkdir(mode=0o755)
+    return directory
+
+
+def startBackends(procs: Processes, prefix: list[str], directory: Path) -> tuple[int, int]:
+    """
+    Start the two nginx backends (L{backendConfig}, serving the files of
+    C{directory}) pinned with C{prefix}; return their ports once both
+    listen.
+    """
+    ports = (freePort(), freePort())
+    process = startNginx(procs, prefix, "backends", backendConfig(procs.workdir, ports, directory), ports[0])
+    waitForPort(ports[1], process, "backends")
+    return ports
 
 
 def startNginx(procs: Processes, prefix: list[str], name: str, config: str, port: int):
@@ -218,6 +243,7 @@ def startManualb(
     admin: bool = False,
     tls: Certificate | None = None,
     everyday: bool = False,
+    maxConnections: int = 4096,
 ):
     """
     Start manualb in front of C{backends}, in C{workers} processes, with the
@@ -237,7 +263,7 @@ def startManualb(
         procs.workdir / f"{name}.ini",
         manualbConfig(
             port, backends, backlog, gatekeeper, workers, frontEnd,
-            freePort() if admin else None, tls, accessLog, upstream,
+            freePort() if admin else None, tls, accessLog, upstream, maxConnections,
         ),
     )
     argv = [

@@ -48,9 +48,9 @@ import time
 from pathlib import Path
 
 from benchlib import freePort, publish
-from benchproc import BenchError, Processes, pinning, runBench, waitForPort, writeFile
+from benchproc import BenchError, Processes, pinning, runBench, writeFile
 from loads import checkResponse, parseWrk, toMs
-from servers import backendConfig, manualbConfig, startManualb, startNginx
+from servers import backendDirectory, manualbConfig, startBackends, startManualb
 
 BENCH = Path(__file__).resolve().parent
 
@@ -532,9 +532,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict:
     proxyPin, otherPin, note = pinning()
     print(note, flush=True)
     procs = Processes(workdir)
-    workdir.chmod(0o755)
-    bigdir = workdir / "www"
-    bigdir.mkdir(mode=0o755)
+    directory = backendDirectory(workdir)
     results: dict = {
         "settings": {
             "runs": args.runs, "duration_s": args.duration,
@@ -544,10 +542,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict:
         "runs": [],
     }
     try:
-        backendPorts = (freePort(), freePort())
-        startNginx(procs, otherPin, "backends",
-                   backendConfig(workdir, backendPorts, bigdir), backendPorts[0])
-        waitForPort(backendPorts[1], procs.running[-1][1], "backends")
+        backendPorts = startBackends(procs, otherPin, directory)
         if args.no_stallwatch:
             process, port = startManualb(
                 procs, proxyPin, "manualb", list(backendPorts), backlog=args.backlog

@@ -173,14 +173,24 @@ def responseHeaders(
     @param replaced: Lower-case names of headers the proxy sends itself in
         place of the backend's (C{x-request-id}, say).
     """
-    headers = list(headers)
     dropped = _DROPPED_RESPONSE | replaced if replaced else _DROPPED_RESPONSE
-    connection = [value for name, value in headers if name.lower() == b"connection"]
-    if connection:
-        dropped = dropped | connectionTokens(connection)
     if upgrade:
         dropped = dropped - _UPGRADE_HEADERS
-    return [(name, value) for name, value in headers if name.lower() not in dropped]
+    kept = []
+    connection = None
+    for header in headers:
+        lower = header[0].lower()
+        if lower == b"connection":
+            connection = [header[1]] if connection is None else connection + [header[1]]
+        if lower not in dropped:
+            kept.append((lower, header))
+    if connection is not None:
+        # Its tokens name more headers to drop, wherever they came.
+        named = connectionTokens(connection)
+        if upgrade:
+            named = named - _UPGRADE_HEADERS
+        return [header for lower, header in kept if lower not in named]
+    return [header for lower, header in kept]
 
 
 def wantsUpgrade(headers: Headers) -> bool:

@@ -393,16 +393,22 @@ class ResponseParser:
             if not sep or not _TOKEN.match(name):
                 raise ResponseParseError("bad header line %r" % (line[:80],))
             value = value.strip(b" \t")
-            lowered = name.lower()
-            if lowered == b"content-length":
-                lengths.update(v.strip() for v in value.split(b","))
-            elif lowered == b"transfer-encoding":
-                transferCodings.extend(
-                    t.strip().lower() for t in value.split(b",") if t.strip()
-                )
-                continue
-            elif lowered == b"connection":
-                connection.append(value)
+            size = len(name)
+            # Only three names matter here: the others are not lowered.
+            if size == 14 or size == 17 or size == 10:
+                lowered = name.lower()
+                if lowered == b"content-length":
+                    if b"," in value:
+                        lengths.update(v.strip() for v in value.split(b","))
+                    else:
+                        lengths.add(value)
+                elif lowered == b"transfer-encoding":
+                    transferCodings.extend(
+                        t.strip().lower() for t in value.split(b",") if t.strip()
+                    )
+                    continue
+                elif lowered == b"connection":
+                    connection.append(value)
             headers.append((name, value))
 
         if code == 101:

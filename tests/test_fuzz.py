@@ -29,6 +29,7 @@ import hpack
 from hypothesis import example, given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from manualb.forwarding import HOP_BY_HOP, responseHeaders
 from manualb.gatekeeper import TrustedProxies
 from tests.fuzzing import (
     SEEN,
@@ -1120,3 +1121,51 @@ class TrustedProxiesFuzzTests(SynchronousTestCase):
         self.assertEqual(str(ipaddress.ip_address(client)), client)
         # An untrusted peer is never moved by what it sends.
         self.assertEqual(proxies.clientAddress("192.0.2.200", headers), "192.0.2.200")
+
+
+_RESPONSE_NAMES = [
+    b"Connection", b"connection", b"CONNECTION", b"Keep-Alive", b"Upgrade", b"TE",
+    b"Trailer", b"Proxy-Connection", b"Transfer-Encoding", b"Server", b"Date",
+    b"X-Request-Id", b"X-A", b"x-a", b"X-B", b"Set-Cookie", b"Content-Length",
+]
+
+
+class ResponseHeaderFuzzTests(SynchronousTestCase):
+    """
+    L{responseHeaders}, for any backend header list: it passes on exactly
+    the headers that are neither hop-by-hop, nor the proxy's own, nor named
+    by a C{Connection} header (anywhere in the list, in any case), in
+    order, each repeated value kept.
+    """
+
+    @fuzzSettings(300)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(_RESPONSE_NAMES),
+                st.lists(
+                    st.sampled_from([b"close", b"X-A", b" x-b ", b"keep-alive", b"upgrade", b"", b"1"]),
+                    max_size=3,
+                ).map(b",".join),
+            ),
+            max_size=12,
+        ),
+        st.booleans(),
+        st.booleans(),
+    )
+    def test_exactlyTheEndToEndHeaders(self, headers, upgrade, replaceId):
+        replaced = frozenset([b"x-request-id"]) if replaceId else frozenset()
+        named = {
+            token.strip().lower()
+            for name, value in headers
+            if name.lower() == b"connection"
+            for token in value.split(b",")
+        }
+        upgradeHeaders = {b"upgrade", b"connection"}
+        dropped = (HOP_BY_HOP | {b"server", b"date"} | replaced) - (
+            upgradeHeaders if upgrade else set()
+        ) | (named - upgradeHeaders if upgrade else named)
+        expected = [(name, value) for name, value in headers if name.lower() not in dropped]
+        self.assertEqual(
+            responseHeaders(headers, upgrade=upgrade, replaced=replaced), expected
+        )

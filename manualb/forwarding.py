@@ -121,7 +121,9 @@ def requestHead(
     lowered = []
     for name, value in headers:
         lower = name.lower()
-        if b"_" in lower and lower.replace(b"_", b"-") in _ALIASED:
+        # find(), not "in", which first tries b"_" as an integer, raising
+        # and clearing an error for every header.
+        if lower.find(b"_") != -1 and lower.replace(b"_", b"-") in _ALIASED:
             continue
         lowered.append((lower, name, value))
         if lower == b"connection":

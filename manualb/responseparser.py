@@ -380,7 +380,9 @@ class ResponseParser:
         reason = parts[2] if len(parts) == 3 else b""
         # No NUL, and no CR or LF but those that end lines, anywhere in the
         # head: counted at once rather than searched for line by line.
-        if b"\0" in head or not (
+        # (find(), not "in": bytes' "in" first tries its operand as an
+        # integer, which raises and clears an error each time.)
+        if head.find(b"\0") != -1 or not (
             head.count(b"\r") == head.count(b"\n") == head.count(b"\r\n")
         ):
             _badControl(lines)
@@ -398,7 +400,7 @@ class ResponseParser:
             if size == 14 or size == 17 or size == 10:
                 lowered = name.lower()
                 if lowered == b"content-length":
-                    if b"," in value:
+                    if value.find(b",") != -1:
                         lengths.update(v.strip() for v in value.split(b","))
                     else:
                         lengths.add(value)

@@ -122,7 +122,9 @@ def normalizePath(path: bytes) -> bytes | None:
         if not separator or scheme.lower() not in (b"http", b"https"):
             return None
         path = b"/" + rest.partition(b"/")[2]
-    if b"%" not in path and b"/." not in path and b"//" not in path:
+    # find(), not "in": bytes' "in" first tries its operand as an integer,
+    # which raises and clears an error each time.
+    if path.find(b"%") == -1 and path.find(b"/.") == -1 and path.find(b"//") == -1:
         return path
     decoded = unquote_to_bytes(path)
     segments: list[bytes] = []

@@ -516,13 +516,14 @@ class UpstreamConnection(Protocol):
             if data:
                 self.abort()
             return
-        if not self._paused:
-            self._armReadTimer()
         try:
             self._parser.feed(data)
         except ResponseParseError as e:
             self.fail(UpstreamBadResponse(str(e)))
             return
+        if self._state in _EXCHANGING:
+            # More is awaited (a small response usually ends in one read).
+            self._armReadTimer()
         taker = self.bodyTaker
         if taker is not None and self._state is _RECEIVING:
             left = self._parser.lengthLeft

@@ -32,7 +32,10 @@ class HeaderLines:
         self.lines = lines
 
     def getRawHeaders(self, name: bytes, default=None):
-        found = [value for key, value in self.lines if key.lower() == name]
+        size = len(name)
+        found = [
+            value for key, value in self.lines if len(key) == size and key.lower() == name
+        ]
         return found or default
 
 

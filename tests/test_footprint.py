@@ -63,6 +63,10 @@ OPTIONAL = {
     ),
     "shared state": ("manualb.state", "manualb.sharedrates", "manualb.redisstate", "txredisapi"),
     "TCP streams": ("manualb.streams",),
+    "HTTP/2": (
+        "manualb.web.http2", "manualb.web.h2input", "manualb.web.h2output",
+        "manualb.web.h2request",
+    ),
     "workers": ("manualb.supervisor", "manualb.fleetadmin", "manualb.worker"),
 }
 
@@ -85,13 +89,8 @@ class FootprintTests(TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         return set(json.loads(result.stdout))
 
-    def test_plainListenerLoadsNoOptionalFeature(self) -> None:
-        """
-        A plain configuration (one TCP listener, no WAF, no admin listener,
-        no TLS, no shared state, no stream, one process) loads none of the
-        optional features' modules.
-        """
-        loaded = self.loadedBy(PLAIN)
+    def assertNoOptionalFeature(self, config: str) -> None:
+        loaded = self.loadedBy(config)
         self.assertIn("manualb.service", loaded)
         self.assertEqual(
             {
@@ -99,6 +98,22 @@ class FootprintTests(TestCase):
                 for feature, modules in OPTIONAL.items()
             },
             {feature: [] for feature in OPTIONAL},
+        )
+
+    def test_plainListenerLoadsNoOptionalFeature(self) -> None:
+        """
+        A plain configuration (one TCP listener, no WAF, no admin listener,
+        no TLS, no shared state, no stream, one process) loads none of the
+        optional features' modules.
+        """
+        self.assertNoOptionalFeature(PLAIN)
+
+    def test_twistedFrontEnd(self) -> None:
+        """
+        Neither does it on twisted.web's front end.
+        """
+        self.assertNoOptionalFeature(
+            PLAIN.replace("access_log = off\n", "access_log = off\nfront_end = twisted\n")
         )
 
     def test_featuresLoadTheirModules(self) -> None:

@@ -15,10 +15,7 @@ or, to mount the proxy in a Site of your own::
 """
 
 from manualb._version import __version__
-from manualb.config import Config, ConfigError
-from manualb.configfile import loadConfig, parseConfig
-from manualb.web import ProxyResource, ProxySite
-from manualb.service import LoadBalancer, makeService
+
 
 __all__ = [
     "__version__",
@@ -31,3 +28,24 @@ __all__ = [
     "makeService",
     "parseConfig",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """
+    The public API, imported when first asked for: importing one module of
+    the package (C{manualb.tap}, C{manualb.config}) then loads that module
+    and what it needs, not the whole package.
+    """
+    if name in ("Config", "ConfigError"):
+        from manualb import config as module
+    elif name in ("loadConfig", "parseConfig"):
+        from manualb import configfile as module
+    elif name in ("ProxyResource", "ProxySite"):
+        from manualb import web as module
+    elif name in ("LoadBalancer", "makeService"):
+        from manualb import service as module
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(module, name)
+    globals()[name] = value
+    return value

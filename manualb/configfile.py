@@ -58,11 +58,10 @@ from collections.abc import Mapping
 
 import attrs
 
-from manualb import autotls, termination, urlmap
-from manualb.admin import parseAdminKeys
-from manualb.state import parseStateKeys
+from manualb import termination, urlmap
 from manualb.accesslog import compileFormat
 from manualb.config import (
+    AcmeConfig,
     Config,
     ConfigError,
     GatekeeperConfig,
@@ -116,7 +115,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "manualb": (*keys(Config), "redirect_https", INCLUDE),
     "gatekeeper": (*keys(GatekeeperConfig), *GATEKEEPER_KEYS),
     "tls": tuple(keys(TLSConfig)),
-    "acme": autotls.ACME_KEYS,
+    "acme": tuple(keys(AcmeConfig)),
     "upstream": tuple(keys(UpstreamConfig)),
     "route": (*keys(RouteConfig), *ROUTE_KEYS, *CONTROL_KEYS),
     "listener": tuple(keys(ListenerConfig)),
@@ -202,8 +201,17 @@ def parseConfig(
     logFormat = _parseLogFormat(sections)
     admin = adminToken = state = instance = None
     if sections.main is not None:
-        admin, adminToken = parseAdminKeys(sections.section(sections.main), directory)
-        state, instance = parseStateKeys(sections.section(sections.main))
+        # The admin listener's and the shared state's modules are loaded
+        # only by a configuration that has them.
+        mainSection = sections.section(sections.main)
+        if _given(mainSection, "admin", "admin_token_file"):
+            from manualb.admin import parseAdminKeys
+
+            admin, adminToken = parseAdminKeys(mainSection, directory)
+        if _given(mainSection, "state", "instance"):
+            from manualb.state import parseStateKeys
+
+            state, instance = parseStateKeys(mainSection)
     gatekeeper = _parseGatekeeper(sections, clientTimeout)
     tls = None
     if sections.tls is not None:
@@ -232,7 +240,9 @@ def parseConfig(
     _checkEndpointsUnique(sections, listen, listeners, streams)
     acme = None
     if sections.acme is not None or (tls is not None and tls.acme):
-        acme, tls = autotls.parseAcme(
+        from manualb.autotls import parseAcme
+
+        acme, tls = parseAcme(
             sections.section(sections.acme) if sections.acme else None,
             sections.error, directory, tls, listeners,
         )
@@ -551,6 +561,13 @@ def _parseMain(
     redirect = _parseRedirect(section, listen)
     given = section.single("access_log") or accessLog
     return listen, (None if given.lower() == "off" else given), redirect
+
+
+def _given(section: Section, *names: str) -> bool:
+    """
+    Whether C{section} has any of the keys C{names}.
+    """
+    return any(section.lines(name) is not None for name in names)
 
 
 def _parseLogFormat(sections: _Sections) -> str:

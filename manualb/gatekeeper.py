@@ -35,7 +35,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 import attrs
 from twisted.logger import Logger
@@ -56,7 +56,12 @@ from manualb.syntax import Section, parseNetworks, parseSize
 from manualb.urlmap import URLMap
 from manualb.variables import parseKey
 from manualb.view import Answer, Passage, RequestView
-from manualb.waf import WAF, parseLevel, parseMode, parseRule
+
+if TYPE_CHECKING:
+    from manualb.waf import WAF
+
+# The WAF (manualb.waf, its decoder and libinjection) is imported where a
+# configuration asks for it: a balancer without one never loads it.
 
 __all__ = [
     "Gatekeeper",
@@ -692,6 +697,8 @@ def _wafMode(section: Section) -> str | None:
     text = section.single("waf")
     if text is None:
         return None
+    from manualb.waf import parseMode
+
     try:
         return parseMode(text)
     except ValueError as e:
@@ -702,6 +709,8 @@ def _wafLevel(section: Section) -> int | None:
     text = section.single("waf_level")
     if text is None:
         return None
+    from manualb.waf import parseLevel
+
     try:
         return parseLevel(text)
     except ValueError as e:
@@ -771,6 +780,8 @@ def parseGatekeeperKeys(section: Section, default: GatekeeperConfig = Gatekeeper
         waf = attrs.evolve(waf, body_limit=bodyLimit)
     lines = section.lines("waf_rule")
     if lines is not None:
+        from manualb.waf import parseRule
+
         rules = []
         names: set[str] = set()
         for line in lines:
@@ -858,6 +869,8 @@ def gatekeeperEngines(
             return None
         made = wafs.get(waf)
         if made is None:
+            from manualb.waf import WAF
+
             made = wafs[waf] = WAF(waf)
         return made
 

@@ -7,6 +7,7 @@ and the listening services (stage 1, the entry).
 from __future__ import annotations
 
 from functools import partial
+from typing import TYPE_CHECKING
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -16,9 +17,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from manualb.accesslog import AccessLog
-from manualb.autotls import AutoTLS
-from manualb.admin import AdminResource, RecentRequests, adminSite, readToken
-from manualb.metrics import Metrics, MetricsResource
 from manualb.web.channel import ConnectionLimit
 from manualb.config import (
     Config,
@@ -28,7 +26,6 @@ from manualb.config import (
 from manualb.configfile import loadConfig
 from manualb.gatekeeper import gatekeeperEngines
 from manualb.selection import Pool, Server
-from manualb.streams import StreamProxyFactory
 from manualb.termination import (
     SNIContextFactory,
     contextFactoryFor,
@@ -46,10 +43,16 @@ from manualb.entry import ownedLines, serverEndpoint, withBacklog
 from manualb.pools import buildPool
 from manualb.sites import Sites
 from manualb.syntax import anyPort
-from manualb.state import sharedState
 from manualb.web import listening
 from manualb.web.tls import ServerTLSFactory
 from manualb.front import serving
+
+if TYPE_CHECKING:
+    from manualb.streams import StreamProxyFactory
+
+# What only some configurations use (automatic HTTPS, the admin listener and
+# its metrics, shared state, TCP streams) is imported where it is built, so
+# that a balancer without it does not carry it.
 
 log = Logger()
 
@@ -129,11 +132,18 @@ class LoadBalancer:
         self.pools = {
             name: buildPool(upstream, reactor) for name, upstream in config.upstreams.items()
         }
-        self.shared = sharedState(config.state, config.instance, self.pools, reactor, stateStore)
+        self.shared = self.acme = None
+        if config.state is not None or stateStore is not None:
+            from manualb.state import sharedState
+
+            self.shared = sharedState(config.state, config.instance, self.pools, reactor, stateStore)
         self.recent = self.admin = self.metrics = self._adminSite = None
-        self.acme = None if config.acme is None else AutoTLS(
-            config.acme, reactor, self._certificatesChanged, lambda: self.tls, self.shared
-        )
+        if config.acme is not None:
+            from manualb.autotls import AutoTLS
+
+            self.acme = AutoTLS(
+                config.acme, reactor, self._certificatesChanged, lambda: self.tls, self.shared
+            )
         if config.admin is not None:
             self._startAdmin(config.explain_records)
         if self.shared is None:
@@ -157,10 +167,8 @@ class LoadBalancer:
             self._sites.redirects,
         )
         self.resource = self.site.resource
-        self.streams = {
-            stream.name: StreamProxyFactory(stream, self.pools[stream.upstream], reactor)
-            for stream in config.streams
-        }
+        self.streams: dict[str, StreamProxyFactory] = {}
+        self._reloadStreams(config)
 
     def _startAdmin(self, records: int) -> None:
         """
@@ -168,6 +176,9 @@ class LoadBalancer:
         the decision records of the last C{records} requests and the
         metrics.
         """
+        from manualb.admin import AdminResource, RecentRequests, adminSite
+        from manualb.metrics import Metrics, MetricsResource
+
         self.recent = RecentRequests(records)
         self.metrics = Metrics(lambda: self.pools, lambda: self.connections.open)
         self.admin = AdminResource(
@@ -194,6 +205,8 @@ class LoadBalancer:
         if self.tls is None and config.tls is not None:
             self.tls = self._certificates(config)
         if self.admin is not None and config.admin_token_file is not None:
+            from manualb.admin import readToken
+
             self.admin.token = readToken(config.source, config.admin_token_file)
         if self.accessLog is not None:
             try:
@@ -390,6 +403,8 @@ class LoadBalancer:
                 self.tls = certificates
         token = None
         if config.admin is not None and config.admin_token_file is not None:
+            from manualb.admin import readToken
+
             token = readToken(config.source, config.admin_token_file)
         logChanged = (old.access_log, old.log_format) != (config.access_log, config.log_format)
         if logChanged:
@@ -462,6 +477,8 @@ class LoadBalancer:
             names.add(stream.name)
             factory = self.streams.get(stream.name)
             if factory is None:
+                from manualb.streams import StreamProxyFactory
+
                 self.streams[stream.name] = StreamProxyFactory(
                     stream, self.pools[stream.upstream], self.reactor
                 )

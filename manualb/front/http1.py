@@ -42,7 +42,6 @@ from manualb.transports import Deadline, cancelCall, setNoDelay
 from manualb.view import clientHost
 from manualb.web import LINGERING_TIME
 from manualb.web.channel import Overloaded
-from manualb.web.http2 import ProxyH2Connection
 from manualb.web.uploadsplicing import SPLICE_MIN, SplicingBody
 
 log = Logger()
@@ -681,6 +680,8 @@ class HTTP1Connection(Protocol):
         transport.unregisterProducer()
         self._deadline.stop()
         site = self.site
+        from manualb.web.http2 import ProxyH2Connection
+
         channel = ProxyH2Connection(site.reactor, self.gatekeeper)
         channel.requestFactory = site.requestFactory
         channel.site = site

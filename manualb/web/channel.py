@@ -33,7 +33,6 @@ from twisted.web.http import HTTPChannel, Request, _GenericHTTPChannelProtocol
 
 from manualb.config import GatekeeperConfig
 from manualb.forwarding import connectionTokens
-from manualb.web.http2 import ProxyH2Connection
 from manualb.rules import CONTROL, SERVER_NAME, errorResponse, requestProblem, serverNameOf
 from manualb.transports import Deadline, cancelCall, setNoDelay
 from manualb.view import clientHost
@@ -561,6 +560,8 @@ class ChannelSwitch(_GenericHTTPChannelProtocol):
         networkProducer.unregisterProducer()
         old.stopTimeout()
         site = self._site
+        from manualb.web.http2 import ProxyH2Connection
+
         channel = ProxyH2Connection(
             site.reactor, getattr(site, "gatekeeper", GatekeeperConfig())
         )

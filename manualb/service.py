@@ -122,7 +122,8 @@ class LoadBalancer:
         self._formerStreams: list[StreamProxyFactory] = []
         if accessLog is None and config.access_log is not None:
             accessLog = AccessLog(
-                clock=reactor.seconds, target=config.access_log, format=config.log_format
+                clock=reactor.seconds, target=config.access_log, format=config.log_format,
+                buffer=config.access_log_buffer, flush=config.access_log_flush, reactor=reactor,
             )
         self.accessLog = accessLog
         self.connections = ConnectionLimit(config.gatekeeper.max_connections)
@@ -391,7 +392,7 @@ class LoadBalancer:
         token = None
         if config.admin is not None and config.admin_token_file is not None:
             token = readToken(config.source, config.admin_token_file)
-        logChanged = (old.access_log, old.log_format) != (config.access_log, config.log_format)
+        logChanged = _logSettings(old) != _logSettings(config)
         if logChanged:
             self._changeAccessLog(config, config.access_log, config.log_format)
         try:
@@ -522,11 +523,15 @@ class LoadBalancer:
             if target is None:
                 accessLog = None
             elif accessLog is None:
-                accessLog = AccessLog(clock=self.reactor.seconds, target=target, format=format)
+                accessLog = AccessLog(
+                    clock=self.reactor.seconds, target=target, format=format,
+                    buffer=config.access_log_buffer, flush=config.access_log_flush,
+                    reactor=self.reactor,
+                )
                 if self._started:
                     accessLog.start()
             else:
-                accessLog.change(target, format)
+                accessLog.change(target, format, config.access_log_buffer, config.access_log_flush)
         except OSError as e:
             raise ConfigError(
                 config.source,
@@ -808,6 +813,10 @@ class LoadBalancer:
         d.addCallback(closeBackends)
         d.addCallback(closeLog)
         return d
+
+
+def _logSettings(config: Config) -> tuple:
+    return config.access_log, config.log_format, config.access_log_buffer, config.access_log_flush
 
 
 class _Lifecycle(Service):

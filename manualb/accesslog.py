@@ -324,6 +324,9 @@ def parseAccessLog(text: str) -> tuple[str | None, int, float | None]:
 
 # Outputs.
 
+#: The combined line, followed by the upstream servers and their times.
+_COMBINED = b'%s - - %s "%s" %d %d "%s" "%s" %s %s\n'
+
 
 class _TwistedLogOutput:
     """
@@ -553,15 +556,48 @@ class AccessLog:
                 )
             )
             return
-        self._write(
-            request.clientAddress,
-            b"%s %s %s" % (request.method, request.target, version),
-            status,
-            sent,
-            (request.header(b"referer") or [b"-"])[0],
-            (request.header(b"user-agent") or [b"-"])[0],
-            ", ".join(upstreams).encode("ascii") if upstreams else b"-",
-            b", ".join(b"%.3f" % (t,) for t in upstreamTimes) if upstreamTimes else b"-",
+        # The first Referer and User-Agent, in one pass over the headers.
+        referer = agent = None
+        for name, value in request.headers:
+            length = len(name)
+            if length == 10:
+                if agent is None and name.lower() == b"user-agent":
+                    agent = value
+            elif length == 7 and referer is None and name.lower() == b"referer":
+                referer = value
+        requestLine = b"%s %s %s" % (request.method, request.target, version)
+        if referer is None:
+            referer = b"-"
+        if agent is None:
+            agent = b"-"
+        # One search tells the usual line, which needs no escape.
+        if _UNSAFE.search(b"".join((requestLine, referer, agent))) is not None:
+            requestLine, referer, agent = _escape(requestLine), _escape(referer), _escape(agent)
+        if not upstreams:
+            servers = b"-"
+        elif len(upstreams) == 1:
+            servers = upstreams[0].encode("ascii")
+        else:
+            servers = ", ".join(upstreams).encode("ascii")
+        if not upstreamTimes:
+            times = b"-"
+        elif len(upstreamTimes) == 1:
+            times = b"%.3f" % (upstreamTimes[0],)
+        else:
+            times = b", ".join([b"%.3f" % (t,) for t in upstreamTimes])
+        self._emit(
+            _COMBINED
+            % (
+                (request.clientAddress or "-").encode("ascii", "replace"),
+                self._timestamp(),
+                requestLine,
+                status,
+                sent,
+                referer,
+                agent,
+                servers,
+                times,
+            )
         )
 
     def recordUnread(
@@ -600,7 +636,7 @@ class AccessLog:
         upstreams: bytes,
         upstreamTimes: bytes,
     ) -> None:
-        line = b'%s - - %s "%s" %d %d "%s" "%s" %s %s\n' % (
+        line = _COMBINED % (
             (address or "-").encode("ascii", "replace"),
             self._timestamp(),
             _escape(requestLine),
@@ -614,22 +650,23 @@ class AccessLog:
         self._emit(line)
 
     def _emit(self, line: bytes) -> None:
-        if self._output is None:
-            return
         buffer = self._buffer
-        if not buffer:
-            self._writeOut(line)
-            return
         pending = self._pending
-        if len(pending) + len(line) > buffer:
+        if not buffer or len(pending) + len(line) > buffer:
+            if self._output is None:
+                return
+            if not buffer:
+                self._writeOut(line)
+                return
+            # The line does not fit: what is kept goes first.
             if pending:
                 self.writePending()
             if len(line) > buffer:
                 self._writeOut(line)
                 return
-            if self._output is None:
-                return
             pending = self._pending
+        if self._output is None:
+            return
         pending += line
         if self._timer is None and self._flush is not None:
             assert self._reactor is not None

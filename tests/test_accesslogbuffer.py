@@ -447,3 +447,53 @@ class EndToEndTests(TestCase):
         self.backend.release()
         yield self.answered(done)
         self.assertEqual(len(self.logText(second).splitlines()), 1)
+
+
+class CombinedLineTests(SynchronousTestCase):
+    """
+    The combined line, made in one pass over the headers.
+    """
+
+    def line(self, headers, upstreams=(), times=()) -> bytes:
+        output = BytesIO()
+        log = AccessLog(output, clock=lambda: 0.0)
+        view = RequestView("192.0.2.1", method=b"GET", target=b"/a", headers=headers)
+        log.record(view, b"HTTP/1.1", 200, 5, list(upstreams), list(times))
+        return output.getvalue()
+
+    def test_firstOfEach(self) -> None:
+        """
+        The first C{Referer} and the first C{User-Agent}, in any case, are
+        written; others are not.
+        """
+        line = self.line(
+            [
+                (b"X-Referer", b"no"),
+                (b"user-AGENT", b"ua1"),
+                (b"REFERER", b"http://r/"),
+                (b"User-Agent", b"ua2"),
+                (b"Referer", b"http://s/"),
+            ]
+        )
+        self.assertTrue(line.endswith(b'"GET /a HTTP/1.1" 200 5 "http://r/" "ua1" - -\n'), line)
+
+    def test_escapedAlone(self) -> None:
+        """
+        An unsafe byte in one value escapes that one; the others stay as
+        they are.
+        """
+        line = self.line([(b"Referer", b'a"b'), (b"User-Agent", b"c\\d")])
+        self.assertTrue(line.endswith(b'"GET /a HTTP/1.1" 200 5 "a\\x22b" "c\\x5Cd" - -\n'), line)
+
+    def test_upstreams(self) -> None:
+        """
+        Each server tried and its time, in order.
+        """
+        self.assertTrue(
+            self.line([], ["10.0.0.1:80"], [0.0015]).endswith(b'"-" "-" 10.0.0.1:80 0.002\n')
+        )
+        self.assertTrue(
+            self.line([], ["10.0.0.1:80", "10.0.0.2:80"], [0.001, 0.25]).endswith(
+                b'"-" "-" 10.0.0.1:80, 10.0.0.2:80 0.001, 0.250\n'
+            )
+        )

@@ -269,7 +269,8 @@ PEERS = [
     Peer("manualb+admin", _manualb(admin=True)),
     Peer("manualb+waf", _manualb(gatekeeper="waf = block\n")),
     Peer("manualb everyday", _manualb(everyday=True, gatekeeper="waf = block\n"),
-         note="access log to a file, active health checks, metrics and the "
+         note="access log to a file (buffer=64k flush=1s), active health checks, "
+              "metrics and the "
               "decision records of the admin listener, the WAF blocking"),
     Peer("manualb x2 workers", _manualb(workers=2), note="not pinned: both CPUs"),
     Peer("twisted.web.proxy", _baseline,

@@ -132,6 +132,9 @@ WAF_GATEKEEPER = "waf = block\n"
 
 #: The active health checks of the "manualb everyday" run.
 EVERYDAY_HEALTH_CHECK = "health_check = path=/ interval=1s timeout=500ms rise=2 fall=3\n"
+#: How the "manualb everyday" run buffers its access log, as a busy nginx
+#: site does.
+EVERYDAY_LOG_BUFFER = " buffer=64k flush=1s"
 
 
 def manualbConfig(
@@ -249,15 +252,15 @@ def startManualb(
     Start manualb in front of C{backends}, in C{workers} processes, with the
     HTTP/1.1 front end C{frontEnd} (and an admin listener when C{admin}),
     over TLS with C{tls}; return C{(process, port)}.  With C{everyday}, the
-    features a site runs with are on besides: the access log (to a file),
-    active health checks, and the admin listener (metrics, decision
-    records).
+    features a site runs with are on besides: the access log (to a file,
+    buffered: L{EVERYDAY_LOG_BUFFER}), active health checks, and the admin
+    listener (metrics, decision records).
     """
     port = freePort()
     accessLog, upstream = "off", ""
     if everyday:
         admin = True
-        accessLog = str(procs.workdir / f"{name}-access.log")
+        accessLog = str(procs.workdir / f"{name}-access.log") + EVERYDAY_LOG_BUFFER
         upstream = EVERYDAY_HEALTH_CHECK
     conf = writeFile(
         procs.workdir / f"{name}.ini",

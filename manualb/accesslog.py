@@ -17,6 +17,12 @@ Every value is escaped, so that a hostile header cannot forge a line.
 The log is reopened by L{AccessLog.reopen} (on C{SIGUSR1}, see
 C{manualb.tap}) after it was renamed, as nginx's is; one that cannot be
 written says so once in Twisted's log and drops lines until it is reopened.
+
+With nginx's C{buffer=SIZE} (and C{flush=TIME}) after the target of
+C{access_log} (L{parseAccessLog}), lines are collected in memory and written
+together, as nginx writes them: when the next line would not fit, when the
+oldest has waited C{flush}, and when the log is reopened, changed by a
+reload, or closed (a graceful stop).
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ import sys
 import time
 from typing import Any, BinaryIO, Callable, Sequence
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from manualb.records import Outcome
+from manualb.syntax import durationValue, parseOptions, parseSize
 from manualb.view import Passage, RequestView, clientHost
 
 log = Logger()
@@ -258,7 +266,66 @@ def compileFormat(text: str) -> Callable[[_Line], bytes] | None:
     return formatLine
 
 
+# access_log.
+
+# The options after the target: trailing name=value words.
+_OPTIONS = re.compile(r"(?:\s+[A-Za-z_]+=\S*)+$")
+
+
+def _bufferSize(text: str) -> int:
+    size = parseSize(text)
+    if size <= 0:
+        raise ValueError(f"must be greater than zero, got {text!r}")
+    return size
+
+
+_ACCESS_LOG_OPTIONS = {
+    "buffer": (_bufferSize, "buffer=64k"),
+    "flush": (durationValue, "flush=1s"),
+}
+
+
+def parseAccessLog(text: str) -> tuple[str | None, int, float | None]:
+    """
+    Read the value of C{access_log}: C{off}, C{-} for standard output, or
+    the path of a file, then, as nginx's C{access_log}, C{buffer=SIZE} to
+    collect lines in memory and write them together and C{flush=TIME} to
+    write none later than that after it was logged (which needs a
+    C{buffer}; without one, a buffered line waits until the buffer is
+    full, the log reopened or closed, as in nginx).
+
+    @return: The target (L{None} for C{off}), the buffer's size in bytes (0
+        for none: each line is written as it comes) and the flush time in
+        seconds (or L{None}).
+    @raise ValueError: An option is unknown, given twice or bad; C{flush}
+        comes without C{buffer}; C{off} has options.
+    """
+    text = text.strip()
+    target, words = text, []
+    options = _OPTIONS.search(text)
+    if options is not None:
+        target, words = text[: options.start()], options.group().split()
+    chosen = parseOptions(words, _ACCESS_LOG_OPTIONS, text)
+    buffer = chosen.get("buffer", 0)
+    flush = chosen.get("flush")
+    if target.lower() == "off":
+        if words:
+            raise ValueError(f"off takes no options, got {text!r}")
+        return None, 0, None
+    if flush is not None and not buffer:
+        raise ValueError(
+            f"flush= needs a buffer= to flush, as in nginx, in {text!r} "
+            f"(such as buffer=64k flush=1s)"
+        )
+    assert isinstance(buffer, int)
+    assert flush is None or isinstance(flush, float)
+    return target, buffer, flush
+
+
 # Outputs.
+
+#: The combined line, followed by the upstream servers and their times.
+_COMBINED = b'%s - - %s "%s" %d %d "%s" "%s" %s %s\n'
 
 
 class _TwistedLogOutput:
@@ -267,8 +334,9 @@ class _TwistedLogOutput:
     as the messages of C{info} events.
     """
 
-    def write(self, line: bytes) -> None:
-        log.info("{line}", line=line.rstrip(b"\n").decode("ascii", "replace"))
+    def write(self, lines: bytes) -> None:
+        for line in lines.splitlines():
+            log.info("{line}", line=line.decode("ascii", "replace"))
 
     def close(self) -> None:
         pass
@@ -288,8 +356,14 @@ def standardOutput(daemon: bool) -> BinaryIO | _TwistedLogOutput:
 
 class AccessLog:
     """
-    Writes access log lines to a binary file, unbuffered: each line is one
-    write, so none is lost or torn when the process dies.
+    Writes access log lines to a binary file: unbuffered, each line one
+    write, so that none is lost or torn when the process dies; or, with a
+    C{buffer}, as nginx's buffered log does, lines collected in memory
+    and written together (whole lines, in one write each time): when the
+    next line would not fit (a line larger than the buffer is written
+    alone), when the oldest has waited C{flush} seconds, and when the log
+    is reopened, changed or closed.  Lines in the buffer are lost if the
+    process dies without closing the log.
 
     A log given a C{target} opens it only when started (L{start}), so that
     building a balancer touches no file; lines written before that, or after
@@ -302,6 +376,11 @@ class AccessLog:
     @param target: C{-} for standard output, or the path of a file to
         append to.
     @param format: The C{log_format}, as L{compileFormat} takes it.
+    @param buffer: How many bytes of lines to collect before writing them;
+        0 writes each line as it comes.
+    @param flush: How long, in seconds, a line may wait in the buffer
+        before it is written; L{None} for as long as the buffer has room.
+    @param reactor: What times C{flush}; needed with it.
 
     @ivar daemon: Whether the process runs as a daemon: C{-} then means
         Twisted's log (L{standardOutput}).  Set before L{start}.
@@ -315,12 +394,23 @@ class AccessLog:
         clock: Callable[[], float] = time.time,
         target: str | None = None,
         format: str = "combined",
+        buffer: int = 0,
+        flush: float | None = None,
+        reactor: IReactorTime | None = None,
     ):
         self._output = output
         self._clock = clock
         self._target = target
         self._format = compileFormat(format)
         self._open = output is not None
+        self._reactor = reactor
+        self._buffer = 0
+        self._flush: float | None = None
+        self._buffering(buffer, flush)
+        # The lines not written yet, and what writes them when flush has
+        # passed.
+        self._pending = bytearray()
+        self._timer: IDelayedCall | None = None
         self._second = -1
         self._stamp = b""
         self._isoSecond = -1
@@ -350,14 +440,22 @@ class AccessLog:
             self._output = open(self._target, "ab", buffering=0)
         self._open = True
 
+    def _buffering(self, buffer: int, flush: float | None) -> None:
+        if flush is not None and self._reactor is None:
+            raise ValueError("an access log flushed on time needs a reactor")
+        self._buffer = buffer
+        self._flush = flush if buffer else None
+
     def reopen(self) -> None:
         """
         Open the file again, by its name, and close the one written until
         now: after the file was renamed (rotated), lines go to a new file of
         the old name.  A log that is not open, or writes to standard output
         that still works, stays as it is; when the file cannot be opened,
-        the log says so and lines keep going where they went.
+        the log says so and lines keep going where they went.  The lines
+        of the buffer are written first, where the earlier ones went.
         """
+        self.writePending()
         if not self._open or self._target is None:
             return
         old = self._output
@@ -377,15 +475,21 @@ class AccessLog:
         if old is not None:
             _closeQuietly(old)
 
-    def change(self, target: str | None, format: str) -> None:
+    def change(
+        self, target: str | None, format: str, buffer: int = 0, flush: float | None = None
+    ) -> None:
         """
-        Write to C{target} (as the constructor takes it) in C{format} from
-        now on, as a reload does: when the log is open and the target
-        differs, the new one is opened first, then the old one closed.
+        Write to C{target} (as the constructor takes it) in C{format}, with
+        C{buffer} and C{flush}, from now on, as a reload does: the lines of
+        the buffer are written where they were going; then, when the log is
+        open and the target differs, the new one is opened, then the old one
+        closed.
 
-        @raise OSError: The new target cannot be opened; nothing changed.
+        @raise OSError: The new target cannot be opened; nothing changed
+            but the buffer's lines were written.
         """
         compiled = compileFormat(format)
+        self.writePending()
         if target != self._target:
             old, oldTarget = self._output, self._target
             self._target = target
@@ -399,6 +503,7 @@ class AccessLog:
                 if old is not None:
                     _closeQuietly(old)
         self._format = compiled
+        self._buffering(buffer, flush)
 
     def _timestamp(self) -> bytes:
         now = int(self._clock())
@@ -451,15 +556,48 @@ class AccessLog:
                 )
             )
             return
-        self._write(
-            request.clientAddress,
-            b"%s %s %s" % (request.method, request.target, version),
-            status,
-            sent,
-            (request.header(b"referer") or [b"-"])[0],
-            (request.header(b"user-agent") or [b"-"])[0],
-            ", ".join(upstreams).encode("ascii") if upstreams else b"-",
-            b", ".join(b"%.3f" % (t,) for t in upstreamTimes) if upstreamTimes else b"-",
+        # The first Referer and User-Agent, in one pass over the headers.
+        referer = agent = None
+        for name, value in request.headers:
+            length = len(name)
+            if length == 10:
+                if agent is None and name.lower() == b"user-agent":
+                    agent = value
+            elif length == 7 and referer is None and name.lower() == b"referer":
+                referer = value
+        requestLine = b"%s %s %s" % (request.method, request.target, version)
+        if referer is None:
+            referer = b"-"
+        if agent is None:
+            agent = b"-"
+        # One search tells the usual line, which needs no escape.
+        if _UNSAFE.search(b"".join((requestLine, referer, agent))) is not None:
+            requestLine, referer, agent = _escape(requestLine), _escape(referer), _escape(agent)
+        if not upstreams:
+            servers = b"-"
+        elif len(upstreams) == 1:
+            servers = upstreams[0].encode("ascii")
+        else:
+            servers = ", ".join(upstreams).encode("ascii")
+        if not upstreamTimes:
+            times = b"-"
+        elif len(upstreamTimes) == 1:
+            times = b"%.3f" % (upstreamTimes[0],)
+        else:
+            times = b", ".join([b"%.3f" % (t,) for t in upstreamTimes])
+        self._emit(
+            _COMBINED
+            % (
+                (request.clientAddress or "-").encode("ascii", "replace"),
+                self._timestamp(),
+                requestLine,
+                status,
+                sent,
+                referer,
+                agent,
+                servers,
+                times,
+            )
         )
 
     def recordUnread(
@@ -498,7 +636,7 @@ class AccessLog:
         upstreams: bytes,
         upstreamTimes: bytes,
     ) -> None:
-        line = b'%s - - %s "%s" %d %d "%s" "%s" %s %s\n' % (
+        line = _COMBINED % (
             (address or "-").encode("ascii", "replace"),
             self._timestamp(),
             _escape(requestLine),
@@ -509,25 +647,71 @@ class AccessLog:
             upstreams,
             upstreamTimes,
         )
-        if self._output is not None:
-            try:
-                self._output.write(line)
-            except (OSError, ValueError) as e:
-                self._failed(e)
+        self._emit(line)
 
     def _emit(self, line: bytes) -> None:
-        if self._output is not None:
-            try:
-                self._output.write(line)
-            except (OSError, ValueError) as e:
-                self._failed(e)
+        buffer = self._buffer
+        pending = self._pending
+        if not buffer or len(pending) + len(line) > buffer:
+            if self._output is None:
+                return
+            if not buffer:
+                self._writeOut(line)
+                return
+            # The line does not fit: what is kept goes first.
+            if pending:
+                self.writePending()
+            if len(line) > buffer:
+                self._writeOut(line)
+                return
+            pending = self._pending
+        if self._output is None:
+            return
+        pending += line
+        if self._timer is None and self._flush is not None:
+            assert self._reactor is not None
+            self._timer = self._reactor.callLater(self._flush, self._flushed)
+
+    def _flushed(self) -> None:
+        self._timer = None
+        self.writePending()
+
+    def writePending(self) -> None:
+        """
+        Write the lines of the buffer now.
+        """
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        pending = self._pending
+        if pending:
+            self._pending = bytearray()
+            self._writeOut(pending)
+
+    def _writeOut(self, data: bytes | bytearray) -> None:
+        output = self._output
+        if output is None:
+            return
+        try:
+            written = output.write(data)
+            # A file takes part of a write only when it cannot take more
+            # (a full disk): the next one says why.
+            while written and written < len(data):
+                data = memoryview(data)[written:]
+                written = output.write(data)
+        except (OSError, ValueError) as e:
+            self._failed(e)
 
     def _failed(self, error: Exception) -> None:
         """
-        The output cannot be written: say so once, and drop lines until the
-        log is reopened.
+        The output cannot be written: say so once, and drop lines (those
+        of the buffer too) until the log is reopened.
         """
         output, self._output = self._output, None
+        self._pending = bytearray()
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
         log.error(
             "access log: cannot write to {target}: {error}; lines are dropped "
             "until it is reopened (SIGUSR1)",
@@ -539,8 +723,10 @@ class AccessLog:
 
     def close(self) -> None:
         """
-        Close the output; a log with a target can be started again.
+        Write the lines of the buffer and close the output; a log with a
+        target can be started again.
         """
+        self.writePending()
         output = self._output
         self._open = False
         if output is not None:

@@ -830,6 +830,12 @@ class Config:
     @ivar server_tokens: Whether the C{Server} header names the version.
     @ivar error_page: C{(code, page)} pairs of C{[manualb] error_page}: the
         HTML of the proxy's own answers of that code, on every listener.
+    @ivar access_log_buffer: The C{buffer=SIZE} of C{access_log}: how many
+        bytes of lines the log collects before it writes them; 0 writes each
+        line as it comes.
+    @ivar access_log_flush: The C{flush=TIME} of C{access_log}: how long,
+        in seconds, a line may wait in the buffer; L{None} for as long as
+        the buffer has room.
     """
 
     source: str
@@ -837,7 +843,8 @@ class Config:
         (), converter=tuple, nginx="listen", doc="endpoint strings, one a line"
     )
     access_log: str | None = key(
-        "-", nginx="access_log", doc="- for standard output, a file, or off"
+        "-", nginx="access_log",
+        doc="- for standard output, a file, or off; then buffer=SIZE flush=TIME",
     )
     log_format: str = key(
         "combined", nginx="log_format",
@@ -893,3 +900,5 @@ class Config:
     error_page: tuple[tuple[int, bytes], ...] = key(
         (), nginx="error_page", doc="CODE... FILE lines: the proxy's own pages"
     )
+    access_log_buffer: int = 0
+    access_log_flush: float | None = None

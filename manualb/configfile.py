@@ -59,7 +59,7 @@ from collections.abc import Mapping
 import attrs
 
 from manualb import termination, urlmap
-from manualb.accesslog import compileFormat
+from manualb.accesslog import compileFormat, parseAccessLog
 from manualb.config import (
     AcmeConfig,
     Config,
@@ -249,7 +249,9 @@ def parseConfig(
     return Config(
         source=source,
         listen=listen,
-        access_log=accessLog,
+        access_log=accessLog[0],
+        access_log_buffer=accessLog[1],
+        access_log_flush=accessLog[2],
         log_format=logFormat,
         upstreams=upstreams,
         routes=routes,
@@ -539,17 +541,18 @@ class _Sections:
 
 def _parseMain(
     sections: _Sections, requireListen: bool
-) -> tuple[tuple[str, ...], str | None, int | None]:
+) -> tuple[tuple[str, ...], tuple[str | None, int, float | None], int | None]:
     """
     Return C{(listen, access_log, redirect_https)} from the C{[manualb]}
-    section, or their defaults when there is none.  C{listen} may be left
+    section, or their defaults when there is none; C{access_log} as
+    L{parseAccessLog} reads it.  C{listen} may be left
     out (giving no endpoint), unless C{requireListen} and no C{[listener]}
     or C{[stream]} sections listen instead.
     """
     accessLog = keyDefault(Config, "access_log")
     assert isinstance(accessLog, str)
     if sections.main is None:
-        return (), accessLog, None
+        return (), (accessLog, 0, None), None
     section = sections.section(sections.main)
     if section.lines(INCLUDE) is not None:
         raise section.error(INCLUDE, "includes are read from a file only (loadConfig)")
@@ -560,7 +563,11 @@ def _parseMain(
         listen = ()
     redirect = _parseRedirect(section, listen)
     given = section.single("access_log") or accessLog
-    return listen, (None if given.lower() == "off" else given), redirect
+    try:
+        target, buffer, flush = parseAccessLog(given)
+    except ValueError as e:
+        raise section.error("access_log", str(e)) from None
+    return listen, (target, buffer, flush), redirect
 
 
 def _given(section: Section, *names: str) -> bool:

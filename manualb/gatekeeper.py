@@ -331,10 +331,12 @@ def _hasBody(view: RequestView) -> bool:
     """
     length = None
     for name, value in view.headers:
-        lower = name.lower()
-        if lower == b"content-length":
-            length = value.strip()
-        elif lower == b"transfer-encoding":
+        # By length first: most lines are neither.
+        size = len(name)
+        if size == 14:
+            if name.lower() == b"content-length":
+                length = value.strip()
+        elif size == 17 and name.lower() == b"transfer-encoding":
             return True
     if length is not None:
         return length != b"0"

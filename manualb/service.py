@@ -125,7 +125,8 @@ class LoadBalancer:
         self._formerStreams: list[StreamProxyFactory] = []
         if accessLog is None and config.access_log is not None:
             accessLog = AccessLog(
-                clock=reactor.seconds, target=config.access_log, format=config.log_format
+                clock=reactor.seconds, target=config.access_log, format=config.log_format,
+                buffer=config.access_log_buffer, flush=config.access_log_flush, reactor=reactor,
             )
         self.accessLog = accessLog
         self.connections = ConnectionLimit(config.gatekeeper.max_connections)
@@ -406,7 +407,7 @@ class LoadBalancer:
             from manualb.admin import readToken
 
             token = readToken(config.source, config.admin_token_file)
-        logChanged = (old.access_log, old.log_format) != (config.access_log, config.log_format)
+        logChanged = _logSettings(old) != _logSettings(config)
         if logChanged:
             self._changeAccessLog(config, config.access_log, config.log_format)
         try:
@@ -539,11 +540,15 @@ class LoadBalancer:
             if target is None:
                 accessLog = None
             elif accessLog is None:
-                accessLog = AccessLog(clock=self.reactor.seconds, target=target, format=format)
+                accessLog = AccessLog(
+                    clock=self.reactor.seconds, target=target, format=format,
+                    buffer=config.access_log_buffer, flush=config.access_log_flush,
+                    reactor=self.reactor,
+                )
                 if self._started:
                     accessLog.start()
             else:
-                accessLog.change(target, format)
+                accessLog.change(target, format, config.access_log_buffer, config.access_log_flush)
         except OSError as e:
             raise ConfigError(
                 config.source,
@@ -825,6 +830,10 @@ class LoadBalancer:
         d.addCallback(closeBackends)
         d.addCallback(closeLog)
         return d
+
+
+def _logSettings(config: Config) -> tuple:
+    return config.access_log, config.log_format, config.access_log_buffer, config.access_log_flush
 
 
 class _Lifecycle(Service):

@@ -308,6 +308,8 @@ _Field = tuple[str, str, "bytes | None", bytes, bool]
 _CACHED = 4096
 _CACHED_LENGTH = 256
 _UNSEEN = object()
+#: What no custom rule excepts (L{WAF._scan} only reads it).
+_NOTHING_EXCEPTED: frozenset[str] = frozenset()
 
 #: A path of only these characters is read as a whole; another one segment
 #: by segment too (libinjection reads a value from its start).
@@ -519,7 +521,15 @@ def _arguments(raw: bytes) -> Iterator[tuple[bytes, bytes]]:
 
 
 def _cookies(view: RequestView) -> Iterator[tuple[bytes, bytes]]:
-    for header in view.header(b"cookie"):
+    return _splitCookies(view.header(b"cookie"))
+
+
+def _splitCookies(headers: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
+    """
+    The cookies of the C{Cookie} lines C{headers}: C{(name, value)}, or
+    C{(b"", text)} for one without C{=}.
+    """
+    for header in headers:
         for cookie in header.split(b";", VALUES_LIMIT)[:VALUES_LIMIT]:
             name, separator, value = cookie.strip().partition(b"=")
             if separator:
@@ -769,25 +779,32 @@ class WAF:
         return None
 
     def _headFields(self, view: RequestView) -> Iterator[_Field]:
-        path = _rawPath(view.target)
+        target = view.target
+        path = _rawPath(target)
         yield PATH, "path", None, path, False
         if not _PLAIN.fullmatch(path):
             # Each segment alone too: libinjection reads a value best from
             # its start.
             for segment in path.split(b"/", VALUES_LIMIT)[1:VALUES_LIMIT]:
                 yield PATH, "path", None, segment, False
-        for name, value in _arguments(view.query):
-            yield ARG, "arg", name, value, True
-            if not _WORD.fullmatch(name):
-                yield ARG, "query", None, name, True
+        if b"?" in target:
+            for name, value in _arguments(view.query):
+                yield ARG, "arg", name, value, True
+                if not _WORD.fullmatch(name):
+                    yield ARG, "query", None, name, True
+        # The Cookie lines, found in the same pass, are inspected last.
+        cookies = None
         for name, value in view.headers:
             lower = name.lower()
             if lower not in _UNINSPECTED:
                 yield HEADER, "header", lower, value, False
-        for name, value in _cookies(view):
-            yield COOKIE, "cookie", name, value, False
-            if not _WORD.fullmatch(name):
-                yield COOKIE, "cookie", name, name, False
+            elif lower == b"cookie":
+                cookies = [value] if cookies is None else cookies + [value]
+        if cookies is not None:
+            for name, value in _splitCookies(cookies):
+                yield COOKIE, "cookie", name, value, False
+                if not _WORD.fullmatch(name):
+                    yield COOKIE, "cookie", name, name, False
 
     def inspect(self, view: RequestView) -> Finding | None:
         """
@@ -800,6 +817,8 @@ class WAF:
         """
         if self.mode == "off":
             return None
+        if not self._headRules:
+            return self._scan(self._headFields(view), _NOTHING_EXCEPTED)
         logged, excepted = self._exceptions(view, self._headRules, True)
         if excepted is None or (logged is not None and logged.action == "block"):
             return logged

@@ -803,3 +803,50 @@ class HostileTests(SynchronousTestCase):
         the WAF does not ask it about one.
         """
         self.assertFalse(waf._isSQLi(word) or waf._isXSS(word))
+
+
+class HeadOrderTests(SynchronousTestCase):
+    """
+    The head is inspected in one order, whatever order its lines come in:
+    the path, the query, the headers, then the cookies of every C{Cookie}
+    line.
+    """
+
+    def setUp(self) -> None:
+        self.inspector = WAF(WAFConfig(mode="block"))
+
+    def test_cookiesAfterHeaders(self) -> None:
+        """
+        An attack in a cookie and one in a header after it: the header's
+        is found, since cookies come last.
+        """
+        finding = self.inspector.inspect(
+            view(headers=[(b"Cookie", b"a=<script>alert(1)</script>"), (b"X-Data", b"' or 1=1 --")])
+        )
+        self.assertEqual(finding.field, "header:x-data")
+
+    def test_everyCookieLine(self) -> None:
+        """
+        Every C{Cookie} line is inspected, in any case, among other headers.
+        """
+        finding = self.inspector.inspect(
+            view(
+                headers=[
+                    (b"cookie", b"a=1"),
+                    (b"Accept", b"*/*"),
+                    (b"COOKIE", b"b=2; c=<script>alert(1)</script>"),
+                ]
+            )
+        )
+        self.assertEqual(finding.field, "cookie:c")
+
+    def test_queryOnlyWithQuestionMark(self) -> None:
+        """
+        A target's query is inspected, an empty one too; a target without
+        one has only its path inspected.
+        """
+        self.assertEqual(
+            self.inspector.inspect(view(b"/a?q=%27%20or%201%3D1%20--")).field, "arg:q"
+        )
+        self.assertIsNone(self.inspector.inspect(view(b"/a?")))
+        self.assertIsNone(self.inspector.inspect(view(b"/a")))

@@ -555,7 +555,7 @@ def _jsonString(raw: bytes) -> bytes:
     The content of a JSON string literal, its escapes undone, as UTF-8
     (C{\\u003c} as C{<}; a lone surrogate as C{?}).
     """
-    if b"\\" not in raw:
+    if raw.find(b"\\") == -1:
         return raw
 
     def unescape(match: re.Match[bytes]) -> bytes:
@@ -787,7 +787,7 @@ class WAF:
             # its start.
             for segment in path.split(b"/", VALUES_LIMIT)[1:VALUES_LIMIT]:
                 yield PATH, "path", None, segment, False
-        if b"?" in target:
+        if target.find(b"?") != -1:
             for name, value in _arguments(view.query):
                 yield ARG, "arg", name, value, True
                 if not _WORD.fullmatch(name):

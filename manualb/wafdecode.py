@@ -60,13 +60,15 @@ def decode(raw: bytes, plus: bool = False) -> str:
     if plus:
         value = value.replace(b"+", b" ")
     for _ in range(_DECODINGS):
-        if b"%" not in value:
+        # find(), not "in": bytes' "in" first tries its operand as an
+        # integer, which raises and clears an error each time.
+        if value.find(b"%") == -1:
             break
         decoded = _PERCENT.sub(_unpercent, value)
         if decoded == value:
             break
         value = decoded
-    if b"\xc0" in value or b"\xc1" in value:
+    if value.find(b"\xc0") != -1 or value.find(b"\xc1") != -1:
         value = _OVERLONG.sub(_overlong, value)
     text = value.decode("utf-8", "replace")
     if "&" in text:

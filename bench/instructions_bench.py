@@ -1,0 +1,170 @@
+"""
+Count the CPU instructions one request costs manualb: a measure that, unlike
+requests a second, does not move with how busy the machine is, for telling
+whether a change to the request path made it cheaper.
+
+Run it with C{bench/instructions} (which uses the project's virtualenv).  It
+starts the two nginx backends of C{bench/run}, then manualb under valgrind's
+callgrind twice: once for a few warm-up requests only, once for those and
+C{--requests} more (keep-alive, over 10 connections, sent by this process).
+The difference of the two counts, divided by C{--requests}, is what a
+request costs in user space: manualb's Python, CPython and the C libraries
+it calls; the kernel's share (the socket calls) is not counted.  valgrind is
+installed with apt-get when missing.
+
+Only 127.0.0.1 is used, on ports the kernel hands out; the requests are
+bounded in number and time; every process is stopped and every file removed
+at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import selectors
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import benchproc
+from benchlib import publish
+from benchproc import BENCH, BenchError, Processes, ensureTools, pinning, runBench
+from servers import backendDirectory, startBackends, startManualb
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
+_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
+#: Requests made before counting starts in both runs: the first connections
+#: to the backends, and whatever is built on first use.
+WARMUP = 20
+#: callgrind slows manualb about fifty times: it starts that much slower.
+START_TIMEOUT = 180.0
+
+
+def load(port: int, count: int, connections: int = 10, limit: float = 600.0) -> int:
+    """
+    Send C{count} keep-alive requests to C{port}, one at a time on each of
+    C{connections} connections, and return how many were answered (fewer
+    only when C{limit} seconds passed first).
+    """
+    selector = selectors.DefaultSelector()
+    left, answered = count, 0
+    sockets = []
+    try:
+        for _ in range(min(connections, count)):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ, bytearray())
+            sockets.append(sock)
+            sock.send(REQUEST)
+            left -= 1
+        deadline = time.monotonic() + limit
+        while answered < count and time.monotonic() < deadline:
+            for key, _ in selector.select(5):
+                sock, buffer = key.fileobj, key.data
+                data = sock.recv(65536)
+                if not data:
+                    raise BenchError("manualb closed a connection")
+                buffer += data
+                while True:
+                    end = buffer.find(b"\r\n\r\n")
+                    match = _LENGTH.search(buffer, 0, end + 2) if end != -1 else None
+                    if match is None or len(buffer) < end + 4 + int(match.group(1)):
+                        break
+                    del buffer[: end + 4 + int(match.group(1))]
+                    answered += 1
+                    if left:
+                        sock.send(REQUEST)
+                        left -= 1
+    finally:
+        for sock in sockets:
+            sock.close()
+    return answered
+
+
+def count(args: argparse.Namespace, workdir: Path, requests: int) -> tuple[int, int]:
+    """
+    Run manualb under callgrind for C{WARMUP} and then C{requests} requests;
+    return the instructions it executed in all, and the requests answered.
+    """
+    proxyPin, otherPin, _ = pinning()
+    workdir = workdir / f"run-{requests}"
+    workdir.mkdir()
+    procs = Processes(workdir)
+    output = workdir / "callgrind.out"
+    try:
+        backendPorts = startBackends(procs, otherPin, backendDirectory(workdir))
+        valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={output}"]
+        process, port = startManualb(
+            procs, proxyPin + valgrind, "manualb", list(backendPorts),
+            gatekeeper="waf = block\n" if args.everyday or args.waf else "",
+            everyday=args.everyday,
+        )
+        load(port, WARMUP)
+        answered = load(port, requests) if requests else 0
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(120)
+    finally:
+        procs.stopAll()
+    found = re.search(r"^(?:summary|totals): (\d+)", output.read_text(errors="replace"), re.M)
+    if found is None:
+        raise BenchError(f"no instruction count in {output}")
+    return int(found.group(1)), answered
+
+
+def bench(args: argparse.Namespace, workdir: Path) -> dict:
+    benchproc.START_TIMEOUT = START_TIMEOUT
+    print(f"manualb under callgrind: {WARMUP} requests, then {WARMUP} and "
+          f"{args.requests} more ...", flush=True)
+    base, _ = count(args, workdir, 0)
+    total, answered = count(args, workdir, args.requests)
+    if answered != args.requests:
+        raise BenchError(f"only {answered} of {args.requests} requests were answered")
+    return {
+        "config": "everyday" if args.everyday else "waf" if args.waf else "bare",
+        "requests": answered,
+        "instructions_per_request": round((total - base) / answered),
+        "instructions_base": base,
+    }
+
+
+def report(results: dict) -> str:
+    return (
+        f"manualb ({results['config']}): {results['instructions_per_request']:,} "
+        f"instructions a request, over {results['requests']:,} keep-alive requests "
+        f"(start-up and warm-up: {results['instructions_base']:,})"
+    )
+
+
+def parseArgs(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=5000,
+                        help="requests counted (default 5,000)")
+    parser.add_argument("--waf", action="store_true", help="with the WAF blocking")
+    parser.add_argument("--everyday", action="store_true",
+                        help="with the features of bench/run's everyday row")
+    parser.add_argument("--json", type=Path, default=BENCH / "results" / "instructions.json")
+    args = parser.parse_args(argv)
+    if args.requests < 1:
+        parser.error("--requests must be at least 1")
+    return args
+
+
+def tools() -> None:
+    ensureTools()
+    ensureTools({"valgrind": "valgrind"}, ["valgrind"])
+
+
+def main(argv: list[str]) -> int:
+    args = parseArgs(argv)
+    results = runBench("instructions", bench, args, tools)
+    if isinstance(results, int):
+        return results
+    publish(results, report(results), args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -555,6 +555,8 @@ def _jsonString(raw: bytes) -> bytes:
     The content of a JSON string literal, its escapes undone, as UTF-8
     (C{\\u003c} as C{<}; a lone surrogate as C{?}).
     """
+    # find(), not "in": bytes' "in" first tries its operand as an integer,
+    # which raises and clears an error each time.
     if raw.find(b"\\") == -1:
         return raw
 

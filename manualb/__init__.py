@@ -14,8 +14,16 @@ or, to mount the proxy in a Site of your own::
     root.putChild(b"api", balancer.resource)
 """
 
+from typing import TYPE_CHECKING
+
 from manualb._version import __version__
 
+if TYPE_CHECKING:
+    # What type checkers and editors see; at run time, __getattr__ below.
+    from manualb.config import Config, ConfigError
+    from manualb.configfile import loadConfig, parseConfig
+    from manualb.service import LoadBalancer, makeService
+    from manualb.web import ProxyResource, ProxySite
 
 __all__ = [
     "__version__",

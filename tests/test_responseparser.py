@@ -211,6 +211,29 @@ class FramingTests(ParserTestCase):
             ],
         )
 
+    def test_lengthsHostile(self):
+        """
+        Framing is read from C{Content-Length} however its name is cased and
+        its value padded; a list that disagrees with itself, a value with a
+        sign, blanks inside or a NUL is refused; and a header of the same
+        length as C{Content-Length} but another name frames nothing.
+        """
+        self.assertParses(
+            b"HTTP/1.1 200 OK\r\ncONTENT-lENGTH:\t 2 \t\r\n\r\nok",
+            [("head", 200, b"OK", [(b"cONTENT-lENGTH", b"2")]), ("body", b"ok"), ("end", True)],
+        )
+        for value in [b"2, 3", b"2,,2", b"+2", b"2 2", b"2\x00", b"0x2", b"-1"]:
+            events, parser, raised = parse(
+                b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n\r\nok"
+            )
+            self.assertIsInstance(raised, ResponseParseError, value)
+            self.assertNotIn("body", [event[0] for event in events.log], value)
+        events, parser, raised = parse(
+            b"HTTP/1.1 200 OK\r\nContent-Lengtx: 2\r\n\r\nok", eof=True
+        )
+        self.assertIsNone(raised)
+        self.assertEqual(events.coalesced[1:], [("body", b"ok"), ("end", False)])
+
     def test_noBody(self):
         """
         An answer to HEAD, a 204 and a 304 have no body, whatever their

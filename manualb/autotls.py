@@ -89,7 +89,6 @@ from manualb.termination import isTLS, splitDescription
 from manualb.view import Answer, Passage, normalizeHost
 
 __all__ = [
-    "ACME_KEYS",
     "AutoTLS",
     "ChallengeStage",
     "StoreUnreachable",
@@ -100,9 +99,6 @@ __all__ = [
 ]
 
 log = Logger()
-
-#: The keys of C{[acme]}.
-ACME_KEYS: tuple[str, ...] = tuple(keys(AcmeConfig))
 
 _CHALLENGE_PATH = b"/.well-known/acme-challenge/"
 

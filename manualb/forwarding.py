@@ -179,14 +179,14 @@ def responseHeaders(
     if upgrade:
         dropped = dropped - _UPGRADE_HEADERS
     kept = []
-    connection = None
+    connection = []
     for header in headers:
         lower = header[0].lower()
         if lower == b"connection":
-            connection = [header[1]] if connection is None else connection + [header[1]]
+            connection.append(header[1])
         if lower not in dropped:
             kept.append((lower, header))
-    if connection is not None:
+    if connection:
         # Its tokens name more headers to drop, wherever they came.
         named = connectionTokens(connection)
         if upgrade:

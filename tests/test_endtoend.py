@@ -38,6 +38,24 @@ class CountingSite(Site):
         return super().buildProtocol(addr)
 
 
+def whenBackendPaused(case, which=lambda connection: True) -> Deferred:
+    """
+    Patch C{case} so that the returned Deferred fires the first time the
+    proxy pauses (stops reading) a backend connection that C{which}
+    accepts.
+    """
+    paused = Deferred()
+    original = UpstreamConnection.pauseProducing
+
+    def pauseProducing(connection):
+        original(connection)
+        if not paused.called and which(connection):
+            paused.callback(None)
+
+    case.patch(UpstreamConnection, "pauseProducing", pauseProducing)
+    return paused
+
+
 @implementer(IPushProducer)
 class Stream:
     """
@@ -70,7 +88,13 @@ class Stream:
         if self.remaining == 0 and self.request is not None:
             request, self.request = self.request, None
             request.unregisterProducer()
-            request.finish()
+            self.written(request)
+
+    def written(self, request):
+        """
+        All of the body is written to C{request}: the response ends.
+        """
+        request.finish()
 
     def stopProducing(self):
         self.remaining = 0
@@ -306,15 +330,7 @@ class EndToEndTests(TestCase):
         total = 256 * MiB
         backend = StreamingBackend(total)
         yield self.startBackends(backend)
-        proxyPaused = Deferred()
-        original = UpstreamConnection.pauseProducing
-
-        def pauseProducing(connection):
-            original(connection)
-            if not proxyPaused.called:
-                proxyPaused.callback(None)
-
-        self.patch(UpstreamConnection, "pauseProducing", pauseProducing)
+        proxyPaused = whenBackendPaused(self)
         client = SlowReader(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), client)
         yield client.firstData

@@ -357,6 +357,18 @@ class FrameReceiverTests(SynchronousTestCase):
     Frames on streams that are gone are handled as h2 handles them.
     """
 
+    def assertLateDataReset(self, client: MemoryClient):
+        """
+        DATA that C{client} sends now on stream 1 is answered with
+        RST_STREAM (STREAM_CLOSED), and the connection goes on.
+        """
+        data = DataFrame(1)
+        data.data = b"late"
+        client.send(data.serialize())
+        statuses, resets = _sent(client)
+        self.assertEqual(resets, {1: ErrorCodes.STREAM_CLOSED})
+        self.assertIsNone(client.goaway())
+
     def test_afterReset(self):
         """
         DATA on a stream the client reset: RST_STREAM (STREAM_CLOSED) for
@@ -372,12 +384,7 @@ class FrameReceiverTests(SynchronousTestCase):
         reset = RstStreamFrame(1)
         reset.error_code = ErrorCodes.CANCEL
         client.send(reset.serialize())
-        data = DataFrame(1)
-        data.data = b"late"
-        client.send(data.serialize())
-        statuses, resets = _sent(client)
-        self.assertEqual(resets, {1: ErrorCodes.STREAM_CLOSED})
-        self.assertIsNone(client.goaway())
+        self.assertLateDataReset(client)
         client.resource.hold = False
         client.send(headersFrame(3, GET + HTTPS + SLASH + DYNAMIC62))
         statuses, resets = _sent(client)
@@ -392,12 +399,7 @@ class FrameReceiverTests(SynchronousTestCase):
         client = MemoryClient()
         client.send(headersFrame(1, GET + HTTPS + SLASH + authority(b"a.example")))
         self.assertEqual(len(client.resource.requests), 1)
-        data = DataFrame(1)
-        data.data = b"late"
-        client.send(data.serialize())
-        statuses, resets = _sent(client)
-        self.assertEqual(resets, {1: ErrorCodes.STREAM_CLOSED})
-        self.assertIsNone(client.goaway())
+        self.assertLateDataReset(client)
         self.assertFalse(client.closed)
 
     def test_implicitlyClosed(self):

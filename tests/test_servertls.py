@@ -29,14 +29,19 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from manualb.front import serving
-from manualb.handoff import UpstreamConnection
 from manualb.service import LoadBalancer
 from manualb.termination import contextFactoryFor, sniEndpoint
 from manualb.testing import NamedBackend, balancerConfig, listenBackend, serverAddress
 from manualb.tlstesting import makeCA, makeTLSConfig, writeCA
 from manualb.transports import sendNow
 from manualb.web.tls import ServerTLS, ServerTLSFactory
-from tests.test_endtoend import PIECE, HangingBackend, SlowReader, StreamingBackend
+from tests.test_endtoend import (
+    PIECE,
+    HangingBackend,
+    SlowReader,
+    StreamingBackend,
+    whenBackendPaused,
+)
 from tests.test_termination import _clientContext, h2Request
 
 TIMEOUT = 10
@@ -502,15 +507,7 @@ class RealSocketTests(TestCase):
         total = 64 * MiB
         backend = StreamingBackend(total)
         port = yield self.serve(backend)
-        proxyPaused = Deferred()
-        original = UpstreamConnection.pauseProducing
-
-        def pauseProducing(connection):
-            original(connection)
-            if not proxyPaused.called:
-                proxyPaused.callback(None)
-
-        self.patch(UpstreamConnection, "pauseProducing", pauseProducing)
+        proxyPaused = whenBackendPaused(self)
         client = SlowReader(b"GET / HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n")
         yield connectProtocol(self.clientEndpoint(port), client)
         yield client.firstData

@@ -24,7 +24,7 @@ from manualb.front import serving
 from manualb.service import LoadBalancer
 from manualb.testing import balancerConfig, serverAddress
 from manualb.web import uploadsplicing
-from tests.test_splicing import RecordsSplices, openFiles
+from tests.test_splicing import RecordsSplices, dechunk, openFiles, twistedFront
 
 MiB = 1024 * 1024
 THRESHOLD = uploadsplicing.SPLICE_MIN
@@ -644,15 +644,8 @@ class TwistedFrontEndTests(TestCase):
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(sink)
         self.addCleanup(port.stopListening)
         config = balancerConfig([serverAddress(port)], gatekeeper={"client_max_body_size": "0"})
-        balancer = LoadBalancer(config, reactor)
-        self.addCleanup(balancer.close)
-        front = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            serving(balancer.site, "twisted")
-        )
-        self.addCleanup(front.stopListening)
-        client = yield connectProtocol(
-            TCP4ClientEndpoint(reactor, "127.0.0.1", front.getHost().port), Uploader()
-        )
+        front = yield twistedFront(self, config)
+        client = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", front), Uploader())
         code, head, body = yield client.send(2 * MiB)
         self.assertEqual(body, b"%d %s" % (2 * MiB, digest(2 * MiB).encode("ascii")))
         self.assertEqual(splices, [])
@@ -660,16 +653,3 @@ class TwistedFrontEndTests(TestCase):
         client.transport.loseConnection()
         yield client.closed
 
-
-def dechunk(body: bytes) -> bytes:
-    """
-    The data of a chunked body.
-    """
-    out = []
-    while True:
-        line, _, body = body.partition(b"\r\n")
-        size = int(line.split(b";")[0], 16)
-        if not size:
-            return b"".join(out)
-        out.append(body[:size])
-        body = body[size + 2 :]

@@ -276,6 +276,19 @@ class RecordsSplices:
     def listen(self, factory):
         return TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
 
+    @inlineCallbacks
+    def serveBalancer(self, config):
+        """
+        Start a balancer of C{config} and serve it (L{listen}) on the front
+        end C{frontEnd}: sets C{balancer}, C{frontPort} and C{port}.
+        """
+        self.balancer = LoadBalancer(config, reactor)
+        self.balancer.load()
+        self.addCleanup(self.balancer.close)
+        self.frontPort = port = yield self.listen(serving(self.balancer.site, self.frontEnd))
+        self.addCleanup(port.stopListening)
+        self.port = port.getHost().port
+
     def assertPipesClosed(self):
         """
         The pipes of the splices so far are closed.
@@ -332,12 +345,7 @@ class SplicingTests(RecordsSplices, TestCase):
             config = balancerConfig([server], **options)
         else:
             config = parseConfig(text.replace("SERVER", server), "<test>")
-        self.balancer = LoadBalancer(config, reactor)
-        self.balancer.load()
-        self.addCleanup(self.balancer.close)
-        self.frontPort = port = yield self.listen(serving(self.balancer.site, self.frontEnd))
-        self.addCleanup(port.stopListening)
-        self.port = port.getHost().port
+        yield self.serveBalancer(config)
         return self.backend
 
     def connect(self) -> Deferred:

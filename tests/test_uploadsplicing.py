@@ -20,8 +20,6 @@ from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
 from manualb import handoff, waf
-from manualb.front import serving
-from manualb.service import LoadBalancer
 from manualb.testing import balancerConfig, serverAddress
 from manualb.web import uploadsplicing
 from tests.test_splicing import RecordsSplices, dechunk, openFiles, twistedFront
@@ -303,12 +301,7 @@ class UploadSplicingTests(RecordsSplices, TestCase):
         )
         self.addCleanup(port.stopListening)
         options.setdefault("gatekeeper", {}).setdefault("client_max_body_size", "0")
-        self.balancer = LoadBalancer(balancerConfig([serverAddress(port)], **options), reactor)
-        self.balancer.load()
-        self.addCleanup(self.balancer.close)
-        self.frontPort = port = yield self.listen(serving(self.balancer.site, self.frontEnd))
-        self.addCleanup(port.stopListening)
-        self.port = port.getHost().port
+        yield self.serveBalancer(balancerConfig([serverAddress(port)], **options))
         return self.sink
 
     def connect(self) -> Deferred:

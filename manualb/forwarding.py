@@ -14,7 +14,7 @@ the backend, and come back with its C{101 Switching Protocols}.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from twisted.web.http_headers import Headers
 
@@ -76,9 +76,21 @@ def connectionTokens(values: Iterable[bytes] | None) -> frozenset[bytes]:
     """
     if not values:
         return frozenset()
-    return frozenset(
-        token.strip().lower() for value in values for token in value.split(b",")
-    )
+    return frozenset(map(bytes.strip, b",".join(values).lower().split(b",")))
+
+
+_JOIN_LINE = b": ".join
+
+
+def headerBlock(headers: Iterable[Sequence[bytes]]) -> bytes:
+    """
+    The header lines of C{(name, value)} pairs as they are sent: a
+    C{name: value} line each, every one ended by CRLF.
+    """
+    # Joined in C, not in a loop of Python: every response's headers go
+    # through here.
+    block = b"\r\n".join(map(_JOIN_LINE, headers))
+    return block + b"\r\n" if block else block
 
 
 def requestHead(
@@ -179,20 +191,23 @@ def responseHeaders(
     if upgrade:
         dropped = dropped - _UPGRADE_HEADERS
     kept = []
+    names = []
     connection = []
     for header in headers:
         lower = header[0].lower()
         if lower == b"connection":
             connection.append(header[1])
         if lower not in dropped:
-            kept.append((lower, header))
+            kept.append(header)
+            names.append(lower)
     if connection:
         # Its tokens name more headers to drop, wherever they came.
         named = connectionTokens(connection)
         if upgrade:
             named = named - _UPGRADE_HEADERS
-        return [header for lower, header in kept if lower not in named]
-    return [header for lower, header in kept]
+        if not named.isdisjoint(names):
+            return [header for header, lower in zip(kept, names) if lower not in named]
+    return kept
 
 
 def wantsUpgrade(headers: Headers) -> bool:

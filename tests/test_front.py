@@ -6,6 +6,8 @@ twisted.web's does not do the same way: pipelining, C{Expect:
 
 from __future__ import annotations
 
+import gc
+
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -50,6 +52,33 @@ class PipeliningTests(SynchronousTestCase):
         self.assertLess(answer.index(b"one"), answer.index(b"two"))
         self.assertLess(answer.index(b"two"), answer.index(b"three"))
         self.assertTrue(client.connected)
+
+
+class GarbageTests(SynchronousTestCase):
+    def test_noCycleLeft(self):
+        """
+        An answered request and its exchange are freed as soon as they are
+        done, by reference counting: none of them waits for the cycle
+        collector (which would otherwise walk every request's objects).
+        """
+        lb = MemoryBalancer(lean(balancerConfig(["10.0.0.1:80"])))
+        client = lb.client()
+        backend = None
+        gc.collect()
+        self.addCleanup(gc.enable)
+        self.addCleanup(gc.set_debug, 0)
+        gc.disable()
+        for _ in range(3):
+            client.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            backend = backend or lb.acceptConnection()
+            backend.received()
+            backend.send(OK % (2, b"ok"))
+            self.assertTrue(client.received().endswith(b"ok"))
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        kinds = {type(garbage).__name__ for garbage in gc.garbage}
+        del gc.garbage[:]
+        self.assertEqual(kinds & {"LeanRequest", "Exchange", "Passage", "RequestView"}, set())
 
 
 class ExpectContinueTests(SynchronousTestCase):

@@ -26,14 +26,16 @@ import string
 import struct
 
 import hpack
-from hypothesis import example, given, strategies as st
+from hypothesis import assume, example, given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from manualb.forwarding import HOP_BY_HOP, responseHeaders
 from manualb.gatekeeper import TrustedProxies
+from manualb.responseparser import ResponseParseError, ResponseParser
 from tests.fuzzing import (
     SEEN,
     TOKEN,
+    _FIELD_VALUE,
     H2Answer,
     Harness,
     MalformedFrames,
@@ -1169,3 +1171,86 @@ class ResponseHeaderFuzzTests(SynchronousTestCase):
         self.assertEqual(
             responseHeaders(headers, upgrade=upgrade, replaced=replaced), expected
         )
+
+
+def _referenceHead(block: bytes) -> tuple[list[tuple[bytes, bytes]], list[bytes]] | None:
+    """
+    The header lines of the response to a C{HEAD} with the header C{block}
+    (each line with its CRLF), read one line at a time: C{(name, value)}
+    pairs with the blanks around values stripped, without
+    C{Transfer-Encoding}; or L{None} when a line is not a valid field.
+    """
+    headers = []
+    for line in block.split(b"\r\n")[:-1]:
+        name, colon, value = line.partition(b":")
+        if not colon or not TOKEN.match(name) or not _FIELD_VALUE.match(value):
+            return None
+        if name.lower() != b"transfer-encoding":
+            headers.append((name, value.strip(b" \t")))
+    return headers
+
+
+class ResponseHeadFuzzTests(SynchronousTestCase):
+    """
+    L{ResponseParser} reads any response head as a line-by-line reading
+    does: the same header lines, names as sent and values without the
+    blanks around them, the same framing; and refuses exactly the heads
+    that have a line which is not a field (no colon, a name that is not a
+    token, a folded line, a CR, LF or NUL inside a line).  (For a C{HEAD},
+    whose response has no body, so that any framing headers are taken.)
+    """
+
+    @fuzzSettings(400)
+    @given(
+        st.lists(
+            st.one_of(
+                st.tuples(
+                    st.sampled_from(_RESPONSE_NAMES + [b"X-Y", b"a_b", b"Content-length"]),
+                    st.sampled_from([b"", b" ", b"\t", b"  \t"]),
+                    st.binary(max_size=12).filter(lambda v: b"\r" not in v and b"\n" not in v),
+                    st.sampled_from([b"", b" ", b"\t "]),
+                ).map(lambda t: t[0] + b":" + t[1] + t[2] + t[3]),
+                st.sampled_from([b"Content-Length: 5", b"content-length:5 ", b"Content-Length: 5, 5"]),
+                st.binary(max_size=16),
+            ),
+            max_size=8,
+        ),
+    )
+    @example([b"A:\t \tvalue\t with\t blanks \t"])
+    @example([b" Folded: a"])
+    @example([b"Bad Name: x"])
+    @example([b"X: a\rb"])
+    @example([b"Transfer-Encoding: ", b"Content-Length: 1"])
+    def test_likeLineByLine(self, lines):
+        block = b"".join(line + b"\r\n" for line in lines)
+        # An empty line would end the head.
+        assume((b"\r\n" + block).find(b"\r\n\r\n") == -1)
+        seen = []
+        parser = ResponseParser(_HeadRecorder(seen))
+        parser.expect(b"HEAD")
+        reference = _referenceHead(block)
+        try:
+            parser.feed(b"HTTP/1.1 200 OK\r\n" + block + b"\r\n")
+        except ResponseParseError:
+            refused = True
+        else:
+            refused = False
+        if reference is None:
+            self.assertTrue(refused, "accepted %r" % (block,))
+            return
+        self.assertFalse(refused, "refused %r" % (block,))
+        self.assertEqual(seen, [reference])
+
+
+class _HeadRecorder:
+    def __init__(self, seen):
+        self.seen = seen
+
+    def headReceived(self, code, reason, headers):
+        self.seen.append(headers)
+
+    def bodyReceived(self, data):
+        pass
+
+    def messageEnded(self, reusable):
+        pass

@@ -389,9 +389,11 @@ class HeadLimitTests(SynchronousTestCase):
         """
         self.answer(b"GET /" + b"a" * 100 + b" HTTP/1.1\r\n")
         self.answer(b"GET /b HTTP/1.1\r\nHost: a\r\n" + b"X: 1\r\n" * 5 + b"\r\n")
+        self.answer(b"GET /c HTTP/1.0\r\nHost: a\r\nX-A: " + b"b" * 300)
         output = self.lb.accessLog.getvalue().splitlines(True)
         self.assertRegex(output[0], rb'^127\.0\.0\.1 - - \[[^]]+\] "-" 414 \d+ "-" "-" - -\n$')
         self.assertIn(b'"GET /b HTTP/1.1" 431 ', output[1])
+        self.assertIn(b'"GET /c HTTP/1.0" 431 ', output[2])
 
     def test_requestLineWithoutEnd(self):
         """

@@ -413,6 +413,23 @@ class HostileTests(ParserTestCase):
             b"HTTP/1.1 200 OK\r\nFolded: a\r\n  b\r\n\r\n", "bad header line"
         )
 
+    def test_longBlankLines(self):
+        """
+        Lines of tens of thousands of blanks, around a value, in a name or
+        alone, are read or refused in one pass over the head (a pattern
+        that backtracked over them would not end).
+        """
+        blanks = b" \t" * 7000
+        events, _, raised = parse(
+            b"HTTP/1.1 200 OK\r\nA:" + blanks + b"v" + blanks + b"\r\nB:" + blanks
+            + b"\r\nContent-Length: 0\r\n\r\n"
+        )
+        self.assertIsNone(raised)
+        self.assertEqual(events.log[0], ("head", 200, b"OK", [(b"A", b"v"), (b"B", b""), (b"Content-Length", b"0")]))
+        for line in [blanks + b"A: v", b"A" + blanks + b": v", blanks, b"A" * 14000 + blanks]:
+            _, _, raised = parse(b"HTTP/1.1 200 OK\r\n" + line + b"\r\n\r\n")
+            self.assertIn("bad header line", str(raised))
+
     def test_contentLength(self):
         for values in [
             [b"2", b"3"],

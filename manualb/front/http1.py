@@ -113,7 +113,7 @@ class HTTP1Connection(Protocol):
         self._lineSeen = False
         self._url = b""
         self._lines: list[tuple[bytes, bytes]] = []
-        self._headerBytes = 0
+        self._headerRoom = 0
         self._requestLine: bytes | None = None
         # What the client sent after an upgrade request, until the upgrade
         # is carried out or refused.
@@ -282,9 +282,21 @@ class HTTP1Connection(Protocol):
         gatekeeper = self.gatekeeper
         if self._headSize > gatekeeper.max_request_line + gatekeeper.max_header_size + 4:
             if self._lineSeen or self._requestLine is not None:
+                if self._requestLine is None and self._lines:
+                    self._requestLine = self._startLine()
                 self._refuse(431, b"The request headers are too large.")
             else:
                 self._refuse(414, b"The request line is too long.")
+
+    def _startLine(self) -> bytes:
+        """
+        The request line of the head being read, as far as the parser has
+        it (for the access log line of a refused head).
+        """
+        parser = self._parser
+        return b"%s %s HTTP/%s" % (
+            parser.get_method(), self._url, parser.get_http_version().encode("ascii")
+        )
 
     # The parser's callbacks.
 
@@ -298,7 +310,7 @@ class HTTP1Connection(Protocol):
         self._begun = True
         self._url = b""
         self._lines = []
-        self._headerBytes = 0
+        self._headerRoom = self.gatekeeper.max_header_size
         self._requestLine = None
 
     def on_url(self, url: bytes) -> None:
@@ -316,15 +328,10 @@ class HTTP1Connection(Protocol):
         lines = self._lines
         if not lines:
             self._lineSeen = True
-            self._requestLine = b"%s %s HTTP/%s" % (
-                self._parser.get_method(),
-                self._url,
-                self._parser.get_http_version().encode("ascii"),
-            )
         lines.append((name, value))
-        self._headerBytes += len(name) + len(value) + 4
-        gatekeeper = self.gatekeeper
-        if len(lines) > gatekeeper.max_headers or self._headerBytes > gatekeeper.max_header_size:
+        room = self._headerRoom = self._headerRoom - len(name) - len(value) - 4
+        if room < 0 or len(lines) > self.gatekeeper.max_headers:
+            self._requestLine = self._startLine()
             self._refuse(431, b"The request headers are too large.")
             raise _Stop()
 
@@ -336,17 +343,13 @@ class HTTP1Connection(Protocol):
         target = self._url
         version = _VERSIONS.get(parser.get_http_version())
         lines = self._lines
-        if self._requestLine is None:
-            self._requestLine = b"%s %s HTTP/%s" % (
-                method,
-                target,
-                parser.get_http_version().encode("ascii"),
-            )
         self._headSize = 0
         self._lineSeen = False
         if version is None:
+            self._requestLine = self._startLine()
             self._refuse(400, b"The request is not valid HTTP.")
             raise _Stop()
+        self._requestLine = b"%s %s %s" % (method, target, version)
         gatekeeper = self.gatekeeper
         if len(target) + len(method) + 10 > gatekeeper.max_request_line:
             self._refuse(414, b"The request line is too long.")
@@ -628,6 +631,9 @@ class HTTP1Connection(Protocol):
                 self._lingering = self.clock.callLater(LINGERING_TIME, self._close)
                 return
         requests.popleft()
+        # The exchange and its request refer to each other: parted now, they
+        # are freed as soon as the exchange is done, not by the collector.
+        request.exchange = request.gone = None
         if not request.persistent:
             self.persistent = False
         if not self.persistent or self.transport is None:

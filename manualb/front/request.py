@@ -10,6 +10,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from manualb.bodies import NO_BODY
+from manualb.forwarding import headerBlock
 from manualb.interfaces import IDownstream
 from manualb.transports import sendNow
 from manualb.web.splicing import takeBody
@@ -33,10 +34,16 @@ class HeaderLines:
 
     def getRawHeaders(self, name: bytes, default=None):
         size = len(name)
-        found = [
-            value for key, value in self.lines if len(key) == size and key.lower() == name
-        ]
-        return found or default
+        found = None
+        # A loop, not a comprehension, which would make a function each
+        # time.
+        for key, value in self.lines:
+            if len(key) == size and key.lower() == name:
+                if found is None:
+                    found = [value]
+                else:
+                    found.append(value)
+        return default if found is None else found
 
 
 @implementer(IPushProducer)
@@ -127,6 +134,10 @@ class LeanRequest:
         connection = self.connection
         self.started = True
         hasLength = False
+        for name, _ in headers:
+            if len(name) == 14 and name.lower() == b"content-length":
+                hasLength = True
+                break
         lines = [
             self.version,
             b" %d " % (code,),
@@ -134,15 +145,9 @@ class LeanRequest:
             b"\r\nDate: ",
             connection.site.date(),
             b"\r\n",
+            headerBlock(headers),
         ]
         append = lines.append
-        for name, value in headers:
-            if not hasLength and len(name) == 14 and name.lower() == b"content-length":
-                hasLength = True
-            append(name)
-            append(b": ")
-            append(value)
-            append(b"\r\n")
         bodyless = self.bodyless = (
             self.method == b"HEAD" or code in _NO_BODY_CODES or code < 200
         )

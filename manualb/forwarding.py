@@ -130,39 +130,44 @@ def requestHead(
     via: list[bytes] = []
     connection: list[bytes] = []
     host = None
-    lowered = []
-    for name, value in headers:
-        lower = name.lower()
+    passed = []
+    names = []
+    for header in headers:
+        lower = header[0].lower()
         # find(), not "in", which first tries b"_" as an integer, raising
         # and clearing an error for every header.
         if lower.find(b"_") != -1 and lower.replace(b"_", b"-") in _ALIASED:
             continue
-        lowered.append((lower, name, value))
-        if lower == b"connection":
-            connection.append(value)
-        elif lower == b"x-forwarded-for":
-            forwardedFor.append(value)
-        elif lower == b"via":
-            via.append(value)
-        elif lower == b"host" and host is None:
-            host = value
+        if lower in dropped or lower == b"connection":
+            if lower == b"connection":
+                connection.append(header[1])
+            elif lower == b"x-forwarded-for":
+                forwardedFor.append(header[1])
+            elif lower == b"via":
+                via.append(header[1])
+            continue
+        if host is None and lower == b"host":
+            host = header[1]
+        passed.append(header)
+        names.append(lower)
     if connection:
-        dropped = dropped | (connectionTokens(connection) - kept - _PROTECTED)
+        named = connectionTokens(connection) - kept - _PROTECTED
+        if not named.isdisjoint(names):
+            passed = [header for header, lower in zip(passed, names) if lower not in named]
     lines = [b"%s %s HTTP/1.1\r\n" % (method, target)]
     if host is None:
         host = defaultHost
         lines.append(b"Host: %s\r\n" % (host,))
-    for lower, name, value in lowered:
-        if lower not in dropped and lower != b"connection":
-            lines.append(b"%s: %s\r\n" % (name, value))
+    lines.append(headerBlock(passed))
     if upgrade:
         lines.append(b"Connection: upgrade\r\n")
     forwardedFor.append(clientAddress)
     via.append(b"%s %s" % (clientVersion.split(b"/", 1)[-1], VIA_NAME))
-    lines.append(b"X-Forwarded-For: %s\r\n" % (b", ".join(forwardedFor),))
-    lines.append(b"X-Forwarded-Proto: %s\r\n" % (b"https" if secure else b"http",))
-    lines.append(b"X-Forwarded-Host: %s\r\n" % (host,))
-    lines.append(b"Via: %s\r\n" % (b", ".join(via),))
+    lines.append(
+        b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
+        b"Via: %s\r\n"
+        % (b", ".join(forwardedFor), b"https" if secure else b"http", host, b", ".join(via))
+    )
     if requestId:
         lines.append(b"X-Request-Id: %s\r\n" % (requestId,))
     if bodyLength is None:

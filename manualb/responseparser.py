@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import re
+from operator import itemgetter
 from typing import NoReturn
 
 from zope.interface import Attribute, Interface, implementer
@@ -52,6 +53,9 @@ __all__ = [
 MAX_HEAD_SIZE = 64 * 1024
 MAX_CHUNK_LINE = 4096
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+#: The bytes of a token (RFC 9110, section 5.6.2).
+_TOKEN_BYTES = b"!#$%&'*+.^_`|~-" + bytes(range(48, 58)) + bytes(range(65, 91)) + bytes(range(97, 123))
+_NAME = itemgetter(0)
 _FORBIDDEN_IN_VALUE = re.compile(rb"[\0\r\n]")
 
 
@@ -61,6 +65,17 @@ class ResponseParseError(Exception):
     reason, fit for a log line.  The parser takes nothing more for this
     response.
     """
+
+
+def _badName(lines: list[bytes]) -> NoReturn:
+    """
+    Raise the error for the first of a head's header C{lines} whose name is
+    not a token.
+    """
+    for line in lines[1:]:
+        if not _TOKEN.match(line.partition(b":")[0]):
+            raise ResponseParseError("bad header line %r" % (line[:80],))
+    raise AssertionError("no bad header name in %r" % (lines,))
 
 
 def _badControl(lines: list[bytes]) -> NoReturn:
@@ -392,7 +407,7 @@ class ResponseParser:
         connection = []
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
-            if not sep or not _TOKEN.match(name):
+            if not sep or not name:
                 raise ResponseParseError("bad header line %r" % (line[:80],))
             value = value.strip(b" \t")
             size = len(name)
@@ -413,6 +428,9 @@ class ResponseParser:
                     connection.append(value)
             headers.append((name, value))
 
+        # Every name a token: checked at once for all of them.
+        if b"".join(map(_NAME, headers)).translate(None, _TOKEN_BYTES):
+            _badName(lines)
         if code == 101:
             if not self._upgrade:
                 raise ResponseParseError("unexpected 101 Switching Protocols")

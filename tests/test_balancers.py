@@ -729,3 +729,26 @@ class SteadyPickTests(SynchronousTestCase):
                         general.pick(candidates, view),
                         (weights, general, index),
                     )
+
+    def test_mixed(self):
+        """
+        Picks among a pool's steady primaries and picks among other
+        candidates (a server down for a while, a retry), in any order, go as
+        they would all by C{pick}: the rotation's state is one.
+        """
+        candidates = [server("10.0.0.1", 5), server("10.0.0.2"), server("10.0.0.3", 2)]
+        known = [5.0, 1.0, 2.0]
+        rng = random.Random(3)
+        for make in (RoundRobin, Cookie):
+            mixed, general = make(), make()
+            for index in range(300):
+                view = request()
+                draw = rng.random()
+                if draw < 0.6:
+                    got = mixed._pickSteady(candidates, known, 8.0, view)
+                    expected = general.pick(candidates, view)
+                else:
+                    some = candidates[:2] if draw < 0.8 else candidates[1:]
+                    got = mixed.pick(list(some), view)
+                    expected = general.pick(list(some), view)
+                self.assertIs(got, expected, (make, index))

@@ -410,7 +410,7 @@ class Exchange:
                 return
         else:
             lease.succeeded()
-        self.state = State.STREAMING
+        self.state = _STREAMING
         self.code = code
         passage = self.passage
         own = passage.headers

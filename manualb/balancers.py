@@ -134,6 +134,35 @@ class _SmoothWeighted:
         current[best] = bestCurrent - total
         return best
 
+    def chooseWeighted(
+        self, candidates: Sequence[Server], weights: Sequence[float], total: float
+    ) -> Server:
+        """
+        As L{choose}, for candidates whose weights are known: C{weights},
+        in the candidates' order, and their sum, C{total}.
+        """
+        current = self._current
+        best = candidates[0]
+        bestCurrent = float("-inf")
+        for server, weight in zip(candidates, weights):
+            value = current.get(server, 0.0) + weight
+            current[server] = value
+            if value > bestCurrent:
+                best, bestCurrent = server, value
+        if total <= 0:
+            best = candidates[self._turn % len(candidates)]
+            self._turn += 1
+            return best
+        current[best] = bestCurrent - total
+        return best
+
+
+# Each built-in strategy has a _pickSteady(candidates, weights, total,
+# view), which the pool calls in place of pick() when the candidates are
+# its primaries, every one plainly up: their weights, in order, and the sum
+# of them are then known (manualb.selection.Pool._steadyPrimaries).  It
+# picks as pick() would.
+
 
 @implementer(IBalancer)
 class RoundRobin:
@@ -153,6 +182,13 @@ class RoundRobin:
         if len(candidates) == 1:
             return candidates[0]
         return self._rotation.choose(candidates)
+
+    def _pickSteady(
+        self, candidates: Sequence[Server], weights: Sequence[float], total: float, view
+    ) -> Server:
+        if len(candidates) == 1:
+            return candidates[0]
+        return self._rotation.chooseWeighted(candidates, weights, total)
 
 
 @implementer(IBalancer)
@@ -186,6 +222,30 @@ class LeastConn:
         if len(tied) == 1:
             return tied[0]
         return self._ties.choose(tied)
+
+    def _pickSteady(
+        self, candidates: Sequence[Server], weights: Sequence[float], total: float, view
+    ) -> Server:
+        if len(candidates) == 1:
+            return candidates[0]
+        lowest = float("inf")
+        tied: list[Server] = []
+        tiedWeights: list[float] = []
+        for server, weight in zip(candidates, weights):
+            load = server.active / (weight or _TINY_WEIGHT)
+            if load < lowest:
+                lowest = load
+                tied = [server]
+                tiedWeights = [weight]
+            elif load == lowest:
+                tied.append(server)
+                tiedWeights.append(weight)
+        if len(tied) == 1:
+            return tied[0]
+        tiedTotal = 0.0
+        for weight in tiedWeights:
+            tiedTotal += weight
+        return self._ties.chooseWeighted(tied, tiedWeights, tiedTotal)
 
 
 @implementer(IBalancer)
@@ -246,6 +306,13 @@ class Random:
         firstLoad = first.active / (first.weight or _TINY_WEIGHT)
         secondLoad = second.active / (second.weight or _TINY_WEIGHT)
         return second if secondLoad < firstLoad else first
+
+    def _pickSteady(
+        self, candidates: Sequence[Server], weights: Sequence[float], total: float, view
+    ) -> Server:
+        # The servers' weights are read again: a pick that draws no server
+        # of weight 0 is rare enough not to need a way of its own.
+        return self.pick(candidates, view)
 
 
 # Consistent hashing (see the module docstring).
@@ -354,6 +421,11 @@ class IPHash:
             return candidates[0]
         return self._hash.choose(candidates, clientAddress(view))
 
+    def _pickSteady(
+        self, candidates: Sequence[Server], weights: Sequence[float], total: float, view
+    ) -> Server:
+        return self.pick(candidates, view)
+
     def serversChanged(self) -> None:
         # A weight changed: the rings, which hold the points, are built anew.
         self._hash = _ConsistentHash()
@@ -392,6 +464,11 @@ class Hash:
         if len(candidates) == 1:
             return candidates[0]
         return self._hash.choose(candidates, self._keyOf(view))
+
+    def _pickSteady(
+        self, candidates: Sequence[Server], weights: Sequence[float], total: float, view
+    ) -> Server:
+        return self.pick(candidates, view)
 
     def serversChanged(self) -> None:
         # A weight changed: the rings, which hold the points, are built anew.
@@ -456,6 +533,18 @@ class Cookie:
         if len(candidates) == 1:
             return candidates[0]
         return self._rotation.choose(candidates)
+
+    def _pickSteady(
+        self, candidates: Sequence[Server], weights: Sequence[float], total: float, view
+    ) -> Server:
+        wanted = view.cookie(self._name)
+        if wanted is not None:
+            for server in candidates:
+                if self._idOf(server) == wanted:
+                    return server
+        if len(candidates) == 1:
+            return candidates[0]
+        return self._rotation.chooseWeighted(candidates, weights, total)
 
     def affinityHeaders(
         self, server: Server, view: RequestView

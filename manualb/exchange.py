@@ -32,6 +32,7 @@ from twisted.web.http import RESPONSES
 from zope.interface import implementer
 
 from manualb.accesslog import AccessLog
+from manualb.bodies import NO_BODY
 from manualb.compression import encoderFor
 from manualb.errorpages import GATEWAY_DETAILS, pageOf, serverHeader
 from manualb.forwarding import requestHead, responseHeaders
@@ -97,6 +98,14 @@ class State(enum.Enum):
 
 _FINAL = frozenset([State.DONE, State.TUNNEL])
 _STARTED = frozenset([State.STREAMING, State.TUNNEL])
+# Module constants for the states every request goes through: an Enum
+# member looked up on its class costs several times a global's lookup.
+_ROUTING = State.ROUTING
+_CONNECTING = State.CONNECTING
+_AWAITING = State.AWAITING
+_STREAMING = State.STREAMING
+_TUNNEL = State.TUNNEL
+_DONE = State.DONE
 
 
 @implementer(IResponseReceiver)
@@ -142,7 +151,7 @@ class Exchange:
         self.metrics = metrics
         self.view = view = downstream.view
         self.passage = Passage(view, downstream.refusal, downstream.hsts)
-        self.state = State.ROUTING
+        self.state = _ROUTING
         self.pool: Pool | None = None
         self.target = b""
         self.body: IRequestBody | None = None
@@ -210,15 +219,22 @@ class Exchange:
         self.pool = pool = decision.route.pool
         view = self.view
         self.attempts = passage.selection = pool.select(view)
-        self.target = _target(view.target, view.path, decision.path)
+        target = view.target
+        if decision.path != view.path or target[:1] != b"/":
+            target = _target(target, view.path, decision.path)
+        self.target = target
         self.body = body = downstream.body
-        if passage.bodyLimit is not None and not body.limitTo(passage.bodyLimit):
-            self._bodyTooLarge()
-            return
-        body.whenTooLarge(self._bodyTooLarge)
-        self.upgrade = body.length == 0 and downstream.mayUpgrade()
-        if self.idempotent:
-            body.keepForRetry(pool.config.retry_body_limit)
+        if body is NO_BODY:
+            # Nothing to limit, to keep or to be too large.
+            self.upgrade = downstream.mayUpgrade()
+        else:
+            if passage.bodyLimit is not None and not body.limitTo(passage.bodyLimit):
+                self._bodyTooLarge()
+                return
+            body.whenTooLarge(self._bodyTooLarge)
+            self.upgrade = body.length == 0 and downstream.mayUpgrade()
+            if self.idempotent:
+                body.keepForRetry(pool.config.retry_body_limit)
         if passage.delay > 0:
             self.state = State.WAITING
             self._delayed = self.reactor.callLater(passage.delay, self._delayOver)
@@ -277,7 +293,7 @@ class Exchange:
         if lease is None:
             self._noServer()
             return
-        self.state = State.CONNECTING
+        self.state = _CONNECTING
         self.lease = lease
         server = lease.server
         view = self.view
@@ -326,10 +342,10 @@ class Exchange:
 
     def _connected(self, connection: UpstreamConnection) -> None:
         self._connecting = None
-        if self.state is State.DONE:
+        if self.state is _DONE:
             self.server.connections.release(connection)
             return
-        self.state = State.AWAITING
+        self.state = _AWAITING
         self.connection = connection
         self._reused = connection.reused
         connection.sendRequest(
@@ -394,7 +410,7 @@ class Exchange:
                 return
         else:
             lease.succeeded()
-        self.state = State.STREAMING
+        self.state = _STREAMING
         self.code = code
         passage = self.passage
         own = passage.headers
@@ -434,30 +450,34 @@ class Exchange:
 
     def responseData(self, data: bytes) -> None:
         state = self.state
-        if state is State.STREAMING:
+        if state is _STREAMING:
             if self._encoder is not None:
                 data = self._encoder.compress(data)
                 if not data:
                     return
             self.downstream.write(data)
-        elif state is State.TUNNEL and self.tunnel is not None:
+        elif state is _TUNNEL and self.tunnel is not None:
             self.tunnel.fromServer(data)
 
     def responseDone(self) -> None:
         state = self.state
-        if state is State.TUNNEL:
+        if state is _TUNNEL:
             if self.tunnel is not None:
                 self.tunnel.serverLost()
             return
-        if state is State.DONE:
+        if state is _DONE:
             return
-        self._endAttempt()
-        self.downstream.unregisterProducer()
+        # As _endAttempt() does.
+        lease = self.lease
+        if lease is not None:
+            lease.release()
+        downstream = self.downstream
+        downstream.unregisterProducer()
         self.body.discard()
-        self.state = State.DONE
+        self.state = _DONE
         if self._encoder is not None:
-            self.downstream.write(self._encoder.finish())
-        self.downstream.finish()
+            downstream.write(self._encoder.finish())
+        downstream.finish()
         self._log(self.code)
 
     def responseFailed(self, reason: UpstreamError) -> None:

@@ -71,6 +71,7 @@ __all__ = [
     "HealthMonitor",
     "IHealthProbe",
     "Phase",
+    "ServerChanges",
     "ServerHealth",
     "TCPProbe",
     "TRANSITIONS",
@@ -87,6 +88,33 @@ _PROBE_BODY_LIMIT = 64 * 1024
 # The smallest share of its weight a server in slow start gets, so that it
 # still sees some traffic at the very start of its ramp.
 _SLOW_START_FLOOR = 0.01
+
+
+class ServerChanges:
+    """
+    Counts the changes of any server that may change which servers a pool
+    offers its strategy, and at what weight: a phase of its health left or
+    entered, its slow-start ramp over, its state or weight set by an
+    operator.  A pool keeps what it found of its servers for as long as the
+    count stays the same (see C{manualb.selection.Pool}).
+
+    @ivar count: The changes so far.
+    """
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def changed(self) -> None:
+        """
+        A server changed.
+        """
+        self.count += 1
+
+
+#: The changes of every server of the process.
+serverChanges = ServerChanges()
 
 
 @attrs.frozen
@@ -232,6 +260,7 @@ class ServerHealth:
         if phase is Phase.SLOW_START:
             if self.clock.seconds() - self._upSince >= self.config.slow_start:
                 phase = self.storedPhase = Phase.UP
+                serverChanges.count += 1
         elif phase is Phase.FAILING:
             if self.clock.seconds() - self._windowStart >= self.config.fail_timeout:
                 # The window passed: the failures in it no longer count.
@@ -271,6 +300,7 @@ class ServerHealth:
             self._upSince = None
             if self.storedPhase is Phase.SLOW_START:
                 self.storedPhase = Phase.UP
+            serverChanges.count += 1
             return 1.0
         return max(elapsed / slowStart, _SLOW_START_FLOOR)
 
@@ -287,12 +317,14 @@ class ServerHealth:
                     % (self.config.address.name, self.storedPhase.value, phase.value)
                 )
             self.storedPhase = phase
+            serverChanges.count += 1
         return phase
 
     def _comeBack(self, reason: str) -> None:
         """
         Serve again after being down, ramping up over C{slow_start}.
         """
+        serverChanges.count += 1
         if self.config.slow_start:
             self._upSince = self.clock.seconds()
             self._enter(Phase.SLOW_START)
@@ -302,6 +334,7 @@ class ServerHealth:
         self._changed(UP, reason)
 
     def _goDown(self, phase: Phase, reason: str) -> None:
+        serverChanges.count += 1
         self._upSince = None
         self._enter(phase)
         self._changed(DOWN, reason)

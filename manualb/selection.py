@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from manualb.config import ServerAddress, ServerConfig, UpstreamConfig
 from manualb.handoff import ConnectionPool
-from manualb.health import HealthMonitor, Phase, ServerHealth
+from manualb.health import HealthMonitor, Phase, ServerHealth, serverChanges
 from manualb.interfaces import IAffinity, IBalancer
 from manualb.records import (
     Attempt,
@@ -43,6 +43,7 @@ from manualb.records import (
 from manualb.view import RequestView
 
 _UP = Phase.UP
+_UNAVAILABLE = Phase.UNAVAILABLE
 _UP_NAME = _UP.value
 _BACKUP_NOT_NEEDED = SkipReason.BACKUP_NOT_NEEDED.value
 
@@ -130,6 +131,7 @@ class Server:
             raise ValueError("state must be one of %s" % (", ".join(ADMIN_STATES),))
         self.adminState = state
         self.config = attrs.evolve(self.config, down=state != "up")
+        serverChanges.changed()
         if self.connections is not None:
             self.connections.keepIdle(state == "up")
 
@@ -138,6 +140,7 @@ class Server:
         Set the server's weight in place of the file's.
         """
         self.config = attrs.evolve(self.config, weight=weight)
+        serverChanges.changed()
 
     @property
     def address(self) -> ServerAddress:
@@ -242,7 +245,10 @@ class Lease:
         self.duration: float | None = None
         self.started = started
         server.active += 1
-        server.health.requestStarted()
+        health = server.health
+        if health.storedPhase is _UNAVAILABLE:
+            # The request that tests the server (ServerHealth.requestStarted).
+            health.requestStarted()
 
     @property
     def held(self) -> bool:
@@ -402,11 +408,17 @@ class Attempts:
         or no server not yet tried can take the request.  The previous
         lease, if any, must be released first.
         """
-        stop = self.limit()
-        if stop is not None:
-            self.stopped = stop
-            return None
-        pick = self.pool._pick(self.view, self.tried if self.leases else ())
+        leases = self.leases
+        pool = self.pool
+        view = self.view
+        if leases:
+            stop = self.limit()
+            if stop is not None:
+                self.stopped = stop
+                return None
+            pick = pool._pick(view, self.tried)
+        else:
+            pick = pool._pick(view, ())
         server = pick[-1]
         if server is None:
             self.stopped = StopReason.NO_SERVER
@@ -415,8 +427,8 @@ class Attempts:
         now = self.clock.seconds()
         if self.firstTry is None:
             self.firstTry = now
-        lease = Lease(self.pool, self.view, server, pick, now)
-        self.leases.append(lease)
+        lease = Lease(pool, view, server, pick, now)
+        leases.append(lease)
         return lease
 
     def record(self) -> SelectionRecord:
@@ -529,6 +541,16 @@ class Pool:
             [server for server in self.servers if not server.config.backup],
             [server for server in self.servers if server.config.backup],
         )
+        # The built-in strategies pick among steady primaries by weights
+        # the pool keeps (see _steadyPrimaries); a strategy of the user's,
+        # or a subclass with a pick() of its own, is offered the servers
+        # through pick() only.
+        self._pickSteady = (
+            balancer._pickSteady if "_pickSteady" in type(balancer).__dict__ else None
+        )
+        # What _steadyPrimaries found, and serverChanges.count then.
+        self._steady: tuple | None = None
+        self._steadyAt = -1
 
     @property
     def single(self) -> bool:
@@ -564,6 +586,7 @@ class Pool:
         keeps something of the servers' weights (the rings of the hashing
         ones) forgets it.
         """
+        serverChanges.changed()
         forget = getattr(self.balancer, "serversChanged", None)
         if forget is not None:
             forget()
@@ -595,6 +618,21 @@ class Pool:
         (the usual case: nothing to copy); else a tuple of each with its
         effective weight and health phase then.
         """
+        if not exclude:
+            steady = self._steady
+            if self._steadyAt != serverChanges.count:
+                steady = self._steadyPrimaries()
+            if steady is not None:
+                # Every primary plainly up at its full weight, as when the
+                # servers last changed: what the loop below would find.
+                primaries, weights, total = steady
+                pickSteady = self._pickSteady
+                if pickSteady is not None:
+                    chosen = pickSteady(primaries, weights, total, view)
+                else:
+                    # A list of its own, as the loop below gives.
+                    chosen = self.balancer.pick(list(primaries), view)
+                return 0, primaries, None, chosen
         skipped: list | None = None
         for tier, servers in enumerate(self._tiers):
             if exclude:
@@ -616,6 +654,39 @@ class Pool:
                         return tier, snapshot, skipped, chosen
                 return tier, candidates, skipped, chosen
         return 1, (), skipped, None
+
+    def _steadyPrimaries(self) -> tuple | None:
+        """
+        When every primary server is plainly up at its full weight (its
+        health L{Phase.UP}, out of any slow start, not C{down} or draining,
+        no C{max_conns}), the primaries, their weights and the sum of them,
+        kept until any server changes (L{serverChanges}); else L{None}.
+        Until then every request offers the strategy the same servers, at
+        the same weights: nothing about them need be looked at again.
+        """
+        self._steadyAt = serverChanges.count
+        self._steady = None
+        primaries = self._tiers[0]
+        if not primaries:
+            return None
+        weights = []
+        for server in primaries:
+            config = server.config
+            health = server.health
+            if config.down or config.max_conns or health.storedPhase is not _UP:
+                return None
+            factor = health.weightFactor()
+            if factor != 1.0:
+                return None
+            weights.append(config.weight * factor)
+        if self._steadyAt != serverChanges.count:
+            # A slow start ended as its weight was read: look again next time.
+            return None
+        total = 0.0
+        for weight in weights:
+            total += weight
+        self._steady = steady = (primaries, weights, total)
+        return steady
 
     def _selection(self, tier: int, offered, skipped: list | None, chosen) -> Selection:
         """

@@ -688,3 +688,67 @@ def firstFactory(argument):
 
 def notABalancer(argument):
     return object()
+
+
+class SteadyPickTests(SynchronousTestCase):
+    """
+    Each built-in strategy's C{_pickSteady}, which a pool calls while its
+    primaries are plainly up, with their weights known, picks as C{pick}
+    does.
+    """
+
+    def test_samePicks(self):
+        rng = random.Random(1)
+        makers = [
+            RoundRobin,
+            LeastConn,
+            IPHash,
+            lambda: Hash("$cookie_sid"),
+            Cookie,
+            lambda: Random(rng=random.Random(7)),
+        ]
+        for weights in ([1, 1], [5, 1, 1], [3, 0, 2], [0, 0]):
+            candidates = [
+                server(f"10.0.0.{index + 1}", weight) for index, weight in enumerate(weights)
+            ]
+            known = [float(weight) for weight in weights]
+            total = 0.0
+            for weight in known:
+                total += weight
+            for make in makers:
+                general, steady = make(), make()
+                for index in range(60):
+                    for each in candidates:
+                        each.active = rng.randrange(3)
+                    cookies = {b"sid": b"%d" % (index % 7,)}
+                    if index % 3 == 0:
+                        cookies[b"manualb_server"] = serverID(candidates[index % len(candidates)])
+                    view = request(client=f"192.0.2.{index % 9 + 1}", cookies=cookies)
+                    self.assertIs(
+                        steady._pickSteady(candidates, known, total, view),
+                        general.pick(candidates, view),
+                        (weights, general, index),
+                    )
+
+    def test_mixed(self):
+        """
+        Picks among a pool's steady primaries and picks among other
+        candidates (a server down for a while, a retry), in any order, go as
+        they would all by C{pick}: the rotation's state is one.
+        """
+        candidates = [server("10.0.0.1", 5), server("10.0.0.2"), server("10.0.0.3", 2)]
+        known = [5.0, 1.0, 2.0]
+        rng = random.Random(3)
+        for make in (RoundRobin, Cookie):
+            mixed, general = make(), make()
+            for index in range(300):
+                view = request()
+                draw = rng.random()
+                if draw < 0.6:
+                    got = mixed._pickSteady(candidates, known, 8.0, view)
+                    expected = general.pick(candidates, view)
+                else:
+                    some = candidates[:2] if draw < 0.8 else candidates[1:]
+                    got = mixed.pick(list(some), view)
+                    expected = general.pick(list(some), view)
+                self.assertIs(got, expected, (make, index))

@@ -6,6 +6,7 @@ in-memory front end, its stage chain, its decision records and its states.
 from __future__ import annotations
 
 from io import BytesIO
+from itertools import product
 
 from twisted.internet.address import IPv6Address
 from twisted.internet.testing import StringTransportWithDisconnection
@@ -20,10 +21,20 @@ from manualb.configfile import parseConfig
 from manualb.exchange import Exchange, State
 from manualb.interfaces import IDownstream, IStage
 from manualb.rules import SERVER_NAME
-from manualb.stages import defaultStages, requestView
+from manualb.stages import (
+    Refusal,
+    RefusedMethods,
+    RequestId,
+    ServerOptions,
+    StandardChecks,
+    StrictTransport,
+    ValidPath,
+    defaultStages,
+    requestView,
+)
 from manualb.testing import MemoryBalancer, MemoryPeer, balancerConfig
 from manualb.urlmap import RouteDecision, URLMap
-from manualb.view import Answer, Passage
+from manualb.view import Answer, Passage, RequestView
 from manualb.web import ProxyResource
 
 from .test_proxy import GET, OK, headOf
@@ -257,6 +268,58 @@ class StageChainTests(SynchronousTestCase):
         for stage in stages:
             verifyObject(IStage, stage)
 
+    def test_standardChecks(self):
+        """
+        L{StandardChecks}, the first stage of the standard chain, answers
+        every request as the six stages it stands for do, run in order, and
+        leaves the passage as they do.
+        """
+        views = [
+            RequestView(
+                "192.0.2.1",
+                secure=secure,
+                method=method,
+                target=target,
+                path=path,
+                headers=headers,
+                trustedPeer=trusted,
+            )
+            for secure, method, target, path, headers, trusted in product(
+                (False, True),
+                (b"GET", b"OPTIONS", b"TRACE", b"CONNECT"),
+                (b"/a", b"*", b"http://h/a"),
+                (b"/a", b""),
+                ([], [(b"X-Request-Id", b"given")], [(b"x-request-id", b"a b")]),
+                (False, True),
+            )
+        ]
+        for view, hsts, refusal in product(
+            views, (None, b"max-age=1"), (None, (400, b"Bad Request", b"No."))
+        ):
+            passages = []
+            answers = []
+            for chain in (
+                [StandardChecks(lambda: b"new")],
+                [
+                    RequestId(lambda: b"new"),
+                    StrictTransport(),
+                    Refusal(),
+                    ServerOptions(),
+                    RefusedMethods(),
+                    ValidPath(),
+                ],
+            ):
+                passage = Passage(view, refusal, hsts)
+                answer = None
+                for stage in chain:
+                    answer = stage.handle(passage)
+                    if answer is not None:
+                        break
+                passages.append((passage.requestId, passage.headers))
+                answers.append(answer)
+            self.assertEqual(answers[0], answers[1], (view, hsts, refusal))
+            self.assertEqual(passages[0], passages[1], (view, hsts, refusal))
+
     def test_answers(self):
         """
         A stage's answer goes to the client, with its headers and the
@@ -289,7 +352,7 @@ class StageChainTests(SynchronousTestCase):
         urlMap = URLMap([])
         resource = ProxyResource(urlMap, self.lb.reactor, stages=[self.stage])
         self.assertEqual(resource.stages, [self.stage])
-        self.assertEqual(len(ProxyResource(urlMap, self.lb.reactor).stages), 7)
+        self.assertEqual(len(ProxyResource(urlMap, self.lb.reactor).stages), 2)
 
 
 class RequestViewTests(SynchronousTestCase):

@@ -7,6 +7,7 @@ layers of these modules.
 from __future__ import annotations
 
 import errno
+from collections import Counter
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
@@ -14,6 +15,7 @@ from twisted.internet.error import ConnectBindError, ConnectionRefusedError
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from manualb.config import HealthCheckConfig, ServerAddress, ServerConfig, UpstreamConfig
 from manualb.handoff import (
@@ -24,7 +26,9 @@ from manualb.handoff import (
 )
 from manualb.health import DOWN, TRANSITIONS, UP, HealthLog, Phase, ServerHealth
 from manualb.records import Outcome, SkipReason, StopReason
-from manualb.selection import LeaseState, Server
+from manualb.balancers import RoundRobin
+from manualb.interfaces import IBalancer
+from manualb.selection import LeaseState, Pool, Server
 from manualb.pools import buildPool as _buildPool
 from manualb.testing import MemoryBalancer, balancerConfig
 from manualb.view import RequestView
@@ -170,6 +174,180 @@ class AttemptsTests(SynchronousTestCase):
         )
         first.release()
         self.assertIsNotNone(p.select(VIEW).next())
+
+
+def picks(p, count: int) -> str:
+    """
+    The servers C{p} picks for C{count} requests one after the other, each
+    answered well, as their last digit of address (C{10.0.0.1} is C{1}).
+    """
+    chosen = []
+    for _ in range(count):
+        lease = p.select(VIEW).next()
+        chosen.append(lease.server.address.host[-1])
+        lease.succeeded()
+        lease.release()
+    return "".join(chosen)
+
+
+@implementer(IBalancer)
+class LastOffered(RoundRobin):
+    """
+    A user's strategy made of a built-in one: the last server offered,
+    and it takes the servers out of the list it is offered.
+    """
+
+    def pick(self, candidates, view):
+        chosen = candidates[-1]
+        del candidates[:]
+        return chosen
+
+
+class SteadyPickTests(SynchronousTestCase):
+    """
+    While every primary is plainly up, a pool keeps what it found of its
+    servers; any change of a server between two requests is seen by the
+    next one's pick.
+    """
+
+    def test_downAndUp(self):
+        """
+        A server an operator sets down or draining is not offered to the
+        next request, and is offered again once it is up.
+        """
+        p, _ = pool(A, B)
+        self.assertEqual(picks(p, 4), "1212")
+        for state in ("down", "drain"):
+            p.servers[1].setState(state)
+            self.assertEqual(picks(p, 3), "111")
+            p.servers[1].setState("up")
+            self.assertEqual(sorted(picks(p, 4)), ["1", "1", "2", "2"])
+
+    def test_weight(self):
+        """
+        A weight an operator sets counts from the next request on.
+        """
+        p, _ = pool(A, B)
+        self.assertEqual(picks(p, 4), "1212")
+        p.servers[1].setWeight(3)
+        self.assertEqual(Counter(picks(p, 8)), {"1": 2, "2": 6})
+        p.servers[1].setWeight(1)
+        self.assertEqual(Counter(picks(p, 8)), {"1": 4, "2": 4})
+
+    def test_reloadedWeight(self):
+        """
+        A reload that changes a server's weight gives the pool that
+        replaces the old one the new weight, its servers' state carried
+        over.
+        """
+        p, reactor = pool(A, B)
+        self.assertEqual(picks(p, 4), "1212")
+        config = UpstreamConfig("u", [ServerConfig(A), ServerConfig(B, weight=3)])
+        reloaded = _buildPool(config, reactor, p)
+        self.assertEqual(reloaded.servers, p.servers)
+        self.assertEqual(Counter(picks(reloaded, 8)), {"1": 2, "2": 6})
+
+    def test_passiveMarks(self):
+        """
+        A server that failed C{max_fails} times is not offered to the next
+        request; once C{fail_timeout} passed it is tried again, and back in
+        the rotation when that succeeds.
+        """
+        p, reactor = pool(ServerConfig(A, fail_timeout=5.0), ServerConfig(B, fail_timeout=5.0))
+        self.assertEqual(picks(p, 2), "12")
+        lease = p.select(VIEW).next()
+        self.assertEqual(lease.server, p.servers[0])
+        lease.failed("refused")
+        lease.release()
+        self.assertEqual(picks(p, 3), "222")
+        reactor.advance(5)
+        self.assertEqual(sorted(picks(p, 4)), ["1", "1", "2", "2"])
+
+    def test_failingStaysOffered(self):
+        """
+        A server with failures below C{max_fails} is still offered, and the
+        record of the pick shows it failing.
+        """
+        p, _ = pool(ServerConfig(A, max_fails=2), ServerConfig(B, max_fails=2))
+        self.assertEqual(picks(p, 2), "12")
+        lease = p.select(VIEW).next()
+        lease.failed("refused")
+        lease.release()
+        attempts = p.select(VIEW)
+        attempts.next().release()
+        [attempt] = attempts.record().attempts
+        self.assertEqual(
+            [c.health for c in attempt.selection.candidates], ["failing", "up"]
+        )
+
+    def test_probes(self):
+        """
+        A server taken down by its probes is not offered to the next
+        request, and is again once they pass.
+        """
+        p, _ = pool(A, B, health_check=HealthCheckConfig(rise=1, fall=1))
+        self.assertEqual(picks(p, 2), "12")
+        p.servers[0].health.probeFailed("refused")
+        self.assertEqual(picks(p, 3), "222")
+        p.servers[0].health.probePassed()
+        self.assertEqual(sorted(picks(p, 4)), ["1", "1", "2", "2"])
+
+    def test_slowStart(self):
+        """
+        A server back from being unavailable gets less than its share over
+        its C{slow_start}, and its whole share after.
+        """
+        p, reactor = pool(
+            ServerConfig(A, fail_timeout=1.0, slow_start=100.0),
+            ServerConfig(B, fail_timeout=1.0, slow_start=100.0),
+        )
+        self.assertEqual(picks(p, 4), "1212")
+        lease = p.select(VIEW).next()
+        lease.failed("refused")
+        lease.release()
+        reactor.advance(1)
+        picks(p, 2)
+        self.assertIs(p.servers[0].health.phase, Phase.SLOW_START)
+        self.assertLess(picks(p, 20).count("1"), 5)
+        reactor.advance(100)
+        self.assertEqual(Counter(picks(p, 20)), {"1": 10, "2": 10})
+
+    def test_backups(self):
+        """
+        A backup is offered only while no primary is, and no longer once
+        one is back.
+        """
+        p, reactor = pool(ServerConfig(A, fail_timeout=5.0), ServerConfig(B, backup=True))
+        self.assertEqual(picks(p, 2), "11")
+        lease = p.select(VIEW).next()
+        lease.failed("refused")
+        lease.release()
+        self.assertEqual(picks(p, 2), "22")
+        reactor.advance(5)
+        self.assertEqual(picks(p, 2), "11")
+
+    def test_ownStrategy(self):
+        """
+        A strategy of the user's (here a subclass of a built-in one with a
+        pick of its own) picks every time, and has a list of its own.
+        """
+        p, reactor = pool(A, B, C)
+        own = Pool(p.config, LastOffered(), p.servers, p.monitor, reactor)
+        self.assertEqual(picks(own, 3), "333")
+        own.servers[2].setState("down")
+        self.assertEqual(picks(own, 2), "22")
+
+    def test_retryOffersOthers(self):
+        """
+        A retry is offered the servers not yet tried.
+        """
+        p, _ = pool(A, B, C)
+        attempts = p.select(VIEW)
+        first = attempts.next()
+        first.failed("refused")
+        first.release()
+        second = attempts.next()
+        self.assertNotEqual(second.server, first.server)
 
 
 class RecordTests(SynchronousTestCase):

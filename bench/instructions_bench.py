@@ -5,9 +5,11 @@ whether a change to the request path made it cheaper.
 
 Run it with C{bench/instructions} (which uses the project's virtualenv).  It
 starts the two nginx backends of C{bench/run}, then manualb under valgrind's
-callgrind twice: once for a few warm-up requests only, once for those and
-C{--requests} more (keep-alive, over 10 connections, sent by this process).
-The difference of the two counts, divided by C{--requests}, is what a
+callgrind twice, each time sending a few warm-up requests over 10
+keep-alive connections, then more over 10 new ones: as many again in the
+first run, C{--requests} more in the second.  Both runs make the same
+connections (and TLS handshakes, with C{--tls}), so the difference of the
+two counts, divided by C{--requests}, is what a
 request costs in user space: manualb's Python, CPython and the C libraries
 it calls; the kernel's share (the socket calls) is not counted.  valgrind is
 installed with apt-get when missing.
@@ -25,6 +27,7 @@ import re
 import selectors
 import signal
 import socket
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -32,7 +35,7 @@ from pathlib import Path
 import benchproc
 from benchlib import publish
 from benchproc import BENCH, BenchError, Processes, ensureTools, pinning, runBench
-from servers import backendDirectory, startBackends, startManualb
+from servers import backendDirectory, makeCertificate, startBackends, startManualb
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
 _LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
@@ -43,18 +46,28 @@ WARMUP = 20
 START_TIMEOUT = 180.0
 
 
-def load(port: int, count: int, connections: int = 10, limit: float = 600.0) -> int:
+def load(
+    port: int, count: int, connections: int = 10, limit: float = 600.0, tls: bool = False
+) -> int:
     """
     Send C{count} keep-alive requests to C{port}, one at a time on each of
-    C{connections} connections, and return how many were answered (fewer
-    only when C{limit} seconds passed first).
+    C{connections} connections (over TLS when C{tls}), and return how many
+    were answered (fewer only when C{limit} seconds passed first).
     """
     selector = selectors.DefaultSelector()
     left, answered = count, 0
     sockets = []
+    context = None
+    if tls:
+        # The bench's own self-signed certificate.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     try:
         for _ in range(min(connections, count)):
             sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            if context is not None:
+                sock = context.wrap_socket(sock)
             sock.setblocking(False)
             selector.register(sock, selectors.EVENT_READ, bytearray())
             sockets.append(sock)
@@ -64,9 +77,15 @@ def load(port: int, count: int, connections: int = 10, limit: float = 600.0) -> 
         while answered < count and time.monotonic() < deadline:
             for key, _ in selector.select(5):
                 sock, buffer = key.fileobj, key.data
-                data = sock.recv(65536)
+                try:
+                    data = sock.recv(65536)
+                except ssl.SSLWantReadError:
+                    # Only part of a TLS record has come.
+                    continue
                 if not data:
                     raise BenchError("manualb closed a connection")
+                while isinstance(sock, ssl.SSLSocket) and sock.pending():
+                    data += sock.recv(65536)
                 buffer += data
                 while True:
                     end = buffer.find(b"\r\n\r\n")
@@ -86,8 +105,10 @@ def load(port: int, count: int, connections: int = 10, limit: float = 600.0) -> 
 
 def count(args: argparse.Namespace, workdir: Path, requests: int) -> tuple[int, int]:
     """
-    Run manualb under callgrind for C{WARMUP} and then C{requests} requests;
-    return the instructions it executed in all, and the requests answered.
+    Run manualb under callgrind for C{WARMUP} requests, then for
+    C{WARMUP} and C{requests} more on new connections; return the
+    instructions it executed in all, and how many of the C{requests} were
+    answered.
     """
     proxyPin, otherPin, _ = pinning()
     workdir = workdir / f"run-{requests}"
@@ -101,9 +122,10 @@ def count(args: argparse.Namespace, workdir: Path, requests: int) -> tuple[int, 
             procs, proxyPin + valgrind, "manualb", list(backendPorts),
             gatekeeper="waf = block\n" if args.everyday or args.waf else "",
             everyday=args.everyday,
+            tls=makeCertificate(workdir) if args.tls else None,
         )
-        load(port, WARMUP)
-        answered = load(port, requests) if requests else 0
+        load(port, WARMUP, tls=args.tls)
+        answered = load(port, WARMUP + requests, tls=args.tls) - WARMUP
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(120)
     finally:
@@ -116,14 +138,15 @@ def count(args: argparse.Namespace, workdir: Path, requests: int) -> tuple[int, 
 
 def bench(args: argparse.Namespace, workdir: Path) -> dict:
     benchproc.START_TIMEOUT = START_TIMEOUT
-    print(f"manualb under callgrind: {WARMUP} requests, then {WARMUP} and "
-          f"{args.requests} more ...", flush=True)
+    print(f"manualb under callgrind: {WARMUP} requests twice, then {WARMUP} "
+          f"and {WARMUP} + {args.requests} ...", flush=True)
     base, _ = count(args, workdir, 0)
     total, answered = count(args, workdir, args.requests)
     if answered != args.requests:
         raise BenchError(f"only {answered} of {args.requests} requests were answered")
+    config = "everyday" if args.everyday else "waf" if args.waf else "bare"
     return {
-        "config": "everyday" if args.everyday else "waf" if args.waf else "bare",
+        "config": config + ", https" if args.tls else config,
         "requests": answered,
         "instructions_per_request": round((total - base) / answered),
         "instructions_base": base,
@@ -145,6 +168,8 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--waf", action="store_true", help="with the WAF blocking")
     parser.add_argument("--everyday", action="store_true",
                         help="with the features of bench/run's everyday row")
+    parser.add_argument("--tls", action="store_true",
+                        help="over HTTPS (TLS 1.3, keep-alive: the handshakes are in the warm-up)")
     parser.add_argument("--json", type=Path, default=BENCH / "results" / "instructions.json")
     args = parser.parse_args(argv)
     if args.requests < 1:

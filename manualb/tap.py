@@ -20,6 +20,7 @@ from twisted.python import usage
 
 from manualb.config import ConfigError
 from manualb.configfile import loadConfig
+from manualb.reactor import installDefault
 from manualb.service import BalancerService, makeService as _makeService
 
 
@@ -40,6 +41,7 @@ def makeService(options: Options):
     Load the configuration and build the service; a broken file ends the
     program with one line naming file, section and key.
     """
+    installDefault()
     from twisted.internet import reactor
 
     try:

@@ -36,6 +36,7 @@ from zope.interface import implementer
 from manualb.config import Config, ConfigError
 from manualb.configfile import loadConfig
 from manualb.listensockets import AdoptedEndpoint
+from manualb.reactor import installDefault
 from manualb.service import BalancerService, LoadBalancer, makeService
 from manualb.supervisor import READY_FD
 from manualb.tap import reloadOnSignal, reopenOnSignal, stopOnSignals
@@ -168,6 +169,7 @@ def runWorker(
         configuration cannot be served.
     """
     if reactor is None:
+        installDefault()
         from twisted.internet import reactor
     from twisted.internet.stdio import StandardIO
 

@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
         "config",
         "syntax",
         "transports",
+        "reactor",
         "forwarding",
         "proxyprotocol",
         "merging",

@@ -4,6 +4,7 @@ The ways users start manualb: the twistd plugin and C{python -m manualb}.
 
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -131,9 +132,10 @@ class Twistd(ProcessProtocol):
 
 class TwistdTests(TestCase):
     @inlineCallbacks
-    def test_twistdServes(self):
+    def serve(self, *twistdOptions):
         """
-        C{twistd -n manualb --config FILE} serves the proxy until stopped.
+        Run C{twistd [twistdOptions] -n manualb --config FILE}, proxy a
+        request through it, stop it; return what it logged.
         """
         backend = yield listenBackend(reactor, NamedBackend("Backend A"))
         self.addCleanup(backend.stopListening)
@@ -151,7 +153,7 @@ class TwistdTests(TestCase):
         transport = reactor.spawnProcess(
             process,
             sys.executable,
-            TWISTD + ["-n", "--pidfile=", "manualb", "--config", config],
+            TWISTD + list(twistdOptions) + ["-n", "--pidfile=", "manualb", "--config", config],
             env=dict(os.environ),
             path=ROOT,
         )
@@ -171,6 +173,26 @@ class TwistdTests(TestCase):
         self.assertIn(b"Server Shut Down.", process.output)
         with open(os.path.join(directory, "access.log"), "rb") as f:
             self.assertIn(b'"GET /hello HTTP/1.1" 200 10', f.read())
+        return process.output
+
+    @inlineCallbacks
+    def test_twistdServes(self):
+        """
+        C{twistd -n manualb --config FILE} serves the proxy until stopped,
+        on manualb's reactor (L{manualb.reactor}) where there is epoll.
+        """
+        output = yield self.serve()
+        if hasattr(select, "epoll"):
+            self.assertIn(b"reactor class: manualb.reactor.LeanEPollReactor", output)
+
+    @inlineCallbacks
+    def test_twistdChosenReactor(self):
+        """
+        The reactor chosen with C{twistd --reactor} is the one manualb runs
+        on.
+        """
+        output = yield self.serve("--reactor=poll")
+        self.assertIn(b"reactor class: twisted.internet.pollreactor.PollReactor", output)
 
 
 class ExampleTests(TestCase):

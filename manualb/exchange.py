@@ -416,7 +416,10 @@ class Exchange:
         own = passage.headers
         outgoing = own + [_SERVER if passage.local is None else passage.local.server]
         outgoing.extend(lease.affinityHeaders())
-        replaced = frozenset([name.lower() for name, value in own])
+        # A loop: a comprehension would make a function each time.
+        replaced = set()
+        for name, _ in own:
+            replaced.add(name.lower())
         controls = self.controls
         if controls is not None and controls.headers is not None:
             replaced |= controls.headers.hidden

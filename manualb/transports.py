@@ -58,7 +58,7 @@ class Deadline:
     @ivar pending: Whether the deadline is set.
     """
 
-    __slots__ = ("_clock", "_expired", "_when", "_call")
+    __slots__ = ("_clock", "_expired", "_when", "_call", "_callAt")
 
     def __init__(self, clock: IReactorTime, expired: Callable[[], object]) -> None:
         """
@@ -69,6 +69,8 @@ class Deadline:
         self._expired = expired
         self._when: float | None = None
         self._call: IDelayedCall | None = None
+        # When the call is due (its getTime(), without the method call).
+        self._callAt = 0.0
 
     @property
     def pending(self) -> bool:
@@ -84,9 +86,11 @@ class Deadline:
         call = self._call
         if call is None:
             self._call = clock.callLater(seconds, self._due)
-        elif call.getTime() > when:
+            self._callAt = when
+        elif self._callAt > when:
             call.cancel()
             self._call = clock.callLater(seconds, self._due)
+            self._callAt = when
 
     def clear(self) -> None:
         """
@@ -113,6 +117,7 @@ class Deadline:
         left = when - clock.seconds()
         if left > 0:
             self._call = clock.callLater(left, self._due)
+            self._callAt = when
             return
         self._when = None
         self._expired()

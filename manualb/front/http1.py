@@ -363,9 +363,14 @@ class HTTP1Connection(Protocol):
         close = version != b"HTTP/1.1"
         expect = upgrade = False
         badFraming = False
+        hosts = []
+        lengths = []
         for name, value in lines:
             size = len(name)
-            if size == 14 and name.lower() == b"content-length":
+            if size == 4 and name.lower() == b"host":
+                hosts.append(value)
+            elif size == 14 and name.lower() == b"content-length":
+                lengths.append(value)
                 length = int(value)
             elif size == 17 and name.lower() == b"transfer-encoding":
                 if chunked or value.strip().lower() != b"chunked":
@@ -381,7 +386,7 @@ class HTTP1Connection(Protocol):
             elif size == 6 and name.lower() == b"expect":
                 expect = value.lower() == b"100-continue"
         site = self.site
-        headers = HeaderLines(lines)
+        headers = HeaderLines(lines, hosts, lengths)
         problem = requestProblem(method, target, version, headers, gatekeeper)
         if problem is None and badFraming:
             problem = (400, b"Bad Request", b"The request framing is not valid.")

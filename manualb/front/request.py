@@ -27,12 +27,25 @@ class HeaderLines:
     read them (C{getRawHeaders}), without building a L{Headers}.
     """
 
-    __slots__ = ("lines",)
+    __slots__ = ("lines", "hosts", "lengths")
 
-    def __init__(self, lines: list[tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self, lines: list[tuple[bytes, bytes]], hosts: list[bytes], lengths: list[bytes]
+    ) -> None:
+        """
+        @param hosts: The values of the C{Host} lines, which the front end
+            found as it read the head.
+        @param lengths: Those of the C{Content-Length} lines.
+        """
         self.lines = lines
+        self.hosts = hosts
+        self.lengths = lengths
 
     def getRawHeaders(self, name: bytes, default=None):
+        if name == b"host":
+            return self.hosts or default
+        if name == b"content-length":
+            return self.lengths or default
         size = len(name)
         found = None
         # A loop, not a comprehension, which would make a function each

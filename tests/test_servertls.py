@@ -319,6 +319,15 @@ class MemoryTests(SynchronousTestCase):
         self.assertEqual(self.served.received[-1], b"fifth")
         self.server.dataReceived(data[5 + length + 3 :])
         self.assertEqual(self.served.received[-2:], [b"fifth", b"sixth"])
+        # One whole record alone, then one in two pieces.
+        self.client.send(b"ninth")
+        self.server.dataReceived(self.client.bio_read(1 << 20))
+        self.assertEqual(self.served.received[-1], b"ninth")
+        self.client.send(b"tenth")
+        data = self.client.bio_read(1 << 20)
+        self.server.dataReceived(data[:4])
+        self.server.dataReceived(data[4:])
+        self.assertEqual(self.served.received[-1], b"tenth")
 
     def test_notARecordAfterHandshake(self) -> None:
         """

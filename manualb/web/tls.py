@@ -227,10 +227,22 @@ class ServerTLS(TLSMemoryBIOProtocol):
         short.  Bytes that are not TLS records stop the counting for the
         connection: reads go on until OpenSSL wants more, as before.
         """
+        size = len(data)
+        if (
+            not self._recordLeft
+            and not self._partialHeader
+            and 5 <= size <= _LONGEST + 5
+            and size == 5 + ((data[3] << 8) | data[4])
+            and 20 <= data[0] <= 24
+            and data[1] == 3
+        ):
+            # The usual read: one whole record, a request.
+            self._unread += 1
+            return
         if self._partialHeader:
             data = self._partialHeader + data
             self._partialHeader = b""
-        size = len(data)
+            size = len(data)
         at = self._recordLeft
         if at > size:
             self._recordLeft = at - size

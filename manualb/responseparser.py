@@ -394,12 +394,10 @@ class ResponseParser:
         code = int(codeText)
         reason = parts[2] if len(parts) == 3 else b""
         # No NUL, and no CR or LF but those that end lines, anywhere in the
-        # head: counted at once rather than searched for line by line.
-        # (find(), not "in": bytes' "in" first tries its operand as an
-        # integer, which raises and clears an error each time.)
-        if head.find(b"\0") != -1 or not (
-            head.count(b"\r") == head.count(b"\n") == head.count(b"\r\n")
-        ):
+        # head: looked for in all the lines at once, by two calls (join and
+        # translate take their arguments faster than find and count).
+        joined = b"".join(lines)
+        if len(joined.translate(None, b"\r\n\0")) != len(joined):
             _badControl(lines)
         headers = []
         lengths = set()

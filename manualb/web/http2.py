@@ -563,12 +563,13 @@ class ProxyH2Connection(BatchingH2Connection):
         if stream is not None and self._stillProducing and not self._closing:
             # The client may still be sending a body that will not be read:
             # give its window back, and ask it to stop (RFC 9113, 8.1).
-            unread = sum(
-                length
-                for chunk, length in stream._inboundDataBuffer
-                if chunk is not _END_STREAM_SENTINEL
-            )
-            stream._inboundDataBuffer.clear()
+            unread = 0
+            buffered = stream._inboundDataBuffer
+            if buffered:
+                for chunk, length in buffered:
+                    if chunk is not _END_STREAM_SENTINEL:
+                        unread += length
+                buffered.clear()
             state = self.conn.streams.get(streamID)
             # Once both sides have ended (as they mostly have), h2 would
             # refuse, and send nothing.
@@ -580,6 +581,10 @@ class ProxyH2Connection(BatchingH2Connection):
             self._acknowledge(unread, streamID)
             self.conn.forgetClosed(streamID)
         super()._requestDone(streamID)
+        if stream is not None:
+            # The stream and its request refer to each other: without this,
+            # both would wait for the garbage collector.
+            stream._request = None
         if self._lastStream is not None and not self.streams:
             self._closeDrained()
 

@@ -8,7 +8,8 @@ starts the two nginx backends of C{bench/run}, then manualb under valgrind's
 callgrind twice, each time sending a few warm-up requests over 10
 keep-alive connections, then more over 10 new ones: as many again in the
 first run, C{--requests} more in the second.  Both runs make the same
-connections (and TLS handshakes, with C{--tls}), so the difference of the
+connections (and TLS handshakes, with C{--tls} or C{--h2}: HTTP/2 streams,
+up to 10 at once on each connection), so the difference of the
 two counts, divided by C{--requests}, is what a
 request costs in user space: manualb's Python, CPython and the C libraries
 it calls; the kernel's share (the socket calls) is not counted.  valgrind is
@@ -44,6 +45,17 @@ _LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
 WARMUP = 20
 #: callgrind slows manualb about fifty times: it starts that much slower.
 START_TIMEOUT = 180.0
+#: The header fields of each request over HTTP/2 (with C{--h2}): h2load's.
+H2_REQUEST = [
+    (":method", "GET"),
+    (":path", "/"),
+    (":scheme", "https"),
+    (":authority", "bench"),
+    ("user-agent", "bench"),
+]
+#: How many streams each connection has open at once with C{--h2}, as
+#: C{h2load -m10}.
+H2_STREAMS = 10
 
 
 def load(
@@ -57,12 +69,7 @@ def load(
     selector = selectors.DefaultSelector()
     left, answered = count, 0
     sockets = []
-    context = None
-    if tls:
-        # The bench's own self-signed certificate.
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+    context = _tlsContext() if tls else None
     try:
         for _ in range(min(connections, count)):
             sock = socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -103,6 +110,101 @@ def load(
     return answered
 
 
+def _tlsContext(alpn: list[str] | None = None) -> ssl.SSLContext:
+    # The bench's own self-signed certificate.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if alpn is not None:
+        context.set_alpn_protocols(alpn)
+    return context
+
+
+def loadH2(port: int, count: int, connections: int = 10, limit: float = 600.0) -> int:
+    """
+    Send C{count} requests to C{port} over HTTP/2 (TLS, ALPN C{h2}) on
+    C{connections} connections, up to L{H2_STREAMS} streams open on each at
+    once, as C{h2load -c10 -m10} does, and return how many were answered
+    (fewer only when C{limit} seconds passed first).
+
+    Each connection sends its streams in rounds: the next L{H2_STREAMS} in
+    one write once all of the last round are answered, rather than a new
+    one as each is answered as h2load does.  How many requests one read of
+    the proxy gets then does not depend on timing (which varies with what
+    else the machine runs), nor, with it, the count.
+    """
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    selector = selectors.DefaultSelector()
+    left, answered = count, 0
+    context = _tlsContext(["h2"])
+    clients = []
+
+    def send(sock, conn) -> None:
+        data = conn.data_to_send()
+        if data:
+            sock.sendall(data)
+
+    def request(conn) -> None:
+        nonlocal left
+        conn.send_headers(conn.get_next_available_stream_id(), H2_REQUEST, end_stream=True)
+        left -= 1
+        pending[conn] = pending.get(conn, 0) + 1
+
+    pending: dict = {}
+
+    try:
+        for _ in range(min(connections, count)):
+            sock = context.wrap_socket(
+                socket.create_connection(("127.0.0.1", port), timeout=30)
+            )
+            clients.append(sock)
+            if sock.selected_alpn_protocol() != "h2":
+                raise BenchError("manualb did not choose h2 by ALPN")
+            conn = h2.connection.H2Connection(
+                h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+            )
+            conn.initiate_connection()
+            selector.register(sock, selectors.EVENT_READ, conn)
+        # The first streams, spread over the connections.
+        for _ in range(H2_STREAMS):
+            for key in selector.get_map().values():
+                if left:
+                    request(key.data)
+        for key in selector.get_map().values():
+            send(key.fileobj, key.data)
+        deadline = time.monotonic() + limit
+        while answered < count and time.monotonic() < deadline:
+            for key, _ in selector.select(5):
+                sock, conn = key.fileobj, key.data
+                # A blocking socket: the rest of a TLS record is waited for.
+                data = sock.recv(65536)
+                if not data:
+                    raise BenchError("manualb closed a connection")
+                while sock.pending():
+                    data += sock.recv(65536)
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.DataReceived):
+                        conn.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                    elif isinstance(event, h2.events.StreamEnded):
+                        answered += 1
+                        pending[conn] -= 1
+                        if not pending[conn]:
+                            for _ in range(min(H2_STREAMS, left)):
+                                request(conn)
+                    elif isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                        raise BenchError(f"manualb sent {event}")
+                send(sock, conn)
+    finally:
+        for sock in clients:
+            sock.close()
+    return answered
+
+
 def count(args: argparse.Namespace, workdir: Path, requests: int) -> tuple[int, int]:
     """
     Run manualb under callgrind for C{WARMUP} requests, then for
@@ -122,10 +224,14 @@ def count(args: argparse.Namespace, workdir: Path, requests: int) -> tuple[int, 
             procs, proxyPin + valgrind, "manualb", list(backendPorts),
             gatekeeper="waf = block\n" if args.everyday or args.waf else "",
             everyday=args.everyday,
-            tls=makeCertificate(workdir) if args.tls else None,
+            tls=makeCertificate(workdir) if args.tls or args.h2 else None,
         )
-        load(port, WARMUP, tls=args.tls)
-        answered = load(port, WARMUP + requests, tls=args.tls) - WARMUP
+        if args.h2:
+            loadH2(port, WARMUP)
+            answered = loadH2(port, WARMUP + requests) - WARMUP
+        else:
+            load(port, WARMUP, tls=args.tls)
+            answered = load(port, WARMUP + requests, tls=args.tls) - WARMUP
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(120)
     finally:
@@ -146,7 +252,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict:
         raise BenchError(f"only {answered} of {args.requests} requests were answered")
     config = "everyday" if args.everyday else "waf" if args.waf else "bare"
     return {
-        "config": config + ", https" if args.tls else config,
+        "config": config + ", h2" if args.h2 else config + ", https" if args.tls else config,
         "requests": answered,
         "instructions_per_request": round((total - base) / answered),
         "instructions_base": base,
@@ -170,6 +276,9 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
                         help="with the features of bench/run's everyday row")
     parser.add_argument("--tls", action="store_true",
                         help="over HTTPS (TLS 1.3, keep-alive: the handshakes are in the warm-up)")
+    parser.add_argument("--h2", action="store_true",
+                        help="over HTTP/2 (TLS, ALPN h2): 10 connections of up to 10 streams "
+                             "each, as h2load -c10 -m10")
     parser.add_argument("--json", type=Path, default=BENCH / "results" / "instructions.json")
     args = parser.parse_args(argv)
     if args.requests < 1:

@@ -462,3 +462,192 @@ class OpenStreamsTests(SynchronousTestCase):
         client.send(headersFrame(301, GET + HTTPS + SLASH + b"\x01" + _string(b"a.example")))
         self.assertEqual(len(held), 150)
         self.assertIsNotNone(client.goaway())
+
+
+class FastOpenTests(SynchronousTestCase):
+    """
+    A request without a body whose cached block the proxy checked before
+    opens its stream without h2's frame machinery
+    (L{manualb.web.http2.ProxyH2Connection._openFast}), leaving h2's state
+    as h2 would; whatever that cannot vouch for goes through h2, with h2's
+    verdict.
+    """
+
+    def setUp(self):
+        self.client = MemoryClient()
+        self.opened: list[tuple[int, bool]] = []
+        conn = self.client.server.conn
+        original = conn.openStream
+
+        def recording(streamID):
+            opened = original(streamID)
+            self.opened.append((streamID, opened))
+            return opened
+
+        conn.openStream = recording
+        self.held: list = []
+        # The first block fills the dynamic table; the second, cached, is
+        # checked by the proxy; from the third on, the fast way is open.
+        self.client.send(headersFrame(1, GET + HTTPS + SLASH + authority(b"a.example")))
+        self.client.send(headersFrame(3, CACHED))
+
+    def hold(self):
+        self.client.resource.render = lambda request: (self.held.append(request), NOT_DONE_YET)[1]
+
+    def test_opened(self):
+        """
+        The stream is opened without h2's frame machinery, its request
+        served as any other, and h2 ends up knowing the stream as it knows
+        one it opened itself.
+        """
+        self.client.send(headersFrame(5, CACHED))
+        self.assertEqual(self.opened, [(5, True)])
+        statuses, resets = _sent(self.client)
+        self.assertEqual(sorted(statuses), [1, 3, 5])
+        self.assertEqual(resets, {})
+        self.assertEqual(len(self.client.resource.requests), 3)
+        conn = self.client.server.conn
+        self.assertEqual(conn.streams, {})
+        self.assertEqual(conn._closed_streams[5], conn._closed_streams[3])
+        self.assertEqual(conn.highest_inbound_stream_id, 5)
+
+    def test_openState(self):
+        """
+        While its response is awaited, the stream is half closed (remote) in
+        h2, as h2 leaves a request that ended with its HEADERS frame.
+        """
+        self.hold()
+        self.client.send(headersFrame(5, CACHED))
+        self.client.send(headersFrame(7, GET + HTTPS + SLASH + authority(b"b.example")))
+        conn = self.client.server.conn
+        fast, slow = conn.streams[5], conn.streams[7]
+        for name in ("state", "client", "headers_received", "headers_sent", "stream_closed_by"):
+            self.assertEqual(
+                getattr(fast.state_machine, name), getattr(slow.state_machine, name), name
+            )
+        self.assertEqual(fast.inbound_flow_control_window, slow.inbound_flow_control_window)
+        self.assertEqual(fast.outbound_flow_control_window, slow.outbound_flow_control_window)
+        self.assertEqual(fast.max_outbound_frame_size, slow.max_outbound_frame_size)
+        self.assertEqual(conn.open_inbound_streams, 2)
+        for request in self.held:
+            request.finish()
+        self.client.pump()
+        statuses, resets = _sent(self.client)
+        self.assertEqual(sorted(statuses), [1, 3, 5, 7])
+        self.assertEqual(conn.streams, {})
+
+    def test_concurrencyLimit(self):
+        """
+        Streams opened the fast way count against
+        SETTINGS_MAX_CONCURRENT_STREAMS: the 101st is refused by h2.
+        """
+        self.hold()
+        self.client.send(b"".join(headersFrame(stream, CACHED) for stream in range(5, 205, 2)))
+        self.assertEqual(len(self.held), 100)
+        self.assertFalse(self.client.closed)
+        self.client.send(headersFrame(205, CACHED))
+        self.assertEqual(len(self.held), 100)
+        self.assertEqual(self.opened[-1], (205, False))
+        self.assertIsNotNone(self.client.goaway())
+        self.assertTrue(self.client.closed)
+
+    def test_streamIDReused(self):
+        """
+        A stream ID that is not above the last one is h2's to judge: a
+        connection error, and no request.
+        """
+        self.client.send(headersFrame(3, CACHED))
+        self.assertEqual(self.opened, [(3, False)])
+        self.assertEqual(len(self.client.resource.requests), 2)
+        self.assertEqual(self.client.goaway().error_code, ErrorCodes.STREAM_CLOSED)
+
+    def test_evenStreamID(self):
+        """
+        A stream ID of the server's kind is a connection error.
+        """
+        self.client.send(headersFrame(6, CACHED))
+        self.assertEqual(self.opened, [(6, False)])
+        self.assertEqual(len(self.client.resource.requests), 2)
+        self.assertEqual(self.client.goaway().error_code, ErrorCodes.PROTOCOL_ERROR)
+
+    def test_draining(self):
+        """
+        Once the proxy drains the connection, a new stream is refused
+        (C{REFUSED_STREAM}), whatever its block.
+        """
+        self.hold()
+        self.client.send(headersFrame(5, CACHED))
+        self.client.server.drain()
+        self.client.send(headersFrame(7, CACHED))
+        self.assertEqual(self.opened, [(5, True)])
+        statuses, resets = _sent(self.client)
+        self.assertEqual(resets, {7: ErrorCodes.REFUSED_STREAM})
+        self.assertEqual(len(self.held), 1)
+
+    def test_refusedNotFast(self):
+        """
+        A cached block of a request that is refused goes through h2 each
+        time, and is refused each time.
+        """
+        self.client.send(headersFrame(5, GET + HTTPS + SLASH + authority(b"bad host")))
+        self.client.send(headersFrame(7, CACHED))
+        self.client.send(headersFrame(9, CACHED))
+        self.assertEqual(self.opened, [])
+        statuses, resets = _sent(self.client)
+        self.assertEqual(
+            resets, {5: ErrorCodes.PROTOCOL_ERROR, 7: ErrorCodes.PROTOCOL_ERROR, 9: ErrorCodes.PROTOCOL_ERROR}
+        )
+
+    def test_withBody(self):
+        """
+        A request that does not end with its HEADERS frame goes through h2.
+        """
+        frame = HeadersFrame(5)
+        frame.data = CACHED
+        frame.flags.add("END_HEADERS")
+        self.client.send(frame.serialize())
+        data = DataFrame(5)
+        data.data = b"body"
+        data.flags.add("END_STREAM")
+        self.client.send(data.serialize())
+        self.assertEqual(self.opened, [])
+        statuses, resets = _sent(self.client)
+        self.assertEqual(sorted(statuses), [1, 3, 5])
+
+    def test_splitFrame(self):
+        """
+        A HEADERS frame that comes in two reads goes through h2.
+        """
+        frame = headersFrame(5, CACHED)
+        self.client.send(frame[:11])
+        self.client.send(frame[11:])
+        self.assertEqual(self.opened, [])
+        statuses, resets = _sent(self.client)
+        self.assertEqual(sorted(statuses), [1, 3, 5])
+
+    def test_amongOtherFrames(self):
+        """
+        Frames before and after one that opens its stream the fast way, in
+        the same read, are handled in order.
+        """
+        self.hold()
+        frames = (
+            headersFrame(5, GET + HTTPS + SLASH + authority(b"b.example"))
+            + headersFrame(7, CACHED)
+            + headersFrame(9, CACHED)
+        )
+        reset = RstStreamFrame(7)
+        reset.error_code = ErrorCodes.CANCEL
+        self.client.send(frames + reset.serialize() + headersFrame(11, CACHED))
+        # 5 changed the table: 7 is decoded again (and cached), 9 and 11
+        # go the fast way.
+        self.assertEqual(self.opened, [(9, True), (11, True)])
+        self.assertEqual(
+            [request.requestHeaders.getRawHeaders(b"host")[0] for request in self.held],
+            [b"b.example"] * 4,
+        )
+        self.assertEqual(sorted(self.client.server.streams), [5, 9, 11])
+
+
+# :method GET, :scheme https, :path /, and the :authority of the dynamic table.
+CACHED = GET + HTTPS + SLASH + DYNAMIC62

@@ -7,6 +7,9 @@ request; and the HPACK encoder of the responses
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import h2.events
 import h2.settings
 from hpack import Decoder
@@ -105,6 +108,32 @@ class ProxiedTests(SynchronousTestCase):
         [request] = self.backend.requests
         self.assertEqual(request.getHeader(b"host"), b"www.example.com")
         self.assertEqual(self.client.server.streams, {})
+
+    def test_freedWhenDone(self):
+        """
+        Once answered, a stream (and with it its request) is freed at once,
+        not left as cyclic garbage for the collector.
+        """
+        made = []
+        original = StreamDownstream.__init__
+
+        def recording(downstream, stream, *args):
+            made.append(weakref.ref(stream))
+            original(downstream, stream, *args)
+
+        self.patch(StreamDownstream, "__init__", recording)
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for _ in range(3):
+                stream = self.client.request()
+                self.roundTrip()
+                self.assertEqual(self.client.body(stream), b"hello")
+            self.assertEqual(len(made), 3)
+            self.assertEqual([stream() for stream in made], [None] * 3)
+        finally:
+            if enabled:
+                gc.enable()
 
     def test_head(self):
         """

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import re
 
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import StreamClosedError, StreamIDTooLowError
-from h2.stream import STREAM_OPEN, StreamState
+from h2.stream import STREAM_OPEN, H2Stream, StreamState
 from hpack import Decoder
 from hpack.exceptions import InvalidTableSizeError, OversizedHeaderListError
 from hyperframe.frame import RstStreamFrame
@@ -42,6 +42,10 @@ _TCHAR = frozenset(
 _NAME_CHARS = frozenset(c for c in _TCHAR if not 0x41 <= c <= 0x5A)
 #: A field name of L{_NAME_CHARS} only (a lower-case token).
 _NAME = re.compile(b"[" + re.escape(bytes(sorted(_NAME_CHARS))) + b"]+")
+# Enum members read once: reading one from its class costs.
+_SERVER_OPEN = ConnectionState.SERVER_OPEN
+_HALF_CLOSED_REMOTE = StreamState.HALF_CLOSED_REMOTE
+_CLOSED = StreamState.CLOSED
 _SCHEME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
 #: The pseudo-header fields of a request (RFC 9113, section 8.3.1).
 PSEUDO_HEADERS = frozenset([b":method", b":scheme", b":path", b":authority"])
@@ -112,6 +116,21 @@ class BlockDecoder(Decoder):
         super().__init__(max_header_list_size=max_header_list_size)
         self._blocks: dict[bytes, DecodedBlock] = {}
 
+    def cached(self, data: bytes) -> DecodedBlock | None:
+        """
+        The list that C{data} decodes to when it is a block that is cached
+        and within the limits, else L{None} (and C{decode} is to be used).
+        Nothing changes.
+        """
+        block = self._blocks.get(data)
+        if (
+            block is None
+            or block.size > self.max_header_list_size
+            or self.header_table_size > self.max_allowed_table_size
+        ):
+            return None
+        return block
+
     def decode(self, data, raw: bool = False):
         if not raw:
             self.last = None
@@ -157,13 +176,45 @@ class FrameReceiver(H2Connection):
     does by going through all it knows, for every new stream).
     """
 
+    def openStream(self, streamID: int) -> bool:
+        """
+        Open stream C{streamID} of the client as h2 does on a HEADERS frame
+        that ends the stream (a request without a body), when nothing about
+        it can go wrong: the connection is open, the ID is new and the
+        client's, and fewer streams than allowed are known.  The stream is
+        left half closed (remote), as h2 leaves it.
+
+        @return: Whether it did; when not, nothing has changed.
+        """
+        if (
+            self.state_machine.state is not _SERVER_OPEN
+            or streamID <= self.highest_inbound_stream_id
+            or not streamID & 1
+            or len(self.streams) >= self.local_settings.max_concurrent_streams
+        ):
+            return False
+        stream = H2Stream(
+            streamID,
+            self.config,
+            self.local_settings.initial_window_size,
+            self.remote_settings.initial_window_size,
+        )
+        stream.max_outbound_frame_size = self.max_outbound_frame_size
+        machine = stream.state_machine
+        machine.state = _HALF_CLOSED_REMOTE
+        machine.client = False
+        machine.headers_received = True
+        self.streams[streamID] = stream
+        self.highest_inbound_stream_id = streamID
+        return True
+
     def forgetClosed(self, streamID: int) -> None:
         """
         Let go of stream C{streamID} if it is closed, remembering how, as h2
         does when it counts the open streams.
         """
         stream = self.streams.get(streamID)
-        if stream is not None and stream.state_machine.state == StreamState.CLOSED:
+        if stream is not None and stream.state_machine.state is _CLOSED:
             del self.streams[streamID]
             self._closed_streams[streamID] = stream.state_machine.stream_closed_by
 
@@ -176,7 +227,7 @@ class FrameReceiver(H2Connection):
             if STREAM_OPEN[state]:
                 if streamID % 2 == remainder:
                     count += 1
-            elif state == StreamState.CLOSED:
+            elif state is _CLOSED:
                 closed.append(streamID)
         for streamID in closed:
             stream = self.streams.pop(streamID)

@@ -38,14 +38,20 @@ from collections import deque
 import h2.events
 import h2.exceptions
 import h2.settings
-from h2.connection import ConnectionInputs
-from h2.stream import StreamInputs
+from h2.connection import ConnectionInputs, ConnectionState
+from h2.stream import StreamClosedBy, StreamInputs, StreamState
 from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.table import HeaderTable
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection, H2Stream
+
+# Enum members read once: reading one from its class costs.
+_SERVER_OPEN = ConnectionState.SERVER_OPEN
+_HALF_CLOSED_REMOTE = StreamState.HALF_CLOSED_REMOTE
+_CLOSED = StreamState.CLOSED
+_SENT_END_STREAM = StreamClosedBy.SEND_END_STREAM
 
 #: Response fields that HTTP/2 forbids (RFC 9113, section 8.2.2).
 CONNECTION_FIELDS = frozenset(
@@ -103,14 +109,25 @@ class BatchingH2Connection(H2Connection):
             # Unknown to h2, or informational: h2 knows what to do.
             self._sendHeadersByH2(streamID, fields)
             return
-        try:
-            conn.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
-            stream.state_machine.process_input(StreamInputs.SEND_HEADERS)
-        except h2.exceptions.StreamClosedError:
-            # The client reset the stream meanwhile.
-            return
-        if stream.state_machine.trailers_sent:
-            raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set.")
+        machine = stream.state_machine
+        if (
+            machine.state is _HALF_CLOSED_REMOTE
+            and not machine.headers_sent
+            and machine.client is False
+            and conn.state_machine.state is _SERVER_OPEN
+        ):
+            # The response to a whole request: h2's state machines would
+            # only note that its headers are sent.
+            machine.headers_sent = True
+        else:
+            try:
+                conn.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+                machine.process_input(StreamInputs.SEND_HEADERS)
+            except h2.exceptions.StreamClosedError:
+                # The client reset the stream meanwhile.
+                return
+            if machine.trailers_sent:
+                raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set.")
         stream.request_method = None
         block = conn.encoder.encode(fields)
         conn._data_to_send += headerFrames(streamID, block, conn.max_outbound_frame_size)
@@ -128,24 +145,34 @@ class BatchingH2Connection(H2Connection):
     # Reading.
 
     def dataReceived(self, data: bytes) -> None:
-        try:
-            events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            self._terminate(Failure())
-            return
-        self.resetTimeout()
         self._receiving = True
         try:
-            for event in events:
-                handler = _HANDLERS.get(type(event))
-                if handler is not None:
-                    getattr(self, handler)(event)
-                if not self._stillProducing:
-                    return
+            if not self._receiveFrames(data):
+                return
         finally:
             self._receiving = False
         self._afterEvents()
         self._flush()
+
+    def _receiveFrames(self, data: bytes) -> bool:
+        """
+        Give C{data} to h2 and handle the events it makes of it.
+
+        @return: Whether the connection goes on.
+        """
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self._terminate(Failure())
+            return False
+        self.resetTimeout()
+        for event in events:
+            handler = _HANDLERS.get(type(event))
+            if handler is not None:
+                getattr(self, handler)(event)
+            if not self._stillProducing:
+                return False
+        return True
 
     def _afterEvents(self) -> None:
         """
@@ -398,11 +425,17 @@ class BatchingH2Connection(H2Connection):
         if stream is None:
             conn.send_data(streamID, chunk, end_stream=end)
             return
-        conn.state_machine.process_input(ConnectionInputs.SEND_DATA)
         machine = stream.state_machine
-        machine.process_input(StreamInputs.SEND_DATA)
-        if end:
-            machine.process_input(StreamInputs.SEND_END_STREAM)
+        if machine.state is _HALF_CLOSED_REMOTE and conn.state_machine.state is _SERVER_OPEN:
+            # Where h2's state machines would go.
+            if end:
+                machine.state = _CLOSED
+                machine.stream_closed_by = _SENT_END_STREAM
+        else:
+            conn.state_machine.process_input(ConnectionInputs.SEND_DATA)
+            machine.process_input(StreamInputs.SEND_DATA)
+            if end:
+                machine.process_input(StreamInputs.SEND_END_STREAM)
         length = len(chunk)
         stream.outbound_flow_control_window -= length
         conn.outbound_flow_control_window -= length

@@ -110,6 +110,12 @@ _HEADERS, _PRIORITY, _SETTINGS, _PUSH_PROMISE, _PING, _GOAWAY, _CONTINUATION = (
 )
 _ACK = 0x1
 _END_HEADERS = 0x4
+_END_HEADERS_STREAM = 0x5
+#: The longest header block (bytes) of a request without a body that the
+#: connection may open its stream with itself (see
+#: L{ProxyH2Connection._openFast}) rather than through h2's frame machinery:
+#: the longest that L{BlockDecoder} caches.
+FAST_BLOCK = BlockDecoder.MAX_BLOCK
 
 def headerListSize(gatekeeper: GatekeeperConfig) -> int:
     """
@@ -224,17 +230,22 @@ class _FrameWatch:
         self._blockBytes = 0
         self._blockFrames = 0
 
-    def feed(self, data: bytes) -> tuple[bytes, list[bytes]]:
+    def feed(self, data: bytes) -> tuple[list, list[bytes]]:
         """
         Take the next bytes from the client.
 
-        @return: The bytes to give h2 (all but GOAWAY frames, and a frame
-            header only once it is whole), and the payloads of the GOAWAY
-            frames that were completed.
+        @return: What to hand on, in order: bytes to give h2 (all but GOAWAY
+            frames, and a frame header only once it is whole), and, for each
+            whole HEADERS frame that ends its header block and its stream
+            with a block of at most L{FAST_BLOCK} bytes, a tuple of its
+            stream ID, frame header and block, which the connection may
+            handle without h2's frame machinery; and the payloads of the
+            GOAWAY frames that were completed.
         @raise _ConnectionError: When a frame breaks a limit.
         """
         view = memoryview(data)
         size = len(view)
+        parts: list = []
         out: list = []
         goaways: list[bytes] = []
         position = 0
@@ -266,12 +277,27 @@ class _FrameWatch:
             kind, flags = header[3], header[4]
             streamID = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
             self._check(length, kind, flags, streamID)
+            if (
+                kind == _HEADERS
+                and flags == _END_HEADERS_STREAM
+                and length <= FAST_BLOCK
+                and length <= size - position
+            ):
+                if out:
+                    parts.append(b"".join(out))
+                    out = []
+                end = position + length
+                parts.append((streamID, header, bytes(view[position:end])))
+                position = end
+                continue
             self._left = length
             if kind == _GOAWAY and streamID == 0 and length >= 8:
                 self._goaway = bytearray()
             else:
                 out.append(header)
-        return b"".join(out), goaways
+        if out:
+            parts.append(b"".join(out))
+        return parts, goaways
 
     def _check(self, length: int, kind: int, flags: int, streamID: int) -> None:
         if length > self.maxFrameSize():
@@ -404,16 +430,67 @@ class ProxyH2Connection(BatchingH2Connection):
         if self._closing:
             return
         try:
-            forH2, goaways = self._frames.feed(data)
+            parts, goaways = self._frames.feed(data)
         except _ConnectionError as e:
             self._abandon(e.code, str(e))
             return
         self._goaways = goaways
-        if forH2:
-            super().dataReceived(forH2)
-        else:
-            self._afterEvents()
-            self._flush()
+        self._receiving = True
+        try:
+            for part in parts:
+                if type(part) is bytes:
+                    if not self._receiveFrames(part):
+                        return
+                elif not self._openFast(*part):
+                    # h2 takes it as any other frame.
+                    if not self._receiveFrames(part[1] + part[2]):
+                        return
+                if not self._stillProducing or self._closing:
+                    return
+        finally:
+            self._receiving = False
+        self._afterEvents()
+        self._flush()
+
+    def _openFast(self, streamID: int, header: bytes, block: bytes) -> bool:
+        """
+        Open stream C{streamID} for a request without a body whose header
+        block C{block} the connection has seen and checked before (a block
+        that L{BlockDecoder} caches, of a request that passed the checks),
+        as h2 and Twisted would (their state moves as theirs would) but
+        without h2's frame objects, events and checks, which have nothing
+        new to find.
+
+        @return: Whether it did; when not, nothing has changed and h2 is to
+            read the frame.
+        """
+        if self._lastStream is not None or self._clientGoingAway:
+            return False
+        conn = self.conn
+        decoded = conn.decoder.cached(block)
+        if decoded is None:
+            return False
+        headers = decoded.received
+        if headers is None:
+            return False
+        head = headers.request
+        if (
+            head is None
+            or head.gatekeeper is not self.gatekeeper
+            or head.refusal is not None
+            or head.length is not None
+            or not conn.openStream(streamID)
+        ):
+            return False
+        self.resetTimeout()
+        stream = ProxyH2Stream(
+            streamID, self, headers, self.requestFactory, self.site, self.factory
+        )
+        self._newStream(stream)
+        stream.start(ended=True)
+        if self._stillProducing and streamID in self.streams:
+            stream.requestComplete()
+        return True
 
     def _afterEvents(self) -> None:
         goaways, self._goaways = self._goaways, []
@@ -486,12 +563,13 @@ class ProxyH2Connection(BatchingH2Connection):
         if stream is not None and self._stillProducing and not self._closing:
             # The client may still be sending a body that will not be read:
             # give its window back, and ask it to stop (RFC 9113, 8.1).
-            unread = sum(
-                length
-                for chunk, length in stream._inboundDataBuffer
-                if chunk is not _END_STREAM_SENTINEL
-            )
-            stream._inboundDataBuffer.clear()
+            unread = 0
+            buffered = stream._inboundDataBuffer
+            if buffered:
+                for chunk, length in buffered:
+                    if chunk is not _END_STREAM_SENTINEL:
+                        unread += length
+                buffered.clear()
             state = self.conn.streams.get(streamID)
             # Once both sides have ended (as they mostly have), h2 would
             # refuse, and send nothing.
@@ -503,6 +581,10 @@ class ProxyH2Connection(BatchingH2Connection):
             self._acknowledge(unread, streamID)
             self.conn.forgetClosed(streamID)
         super()._requestDone(streamID)
+        if stream is not None:
+            # The stream and its request refer to each other: without this,
+            # both would wait for the garbage collector.
+            stream._request = None
         if self._lastStream is not None and not self.streams:
             self._closeDrained()
 

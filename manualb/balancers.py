@@ -114,25 +114,8 @@ class _SmoothWeighted:
         self._turn = 0
 
     def choose(self, candidates: Sequence[Server]) -> Server:
-        current = self._current
-        total = 0.0
-        best = candidates[0]
-        bestCurrent = float("-inf")
-        for server in candidates:
-            weight = server.weight
-            total += weight
-            value = current.get(server, 0.0) + weight
-            current[server] = value
-            if value > bestCurrent:
-                best, bestCurrent = server, value
-        if total <= 0:
-            # Every weight is 0 (all servers at the very start of a slow
-            # start, say): nothing to weigh, so take turns.
-            best = candidates[self._turn % len(candidates)]
-            self._turn += 1
-            return best
-        current[best] = bestCurrent - total
-        return best
+        weights = [server.weight for server in candidates]
+        return self.chooseWeighted(candidates, weights, sum(weights))
 
     def chooseWeighted(
         self, candidates: Sequence[Server], weights: Sequence[float], total: float
@@ -150,6 +133,8 @@ class _SmoothWeighted:
             if value > bestCurrent:
                 best, bestCurrent = server, value
         if total <= 0:
+            # Every weight is 0 (all servers at the very start of a slow
+            # start, say): nothing to weigh, so take turns.
             best = candidates[self._turn % len(candidates)]
             self._turn += 1
             return best

@@ -126,13 +126,21 @@ class RequestId:
         self._newId = newId
 
     def handle(self, passage: Passage) -> Answer | None:
-        view = passage.view
-        requestId = _trustedId(view) if view.trustedPeer else None
-        if requestId is None:
-            requestId = self._newId()
-        passage.requestId = requestId
-        passage.headers.append((_REQUEST_ID, requestId))
+        _giveId(passage, self._newId)
         return None
+
+
+def _giveId(passage: Passage, newId: Callable[[], bytes]) -> None:
+    """
+    Give the request its id (see L{RequestId}), made by C{newId} unless a
+    trusted peer sent a sane one.
+    """
+    view = passage.view
+    requestId = _trustedId(view) if view.trustedPeer else None
+    if requestId is None:
+        requestId = newId()
+    passage.requestId = requestId
+    passage.headers.append((_REQUEST_ID, requestId))
 
 
 def _trustedId(view: RequestView) -> bytes | None:
@@ -241,16 +249,11 @@ class StandardChecks:
         self._newId = newId
 
     def handle(self, passage: Passage) -> Answer | None:
+        _giveId(passage, self._newId)
         view = passage.view
-        requestId = _trustedId(view) if view.trustedPeer else None
-        if requestId is None:
-            requestId = self._newId()
-        passage.requestId = requestId
-        headers = passage.headers
-        headers.append((_REQUEST_ID, requestId))
         hsts = passage.hsts
         if hsts is not None and view.secure:
-            headers.append((_HSTS, hsts))
+            passage.headers.append((_HSTS, hsts))
         refusal = passage.refusal
         if refusal is not None:
             return Answer(*refusal)

@@ -652,6 +652,9 @@ class WAF:
         )
         self._signatures = tuple(s for s in SIGNATURES if s.level <= config.level)
         self._cache: dict[tuple[str, bytes, bool], tuple[Signature, str] | None] = {}
+        # Short targets found to be a plain path in which no signature
+        # matched (see _scanHead).
+        self._cleanTargets: set[bytes] = set()
 
     def _finding(self, rule: str, kind: str, field: str, action: str, excerpt: str) -> Finding:
         self.counters[rule] = self.counters.get(rule, 0) + 1
@@ -793,18 +796,25 @@ class WAF:
         far.
         """
         target = view.target
-        if target[:1] != b"/" or _PLAIN.fullmatch(target) is None:
-            # A query, or a path read segment by segment.
-            return self._scan(self._headFields(view), _NOTHING_EXCEPTED)
         cache = self._cache
-        # The path, plain: the value of the target alone, the first one read.
         size = len(target)
-        if size > _CACHED_LENGTH or cache.get((PATH, target, False), _UNSEEN) is not None:
-            found = self._scan(((PATH, "path", None, target, False),), _NOTHING_EXCEPTED)
-            if found is not None:
-                return found
-            if size > VALUE_LIMIT:
-                size = VALUE_LIMIT
+        if target not in self._cleanTargets:
+            if target[:1] != b"/" or _PLAIN.fullmatch(target) is None:
+                # A query, or a path read segment by segment.
+                return self._scan(self._headFields(view), _NOTHING_EXCEPTED)
+            # The path, plain: the value of the target alone, the first one
+            # read.
+            if size > _CACHED_LENGTH or cache.get((PATH, target, False), _UNSEEN) is not None:
+                found = self._scan(((PATH, "path", None, target, False),), _NOTHING_EXCEPTED)
+                if found is not None:
+                    return found
+                if size > VALUE_LIMIT:
+                    size = VALUE_LIMIT
+            if size <= _CACHED_LENGTH:
+                cleanTargets = self._cleanTargets
+                if len(cleanTargets) >= _CACHED:
+                    cleanTargets.clear()
+                cleanTargets.add(target)
         count = 1
         total = size
         headers = view.headers

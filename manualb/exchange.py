@@ -772,12 +772,12 @@ class Exchange:
                 metrics.gatekeeper(record.rule, record.action)
 
     def _log(self, status: int, sent: int | None = None) -> None:
-        metrics = self.metrics
-        accessLog = self.accessLog
-        if metrics is None and accessLog is None:
+        if self.metrics is None and self.accessLog is None:
             if self.recent is not None:
                 self.recent.keep(self.passage, status, self.reactor.seconds(), self.listener)
             return
+        metrics = self.metrics
+        accessLog = self.accessLog
         # Each attempt's time, taken once for both.
         attempts = self.attempts
         times = attempts.times() if attempts is not None else None

@@ -44,6 +44,8 @@ from manualb.view import Passage, RequestView, clientHost
 log = Logger()
 
 _UNSAFE = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]')
+#: The bytes L{_escape} leaves as they are.
+_SAFE = bytes([byte for byte in range(256) if _UNSAFE.match(bytes([byte])) is None])
 
 
 def _escape(value: bytes) -> bytes:
@@ -570,8 +572,9 @@ class AccessLog:
             referer = b"-"
         if agent is None:
             agent = b"-"
-        # One search tells the usual line, which needs no escape.
-        if _UNSAFE.search(b"".join((requestLine, referer, agent))) is not None:
+        # One pass tells the usual line, which needs no escape: what is left
+        # once the safe bytes are taken out.
+        if b"".join((requestLine, referer, agent)).translate(None, _SAFE):
             requestLine, referer, agent = _escape(requestLine), _escape(referer), _escape(agent)
         if not upstreams:
             servers = b"-"

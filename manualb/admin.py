@@ -200,30 +200,60 @@ class RecentRequests:
     in a bounded ring, for C{GET /api/explain/ID}.
 
     The exchange hands over (L{keep}) each request it logs, of which the
-    ring keeps only what L{explain} reads (L{flatten}), serialised with
-    L{marshal} beside the request's id: nothing rendered, the JSON is made
-    only when someone asks, and neither the request nor its headers stay
-    alive for it.  A record is two strings, a few hundred bytes, which the
-    garbage collector never has to look at: kept as nested tuples, the
-    10,000 records of a busy ring stayed in its sight for several full
-    collections each, which showed in the latency of every request.
+    ring keeps only what L{explain} reads (L{flatten}): nothing rendered,
+    the JSON is made only when someone asks, and neither the request nor
+    its headers stay alive for it.  Records are serialised with L{marshal}
+    by batches of L{BATCH}: kept as nested tuples, the 10,000 records of a
+    busy ring stayed in the garbage collector's sight for several full
+    collections each, which showed in the latency of every request; one
+    record at a time, C{marshal} cost more than the rest of the record,
+    and a batch writes the names and picks its records share once.  A
+    batch is a string the collector never looks at, and so is the ring's
+    entry for a record: its id, its batch's number and its place in it.
 
-    @ivar entries: The ring, oldest first, of C{(requestId, record)} pairs,
-        each record a L{flatten}ed one in L{marshal}'s bytes.
+    @ivar entries: The ring, oldest first, of C{(requestId, batch,
+        index)}: the record is the C{index}th of the batch numbered
+        C{batch}.
     """
+
+    #: How many records are serialised together.
+    BATCH = 64
 
     def __init__(self, size: int = RECENT_REQUESTS):
         self.entries: deque[tuple] = deque(maxlen=size)
         self._append = self.entries.append
+        # The batches serialised, by number, from the oldest an entry still
+        # names; the records of the one being filled, and its number.
+        self._batches: dict[int, bytes] = {}
+        self._oldest = 0
+        self._pending: list[tuple] = []
+        self._batch = 0
 
     def keep(self, passage: Passage, status: int, finished: float, listener: str) -> None:
         """
         Keep the records of a finished request, C{passage}, answered with
         C{status} at C{finished} on C{listener}.
         """
-        self._append(
-            (passage.requestId, marshal.dumps(flatten(passage, status, finished, listener)))
-        )
+        pending = self._pending
+        self._append((passage.requestId, self._batch, len(pending)))
+        pending.append(flatten(passage, status, finished, listener))
+        if len(pending) >= self.BATCH:
+            self._seal()
+
+    def _seal(self) -> None:
+        """
+        Serialise the batch being filled, start the next one, and forget
+        the batches no entry names any more.
+        """
+        self._batches[self._batch] = marshal.dumps(self._pending)
+        self._pending = []
+        self._batch += 1
+        entries = self.entries
+        first = entries[0][1] if entries else self._batch
+        batches = self._batches
+        while self._oldest < first:
+            batches.pop(self._oldest, None)
+            self._oldest += 1
 
     def resize(self, size: int) -> None:
         """
@@ -238,9 +268,11 @@ class RecentRequests:
         The explanation of the latest request of id C{requestId}, or
         L{None} when none of those kept has it.
         """
-        for kept, record in reversed(self.entries):
+        for kept, batch, index in reversed(self.entries):
             if kept == requestId:
-                return explain(marshal.loads(record))
+                if batch == self._batch:
+                    return explain(self._pending[index])
+                return explain(marshal.loads(self._batches[batch])[index])
         return None
 
     def explainHeader(

@@ -741,41 +741,56 @@ class Exchange:
         downstream.finish()
         self._log(code)
 
-    def _measure(self, status: int) -> None:
+    def _measure(self, status: int, times: list | None) -> None:
         """
         Count the finished request: its route, upstream, the server that
-        last had it, its status, its time on the servers and its tries, and
+        last had it, its status, its time on the servers (C{times}, each
+        attempt's, or L{None} when it had no attempts) and its tries, and
         the gatekeeper's decisions.
         """
         passage = self.passage
         metrics = self.metrics
-        route = passage.route.route.name if passage.route is not None else None
-        attempts = self.attempts
-        if attempts is None or not attempts.leases:
+        route = passage.route
+        if route is not None:
+            route = route.route.name
+        leases = self.attempts.leases if self.attempts is not None else None
+        if not leases:
             metrics.requestDone(route, None if self.pool is None else self.pool.name, None, status, None, 0)
         else:
+            if len(times) == 1:
+                seconds = times[0]
+            else:
+                seconds = 0
+                for duration in times:
+                    seconds += duration
             metrics.requestDone(
-                route,
-                self.pool.name,
-                attempts.leases[-1].server.name,
-                status,
-                sum(attempts.times()),
-                len(attempts.leases),
+                route, self.pool.name, leases[-1].server.name, status, seconds, len(leases)
             )
-        for record in passage.decisions:
-            metrics.gatekeeper(record.rule, record.action)
+        decisions = passage.decisions
+        if decisions:
+            for record in decisions:
+                metrics.gatekeeper(record.rule, record.action)
 
     def _log(self, status: int, sent: int | None = None) -> None:
-        if self.metrics is not None:
-            self._measure(status)
+        if self.metrics is None and self.accessLog is None:
+            if self.recent is not None:
+                self.recent.keep(self.passage, status, self.reactor.seconds(), self.listener)
+            return
+        metrics = self.metrics
+        accessLog = self.accessLog
+        # Each attempt's time, taken once for both.
+        attempts = self.attempts
+        times = attempts.times() if attempts is not None else None
+        if metrics is not None:
+            self._measure(status, times)
         if self.recent is not None:
             self.recent.keep(self.passage, status, self.reactor.seconds(), self.listener)
-        if self.accessLog is not None:
+        if accessLog is not None:
             self.downstream.logTo(
-                self.accessLog,
+                accessLog,
                 status,
-                self.attempts.serverNames() if self.attempts is not None else [],
-                self.attempts.times() if self.attempts is not None else [],
+                attempts.serverNames() if attempts is not None else [],
+                times if times is not None else [],
                 sent,
                 self.passage,
             )

@@ -378,8 +378,12 @@ class _Policy:
     blocking: bool = False
     bodyLimit: int | None = None
 
-    @property
-    def active(self) -> bool:
+    #: Whether the policy does anything: worked out once, as it is read for
+    #: every request.
+    active: bool = attrs.field(init=False)
+
+    @active.default
+    def _activeDefault(self) -> bool:
         return (
             self.ipRules is not None
             or self.limiter is not None

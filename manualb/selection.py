@@ -196,6 +196,7 @@ _HELD = LeaseState.HELD
 _RELEASED = LeaseState.RELEASED
 _SUCCEEDED = Outcome.SUCCEEDED
 _FAILED = Outcome.FAILED
+_SUCCEEDED_VALUE = _SUCCEEDED.value
 
 
 class Lease:
@@ -364,14 +365,23 @@ class Attempts:
         """
         The C{host:port} of each server tried, in order, for the access log.
         """
-        return [lease.server.name for lease in self.leases]
+        # Loops: a comprehension would make a function each time.
+        names = []
+        for lease in self.leases:
+            names.append(lease.server.name)
+        return names
 
     def times(self) -> list[float]:
         """
         How long each released attempt held its server, in order, for the
         access log (C{$upstream_response_time}).
         """
-        return [lease.duration for lease in self.leases if lease.duration is not None]
+        times = []
+        for lease in self.leases:
+            duration = lease.duration
+            if duration is not None:
+                times.append(duration)
+        return times
 
     def limit(self) -> StopReason | None:
         """
@@ -446,27 +456,25 @@ class Attempts:
         to the garbage collector.
         """
         pool = self.pool
-        balancer = pool.balancer
-        key = getattr(balancer, "key", None)
+        flatPick = pool._flatPick
+        attempts = []
+        for lease in self.leases:
+            outcome = lease.outcome
+            # Compared, not read: an enumeration's value is a descriptor.
+            if outcome is _SUCCEEDED:
+                outcome = _SUCCEEDED_VALUE
+            elif outcome is not None:
+                outcome = outcome.value
+            attempts.append((flatPick(*lease._pick), outcome, lease.cause, lease.duration))
         refused = self._refused
         stopped = self.stopped
-        return (
-            pool.name,
-            str(getattr(balancer, "name", type(balancer).__name__)),
-            str(key) if key is not None else None,
-            tuple(
-                [
-                    (
-                        pool._flatPick(*lease._pick),
-                        lease.outcome.value if lease.outcome is not None else None,
-                        lease.cause,
-                        lease.duration,
-                    )
-                    for lease in self.leases
-                ]
-            ),
+        head = pool._traceHead
+        if head is None:
+            head = pool._makeTraceHead()
+        return head + (
+            tuple(attempts),
             stopped.value if stopped is not None else None,
-            pool._flatPick(*refused) if refused is not None else None,
+            flatPick(*refused) if refused is not None else None,
         )
 
 
@@ -551,6 +559,12 @@ class Pool:
         # What _steadyPrimaries found, and serverChanges.count then.
         self._steady: tuple | None = None
         self._steadyAt = -1
+        # The start of every trace (see _makeTraceHead), once made.
+        self._traceHead: tuple | None = None
+        # The flat picks (see _flatPick) of the steady primaries, by the
+        # server chosen, and serverChanges.count when they were made.
+        self._steadyFlat: dict = {}
+        self._steadyFlatAt = -1
 
     @property
     def single(self) -> bool:
@@ -688,6 +702,20 @@ class Pool:
         self._steady = steady = (primaries, weights, total)
         return steady
 
+    def _makeTraceHead(self) -> tuple:
+        """
+        What every L{Attempts.trace} of this pool starts with, kept: its
+        name, its strategy's and the strategy's key.
+        """
+        balancer = self.balancer
+        key = getattr(balancer, "key", None)
+        self._traceHead = head = (
+            self.name,
+            str(getattr(balancer, "name", type(balancer).__name__)),
+            str(key) if key is not None else None,
+        )
+        return head
+
     def _selection(self, tier: int, offered, skipped: list | None, chosen) -> Selection:
         """
         The decision record of a pick, from what L{_pick} returned.
@@ -710,7 +738,21 @@ class Pool:
         returned, in plain values: the candidates as C{(server, weight,
         effective weight, health)}, the servers left out as C{(server,
         reason)} and the name of the server chosen (or L{None}).
+
+        A pick among the steady primaries (see L{_pick}) says the same
+        until a server changes: it is made once for each server chosen.
         """
+        if offered is self._tiers[0] and skipped is None:
+            if self._steadyFlatAt != serverChanges.count:
+                self._steadyFlat = {}
+                self._steadyFlatAt = serverChanges.count
+            flat = self._steadyFlat.get(chosen)
+            if flat is None:
+                flat = self._steadyFlat[chosen] = self._flattenPick(tier, offered, skipped, chosen)
+            return flat
+        return self._flattenPick(tier, offered, skipped, chosen)
+
+    def _flattenPick(self, tier: int, offered, skipped: list | None, chosen) -> tuple:
         left = [(server.name, reason.value) for server, reason in skipped or ()]
         if tier == 0:
             left += [(server.name, _BACKUP_NOT_NEEDED) for server in self._tiers[1]]

@@ -638,6 +638,7 @@ class WAF:
         if config.mode != "off" and libinjection is None:
             raise ValueError(f"waf = {config.mode} {UNAVAILABLE}")
         self.mode = config.mode
+        self._off = config.mode == "off"
         self.level = config.level
         self.bodyLimit = config.body_limit if config.mode != "off" else 0
         self.counters: dict[str, int] = {}
@@ -651,6 +652,9 @@ class WAF:
         )
         self._signatures = tuple(s for s in SIGNATURES if s.level <= config.level)
         self._cache: dict[tuple[str, bytes, bool], tuple[Signature, str] | None] = {}
+        # Short targets found to be a plain path in which no signature
+        # matched (see _scanHead).
+        self._cleanTargets: set[bytes] = set()
 
     def _finding(self, rule: str, kind: str, field: str, action: str, excerpt: str) -> Finding:
         self.counters[rule] = self.counters.get(rule, 0) + 1
@@ -724,13 +728,16 @@ class WAF:
 
     # Built-in rules.
 
-    def _scan(self, values: Iterator[_Field], excepted: set[str]):
+    def _scan(
+        self, values: Iterator[_Field], excepted: set[str], count: int = 0, total: int = 0
+    ):
         """
         Run the signatures on C{values}: C{(where, field, name, raw, plus)}
         tuples, where C{where} is one of L{PATH}, L{ARG}..., C{field} and
         C{name} what a finding calls it (C{field:name}, or C{field} when
         C{name} is L{None}), C{raw} the value and C{plus} whether a C{+} in
-        it is a space.
+        it is a space.  C{count} values of C{total} bytes were inspected
+        before these (see L{_scanHead}).
         """
         signatures = self._signatures
         if excepted:
@@ -738,8 +745,7 @@ class WAF:
                 s for s in signatures if s.name not in excepted and s.kind not in excepted
             )
         cache = None if excepted else self._cache
-        total = 0
-        for count, (where, field, name, raw, plus) in enumerate(values):
+        for count, (where, field, name, raw, plus) in enumerate(values, count):
             if count >= VALUES_LIMIT or total >= TOTAL_LIMIT:
                 return None
             raw = raw[:VALUE_LIMIT]
@@ -780,6 +786,72 @@ class WAF:
                 return signature, _excerpt(*found)
         return None
 
+    def _scanHead(self, view: RequestView):
+        """
+        What C{self._scan(self._headFields(view), _NOTHING_EXCEPTED)} finds,
+        the usual head (a plain path without a query) read without making
+        a tuple of each value and a generator of them all: the path and
+        header values found in the cache are passed by here, the others
+        are left to L{_scan}, with the count of values and bytes read so
+        far.
+        """
+        target = view.target
+        cache = self._cache
+        size = len(target)
+        if target not in self._cleanTargets:
+            if target[:1] != b"/" or _PLAIN.fullmatch(target) is None:
+                # A query, or a path read segment by segment.
+                return self._scan(self._headFields(view), _NOTHING_EXCEPTED)
+            # The path, plain: the value of the target alone, the first one
+            # read.
+            if size > _CACHED_LENGTH or cache.get((PATH, target, False), _UNSEEN) is not None:
+                found = self._scan(((PATH, "path", None, target, False),), _NOTHING_EXCEPTED)
+                if found is not None:
+                    return found
+                if size > VALUE_LIMIT:
+                    size = VALUE_LIMIT
+            if size <= _CACHED_LENGTH:
+                cleanTargets = self._cleanTargets
+                if len(cleanTargets) >= _CACHED:
+                    cleanTargets.clear()
+                cleanTargets.add(target)
+        count = 1
+        total = size
+        headers = view.headers
+        if len(headers) >= VALUES_LIMIT:
+            return self._scan(self._headFields(view), _NOTHING_EXCEPTED)
+        # Fewer values than VALUES_LIMIT: only TOTAL_LIMIT can stop the
+        # headers.
+        cookies = None
+        for name, value in headers:
+            lower = name.lower()
+            if lower in _UNINSPECTED:
+                if lower == b"cookie":
+                    cookies = [value] if cookies is None else cookies + [value]
+                continue
+            if total >= TOTAL_LIMIT:
+                return None
+            size = len(value)
+            if size > _CACHED_LENGTH or cache.get((HEADER, value, False), _UNSEEN) is not None:
+                found = self._scan(
+                    ((HEADER, "header", lower, value, False),), _NOTHING_EXCEPTED
+                )
+                if found is not None:
+                    return found
+                if size > VALUE_LIMIT:
+                    size = VALUE_LIMIT
+            count += 1
+            total += size
+        if cookies is None:
+            return None
+        return self._scan(self._cookieFields(cookies), _NOTHING_EXCEPTED, count, total)
+
+    def _cookieFields(self, cookies: list[bytes]) -> Iterator[_Field]:
+        for name, value in _splitCookies(cookies):
+            yield COOKIE, "cookie", name, value, False
+            if not _WORD.fullmatch(name):
+                yield COOKIE, "cookie", name, name, False
+
     def _headFields(self, view: RequestView) -> Iterator[_Field]:
         target = view.target
         path = _rawPath(target)
@@ -803,10 +875,7 @@ class WAF:
             elif lower == b"cookie":
                 cookies = [value] if cookies is None else cookies + [value]
         if cookies is not None:
-            for name, value in _splitCookies(cookies):
-                yield COOKIE, "cookie", name, value, False
-                if not _WORD.fullmatch(name):
-                    yield COOKIE, "cookie", name, name, False
+            yield from self._cookieFields(cookies)
 
     def inspect(self, view: RequestView) -> Finding | None:
         """
@@ -817,10 +886,10 @@ class WAF:
             signature found), or a custom rule that only logs; L{None} for
             nothing (or in C{off} mode).
         """
-        if self.mode == "off":
+        if self._off:
             return None
         if not self._headRules:
-            return self._scan(self._headFields(view), _NOTHING_EXCEPTED)
+            return self._scanHead(view)
         logged, excepted = self._exceptions(view, self._headRules, True)
         if excepted is None or (logged is not None and logged.action == "block"):
             return logged

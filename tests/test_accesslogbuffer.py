@@ -485,6 +485,22 @@ class CombinedLineTests(SynchronousTestCase):
         line = self.line([(b"Referer", b'a"b'), (b"User-Agent", b"c\\d")])
         self.assertTrue(line.endswith(b'"GET /a HTTP/1.1" 200 5 "a\\x22b" "c\\x5Cd" - -\n'), line)
 
+    def test_everyByteEscaped(self) -> None:
+        """
+        Each byte outside printable ASCII, a quote or a backslash, in the
+        user agent, is written escaped; every other byte as it is.
+        """
+        for byte in range(256):
+            value = bytes([byte])
+            unsafe = byte < 0x20 or byte >= 0x7F or value in (b'"', b"\\")
+            written = b"\\x%02X" % (byte,) if unsafe else value
+            self.assertTrue(
+                self.line([(b"User-Agent", b"a" + value)]).endswith(
+                    b'"-" "a' + written + b'" - -\n'
+                ),
+                byte,
+            )
+
     def test_upstreams(self) -> None:
         """
         Each server tried and its time, in order.

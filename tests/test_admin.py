@@ -649,6 +649,39 @@ class ExplainTests(SynchronousTestCase):
         lb = memoryBalancer()
         self.assertEqual(lb.balancer.recent.entries.maxlen, 10000)
 
+    def test_ringByBatches(self):
+        """
+        Records are kept by batches, each serialised once full: a record
+        reads the same from its batch as before; the ring still keeps the
+        latest records only, by any size, and forgets the batches of those
+        it no longer keeps.
+        """
+        batch = RecentRequests.BATCH
+        recent = RecentRequests(size=batch * 2 + 3)
+        explained = {}
+        for number in range(batch * 5 + 7):
+            requestId = b"%d" % (number,)
+            view = RequestView("127.0.0.1", method=b"GET", target=b"/%d" % (number,))
+            recent.keep(Passage(view, requestId=requestId), 200, float(number), "default")
+            explained[number] = recent.find(requestId)
+            self.assertEqual(explained[number]["target"], "/%d" % (number,))
+        self.assertEqual(len(recent.entries), batch * 2 + 3)
+        first = batch * 5 + 7 - (batch * 2 + 3)
+        self.assertIsNone(recent.find(b"%d" % (first - 1,)))
+        for number in range(first, batch * 5 + 7):
+            self.assertEqual(recent.find(b"%d" % (number,)), explained[number])
+        self.assertLessEqual(len(recent._batches), 3)
+        recent.resize(2)
+        self.assertIsNone(recent.find(b"%d" % (first,)))
+        self.assertEqual(recent.find(b"%d" % (batch * 5 + 6,)), explained[batch * 5 + 6])
+        for number in range(batch * 2):
+            recent.keep(Passage(RequestView("127.0.0.1"), requestId=b"x"), 200, 0.0, "default")
+        self.assertLessEqual(len(recent._batches), 1)
+        none = RecentRequests(size=0)
+        for number in range(batch * 3):
+            none.keep(Passage(RequestView("127.0.0.1"), requestId=b"x"), 200, 0.0, "default")
+        self.assertEqual((len(none.entries), none._batches, none.find(b"x")), (0, {}, None))
+
     def test_ringKeepsNotTheRequest(self):
         """
         The ring keeps what an explanation needs, not the request itself

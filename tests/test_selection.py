@@ -418,6 +418,50 @@ class RecordTests(SynchronousTestCase):
         )
         self.assertIsNone(record.stopped)
 
+    def test_steadyRecordFollowsChanges(self):
+        """
+        The record of a pick among the steady primaries says what the
+        servers are when it is made: a weight set after the pick, or
+        before the next, shows in it.
+        """
+        p, _ = pool(A, B, ServerConfig(C, backup=True))
+        attempts = p.select(VIEW)
+        lease = attempts.next()
+        lease.succeeded()
+        lease.release()
+        first = attempts.trace()
+        self.assertIs(p.select(VIEW).next()._pick[1], lease._pick[1])
+        p.servers[0].setWeight(5)
+        second = attempts.trace()
+        [(pick, outcome, cause, duration)] = second[3]
+        candidates, skipped, chosen = pick
+        self.assertEqual(candidates, ((A.name, 5, 5.0, "up"), (B.name, 1, 1.0, "up")))
+        self.assertEqual(skipped, ((C.name, SkipReason.BACKUP_NOT_NEEDED.value),))
+        self.assertEqual((chosen, outcome, cause), (lease.server.name, "succeeded", None))
+        self.assertNotEqual(first[3][0][0], pick)
+        self.assertEqual(second[:3], ("u", "round_robin", None))
+        self.assertEqual(
+            [c.weight for c in attempts.record().attempts[0].selection.candidates], [5, 1]
+        )
+
+    def test_serverNamesAndTimes(self):
+        """
+        C{serverNames} lists each server tried, C{times} each released
+        attempt's time, in order.
+        """
+        p, reactor = pool(A, B)
+        attempts = p.select(VIEW)
+        first = attempts.next()
+        reactor.advance(0.5)
+        first.failed("status 502")
+        first.release()
+        second = attempts.next()
+        self.assertEqual(attempts.serverNames(), [first.server.name, second.server.name])
+        self.assertEqual(attempts.times(), [0.5])
+        reactor.advance(0.25)
+        second.release()
+        self.assertEqual(attempts.times(), [0.5, 0.25])
+
     def test_frozen(self):
         p, _ = pool()
         attempts = p.select(VIEW)

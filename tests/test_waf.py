@@ -775,6 +775,48 @@ class HostileTests(SynchronousTestCase):
         for result in (inspector.inspect(request), inspector.inspectBody(request, body)):
             self.assertTrue(result is None or isinstance(result, Finding))
 
+    def test_headersAfterTheLimit(self) -> None:
+        """
+        Header values past L{waf.TOTAL_LIMIT} bytes are not looked at, with
+        a plain path as with any other.
+        """
+        filler = (b"X-Filler", b"a" * waf.VALUE_LIMIT * 2)
+        attack = (b"X-Data", b"<script>alert(1)</script>")
+        fits = waf.TOTAL_LIMIT // waf.VALUE_LIMIT - 1
+        for target in (b"/", b"/a/%2e", b"/?a=b"):
+            self.assertEqual(
+                self.inspector.inspect(view(target, [filler] * fits + [attack])).kind, "xss"
+            )
+            self.assertIsNone(self.inspector.inspect(view(target, [filler] * (fits + 1) + [attack])))
+
+    @given(
+        target=st.sampled_from([b"/", b"/a/b.c", b"/a%2Fb", b"/x?y=1", b"/" + b"p" * 300])
+        | st.binary(max_size=40),
+        headers=st.lists(
+            st.tuples(
+                st.sampled_from(
+                    [b"Host", b"User-Agent", b"Cookie", b"cookie", b"Accept", b"X-Data", b"Referer"]
+                ),
+                st.sampled_from([b"", b"bench", b"a=b; c", b"<script>", b"1' or '1'='1", b"x" * 300])
+                | st.binary(max_size=30),
+            ),
+            max_size=6,
+        ),
+    )
+    @fuzzSettings(300)
+    def test_headAsEveryValue(self, target: bytes, headers: list) -> None:
+        """
+        The head of a request gives what inspecting its values one by one
+        in order gives (L{WAF._headFields}), the first time and from the
+        cache.
+        """
+        request = view(target, headers)
+        inspector, reference = WAF(WAFConfig(mode="block")), WAF(WAFConfig(mode="block"))
+        expected = reference._scan(reference._headFields(request), frozenset())
+        self.assertEqual(inspector.inspect(request), expected)
+        self.assertEqual(inspector.inspect(request), expected)
+        self.assertEqual(inspector.counters, {} if expected is None else {expected.rule: 2})
+
     @given(st.text(max_size=60))
     @fuzzSettings(200)
     def test_cachedAsFresh(self, text: str) -> None:

@@ -48,13 +48,20 @@ def installDefault() -> None:
 
 
 if hasattr(select, "epoll"):
+    from select import EPOLLIN
+
     from twisted.internet.epollreactor import EPollReactor
+    from twisted.internet.error import ConnectionFdescWentAway
+
+    #: What a selectable whose descriptor is -1 (closed) has lost.
+    _NO_FILEDESC = ConnectionFdescWentAway("File descriptor lost")
 
     __all__.append("LeanEPollReactor")
 
     class LeanEPollReactor(EPollReactor):
         """
-        L{EPollReactor}, with each ready connection called directly.
+        L{EPollReactor}, with each ready connection called directly (and a
+        connection that is only readable read without a further call).
         """
 
         def doPoll(self, timeout: float | None) -> None:
@@ -76,7 +83,23 @@ if hasattr(select, "epoll"):
                     # Removed by the handling of an earlier event.
                     continue
                 try:
-                    handle(selectable, fd, event)
+                    if event != EPOLLIN:
+                        handle(selectable, fd, event)
+                        continue
+                    # Readable, and nothing else: what the reactor's own
+                    # handling does then, without its call.
+                    inRead = False
+                    try:
+                        if selectable.fileno() == -1:
+                            why = _NO_FILEDESC
+                        else:
+                            why = selectable.doRead()
+                            inRead = True
+                    except Exception as e:
+                        log.failure("reading from {selectable}", selectable=selectable)
+                        why = e
+                    if why:
+                        self._disconnectSelectable(selectable, why, inRead)
                 except Exception:
                     log.failure("handling an event of {selectable}", selectable=selectable)
 

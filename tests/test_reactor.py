@@ -46,6 +46,7 @@ class _Reader:
         self.fd = fd
         self.broken = broken
         self.reads = 0
+        self.lost: list[Failure] = []
 
     def fileno(self) -> int:
         return self.fd
@@ -58,8 +59,15 @@ class _Reader:
         return ConnectionDone()
 
     def connectionLost(self, reason: Failure) -> None:
+        self.lost.append(reason)
         if self.broken:
             raise ValueError("broken connectionLost")
+
+
+class _FailingReader(_Reader):
+    def doRead(self):
+        self.reads += 1
+        raise ZeroDivisionError("broken doRead")
 
 
 class LeanEPollReactorTests(TestCase):
@@ -108,3 +116,21 @@ class LeanEPollReactorTests(TestCase):
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
         self.assertNotIn(readers[0], self.reactor.getReaders())
         self.assertNotIn(readers[1], self.reactor.getReaders())
+
+    def test_failedReadLogged(self) -> None:
+        """
+        A read that raises is logged, and the connection is lost with the
+        error, as Twisted's reactors do.
+        """
+        readEnd, writeEnd = os.pipe()
+        self.addCleanup(os.close, readEnd)
+        self.addCleanup(os.close, writeEnd)
+        os.write(writeEnd, b"x")
+        reader = _FailingReader(readEnd, False)
+        self.reactor.addReader(reader)
+        self.reactor.doIteration(0)
+        self.assertEqual(reader.reads, 1)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        [reason] = reader.lost
+        self.assertIsInstance(reason.value, ZeroDivisionError)
+        self.assertNotIn(reader, self.reactor.getReaders())

@@ -565,13 +565,15 @@ class UpstreamConnection(Protocol):
         self._receiver = None
         self.bodyTaker = None
         self._cancelReadTimer()
-        self._paused = False
+        # Only pauseProducing pauses the transport's reading.
+        paused, self._paused = self._paused, False
         self.reused = True
         state = self._state
         if state is _RECEIVING:
             if reusable and not self._closeAfter and self.pool is not None:
                 self._state = _IDLE
-                self.transport.resumeProducing()
+                if paused:
+                    self.transport.resumeProducing()
                 self.pool.release(self)
             else:
                 self._state = _CLOSING

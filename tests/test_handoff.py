@@ -134,6 +134,32 @@ class ConnectionTests(SynchronousTestCase):
             [(S.IDLE, S.SENDING), (S.SENDING, S.AWAITING), (S.AWAITING, S.RECEIVING), (S.RECEIVING, S.IDLE)],
         )
 
+    def test_pausedThenIdle(self):
+        """
+        A connection whose reading the client paused (back-pressure) reads
+        again once its response ends and it goes back to the pool; one never
+        paused is not resumed for nothing.
+        """
+        connection, transport = self.connect()
+        receiver = Receiver()
+        connection.sendRequest(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"GET", receiver, chunked=False)
+        connection.finishBody()
+        connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\no")
+        connection.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        connection.dataReceived(b"k")
+        self.assertIs(connection.state, ConnectionState.IDLE)
+        self.assertEqual(transport.producerState, "producing")
+        resumed = []
+        transport.resumeProducing = lambda: resumed.append(True)
+        taken = self.pool.takeIdle()
+        self.assertIs(taken, connection)
+        connection.sendRequest(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"GET", Receiver(), chunked=False)
+        connection.finishBody()
+        connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertIs(connection.state, ConnectionState.IDLE)
+        self.assertEqual(resumed, [])
+
     def test_notKeptIdle(self):
         """
         A pool told not to keep idle connections (its server set down or

@@ -509,7 +509,11 @@ class Cookie:
             id = self._ids[server] = serverID(server)
         return id
 
-    def pick(self, candidates: Sequence[Server], view: RequestView) -> Server:
+    def _cookieServer(self, candidates: Sequence[Server], view: RequestView) -> Server | None:
+        """
+        The candidate the request's cookie names, or the only candidate, or
+        L{None}: the rotation chooses.
+        """
         wanted = view.cookie(self._name)
         if wanted is not None:
             for server in candidates:
@@ -517,18 +521,18 @@ class Cookie:
                     return server
         if len(candidates) == 1:
             return candidates[0]
-        return self._rotation.choose(candidates)
+        return None
+
+    def pick(self, candidates: Sequence[Server], view: RequestView) -> Server:
+        server = self._cookieServer(candidates, view)
+        return server if server is not None else self._rotation.choose(candidates)
 
     def _pickSteady(
         self, candidates: Sequence[Server], weights: Sequence[float], total: float, view
     ) -> Server:
-        wanted = view.cookie(self._name)
-        if wanted is not None:
-            for server in candidates:
-                if self._idOf(server) == wanted:
-                    return server
-        if len(candidates) == 1:
-            return candidates[0]
+        server = self._cookieServer(candidates, view)
+        if server is not None:
+            return server
         return self._rotation.chooseWeighted(candidates, weights, total)
 
     def affinityHeaders(

@@ -260,7 +260,7 @@ class ServerHealth:
         if phase is Phase.SLOW_START:
             if self.clock.seconds() - self._upSince >= self.config.slow_start:
                 phase = self.storedPhase = Phase.UP
-                serverChanges.count += 1
+                serverChanges.changed()
         elif phase is Phase.FAILING:
             if self.clock.seconds() - self._windowStart >= self.config.fail_timeout:
                 # The window passed: the failures in it no longer count.
@@ -300,7 +300,7 @@ class ServerHealth:
             self._upSince = None
             if self.storedPhase is Phase.SLOW_START:
                 self.storedPhase = Phase.UP
-            serverChanges.count += 1
+            serverChanges.changed()
             return 1.0
         return max(elapsed / slowStart, _SLOW_START_FLOOR)
 
@@ -317,14 +317,14 @@ class ServerHealth:
                     % (self.config.address.name, self.storedPhase.value, phase.value)
                 )
             self.storedPhase = phase
-            serverChanges.count += 1
+            serverChanges.changed()
         return phase
 
     def _comeBack(self, reason: str) -> None:
         """
         Serve again after being down, ramping up over C{slow_start}.
         """
-        serverChanges.count += 1
+        serverChanges.changed()
         if self.config.slow_start:
             self._upSince = self.clock.seconds()
             self._enter(Phase.SLOW_START)
@@ -334,7 +334,7 @@ class ServerHealth:
         self._changed(UP, reason)
 
     def _goDown(self, phase: Phase, reason: str) -> None:
-        serverChanges.count += 1
+        serverChanges.changed()
         self._upSince = None
         self._enter(phase)
         self._changed(DOWN, reason)

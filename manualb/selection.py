@@ -43,7 +43,6 @@ from manualb.records import (
 from manualb.view import RequestView
 
 _UP = Phase.UP
-_UNAVAILABLE = Phase.UNAVAILABLE
 _UP_NAME = _UP.value
 _BACKUP_NOT_NEEDED = SkipReason.BACKUP_NOT_NEEDED.value
 
@@ -246,10 +245,7 @@ class Lease:
         self.duration: float | None = None
         self.started = started
         server.active += 1
-        health = server.health
-        if health.storedPhase is _UNAVAILABLE:
-            # The request that tests the server (ServerHealth.requestStarted).
-            health.requestStarted()
+        server.health.requestStarted()
 
     @property
     def held(self) -> bool:
@@ -696,10 +692,7 @@ class Pool:
         if self._steadyAt != serverChanges.count:
             # A slow start ended as its weight was read: look again next time.
             return None
-        total = 0.0
-        for weight in weights:
-            total += weight
-        self._steady = steady = (primaries, weights, total)
+        self._steady = steady = (primaries, weights, sum(weights, 0.0))
         return steady
 
     def _makeTraceHead(self) -> tuple:

@@ -80,6 +80,19 @@ class LeanEPollReactorTests(TestCase):
         self.addCleanup(reactor.waker.connectionLost, None)
         self.addCleanup(reactor.disconnectAll)
 
+    def readable(self, kind: type[_Reader], broken: bool) -> _Reader:
+        """
+        A reader of C{kind} of a pipe with a byte to read, added to the
+        reactor.
+        """
+        readEnd, writeEnd = os.pipe()
+        self.addCleanup(os.close, readEnd)
+        self.addCleanup(os.close, writeEnd)
+        os.write(writeEnd, b"x")
+        reader = kind(readEnd, broken)
+        self.reactor.addReader(reader)
+        return reader
+
     def test_serves(self) -> None:
         """
         Connections are accepted, read and written as on Twisted's epoll
@@ -102,15 +115,7 @@ class LeanEPollReactorTests(TestCase):
         from its C{connectionLost}) is logged, and the other events of the
         same poll are still handled.
         """
-        readers = []
-        for broken in (True, False):
-            readEnd, writeEnd = os.pipe()
-            self.addCleanup(os.close, readEnd)
-            self.addCleanup(os.close, writeEnd)
-            os.write(writeEnd, b"x")
-            reader = _Reader(readEnd, broken)
-            self.reactor.addReader(reader)
-            readers.append(reader)
+        readers = [self.readable(_Reader, broken) for broken in (True, False)]
         self.reactor.doIteration(0)
         self.assertEqual([reader.reads for reader in readers], [1, 1])
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
@@ -122,12 +127,7 @@ class LeanEPollReactorTests(TestCase):
         A read that raises is logged, and the connection is lost with the
         error, as Twisted's reactors do.
         """
-        readEnd, writeEnd = os.pipe()
-        self.addCleanup(os.close, readEnd)
-        self.addCleanup(os.close, writeEnd)
-        os.write(writeEnd, b"x")
-        reader = _FailingReader(readEnd, False)
-        self.reactor.addReader(reader)
+        reader = self.readable(_FailingReader, False)
         self.reactor.doIteration(0)
         self.assertEqual(reader.reads, 1)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)

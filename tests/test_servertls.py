@@ -34,7 +34,8 @@ from manualb.termination import contextFactoryFor, sniEndpoint
 from manualb.testing import NamedBackend, balancerConfig, listenBackend, serverAddress
 from manualb.tlstesting import makeCA, makeTLSConfig, writeCA
 from manualb.transports import sendNow
-from manualb.web.tls import ServerTLS, ServerTLSFactory
+from manualb.web import tls as servertls
+from manualb.web.tls import ServerTLS, ServerTLSFactory, dataPath
 from tests.test_endtoend import (
     PIECE,
     HangingBackend,
@@ -329,6 +330,32 @@ class MemoryTests(SynchronousTestCase):
         self.server.dataReceived(data[4:])
         self.assertEqual(self.served.received[-1], b"tenth")
 
+    def test_directPath(self) -> None:
+        """
+        Once the handshake is done, application data goes in and out of
+        OpenSSL by direct calls (where pyOpenSSL's bindings are found, as
+        they are for the versions manualb is tested with).
+        """
+        self.handshake()
+        self.client.send(b"ping")
+        self.toServer()
+        sendNow(self.server, b"pong")
+        self.fromServer()
+        self.assertEqual(self.served.received, [b"ping"])
+        self.assertEqual(self.received(), b"pong")
+        self.assertIsInstance(self.server._path, servertls._DirectPath)
+
+    def test_publicPathWithoutBindings(self) -> None:
+        """
+        A connection that lacks what the direct calls need is served by
+        pyOpenSSL's public methods.
+        """
+        self.handshake()
+        connection = self.server._tlsConnection
+        self.assertIsInstance(dataPath(connection), servertls._DirectPath)
+        self.patch(servertls, "_BUFFER", None)
+        self.assertIsInstance(dataPath(connection), servertls._PublicPath)
+
     def test_notARecordAfterHandshake(self) -> None:
         """
         Bytes that cannot be a TLS record close the connection at once,
@@ -347,6 +374,26 @@ class MemoryTests(SynchronousTestCase):
         self.server.dataReceived(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
         self.assertTrue(self.transport.disconnecting)
         self.assertNotEqual(self.transport.value(), b"")
+
+
+class PublicPathMemoryTests(MemoryTests):
+    """
+    L{MemoryTests} with application data moved by pyOpenSSL's public
+    methods, as where its bindings are not found.
+    """
+
+    def setUp(self) -> None:
+        self.patch(servertls, "dataPath", servertls._PublicPath)
+        super().setUp()
+
+    def test_directPath(self) -> None:
+        """
+        The public methods serve instead of the direct calls.
+        """
+        self.handshake()
+        self.client.send(b"ping")
+        self.toServer()
+        self.assertIsInstance(self.server._path, servertls._PublicPath)
 
 
 # Real sockets ------------------------------------------------------------------

@@ -21,7 +21,13 @@ which fail with an exception.  L{ServerTLS} instead:
     application data: such a read makes none but for the rare
     post-handshake message (a key update), which the next write carries;
   - counts the whole records received, so as to stop reading when all are
-    read rather than when OpenSSL fails to read one more.
+    read rather than when OpenSSL fails to read one more;
+  - once the handshake is done, moves application data in and out of
+    OpenSSL by calling it directly through the C bindings pyOpenSSL itself
+    uses (L{_DirectPath}), into one buffer kept for every connection,
+    asking OpenSSL what went wrong only when a call fails: pyOpenSSL's
+    methods allocate a buffer and ask after every call.  Where those
+    bindings are not found, pyOpenSSL's methods serve (L{_PublicPath}).
 
 Everything else (the handshake, SNI and ALPN, shutdown and abort,
 producers, writes held while OpenSSL waits for the peer) is Twisted's.
@@ -29,7 +35,9 @@ producers, writes held while OpenSSL waits for the peer) is Twisted's.
 
 from __future__ import annotations
 
-from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from typing import Any
+
+from OpenSSL.SSL import Connection, Error, WantReadError, ZeroReturnError
 from twisted.internet.interfaces import IDelayedCall
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
@@ -58,6 +66,118 @@ _LONGEST = 2**14 + 2048
 _HOLD = 64_000
 
 
+class _PublicPath:
+    """
+    Application data in and out of a pyOpenSSL connection whose handshake
+    is done, by pyOpenSSL's own methods.
+
+    @ivar connection: The connection.
+    """
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def feed(self, data: bytes) -> None:
+        """
+        Give OpenSSL the records C{data} received.
+        """
+        self.connection.bio_write(data)
+
+    def read(self) -> bytes:
+        """
+        The plaintext of the next record, as pyOpenSSL's C{recv} gives it
+        (and raises its errors: L{WantReadError} when no whole record is
+        left).
+        """
+        return self.connection.recv(_READ)
+
+    def write(self, data: bytes) -> int:
+        """
+        Encrypt C{data} (at most one record, L{_RECORD}); how much of it
+        was taken, as pyOpenSSL's C{send}.
+        """
+        return self.connection.send(data)
+
+    def records(self, size: int) -> bytes:
+        """
+        At most C{size} bytes of the records OpenSSL made to send; raises
+        L{WantReadError} when there are none.
+        """
+        return self.connection.bio_read(size)
+
+
+try:
+    from OpenSSL.SSL import _ffi, _lib
+
+    _SSL_read = _lib.SSL_read
+    _SSL_write = _lib.SSL_write
+    _BIO_read = _lib.BIO_read
+    _BIO_write = _lib.BIO_write
+    _unpack = _ffi.unpack
+    #: The buffer every connection reads into: one reactor thread runs
+    #: them all, and each read is copied out before the next.
+    _BUFFER: Any = _ffi.new("char[]", _READ)
+except (ImportError, AttributeError):  # pragma: no cover - other bindings
+    _BUFFER = None
+
+
+class _DirectPath:
+    """
+    L{_PublicPath} by direct calls into OpenSSL, through the bindings that
+    pyOpenSSL's connection itself calls, on the C{SSL} and memory BIOs it
+    holds.  A failed call is handed to the connection's own error handling,
+    so that it raises what pyOpenSSL's method would.
+    """
+
+    __slots__ = ("connection", "_ssl", "_into", "_out")
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._ssl = connection._ssl
+        self._into = connection._into_ssl
+        self._out = connection._from_ssl
+
+    def feed(self, data: bytes) -> None:
+        written = _BIO_write(self._into, data, len(data))
+        if written <= 0:
+            self.connection._handle_bio_errors(self._into, written)
+
+    def read(self) -> bytes:
+        size = _SSL_read(self._ssl, _BUFFER, _READ)
+        if size > 0:
+            return _unpack(_BUFFER, size)
+        self.connection._raise_ssl_error(self._ssl, size)
+        return b""
+
+    def write(self, data: bytes) -> int:
+        if type(data) is not bytes:
+            return self.connection.send(data)
+        sent = _SSL_write(self._ssl, data, len(data))
+        if sent <= 0:
+            self.connection._raise_ssl_error(self._ssl, sent)
+        return sent
+
+    def records(self, size: int) -> bytes:
+        size = _BIO_read(self._out, _BUFFER, min(size, _READ))
+        if size > 0:
+            return _unpack(_BUFFER, size)
+        self.connection._handle_bio_errors(self._out, size)
+
+
+def dataPath(connection: Connection) -> _PublicPath | _DirectPath:
+    """
+    The quickest way to move application data through C{connection}.
+    """
+    if _BUFFER is not None and all(
+        hasattr(connection, name)
+        for name in ("_ssl", "_into_ssl", "_from_ssl", "_raise_ssl_error", "_handle_bio_errors")
+    ):
+        return _DirectPath(connection)
+    return _PublicPath(connection)
+
+
 class ServerTLS(TLSMemoryBIOProtocol):
     """
     A server's TLS connection that writes straight through.
@@ -67,6 +187,8 @@ class ServerTLS(TLSMemoryBIOProtocol):
     @ivar _heldSize: Their length.
     @ivar _call: The turn of the event loop that writes them, if any.
     @ivar _receiving: Whether received data is being handed on.
+    @ivar _path: How application data goes in and out of OpenSSL
+        (L{dataPath}), once the connection has been asked for it.
     """
 
     _receiving = False
@@ -76,6 +198,7 @@ class ServerTLS(TLSMemoryBIOProtocol):
     _recordLeft = 0
     _partialHeader = b""
     _unread = 0
+    _path: _PublicPath | _DirectPath | None = None
 
     def __init__(self, factory, wrappedProtocol, _connectWrapped=True):
         super().__init__(factory, wrappedProtocol, _connectWrapped)
@@ -160,16 +283,16 @@ class ServerTLS(TLSMemoryBIOProtocol):
             else:
                 super()._write(data)
             return
-        connection = self._tlsConnection
+        path = self._path or self._newPath()
         size = len(data)
         sent = 0
         try:
             if size <= _RECORD:
-                sent = connection.send(data)
+                sent = path.write(data)
             if sent < size:
                 view = memoryview(data)
                 while sent < size:
-                    sent += connection.send(view[sent : sent + _RECORD])
+                    sent += path.write(view[sent : sent + _RECORD])
         except WantReadError:
             self._bufferedWrite(data[sent:])
             return
@@ -184,20 +307,25 @@ class ServerTLS(TLSMemoryBIOProtocol):
         more than C{expected} bytes, straight to the socket when nothing
         is queued before it.
         """
-        connection = self._tlsConnection
+        path = self._path or self._newPath()
+        expected = min(expected, _READ)
         try:
-            records = connection.bio_read(expected)
+            records = path.records(expected)
         except WantReadError:
             return
         if len(records) == expected:
             more = [records]
             while True:
                 try:
-                    more.append(connection.bio_read(_READ))
+                    more.append(path.records(_READ))
                 except WantReadError:
                     break
             records = b"".join(more)
         sendNow(self.transport, records)
+
+    def _newPath(self) -> _PublicPath | _DirectPath:
+        self._path = dataPath(self._tlsConnection)
+        return self._path
 
     # Reading.
 
@@ -269,8 +397,8 @@ class ServerTLS(TLSMemoryBIOProtocol):
         Hand on the application data in C{data}, once the handshake is
         done.
         """
-        connection = self._tlsConnection
-        connection.bio_write(data)
+        path = self._path or self._newPath()
+        path.feed(data)
         if self._appSendBuffer:
             self._unbufferPendingWrites()
         # None: no record to read; False: none gave application data.
@@ -282,7 +410,7 @@ class ServerTLS(TLSMemoryBIOProtocol):
             if delivered is None:
                 delivered = False
             try:
-                received = connection.recv(_READ)
+                received = path.read()
             except WantReadError:
                 self._unread = 0
                 break

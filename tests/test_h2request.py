@@ -253,6 +253,26 @@ class LiteralEncoderTests(SynchronousTestCase):
         encoder.header_table_size = 0
         self.assertEqual(encoder.encode([(b":status", b"200")]), b"\x20\x88")
 
+    def test_sensitiveApart(self):
+        """
+        A field that is never to be indexed keeps that mark though the same
+        name and value were sent as a plain pair before, and the plain pair
+        stays indexable after it.
+        """
+        encoder = LiteralEncoder()
+        decoder = Decoder()
+        plain = (b"authorization", b"secret")
+        sensitive = NeverIndexedHeaderTuple(b"authorization", b"secret")
+        for fields, indexable in [
+            ([plain], True),
+            ([sensitive], False),
+            ([plain], True),
+            ([sensitive], False),
+        ]:
+            [decoded] = decoder.decode(encoder.encode(fields), raw=True)
+            self.assertEqual(tuple(decoded), plain)
+            self.assertEqual(decoded.indexable, indexable)
+
     def test_cacheBounded(self):
         """
         The cache of encoded fields holds at most C{CACHE_SIZE} of them.

@@ -599,20 +599,25 @@ class LiteralEncoder:
             parts.append(b"\x20")
         cache = self._cache
         for header in headers:
-            name, value = header[0], header[1]
             if type(header) is tuple:
-                # Looking for an attribute that a tuple lacks costs more.
-                key = (name, value, True)
+                # A plain pair, indexable: its own key.
+                block = cache.get(header)
+                if block is None:
+                    block = self._remember(header, header[0], header[1], True)
             else:
-                key = (name, value, getattr(header, "indexable", True))
-            block = cache.get(key)
-            if block is None:
-                block = self._field(*key)
-                if len(cache) >= self.CACHE_SIZE:
-                    cache.clear()
-                cache[key] = block
+                key = (header[0], header[1], getattr(header, "indexable", True))
+                block = cache.get(key)
+                if block is None:
+                    block = self._remember(key, *key)
             parts.append(block)
         return b"".join(parts)
+
+    def _remember(self, key: tuple, name, value, indexable: bool) -> bytes:
+        block = self._field(name, value, indexable)
+        if len(self._cache) >= self.CACHE_SIZE:
+            self._cache.clear()
+        self._cache[key] = block
+        return block
 
     def _field(self, name, value, indexable: bool) -> bytes:
         if isinstance(name, str):

@@ -625,6 +625,22 @@ class FastOpenTests(SynchronousTestCase):
         statuses, resets = _sent(self.client)
         self.assertEqual(sorted(statuses), [1, 3, 5])
 
+    def test_anySplit(self):
+        """
+        Frames cut anywhere, their headers too, in reads of every size from
+        one byte up, are all read: every request is answered.
+        """
+        frames = b"".join(headersFrame(stream, CACHED) for stream in range(5, 31, 2))
+        for size in range(1, 24):
+            client = MemoryClient()
+            client.send(headersFrame(1, GET + HTTPS + SLASH + authority(b"a.example")))
+            client.send(headersFrame(3, CACHED))
+            for start in range(0, len(frames), size):
+                client.send(frames[start : start + size])
+            statuses, resets = _sent(client)
+            self.assertEqual(sorted(statuses), list(range(1, 31, 2)), size)
+            self.assertEqual(resets, {})
+
     def test_amongOtherFrames(self):
         """
         Frames before and after one that opens its stream the fast way, in

@@ -267,12 +267,16 @@ class _FrameWatch:
                     goaways.append(bytes(self._goaway))
                     self._goaway = None
                 continue
-            take = min(_FRAME_HEADER_LENGTH - len(self._header), size - position)
-            self._header += bytes(view[position : position + take])
-            position += take
-            if len(self._header) < _FRAME_HEADER_LENGTH:
-                break
-            header, self._header = self._header, b""
+            if self._header or size - position < _FRAME_HEADER_LENGTH:
+                take = min(_FRAME_HEADER_LENGTH - len(self._header), size - position)
+                self._header += bytes(view[position : position + take])
+                position += take
+                if len(self._header) < _FRAME_HEADER_LENGTH:
+                    break
+                header, self._header = self._header, b""
+            else:
+                header = bytes(view[position : position + _FRAME_HEADER_LENGTH])
+                position += _FRAME_HEADER_LENGTH
             length = int.from_bytes(header[:3], "big")
             kind, flags = header[3], header[4]
             streamID = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF

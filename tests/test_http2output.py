@@ -346,6 +346,29 @@ class HostileTests(SynchronousTestCase):
         self.assertEqual(client.server._ready, {})
         self.assertFalse(client.closed)
 
+    def test_queuedForAStreamH2Forgot(self):
+        """
+        Output queued for a stream that h2 no longer knows is dropped and
+        its request told that the stream is gone, as when h2 refuses the
+        data; the other streams are answered.
+        """
+        client, held = heldClient()
+        streams = openStreams(client, 2)
+        client.flush()
+        lost = []
+        for request, _ in held.requests:
+            request.notifyFinish().addErrback(lost.append)
+            request.write(b"data")
+        del client.server.conn.streams[streams[0]]
+        finish(held.requests[1][0])
+        client.pump()
+        client.receive()
+        self.assertEqual(len(lost), 1)
+        self.assertEqual(client.body(streams[1]), b"data")
+        self.assertEqual(client.body(streams[0]), b"")
+        self.assertEqual(client.server._ready, {})
+        self.assertEqual(set(client.server._outboundStreamQueues), set())
+
     def test_tinyWindowUpdates(self):
         """
         A client that opens a shut window a byte at a time gets one byte a

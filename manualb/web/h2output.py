@@ -379,8 +379,13 @@ class BatchingH2Connection(H2Connection):
                     ended.append(streamID)
                     del ready[streamID]
                     continue
+                stream = conn.streams.get(streamID)
+                if stream is None:
+                    # h2 has forgotten it: closed.
+                    raise h2.exceptions.StreamClosedError(streamID)
                 size = min(
-                    conn.local_flow_control_window(streamID),
+                    conn.outbound_flow_control_window,
+                    stream.outbound_flow_control_window,
                     conn.max_outbound_frame_size,
                     budget,
                 )
@@ -396,7 +401,7 @@ class BatchingH2Connection(H2Connection):
                     if queue and queue[0] is _END_STREAM_SENTINEL:
                         queue.popleft()
                         end = True
-                self._sendData(streamID, chunk, end)
+                self._sendData(stream, streamID, chunk, end)
             except h2.exceptions.ProtocolError:
                 queue.clear()
                 ready.pop(streamID, None)
@@ -414,17 +419,14 @@ class BatchingH2Connection(H2Connection):
                 del ready[streamID]
         return more, budget
 
-    def _sendData(self, streamID: int, chunk: bytes, end: bool) -> None:
+    def _sendData(self, stream, streamID: int, chunk: bytes, end: bool) -> None:
         """
-        Send C{chunk} in one DATA frame (ending the stream if C{end}), as
-        h2's C{send_data} would, with the frame made here: the caller made
-        sure that it fits the flow control windows and the frame size.
+        Send C{chunk} in one DATA frame on C{stream}, h2's stream of
+        C{streamID} (ending it if C{end}), as h2's C{send_data} would, with
+        the frame made here: the caller made sure that it fits the flow
+        control windows and the frame size.
         """
         conn = self.conn
-        stream = conn.streams.get(streamID)
-        if stream is None:
-            conn.send_data(streamID, chunk, end_stream=end)
-            return
         machine = stream.state_machine
         if machine.state is _HALF_CLOSED_REMOTE and conn.state_machine.state is _SERVER_OPEN:
             # Where h2's state machines would go.

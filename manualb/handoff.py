@@ -55,7 +55,7 @@ from manualb.config import ServerAddress, UpstreamConfig
 from manualb.syntax import formatDuration
 from manualb.interfaces import IResponseReceiver  # also imported from here
 from manualb.responseparser import IResponseEvents, ResponseParseError, ResponseParser
-from manualb.transports import Deadline, cancelCall, sendNow, setNoDelay
+from manualb.transports import Deadline, cancelCall, releaseConnector, sendNow, setNoDelay
 
 
 class UpstreamError(Exception):
@@ -618,6 +618,15 @@ class UpstreamConnection(Protocol):
             self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:
+        try:
+            self._lost(reason)
+        finally:
+            # The parser calls methods of this connection: parted, neither
+            # waits for the cycle collector.
+            self._parser.detach()
+            releaseConnector(self.transport)
+
+    def _lost(self, reason: Failure | None) -> None:
         if self.splice is not None:
             self.splice.cancel()
         state = self._state
@@ -668,7 +677,10 @@ class OneConnection(Factory):
         self.protocol = protocol
 
     def buildProtocol(self, addr):
-        return self.protocol
+        # Handed over, not kept: the connection's transport leads back
+        # here, and would otherwise keep its protocol in a cycle.
+        protocol, self.protocol = self.protocol, None
+        return protocol
 
 
 class ConnectionPool:

@@ -62,6 +62,7 @@ from manualb.handoff import (
     endpointForServer,
 )
 from manualb.interfaces import IHealthProbe, IResponseReceiver
+from manualb.transports import releaseConnector
 
 __all__ = [
     "DOWN",
@@ -562,6 +563,7 @@ class _Connected(_Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:
+        releaseConnector(self.transport)
         self.closed.callback(None)
 
 

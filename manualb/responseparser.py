@@ -67,6 +67,10 @@ class ResponseParseError(Exception):
     """
 
 
+def _ignore(*args: object) -> None:
+    pass
+
+
 def _badName(lines: list[bytes]) -> NoReturn:
     """
     Raise the error for the first of a head's header C{lines} whose name is
@@ -179,6 +183,12 @@ class IResponseParser(Interface):
         a L{feed} under way, until the next L{expect}.
         """
 
+    def detach():
+        """
+        L{stop}, and pass nothing on ever again, letting go of the events'
+        receiver: for a connection that has closed.
+        """
+
 
 class ParserState(enum.Enum):
     """
@@ -257,6 +267,10 @@ class ResponseParser:
         self.state = _IDLE
         self._buffer = b""
         self._scanned = 0
+
+    def detach(self) -> None:
+        self.stop()
+        self._headReceived = self._bodyReceived = self._messageEnded = _ignore
 
     @property
     def lengthLeft(self) -> int:

@@ -30,7 +30,7 @@ from manualb.handoff import (
 )
 from manualb.proxyprotocol import HEADERS
 from manualb.selection import Attempts, Lease, Pool
-from manualb.transports import setNoDelay
+from manualb.transports import releaseConnector, setNoDelay
 from manualb.tunnel import CLOSE_GRACE, Tunnel
 from manualb.view import RequestView, clientHost
 
@@ -53,6 +53,7 @@ class _ServerSide(Protocol):
             self.tunnel.fromServer(data)
 
     def connectionLost(self, reason: Failure = None) -> None:
+        releaseConnector(self.transport)
         if self.tunnel is not None:
             self.tunnel.serverLost(reason)
 

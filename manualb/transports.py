@@ -1,8 +1,9 @@
 """
 What every connection of the proxy shares: Nagle's algorithm off on each
 TCP connection it accepts or opens, writes sent at once when the socket has
-room (L{sendNow}), its timers cancelled alike, and L{Deadline}s for the
-timeouts that move with every request.
+room (L{sendNow}), its timers cancelled alike, L{Deadline}s for the
+timeouts that move with every request, and a connection it opened untied
+from what opened it once it is lost (L{releaseConnector}).
 """
 
 from __future__ import annotations
@@ -39,6 +40,36 @@ def setNoDelay(transport: ITransport) -> None:
             tcp.setTcpNoDelay(True)
         except OSError:
             pass
+
+
+def releaseConnector(transport: ITransport | None) -> None:
+    """
+    Untie the lost client connection under C{transport} (also when TLS is
+    layered over it) from the connector that made it.
+
+    Twisted's TCP client connection and its connector refer to each other
+    for good, and so do the connector and the factory a client endpoint
+    wraps around the caller's: cycles that only the cycle collector's full
+    collections free, and a busy process makes those seldom, so that the
+    connections a proxy closes (a backend ends one every so many requests)
+    pile up for a long while.  Once the connection is lost neither link is
+    used again; call this from its protocol's C{connectionLost}.
+    """
+    for _ in range(8):
+        if transport is None or getattr(transport, "connector", None) is not None:
+            break
+        transport = getattr(transport, "transport", None)
+    connector = getattr(transport, "connector", None)
+    if connector is None:
+        return
+    connector.transport = None
+    factory = getattr(connector, "factory", None)
+    if getattr(factory, "_connector", None) is connector:
+        factory._connector = None
+
+
+def _nothing() -> None:
+    pass
 
 
 class Deadline:
@@ -100,10 +131,14 @@ class Deadline:
 
     def stop(self) -> None:
         """
-        Do not expire, and cancel the reactor's call: for a connection that
-        has closed, which nothing must keep alive.
+        Do not expire, ever, and cancel the reactor's call: for a
+        connection that has closed, which nothing must keep alive.  What
+        it would have called is let go of too: that is most often a method
+        of the connection that holds the deadline, and the two would
+        otherwise stay in a reference cycle, for the cycle collector.
         """
         self._when = None
+        self._expired = _nothing
         call, self._call = self._call, None
         if call is not None and call.active():
             call.cancel()

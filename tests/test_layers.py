@@ -121,8 +121,11 @@ _ADAPTER = "web"
 
 #: The write buffers of Twisted's connections, private to twisted.internet:
 #: read by the adapter (splicing) and by L{manualb.transports.sendNow}, the
-#: one other module allowed Twisted's private names.
-_BUFFERS = re.compile(r"\._(?:tempDataBuffer|tempDataLen|writeDisconnected|aborting)\b")
+#: one other module allowed Twisted's private names; and the connector an
+#: endpoint's factory keeps (L{manualb.transports.releaseConnector}).
+_BUFFERS = re.compile(
+    r"\._(?:tempDataBuffer|tempDataLen|writeDisconnected|aborting|connector)\b"
+)
 _SENDER = "transports"
 
 _PACKAGE = os.path.dirname(manualb.__file__)

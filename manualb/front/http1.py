@@ -69,6 +69,10 @@ class _Stop(Exception):
     """
 
 
+#: The parser of a closed connection: one that calls nothing.
+_CLOSED_PARSER = httptools.HttpRequestParser(object())
+
+
 @implementer(IPushProducer)
 class HTTP1Connection(Protocol):
     """
@@ -189,8 +193,15 @@ class HTTP1Connection(Protocol):
                         request.body.discard()
                         if request.gone is not None:
                             request.gone(reason)
+                    # Parted from its exchange, as when it is done.
+                    request.exchange = request.gone = None
         finally:
             self.transport = None
+            # Nothing is read any more.  The parser, which calls methods of
+            # this connection, and the last requests, which name it, would
+            # otherwise keep it in cycles for the collector.
+            self._parser = _CLOSED_PARSER
+            self._last = self._reading = self._bodyOf = None
             if self.limit is not None:
                 limit, self.limit = self.limit, None
                 limit.closed(self)

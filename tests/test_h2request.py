@@ -282,6 +282,24 @@ class LiteralEncoderTests(SynchronousTestCase):
             encoder.encode([(b"x-n", b"%d" % (number,))])
         self.assertLessEqual(len(encoder._cache), LiteralEncoder.CACHE_SIZE)
 
+    def test_cacheShared(self):
+        """
+        The encoders of all connections share one cache, so that its bound
+        is the process's: fields that differ in every response (request
+        ids) make it no larger with more connections.
+        """
+        encoders = [LiteralEncoder() for _ in range(3)]
+        for number in range(LiteralEncoder.CACHE_SIZE * 2):
+            encoders[number % 3].encode([(b"x-request-id", b"%016x" % (number,))])
+        self.assertIs(encoders[0]._cache, encoders[2]._cache)
+        self.assertLessEqual(len(encoders[1]._cache), LiteralEncoder.CACHE_SIZE)
+        block = encoders[0].encode([(b"content-type", b"text/plain")])
+        # A new connection's first block: the table size update, then the
+        # field as the others encode it.
+        self.assertEqual(
+            LiteralEncoder().encode([(b"content-type", b"text/plain")]), b"\x20" + block
+        )
+
     def test_clientTableSize(self):
         """
         A client that allows no dynamic table at all still reads every

@@ -560,6 +560,11 @@ for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, 1):
 del _index, _name, _value
 
 
+#: The encoded fields and name prefixes every L{LiteralEncoder} shares.
+_ENCODED_FIELDS: dict[tuple, bytes] = {}
+_ENCODED_NAMES: dict[tuple, bytes] = {}
+
+
 class LiteralEncoder:
     """
     An HPACK encoder (RFC 7541) that keeps no dynamic table: a field is the
@@ -574,13 +579,19 @@ class LiteralEncoder:
     searches its dynamic table for every field and reorganises it.  Names
     are Huffman-coded (once each); values, which may differ in every
     response (C{x-request-id}), are not.
+
+    A field is encoded the same for every connection, so all the encoders
+    of the process share one cache: its bound is the process's, not each
+    connection's (a connection's own would fill with the request ids of
+    its responses, some 800 KiB a connection), and a new connection finds
+    the usual fields encoded already.
     """
 
     CACHE_SIZE = 4096
 
     def __init__(self) -> None:
-        self._cache: dict[tuple, bytes] = {}
-        self._names: dict[tuple, bytes] = {}
+        self._cache = _ENCODED_FIELDS
+        self._names = _ENCODED_NAMES
         self._sizeUpdate = True
         self._tableSize = 4096
 

@@ -15,6 +15,8 @@ import h2.settings
 from hpack import Decoder
 from hpack.struct import NeverIndexedHeaderTuple
 from hyperframe.frame import HeadersFrame, RstStreamFrame
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -131,6 +133,27 @@ class ProxiedTests(SynchronousTestCase):
                 self.assertEqual(self.client.body(stream), b"hello")
             self.assertEqual(len(made), 3)
             self.assertEqual([stream() for stream in made], [None] * 3)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def test_connectionFreedWhenLost(self):
+        """
+        A lost connection is freed with all it held as soon as nothing else
+        holds it, not left as cyclic garbage: h2's table of its own
+        methods and the transport's hold on its producer are let go of.
+        """
+        stream = self.client.request()
+        self.roundTrip()
+        self.assertEqual(self.client.body(stream), b"hello")
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            server = self.client.server
+            freed = [weakref.ref(server), weakref.ref(server.conn)]
+            server.connectionLost(Failure(ConnectionDone()))
+            self.client = server = None
+            self.assertEqual([thing() for thing in freed], [None, None])
         finally:
             if enabled:
                 gc.enable()

@@ -9,11 +9,13 @@ the others serve the balancer on real sockets over 127.0.0.1.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import socket
 import ssl
 import struct
+import weakref
 
 import attrs
 from OpenSSL import SSL
@@ -21,11 +23,13 @@ from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from manualb.front import serving
@@ -355,6 +359,42 @@ class MemoryTests(SynchronousTestCase):
         self.assertIsInstance(dataPath(connection), servertls._DirectPath)
         self.patch(servertls, "_BUFFER", None)
         self.assertIsInstance(dataPath(connection), servertls._PublicPath)
+
+    def test_freedWhenLost(self) -> None:
+        """
+        A connection lost after a corrupt record, its failure with it, is
+        freed by reference counting as soon as nothing else holds it, not
+        by the cycle collector.
+        """
+        self.handshake()
+        self.client.send(b"ping")
+        self.toServer()
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        self.server.dataReceived(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+        self.assertTrue(self.transport.disconnecting)
+        self.server.connectionLost(Failure(ConnectionDone()))
+        freed = weakref.ref(self.server)
+        self.server = self.served = None
+        self.assertIsNone(freed())
+
+    def test_freedWhenCutOff(self) -> None:
+        """
+        A connection whose client goes without a close_notify (an
+        unexpected EOF, which OpenSSL reports as an error) is freed by
+        reference counting too.
+        """
+        self.handshake()
+        self.client.send(b"ping")
+        self.toServer()
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        self.server.connectionLost(Failure(ConnectionDone()))
+        freed = weakref.ref(self.server)
+        self.server = self.served = None
+        self.assertIsNone(freed())
 
     def test_notARecordAfterHandshake(self) -> None:
         """

@@ -468,6 +468,15 @@ class BatchingH2Connection(H2Connection):
         if call is not None and call.active():
             call.cancel()
         super().connectionLost(reason, _cancelTimeouts)
+        if _cancelTimeouts:
+            # Lost for good (Twisted calls this early, keeping the timers,
+            # when it gives up on a client that would not close).  What
+            # refers back to this connection is let go of, so that it is
+            # freed once done with, not by the cycle collector: h2
+            # dispatches frames through a table of its own methods, and the
+            # transport holds this connection as its producer.
+            self.conn._frame_dispatch_table = {}
+            self.transport = None
 
 
 class BatchingH2Stream(H2Stream):

@@ -388,8 +388,10 @@ class ProxyH2Connection(BatchingH2Connection):
         # it; a client may not wait for that.
         self.conn.decoder = BlockDecoder(listSize)
         self.conn.encoder = LiteralEncoder()
+        conn = self.conn
         self._frames = _FrameWatch(
-            lambda: self.conn.max_inbound_frame_size,
+            # Not through self, which the watch would then keep in a cycle.
+            lambda: conn.max_inbound_frame_size,
             2 * listSize,
             _TokenBucket(self._reactor, CONTROL_FRAME_BURST, CONTROL_FRAME_RATE),
         )

@@ -448,6 +448,17 @@ class ServerTLS(TLSMemoryBIOProtocol):
     def connectionLost(self, reason) -> None:
         self._drop()
         super().connectionLost(reason)
+        # Twisted lets go of the OpenSSL connection, which refers back to
+        # this protocol: so does the data path.
+        self._path = None
+
+    def _tlsShutdownFinished(self, reason: Failure | None) -> None:
+        if reason is not None:
+            # Its traceback holds the frames that hold it (and this
+            # protocol): without it, all are freed once done with, not by
+            # the cycle collector.
+            reason.cleanFailure()
+        super()._tlsShutdownFinished(reason)
 
 
 class ServerTLSFactory(TLSMemoryBIOFactory):

@@ -29,6 +29,7 @@ from manualb.service import LoadBalancer
 from manualb.testing import balancerConfig, serverAddress
 from manualb.transports import Deadline, releaseConnector
 from tests.test_endtoend import HangingBackend
+from tests.test_http2 import _plainResponse
 
 TIMEOUT = 10
 
@@ -81,12 +82,7 @@ def _request(port: int, head: bytes, leave: threading.Event | None = None) -> by
         if leave is not None:
             leave.wait(TIMEOUT)
             return b""
-        received = b""
-        while True:
-            data = client.recv(65536)
-            if not data:
-                return received
-            received += data
+        return _plainResponse(client)
 
 
 class ClosedConnectionsTests(TestCase):

@@ -1015,12 +1015,7 @@ class EndToEndTests(TerminationTestsMixin, TestCase):
                         + SettingsFrame(0).serialize()
                         + b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x"
                     )
-                    received = b""
-                    while True:
-                        data = tls.recv(65536)
-                        if not data:
-                            return received
-                        received += data
+                    return _plainResponse(tls)
 
         received = yield deferToThread(exchange)
         client = h2.connection.H2Connection()
@@ -1048,12 +1043,20 @@ def _recording(method, into: list):
 def _plainRequest(port: int) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        received = b""
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                return received
-            received += data
+        return _plainResponse(sock)
+
+
+def _plainResponse(sock: socket.socket) -> bytes:
+    """
+    What C{sock} (or a TLS socket over it) receives until the other side
+    closes.
+    """
+    received = b""
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return received
+        received += data
 
 
 class EarlyAnswerTests(SynchronousTestCase):

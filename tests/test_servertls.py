@@ -360,11 +360,11 @@ class MemoryTests(SynchronousTestCase):
         self.patch(servertls, "_BUFFER", None)
         self.assertIsInstance(dataPath(connection), servertls._PublicPath)
 
-    def test_freedWhenLost(self) -> None:
+    def assertFreedOnceLost(self, *received: bytes) -> None:
         """
-        A connection lost after a corrupt record, its failure with it, is
-        freed by reference counting as soon as nothing else holds it, not
-        by the cycle collector.
+        After a request, hand the server C{received}, then lose its
+        connection, and check that it is freed by reference counting alone
+        (the cycle collector off) as soon as nothing else holds it.
         """
         self.handshake()
         self.client.send(b"ping")
@@ -372,29 +372,26 @@ class MemoryTests(SynchronousTestCase):
         gc.collect()
         gc.disable()
         self.addCleanup(gc.enable)
-        self.server.dataReceived(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
-        self.assertTrue(self.transport.disconnecting)
+        for data in received:
+            self.server.dataReceived(data)
         self.server.connectionLost(Failure(ConnectionDone()))
         freed = weakref.ref(self.server)
         self.server = self.served = None
         self.assertIsNone(freed())
 
+    def test_freedWhenLost(self) -> None:
+        """
+        A connection lost after a corrupt record is freed, its failure with
+        it.
+        """
+        self.assertFreedOnceLost(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+
     def test_freedWhenCutOff(self) -> None:
         """
         A connection whose client goes without a close_notify (an
-        unexpected EOF, which OpenSSL reports as an error) is freed by
-        reference counting too.
+        unexpected EOF, which OpenSSL reports as an error) is freed.
         """
-        self.handshake()
-        self.client.send(b"ping")
-        self.toServer()
-        gc.collect()
-        gc.disable()
-        self.addCleanup(gc.enable)
-        self.server.connectionLost(Failure(ConnectionDone()))
-        freed = weakref.ref(self.server)
-        self.server = self.served = None
-        self.assertIsNone(freed())
+        self.assertFreedOnceLost()
 
     def test_notARecordAfterHandshake(self) -> None:
         """

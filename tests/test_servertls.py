@@ -18,6 +18,8 @@ import struct
 import weakref
 
 import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
@@ -39,7 +41,7 @@ from manualb.testing import NamedBackend, balancerConfig, listenBackend, serverA
 from manualb.tlstesting import makeCA, makeTLSConfig, writeCA
 from manualb.transports import sendNow
 from manualb.web import tls as servertls
-from manualb.web.tls import ServerTLS, ServerTLSFactory, dataPath
+from manualb.web.tls import ServerTLS, ServerTLSFactory, _Framing, dataPath
 from tests.test_endtoend import (
     PIECE,
     HangingBackend,
@@ -411,6 +413,40 @@ class MemoryTests(SynchronousTestCase):
         self.server.dataReceived(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
         self.assertTrue(self.transport.disconnecting)
         self.assertNotEqual(self.transport.value(), b"")
+
+
+class FramingTests(SynchronousTestCase):
+    """
+    L{_Framing} counts the whole records of what a connection receives,
+    however it is cut.
+    """
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(st.binary(max_size=300), min_size=1, max_size=8),
+        st.lists(st.integers(min_value=1, max_value=400), max_size=10),
+    )
+    def test_anyCut(self, payloads: list[bytes], cuts: list[int]) -> None:
+        stream = b"".join(
+            b"\x17\x03\x03" + len(payload).to_bytes(2, "big") + payload for payload in payloads
+        )
+        framing = _Framing()
+        at = 0
+        for cut in cuts + [len(stream)]:
+            if stream[at : at + cut]:
+                framing.count(stream[at : at + cut])
+            at += cut
+        self.assertTrue(framing.framed)
+        self.assertEqual(framing.unread, len(payloads))
+        self.assertEqual((framing.left, framing.partial), (0, b""))
+
+    def test_notRecords(self) -> None:
+        """
+        Bytes that are not TLS records stop the counting.
+        """
+        framing = _Framing()
+        framing.count(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertFalse(framing.framed)
 
 
 class PublicPathMemoryTests(MemoryTests):

@@ -178,6 +178,78 @@ def dataPath(connection: Connection) -> _PublicPath | _DirectPath:
     return _PublicPath(connection)
 
 
+class _Framing:
+    """
+    The framing of the records a connection received: how many whole ones
+    are still to be read (L{unread}), counted from the 5-byte header of
+    each (type, version, length), so that reading stops when every whole
+    record was read, without one more call into OpenSSL to learn that it
+    wants more.  Each read that gives application data takes at least one
+    record, so the count is never short.  Bytes that are not TLS records
+    stop the counting for the connection (L{framed} false): reads go on
+    until OpenSSL wants more.
+
+    Kept apart from L{ServerTLS}, which inherits Twisted's
+    C{ProtocolWrapper.__getattr__}: every attribute of an instance of a
+    class with a C{__getattr__} is read the slow way, never specialised,
+    and these are read several times a request.
+
+    @ivar framed: Whether the records are counted.
+    @ivar unread: The whole records received and not read yet.
+    @ivar left: The bytes of the last record still to come.
+    @ivar partial: The start of the header of the next record.
+    """
+
+    __slots__ = ("framed", "unread", "left", "partial")
+
+    def __init__(self) -> None:
+        self.framed = True
+        self.unread = 0
+        self.left = 0
+        self.partial = b""
+
+    def count(self, data: bytes) -> None:
+        """
+        Count the records that C{data} completes into L{unread}.
+        """
+        size = len(data)
+        if (
+            not self.left
+            and not self.partial
+            and 5 <= size <= _LONGEST + 5
+            and size == 5 + ((data[3] << 8) | data[4])
+            and 20 <= data[0] <= 24
+            and data[1] == 3
+        ):
+            # The usual read: one whole record, a request.
+            self.unread += 1
+            return
+        if self.partial:
+            data = self.partial + data
+            self.partial = b""
+            size = len(data)
+        at = self.left
+        if at > size:
+            self.left = at - size
+            return
+        unread = self.unread + (1 if at else 0)
+        while at + 5 <= size:
+            length = (data[at + 3] << 8) | data[at + 4]
+            if not 20 <= data[at] <= 24 or data[at + 1] != 3 or length > _LONGEST:
+                self.framed = False
+                return
+            end = at + 5 + length
+            if end > size:
+                self.left = end - size
+                self.unread = unread
+                return
+            unread += 1
+            at = end
+        self.left = 0
+        self.partial = data[at:]
+        self.unread = unread
+
+
 class ServerTLS(TLSMemoryBIOProtocol):
     """
     A server's TLS connection that writes straight through.
@@ -189,21 +261,18 @@ class ServerTLS(TLSMemoryBIOProtocol):
     @ivar _receiving: Whether received data is being handed on.
     @ivar _path: How application data goes in and out of OpenSSL
         (L{dataPath}), once the connection has been asked for it.
+    @ivar _framing: The framing of the records received.
     """
 
     _receiving = False
     _call: IDelayedCall | None = None
-    # The framing of the records received (see _frame).
-    _framed = True
-    _recordLeft = 0
-    _partialHeader = b""
-    _unread = 0
     _path: _PublicPath | _DirectPath | None = None
 
     def __init__(self, factory, wrappedProtocol, _connectWrapped=True):
         super().__init__(factory, wrappedProtocol, _connectWrapped)
         self._held: list[bytes] = []
         self._heldSize = 0
+        self._framing = _Framing()
 
     # Writing.
 
@@ -330,69 +399,23 @@ class ServerTLS(TLSMemoryBIOProtocol):
     # Reading.
 
     def dataReceived(self, data: bytes) -> None:
+        framing = self._framing
         self._receiving = True
         try:
-            if self._framed:
-                self._frame(data)
+            if framing.framed:
+                framing.count(data)
             if self._handshakeDone:
-                self._receive(data)
+                self._receive(data, framing)
             else:
                 super().dataReceived(data)
                 # Read until OpenSSL wanted more: no whole record is left.
-                self._unread = 0
+                framing.unread = 0
         finally:
             self._receiving = False
         if self._held and not self._lostTLSConnection:
             self._release()
 
-    def _frame(self, data: bytes) -> None:
-        """
-        Count the records that C{data} completes into L{_unread}, from the
-        5-byte header of each (type, version, length), so that reading
-        stops when every whole record was read, without one more call into
-        OpenSSL to learn that it wants more.  Each read that gives
-        application data takes at least one record, so the count is never
-        short.  Bytes that are not TLS records stop the counting for the
-        connection: reads go on until OpenSSL wants more, as before.
-        """
-        size = len(data)
-        if (
-            not self._recordLeft
-            and not self._partialHeader
-            and 5 <= size <= _LONGEST + 5
-            and size == 5 + ((data[3] << 8) | data[4])
-            and 20 <= data[0] <= 24
-            and data[1] == 3
-        ):
-            # The usual read: one whole record, a request.
-            self._unread += 1
-            return
-        if self._partialHeader:
-            data = self._partialHeader + data
-            self._partialHeader = b""
-            size = len(data)
-        at = self._recordLeft
-        if at > size:
-            self._recordLeft = at - size
-            return
-        unread = self._unread + (1 if at else 0)
-        while at + 5 <= size:
-            length = (data[at + 3] << 8) | data[at + 4]
-            if not 20 <= data[at] <= 24 or data[at + 1] != 3 or length > _LONGEST:
-                self._framed = False
-                return
-            end = at + 5 + length
-            if end > size:
-                self._recordLeft = end - size
-                self._unread = unread
-                return
-            unread += 1
-            at = end
-        self._recordLeft = 0
-        self._partialHeader = data[at:]
-        self._unread = unread
-
-    def _receive(self, data: bytes) -> None:
+    def _receive(self, data: bytes, framing: _Framing) -> None:
         """
         Hand on the application data in C{data}, once the handshake is
         done.
@@ -404,15 +427,15 @@ class ServerTLS(TLSMemoryBIOProtocol):
         # None: no record to read; False: none gave application data.
         delivered: bool | None = None
         deliver = self.wrappedProtocol.dataReceived
-        while not self._lostTLSConnection:
-            if self._unread <= 0 and self._framed:
+        while framing.unread > 0 or not framing.framed:
+            if self._lostTLSConnection:
                 break
             if delivered is None:
                 delivered = False
             try:
                 received = path.read()
             except WantReadError:
-                self._unread = 0
+                framing.unread = 0
                 break
             except ZeroReturnError:
                 # The client's close_notify: TLS is shut down.
@@ -422,7 +445,7 @@ class ServerTLS(TLSMemoryBIOProtocol):
                 self._tlsShutdownFinished(Failure())
             else:
                 delivered = True
-                self._unread -= 1
+                framing.unread -= 1
                 if not self._aborted:
                     deliver(received)
         if delivered is False and not self._lostTLSConnection:

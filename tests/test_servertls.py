@@ -41,7 +41,7 @@ from manualb.testing import NamedBackend, balancerConfig, listenBackend, serverA
 from manualb.tlstesting import makeCA, makeTLSConfig, writeCA
 from manualb.transports import sendNow
 from manualb.web import tls as servertls
-from manualb.web.tls import ServerTLS, ServerTLSFactory, _Framing, dataPath
+from manualb.web.tls import ServerTLS, ServerTLSFactory, _Flow, dataPath
 from tests.test_endtoend import (
     PIECE,
     HangingBackend,
@@ -349,7 +349,7 @@ class MemoryTests(SynchronousTestCase):
         self.fromServer()
         self.assertEqual(self.served.received, [b"ping"])
         self.assertEqual(self.received(), b"pong")
-        self.assertIsInstance(self.server._path, servertls._DirectPath)
+        self.assertIsInstance(self.server._flow.path, servertls._DirectPath)
 
     def test_publicPathWithoutBindings(self) -> None:
         """
@@ -417,7 +417,7 @@ class MemoryTests(SynchronousTestCase):
 
 class FramingTests(SynchronousTestCase):
     """
-    L{_Framing} counts the whole records of what a connection receives,
+    L{_Flow} counts the whole records of what a connection receives,
     however it is cut.
     """
 
@@ -430,23 +430,23 @@ class FramingTests(SynchronousTestCase):
         stream = b"".join(
             b"\x17\x03\x03" + len(payload).to_bytes(2, "big") + payload for payload in payloads
         )
-        framing = _Framing()
+        flow = _Flow()
         at = 0
         for cut in cuts + [len(stream)]:
             if stream[at : at + cut]:
-                framing.count(stream[at : at + cut])
+                flow.count(stream[at : at + cut])
             at += cut
-        self.assertTrue(framing.framed)
-        self.assertEqual(framing.unread, len(payloads))
-        self.assertEqual((framing.left, framing.partial), (0, b""))
+        self.assertTrue(flow.framed)
+        self.assertEqual(flow.unread, len(payloads))
+        self.assertEqual((flow.left, flow.partial), (0, b""))
 
     def test_notRecords(self) -> None:
         """
         Bytes that are not TLS records stop the counting.
         """
-        framing = _Framing()
-        framing.count(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        self.assertFalse(framing.framed)
+        flow = _Flow()
+        flow.count(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertFalse(flow.framed)
 
 
 class PublicPathMemoryTests(MemoryTests):
@@ -466,7 +466,7 @@ class PublicPathMemoryTests(MemoryTests):
         self.handshake()
         self.client.send(b"ping")
         self.toServer()
-        self.assertIsInstance(self.server._path, servertls._PublicPath)
+        self.assertIsInstance(self.server._flow.path, servertls._PublicPath)
 
 
 # Real sockets ------------------------------------------------------------------

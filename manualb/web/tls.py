@@ -178,35 +178,43 @@ def dataPath(connection: Connection) -> _PublicPath | _DirectPath:
     return _PublicPath(connection)
 
 
-class _Framing:
+class _Flow:
     """
-    The framing of the records a connection received: how many whole ones
-    are still to be read (L{unread}), counted from the 5-byte header of
-    each (type, version, length), so that reading stops when every whole
-    record was read, without one more call into OpenSSL to learn that it
-    wants more.  Each read that gives application data takes at least one
-    record, so the count is never short.  Bytes that are not TLS records
-    stop the counting for the connection (L{framed} false): reads go on
-    until OpenSSL wants more.
+    What a L{ServerTLS} reads on every read and write of application data,
+    kept apart from it: it inherits Twisted's C{ProtocolWrapper.__getattr__},
+    and every attribute of an instance of a class with a C{__getattr__} is
+    read the slow way, never specialised.
 
-    Kept apart from L{ServerTLS}, which inherits Twisted's
-    C{ProtocolWrapper.__getattr__}: every attribute of an instance of a
-    class with a C{__getattr__} is read the slow way, never specialised,
-    and these are read several times a request.
+    The framing of the records received: how many whole ones are still to
+    be read (L{unread}), counted from the 5-byte header of each (type,
+    version, length), so that reading stops when every whole record was
+    read, without one more call into OpenSSL to learn that it wants more.
+    Each read that gives application data takes at least one record, so
+    the count is never short.  Bytes that are not TLS records stop the
+    counting for the connection (L{framed} false): reads go on until
+    OpenSSL wants more.
 
     @ivar framed: Whether the records are counted.
     @ivar unread: The whole records received and not read yet.
     @ivar left: The bytes of the last record still to come.
     @ivar partial: The start of the header of the next record.
+    @ivar path: How application data goes in and out of OpenSSL
+        (L{dataPath}), once the connection has been asked for it.
+    @ivar held: Writes not yet encrypted, waiting for the end of the
+        received data (while L{receiving}) or for a turn of the event loop.
+    @ivar receiving: Whether received data is being handed on.
     """
 
-    __slots__ = ("framed", "unread", "left", "partial")
+    __slots__ = ("framed", "unread", "left", "partial", "path", "held", "receiving")
 
     def __init__(self) -> None:
         self.framed = True
         self.unread = 0
         self.left = 0
         self.partial = b""
+        self.path: _PublicPath | _DirectPath | None = None
+        self.held: list[bytes] = []
+        self.receiving = False
 
     def count(self, data: bytes) -> None:
         """
@@ -254,25 +262,18 @@ class ServerTLS(TLSMemoryBIOProtocol):
     """
     A server's TLS connection that writes straight through.
 
-    @ivar _held: Writes not yet encrypted, waiting for the end of the
-        received data (while L{_receiving}) or for L{_call}.
-    @ivar _heldSize: Their length.
+    @ivar _flow: The framing of what it received, its data path, and the
+        writes it holds.
+    @ivar _heldSize: The length of the writes held.
     @ivar _call: The turn of the event loop that writes them, if any.
-    @ivar _receiving: Whether received data is being handed on.
-    @ivar _path: How application data goes in and out of OpenSSL
-        (L{dataPath}), once the connection has been asked for it.
-    @ivar _framing: The framing of the records received.
     """
 
-    _receiving = False
     _call: IDelayedCall | None = None
-    _path: _PublicPath | _DirectPath | None = None
 
     def __init__(self, factory, wrappedProtocol, _connectWrapped=True):
         super().__init__(factory, wrappedProtocol, _connectWrapped)
-        self._held: list[bytes] = []
         self._heldSize = 0
-        self._framing = _Framing()
+        self._flow = _Flow()
 
     # Writing.
 
@@ -287,7 +288,8 @@ class ServerTLS(TLSMemoryBIOProtocol):
         # A copy of anything but bytes, which the writer may change; and
         # a TypeError now for what is not bytes at all.
         self._hold(data + b"")
-        if self._call is None and self._held and not self._receiving:
+        flow = self._flow
+        if self._call is None and flow.held and not flow.receiving:
             self._call = self.factory._clock.callLater(0, self._due)
 
     def writeSequence(self, iovec) -> None:
@@ -301,16 +303,17 @@ class ServerTLS(TLSMemoryBIOProtocol):
         """
         if self.disconnecting and self._producer is None:
             return
-        if self._receiving:
+        flow = self._flow
+        if flow.receiving:
             self._hold(data)
-        elif self._held:
-            self._held.append(data)
+        elif flow.held:
+            flow.held.append(data)
             self._release()
         else:
             self._write(data)
 
     def _hold(self, data: bytes) -> None:
-        self._held.append(data)
+        self._flow.held.append(data)
         self._heldSize += len(data)
         if self._heldSize > _HOLD:
             self._release()
@@ -326,11 +329,12 @@ class ServerTLS(TLSMemoryBIOProtocol):
         call, self._call = self._call, None
         if call is not None and call.active():
             call.cancel()
-        held = self._held
+        flow = self._flow
+        held = flow.held
         if not held:
             return
         data = held[0] if len(held) == 1 else b"".join(held)
-        self._held = []
+        flow.held = []
         self._heldSize = 0
         self._write(data)
 
@@ -338,7 +342,7 @@ class ServerTLS(TLSMemoryBIOProtocol):
         call, self._call = self._call, None
         if call is not None and call.active():
             call.cancel()
-        self._held = []
+        self._flow.held = []
         self._heldSize = 0
 
     def _write(self, data: bytes) -> None:
@@ -352,7 +356,7 @@ class ServerTLS(TLSMemoryBIOProtocol):
             else:
                 super()._write(data)
             return
-        path = self._path or self._newPath()
+        path = self._flow.path or self._newPath()
         size = len(data)
         sent = 0
         try:
@@ -376,7 +380,7 @@ class ServerTLS(TLSMemoryBIOProtocol):
         more than C{expected} bytes, straight to the socket when nothing
         is queued before it.
         """
-        path = self._path or self._newPath()
+        path = self._flow.path or self._newPath()
         expected = min(expected, _READ)
         try:
             records = path.records(expected)
@@ -393,41 +397,41 @@ class ServerTLS(TLSMemoryBIOProtocol):
         sendNow(self.transport, records)
 
     def _newPath(self) -> _PublicPath | _DirectPath:
-        self._path = dataPath(self._tlsConnection)
-        return self._path
+        path = self._flow.path = dataPath(self._tlsConnection)
+        return path
 
     # Reading.
 
     def dataReceived(self, data: bytes) -> None:
-        framing = self._framing
-        self._receiving = True
+        flow = self._flow
+        flow.receiving = True
         try:
-            if framing.framed:
-                framing.count(data)
+            if flow.framed:
+                flow.count(data)
             if self._handshakeDone:
-                self._receive(data, framing)
+                self._receive(data, flow)
             else:
                 super().dataReceived(data)
                 # Read until OpenSSL wanted more: no whole record is left.
-                framing.unread = 0
+                flow.unread = 0
         finally:
-            self._receiving = False
-        if self._held and not self._lostTLSConnection:
+            flow.receiving = False
+        if flow.held and not self._lostTLSConnection:
             self._release()
 
-    def _receive(self, data: bytes, framing: _Framing) -> None:
+    def _receive(self, data: bytes, flow: _Flow) -> None:
         """
         Hand on the application data in C{data}, once the handshake is
         done.
         """
-        path = self._path or self._newPath()
+        path = flow.path or self._newPath()
         path.feed(data)
         if self._appSendBuffer:
             self._unbufferPendingWrites()
         # None: no record to read; False: none gave application data.
         delivered: bool | None = None
         deliver = self.wrappedProtocol.dataReceived
-        while framing.unread > 0 or not framing.framed:
+        while flow.unread > 0 or not flow.framed:
             if self._lostTLSConnection:
                 break
             if delivered is None:
@@ -435,7 +439,7 @@ class ServerTLS(TLSMemoryBIOProtocol):
             try:
                 received = path.read()
             except WantReadError:
-                framing.unread = 0
+                flow.unread = 0
                 break
             except ZeroReturnError:
                 # The client's close_notify: TLS is shut down.
@@ -445,7 +449,7 @@ class ServerTLS(TLSMemoryBIOProtocol):
                 self._tlsShutdownFinished(Failure())
             else:
                 delivered = True
-                framing.unread -= 1
+                flow.unread -= 1
                 if not self._aborted:
                     deliver(received)
         if delivered is False and not self._lostTLSConnection:
@@ -455,12 +459,12 @@ class ServerTLS(TLSMemoryBIOProtocol):
     # Closing.
 
     def loseConnection(self) -> None:
-        if self._held and not self.disconnecting:
+        if self._flow.held and not self.disconnecting:
             self._release()
         super().loseConnection()
 
     def unregisterProducer(self) -> None:
-        if self._held and self._producer is not None:
+        if self._flow.held and self._producer is not None:
             self._release()
         super().unregisterProducer()
 
@@ -473,7 +477,7 @@ class ServerTLS(TLSMemoryBIOProtocol):
         super().connectionLost(reason)
         # Twisted lets go of the OpenSSL connection, which refers back to
         # this protocol: so does the data path.
-        self._path = None
+        self._flow.path = None
 
     def _tlsShutdownFinished(self, reason: Failure | None) -> None:
         if reason is not None:

@@ -195,24 +195,21 @@ class LeastConn:
     def pick(self, candidates: Sequence[Server], view: RequestView) -> Server:
         if len(candidates) == 1:
             return candidates[0]
-        lowest = float("inf")
-        tied: list[Server] = []
-        for server in candidates:
-            load = server.active / (server.weight or _TINY_WEIGHT)
-            if load < lowest:
-                lowest = load
-                tied = [server]
-            elif load == lowest:
-                tied.append(server)
-        if len(tied) == 1:
-            return tied[0]
-        return self._ties.choose(tied)
+        return self._leastLoaded(candidates, [server.weight for server in candidates])
 
     def _pickSteady(
         self, candidates: Sequence[Server], weights: Sequence[float], total: float, view
     ) -> Server:
         if len(candidates) == 1:
             return candidates[0]
+        return self._leastLoaded(candidates, weights)
+
+    def _leastLoaded(self, candidates: Sequence[Server], weights: Sequence[float]) -> Server:
+        """
+        The candidate with the fewest requests in flight for its weight (of
+        C{weights}, in the candidates' order), the tied ones sharing by
+        smooth weighted round robin.
+        """
         lowest = float("inf")
         tied: list[Server] = []
         tiedWeights: list[float] = []
@@ -227,10 +224,7 @@ class LeastConn:
                 tiedWeights.append(weight)
         if len(tied) == 1:
             return tied[0]
-        tiedTotal = 0.0
-        for weight in tiedWeights:
-            tiedTotal += weight
-        return self._ties.chooseWeighted(tied, tiedWeights, tiedTotal)
+        return self._ties.chooseWeighted(tied, tiedWeights, sum(tiedWeights, 0.0))
 
 
 @implementer(IBalancer)

@@ -470,10 +470,7 @@ class Exchange:
             return
         if state is _DONE:
             return
-        # As _endAttempt() does.
-        lease = self.lease
-        if lease is not None:
-            lease.release()
+        self._endAttempt()
         downstream = self.downstream
         downstream.unregisterProducer()
         self.body.discard()
@@ -757,14 +754,8 @@ class Exchange:
         if not leases:
             metrics.requestDone(route, None if self.pool is None else self.pool.name, None, status, None, 0)
         else:
-            if len(times) == 1:
-                seconds = times[0]
-            else:
-                seconds = 0
-                for duration in times:
-                    seconds += duration
             metrics.requestDone(
-                route, self.pool.name, leases[-1].server.name, status, seconds, len(leases)
+                route, self.pool.name, leases[-1].server.name, status, sum(times), len(leases)
             )
         decisions = passage.decisions
         if decisions:
@@ -772,15 +763,13 @@ class Exchange:
                 metrics.gatekeeper(record.rule, record.action)
 
     def _log(self, status: int, sent: int | None = None) -> None:
-        if self.metrics is None and self.accessLog is None:
-            if self.recent is not None:
-                self.recent.keep(self.passage, status, self.reactor.seconds(), self.listener)
-            return
         metrics = self.metrics
         accessLog = self.accessLog
-        # Each attempt's time, taken once for both.
+        # Each attempt's time, taken once for both, when either needs it.
         attempts = self.attempts
-        times = attempts.times() if attempts is not None else None
+        times = None
+        if attempts is not None and (metrics is not None or accessLog is not None):
+            times = attempts.times()
         if metrics is not None:
             self._measure(status, times)
         if self.recent is not None:

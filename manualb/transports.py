@@ -23,18 +23,26 @@ def cancelCall(call: IDelayedCall | None) -> None:
         call.cancel()
 
 
-def setNoDelay(transport: ITransport) -> None:
+def _innermost(transport: ITransport | None) -> ITransport | None:
     """
-    Turn Nagle's algorithm off (C{TCP_NODELAY}) on the TCP connection under
-    C{transport}, also when TLS is layered over it: the proxy relays small
-    writes (a WINDOW_UPDATE, a body chunk) that must not wait for an ACK.
+    The transport under every layer over C{transport} (TLS), at most eight
+    deep.
     """
     for _ in range(8):
         inner = getattr(transport, "transport", None)
         if inner is None:
             break
         transport = inner
-    tcp = ITCPTransport(transport, None)
+    return transport
+
+
+def setNoDelay(transport: ITransport) -> None:
+    """
+    Turn Nagle's algorithm off (C{TCP_NODELAY}) on the TCP connection under
+    C{transport}, also when TLS is layered over it: the proxy relays small
+    writes (a WINDOW_UPDATE, a body chunk) that must not wait for an ACK.
+    """
+    tcp = ITCPTransport(_innermost(transport), None)
     if tcp is not None:
         try:
             tcp.setTcpNoDelay(True)
@@ -55,11 +63,7 @@ def releaseConnector(transport: ITransport | None) -> None:
     pile up for a long while.  Once the connection is lost neither link is
     used again; call this from its protocol's C{connectionLost}.
     """
-    for _ in range(8):
-        if transport is None or getattr(transport, "connector", None) is not None:
-            break
-        transport = getattr(transport, "transport", None)
-    connector = getattr(transport, "connector", None)
+    connector = getattr(_innermost(transport), "connector", None)
     if connector is None:
         return
     connector.transport = None

@@ -475,11 +475,7 @@ class URLMap:
             # A stage before (the gatekeeper) asked already.
             return None
         view = passage.view
-        # As decide() does, without its call.
-        group = self._group(view.host) if self._byHost else self._any
-        if group is None:
-            return _NO_ROUTE
-        decision = group.match(view.path)
+        decision = self.decide(view.host, view.path)
         if decision is None:
             return _NO_ROUTE
         passage.route = decision
